@@ -1,0 +1,171 @@
+"""Run an editor over a benchmark, turn by turn with the history, like the official MSE-Bench generator.
+
+Turn ``t`` (0-based) of a session gives the editor the images ``[source, out_0, ..., out_{t-1}]`` and the
+instructions ``1..t+1``; it must return the edit of the *last* image. As in the official ``generate.py``, the
+previous outputs are read back from the PNG files written to disk, which also makes the run resumable at any
+turn: a session whose outputs all exist is skipped, a partly finished one restarts at its first missing turn.
+
+Distributed: under ``accelerate launch`` the sessions are split across processes with
+``PartialState.split_between_processes``; every process writes its own files, so no gathering is needed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import PIL.Image
+from tqdm.auto import tqdm
+
+from .sessions import EditSession, output_path, session_seed
+
+__all__ = ["Editor", "GenerationSummary", "PipelineEditor", "generate_outputs", "save_image_atomic"]
+
+
+# =====================================================================================================
+# Editors
+# =====================================================================================================
+
+
+class Editor(Protocol):
+    """Anything that edits the last image of a history: ``(images, instructions, seed) -> edited image``.
+
+    ``images`` are ``[source, out_1, ..., out_{k-1}]`` and ``instructions`` the ``k`` instructions so far.
+    """
+
+    def __call__(self, images: list[PIL.Image.Image], instructions: list[str], seed: int) -> PIL.Image.Image: ...
+
+
+class PipelineEditor:
+    """Adapter from a diffusers pipeline with the in-context calling convention to an :class:`Editor`.
+
+    The pipeline is called as ``pipe(image=images, prompt=instructions, generator=..., output_type="pil")`` with
+    the whole history and must return ``.images`` with one image per turn; the last one is the new edit.
+
+    Args:
+        pipeline: The loaded pipeline.
+        generator_device: Device of the seeded ``torch.Generator`` (the pipeline's device by default).
+        call_kwargs: Extra keyword arguments of every call (``num_inference_steps``, ``guidance_scale``, ...).
+    """
+
+    def __init__(self, pipeline: Any, generator_device: str | None = None, **call_kwargs: Any):
+        self.pipeline = pipeline
+        self.generator_device = generator_device or str(getattr(pipeline, "device", "cpu"))
+        self.call_kwargs = call_kwargs
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | os.PathLike, device: str = "cpu", torch_dtype: Any = None, **call_kwargs: Any
+    ) -> "PipelineEditor":
+        """Load a pipeline folder with ``DiffusionPipeline.from_pretrained`` and move it to ``device``."""
+        from diffusers import DiffusionPipeline
+
+        pipeline = DiffusionPipeline.from_pretrained(str(path), torch_dtype=torch_dtype).to(device)
+        pipeline.set_progress_bar_config(disable=True)
+        return cls(pipeline, generator_device=device, **call_kwargs)
+
+    def __call__(self, images: list[PIL.Image.Image], instructions: list[str], seed: int) -> PIL.Image.Image:
+        import torch
+
+        generator = torch.Generator(device=self.generator_device).manual_seed(seed)
+        result = self.pipeline(
+            image=images, prompt=instructions, generator=generator, output_type="pil", **self.call_kwargs
+        )
+        return result.images[-1]
+
+
+# =====================================================================================================
+# Generation loop
+# =====================================================================================================
+
+
+@dataclass
+class GenerationSummary:
+    """What one process did: sessions fully skipped, sessions (re)generated and images written."""
+
+    sessions_skipped: int = 0
+    sessions_generated: int = 0
+    images_written: int = 0
+
+
+def save_image_atomic(image: PIL.Image.Image, path: Path) -> None:
+    """Write a PNG through a temporary file in the same folder, so a killed run never leaves a half file."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png.tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            image.save(stream, format="PNG")
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def _generate_session(
+    editor: Editor, session: EditSession, seed: int, output_dir: Path, max_turns: int | None
+) -> int:
+    """Generate the missing turns of one session; returns the number of images written."""
+    num_turns = session.num_turns if max_turns is None else min(max_turns, session.num_turns)
+    history = [session.source]
+    written = 0
+    for turn in range(num_turns):
+        path = output_path(output_dir, session.index, turn, seed)
+        if path.exists():  # resume: read the earlier output back, as the official loop does
+            with PIL.Image.open(path) as stored:
+                history.append(stored.convert("RGB"))
+            continue
+        edited = editor(list(history), session.instructions[: turn + 1], seed)
+        if not isinstance(edited, PIL.Image.Image):
+            raise TypeError(f"The editor must return a PIL image, got {type(edited).__name__} (session {session.index}).")
+        save_image_atomic(edited.convert("RGB"), path)
+        written += 1
+        with PIL.Image.open(path) as stored:  # feed back the uint8 PNG, not the in-memory image
+            history.append(stored.convert("RGB"))
+    return written
+
+
+def generate_outputs(
+    editor: Editor,
+    sessions: Sequence[EditSession],
+    output_dir: str | os.PathLike,
+    seed_offset: int = 0,
+    max_turns: int | None = None,
+    show_progress: bool = True,
+) -> GenerationSummary:
+    """Edit every session turn by turn and write ``{index}_turn{t}_rep0_seed{seed}.png`` into ``output_dir``.
+
+    Args:
+        editor: The editor (see :class:`Editor`; :class:`PipelineEditor` wraps a diffusers pipeline).
+        sessions: The benchmark (see :func:`~diffusers_vincie.evaluation.sessions.load_sessions`).
+        output_dir: Folder of the outputs; created if missing; existing outputs are reused (resume).
+        seed_offset: Seed of session ``index`` is ``seed_offset + index`` (official: 0).
+        max_turns: Generate at most this many turns per session (all by default).
+        show_progress: Show a tqdm bar on the main process.
+
+    Returns:
+        The :class:`GenerationSummary` of this process.
+    """
+    from accelerate import PartialState
+
+    if max_turns is not None and max_turns < 1:
+        raise ValueError(f"`max_turns` must be at least 1 (or None for all turns), got {max_turns}.")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    state = PartialState()
+    summary = GenerationSummary()
+    with state.split_between_processes(list(range(len(sessions)))) as positions:
+        bar = tqdm(positions, desc=f"generate [{state.process_index}]", disable=not (show_progress and state.is_main_process))
+        for position in bar:
+            session = sessions[position]
+            seed = session_seed(session.index, position, seed_offset)
+            written = _generate_session(editor, session, seed, output_dir, max_turns)
+            summary.images_written += written
+            if written:
+                summary.sessions_generated += 1
+            else:
+                summary.sessions_skipped += 1
+    state.wait_for_everyone()
+    return summary
