@@ -1,1 +1,1 @@
-"""Converters from the official VINCIE release (``dit.pth``, ``vae.pth``, ``llm14b/``) to diffusers/transformers."""
+"""Official VINCIE checkpoints -> diffusers components."""

@@ -1,0 +1,230 @@
+"""Official VINCIE DiT checkpoint (``dit.pth``, NaDiT + turn table) -> `VincieTransformer`.
+
+The configuration is read from the checkpoint itself (key names and shapes), so releases that ship no config
+(VINCIE-7B) convert too. Loading is strict: a missing turn table, an unknown key or a shape mismatch is an error
+(the official loader is non-strict and would silently keep random weights).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Mapping, Optional, Union
+
+import torch
+
+from ..models.transformer_vincie import VincieRotaryEmbedding, VincieTransformer, swiglu_hidden_size
+
+FLOPS_WRAP_FRAGMENT = "_flops_wrap_module."
+TURN_TABLE_KEY = "prompt_id_embedding.embedding.weight"
+
+# Official VINCIE-3B (configs/generate.yaml); checked key by key against the official key list in the tests.
+VINCIE_3B_CONFIG = dict(
+    latent_channels=16,
+    hidden_size=2560,
+    num_attention_heads=20,
+    attention_head_dim=128,
+    num_layers=32,
+    num_mm_layers=10,
+    text_embed_dim=5120,
+    patch_size=2,
+    mlp_hidden_size=None,
+    rope_dim=128,
+    rope_theta=10000.0,
+    norm_eps=1e-5,
+    max_turns=64,
+    attention_layout="full",
+)
+
+_ADA = {"attn": 0, "mlp": 1}
+_SLOT = {"shift": 0, "scale": 1, "gate": 2}
+
+
+# =====================================================================================================
+#                                            Loading
+# =====================================================================================================
+
+
+def load_official_state_dict(source: Union[str, os.PathLike, Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Reads ``dit.pth`` safely (``weights_only``, ``mmap``) and strips the ``_flops_wrap_module.`` fragment."""
+    if isinstance(source, Mapping):
+        state = dict(source)
+    else:
+        try:
+            state = torch.load(os.fspath(source), map_location="cpu", weights_only=True, mmap=True)
+        except Exception as err:  # pickle.UnpicklingError or a non-zip legacy file
+            raise ValueError(
+                f"Could not load {source!r} as a weights-only checkpoint ({type(err).__name__}: {err}). "
+                "Only flat dictionaries of tensors are accepted; pickled Python objects are refused for safety."
+            ) from err
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(
+            "The DiT checkpoint must be a flat mapping of key -> tensor (as the official loader uses it); "
+            f"got {type(state).__name__} with non-tensor entries. Unwrap nested 'state_dict'/'ema' dictionaries first."
+        )
+    return {k.replace(FLOPS_WRAP_FRAGMENT, ""): v for k, v in state.items()}
+
+
+# =====================================================================================================
+#                                        Config from keys
+# =====================================================================================================
+
+
+def infer_transformer_config(state: Mapping[str, torch.Tensor]) -> dict:
+    """Derives the `VincieTransformer` config from official key names and shapes."""
+    required = ["vid_in.proj.weight", "vid_out.proj.weight", "txt_in.weight", TURN_TABLE_KEY]
+    missing = [k for k in required if k not in state]
+    if missing:
+        hint = " (the turn-index table must be inside dit.pth)" if TURN_TABLE_KEY in missing else ""
+        raise ValueError(f"Not an official VINCIE DiT checkpoint: missing {missing}{hint}.")
+    hidden, patch_in = state["vid_in.proj.weight"].shape
+    patch_out = state["vid_out.proj.weight"].shape[0]
+    patch_area = patch_in - 2 * patch_out  # p*p*(2C+1) - 2*p*p*C
+    patch = int(round(patch_area**0.5))
+    if patch * patch != patch_area or patch_out % patch_area:
+        raise ValueError(f"Cannot infer patch size / latent channels from vid_in {patch_in} and vid_out {patch_out}.")
+    block_ids = sorted({int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))})
+    if block_ids != list(range(len(block_ids))) or not block_ids:
+        raise ValueError(f"Transformer blocks must be numbered 0..n-1; found {block_ids[:5]}...")
+    mm_layers = sum(f"blocks.{i}.attn.proj_qkv.vid.weight" in state for i in block_ids)
+    head_dim = state["blocks.0.attn.norm_q." + ("vid" if mm_layers else "all") + ".weight"].shape[0]
+    qkv_rows = state["blocks.0.attn.proj_qkv." + ("vid" if mm_layers else "all") + ".weight"].shape[0]
+    branch = "vid" if mm_layers else "all"
+    mlp_hidden = state[f"blocks.0.mlp.{branch}.proj_in.weight"].shape[0]
+    freqs = state.get("blocks.0.attn.rope.rope.freqs")
+    rope_dim = head_dim
+    if freqs is not None and (head_dim // 3) // 2 != freqs.numel():
+        rope_dim = 3 * 2 * freqs.numel()
+    return dict(
+        latent_channels=patch_out // patch_area,
+        hidden_size=hidden,
+        num_attention_heads=qkv_rows // 3 // head_dim,
+        attention_head_dim=head_dim,
+        num_layers=len(block_ids),
+        num_mm_layers=mm_layers,
+        text_embed_dim=state["txt_in.weight"].shape[1],
+        patch_size=patch,
+        mlp_hidden_size=None if mlp_hidden == swiglu_hidden_size(hidden) else mlp_hidden,
+        rope_dim=rope_dim,
+        rope_theta=10000.0,
+        norm_eps=1e-5,
+        max_turns=state[TURN_TABLE_KEY].shape[0],
+        attention_layout="full",
+    )
+
+
+# =====================================================================================================
+#                                          Key mapping
+# =====================================================================================================
+
+_TOP_LEVEL = {
+    "vid_in.proj.weight": "patch_embed.weight",
+    "vid_in.proj.bias": "patch_embed.bias",
+    "txt_in.weight": "context_embedder.weight",
+    "txt_in.bias": "context_embedder.bias",
+    "emb_in.proj_in.weight": "time_embed.linear_1.weight",
+    "emb_in.proj_in.bias": "time_embed.linear_1.bias",
+    "emb_in.proj_hid.weight": "time_embed.linear_2.weight",
+    "emb_in.proj_hid.bias": "time_embed.linear_2.bias",
+    "emb_in.proj_out.weight": "time_embed.linear_3.weight",
+    "emb_in.proj_out.bias": "time_embed.linear_3.bias",
+    TURN_TABLE_KEY: "turn_embedding.weight",
+    "vid_out_norm.weight": "norm_out.weight",
+    "vid_out.proj.weight": "proj_out.weight",
+    "vid_out.proj.bias": "proj_out.bias",
+}
+
+
+def convert_dit_state_dict(state: Mapping[str, torch.Tensor], config: Mapping) -> dict[str, torch.Tensor]:
+    """Renames/reshapes official keys to `VincieTransformer` keys. Every official key must be consumed."""
+    remaining = dict(state)
+    out: dict[str, torch.Tensor] = {}
+
+    def take(key: str) -> torch.Tensor:
+        if key not in remaining:
+            raise ValueError(f"Official DiT checkpoint is missing `{key}`.")
+        return remaining.pop(key)
+
+    for src, dst in _TOP_LEVEL.items():
+        out[dst] = take(src)
+    out["norm_out_shift_scale"] = torch.stack([take("vid_out_ada.out_shift"), take("vid_out_ada.out_scale")])
+
+    heads_dim = config["num_attention_heads"] * config["attention_head_dim"]
+    for i in range(config["num_layers"]):
+        separate = i < config["num_mm_layers"]
+        branches = {"vid": ("video_stream", "ff", "scale_shift_table")}
+        if separate:
+            branches["txt"] = ("text_projections", "ff_context", "scale_shift_table_context")
+        else:
+            branches = {"all": branches["vid"]}
+        for tag, (stream, ff, table) in branches.items():
+            src, dst = f"blocks.{i}", f"transformer_blocks.{i}"
+            qkv = take(f"{src}.attn.proj_qkv.{tag}.weight")
+            if qkv.shape[0] != 3 * heads_dim:
+                raise ValueError(f"`{src}.attn.proj_qkv.{tag}.weight` has shape {tuple(qkv.shape)}, expected 3*{heads_dim} rows.")
+            for name, part in zip(("to_q", "to_k", "to_v"), qkv.split(heads_dim)):  # rows (qkv, head, head_dim)
+                out[f"{dst}.attn.{stream}.{name}.weight"] = part
+            for suffix in ("weight", "bias"):
+                out[f"{dst}.attn.{stream}.to_out.{suffix}"] = take(f"{src}.attn.proj_out.{tag}.{suffix}")
+            out[f"{dst}.attn.{stream}.norm_q.weight"] = take(f"{src}.attn.norm_q.{tag}.weight")
+            out[f"{dst}.attn.{stream}.norm_k.weight"] = take(f"{src}.attn.norm_k.{tag}.weight")
+            # diffusers SwiGLU: one projection whose first half is the value branch, second half the gate
+            value, gate = take(f"{src}.mlp.{tag}.proj_in.weight"), take(f"{src}.mlp.{tag}.proj_in_gate.weight")
+            out[f"{dst}.{ff}.net.0.proj.weight"] = torch.cat([value, gate])
+            out[f"{dst}.{ff}.net.2.weight"] = take(f"{src}.mlp.{tag}.proj_out.weight")
+            out[f"{dst}.{table}"] = torch.stack(
+                [torch.stack([take(f"{src}.ada.{tag}.{layer}_{slot}") for slot in _SLOT]) for layer in _ADA]
+            )
+        remaining.pop(f"blocks.{i}.attn.rope.rope.freqs", None)  # deterministic buffer, recomputed by the model
+    if remaining:
+        raise ValueError(f"Unexpected keys in the official DiT checkpoint: {sorted(remaining)[:10]} ...")
+    return out
+
+
+# =====================================================================================================
+#                                         Public entry point
+# =====================================================================================================
+
+
+def load_official_dit(
+    source: Union[str, os.PathLike, Mapping[str, torch.Tensor]],
+    dtype: Optional[torch.dtype] = None,
+    config_overrides: Optional[Mapping] = None,
+) -> VincieTransformer:
+    """Builds a `VincieTransformer` from an official ``dit.pth`` (path or state dict).
+
+    Args:
+        source: path of ``dit.pth`` or an already loaded official state dict.
+        dtype: cast the weights to this dtype (default: keep the checkpoint's dtype).
+        config_overrides: config entries to override after inference (e.g. ``norm_eps``).
+    """
+    state = load_official_state_dict(source)
+    config = {**infer_transformer_config(state), **(config_overrides or {})}
+    _check_rope_buffers(state, config)
+    converted = convert_dit_state_dict(state, config)
+    with torch.device("meta"):
+        model = VincieTransformer(**config)
+    expected = model.state_dict()
+    shape_errors = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+        for k, v in converted.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    missing, unexpected = sorted(set(expected) - set(converted)), sorted(set(converted) - set(expected))
+    if shape_errors or missing or unexpected:
+        raise ValueError(
+            f"Checkpoint does not fit the inferred config: shape mismatches {shape_errors[:5]}, "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}."
+        )
+    if dtype is not None:
+        converted = {k: v.to(dtype) for k, v in converted.items()}
+    model.load_state_dict(converted, strict=True, assign=True)
+    return model.eval()
+
+
+def _check_rope_buffers(state: Mapping[str, torch.Tensor], config: Mapping) -> None:
+    """The official ``freqs`` buffers are deterministic; refuse a checkpoint whose values differ from ours."""
+    expected = VincieRotaryEmbedding(config["rope_dim"], config["rope_theta"]).inverse_frequencies()
+    for key, value in state.items():
+        if key.endswith("attn.rope.rope.freqs") and not torch.allclose(value.float(), expected, rtol=1e-3):
+            raise ValueError(f"`{key}` does not hold the standard RoPE frequencies for rope_dim={config['rope_dim']}.")

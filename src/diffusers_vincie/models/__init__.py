@@ -1,0 +1,3 @@
+from .transformer_vincie import VincieContextCache, VincieTransformer
+
+__all__ = ["VincieTransformer", "VincieContextCache"]
