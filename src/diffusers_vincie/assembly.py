@@ -212,19 +212,61 @@ def _frame_bounds(frames_per_sample: torch.Tensor) -> tuple[list[int], list[int]
     return [s - int(f) for s, f in zip(stops, frames_per_sample.tolist())], stops
 
 
-def interleaved_order(num_frames: int, segment_lengths: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Block-causal order of one session laid out as ``I_0, T_0, I_1, T_1, ...``.
+FRAME = "frame"
 
-    Frame ``f`` gets order ``2f`` and every token of text segment ``k`` order ``2k + 1``: with the block-causal
-    layout a token sees the clean tokens of lower or equal order, so image ``k+1`` sees images ``0..k`` and
-    instructions ``0..k`` but no later instruction.
+
+def sequence_order(items: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block-causal order of one session given its items in session order.
+
+    Args:
+        items: ``FRAME`` for a frame (image or mask) or an int for a text segment of that many tokens, e.g.
+            ``[FRAME, 7, FRAME, 5, FRAME]`` for ``I_0, T_0, I_1, T_1, I_2`` or, with chain-of-editing masks,
+            ``[FRAME, 7, FRAME, FRAME, FRAME]`` for ``I_0, T_0, M_0^cur, M_1^next, I_1``.
 
     Returns:
-        ``(frame_order (num_frames,), text_order (sum segment_lengths,))``.
+        ``(frame_order (num_frames,), text_order (num_text_tokens,))``: the position of each item; a token sees
+        the clean tokens of lower or equal order (block-causal layout), so nothing sees a later item.
     """
-    frame_order = 2 * torch.arange(num_frames)
-    text_order = torch.cat([torch.full((n,), 2 * k + 1) for k, n in enumerate(segment_lengths)])
-    return frame_order, text_order
+    frame_order, text_order = [], []
+    for position, item in enumerate(items):
+        if item == FRAME:
+            frame_order.append(position)
+        else:
+            text_order += [position] * int(item)
+    return torch.tensor(frame_order, dtype=torch.long), torch.tensor(text_order, dtype=torch.long)
+
+
+def interleaved_order(num_frames: int, segment_lengths: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sequence_order` of the plain editing session ``I_0, T_0, I_1, T_1, ..., I_{num_frames-1}``.
+
+    Image ``k+1`` sees images ``0..k`` and instructions ``0..k`` but no later instruction.
+    """
+    items: list = []
+    for k in range(num_frames):
+        items.append(FRAME)
+        if k < len(segment_lengths):
+            items.append(segment_lengths[k])
+    items += list(segment_lengths[num_frames:])
+    return sequence_order(items)
+
+
+# =====================================================================================================
+#                          Block-causal inputs: clean context frames and noisy targets
+# =====================================================================================================
+
+
+def clean_context_frames(latents: torch.Tensor) -> torch.Tensor:
+    """Block-causal context frames at t = 0: ``[latent, latent, 1]`` per pixel, ``(N, h, w, 2C+1)``.
+
+    At t = 0 the "noisy" channels hold the clean latent itself; the condition channels and mask are as in the
+    official layout, so the same transformer input convention serves both attention layouts.
+    """
+    return torch.cat([latents, latents, torch.ones_like(latents[..., :1])], dim=-1)
+
+
+def noisy_target_frames(noisy: torch.Tensor) -> torch.Tensor:
+    """Frames being generated: ``[x_t, 0, 0]`` per pixel, ``(N, h, w, 2C+1)``."""
+    return torch.cat([noisy, torch.zeros_like(noisy), torch.zeros_like(noisy[..., :1])], dim=-1)
 
 
 # =====================================================================================================
