@@ -1,0 +1,387 @@
+"""Transition annotation: what changed between two key frames, as one edit instruction.
+
+One interface, :class:`TransitionAnnotator`, two back-ends:
+
+* :class:`VLMAnnotator`: any transformers image-text-to-text chat model (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, ...)
+  loaded with ``AutoProcessor`` + ``AutoModelForImageTextToText`` and prompted with the chain of thought of
+  the VINCIE paper: describe both frames, list the differences, summarize them as one instruction. The
+  model answers with a JSON object (:data:`ANNOTATION_KEYS`); malformed answers are retried with sampling
+  and, after ``max_attempts``, the transition is rejected with a logged reason.
+* :class:`GroundTruthAnnotator`: reads the exact transitions that the synthetic video world
+  (:mod:`diffusers_vincie.data.synthetic`) writes next to each video, including exact masks.
+
+Annotators raise :class:`AnnotationRejected` for a transition they cannot annotate; the build pipeline then
+splits the session at that transition instead of failing the video.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .frames import SampledFrame
+from .schema import STATIC_CAMERA
+
+logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------
+# Interface
+# ------------------------------------------------------------------------------------------------
+
+
+class AnnotationRejected(Exception):
+    """A transition could not be annotated; ``reason`` says why (logged and kept in the build stats)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Transition:
+    """Two consecutive key frames of one clip.
+
+    Args:
+        video_path: The video file the frames come from.
+        video_id: Id of the video in the dataset.
+        source: The earlier frame.
+        target: The later frame.
+    """
+
+    video_path: str
+    video_id: str
+    source: SampledFrame
+    target: SampledFrame
+
+
+@dataclass
+class TransitionAnnotation:
+    """What an annotator says about one transition.
+
+    Args:
+        instruction: The edit instruction that turns the source frame into the target frame.
+        source_objects: Short phrases naming the changed objects as they appear in the source frame.
+        target_objects: Short phrases naming the changed objects as they appear in the target frame.
+        camera_motion: Camera motion during the transition (``"static"`` when none).
+        source_mask: Exact region of editing in the source frame (bool ``(H, W)``) when the annotator knows
+            it (ground truth); ``None`` lets the region stage ground ``source_objects`` instead.
+        target_mask: Same for the target frame.
+        details: Extra annotator output kept in the dataset's annotator metadata (descriptions, ...).
+    """
+
+    instruction: str
+    source_objects: list[str] = field(default_factory=list)
+    target_objects: list[str] = field(default_factory=list)
+    camera_motion: str = STATIC_CAMERA
+    source_mask: np.ndarray | None = None
+    target_mask: np.ndarray | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class TransitionAnnotator(ABC):
+    """Turns a :class:`Transition` into a :class:`TransitionAnnotation`, or raises :class:`AnnotationRejected`."""
+
+    #: Stored in the ``annotator`` column of every session this annotator produced.
+    name: str = "annotator"
+
+    def metadata(self) -> dict[str, Any]:
+        """JSON-serializable description of the annotator (name, model id, prompt version, ...)."""
+        return {"name": self.name}
+
+    @abstractmethod
+    def annotate(self, transition: Transition) -> TransitionAnnotation:
+        """Annotates one transition.
+
+        Raises:
+            AnnotationRejected: When the transition cannot be annotated (the reason is kept).
+        """
+
+
+# ------------------------------------------------------------------------------------------------
+# Parsing the structured answer of a chat model
+# ------------------------------------------------------------------------------------------------
+
+#: Keys of the JSON object the VLM is asked to produce (the first three are its chain of thought).
+ANNOTATION_KEYS: tuple[str, ...] = (
+    "source_description",
+    "target_description",
+    "differences",
+    "instruction",
+    "source_objects",
+    "target_objects",
+    "camera_motion",
+)
+_REQUIRED_KEYS = ("instruction", "source_objects", "target_objects", "camera_motion")
+_STATIC_SYNONYMS = {"", "none", "no", "no motion", "still", "static", "fixed", "stationary", "no camera motion"}
+_FENCED_JSON = re.compile(r"```(?:json)?\s*(\{.*?\})\s*```", re.DOTALL)
+
+
+def _json_objects(text: str) -> list[dict[str, Any]]:
+    """Every JSON object found in ``text``: fenced ```json blocks first, then bare ``{...}`` spans."""
+    found: list[dict[str, Any]] = []
+    for block in _FENCED_JSON.findall(text):
+        try:
+            value = json.loads(block)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            found.append(value)
+    decoder = json.JSONDecoder()
+    for start in (i for i, char in enumerate(text) if char == "{"):
+        try:
+            value, _ = decoder.raw_decode(text, start)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            found.append(value)
+    return found
+
+
+def _phrase_list(value: Any, key: str) -> list[str]:
+    if isinstance(value, str):
+        value = [value] if value.strip() else []
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise AnnotationRejected(f"'{key}' must be a list of strings, got {value!r}")
+    return [item.strip() for item in value if item.strip()]
+
+
+def parse_annotation(text: str) -> TransitionAnnotation:
+    """Parses a chat model's answer into a :class:`TransitionAnnotation`.
+
+    The last JSON object in ``text`` that has an ``"instruction"`` key is used (models often think aloud
+    before answering). Object lists may be given as a single string; camera-motion synonyms of "none" are
+    normalized to ``"static"``.
+
+    Raises:
+        AnnotationRejected: When no JSON object is found, a required key is missing or has the wrong type,
+            or the instruction is empty.
+    """
+    candidates = [obj for obj in _json_objects(text) if "instruction" in obj]
+    if not candidates:
+        raise AnnotationRejected(f"no JSON object with an 'instruction' key in the model output {text[:200]!r}")
+    answer = candidates[-1]
+    missing = [key for key in _REQUIRED_KEYS if key not in answer]
+    if missing:
+        raise AnnotationRejected(f"model output is missing key(s) {missing}")
+    instruction, camera_motion = answer["instruction"], answer["camera_motion"]
+    if not isinstance(instruction, str) or not instruction.strip():
+        raise AnnotationRejected(f"'instruction' must be a non-empty string, got {instruction!r}")
+    if not isinstance(camera_motion, str):
+        raise AnnotationRejected(f"'camera_motion' must be a string, got {camera_motion!r}")
+    camera_motion = camera_motion.strip().lower()
+    details = {key: answer[key] for key in ("source_description", "target_description", "differences") if key in answer}
+    return TransitionAnnotation(
+        instruction=instruction.strip(),
+        source_objects=_phrase_list(answer["source_objects"], "source_objects"),
+        target_objects=_phrase_list(answer["target_objects"], "target_objects"),
+        camera_motion=STATIC_CAMERA if camera_motion in _STATIC_SYNONYMS else camera_motion,
+        details=details,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Back-end (a): a transformers vision-language chat model
+# ------------------------------------------------------------------------------------------------
+
+PROMPT_VERSION = "vincie-cot-v1"
+
+CHAIN_OF_THOUGHT_PROMPT = """\
+The first image is a frame of a video (the SOURCE) and the second image is a later frame of the same video \
+(the TARGET). Think step by step:
+1. Describe the SOURCE image: the objects, their colours, sizes, positions and the background.
+2. Describe the TARGET image in the same way.
+3. List every difference between them: objects that appeared, disappeared, moved, or changed colour, size, \
+pose, expression or action; changes of background, light or style; and how the camera moved.
+4. Summarize the differences as ONE imperative editing instruction that turns the SOURCE into the TARGET \
+(e.g. "make the man raise his left hand and turn the car red").
+Answer with one JSON object and nothing after it, with these keys:
+{"source_description": str, "target_description": str, "differences": [str], "instruction": str, \
+"source_objects": [short noun phrases of the changed objects as seen in the SOURCE], \
+"target_objects": [short noun phrases of the changed objects as seen in the TARGET], \
+"camera_motion": "static" or a short phrase such as "pan left", "zoom in"}"""
+
+
+class VLMAnnotator(TransitionAnnotator):
+    """Annotates transitions with a transformers image-text-to-text chat model.
+
+    Args:
+        model: An ``AutoModelForImageTextToText`` model (e.g. Qwen2.5-VL) in eval mode.
+        processor: Its ``AutoProcessor`` (with a chat template that accepts ``{"type": "image"}`` content).
+        model_id: Name stored in the dataset's annotator metadata.
+        max_attempts: Tries per transition; the first is greedy, the retries sample with ``temperature``.
+        max_new_tokens: Generation budget per try (the chain of thought needs a few hundred tokens).
+        temperature: Sampling temperature of the retries.
+        prompt: The instruction given to the model (default: :data:`CHAIN_OF_THOUGHT_PROMPT`).
+    """
+
+    name = "vlm"
+
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        *,
+        model_id: str | None = None,
+        max_attempts: int = 3,
+        max_new_tokens: int = 512,
+        temperature: float = 0.7,
+        prompt: str = CHAIN_OF_THOUGHT_PROMPT,
+    ):
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got max_attempts={max_attempts}")
+        self.model = model
+        self.processor = processor
+        self.model_id = model_id or getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
+        self.max_attempts = max_attempts
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.prompt = prompt
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_id: str,
+        *,
+        device: str | None = None,
+        dtype: Any = "auto",
+        **kwargs: Any,
+    ) -> "VLMAnnotator":
+        """Loads ``model_id`` (Hub id or local folder) with ``AutoProcessor`` + ``AutoModelForImageTextToText``.
+
+        Args:
+            model_id: E.g. ``"Qwen/Qwen2.5-VL-7B-Instruct"``.
+            device: Where to run the model (default: CUDA when available, else CPU).
+            dtype: Model dtype (``"auto"`` uses the checkpoint's).
+            **kwargs: Passed to :class:`VLMAnnotator` (``max_attempts``, ``max_new_tokens``, ...).
+        """
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        processor = AutoProcessor.from_pretrained(model_id)
+        model = AutoModelForImageTextToText.from_pretrained(model_id, dtype=dtype).to(device).eval()
+        return cls(model, processor, model_id=model_id, **kwargs)
+
+    def metadata(self) -> dict[str, Any]:
+        return {"name": self.name, "model": self.model_id, "prompt_version": PROMPT_VERSION}
+
+    def _generate(self, transition: Transition, sample: bool) -> str:
+        import torch
+
+        messages = [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "image": transition.source.image},
+                    {"type": "image", "image": transition.target.image},
+                    {"type": "text", "text": self.prompt},
+                ],
+            }
+        ]
+        inputs = self.processor.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+        ).to(self.model.device)
+        sampling = {"do_sample": True, "temperature": self.temperature} if sample else {"do_sample": False}
+        with torch.inference_mode():
+            output_ids = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, **sampling)
+        new_tokens = output_ids[:, inputs["input_ids"].shape[1] :]  # (1, generated)
+        return self.processor.batch_decode(new_tokens, skip_special_tokens=True)[0]
+
+    def annotate(self, transition: Transition) -> TransitionAnnotation:
+        reasons = []
+        for attempt in range(self.max_attempts):
+            text = self._generate(transition, sample=attempt > 0)
+            try:
+                annotation = parse_annotation(text)
+            except AnnotationRejected as rejected:
+                reasons.append(rejected.reason)
+                logger.info(
+                    "%s t=%.2f->%.2f attempt %d/%d: malformed answer: %s",
+                    transition.video_id, transition.source.timestamp, transition.target.timestamp,
+                    attempt + 1, self.max_attempts, rejected.reason,
+                )
+                continue
+            annotation.details["attempts"] = attempt + 1
+            return annotation
+        reason = f"malformed model output after {self.max_attempts} attempt(s); last: {reasons[-1]}"
+        logger.warning(
+            "rejected transition %s t=%.2f->%.2f: %s",
+            transition.video_id, transition.source.timestamp, transition.target.timestamp, reason,
+        )
+        raise AnnotationRejected(reason)
+
+
+# ------------------------------------------------------------------------------------------------
+# Back-end (b): ground truth of the synthetic video world
+# ------------------------------------------------------------------------------------------------
+
+
+class GroundTruthAnnotator(TransitionAnnotator):
+    """Annotates synthetic videos exactly from the JSON sidecar written by ``SyntheticWorld.render_video``.
+
+    Each sampled frame is matched to the key state whose hold interval contains it; a transition from key
+    state ``k`` to ``k + 1`` gets that edit's instruction, camera motion and exact RoE masks (resized with
+    nearest neighbour when frames were downscaled). Transitions whose frames fall inside an animation, lie
+    on the same key state or span several edits are rejected with that reason: sample synthetic videos at
+    the world's ``seconds_per_turn`` (e.g. ``equal_interval`` with ``interval=seconds_per_turn``).
+    """
+
+    name = "ground_truth"
+
+    def __init__(self) -> None:
+        self._cached_path: str | None = None
+        self._cached: dict[str, Any] | None = None
+
+    def _ground_truth(self, video_path: str) -> dict[str, Any]:
+        from .synthetic import read_ground_truth
+
+        if self._cached_path != video_path:
+            try:
+                self._cached = read_ground_truth(video_path)
+            except (OSError, ValueError, KeyError) as error:
+                raise AnnotationRejected(f"no usable ground-truth sidecar for {video_path}: {error}") from error
+            self._cached_path = video_path
+        return self._cached
+
+    @staticmethod
+    def _key_state(truth: dict[str, Any], frame: SampledFrame) -> int:
+        for k, (start, end) in enumerate(truth["hold_intervals"]):
+            if start - 1e-6 <= frame.timestamp < end - 1e-6:
+                return k
+        raise AnnotationRejected(f"frame at t={frame.timestamp:.3f}s is inside an animation, not on a key state")
+
+    @staticmethod
+    def _resize(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        if mask.shape[::-1] == size:
+            return mask
+        from PIL import Image
+
+        return np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
+
+    def metadata(self) -> dict[str, Any]:
+        return {"name": self.name, "world": "synthetic-shapes"}
+
+    def annotate(self, transition: Transition) -> TransitionAnnotation:
+        truth = self._ground_truth(transition.video_path)
+        source_state, target_state = self._key_state(truth, transition.source), self._key_state(truth, transition.target)
+        if target_state != source_state + 1:
+            raise AnnotationRejected(
+                f"frames are on key states {source_state} and {target_state}; the ground truth annotates exactly "
+                "one edit per transition (sample at the world's seconds_per_turn)"
+            )
+        size = transition.source.image.size
+        return TransitionAnnotation(
+            instruction=truth["instructions"][source_state],
+            camera_motion=truth["camera_motion"][source_state],
+            source_mask=self._resize(truth["source_masks"][source_state], size),
+            target_mask=self._resize(truth["target_masks"][source_state], size),
+            details={"op": truth["ops"][source_state], "edit_index": source_state},
+        )

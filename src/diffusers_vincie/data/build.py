@@ -1,0 +1,546 @@
+"""The session build pipeline: videos -> key frames -> annotated transitions -> RoE masks -> parquet shards.
+
+Output folder layout (a Hugging Face dataset: ``load_dataset(folder)`` and ``load_dataset(folder,
+streaming=True)`` work as is)::
+
+    out/
+      README.md                      dataset card, ``configs:`` YAML pointing at data/*.parquet + features
+      data/train-<run>-r<rank>-<n>.parquet   shards of SESSION_FEATURES rows, images embedded as PNG bytes
+      manifest/rank-<rank>.jsonl     one line per finished video (done or rejected), appended per process
+      rejects.jsonl                  unreadable videos with the reason (merged from the manifests)
+
+Scale and robustness:
+
+* Under ``accelerate launch`` each process takes its share of the pending videos with
+  ``PartialState().split_between_processes``; sampling is seeded per video, so the rows do not depend on
+  the number of processes.
+* Resumable: a video is in a manifest only after the shard holding all its sessions was atomically
+  renamed into ``data/``. On start, shards that no manifest references (a kill between the two steps)
+  are deleted and their videos redone, so a rerun never duplicates or loses sessions.
+* Unreadable videos are skipped and listed in ``rejects.jsonl``; transitions an annotator rejects split
+  the session at that transition.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import yaml
+from tqdm.auto import tqdm
+
+from .annotate import AnnotationRejected, Transition, TransitionAnnotation, TransitionAnnotator
+from .frames import (
+    SAMPLING_STRATEGIES,
+    SampledFrame,
+    SamplingStrategy,
+    VideoDecodeError,
+    decode_frames_at,
+    detect_scene_cuts,
+    probe_video,
+    sample_timestamps,
+    split_at_cuts,
+    video_seed,
+)
+from .schema import SESSION_FEATURES, SessionRecord
+
+logger = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v")
+DATA_DIR, MANIFEST_DIR, REJECTS_FILE, CARD_FILE = "data", "manifest", "rejects.jsonl", "README.md"
+
+
+# ------------------------------------------------------------------------------------------------
+# Configuration
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SamplingConfig:
+    """How key frames are chosen in each video (see :mod:`diffusers_vincie.data.frames`).
+
+    Args:
+        strategy: ``"equal_interval"``, ``"fixed_count"`` or ``"hybrid"``.
+        interval: Seconds between frames of equal-interval sampling.
+        min_frames: Fewest frames per session (>= 2).
+        max_frames: Most frames per session; longer equal-interval runs are split into several sessions.
+        seed: Global seed; each video gets its own generator derived from it and its id.
+        scene_cuts: Split videos at detected hard cuts first (costs one extra decoding pass).
+        scene_threshold: Thumbnail difference (0..1) that counts as a cut.
+        max_side: Downscale frames whose longest side exceeds this many pixels (``None``: keep size).
+    """
+
+    strategy: SamplingStrategy = "hybrid"
+    interval: float = 3.0
+    min_frames: int = 2
+    max_frames: int = 6
+    seed: int = 0
+    scene_cuts: bool = False
+    scene_threshold: float = 0.3
+    max_side: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.strategy not in SAMPLING_STRATEGIES:
+            raise ValueError(f"strategy={self.strategy!r} is not supported; use one of {SAMPLING_STRATEGIES}")
+        if not 2 <= self.min_frames <= self.max_frames:
+            raise ValueError(
+                f"need 2 <= min_frames <= max_frames, got min_frames={self.min_frames}, max_frames={self.max_frames}"
+            )
+        if self.max_side is not None and self.max_side < 16:
+            raise ValueError(f"max_side must be >= 16 pixels or None, got max_side={self.max_side}")
+
+
+@dataclass
+class VideoResult:
+    """Outcome of one video: its sessions, or why it was rejected.
+
+    Args:
+        video_id: Id of the video.
+        sessions: The sessions built from it (possibly none).
+        rejected_transitions: Reasons of the transitions the annotator rejected.
+        error: Why the whole video was rejected (unreadable), else ``None``.
+    """
+
+    video_id: str
+    sessions: list[SessionRecord] = field(default_factory=list)
+    rejected_transitions: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+# ------------------------------------------------------------------------------------------------
+# Inputs: files, folders and list files
+# ------------------------------------------------------------------------------------------------
+
+
+def list_videos(inputs: Sequence[str | Path], extensions: Sequence[str] = VIDEO_EXTENSIONS) -> list[tuple[str, Path]]:
+    """Expands ``inputs`` into ``(video_id, path)`` pairs, sorted by id.
+
+    Args:
+        inputs: Video files, folders (searched recursively for ``extensions``) and list files (``.txt``:
+            one path per line, relative paths resolved against the list file's folder, ``#`` comments).
+        extensions: File suffixes that count as video inside folders.
+
+    The id is the path relative to the folder it was found in (without suffix, ``/``-separated) or the
+    file stem for files given directly or through a list.
+
+    Raises:
+        FileNotFoundError: When an input does not exist.
+        ValueError: When two different videos would get the same id.
+    """
+    found: dict[str, Path] = {}
+
+    def add(video_id: str, path: Path) -> None:
+        path = path.resolve()
+        if video_id in found and found[video_id] != path:
+            raise ValueError(
+                f"inputs: videos {found[video_id]} and {path} both get the id {video_id!r}; pass their common "
+                "parent folder instead so ids keep the sub-folder, or rename one of them"
+            )
+        found[video_id] = path
+
+    suffixes = tuple(ext.lower() for ext in extensions)
+    for item in map(Path, inputs):
+        if item.is_dir():
+            for path in sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in suffixes):
+                add(path.relative_to(item).with_suffix("").as_posix(), path)
+        elif item.is_file() and item.suffix.lower() == ".txt":
+            for line in item.read_text().splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    path = Path(line) if Path(line).is_absolute() else item.parent / line
+                    add(path.stem, path)
+        elif item.is_file():
+            add(item.stem, item)
+        else:
+            raise FileNotFoundError(f"inputs: {str(item)!r} is neither a video file, a folder nor a .txt list of videos")
+    return sorted(found.items())
+
+
+# ------------------------------------------------------------------------------------------------
+# One video -> sessions
+# ------------------------------------------------------------------------------------------------
+
+
+def _clip_frame_times(duration: float, path: Path, video_id: str, config: SamplingConfig) -> list[list[float]]:
+    """Sampling times of each clip (scene-cut segment) of the video; one list per clip."""
+    cuts = detect_scene_cuts(path, threshold=config.scene_threshold) if config.scene_cuts else []
+    rng = np.random.default_rng(video_seed(video_id, config.seed))
+    clips = []
+    for start, end in split_at_cuts(duration, cuts):
+        times = sample_timestamps(
+            start, end, strategy=config.strategy, interval=config.interval,
+            min_frames=config.min_frames, max_frames=config.max_frames, rng=rng,
+        )
+        if len(times) >= 2:
+            clips.append(times)
+    return clips
+
+
+def _runs(frames: list[SampledFrame], annotations: list[TransitionAnnotation | None], max_frames: int):
+    """Splits a clip into sessions: at rejected transitions, and into windows of at most ``max_frames``."""
+    start = 0
+    for end in range(len(annotations) + 1):
+        if end == len(annotations) or annotations[end] is None:
+            # frames[start..end] with transitions start..end-1, all accepted
+            for window in range(start, end, max_frames - 1):
+                stop = min(window + max_frames - 1, end)
+                yield frames[window : stop + 1], annotations[window:stop]
+            start = end + 1
+
+
+def sessions_from_video(
+    path: str | Path,
+    video_id: str,
+    annotator: TransitionAnnotator,
+    config: SamplingConfig | None = None,
+    region_masker: Any | None = None,
+) -> VideoResult:
+    """Builds the sessions of one video.
+
+    Args:
+        path: The video file.
+        video_id: Its id (prefix of the session ids ``"<video_id>/<k>"``).
+        annotator: Annotates each transition (see :mod:`diffusers_vincie.data.annotate`).
+        config: Frame sampling settings (default :class:`SamplingConfig`).
+        region_masker: Object with ``mask(image, phrases) -> bool (H, W) array`` (e.g.
+            :class:`~diffusers_vincie.data.regions.RegionMasker`) used when the annotator gives no exact
+            masks; ``None`` stores unknown (null) masks in that case.
+
+    Returns:
+        A :class:`VideoResult`; an unreadable video gives ``error`` set and no sessions (never raises
+        :class:`VideoDecodeError`).
+    """
+    config = config or SamplingConfig()
+    path = Path(path)
+    result = VideoResult(video_id=video_id)
+    try:
+        info = probe_video(path)
+        clips = _clip_frame_times(info.duration, path, video_id, config)
+        decoded = decode_frames_at(path, [t for clip in clips for t in clip], max_side=config.max_side)
+    except VideoDecodeError as error:
+        result.error = error.reason
+        return result
+
+    offset = 0
+    for clip in clips:
+        frames, offset = decoded[offset : offset + len(clip)], offset + len(clip)
+        # two targets can land on one frame in very short clips: keep each frame once
+        frames = [f for i, f in enumerate(frames) if i == 0 or f.frame_index != frames[i - 1].frame_index]
+        annotations: list[TransitionAnnotation | None] = []
+        for source, target in zip(frames[:-1], frames[1:]):
+            try:
+                annotations.append(annotator.annotate(Transition(str(path), video_id, source, target)))
+            except AnnotationRejected as rejected:
+                result.rejected_transitions.append(rejected.reason)
+                annotations.append(None)
+        for run_frames, run_annotations in _runs(frames, annotations, config.max_frames):
+            if len(run_frames) < 2:
+                continue
+            result.sessions.append(
+                _make_session(f"{video_id}/{len(result.sessions)}", video_id, run_frames, run_annotations,
+                              annotator, config, region_masker)
+            )
+    return result
+
+
+def _region(mask: np.ndarray | None, image: Any, phrases: list[str], region_masker: Any | None) -> np.ndarray | None:
+    if mask is not None:
+        return mask
+    if region_masker is None:
+        return None
+    return region_masker.mask(image, phrases)
+
+
+def _make_session(
+    session_id: str,
+    video_id: str,
+    frames: list[SampledFrame],
+    annotations: list[TransitionAnnotation],
+    annotator: TransitionAnnotator,
+    config: SamplingConfig,
+    region_masker: Any | None,
+) -> SessionRecord:
+    source_masks, target_masks = [], []
+    for source, target, annotation in zip(frames[:-1], frames[1:], annotations):
+        source_masks.append(_region(annotation.source_mask, source.image, annotation.source_objects, region_masker))
+        target_masks.append(_region(annotation.target_mask, target.image, annotation.target_objects, region_masker))
+    metadata = {
+        **annotator.metadata(),
+        "sampling": {"strategy": config.strategy, "interval": config.interval, "seed": config.seed},
+        "frame_indices": [frame.frame_index for frame in frames],
+        "transitions": [
+            {"source_objects": a.source_objects, "target_objects": a.target_objects, **a.details} for a in annotations
+        ],
+    }
+    if region_masker is not None:
+        metadata["regions"] = region_masker.metadata()
+    return SessionRecord(
+        session_id=session_id,
+        video_id=video_id,
+        frames=[frame.image for frame in frames],
+        timestamps=[frame.timestamp for frame in frames],
+        instructions=[a.instruction for a in annotations],
+        source_masks=source_masks,
+        target_masks=target_masks,
+        camera_motion=[a.camera_motion for a in annotations],
+        annotator=metadata,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Output folder: shards, manifests, rejects, dataset card
+# ------------------------------------------------------------------------------------------------
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    entries = []
+    for line in path.read_text().splitlines():
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line torn by a kill: its video is simply redone
+    return entries
+
+
+def read_manifest(output_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """Finished videos of an output folder, ``{video_id: entry}``, from all processes' manifests.
+
+    Each manifest line records one shard and all the videos whose sessions it holds (or one video without
+    rows), so a line torn by a kill loses the whole shard, never part of it.
+    """
+    entries: dict[str, dict[str, Any]] = {}
+    for path in sorted((Path(output_dir) / MANIFEST_DIR).glob("*.jsonl")):
+        for line in _read_jsonl(path):
+            for entry in line["videos"]:
+                entries[entry["video_id"]] = {**entry, "shard": line["shard"]}
+    return entries
+
+
+def _remove_orphan_shards(output_dir: Path) -> list[str]:
+    """Deletes shards (and temp files) that no manifest entry references; returns their names."""
+    referenced = {entry.get("shard") for entry in read_manifest(output_dir).values()}
+    removed = []
+    for path in sorted((output_dir / DATA_DIR).glob("*")):
+        if path.name not in referenced:
+            path.unlink()
+            removed.append(path.name)
+    return removed
+
+
+def _write_shard_atomically(rows: list[dict[str, Any]], path: Path, row_group_size: int = 16) -> None:
+    """Encodes rows with SESSION_FEATURES (images -> PNG bytes) and writes one parquet file via a temp name.
+
+    The schema carries the ``huggingface`` features metadata, so ``datasets`` decodes the image columns;
+    small row groups keep streaming reads fine-grained.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = SESSION_FEATURES.encode_batch({name: [row[name] for row in rows] for name in SESSION_FEATURES})
+    table = pa.Table.from_pydict(columns, schema=SESSION_FEATURES.arrow_schema)
+    temporary = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, temporary, row_group_size=row_group_size)
+    os.replace(temporary, path)
+
+
+class _ShardWriter:
+    """Buffers one process's sessions and writes them as parquet shards, then records their videos."""
+
+    def __init__(self, output_dir: Path, rank: int, shard_size: int):
+        self.output_dir, self.rank, self.shard_size = output_dir, rank, shard_size
+        self.run_id = uuid.uuid4().hex[:8]
+        self.manifest_path = output_dir / MANIFEST_DIR / f"rank-{rank:03d}.jsonl"
+        self.rows: list[dict[str, Any]] = []
+        self.pending: list[dict[str, Any]] = []  # manifest entries waiting for their shard
+        self.count = 0
+
+    def _append_manifest(self, shard: str | None, entries: list[dict[str, Any]]) -> None:
+        with open(self.manifest_path, "a") as handle:
+            handle.write(json.dumps({"shard": shard, "videos": entries}) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def add(self, path: Path, result: VideoResult) -> None:
+        entry = {"video_id": result.video_id, "path": str(path), "sessions": len(result.sessions),
+                 "rejected_transitions": len(result.rejected_transitions)}
+        if result.error is not None:
+            self._append_manifest(None, [{**entry, "status": "rejected", "reason": result.error}])
+            return
+        if not result.sessions:
+            self._append_manifest(None, [{**entry, "status": "done"}])
+            return
+        self.rows.extend(session.to_row() for session in result.sessions)
+        self.pending.append({**entry, "status": "done"})
+        if len(self.rows) >= self.shard_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        name = f"train-{self.run_id}-r{self.rank:03d}-{self.count:05d}.parquet"
+        _write_shard_atomically(self.rows, self.output_dir / DATA_DIR / name)
+        self._append_manifest(name, self.pending)
+        self.rows, self.pending, self.count = [], [], self.count + 1
+
+
+def write_dataset_card(output_dir: str | Path, *, description: str = "", extra: dict[str, Any] | None = None) -> Path:
+    """Writes ``README.md`` with the ``configs:`` YAML and features so ``load_dataset(output_dir)`` just works."""
+    output_dir = Path(output_dir)
+    header = {
+        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": f"{DATA_DIR}/*.parquet"}]}],
+        "dataset_info": {"features": SESSION_FEATURES._to_yaml_list()},
+        "tags": ["vincie", "image-editing", "multi-turn", "video"],
+    }
+    columns = "\n".join(
+        f"- `{name}`: `{feature!r}`".replace("\n", " ") for name, feature in SESSION_FEATURES.items()
+    )
+    body = f"""# VINCIE editing sessions
+
+Multi-turn editing sessions mined from video with `diffusers_vincie.data.build`.
+One row per session: key frames, one instruction per transition, the region-of-editing masks of each
+transition in its source and target frame, camera motion, video id, timestamps and annotator metadata
+(JSON). The schema is documented in `diffusers_vincie.data.schema`.
+
+{description}
+
+## Columns
+
+{columns}
+
+## Build
+
+```json
+{json.dumps(extra or {}, indent=2, sort_keys=True)}
+```
+
+## Loading
+
+```python
+from datasets import load_dataset
+sessions = load_dataset("{output_dir.name}", split="train")            # or streaming=True
+```
+"""
+    card = output_dir / CARD_FILE
+    temporary = card.with_name(f".{CARD_FILE}.tmp")
+    temporary.write_text("---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n\n" + body)
+    os.replace(temporary, card)
+    return card
+
+
+def _write_rejects(output_dir: Path) -> int:
+    rejects = [entry for entry in read_manifest(output_dir).values() if entry.get("status") == "rejected"]
+    temporary = output_dir / f".{REJECTS_FILE}.tmp"
+    temporary.write_text("".join(
+        json.dumps({"video_id": e["video_id"], "path": e["path"], "reason": e["reason"]}) + "\n" for e in rejects
+    ))
+    os.replace(temporary, output_dir / REJECTS_FILE)
+    return len(rejects)
+
+
+# ------------------------------------------------------------------------------------------------
+# Orchestration
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BuildSummary:
+    """Counts of one build call, over all processes (read back from the manifests).
+
+    Args:
+        videos: Videos in the input.
+        skipped: Videos already finished by an earlier run (resumed).
+        processed: Videos finished by this run (done or rejected).
+        rejected_videos: Unreadable videos in the whole output folder.
+        sessions: Sessions in the whole output folder.
+        seconds: Wall time of this call.
+    """
+
+    videos: int
+    skipped: int
+    processed: int
+    rejected_videos: int
+    sessions: int
+    seconds: float
+
+
+def build_sessions(
+    inputs: Sequence[str | Path],
+    output_dir: str | Path,
+    annotator: TransitionAnnotator,
+    *,
+    config: SamplingConfig | None = None,
+    region_masker: Any | None = None,
+    shard_size: int = 64,
+    on_video_done: Callable[[str], None] | None = None,
+) -> BuildSummary:
+    """Turns videos into a sessions dataset folder (see the module docstring for its layout).
+
+    Runs as one process or under ``accelerate launch`` (each process takes its share of the pending
+    videos); safe to rerun on the same ``output_dir``: finished videos are skipped.
+
+    Args:
+        inputs: Video files, folders and ``.txt`` lists (see :func:`list_videos`).
+        output_dir: Dataset folder to create or resume.
+        annotator: Transition annotator (``GroundTruthAnnotator`` for synthetic video, ``VLMAnnotator``).
+        config: Frame sampling settings.
+        region_masker: Grounds the annotator's object phrases into masks when it has no exact masks.
+        shard_size: Sessions per parquet shard (a shard is only written once it is full or the run ends,
+            so a smaller value loses less work to a kill).
+        on_video_done: Called with each finished video id (progress hooks, tests).
+    """
+    from accelerate import PartialState
+
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got shard_size={shard_size}")
+    config = config or SamplingConfig()
+    state = PartialState()
+    started = time.perf_counter()
+    output_dir = Path(output_dir)
+    videos = list_videos(inputs)
+
+    if state.is_main_process:
+        (output_dir / DATA_DIR).mkdir(parents=True, exist_ok=True)
+        (output_dir / MANIFEST_DIR).mkdir(parents=True, exist_ok=True)
+        for name in _remove_orphan_shards(output_dir):
+            logger.warning("removed shard %s left by an interrupted run (its videos are redone)", name)
+    state.wait_for_everyone()
+    finished = read_manifest(output_dir)
+    pending = [(video_id, path) for video_id, path in videos if video_id not in finished]
+    state.wait_for_everyone()  # every process has read the manifests before anyone appends to them
+
+    writer = _ShardWriter(output_dir, state.process_index, shard_size)
+    with state.split_between_processes(pending) as share:
+        progress = tqdm(share, desc=f"sessions [rank {state.process_index}]", position=state.process_index,
+                        unit="video", disable=not share)
+        for video_id, path in progress:
+            result = sessions_from_video(path, video_id, annotator, config, region_masker)
+            if result.error is not None:
+                logger.warning("skipping unreadable video %s: %s", path, result.error)
+            writer.add(path, result)
+            progress.set_postfix(sessions=len(result.sessions))
+            if on_video_done is not None:
+                on_video_done(video_id)
+        writer.flush()
+    state.wait_for_everyone()
+
+    manifest = read_manifest(output_dir)
+    summary = BuildSummary(
+        videos=len(videos),
+        skipped=len(videos) - len(pending),
+        processed=sum(1 for video_id, _ in pending if video_id in manifest),
+        rejected_videos=sum(1 for e in manifest.values() if e.get("status") == "rejected"),
+        sessions=sum(e.get("sessions", 0) for e in manifest.values() if e.get("status") == "done"),
+        seconds=time.perf_counter() - started,
+    )
+    if state.is_main_process:
+        _write_rejects(output_dir)
+        write_dataset_card(output_dir, extra={"annotator": annotator.metadata(), "sampling": vars(config)})
+    state.wait_for_everyone()
+    return summary
