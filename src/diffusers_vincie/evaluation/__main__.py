@@ -1,0 +1,212 @@
+"""Command line: ``python -m diffusers_vincie.evaluation {generate,judge,metrics,session-bench} ...``.
+
+Examples (see ``docs/evaluation.md``)::
+
+    accelerate launch -m diffusers_vincie.evaluation generate --dataset leigangqu/MSE-Bench \\
+        --pipeline ./vincie-3b --output-dir runs/mse/vincie
+    OPENAI_API_KEY=... python -m diffusers_vincie.evaluation judge --dataset leigangqu/MSE-Bench \\
+        --outputs runs/mse/vincie --model gpt-4o
+    python -m diffusers_vincie.evaluation metrics --dataset osunlp/MagicBrush --split test \\
+        --outputs runs/magicbrush/vincie --captions global_descriptions.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .judge import DEFAULT_JUDGE_MODEL, DEFAULT_SUCCESS_THRESHOLD
+
+__all__ = ["build_parser", "main"]
+
+
+# =====================================================================================================
+# Arguments
+# =====================================================================================================
+
+
+def _add_dataset_arguments(parser: argparse.ArgumentParser, default_split: str = "train") -> None:
+    parser.add_argument("--dataset", required=True, help="Hub id (leigangqu/MSE-Bench, osunlp/MagicBrush), local parquet/jsonl file or folder")
+    parser.add_argument("--split", default=default_split, help="dataset split")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N sessions")
+    parser.add_argument("--seed-offset", type=int, default=0, help="seed of session i is offset + i (official: 0)")
+    parser.add_argument("--max-turns", type=int, default=None, help="at most this many turns per session")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m diffusers_vincie.evaluation", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    generate = commands.add_parser("generate", help="run an editor over a benchmark, turn by turn (resumable)")
+    _add_dataset_arguments(generate)
+    source = generate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--pipeline", help="diffusers pipeline folder (DiffusionPipeline.from_pretrained)")
+    source.add_argument("--editor", help="'module:attr': a callable (images, instructions, seed) -> image, or a class building one")
+    generate.add_argument("--output-dir", required=True, help="folder of {index}_turn{t}_rep0_seed{seed}.png")
+    generate.add_argument("--device", default=None, help="pipeline device (default: the accelerate process device)")
+    generate.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    generate.add_argument("--num-inference-steps", type=int, default=None)
+    generate.add_argument("--guidance-scale", type=float, default=None)
+
+    judge = commands.add_parser("judge", help="MSE-Bench judging with an OpenAI-compatible VLM")
+    _add_dataset_arguments(judge)
+    judge.add_argument("--outputs", required=True, help="folder written by `generate`")
+    judge.add_argument("--report-dir", default=None, help="report and cache folder (default: <outputs>/judge-<model>)")
+    judge.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
+                       help="API root (env OPENAI_BASE_URL)")
+    judge.add_argument("--model", default=os.environ.get("VINCIE_JUDGE_MODEL", DEFAULT_JUDGE_MODEL),
+                       help="judge model (env VINCIE_JUDGE_MODEL; official: gpt-5-nano)")
+    judge.add_argument("--api-key-env", default="OPENAI_API_KEY", help="name of the environment variable holding the key")
+    judge.add_argument("--threshold", type=float, default=DEFAULT_SUCCESS_THRESHOLD, help="success iff both scores > threshold")
+    judge.add_argument("--num-workers", type=int, default=8, help="sessions judged concurrently")
+    judge.add_argument("--max-retries", type=int, default=5, help="retries of a request after HTTP 429/5xx/timeouts")
+    judge.add_argument("--max-attempts", type=int, default=5, help="replies asked per turn until one parses")
+    judge.add_argument("--backoff-seconds", type=float, default=2.0, help="first backoff, doubled at every retry")
+    judge.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    judge.add_argument("--extra-body", default=None, help='JSON merged into every request, e.g. \'{"temperature": 0}\'')
+    judge.add_argument("--title", default=None, help="report title (default: the outputs folder name)")
+
+    metrics = commands.add_parser("metrics", help="MagicBrush L1, L2, CLIP-I, CLIP-T, DINO (final turn, all turns, per turn)")
+    _add_dataset_arguments(metrics, default_split="test")
+    metrics.add_argument("--outputs", required=True, help="folder written by `generate`")
+    metrics.add_argument("--metrics", default="l1,l2,clip-i,clip-t,dino", help="comma-separated subset")
+    metrics.add_argument("--clip-model", default="openai/clip-vit-base-patch32", help="CLIP checkpoint (published: ViT-B/32)")
+    metrics.add_argument("--dino-model", default="facebook/dino-vits16", help="DINO checkpoint (published: ViT-S/16)")
+    metrics.add_argument("--captions", default=None, help="MagicBrush global_descriptions.json (needed by clip-t)")
+    metrics.add_argument("--device", default="cpu")
+    metrics.add_argument("--batch-size", type=int, default=16)
+    metrics.add_argument("--output-json", default=None, help="write the results here (default: <outputs>/magicbrush_metrics.json)")
+
+    bench = commands.add_parser("session-bench", help="offline bench on the synthetic world (exact success, no VLM)")
+    bench.add_argument("--report-dir", required=True, help="folder of the sessions, outputs and report")
+    bench.add_argument("--num-sessions", type=int, default=50)
+    bench.add_argument("--num-turns", type=int, default=5)
+    bench.add_argument("--seed", type=int, default=0, help="seed of the synthetic world")
+    bench.add_argument("--image-size", type=int, default=256)
+    source = bench.add_mutually_exclusive_group(required=True)
+    source.add_argument("--pipeline", help="diffusers pipeline folder")
+    source.add_argument("--editor", help="'module:attr' editor callable (see generate)")
+    bench.add_argument("--device", default=None)
+    bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    bench.add_argument("--num-inference-steps", type=int, default=None)
+    bench.add_argument("--guidance-scale", type=float, default=None)
+    bench.add_argument("--title", default=None)
+    return parser
+
+
+# =====================================================================================================
+# Commands
+# =====================================================================================================
+
+
+def build_editor(args: argparse.Namespace) -> Any:
+    """The editor of ``--pipeline`` (a DiffusionPipeline folder) or ``--editor module:attr``."""
+    if args.editor:
+        module_name, _, attribute = args.editor.partition(":")
+        if not attribute:
+            raise SystemExit(f"--editor {args.editor!r} must look like 'package.module:callable'.")
+        editor = getattr(importlib.import_module(module_name), attribute)
+        return editor() if inspect.isclass(editor) else editor
+
+    import torch
+    from accelerate import PartialState
+
+    from .generate import PipelineEditor
+
+    call_kwargs = {key: value for key, value in (("num_inference_steps", args.num_inference_steps),
+                                                 ("guidance_scale", args.guidance_scale)) if value is not None}
+    device = args.device or str(PartialState().device)
+    return PipelineEditor.from_pretrained(args.pipeline, device=device, torch_dtype=getattr(torch, args.dtype), **call_kwargs)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from .generate import generate_outputs
+    from .sessions import load_sessions
+
+    sessions = load_sessions(args.dataset, split=args.split, limit=args.limit)
+    summary = generate_outputs(build_editor(args), sessions, args.output_dir, seed_offset=args.seed_offset,
+                               max_turns=args.max_turns)
+    print(f"generate: {summary.sessions_generated} session(s) generated, {summary.sessions_skipped} skipped, "
+          f"{summary.images_written} image(s) written to {args.output_dir}")
+    return 0
+
+
+def run_judge(args: argparse.Namespace) -> int:
+    from .judge import JudgeClient, judge_benchmark
+    from .report import summarize, write_report
+    from .sessions import load_sessions
+
+    api_key = os.environ.get(args.api_key_env)
+    if not api_key and "api.openai.com" in args.base_url:
+        raise SystemExit(f"No API key: set the environment variable {args.api_key_env} (or --api-key-env NAME).")
+    try:
+        extra_body = json.loads(args.extra_body) if args.extra_body else None
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"--extra-body is not valid JSON: {error}") from None
+    report_dir = Path(args.report_dir or Path(args.outputs) / f"judge-{re.sub(r'[^A-Za-z0-9._-]+', '_', args.model)}")
+    sessions = load_sessions(args.dataset, split=args.split, limit=args.limit)
+    client = JudgeClient(args.base_url, args.model, api_key, timeout=args.timeout, max_retries=args.max_retries,
+                         backoff_seconds=args.backoff_seconds, extra_body=extra_body)
+    try:
+        judgements = judge_benchmark(client, sessions, args.outputs, report_dir / "cache", threshold=args.threshold,
+                                     seed_offset=args.seed_offset, max_turns=args.max_turns,
+                                     num_workers=args.num_workers, max_attempts=args.max_attempts)
+    finally:
+        client.close()
+    num_turns = max(session.num_turns for session in sessions)
+    if args.max_turns is not None:
+        num_turns = min(num_turns, args.max_turns)
+    summary = summarize(judgements, num_turns, args.threshold)
+    title = args.title or Path(args.outputs).resolve().name
+    metadata = {"judge_model": args.model, "threshold": args.threshold, "sessions": len(sessions),
+                "dataset": str(args.dataset), "outputs": str(args.outputs)}
+    paths = write_report(summary, report_dir, title=title, metadata=metadata)
+    print(paths["markdown"].read_text())
+    print(f"report: {paths['csv']}, {paths['markdown']}, {paths['plot']}")
+    return 0
+
+
+def run_metrics(args: argparse.Namespace) -> int:
+    from .magicbrush import evaluate_magicbrush
+    from .sessions import load_sessions
+
+    sessions = load_sessions(args.dataset, split=args.split, limit=args.limit)
+    captions = json.loads(Path(args.captions).read_text()) if args.captions else None
+    results = evaluate_magicbrush(
+        sessions, args.outputs, metrics=[name.strip() for name in args.metrics.split(",") if name.strip()],
+        captions=captions, clip_model=args.clip_model, dino_model=args.dino_model, device=args.device,
+        batch_size=args.batch_size, seed_offset=args.seed_offset, max_turns=args.max_turns,
+    )
+    output_json = Path(args.output_json or Path(args.outputs) / "magicbrush_metrics.json")
+    output_json.write_text(json.dumps(results, indent=2))
+    for setting in ("final_turn", "all_turn"):
+        print(setting + ": " + ", ".join(f"{name}={value:.4f}" for name, value in results[setting].items()))
+    print(f"results: {output_json}")
+    return 0
+
+
+def run_session_bench(args: argparse.Namespace) -> int:
+    from .session_bench import run_session_bench as run
+
+    paths = run(build_editor(args), args.report_dir, num_sessions=args.num_sessions, num_turns=args.num_turns,
+                seed=args.seed, image_size=args.image_size, title=args.title)
+    print(paths["markdown"].read_text())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = {"generate": run_generate, "judge": run_judge, "metrics": run_metrics,
+               "session-bench": run_session_bench}[args.command]
+    return command(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
