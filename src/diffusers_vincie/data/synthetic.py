@@ -1,0 +1,981 @@
+"""A synthetic shapes world whose editing sessions are known exactly ("VINCIE-Shapes").
+
+A scene is a background plus a few objects (circle / square / triangle, a size, a colour from a small palette)
+placed one per cell of a ``grid x grid`` lattice, seen through a camera that can pan by a few pixels. A session
+starts from a random scene and applies ``num_turns`` edits, each with a templated instruction over a small fixed
+vocabulary: add, remove, move (one cell), recolour, resize, camera pan, and two edits that need the history of
+the session, not only the last frame: "bring back the red circle" (restores a removed object where it was) and
+"make the blue square the colour it was before" (undoes a recolour).
+
+Because every pixel is rendered from the scene state with hard edges (a pixel is inside a shape when its centre
+is), everything is exact: the frames, the region of editing (RoE) of each transition in its source and target
+frame (the pixels of the edited object before and after), the changed-pixel mask, and the object attributes
+that :func:`score_edit` checks a model's output against.
+
+Uses:
+- training on the fly: :meth:`SyntheticWorld.sample_session` (about 0.1-0.3 ms per 32x32 five-frame session);
+- real videos with ground truth for the video -> sessions build pipeline: :meth:`SyntheticWorld.render_video`
+  writes an mp4 (smooth motion between held key states) plus a JSON sidecar read by :func:`read_ground_truth`;
+- benchmarks: :func:`score_edit` (changed-region IoU, right colour and shape, preservation of the rest).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import random
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .schema import STATIC_CAMERA, SessionRecord
+
+__all__ = [
+    "BACKGROUNDS",
+    "COLOURS",
+    "OP_KINDS",
+    "HISTORY_OPS",
+    "SHAPES",
+    "Edit",
+    "EditScore",
+    "SceneObject",
+    "SceneState",
+    "SyntheticSession",
+    "SyntheticWorld",
+    "decode_mask",
+    "encode_mask",
+    "read_ground_truth",
+    "score_edit",
+]
+
+# =====================================================================================================
+# Vocabulary of the world
+# =====================================================================================================
+
+# Named colours of objects. Chosen far apart in RGB and far from every background colour, so that each pixel
+# classifies exactly into the palette.
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "green": (30, 170, 50),
+    "blue": (30, 70, 230),
+    "yellow": (245, 215, 20),
+    "purple": (150, 40, 200),
+    "orange": (250, 130, 10),
+    "cyan": (20, 210, 220),
+    "pink": (250, 120, 190),
+}
+
+# Backgrounds: (top-or-left colour, bottom-or-right colour, split direction). Plain backgrounds use one colour.
+_COLOUR_ARRAYS = {name: np.array(rgb, dtype=np.uint8) for name, rgb in COLOURS.items()}
+
+BACKGROUNDS: dict[str, tuple[tuple[int, int, int], tuple[int, int, int], str]] = {
+    "light": ((205, 205, 205), (205, 205, 205), "none"),
+    "dark": ((55, 55, 60), (55, 55, 60), "none"),
+    "two_tone": ((190, 185, 160), (110, 110, 120), "horizontal"),
+    "split": ((150, 150, 150), (225, 225, 220), "vertical"),
+}
+
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+
+# Op kinds, in the order used by configuration dicts. The history ops need an earlier turn of the session.
+OP_KINDS: tuple[str, ...] = ("add", "remove", "move", "recolour", "resize", "bring_back", "revert_colour", "pan")
+HISTORY_OPS: frozenset[str] = frozenset({"bring_back", "revert_colour"})
+
+_DEFAULT_OP_WEIGHTS = {
+    "add": 1.0,
+    "remove": 1.0,
+    "move": 1.0,
+    "recolour": 1.0,
+    "resize": 1.0,
+    "bring_back": 2.0,
+    "revert_colour": 2.0,
+    "pan": 0.0,
+}
+
+# (d_row, d_col) of a one-cell move; for a pan, the direction the camera moves (the content moves opposite).
+_DIRECTIONS: dict[str, tuple[int, int]] = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
+_ROW_WORDS = {2: ("top", "bottom"), 3: ("top", "middle", "bottom")}
+_COL_WORDS = {2: ("left", "right"), 3: ("left", "center", "right")}
+
+# Shape geometry, in units of the object radius (see _rasterize).
+_SQUARE_HALF_SIDE = 0.85
+_TRIANGLE_BASE = 0.8  # base line at cy + 0.8 r, apex at cy - r, half base width r
+
+
+# =====================================================================================================
+# Scene state
+# =====================================================================================================
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """One object of a scene. ``previous_colours`` is the stack of colours it had before each recolour."""
+
+    id: int
+    shape: str
+    colour: str
+    size: str
+    row: int
+    col: int
+    previous_colours: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """How instructions refer to the object: ``"<colour> <shape>"`` (unique within a scene)."""
+        return f"{self.colour} {self.shape}"
+
+
+@dataclass(frozen=True)
+class SceneState:
+    """A full scene: background, objects (at most one per cell), camera offset in world pixels, and the objects
+    removed earlier in the session (most recent last), which "bring back" can restore."""
+
+    background: str
+    objects: tuple[SceneObject, ...]
+    camera: tuple[int, int] = (0, 0)  # (dx, dy) added to every position, in pixels of the world resolution
+    removed: tuple[SceneObject, ...] = ()
+
+    def find(self, colour: str, shape: str) -> SceneObject | None:
+        for obj in self.objects:
+            if obj.colour == colour and obj.shape == shape:
+                return obj
+        return None
+
+    def occupied(self) -> set[tuple[int, int]]:
+        return {(obj.row, obj.col) for obj in self.objects}
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One transition: its op kind, instruction, the edited object before and after (``None`` when absent;
+    both ``None`` for a camera pan) and the camera motion."""
+
+    op: str
+    instruction: str
+    before: SceneObject | None
+    after: SceneObject | None
+    camera_motion: str = STATIC_CAMERA
+
+    @property
+    def uses_history(self) -> bool:
+        """True when the instruction can only be followed with earlier turns of the session."""
+        return self.op in HISTORY_OPS
+
+
+# =====================================================================================================
+# Session
+# =====================================================================================================
+
+
+@dataclass
+class SyntheticSession:
+    """A sampled session with exact ground truth (``T`` = ``num_turns``, frames are ``T + 1``).
+
+    Attributes:
+        frames: ``T + 1`` uint8 arrays ``(H, W, 3)``.
+        instructions: ``T`` strings; ``instructions[t]`` turns ``frames[t]`` into ``frames[t + 1]``.
+        edits: ``T`` :class:`Edit` (op kind, object before/after, camera motion).
+        source_masks: ``T`` bool ``(H, W)``: the edited object's pixels in ``frames[t]`` (empty for "add" ops;
+            every object's pixels for a camera pan).
+        target_masks: ``T`` bool ``(H, W)``: the edited object's pixels in ``frames[t + 1]`` (empty for
+            "remove").
+        changed_masks: ``T`` bool ``(H, W)``: pixels where ``frames[t]`` and ``frames[t + 1]`` differ.
+        states: ``T + 1`` :class:`SceneState`, to re-render at any resolution.
+        seed: the integer seed the session was drawn with (``None`` when drawn from a caller's generator).
+        world: the world that drew the session (palette and geometry for :func:`score_edit`).
+    """
+
+    frames: list[np.ndarray]
+    instructions: list[str]
+    edits: list[Edit]
+    source_masks: list[np.ndarray]
+    target_masks: list[np.ndarray]
+    changed_masks: list[np.ndarray]
+    states: list[SceneState]
+    seed: int | None = None
+    world: "SyntheticWorld | None" = field(default=None, repr=False)
+
+    @property
+    def num_turns(self) -> int:
+        return len(self.instructions)
+
+    @property
+    def ops(self) -> list[str]:
+        return [edit.op for edit in self.edits]
+
+    @property
+    def camera_motion(self) -> list[str]:
+        return [edit.camera_motion for edit in self.edits]
+
+    def to_record(self, session_id: str | None = None, video_id: str | None = None) -> SessionRecord:
+        """Returns the session as a :class:`~diffusers_vincie.data.schema.SessionRecord` (ground-truth annotator).
+
+        Args:
+            session_id: defaults to ``"synthetic-<seed>/0"``.
+            video_id: defaults to ``"synthetic-<seed>"``.
+        """
+        default_video = f"synthetic-{self.seed if self.seed is not None else 'unseeded'}"
+        video_id = video_id or default_video
+        return SessionRecord(
+            session_id=session_id or f"{video_id}/0",
+            video_id=video_id,
+            frames=self.frames,
+            instructions=self.instructions,
+            source_masks=self.source_masks,
+            target_masks=self.target_masks,
+            camera_motion=self.camera_motion,
+            annotator={"name": "ground_truth", "world": "synthetic-shapes", "ops": self.ops, "seed": self.seed},
+        )
+
+
+# =====================================================================================================
+# Rasterization
+# =====================================================================================================
+
+
+def _rasterize(shape: str, cx: float, cy: float, radius: float, height: int, width: int) -> np.ndarray:
+    """Bool ``(height, width)`` mask of the pixels whose centre lies inside the shape (centre and radius in px)."""
+    mask = np.zeros((height, width), dtype=bool)
+    if radius <= 0:
+        return mask
+    # Only the bounding box is evaluated; it is clipped to the frame.
+    y0, y1 = max(0, int(math.floor(cy - radius))), min(height, int(math.ceil(cy + radius)) + 1)
+    x0, x1 = max(0, int(math.floor(cx - radius))), min(width, int(math.ceil(cx + radius)) + 1)
+    if y0 >= y1 or x0 >= x1:
+        return mask
+    ys = np.arange(y0, y1, dtype=np.float64)[:, None] + 0.5 - cy  # (h, 1), relative to the centre
+    xs = np.arange(x0, x1, dtype=np.float64)[None, :] + 0.5 - cx  # (1, w)
+    if shape == "circle":
+        inside = xs * xs + ys * ys <= radius * radius
+    elif shape == "square":
+        half = _SQUARE_HALF_SIDE * radius
+        inside = (np.abs(xs) <= half) & (np.abs(ys) <= half)
+    elif shape == "triangle":
+        # Apex at (0, -r), base from (-r, b) to (r, b): |x| <= r * (y + r) / (b + r) for -r <= y <= b.
+        base = _TRIANGLE_BASE * radius
+        inside = (ys >= -radius) & (ys <= base) & (np.abs(xs) <= radius * (ys + radius) / (base + radius))
+    else:
+        raise ValueError(f"shape: unknown shape {shape!r}; expected one of {SHAPES}.")
+    mask[y0:y1, x0:x1] = inside
+    return mask
+
+
+def _changed_pixels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Bool ``(H, W)``: pixels where two ``(H, W, 3)`` images differ (OR of channels; faster than ``any(-1)``)."""
+    differs = a != b
+    return differs[..., 0] | differs[..., 1] | differs[..., 2]
+
+
+def _background(name: str, camera: tuple[float, float], height: int, width: int, scale: float) -> np.ndarray:
+    """uint8 ``(height, width, 3)`` background; a two-tone split line moves with the camera."""
+    first, second, split = BACKGROUNDS[name]
+    image = np.empty((height, width, 3), dtype=np.uint8)
+    image[:] = first
+    if split == "horizontal":
+        line = int(round(height / 2 + camera[1] * scale))
+        image[max(0, line) :] = second
+    elif split == "vertical":
+        line = int(round(width / 2 + camera[0] * scale))
+        image[:, max(0, line) :] = second
+    return image
+
+
+# =====================================================================================================
+# Mask encoding for JSON sidecars
+# =====================================================================================================
+
+
+def encode_mask(mask: np.ndarray) -> dict[str, Any]:
+    """Encodes a bool ``(H, W)`` mask as ``{"shape": [H, W], "packbits": <base64>}`` for JSON."""
+    mask = np.asarray(mask, dtype=bool)
+    return {"shape": list(mask.shape), "packbits": base64.b64encode(np.packbits(mask, axis=None)).decode("ascii")}
+
+
+def decode_mask(encoded: dict[str, Any]) -> np.ndarray:
+    """Inverse of :func:`encode_mask`."""
+    height, width = encoded["shape"]
+    bits = np.frombuffer(base64.b64decode(encoded["packbits"]), dtype=np.uint8)
+    return np.unpackbits(bits, count=height * width).reshape(height, width).astype(bool)
+
+
+# =====================================================================================================
+# The world
+# =====================================================================================================
+
+
+class SyntheticWorld:
+    """Samples editing sessions of simple shapes with exact ground truth.
+
+    Args:
+        resolution: side of the square frames in pixels (the world resolution).
+        grid: cells per side (2 or 3); objects sit one per cell.
+        shapes: shape names, a subset of :data:`SHAPES`.
+        colours: colour names, a subset of :data:`COLOURS` (at least 2).
+        sizes: size name -> radius as a fraction of the cell side (< 0.5 so objects stay in their cell),
+            from smallest to largest.
+        backgrounds: background names, a subset of :data:`BACKGROUNDS`.
+        min_objects: fewest objects in a scene (also the floor for "remove").
+        max_objects: most objects in a scene.
+        op_weights: relative frequency of each op kind of :data:`OP_KINDS` (missing kinds keep their default;
+            ``"pan"`` is 0 by default: set it > 0 to get camera pans). An op is drawn among those valid in the
+            current state, so history ops appear only when the history allows them.
+        pan_step: camera move of one pan, in pixels (default: a fifth of a cell).
+        max_pan_steps: the camera stays within this many steps of its start on each axis.
+    """
+
+    def __init__(
+        self,
+        resolution: int = 32,
+        grid: int = 3,
+        shapes: Sequence[str] = SHAPES,
+        colours: Sequence[str] = ("red", "green", "blue", "yellow", "purple"),
+        sizes: dict[str, float] | None = None,
+        backgrounds: Sequence[str] = ("light", "dark", "two_tone"),
+        min_objects: int = 1,
+        max_objects: int = 4,
+        op_weights: dict[str, float] | None = None,
+        pan_step: int | None = None,
+        max_pan_steps: int = 2,
+    ) -> None:
+        if not isinstance(resolution, int) or resolution < 8:
+            raise ValueError(f"resolution: must be an int >= 8, got {resolution!r}.")
+        if grid not in _ROW_WORDS:
+            raise ValueError(f"grid: must be one of {sorted(_ROW_WORDS)} (positions are named in words), got {grid!r}.")
+        self._check_subset("shapes", shapes, SHAPES)
+        self._check_subset("colours", colours, COLOURS)
+        self._check_subset("backgrounds", backgrounds, BACKGROUNDS)
+        if len(colours) < 2:
+            raise ValueError("colours: need at least 2 colours so that recolour is possible.")
+        sizes = dict(sizes) if sizes is not None else {"small": 0.28, "big": 0.44}
+        if not sizes or any(not 0 < fraction < 0.5 for fraction in sizes.values()):
+            raise ValueError(f"sizes: radius fractions must lie in (0, 0.5) so objects stay in their cell, got {sizes}.")
+        if list(sizes.values()) != sorted(sizes.values()):
+            raise ValueError(f"sizes: list sizes from smallest to largest, got {sizes}.")
+        capacity = min(grid * grid, len(shapes) * len(colours))
+        if not 0 <= min_objects <= max_objects <= capacity or max_objects < 1:
+            raise ValueError(
+                f"min_objects/max_objects: need 0 <= min_objects <= max_objects <= {capacity} (cells and unique "
+                f"colour-shape pairs) and max_objects >= 1, got {min_objects}/{max_objects}."
+            )
+        weights = dict(_DEFAULT_OP_WEIGHTS)
+        for op, weight in (op_weights or {}).items():
+            if op not in weights:
+                raise ValueError(f"op_weights: unknown op {op!r}; expected keys from {OP_KINDS}.")
+            if not weight >= 0:
+                raise ValueError(f"op_weights: weight of {op!r} must be >= 0, got {weight}.")
+            weights[op] = float(weight)
+        if not any(weights[op] > 0 for op in ("add", "remove", "move", "recolour", "resize", "pan")):
+            raise ValueError("op_weights: at least one op that needs no history must have a positive weight.")
+
+        self.resolution = resolution
+        self.grid = grid
+        self.shapes = tuple(shapes)
+        self.colours = tuple(colours)
+        self.sizes = sizes
+        self.backgrounds = tuple(backgrounds)
+        self.min_objects = min_objects
+        self.max_objects = max_objects
+        self.op_weights = weights
+        self.cell = resolution / grid
+        self.pan_step = pan_step if pan_step is not None else max(1, round(self.cell / 5))
+        self.max_pan_steps = max_pan_steps
+        self._size_names = tuple(sizes)
+        # Caches of the world resolution: object footprint per (shape, size, row, col, camera); background per
+        # (name, camera). A session then renders with a copy and a few boolean assignments.
+        self._footprints: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self._backgrounds: dict[tuple, np.ndarray] = {}
+
+    @staticmethod
+    def _check_subset(name: str, values: Sequence[str], allowed: Any) -> None:
+        unknown = [value for value in values if value not in allowed]
+        if unknown or not values or len(set(values)) != len(values):
+            raise ValueError(f"{name}: expected distinct values from {list(allowed)}, got {list(values)}.")
+
+    # -------------------------------------------------------------------------------------------------
+    # Configuration and vocabulary
+    # -------------------------------------------------------------------------------------------------
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments; ``SyntheticWorld(**world.config)`` rebuilds the same world."""
+        return {
+            "resolution": self.resolution,
+            "grid": self.grid,
+            "shapes": list(self.shapes),
+            "colours": list(self.colours),
+            "sizes": dict(self.sizes),
+            "backgrounds": list(self.backgrounds),
+            "min_objects": self.min_objects,
+            "max_objects": self.max_objects,
+            "op_weights": dict(self.op_weights),
+            "pan_step": self.pan_step,
+            "max_pan_steps": self.max_pan_steps,
+        }
+
+    @property
+    def vocabulary(self) -> list[str]:
+        """Every word an instruction of this world can contain, sorted (e.g. to train a tokenizer)."""
+        words = set("add a at the remove move change to make bring back colour it was before pan camera".split())
+        words.update(self._article(size) for size in self.sizes)
+        words.update(self.shapes, self.colours, _DIRECTIONS, _ROW_WORDS[self.grid], _COL_WORDS[self.grid])
+        if len(self.sizes) > 1:
+            words.update(("bigger", "smaller"))
+        words.update(self.sizes)
+        return sorted(words)
+
+    def example_instructions(self) -> list[str]:
+        """One instruction of each template, e.g. as tokenizer training text beside :attr:`vocabulary`."""
+        c, c2, s, z = self.colours[0], self.colours[1], self.shapes[0], self._size_names[-1]
+        return [
+            f"add {self._article(z)} {z} {c} {s} at the {_ROW_WORDS[self.grid][0]} {_COL_WORDS[self.grid][0]}",
+            f"remove the {c} {s}",
+            f"move the {c} {s} left",
+            f"change the {c} {s} to {c2}",
+            f"make the {c} {s} bigger",
+            f"bring back the {c} {s}",
+            f"make the {c} {s} the colour it was before",
+            "pan the camera left",
+        ]
+
+    @staticmethod
+    def _article(word: str) -> str:
+        return "an" if word[0] in "aeiou" else "a"
+
+    # -------------------------------------------------------------------------------------------------
+    # Geometry and rendering
+    # -------------------------------------------------------------------------------------------------
+
+    def _centre(self, row: int, col: int, camera: tuple[float, float]) -> tuple[float, float]:
+        """Centre ``(x, y)`` of a cell in world pixels, seen through the camera. Snapped to whole pixels so that
+        shapes are symmetric at the world resolution."""
+        return round((col + 0.5) * self.cell) + camera[0], round((row + 0.5) * self.cell) + camera[1]
+
+    def footprint(self, obj: SceneObject, camera: tuple[int, int], resolution: int | None = None) -> np.ndarray:
+        """Bool ``(R, R)`` mask of the object's pixels at ``resolution`` (default: the world resolution)."""
+        return self._footprint_and_indices(obj, camera, resolution or self.resolution)[0]
+
+    def _footprint_and_indices(
+        self, obj: SceneObject, camera: tuple[int, int], resolution: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The footprint and its flat pixel indices (integer indexing paints faster than a bool mask)."""
+        key = (obj.shape, obj.size, obj.row, obj.col, camera, resolution)
+        cached = self._footprints.get(key)
+        if cached is None:
+            scale = resolution / self.resolution
+            cx, cy = self._centre(obj.row, obj.col, camera)
+            radius = self.sizes[obj.size] * self.cell
+            mask = _rasterize(obj.shape, cx * scale, cy * scale, radius * scale, resolution, resolution)
+            mask.setflags(write=False)
+            cached = self._footprints[key] = (mask, np.flatnonzero(mask))
+        return cached
+
+    def _background_image(self, name: str, camera: tuple[int, int], resolution: int) -> np.ndarray:
+        key = (name, camera, resolution)
+        image = self._backgrounds.get(key)
+        if image is None:
+            image = _background(name, camera, resolution, resolution, resolution / self.resolution)
+            image.setflags(write=False)
+            self._backgrounds[key] = image
+        return image
+
+    def render(self, state: SceneState, resolution: int | None = None) -> np.ndarray:
+        """Renders a scene as a uint8 ``(R, R, 3)`` array at ``resolution`` (default: the world resolution)."""
+        resolution = resolution or self.resolution
+        image = self._background_image(state.background, state.camera, resolution).copy()
+        pixels = image.reshape(-1, 3)  # (R * R, 3) view
+        for obj in state.objects:
+            pixels[self._footprint_and_indices(obj, state.camera, resolution)[1]] = _COLOUR_ARRAYS[obj.colour]
+        return image
+
+    def _edit_masks(
+        self, edit: Edit, before: SceneState, after: SceneState, resolution: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """RoE of a transition in its source and target frame (see :class:`SyntheticSession`)."""
+        resolution = resolution or self.resolution
+        empty = np.zeros((resolution, resolution), dtype=bool)
+        if edit.op == "pan":
+            source, target = empty.copy(), empty.copy()
+            for obj in before.objects:
+                source |= self.footprint(obj, before.camera, resolution)
+            for obj in after.objects:
+                target |= self.footprint(obj, after.camera, resolution)
+            return source, target
+        source = self.footprint(edit.before, before.camera, resolution).copy() if edit.before else empty.copy()
+        target = self.footprint(edit.after, after.camera, resolution).copy() if edit.after else empty
+        return source, target
+
+    # -------------------------------------------------------------------------------------------------
+    # Sampling
+    # -------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _python_rng(rng_or_seed: int | np.random.Generator | random.Random) -> tuple[random.Random, int | None]:
+        """A fast Python RNG (per-call overhead matters more than quality here) and the seed, when known."""
+        if isinstance(rng_or_seed, random.Random):
+            return rng_or_seed, None
+        if isinstance(rng_or_seed, np.random.Generator):
+            return random.Random(int(rng_or_seed.integers(0, 2**63))), None
+        if isinstance(rng_or_seed, (int, np.integer)) and not isinstance(rng_or_seed, bool):
+            return random.Random(int(rng_or_seed)), int(rng_or_seed)
+        raise TypeError(
+            f"rng_or_seed: expected an int seed, a numpy Generator or a random.Random, got {type(rng_or_seed)}."
+        )
+
+    def sample_scene(self, rng: random.Random) -> SceneState:
+        """A random initial scene: background, ``min_objects..max_objects`` objects, unique (colour, shape)."""
+        count = rng.randint(max(1, self.min_objects), self.max_objects)
+        cells = rng.sample(range(self.grid * self.grid), count)
+        pairs = rng.sample([(c, s) for c in self.colours for s in self.shapes], count)
+        objects = tuple(
+            SceneObject(id=i, shape=s, colour=c, size=rng.choice(self._size_names), row=cell // self.grid,
+                        col=cell % self.grid)
+            for i, (cell, (c, s)) in enumerate(zip(cells, pairs))
+        )
+        return SceneState(background=rng.choice(self.backgrounds), objects=objects)
+
+    def sample_session(
+        self, rng_or_seed: int | np.random.Generator | random.Random, num_turns: int = 5
+    ) -> SyntheticSession:
+        """Samples a session of ``num_turns`` edits (``num_turns + 1`` frames), deterministic by seed.
+
+        Args:
+            rng_or_seed: an int seed (the same seed gives the same session), a ``numpy.random.Generator`` or a
+                ``random.Random`` (both advanced).
+            num_turns: number of edits, >= 1.
+        """
+        if not isinstance(num_turns, int) or num_turns < 1:
+            raise ValueError(f"num_turns: must be an int >= 1, got {num_turns!r}.")
+        rng, seed = self._python_rng(rng_or_seed)
+        states = [self.sample_scene(rng)]
+        edits: list[Edit] = []
+        for _ in range(num_turns):
+            state, edit = self._sample_edit(states[-1], rng)
+            states.append(state)
+            edits.append(edit)
+        frames = [self.render(state) for state in states]
+        source_masks, target_masks, changed_masks = [], [], []
+        for t, edit in enumerate(edits):
+            source, target = self._edit_masks(edit, states[t], states[t + 1])
+            source_masks.append(source)
+            target_masks.append(target)
+            changed_masks.append(_changed_pixels(frames[t], frames[t + 1]))
+        return SyntheticSession(
+            frames=frames,
+            instructions=[edit.instruction for edit in edits],
+            edits=edits,
+            source_masks=source_masks,
+            target_masks=target_masks,
+            changed_masks=changed_masks,
+            states=states,
+            seed=seed,
+            world=self,
+        )
+
+    def _sample_edit(self, state: SceneState, rng: random.Random) -> tuple[SceneState, Edit]:
+        """Draws one valid op (weighted) and applies it."""
+        candidates = self._candidates(state)
+        ops = [op for op in OP_KINDS if candidates[op] and self.op_weights[op] > 0]
+        op = rng.choices(ops, weights=[self.op_weights[op] for op in ops])[0]
+        return getattr(self, f"_apply_{op}")(state, rng.choice(candidates[op]), rng)
+
+    def _candidates(self, state: SceneState) -> dict[str, list]:
+        """For each op, the list of its valid arguments in ``state`` (empty list = op not possible)."""
+        occupied = state.occupied()
+        present = {(obj.colour, obj.shape) for obj in state.objects}
+        free_cells = [(r, c) for r in range(self.grid) for c in range(self.grid) if (r, c) not in occupied]
+        candidates: dict[str, list] = {op: [] for op in OP_KINDS}
+        if len(state.objects) < self.max_objects and free_cells:
+            absent = [(c, s) for c in self.colours for s in self.shapes if (c, s) not in present]
+            # One argument holding both choices; _apply_add draws the pair and the cell independently.
+            candidates["add"] = [(absent, free_cells)] if absent else []
+        if len(state.objects) > self.min_objects:
+            candidates["remove"] = list(state.objects)
+        largest = self._size_names[-1]
+        for obj in state.objects:
+            for direction, (d_row, d_col) in _DIRECTIONS.items():
+                row, col = obj.row + d_row, obj.col + d_col
+                if 0 <= row < self.grid and 0 <= col < self.grid and (row, col) not in occupied:
+                    candidates["move"].append((obj, direction))
+            for colour in self.colours:
+                if colour != obj.colour and (colour, obj.shape) not in present:
+                    candidates["recolour"].append((obj, colour))
+            if len(self._size_names) > 1:
+                candidates["resize"].append((obj, "smaller" if obj.size == largest else "bigger"))
+            if obj.previous_colours and (obj.previous_colours[-1], obj.shape) not in present:
+                candidates["revert_colour"].append(obj)
+        # "bring back": the most recently removed object of each (colour, shape), when its pair is absent and its
+        # cell free, and when the scene has room.
+        if len(state.objects) < self.max_objects:
+            seen: set[tuple[str, str]] = set()
+            for obj in reversed(state.removed):
+                pair = (obj.colour, obj.shape)
+                if pair in seen:
+                    continue
+                seen.add(pair)
+                if pair not in present and (obj.row, obj.col) not in occupied:
+                    candidates["bring_back"].append(obj)
+        for direction, (d_row, d_col) in _DIRECTIONS.items():
+            # The content moves opposite to the camera.
+            dx, dy = state.camera[0] - d_col * self.pan_step, state.camera[1] - d_row * self.pan_step
+            if max(abs(dx), abs(dy)) <= self.max_pan_steps * self.pan_step:
+                candidates["pan"].append(direction)
+        return candidates
+
+    # One method per op: (state, argument, rng) -> (new state, edit).
+
+    def _replace_object(self, state: SceneState, old: SceneObject, new: SceneObject) -> SceneState:
+        return replace(state, objects=tuple(new if obj.id == old.id else obj for obj in state.objects))
+
+    def _apply_add(self, state: SceneState, argument: Any, rng: random.Random) -> tuple[SceneState, Edit]:
+        absent, free_cells = argument
+        (colour, shape), (row, col) = rng.choice(absent), rng.choice(free_cells)
+        size = rng.choice(self._size_names)
+        new_id = 1 + max([obj.id for obj in state.objects + state.removed], default=-1)
+        obj = SceneObject(id=new_id, shape=shape, colour=colour, size=size, row=row, col=col)
+        where = f"{_ROW_WORDS[self.grid][row]} {_COL_WORDS[self.grid][col]}"
+        instruction = f"add {self._article(size)} {size} {colour} {shape} at the {where}"
+        return replace(state, objects=state.objects + (obj,)), Edit("add", instruction, None, obj)
+
+    def _apply_remove(self, state: SceneState, obj: SceneObject, rng: random.Random) -> tuple[SceneState, Edit]:
+        objects = tuple(other for other in state.objects if other.id != obj.id)
+        new_state = replace(state, objects=objects, removed=state.removed + (obj,))
+        return new_state, Edit("remove", f"remove the {obj.name}", obj, None)
+
+    def _apply_move(self, state: SceneState, argument: Any, rng: random.Random) -> tuple[SceneState, Edit]:
+        obj, direction = argument
+        d_row, d_col = _DIRECTIONS[direction]
+        moved = replace(obj, row=obj.row + d_row, col=obj.col + d_col)
+        return self._replace_object(state, obj, moved), Edit("move", f"move the {obj.name} {direction}", obj, moved)
+
+    def _apply_recolour(self, state: SceneState, argument: Any, rng: random.Random) -> tuple[SceneState, Edit]:
+        obj, colour = argument
+        recoloured = replace(obj, colour=colour, previous_colours=obj.previous_colours + (obj.colour,))
+        edit = Edit("recolour", f"change the {obj.name} to {colour}", obj, recoloured)
+        return self._replace_object(state, obj, recoloured), edit
+
+    def _apply_resize(self, state: SceneState, argument: Any, rng: random.Random) -> tuple[SceneState, Edit]:
+        obj, direction = argument
+        index = self._size_names.index(obj.size) + (1 if direction == "bigger" else -1)
+        resized = replace(obj, size=self._size_names[index])
+        edit = Edit("resize", f"make the {obj.name} {direction}", obj, resized)
+        return self._replace_object(state, obj, resized), edit
+
+    def _apply_bring_back(self, state: SceneState, obj: SceneObject, rng: random.Random) -> tuple[SceneState, Edit]:
+        removed = tuple(other for other in state.removed if other.id != obj.id)
+        new_state = replace(state, objects=state.objects + (obj,), removed=removed)
+        return new_state, Edit("bring_back", f"bring back the {obj.name}", None, obj)
+
+    def _apply_revert_colour(
+        self, state: SceneState, obj: SceneObject, rng: random.Random
+    ) -> tuple[SceneState, Edit]:
+        reverted = replace(obj, colour=obj.previous_colours[-1], previous_colours=obj.previous_colours[:-1])
+        edit = Edit("revert_colour", f"make the {obj.name} the colour it was before", obj, reverted)
+        return self._replace_object(state, obj, reverted), edit
+
+    def _apply_pan(self, state: SceneState, direction: str, rng: random.Random) -> tuple[SceneState, Edit]:
+        d_row, d_col = _DIRECTIONS[direction]
+        camera = (state.camera[0] - d_col * self.pan_step, state.camera[1] - d_row * self.pan_step)
+        edit = Edit("pan", f"pan the camera {direction}", None, None, camera_motion=f"pan {direction}")
+        return replace(state, camera=camera), edit
+
+    # -------------------------------------------------------------------------------------------------
+    # Video
+    # -------------------------------------------------------------------------------------------------
+
+    def _render_between(self, before: SceneState, after: SceneState, t: float, resolution: int) -> np.ndarray:
+        """A frame between two key states (``0 < t < 1``): positions, sizes and camera interpolate, appearing
+        objects grow from nothing, disappearing ones shrink, colours switch at half time."""
+        scale = resolution / self.resolution
+        camera = tuple((1 - t) * a + t * b for a, b in zip(before.camera, after.camera))
+        image = _background(before.background, camera, resolution, resolution, scale)
+        objects_before = {obj.id: obj for obj in before.objects}
+        objects_after = {obj.id: obj for obj in after.objects}
+        for obj_id in sorted(objects_before.keys() | objects_after.keys()):
+            a, b = objects_before.get(obj_id), objects_after.get(obj_id)
+            radius_a = self.sizes[a.size] * self.cell if a else 0.0
+            radius_b = self.sizes[b.size] * self.cell if b else 0.0
+            a, b = a or b, b or a
+            (ax, ay), (bx, by) = self._centre(a.row, a.col, camera), self._centre(b.row, b.col, camera)
+            cx, cy = (1 - t) * ax + t * bx, (1 - t) * ay + t * by
+            radius = (1 - t) * radius_a + t * radius_b
+            colour = a.colour if t < 0.5 else b.colour
+            mask = _rasterize(a.shape, cx * scale, cy * scale, radius * scale, resolution, resolution)
+            image[mask] = COLOURS[colour]
+        return image
+
+    def render_video(
+        self,
+        session: SyntheticSession,
+        path: str | os.PathLike,
+        fps: int = 8,
+        seconds_per_turn: float = 1.0,
+        resolution: int | None = None,
+        transition_fraction: float = 0.5,
+        crf: int = 12,
+        video_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Writes the session as an H.264 mp4 with a JSON ground-truth sidecar, both atomically.
+
+        Each key state is shown for ``seconds_per_turn`` seconds: the first ``transition_fraction`` of that time
+        animates from the previous state (nothing to animate for the first state), the rest holds the state
+        exactly. The sidecar (``<path>.json`` with the ``.mp4`` suffix replaced) holds the instructions, ops,
+        camera motion, exact RoE and changed masks at the video resolution (:func:`encode_mask`), the time of
+        each key state (middle of its hold) and its hold interval; read it with :func:`read_ground_truth`.
+
+        Args:
+            session: a session of this world.
+            path: output ``.mp4`` path; parent folders are created.
+            fps: frames per second.
+            seconds_per_turn: time each key state occupies in the video.
+            resolution: video side in pixels (even; default: the world resolution, rounded up to even).
+            transition_fraction: part of each turn spent animating, in ``[0, 1)``; the hold must keep >= 1 frame.
+            crf: H.264 quality (0 = best); low values keep palette colours close at key states.
+            video_id: id stored in the sidecar (default: the file stem).
+
+        Returns:
+            The ground-truth dict written to the sidecar.
+        """
+        import av  # optional dependency (extra "data")
+
+        path = Path(path)
+        if path.suffix != ".mp4":
+            raise ValueError(f"path: must end with .mp4, got {str(path)!r}.")
+        resolution = resolution or self.resolution + self.resolution % 2
+        if resolution % 2 or resolution < 16:
+            raise ValueError(f"resolution: must be an even number >= 16 (H.264 with yuv420p), got {resolution}.")
+        if not 0 <= transition_fraction < 1:
+            raise ValueError(f"transition_fraction: must lie in [0, 1), got {transition_fraction}.")
+        frames_per_turn = int(round(fps * seconds_per_turn))
+        transition_frames = int(round(transition_fraction * frames_per_turn))
+        hold_frames = frames_per_turn - transition_frames
+        if fps < 1 or hold_frames < 1:
+            raise ValueError(
+                f"fps/seconds_per_turn/transition_fraction: each state needs >= 1 held frame, got fps={fps}, "
+                f"seconds_per_turn={seconds_per_turn}, transition_fraction={transition_fraction}."
+            )
+
+        key_frames = [self.render(state, resolution) for state in session.states]
+        key_indices, hold_intervals = [], []
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.stem}.tmp{os.getpid()}.mp4")
+        container = av.open(str(temporary), mode="w", format="mp4")
+        try:
+            stream = container.add_stream("libx264", rate=fps)
+            stream.width = stream.height = resolution
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"crf": str(crf), "preset": "veryfast"}
+            index = 0
+            for k, key_frame in enumerate(key_frames):
+                animated = transition_frames if k > 0 else 0
+                for f in range(animated):
+                    t = (f + 1) / (animated + 1)
+                    self._encode(container, stream, self._render_between(session.states[k - 1], session.states[k],
+                                                                          t, resolution))
+                    index += 1
+                held = frames_per_turn - animated
+                hold_intervals.append([index / fps, (index + held) / fps])
+                key_indices.append(index + held // 2)
+                for _ in range(held):
+                    self._encode(container, stream, key_frame)
+                    index += 1
+            for packet in stream.encode():
+                container.mux(packet)
+        except BaseException:
+            container.close()
+            temporary.unlink(missing_ok=True)
+            raise
+        container.close()
+
+        source_masks, target_masks = [], []
+        for t, edit in enumerate(session.edits):
+            source, target = self._edit_masks(edit, session.states[t], session.states[t + 1], resolution)
+            source_masks.append(encode_mask(source))
+            target_masks.append(encode_mask(target))
+        ground_truth = {
+            "format": "vincie-synthetic-video/1",
+            "video_id": video_id or path.stem,
+            "video_file": path.name,
+            "fps": fps,
+            "num_frames": index,
+            "width": resolution,
+            "height": resolution,
+            "seconds_per_turn": seconds_per_turn,
+            "seed": session.seed,
+            "world": self.config,
+            "key_frame_indices": key_indices,
+            "key_timestamps": [i / fps for i in key_indices],
+            "hold_intervals": hold_intervals,
+            "instructions": list(session.instructions),
+            "ops": session.ops,
+            "camera_motion": session.camera_motion,
+            "source_masks": source_masks,
+            "target_masks": target_masks,
+            "changed_masks": [
+                encode_mask(_changed_pixels(a, b)) for a, b in zip(key_frames, key_frames[1:])
+            ],
+            "states": [_state_to_json(state) for state in session.states],
+        }
+        sidecar = path.with_suffix(".json")
+        temporary_json = sidecar.with_name(f".{sidecar.stem}.tmp{os.getpid()}.json")
+        temporary_json.write_text(json.dumps(ground_truth))
+        os.replace(temporary, path)
+        os.replace(temporary_json, sidecar)
+        return ground_truth
+
+    @staticmethod
+    def _encode(container: Any, stream: Any, image: np.ndarray) -> None:
+        import av
+
+        for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")):
+            container.mux(packet)
+
+
+def _state_to_json(state: SceneState) -> dict[str, Any]:
+    return {
+        "background": state.background,
+        "camera": list(state.camera),
+        "objects": [asdict(obj) for obj in state.objects],
+        "removed": [asdict(obj) for obj in state.removed],
+    }
+
+
+def read_ground_truth(path: str | os.PathLike) -> dict[str, Any]:
+    """Reads the sidecar of :meth:`SyntheticWorld.render_video` (give the ``.json`` or the ``.mp4`` path).
+
+    Masks are decoded to bool ``(H, W)`` arrays; all other keys are as written (see ``render_video``).
+
+    Raises:
+        ValueError: when the file is not a synthetic-video sidecar.
+    """
+    path = Path(path)
+    if path.suffix == ".mp4":
+        path = path.with_suffix(".json")
+    data = json.loads(path.read_text())
+    if data.get("format") != "vincie-synthetic-video/1":
+        raise ValueError(f"path: {str(path)!r} is not a synthetic-video ground-truth sidecar (no matching 'format').")
+    for name in ("source_masks", "target_masks", "changed_masks"):
+        data[name] = [decode_mask(mask) for mask in data[name]]
+    return data
+
+
+# =====================================================================================================
+# Scoring an edit (ShapesBench)
+# =====================================================================================================
+
+
+@dataclass
+class EditScore:
+    """Success of one predicted turn against the ground truth.
+
+    Attributes:
+        op: the op kind of the turn.
+        changed_iou: IoU of the predicted changed region (pixels differing from the source by more than the
+            tolerance) with the true changed region (1 when both are empty).
+        object_score: for ops that leave an object: IoU, in the object's cell, of the pixels whose nearest palette
+            colour is the object's colour in the prediction and in the truth (right colour and shape there); for
+            "remove": fraction of the removed object's pixels that match the true target; for a pan: fraction of
+            all pixels that match the true target.
+        preserved: fraction of the pixels outside the true changed region within tolerance of the truth.
+        success: ``changed_iou >= iou_threshold and object_score >= iou_threshold and preserved >=
+            preserve_threshold``.
+    """
+
+    op: str
+    changed_iou: float
+    object_score: float
+    preserved: float
+    success: bool
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.count_nonzero(a | b)
+    return 1.0 if union == 0 else np.count_nonzero(a & b) / union
+
+
+def _close(a: np.ndarray, b: np.ndarray, tolerance: int) -> np.ndarray:
+    """Bool ``(H, W)``: every channel within ``tolerance``."""
+    return (np.abs(a.astype(np.int16) - b.astype(np.int16)) <= tolerance).all(axis=-1)
+
+
+def score_edit(
+    pred_rgb: np.ndarray,
+    session: SyntheticSession,
+    turn: int,
+    world: SyntheticWorld | None = None,
+    source_rgb: np.ndarray | None = None,
+    tolerance: int = 32,
+    iou_threshold: float = 0.5,
+    preserve_threshold: float = 0.95,
+) -> EditScore:
+    """Scores a predicted image for transition ``turn`` (``frames[turn] -> frames[turn + 1]``) of a session.
+
+    Args:
+        pred_rgb: uint8 ``(H, W, 3)`` prediction at the session's resolution.
+        session: the ground-truth session.
+        turn: transition index in ``[0, num_turns)``.
+        world: the world that sampled the session (default: ``session.world``).
+        source_rgb: the image the model edited (default: the true ``frames[turn]``; pass the model's previous
+            output when turns are chained).
+        tolerance: per-channel tolerance (0-255) for "unchanged" and "matches".
+        iou_threshold: minimum changed-region IoU and object score for success.
+        preserve_threshold: minimum preserved fraction for success.
+    """
+    world = world or session.world
+    if world is None:
+        raise ValueError("world: the session carries no world; pass the SyntheticWorld that sampled it.")
+    if not 0 <= turn < session.num_turns:
+        raise ValueError(f"turn: must lie in [0, {session.num_turns}), got {turn}.")
+    target = session.frames[turn + 1]
+    source = session.frames[turn] if source_rgb is None else np.asarray(source_rgb)
+    pred = np.asarray(pred_rgb)
+    if pred.dtype != np.uint8 or pred.shape != target.shape:
+        raise ValueError(
+            f"pred_rgb: expected a uint8 array of shape {target.shape}, got {pred.dtype} {pred.shape}; resize the "
+            "prediction to the session resolution and convert with `np.asarray(image.convert('RGB'))`."
+        )
+    if source.shape != target.shape:
+        raise ValueError(f"source_rgb: expected shape {target.shape}, got {source.shape}.")
+
+    true_changed = session.changed_masks[turn]
+    pred_changed = ~_close(pred, source, tolerance)
+    changed_iou = _iou(pred_changed, true_changed)
+    preserved_region = ~true_changed
+    matches = _close(pred, target, tolerance)
+    preserved = float(matches[preserved_region].mean()) if preserved_region.any() else 1.0
+
+    edit = session.edits[turn]
+    if edit.after is not None:
+        # Nearest palette colour of each pixel, compared in the cell of the object (slightly enlarged).
+        palette = np.array(
+            [COLOURS[c] for c in world.colours] + [colour for name in world.backgrounds for colour in BACKGROUNDS[name][:2]],
+            dtype=np.int32,
+        )
+        colour_index = world.colours.index(edit.after.colour)
+        window = _cell_window(world, edit.after, session.states[turn + 1].camera, target.shape[0])
+
+        def is_object_colour(image: np.ndarray) -> np.ndarray:
+            pixels = image[window].astype(np.int32)
+            distances = ((pixels[..., None, :] - palette) ** 2).sum(-1)
+            return distances.argmin(-1) == colour_index
+
+        object_score = _iou(is_object_colour(pred), is_object_colour(target))
+    elif edit.before is not None:
+        footprint = session.source_masks[turn]
+        object_score = float(matches[footprint].mean()) if footprint.any() else 1.0
+    else:
+        object_score = float(matches.mean())
+    success = changed_iou >= iou_threshold and object_score >= iou_threshold and preserved >= preserve_threshold
+    return EditScore(edit.op, float(changed_iou), float(object_score), preserved, bool(success))
+
+
+def _cell_window(world: SyntheticWorld, obj: SceneObject, camera: tuple[int, int], resolution: int) -> tuple:
+    """Slices of the object's cell seen through the camera, enlarged by one pixel and clipped to the frame."""
+    x0 = int(math.floor(obj.col * world.cell + camera[0])) - 1
+    y0 = int(math.floor(obj.row * world.cell + camera[1])) - 1
+    x1 = int(math.ceil((obj.col + 1) * world.cell + camera[0])) + 1
+    y1 = int(math.ceil((obj.row + 1) * world.cell + camera[1])) + 1
+    return slice(max(0, y0), min(resolution, y1)), slice(max(0, x0), min(resolution, x1))
