@@ -293,3 +293,40 @@ def test_render_video_bad_arguments(tmp_path, world, sessions):
     with pytest.raises(ValueError, match="not a synthetic-video"):
         (tmp_path / "other.json").write_text("{}")
         read_ground_truth(tmp_path / "other.json")
+
+
+# =====================================================================================================
+# CLI
+# =====================================================================================================
+
+
+def _load_cli():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "dataset_scripts" / "make_synthetic_videos.py"
+    spec = importlib.util.spec_from_file_location("make_synthetic_videos", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_make_synthetic_videos_cli_is_deterministic_and_resumable(tmp_path):
+    cli = _load_cli()
+    common = ["--num-videos", "3", "--seed", "4", "--num-turns", "2", "--resolution", "32", "--no-progress"]
+    first = cli.main(["--output-dir", str(tmp_path / "a"), *common])
+    cli.main(["--output-dir", str(tmp_path / "b"), *common])
+    assert [p.name for p in first] == ["synth_000000.mp4", "synth_000001.mp4", "synth_000002.mp4"]
+    sidecars = [json.loads(p.with_suffix(".json").read_text()) for p in first]
+    for name in ("synth_000000.json", "synth_000002.json"):
+        assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
+    assert len({json.dumps(s["instructions"]) for s in sidecars}) > 1  # videos differ from one another
+    assert json.loads((tmp_path / "a" / "world.json").read_text())["op_weights"]["pan"] == 0.5
+    # Resume: existing videos are kept as they are, a missing one is rewritten identically.
+    kept = first[0].stat().st_mtime_ns
+    first[1].unlink()
+    cli.main(["--output-dir", str(tmp_path / "a"), *common])
+    assert first[0].stat().st_mtime_ns == kept and first[1].exists()
+    assert first[1].with_suffix(".json").read_text() == (tmp_path / "b" / "synth_000001.json").read_text()
+    with pytest.raises(ValueError, match="num_videos"):
+        cli.main(["--output-dir", str(tmp_path / "c"), "--num-videos", "-1"])
