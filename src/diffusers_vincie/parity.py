@@ -1,0 +1,269 @@
+"""Parity verifier: reproduces golden tensors of the official VINCIE code with this package's own code.
+
+Usage::
+
+    python -m diffusers_vincie.parity FOLDER [--only forward,sample,vae]
+
+``FOLDER`` has the layout of the official fixtures (``config.json``, ``dit_official.safetensors``,
+``forward_*.safetensors``, ``sample_*.safetensors``, ``vae_*.safetensors``; see the fixtures' README). The
+official weights are converted with the package's converters and every stored output is recomputed from the
+stored inputs: session assembly, transformer forwards (and per-block intermediates), the sampling loop with
+classifier-free guidance, the timestep schedule and the VAE. One line per check, exit status 1 if any check
+exceeds its tolerance or a file present in the folder has no check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from .assembly import build_condition, pack_sessions, select_valid_tokens
+from .conversion.dit import load_official_dit
+from .models.transformer_vincie import VincieTransformer
+
+FORWARD_TOL = 1e-4  # float32 transformer forward and intermediates
+BF16_ATTENTION_TOL = 1e-2  # official bf16 q/k/v cast vs its emulation (fixture README: loose check)
+SAMPLE_STEP_TOL = 1e-4
+SAMPLE_FINAL_TOL = 1e-3
+VAE_TOL = 1e-4
+
+
+@dataclass
+class Check:
+    name: str
+    actual: torch.Tensor
+    expected: torch.Tensor
+    tolerance: float
+
+    @property
+    def error(self) -> float:
+        if self.actual.shape != self.expected.shape:
+            return float("inf")
+        return (self.actual.double() - self.expected.double()).abs().max().item() if self.expected.numel() else 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.error <= self.tolerance
+
+    def line(self) -> str:
+        status = "OK  " if self.passed else "FAIL"
+        shape = "" if self.actual.shape == self.expected.shape else f" shape {tuple(self.actual.shape)} vs {tuple(self.expected.shape)}"
+        return f"{status} {self.name}: max abs err {self.error:.3e} (tol {self.tolerance:g}){shape}"
+
+
+# =====================================================================================================
+#                                            Forward checks
+# =====================================================================================================
+
+
+class _Recorder:
+    """Forward hooks collecting the official ``inter.*`` intermediates from a `VincieTransformer`."""
+
+    def __init__(self, model: VincieTransformer):
+        self.values: dict[str, torch.Tensor] = {}
+        hooks = [
+            model.time_embed.register_forward_hook(self._store("inter.emb")),
+            model.patch_embed.register_forward_hook(self._store("inter.vid_in")),
+            model.context_embedder.register_forward_hook(self._store("inter.txt_in")),
+            model.proj_out.register_forward_pre_hook(lambda m, args: self.values.__setitem__("inter.vid_out_ada", args[0])),
+        ]
+        for i, block in enumerate(model.transformer_blocks):
+            hooks.append(block.register_forward_hook(self._store_pair(f"inter.block{i}")))
+        self.hooks = hooks
+
+    def _store(self, name: str) -> Callable:
+        return lambda module, args, output: self.values.__setitem__(name, output)
+
+    def _store_pair(self, prefix: str) -> Callable:
+        def hook(module, args, output):
+            self.values[f"{prefix}.vid"], self.values[f"{prefix}.txt"] = output
+
+        return hook
+
+    def close(self) -> None:
+        for h in self.hooks:
+            h.remove()
+
+
+def _run(model: VincieTransformer, t: dict, txt_key: str = "dit.txt") -> torch.Tensor:
+    shape_key = txt_key + "_shape"
+    return model(t["dit.vid"], t["dit.vid_shape"], t[txt_key], t[shape_key][:, 0], t["dit.timestep"]).sample
+
+
+def _assemble_sample(model: VincieTransformer, t: dict, prefix: str) -> tuple[torch.Tensor, torch.Tensor, list[Check]]:
+    """Rebuilds one sample's session text and condition from its pre-assembly pieces (checked exactly)."""
+    segments = select_valid_tokens(t[f"{prefix}text_embeds"], t[f"{prefix}text_masks"])
+    text = model.build_session_text(segments, t[f"{prefix}turn_ids"])
+    cond = build_condition(t[f"{prefix}image_latents"])
+    checks = []
+    if f"{prefix}cond" in t:
+        checks.append(Check(f"assembly {prefix}cond", cond, t[f"{prefix}cond"], 0.0))
+    if f"{prefix}turn_embeddings" in t:
+        turns = model.turn_embedding(t[f"{prefix}turn_ids"])
+        checks.append(Check(f"assembly {prefix}turn_embeddings", turns, t[f"{prefix}turn_embeddings"], 0.0))
+    return text, cond, checks
+
+
+def forward_checks(model: VincieTransformer, t: dict, name: str) -> Iterator[Check]:
+    with torch.no_grad():
+        samples = sorted({k.split(".")[1] for k in t if k.startswith("pre.s")})
+        prefixes = [f"pre.{s}." for s in samples] if samples else (["pre."] if "pre.text_embeds" in t else [])
+        texts, videos = [], []
+        for prefix in prefixes:
+            text, cond, checks = _assemble_sample(model, t, prefix)
+            yield from checks
+            texts.append(text)
+            x_t = t[f"{prefix}x_t"]
+            if f"{prefix}x0" in t:
+                tt = t["dit.timestep"][len(videos)] / 1000.0
+                rebuilt = (1 - tt) * t[f"{prefix}x0"] + tt * t[f"{prefix}noise"]
+                yield Check(f"{name} {prefix}x_t", rebuilt, x_t, 1e-6)
+            videos.append(torch.cat([x_t, cond], -1))
+        if prefixes:
+            video, shapes, text, lengths = pack_sessions(videos, texts)
+            yield Check(f"{name} packed video", video, t["dit.vid"], 0.0)
+            yield Check(f"{name} video shapes", shapes.float(), t["dit.vid_shape"].float(), 0.0)
+            yield Check(f"{name} packed text", text, t["dit.txt"], 0.0)
+            yield Check(f"{name} text lengths", lengths.float(), t["dit.txt_shape"][:, 0].float(), 0.0)
+        if "pre.neg_text_embeds" in t:
+            neg = model.build_session_text(select_valid_tokens(t["pre.neg_text_embeds"], t["pre.neg_text_masks"]), [0])
+            yield Check(f"{name} packed negative text", neg, t["dit.txt_neg"], 0.0)
+
+        if "out.vid_sample_fp32_attention" in t:  # official bf16 q/k/v cast
+            model.set_attention_qkv_dtype(torch.bfloat16)
+            try:
+                yield Check(f"{name} out (bf16 q/k/v)", _run(model, t), t["out.vid_sample"], BF16_ATTENTION_TOL)
+            finally:
+                model.set_attention_qkv_dtype(None)
+            yield Check(f"{name} out (fp32 attention)", _run(model, t), t["out.vid_sample_fp32_attention"], FORWARD_TOL)
+            return
+
+        recorder = _Recorder(model)
+        try:
+            pos = _run(model, t)
+        finally:
+            recorder.close()
+        yield Check(f"{name} out", pos, t["out.vid_sample"], FORWARD_TOL)
+        for key in sorted(k for k in t if k.startswith("inter.") and not k.endswith("_shape")):
+            yield Check(f"{name} {key}", recorder.values[key].reshape(t[key].shape), t[key], FORWARD_TOL)
+        if "dit.txt_neg" in t:
+            neg = _run(model, t, "dit.txt_neg")
+            yield Check(f"{name} out_neg", neg, t["out.vid_sample_neg"], FORWARD_TOL)
+            if "out.vid_sample_cfg" in t:
+                cfg = neg + 7.5 * (pos - neg)
+                yield Check(f"{name} out_cfg", cfg, t["out.vid_sample_cfg"], FORWARD_TOL)
+
+
+# =====================================================================================================
+#                                         Sampling + schedule
+# =====================================================================================================
+
+
+def sample_checks(model: VincieTransformer, t: dict, config: dict, name: str) -> Iterator[Check]:
+    from .pipelines.sampling import official_scheduler, sample_session, set_trailing_timesteps
+
+    sampling = config.get("diffusion", {}).get("timesteps", {}).get("sampling", {})
+    shift = float(sampling.get("shift", 12.0))
+    if "timesteps_50_shift12" in t:
+        timesteps = set_trailing_timesteps(official_scheduler(shift=12.0), 50)
+        yield Check(f"{name} timesteps 50 shift 12", timesteps.float(), t["timesteps_50_shift12"], 1e-3)
+    if "timesteps" not in t or "init_noise" not in t:
+        return
+    steps = t["timesteps"].numel()
+    sched = official_scheduler(shift=shift)
+    yield Check(f"{name} timesteps ({steps} steps)", set_trailing_timesteps(sched, steps).float(), t["timesteps"], 1e-3)
+
+    states: dict[str, torch.Tensor] = {}
+
+    def record(step: int, x: torch.Tensor, pred_pos: torch.Tensor, pred_neg: Optional[torch.Tensor]) -> None:
+        states[f"step{step}.x_t"] = x.clone()
+        states[f"step{step}.pred_pos"] = pred_pos.clone()
+        if pred_neg is not None:
+            states[f"step{step}.pred_neg"] = pred_neg.clone()
+
+    with torch.no_grad():
+        final = sample_session(
+            model,
+            sched,
+            noise=t["init_noise"],
+            cond=t["cond"],
+            text=t["dit.txt"],
+            negative_text=t["dit.txt_neg"],
+            guidance_scale=float(t["cfg_scale"]),
+            num_inference_steps=steps,
+            on_step=record,
+        )
+    for key in sorted(k for k in t if k.startswith("step") and not k.endswith(".t")):
+        yield Check(f"{name} {key}", states[key], t[key], SAMPLE_STEP_TOL)
+    yield Check(f"{name} final latent", final, t["final_latent"], SAMPLE_FINAL_TOL)
+
+
+# =====================================================================================================
+#                                                Driver
+# =====================================================================================================
+
+
+def _load(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(os.fspath(path))
+
+
+def run_parity(folder: str | os.PathLike, only: Optional[set[str]] = None) -> list[Check]:
+    """Runs every check the folder supports; raises ``ValueError`` for files that have no check."""
+    folder = Path(folder)
+    if not (folder / "dit_official.safetensors").is_file() and not (folder / "vae_official.safetensors").is_file():
+        raise FileNotFoundError(f"{folder} holds neither dit_official.safetensors nor vae_official.safetensors.")
+    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    checks: list[Check] = []
+    model = None
+    if (folder / "dit_official.safetensors").is_file():
+        model = load_official_dit(_load(folder / "dit_official.safetensors"))
+    for path in sorted(folder.glob("*.safetensors")):
+        kind = path.name.split("_")[0]
+        if path.name in ("dit_official.safetensors", "vae_official.safetensors") or (only and kind not in only):
+            continue
+        if kind in ("forward", "sample") and model is None:
+            raise ValueError(f"{path.name} needs dit_official.safetensors in {folder}.")
+        if kind == "forward":
+            checks += forward_checks(model, _load(path), path.stem)
+        elif kind == "sample":
+            checks += sample_checks(model, _load(path), config, path.stem)
+        elif kind == "vae":
+            continue  # all vae_* files are checked together below
+        else:
+            raise ValueError(f"No parity check knows {path.name}.")
+    if (folder / "vae_official.safetensors").is_file() and (not only or "vae" in only):
+        from .conversion.vae import vae_parity_checks
+
+        checks += [Check(f"vae {n}", a, e, tol) for n, a, e, tol in vae_parity_checks(folder)]
+    return checks
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m diffusers_vincie.parity", description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", help="folder in the layout of the official fixtures")
+    parser.add_argument("--only", default=None, help="comma-separated subset of: forward, sample, vae")
+    args = parser.parse_args(argv)
+    only = set(args.only.split(",")) if args.only else None
+    try:
+        checks = run_parity(args.folder, only)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"ERROR {err}", file=sys.stderr)
+        return 2
+    for check in checks:
+        print(check.line())
+    failed = [c for c in checks if not c.passed]
+    print(f"{len(checks) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed or not checks else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+from .sampling import official_scheduler, set_trailing_timesteps
