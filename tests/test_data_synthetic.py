@@ -156,6 +156,21 @@ def test_vocabulary_covers_every_instruction_and_pan(sessions):
     assert max(len(s.split()) for s in world.example_instructions()) <= 10
 
 
+def test_sample_batch(world):
+    batch = world.sample_batch(9, batch_size=4, num_turns=3)
+    assert batch["frames"].shape == (4, 4, 32, 32, 3) and batch["frames"].dtype == np.uint8
+    assert batch["source_masks"].shape == batch["changed_masks"].shape == (4, 3, 32, 32)
+    assert batch["uses_history"].shape == (4, 3) and len(batch["instructions"]) == 4
+    again = world.sample_batch(9, batch_size=4, num_turns=3)
+    np.testing.assert_array_equal(batch["frames"], again["frames"])
+    session = batch["sessions"][2]
+    np.testing.assert_array_equal(batch["target_masks"][2, 1], session.target_masks[1])
+    assert batch["ops"][2] == session.ops and list(batch["uses_history"][2]) == [e.uses_history for e in session.edits]
+    assert len({tuple(i) for i in batch["instructions"]}) > 1
+    with pytest.raises(ValueError, match="batch_size"):
+        world.sample_batch(0, batch_size=0)
+
+
 def test_sampling_is_fast(world):
     for seed in range(50):
         world.sample_session(seed)
@@ -215,6 +230,7 @@ def test_score_edit(world, sessions):
     session = next(s for s in sessions if "recolour" in s.ops)
     turn = session.ops.index("recolour")
     truth = score_edit(session.frames[turn + 1], session, turn)
+    assert not truth.uses_history and truth.op == "recolour"
     assert truth.success and truth.changed_iou == 1.0 and truth.preserved == 1.0 and truth.object_score == 1.0
     copy = score_edit(session.frames[turn], session, turn)
     assert not copy.success and copy.changed_iou == 0.0

@@ -577,6 +577,36 @@ class SyntheticWorld:
             world=self,
         )
 
+    def sample_batch(
+        self, rng_or_seed: int | np.random.Generator | random.Random, batch_size: int, num_turns: int = 5
+    ) -> dict[str, Any]:
+        """Samples ``batch_size`` sessions stacked into arrays (for training on the fly).
+
+        Args:
+            rng_or_seed: as in :meth:`sample_session`; an int seed gives the same batch every time.
+            batch_size: number of sessions ``B``.
+            num_turns: edits per session ``T``.
+
+        Returns:
+            A dict with ``frames`` uint8 ``(B, T + 1, H, W, 3)``; ``source_masks``, ``target_masks``,
+            ``changed_masks`` bool ``(B, T, H, W)``; ``uses_history`` bool ``(B, T)``; ``instructions`` and
+            ``ops``: ``B`` lists of ``T`` strings; ``sessions``: the :class:`SyntheticSession` objects.
+        """
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size: must be an int >= 1, got {batch_size!r}.")
+        rng, _ = self._python_rng(rng_or_seed)
+        sessions = [self.sample_session(rng, num_turns) for _ in range(batch_size)]
+        return {
+            "frames": np.stack([np.stack(s.frames) for s in sessions]),
+            "source_masks": np.stack([np.stack(s.source_masks) for s in sessions]),
+            "target_masks": np.stack([np.stack(s.target_masks) for s in sessions]),
+            "changed_masks": np.stack([np.stack(s.changed_masks) for s in sessions]),
+            "uses_history": np.array([[edit.uses_history for edit in s.edits] for s in sessions], dtype=bool),
+            "instructions": [s.instructions for s in sessions],
+            "ops": [s.ops for s in sessions],
+            "sessions": sessions,
+        }
+
     def _sample_edit(self, state: SceneState, rng: random.Random) -> tuple[SceneState, Edit]:
         """Draws one valid op (weighted) and applies it."""
         candidates = self._candidates(state)
@@ -930,6 +960,7 @@ class EditScore:
 
     Attributes:
         op: the op kind of the turn.
+        uses_history: whether the instruction needs earlier turns (``"bring_back"``, ``"revert_colour"``).
         changed_iou: IoU of the predicted changed region (pixels differing from the source by more than the
             tolerance) with the true changed region (1 when both are empty).
         object_score: for ops that leave an object: IoU, in the object's cell, of the pixels whose nearest palette
@@ -942,6 +973,7 @@ class EditScore:
     """
 
     op: str
+    uses_history: bool
     changed_iou: float
     object_score: float
     preserved: float
@@ -1026,7 +1058,7 @@ def score_edit(
     else:
         object_score = float(matches.mean())
     success = changed_iou >= iou_threshold and object_score >= iou_threshold and preserved >= preserve_threshold
-    return EditScore(edit.op, float(changed_iou), float(object_score), preserved, bool(success))
+    return EditScore(edit.op, edit.uses_history, float(changed_iou), float(object_score), preserved, bool(success))
 
 
 def _cell_window(world: SyntheticWorld, obj: SceneObject, camera: tuple[int, int], resolution: int) -> tuple:
