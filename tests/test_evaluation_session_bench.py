@@ -1,0 +1,83 @@
+"""Session bench on the synthetic world: exact success with oracle, identity and mixed editors, via the CLI too."""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+import types
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import PIL.Image
+import pytest
+
+from diffusers_vincie.evaluation.__main__ import main
+from diffusers_vincie.evaluation.session_bench import IdentityEditor, build_bench_sessions, run_session_bench
+
+NUM_SESSIONS, NUM_TURNS, SIZE = 6, 3, 48
+
+
+class OracleEditor:
+    """Returns the true next frame of the session whose source it is given; identity for odd sessions if asked."""
+
+    def __init__(self, only_even: bool = False):
+        self.sessions = build_bench_sessions(NUM_SESSIONS, NUM_TURNS, seed=0, image_size=SIZE)
+        self.by_source = {s.frames[0].tobytes(): i for i, s in enumerate(self.sessions)}
+        self.only_even = only_even
+
+    def __call__(self, images, instructions, seed):
+        index = self.by_source[images[0].tobytes()]
+        if self.only_even and index % 2:
+            return images[-1].copy()
+        return PIL.Image.fromarray(self.sessions[index].frames[len(images)])
+
+
+def read_csv(path):
+    with open(path, newline="") as stream:
+        return list(csv.reader(stream))
+
+
+def test_oracle_succeeds_everywhere_identity_nowhere(tmp_path):
+    oracle = run_session_bench(OracleEditor(), tmp_path / "oracle", NUM_SESSIONS, NUM_TURNS, image_size=SIZE)
+    rows = read_csv(oracle["csv"])
+    assert [row[1:] for row in rows[1:]] == [["1.0000", "10.0000", "10.0000", "10.0000"]] * NUM_TURNS
+
+    identity = run_session_bench(IdentityEditor(), tmp_path / "identity", NUM_SESSIONS, NUM_TURNS, image_size=SIZE)
+    rows = read_csv(identity["csv"])
+    assert [float(row[1]) for row in rows[1:]] == [0.0] * NUM_TURNS
+    turns = read_csv(identity["turns"])
+    assert len(turns) == 1 + NUM_SESSIONS  # every session stops at its first (failed) turn
+    assert all(row[turns[0].index("success")] == "False" for row in turns[1:])
+
+
+def test_mixed_editor_matches_hand_computation_and_resumes(tmp_path):
+    paths = run_session_bench(OracleEditor(only_even=True), tmp_path, NUM_SESSIONS, NUM_TURNS, image_size=SIZE)
+    rows = [[float(value) for value in row[1:]] for row in read_csv(paths["csv"])[1:]]
+    half = NUM_SESSIONS // 2
+    # Even sessions succeed at every turn; odd ones fail at turn 1, so later turns only hold the even ones.
+    assert [row[0] for row in rows] == [0.5] * NUM_TURNS
+    assert rows[1][1:] == pytest.approx([10 * half / NUM_SESSIONS] * 3)
+    assert rows[2][1:] == pytest.approx([10 * half / NUM_SESSIONS] * 3)
+
+    mtime = os.path.getmtime(tmp_path / "outputs" / "0_turn0_rep0_seed0.png")
+    calls = []
+
+    def counting(images, instructions, seed):
+        calls.append(seed)
+        return images[-1]
+
+    run_session_bench(counting, tmp_path, NUM_SESSIONS, NUM_TURNS, image_size=SIZE)
+    assert calls == [] and os.path.getmtime(tmp_path / "outputs" / "0_turn0_rep0_seed0.png") == mtime
+
+
+def test_session_bench_cli_with_an_importable_editor(tmp_path, monkeypatch):
+    module = types.ModuleType("fake_editors_for_session_bench")
+    module.Oracle = OracleEditor
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    assert main(["session-bench", "--report-dir", str(tmp_path), "--num-sessions", str(NUM_SESSIONS),
+                 "--num-turns", str(NUM_TURNS), "--image-size", str(SIZE), "--editor", f"{module.__name__}:Oracle"]) == 0
+    assert read_csv(tmp_path / "session_bench.csv")[1][1] == "1.0000"
+    assert (tmp_path / "session_bench_success.png").exists() and (tmp_path / "session_bench.md").exists()
+    with pytest.raises(SystemExit, match="module:callable"):
+        main(["session-bench", "--report-dir", str(tmp_path), "--editor", "no_colon_here"])
