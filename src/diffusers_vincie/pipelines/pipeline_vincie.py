@@ -1,0 +1,373 @@
+"""VincieInContextPipeline: multi-turn in-context image editing with VINCIE.
+
+Each turn conditions on the source image(s), every earlier output and every earlier instruction (official turn
+loop, spec 6.1). The per-turn work:
+
+    instructions --template--> prompts --tokenizer + end token--> text encoder --valid tokens--> segments
+    images --official resize/crop--> VAE encode (posterior sample or mode) x scaling --> context latents
+    [segments with turn tokens] + [context frames, target frame] --sampler (CFG, trailing shift-12 schedule)-->
+    target latent --VAE decode--> image
+
+`VincieEditingSession` (``pipe.start_session(image)``) keeps every encoded instruction and image, so a session
+never encodes anything twice; the plain ``__call__`` runs the same machinery for a list of instructions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Union
+
+import PIL.Image
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler
+from diffusers.pipelines.pipeline_utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..assembly import FRAME, build_condition
+from ..models.transformer_vincie import VincieTransformer
+from .image_processing import postprocess
+from .lora import VincieLoraLoaderMixin
+from .sampling import CachedContextVelocity, FullAttentionVelocity, run_sampler, set_trailing_timesteps
+
+OFFICIAL_NEGATIVE_PROMPT = (
+    "Worst quality, Normal quality, Low quality, Low res, Blurry, Jpeg artifacts, Grainy, text, logo, watermark, "
+    "banner, extra digits, signature, subtitling, Bad anatomy, Bad proportions, Deformed, Disconnected limbs, "
+    "Disfigured, Extra arms, Extra limbs, Extra hands, Fused fingers, Gross proportions, Long neck, Malformed limbs, "
+    "Mutated, Mutated hands, Mutated limbs, Missing arms, Missing fingers, Poorly drawn hands, Poorly drawn face, "
+    "Nsfw, Uncensored, Cleavage, Nude, Nipples, Overexposed, Plain background, Grainy, Underexposed, "
+    "Deformed structures"
+)
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+FIDELITIES = ("exact", "official")
+POSTERIORS = ("sample", "mode")
+
+
+@dataclass
+class VincieInContextPipelineOutput(BaseOutput):
+    """Args:
+    images: the edited image of every turn (PIL, numpy, tensor or latent per ``output_type``).
+    masks: with chain-of-editing, the predicted ``(current, next)`` RoE mask images of every turn.
+    """
+
+    images: list
+    masks: Optional[list] = None
+
+
+# =====================================================================================================
+#                                          Session items
+# =====================================================================================================
+
+
+@dataclass
+class SessionFrame:
+    """A frame of the session: an image or an RoE mask, with its latent (``(h, w, C)``, scaled)."""
+
+    latent: torch.Tensor
+    image: PIL.Image.Image
+    kind: str = "image"  # "image" | "mask"
+
+
+@dataclass
+class SessionText:
+    """An instruction: its formatted prompt, encoder tokens ``(n, text_dim)`` and turn index."""
+
+    prompt: str
+    tokens: torch.Tensor
+    turn: int
+
+
+# =====================================================================================================
+#                                            Pipeline
+# =====================================================================================================
+
+
+class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
+    """Multi-turn in-context image editing (VINCIE).
+
+    Args:
+        transformer: the `VincieTransformer`.
+        vae: a diffusers `AutoencoderKL` (its ``scaling_factor``/``shift_factor`` are applied), or ``None`` for
+            pixel-space models whose "latents" are the images in [-1, 1] (the small models trained here).
+        text_encoder: any transformers text model returning ``last_hidden_state`` (``Qwen2Model`` for the
+            official checkpoints, ``T5EncoderModel`` for ours).
+        tokenizer: its tokenizer.
+        scheduler: ``FlowMatchEulerDiscreteScheduler`` (official: ``shift=12``, trailing timesteps).
+        default_negative_prompt: negative prompt used when ``negative_prompt`` is not given (the official one
+            unless the model was trained with another unconditional text).
+    """
+
+    model_cpu_offload_seq = "text_encoder->transformer->vae"
+    _optional_components = ["vae"]
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(
+        self,
+        transformer: VincieTransformer,
+        vae: Optional[AutoencoderKL],
+        text_encoder,
+        tokenizer,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        default_negative_prompt: str = OFFICIAL_NEGATIVE_PROMPT,
+    ):
+        super().__init__()
+        self.register_modules(
+            transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler
+        )
+        self.register_to_config(default_negative_prompt=default_negative_prompt)
+        if vae is not None and vae.config.latent_channels != transformer.config.latent_channels:
+            raise ValueError(
+                f"VAE latent channels ({vae.config.latent_channels}) != transformer latent channels "
+                f"({transformer.config.latent_channels})."
+            )
+        if vae is None and transformer.config.latent_channels != 3:
+            raise ValueError("Without a VAE (pixel space) the transformer must have latent_channels=3.")
+
+    # ------------------------------------------------------------------------------------- properties
+
+    @property
+    def spatial_factor(self) -> int:
+        """Pixels per latent pixel (8 for the official VAE, 1 in pixel space)."""
+        if self.vae is None:
+            return 1
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def size_multiple(self) -> int:
+        """Images are cropped to multiples of this (VAE factor x patch size: 16 for the official model)."""
+        return self.spatial_factor * self.transformer.config.patch_size
+
+    @property
+    def block_causal(self) -> bool:
+        return self.transformer.config.attention_layout == "block_causal"
+
+    @property
+    def interrupt(self) -> bool:
+        return getattr(self, "_interrupt", False)
+
+    # ------------------------------------------------------------------------------------- text
+
+    def encode_prompt(self, prompts: list[str], max_sequence_length: int = 150) -> list[torch.Tensor]:
+        """Encodes each prompt on its own (official rules, spec 8.2): tokens + one end token, valid states only.
+
+        Returns:
+            One ``(n_i + 1, text_dim)`` tensor per prompt, in the transformer's dtype.
+        """
+        end_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else self.tokenizer.pad_token_id
+        if end_id is None:
+            raise ValueError("The tokenizer has neither an eos nor a pad token to end each prompt with.")
+        device = self._execution_device
+        out = []
+        for prompt in prompts:
+            ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"][: max_sequence_length - 1] + [end_id]
+            ids = torch.tensor([ids], device=device)
+            states = self.text_encoder(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state[0]
+            out.append(states.to(self.transformer.dtype))
+        return out
+
+    # ------------------------------------------------------------------------------------- images
+
+    def encode_image(
+        self, pixels: torch.Tensor, generator: Optional[torch.Generator] = None, posterior: str = "sample"
+    ) -> torch.Tensor:
+        """``(3, H, W)`` in [-1, 1] -> scaled channel-last latent ``(h, w, C)``."""
+        device, dtype = self._execution_device, self.transformer.dtype
+        if self.vae is None:
+            return pixels.permute(1, 2, 0).to(device, dtype)
+        dist = self.vae.encode(pixels[None].to(device, self.vae.dtype)).latent_dist
+        z = dist.mode() if posterior == "mode" else dist.sample(generator)
+        shift = self.vae.config.shift_factor or 0.0
+        return ((z - shift) * self.vae.config.scaling_factor)[0].permute(1, 2, 0).to(dtype)
+
+    def decode_latent(self, latent: torch.Tensor) -> torch.Tensor:
+        """Scaled channel-last ``(h, w, C)`` -> ``(3, H, W)`` in [-1, 1] (one frame at a time, as official)."""
+        if self.vae is None:
+            return latent.permute(2, 0, 1).float()
+        shift = self.vae.config.shift_factor or 0.0
+        z = latent.permute(2, 0, 1)[None].to(self.vae.dtype) / self.vae.config.scaling_factor + shift
+        return self.vae.decode(z).sample[0].float()
+
+    # ------------------------------------------------------------------------------------- one frame
+
+    def generate_frame(
+        self,
+        items: list,
+        negative_tokens: Optional[torch.Tensor],
+        guidance_scale: float,
+        num_inference_steps: int,
+        generator: Optional[torch.Generator] = None,
+        latents: Optional[torch.Tensor] = None,
+        callback_on_step_end: Optional[Callable] = None,
+        callback_on_step_end_tensor_inputs: tuple = ("latents",),
+    ) -> torch.Tensor:
+        """Generates the frame that follows ``items`` (a list of `SessionFrame` / `SessionText`).
+
+        Returns:
+            The new frame's latent ``(h, w, C)``.
+        """
+        frames = [it for it in items if isinstance(it, SessionFrame)]
+        texts = [it for it in items if isinstance(it, SessionText)]
+        context = torch.stack([f.latent for f in frames])
+        n, h, w, c = context.shape
+        text = self.transformer.build_session_text([t.tokens for t in texts], [t.turn for t in texts])
+        negative = None if negative_tokens is None else self.transformer.build_session_text([negative_tokens], [0])
+
+        if self.block_causal:
+            layout = [FRAME if isinstance(it, SessionFrame) else len(it.tokens) + 1 for it in items]
+            velocity = CachedContextVelocity(self.transformer, context, layout, text, negative, guidance_scale)
+            shape = (1, h, w, c)
+        else:
+            velocity = FullAttentionVelocity(self.transformer, build_condition(context), text, negative, guidance_scale)
+            shape = (n + 1, h, w, c)  # official: every frame of the session is integrated
+
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=context.device, dtype=torch.float32)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"`latents` must have shape {shape} for this turn; got {tuple(latents.shape)}.")
+        elif not torch.isfinite(latents).all():
+            raise ValueError("`latents` contains NaN or Inf values.")
+        x = latents.to(context.device, self.transformer.dtype)
+
+        set_trailing_timesteps(self.scheduler, num_inference_steps, device=context.device)
+        self._num_timesteps = len(self.scheduler.timesteps)
+        with self.progress_bar(total=num_inference_steps) as progress:
+            x = self._denoise(x, velocity, progress, callback_on_step_end, callback_on_step_end_tensor_inputs)
+        return x[-1]
+
+    def _denoise(self, x, velocity, progress, callback, tensor_inputs):
+        if callback is None:
+            return run_sampler(self.scheduler, x, velocity, progress=progress)
+        for i, t in enumerate(self.scheduler.timesteps):
+            if self.interrupt:
+                break
+            v, _, _ = velocity(x, t)
+            latents = self.scheduler.step(v.float(), t, x.float(), return_dict=False)[0].to(x.dtype)
+            outputs = callback(self, i, t, {name: locals()[name] for name in tensor_inputs})
+            x = outputs.pop("latents", latents)
+            progress.update()
+        return x
+
+    # ------------------------------------------------------------------------------------- checks
+
+    def check_inputs(self, images: list, prompts: list, output_type, fidelity, posterior, resolution, guidance_scale):
+        if not images:
+            raise ValueError("`image` is required: give the source image (or several reference images).")
+        if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+            raise ValueError("`prompt` must be a non-empty instruction or a list of non-empty instructions.")
+        if len(prompts) < len(images):
+            raise ValueError(
+                f"Got {len(images)} images but only {len(prompts)} prompts: the session needs one instruction per "
+                "context image (turns = prompts - images + 1)."
+            )
+        max_turns = self.transformer.config.max_turns
+        if len(prompts) > max_turns:
+            raise ValueError(f"{len(prompts)} prompts exceed the model's turn table ({max_turns} turns).")
+        for name, value, allowed in (
+            ("output_type", output_type, OUTPUT_TYPES),
+            ("fidelity", fidelity, FIDELITIES),
+            ("posterior", posterior, POSTERIORS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"`{name}` must be one of {allowed}; got {value!r}.")
+        if fidelity == "official" and self.vae is None:
+            raise ValueError("`fidelity='official'` re-encodes outputs through the VAE; this pipeline has none.")
+        if resolution < self.size_multiple:
+            raise ValueError(f"`resolution` must be >= {self.size_multiple}; got {resolution}.")
+        if guidance_scale < 1.0:
+            raise ValueError(f"`guidance_scale` must be >= 1 (1 disables guidance); got {guidance_scale}.")
+
+    # ------------------------------------------------------------------------------------- call
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: Union[PIL.Image.Image, list, None] = None,
+        prompt: Union[str, list[str], None] = None,
+        negative_prompt: Optional[str] = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        generator: Optional[torch.Generator] = None,
+        latents: Optional[Union[torch.Tensor, list[torch.Tensor]]] = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        resolution: int = 256,
+        use_prompt_template: bool = True,
+        camera_prefix: str = "",
+        posterior: str = "sample",
+        fidelity: str = "exact",
+        chain_of_editing: bool = False,
+        max_sequence_length: int = 150,
+        callback_on_step_end: Optional[Callable[[Any, int, int, dict], dict]] = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+    ):
+        """Edits ``image`` over ``len(prompt) - len(image) + 1`` turns.
+
+        Args:
+            image: the source image, or several reference images (multi-concept composition: use
+                ``use_prompt_template=False`` and ``<IMGk>`` prompts, spec 7).
+            prompt: one instruction per turn (plus one per extra reference image).
+            negative_prompt: CFG negative prompt; default the pipeline's ``default_negative_prompt``.
+            num_inference_steps: sampler steps (official 50).
+            guidance_scale: CFG scale (official 7.5; 1 disables the negative pass).
+            generator: torch generator for noise (and posterior samples).
+            latents: initial noise of each turn (tensor for one turn or a list), shape ``(frames, h, w, C)``.
+            output_type: "pil", "np", "pt" or "latent".
+            return_dict: return a `VincieInContextPipelineOutput` instead of a tuple.
+            resolution: images are resized to area ``resolution**2`` keeping the aspect ratio (official 256).
+            use_prompt_template: wrap instructions as "Based on <IMGk>, ... Output <IMGk+1>: " (official).
+            camera_prefix: text put before every instruction (paper D.4, official ``CAMERA_PREFIX``).
+            posterior: VAE posterior "sample" (official) or "mode" (deterministic).
+            fidelity: "exact" keeps each output's latent as the next turn's context (no decode/encode drift);
+                "official" feeds outputs back through uint8 images, the official resize/crop and the VAE, as
+                the official code does (bf16 truncating post-processing, same seed state every turn).
+            chain_of_editing: before each image, predict the current-frame then the next-frame RoE mask
+                (models trained with masks); the masks are returned in ``masks``.
+            max_sequence_length: text tokens per prompt including the end token (official 150).
+            callback_on_step_end: ``fn(pipe, step, timestep, {name: tensor}) -> dict`` after each step;
+                returning ``{"latents": ...}`` replaces the latents.
+            callback_on_step_end_tensor_inputs: tensors passed to the callback (only "latents").
+        """
+        images = [image] if isinstance(image, (PIL.Image.Image, torch.Tensor)) or (image is not None and not isinstance(image, list)) else (image or [])
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
+        self.check_inputs(images, prompts, output_type, fidelity, posterior, resolution, guidance_scale)
+        bad = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
+        if bad:
+            raise ValueError(f"`callback_on_step_end_tensor_inputs` may only hold {self._callback_tensor_inputs}; got {bad}.")
+        num_turns = len(prompts) - len(images) + 1
+        turn_latents = latents if isinstance(latents, (list, tuple)) else [latents] + [None] * (num_turns - 1)
+        if len(turn_latents) != num_turns:
+            raise ValueError(f"`latents` must be one tensor per turn ({num_turns}); got {len(turn_latents)}.")
+        self._interrupt = False
+
+        session = self.start_session(
+            images, resolution=resolution, generator=generator, posterior=posterior,
+            use_prompt_template=use_prompt_template, camera_prefix=camera_prefix,
+            max_sequence_length=max_sequence_length,
+        )
+        for prompt_text in prompts[: len(images) - 1]:  # reference-image prompts (composition mode)
+            session.add_instruction(prompt_text)
+        generation = dict(
+            negative_prompt=negative_prompt, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            generator=generator, fidelity=fidelity, chain_of_editing=chain_of_editing,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=tuple(callback_on_step_end_tensor_inputs),
+        )
+        outputs, masks = [], []
+        for k, instruction in enumerate(prompts[len(images) - 1 :]):
+            session.edit(instruction, latents=turn_latents[k], **generation)
+            turn = session.turns[-1]
+            outputs.append(turn.latent if output_type == "latent" else postprocess(self.decode_latent(turn.latent), output_type))
+            masks.append(turn.masks)
+        self.maybe_free_model_hooks()
+        masks = masks if chain_of_editing else None
+        if not return_dict:
+            return (outputs, masks)
+        return VincieInContextPipelineOutput(images=outputs, masks=masks)
+
+    # ------------------------------------------------------------------------------------- sessions
+
+    def start_session(self, image, resolution: int = 256, **options) -> "VincieEditingSession":
+        """Starts an editing session on ``image`` (or a list of reference images); see `VincieEditingSession`."""
+        from .session import VincieEditingSession
+
+        images = image if isinstance(image, (list, tuple)) else [image]
+        return VincieEditingSession(self, images, resolution=resolution, **options)

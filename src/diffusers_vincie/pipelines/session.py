@@ -1,0 +1,343 @@
+"""VincieEditingSession: an editing session with history, undo, branching and save/load.
+
+Work already done is never redone: each instruction is text-encoded once and each image VAE-encoded once per
+session (outputs keep their generated latent in the default ``fidelity="exact"``; with
+``fidelity="official"`` an output is decoded to uint8, resized and re-encoded exactly once, as the official
+generator does at every turn). Block-causal models also encode the context once per turn and reuse its
+keys/values at every sampling step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import PIL.Image
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..assembly import format_turn_prompt
+from .image_processing import mask_to_image, postprocess, postprocess_official, preprocess, to_rgb, transform_mask
+from .pipeline_vincie import SessionFrame, SessionText, VincieInContextPipeline
+
+SESSION_FILE = "session.json"
+TENSORS_FILE = "session.safetensors"
+PREDICT = "predict"
+
+
+@dataclass
+class SessionTurn:
+    """One edit: the instruction, its encoded text, the optional RoE mask frames and the output frame."""
+
+    instruction: str
+    text: SessionText
+    frame: SessionFrame
+    mask_frames: list = field(default_factory=list)
+
+    @property
+    def image(self) -> PIL.Image.Image:
+        return self.frame.image
+
+    @property
+    def latent(self) -> torch.Tensor:
+        return self.frame.latent
+
+    @property
+    def masks(self) -> Optional[tuple]:
+        return tuple(f.image for f in self.mask_frames) if self.mask_frames else None
+
+
+class VincieEditingSession:
+    """Created by ``pipe.start_session(image)``.
+
+    Args:
+        pipe: the pipeline.
+        images: the source image, or several reference images (composition; add their prompts with
+            `add_instruction` before the first `edit`).
+        resolution: area resolution (official 256).
+        generator: generator for posterior samples of the source images.
+        posterior: "sample" (official) or "mode".
+        use_prompt_template: official "Based on <IMGk>, ... Output <IMGk+1>: " template.
+        camera_prefix: prefix of every instruction (paper D.4).
+        max_sequence_length: tokens per prompt including the end token.
+    """
+
+    def __init__(
+        self,
+        pipe: VincieInContextPipeline,
+        images: list,
+        resolution: int = 256,
+        generator: Optional[torch.Generator] = None,
+        posterior: str = "sample",
+        use_prompt_template: bool = True,
+        camera_prefix: str = "",
+        max_sequence_length: int = 150,
+    ):
+        if not images or any(im is None for im in images):
+            raise ValueError("A session needs a source image: `image` is missing.")
+        self.pipe = pipe
+        self.resolution, self.posterior = resolution, posterior
+        self.use_prompt_template, self.camera_prefix = use_prompt_template, camera_prefix
+        self.max_sequence_length = max_sequence_length
+        self.encode_calls = {"text": 0, "image": 0}  # encoder calls made by this session (see benchmarks)
+        first = to_rgb(images[0])
+        self.reference_size = first.size
+        self.sources = [self._encode_image(im, generator) for im in [first, *images[1:]]]
+        self.reference_texts: list[SessionText] = []
+        self.turns: list[SessionTurn] = []
+        self._text_cache: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------------------------- state
+
+    @property
+    def items(self) -> list:
+        """Session items in order: ``I_0, [P_0, I_1, ...,] then per turn T_k, [masks], I_{k+1}``."""
+        items = [self.sources[0]]
+        for text, source in zip(self.reference_texts, self.sources[1:]):
+            items += [text, source]
+        for turn in self.turns:
+            items += [turn.text, *turn.mask_frames, turn.frame]
+        return items
+
+    @property
+    def history(self) -> list[tuple[Optional[str], PIL.Image.Image]]:
+        """``[(None, source), (instruction_1, image_1), ...]``."""
+        return [(None, self.sources[0].image)] + [(t.instruction, t.image) for t in self.turns]
+
+    @property
+    def images(self) -> list[PIL.Image.Image]:
+        return [t.image for t in self.turns]
+
+    def _next_turn_index(self) -> int:
+        return len(self.reference_texts) + len(self.turns)
+
+    def _encode_image(self, image, generator=None, kind: str = "image") -> SessionFrame:
+        rgb = to_rgb(image, "mask" if kind == "mask" else "image")
+        pixels = preprocess(rgb, self.resolution, self.pipe.size_multiple, self.reference_size)
+        self.encode_calls["image"] += 1
+        return SessionFrame(self.pipe.encode_image(pixels, generator, self.posterior), rgb, kind)
+
+    def _text(self, instruction: str, turn: int, templated: bool) -> SessionText:
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise ValueError("`instruction` must be a non-empty string.")
+        prompt = format_turn_prompt(instruction, turn, self.camera_prefix) if templated else self.camera_prefix + instruction
+        if prompt not in self._text_cache:
+            self._text_cache[prompt] = self.pipe.encode_prompt([prompt], self.max_sequence_length)[0]
+            self.encode_calls["text"] += 1
+        return SessionText(prompt, self._text_cache[prompt], turn)
+
+    def _negative(self, negative_prompt: Optional[str], guidance_scale: float) -> Optional[torch.Tensor]:
+        if guidance_scale == 1.0:
+            return None
+        prompt = self.pipe.config.default_negative_prompt if negative_prompt is None else negative_prompt
+        if prompt not in self._text_cache:
+            self._text_cache[prompt] = self.pipe.encode_prompt([prompt], self.max_sequence_length)[0]
+            self.encode_calls["text"] += 1
+        return self._text_cache[prompt]
+
+    # ------------------------------------------------------------------------------------- editing
+
+    def add_instruction(self, prompt: str) -> None:
+        """Adds the prompt of a reference image (composition mode; used verbatim, no template)."""
+        if self.turns:
+            raise ValueError("Reference prompts must be added before the first edit.")
+        if len(self.reference_texts) >= len(self.sources) - 1:
+            raise ValueError("Every reference image already has its prompt; the next prompt is an edit.")
+        self.reference_texts.append(self._text(prompt, self._next_turn_index(), templated=False))
+
+    @torch.no_grad()
+    def edit(
+        self,
+        instruction: str,
+        negative_prompt: Optional[str] = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        generator: Optional[torch.Generator] = None,
+        latents: Optional[torch.Tensor] = None,
+        fidelity: str = "exact",
+        chain_of_editing: bool = False,
+        current_mask=None,
+        next_mask: Union[None, str, PIL.Image.Image, Callable] = None,
+        callback_on_step_end: Optional[Callable] = None,
+        callback_on_step_end_tensor_inputs: tuple = ("latents",),
+    ) -> PIL.Image.Image:
+        """Runs one turn and returns its image.
+
+        Args:
+            instruction: the edit.
+            chain_of_editing: predict the current-frame RoE mask, then the next-frame mask, then the image.
+            current_mask: a user mask (RGB/L image or 2-D array, source size) of the region to edit in the current
+                image (controllable editing), or "predict".
+            next_mask: the region in the next image: an image, "predict", or a callable mapping the current mask
+                image to it (drag editing, see `drag`).
+            Other arguments as in the pipeline's ``__call__``.
+        """
+        if self.pipe.block_causal and fidelity == "official":
+            raise ValueError("`fidelity='official'` reproduces the official full-attention loop; this model is block-causal.")
+        if len(self.reference_texts) != len(self.sources) - 1:
+            raise ValueError(
+                f"{len(self.sources)} reference images need {len(self.sources) - 1} reference prompts before the first "
+                "edit (`add_instruction`)."
+            )
+        text = self._text(instruction, self._next_turn_index(), templated=self.use_prompt_template)
+        if text.turn >= self.pipe.transformer.config.max_turns:
+            raise ValueError(f"The session reached the model's turn table ({self.pipe.transformer.config.max_turns} turns).")
+        negative = self._negative(negative_prompt, guidance_scale)
+        if fidelity == "official" and generator is not None:
+            if not hasattr(self, "_official_seed_state"):
+                self._official_seed_state = generator.get_state()
+            generator.set_state(self._official_seed_state)  # official: the same seed at every turn
+        sampling = dict(
+            negative_tokens=negative, guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
+            generator=generator,
+        )
+        items = self.items + [text]
+        mask_frames = []
+        if current_mask is None and chain_of_editing:
+            current_mask = PREDICT
+        if next_mask is None and (chain_of_editing or current_mask is not None):
+            next_mask = PREDICT if (chain_of_editing or current_mask == PREDICT) else None
+        for which, mask in (("current_mask", current_mask), ("next_mask", next_mask)):
+            if mask is None:
+                continue
+            if callable(mask) and not isinstance(mask, (str, PIL.Image.Image)):
+                if not mask_frames:
+                    raise ValueError(f"`{which}` as a function needs a current mask to transform.")
+                mask = mask(mask_frames[-1].image)
+            frame = self._mask_frame(mask, items + mask_frames, sampling, which)
+            mask_frames.append(frame)
+
+        latent = self.pipe.generate_frame(
+            items + mask_frames, latents=latents, callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, **sampling,
+        )
+        pixels = self.pipe.decode_latent(latent)
+        if fidelity == "official":
+            image = postprocess_official(pixels)
+            frame = self._encode_image(image, generator)  # official: outputs re-enter through uint8 + resize + VAE
+        else:
+            frame = SessionFrame(latent, postprocess(pixels, "pil"))
+        self.turns.append(SessionTurn(instruction, text, frame, mask_frames))
+        return frame.image
+
+    def _mask_frame(self, mask, items: list, sampling: dict, which: str) -> SessionFrame:
+        if isinstance(mask, str):
+            if mask != PREDICT:
+                raise ValueError(f"`{which}` must be an image, a 2-D array, a function or 'predict'; got {mask!r}.")
+            latent = self.pipe.generate_frame(items, **sampling)
+            return SessionFrame(latent, postprocess(self.pipe.decode_latent(latent), "pil"), "mask")
+        return self._encode_image(mask_to_image(mask, self.reference_size, which), kind="mask")
+
+    def drag(self, instruction: str, translate=(0.0, 0.0), scale: float = 1.0, rotate: float = 0.0, current_mask=PREDICT, **kwargs):
+        """Drag editing: the current RoE mask (given or predicted) is moved/scaled/rotated into the next-frame mask,
+        then the image is generated. ``translate`` is in source-image pixels."""
+        return self.edit(
+            instruction,
+            current_mask=current_mask,
+            next_mask=lambda m: transform_mask(m, translate, scale, rotate),
+            **kwargs,
+        )
+
+    def undo(self) -> None:
+        """Removes the last turn."""
+        if not self.turns:
+            raise ValueError("Nothing to undo: the session has no edits.")
+        self.turns.pop()
+
+    def branch(self, turn: int) -> "VincieEditingSession":
+        """A new session that keeps turns ``1..turn`` (0 = only the source); this session is unchanged."""
+        if not 0 <= turn <= len(self.turns):
+            raise ValueError(f"`turn` must be in [0, {len(self.turns)}]; got {turn}.")
+        clone = object.__new__(VincieEditingSession)
+        clone.__dict__.update(self.__dict__)
+        clone.turns = list(self.turns[:turn])
+        clone.reference_texts = list(self.reference_texts)
+        clone._text_cache = dict(self._text_cache)
+        clone.encode_calls = dict(self.encode_calls)
+        return clone
+
+    # ------------------------------------------------------------------------------------- save / load
+
+    def save(self, folder: Union[str, os.PathLike]) -> Path:
+        """Writes images (PNG), tensors (safetensors) and ``session.json`` to ``folder`` atomically."""
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        tensors, record = {}, {
+            "version": 1,
+            "resolution": self.resolution,
+            "posterior": self.posterior,
+            "use_prompt_template": self.use_prompt_template,
+            "camera_prefix": self.camera_prefix,
+            "max_sequence_length": self.max_sequence_length,
+            "reference_size": list(self.reference_size),
+            "sources": [],
+            "reference_texts": [],
+            "turns": [],
+        }
+
+        def frame(f: SessionFrame, name: str) -> dict:
+            f.image.save(tmp / f"{name}.png")
+            tensors[f"{name}.latent"] = f.latent.float().contiguous()
+            return {"name": name, "kind": f.kind}
+
+        def text(t: SessionText, name: str) -> dict:
+            tensors[f"{name}.tokens"] = t.tokens.float().contiguous()
+            return {"name": name, "prompt": t.prompt, "turn": t.turn}
+
+        record["sources"] = [frame(f, f"source_{i}") for i, f in enumerate(self.sources)]
+        record["reference_texts"] = [text(t, f"reference_text_{i}") for i, t in enumerate(self.reference_texts)]
+        for k, turn in enumerate(self.turns):
+            record["turns"].append(
+                {
+                    "instruction": turn.instruction,
+                    "text": text(turn.text, f"turn_{k + 1}_text"),
+                    "frame": frame(turn.frame, f"turn_{k + 1}"),
+                    "masks": [frame(m, f"turn_{k + 1}_mask_{j}") for j, m in enumerate(turn.mask_frames)],
+                }
+            )
+        save_file(tensors, tmp / TENSORS_FILE)
+        (tmp / SESSION_FILE).write_text(json.dumps(record, indent=2))
+        old = folder.with_name(f".{folder.name}.old")
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+        return folder
+
+    @classmethod
+    def load(cls, pipe: VincieInContextPipeline, folder: Union[str, os.PathLike]) -> "VincieEditingSession":
+        """Restores a saved session (no re-encoding: latents and text tokens are stored)."""
+        folder = Path(folder)
+        if not (folder / SESSION_FILE).is_file():
+            raise FileNotFoundError(f"{folder} is not a saved session (no {SESSION_FILE}).")
+        record = json.loads((folder / SESSION_FILE).read_text())
+        tensors = load_file(folder / TENSORS_FILE)
+        device, dtype = pipe._execution_device, pipe.transformer.dtype
+
+        def frame(entry: dict) -> SessionFrame:
+            image = PIL.Image.open(folder / f"{entry['name']}.png").convert("RGB")
+            return SessionFrame(tensors[f"{entry['name']}.latent"].to(device, dtype), image, entry["kind"])
+
+        def text(entry: dict) -> SessionText:
+            return SessionText(entry["prompt"], tensors[f"{entry['name']}.tokens"].to(device, dtype), entry["turn"])
+
+        session = object.__new__(cls)
+        session.pipe = pipe
+        for key in ("resolution", "posterior", "use_prompt_template", "camera_prefix", "max_sequence_length"):
+            setattr(session, key, record[key])
+        session.reference_size = tuple(record["reference_size"])
+        session.sources = [frame(e) for e in record["sources"]]
+        session.reference_texts = [text(e) for e in record["reference_texts"]]
+        session.turns = [
+            SessionTurn(t["instruction"], text(t["text"]), frame(t["frame"]), [frame(m) for m in t["masks"]])
+            for t in record["turns"]
+        ]
+        session._text_cache = {t.prompt: t.tokens for t in session.reference_texts + [x.text for x in session.turns]}
+        session.encode_calls = {"text": 0, "image": 0}
+        return session

@@ -1,0 +1,86 @@
+"""Tiny random VINCIE components built in code (no downloads): for tests, benchmarks and examples."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from diffusers import AutoencoderKL
+
+from .models.transformer_vincie import VincieTransformer
+from .pipelines.pipeline_vincie import VincieInContextPipeline
+from .pipelines.sampling import official_scheduler
+
+WORDS = (
+    "based on output add remove move change make the a to it red green blue yellow white black circle square "
+    "triangle star big small bigger smaller left right up down top bottom middle center color was before bring "
+    "back worst quality low res blurry"
+).split()
+
+
+def tiny_tokenizer(extra_words: tuple = ()):
+    """A word-level fast tokenizer (``<pad>``=0, ``</s>``=1, ``<unk>``=2) over a small instruction vocabulary."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for word in (*WORDS, *extra_words):
+        vocab.setdefault(word, len(vocab))
+    for i in range(10):
+        vocab.setdefault(f"<IMG{i}>", len(vocab))
+    for p in ".,:":
+        vocab.setdefault(p, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(r"<IMG\d+>", "isolated"), pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def tiny_text_encoder(vocab_size: int, dim: int = 32, seed: int = 0):
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    config = T5Config(
+        vocab_size=vocab_size, d_model=dim, d_kv=8, d_ff=2 * dim, num_layers=1, num_heads=2,
+        feed_forward_proj="gated-gelu", decoder_start_token_id=0,
+    )
+    return T5EncoderModel(config).eval()
+
+
+def tiny_transformer(latent_channels: int = 4, text_embed_dim: int = 32, seed: int = 0, **overrides) -> VincieTransformer:
+    """A 2-layer transformer with every parameter random (zero-initialised offsets re-drawn too)."""
+    torch.manual_seed(seed)
+    config = dict(
+        latent_channels=latent_channels, hidden_size=32, num_attention_heads=2, attention_head_dim=16, num_layers=2,
+        num_mm_layers=1, text_embed_dim=text_embed_dim, rope_dim=12, max_turns=8,
+    )
+    model = VincieTransformer(**{**config, **overrides})
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "scale_shift_table" in name or "norm_out_shift_scale" in name:
+                p.normal_(0.0, 0.2).add_(torch.tensor([0.0, 1.0, 0.0]).view(1, 3, 1) if p.ndim == 3 else 0.0)
+    return model.eval()
+
+
+def tiny_vae(latent_channels: int = 4, seed: int = 0) -> AutoencoderKL:
+    """A 2-level AutoencoderKL (spatial factor 2) with the official scaling factor."""
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=latent_channels, block_out_channels=(8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1, norm_num_groups=4, sample_size=32, scaling_factor=0.9152, shift_factor=0.0,
+        use_quant_conv=False, use_post_quant_conv=False,
+    ).eval()
+
+
+def tiny_pipeline(pixel_space: bool = False, seed: int = 0, negative_prompt: Optional[str] = None, **transformer_overrides):
+    """A complete random `VincieInContextPipeline` that runs in well under a second per turn on CPU."""
+    tokenizer = tiny_tokenizer()
+    encoder = tiny_text_encoder(len(tokenizer), seed=seed)
+    channels = 3 if pixel_space else 4
+    transformer = tiny_transformer(channels, encoder.config.d_model, seed=seed, **transformer_overrides)
+    vae = None if pixel_space else tiny_vae(channels, seed=seed)
+    kwargs = {} if negative_prompt is None else {"default_negative_prompt": negative_prompt}
+    return VincieInContextPipeline(transformer, vae, encoder, tokenizer, official_scheduler(), **kwargs)
