@@ -226,7 +226,7 @@ class StreamingSafetensorsWriter:
         if name != expected_name or tuple(tensor.shape) != expected_shape:
             raise RuntimeError(f"writer expected {expected_name} {expected_shape}, got {name} {tuple(tensor.shape)}")
         data = tensor.to(self.dtype).contiguous().view(-1).view(torch.uint8)
-        self._handle.write(data.numpy().tobytes())
+        self._handle.write(memoryview(data.numpy()))  # no intermediate bytes copy
 
     def close(self) -> None:
         if self._pending:
