@@ -214,6 +214,9 @@ def test_bad_sample_arguments(world):
         world.sample_session(0, num_turns=0)
     with pytest.raises(TypeError, match="rng_or_seed"):
         world.sample_session("seed")
+    only_removals = SyntheticWorld(op_weights={op: float(op == "remove") for op in OP_KINDS})
+    with pytest.raises(RuntimeError, match="op_weights"):
+        only_removals.sample_session(0, num_turns=4)  # at most 3 removals are possible
 
 
 def test_config_rebuilds_the_same_world(world):

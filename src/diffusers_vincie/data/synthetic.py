@@ -611,6 +611,11 @@ class SyntheticWorld:
         """Draws one valid op (weighted) and applies it."""
         candidates = self._candidates(state)
         ops = [op for op in OP_KINDS if candidates[op] and self.op_weights[op] > 0]
+        if not ops:
+            raise RuntimeError(
+                f"op_weights: no op with a positive weight is possible in this state ({len(state.objects)} objects, "
+                f"camera {state.camera}); give add/remove/move/recolour/resize positive weights."
+            )
         op = rng.choices(ops, weights=[self.op_weights[op] for op in ops])[0]
         return getattr(self, f"_apply_{op}")(state, rng.choice(candidates[op]), rng)
 
