@@ -1,0 +1,109 @@
+"""Loading the frozen components of a training run and saving its result as a pipeline folder.
+
+The final folder has the diffusers layout (``model_index.json``, ``transformer/``, ``text_encoder/``,
+``tokenizer/``, ``scheduler/``, optional ``vae/``) so ``VincieInContextPipeline.from_pretrained(folder)`` loads
+it; without a VAE the pipeline runs in pixel space (images in [-1, 1] are the latents).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+PIPELINE_CLASS = "VincieInContextPipeline"
+
+
+def _subfolder(root: Optional[str], name: str) -> Optional[str]:
+    if root is None:
+        return None
+    path = Path(root) / name
+    return str(path) if path.is_dir() else None
+
+
+def load_components(args) -> dict:
+    """Text encoder, tokenizer, optional VAE and (with a pretrained pipeline) transformer named by the flags.
+
+    Flags read: ``pretrained_model_name_or_path``, ``text_encoder_name_or_path``, ``tokenizer_name_or_path``,
+    ``vae_name_or_path`` (``"none"`` forces pixel space), ``transformer_config``.
+    """
+    from transformers import AutoTokenizer
+
+    root = args.pretrained_model_name_or_path
+    text_path = args.text_encoder_name_or_path or _subfolder(root, "text_encoder")
+    if text_path is None:
+        raise ValueError("No text encoder: pass --text_encoder_name_or_path or a pipeline with a text_encoder/ folder.")
+    tokenizer_path = args.tokenizer_name_or_path or _subfolder(root, "tokenizer") or text_path
+    components = {
+        "text_encoder": _load_text_encoder(text_path),
+        "tokenizer": AutoTokenizer.from_pretrained(tokenizer_path),
+        "vae": None,
+        "transformer": None,
+    }
+    vae_path = args.vae_name_or_path or _subfolder(root, "vae")
+    if vae_path and vae_path.lower() != "none":
+        from diffusers import AutoencoderKL
+
+        components["vae"] = AutoencoderKL.from_pretrained(vae_path)
+    if root is not None and not args.transformer_config:
+        from ..models.transformer_vincie import VincieTransformer
+
+        components["transformer"] = VincieTransformer.from_pretrained(root, subfolder="transformer")
+    return components
+
+
+def _load_text_encoder(path: str):
+    """``T5EncoderModel`` for T5 configs (no decoder weights needed), ``AutoModel`` otherwise."""
+    from transformers import AutoConfig, AutoModel, T5EncoderModel
+
+    config = AutoConfig.from_pretrained(path)
+    if config.model_type in ("t5", "umt5", "mt5"):
+        return T5EncoderModel.from_pretrained(path)
+    return AutoModel.from_pretrained(path)
+
+
+def save_final_pipeline(output_dir: str, transformer, components: dict, scheduler_shift: float = 1.0) -> Path:
+    """Writes ``<output_dir>/pipeline`` atomically (temp folder then rename) and returns its path.
+
+    Uses ``diffusers_vincie.pipelines.VincieInContextPipeline.save_pretrained`` when the pipeline is available, else
+    writes the same folder layout component by component.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=scheduler_shift)
+    final = Path(output_dir) / "pipeline"
+    tmp = Path(output_dir) / ".pipeline.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    parts = {
+        "transformer": transformer,
+        "vae": components.get("vae"),
+        "text_encoder": components["text_encoder"],
+        "tokenizer": components["tokenizer"],
+        "scheduler": scheduler,
+    }
+    try:
+        from ..pipelines import VincieInContextPipeline
+    except ImportError:
+        VincieInContextPipeline = None
+    if VincieInContextPipeline is not None:
+        VincieInContextPipeline(**parts).save_pretrained(tmp, safe_serialization=True)
+    else:
+        index = {"_class_name": PIPELINE_CLASS, "_diffusers_version": __import__("diffusers").__version__}
+        for name, part in parts.items():
+            if part is None:
+                index[name] = [None, None]
+                continue
+            part.save_pretrained(tmp / name)
+            library = "diffusers_vincie" if name == "transformer" else part.__class__.__module__.split(".")[0]
+            index[name] = [library, part.__class__.__name__]
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+__all__ = ["load_components", "save_final_pipeline"]

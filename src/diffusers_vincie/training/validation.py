@@ -1,0 +1,103 @@
+"""Validation during training: next-image samples of a few sessions, saved as an image grid (and to trackers).
+
+Each row is one session: ground-truth frames ``I_0 .. I_n`` on the top half, and under each ``I_k`` (k >= 1) the
+model's sample of ``I_k`` from the ground-truth context ``I_0 .. I_{k-1}`` and instructions ``T_0 .. T_{k-1}``.
+``sample_frames`` is the single place a pipeline call can replace the training-side sampler.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import PIL.Image
+import torch
+
+from .data import encode_frames
+from .sampling import sample_next_image
+from .text import session_prompts
+
+
+def _to_uint8(latent: torch.Tensor, vae=None) -> np.ndarray:
+    """``(h, w, C)`` latent -> ``(H, W, 3)`` uint8 image (pixel space when ``vae`` is None)."""
+    if vae is not None:
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        z = latent.permute(2, 0, 1)[None].to(vae.device, vae.dtype) / vae.config.scaling_factor + shift
+        latent = vae.decode(z).sample[0].permute(1, 2, 0)
+    return ((latent.float().clamp(-1, 1) + 1) * 127.5).round().byte().cpu().numpy()
+
+
+@torch.no_grad()
+def sample_frames(transformer, sample, text_cache, vae, layout: str, frame_index_mode: str, steps: int,
+                  guidance_scale: float, negative_prompt: str, seed: int, max_turns: int = 3) -> list[np.ndarray]:
+    """Samples ``I_1 .. I_k`` (``k = min(max_turns, n)``) of one session with ground-truth context each turn."""
+    device = transformer.device
+    images = torch.from_numpy(sample.frames.astype(np.float32) / 127.5 - 1.0).to(device)
+    latents = encode_frames(images, vae)
+    outputs = []
+    for k in range(1, min(max_turns, sample.num_turns) + 1):
+        instructions = sample.instructions[:k]
+        segments = text_cache(session_prompts(instructions), device=device)
+        negative = text_cache(session_prompts(instructions, drop=True, negative_prompt=negative_prompt), device=device)
+        out = sample_next_image(
+            transformer, latents[:k], segments, negative, layout=layout, frame_index_mode=frame_index_mode,
+            num_inference_steps=steps, guidance_scale=guidance_scale,
+            generator=torch.Generator().manual_seed(seed + k),
+        )
+        outputs.append(_to_uint8(out, vae))
+    return outputs
+
+
+def save_grid(rows: list[list[np.ndarray]], path: str | os.PathLike) -> Path:
+    """Writes rows of equally sized images as one PNG (atomically); blank cells stay black."""
+    h, w, _ = rows[0][0].shape
+    cols = max(len(r) for r in rows)
+    grid = np.zeros((len(rows) * h, cols * w, 3), dtype=np.uint8)
+    for i, row in enumerate(rows):
+        for j, image in enumerate(row):
+            grid[i * h : (i + 1) * h, j * w : (j + 1) * w] = image
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    PIL.Image.fromarray(grid).save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def log_validation(args, accelerator, transformer, ema, text_cache, vae, dataset, step: int) -> Optional[Path]:
+    """Samples ``args.num_validation_sessions`` sessions, saves ``validation/step-<step>.png`` and logs it.
+
+    With EMA the EMA weights are used (and the training weights restored afterwards).
+    """
+    params = [p for p in transformer.parameters() if p.requires_grad]
+    if ema is not None:
+        ema.store(params)
+        ema.copy_to(params)
+    was_training = transformer.training
+    transformer.eval()
+    rows = []
+    try:
+        for index in range(min(args.num_validation_sessions, len(dataset))):
+            sample = dataset.session(index)
+            predictions = sample_frames(
+                transformer, sample, text_cache, vae, args.attention_layout, args.frame_index,
+                args.validation_inference_steps, args.validation_guidance_scale, args.negative_prompt, args.seed,
+            )
+            truth = list(sample.frames[: len(predictions) + 1])
+            rows.append(truth)
+            rows.append([np.zeros_like(truth[0])] + predictions)
+    finally:
+        if ema is not None:
+            ema.restore(params)
+        transformer.train(was_training)
+    path = save_grid(rows, Path(args.output_dir) / "validation" / f"step-{step}.png")
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            grid = np.asarray(PIL.Image.open(path))
+            tracker.writer.add_image("validation", grid, step, dataformats="HWC")
+    return path
+
+
+__all__ = ["log_validation", "sample_frames", "save_grid"]

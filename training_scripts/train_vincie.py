@@ -1,0 +1,433 @@
+#!/usr/bin/env python
+"""Pretrain or continue training a VINCIE transformer on editing sessions with 🤗 Accelerate.
+
+Sequences are drawn from sessions (a random number of turns, RoE masks with probability 0.8, per-turn context
+dropout) with targets from the paper's three proxy tasks (next image, current-frame mask, next-frame mask), in
+one of two formulations (``--attention_layout``):
+
+* ``full``: the released checkpoints' conditioning (spec 6.5), one target at the end of the sequence;
+* ``block_causal``: the paper's multi-target form, clean context + one noisy copy per target in one sequence.
+
+Flow matching with the official conventions (noise at t = 1, velocity = noise - data, logit-normal t), text
+dropout for CFG, EMA, gradient checkpointing, mixed precision, gradient accumulation, AdamW + LR schedule,
+atomic checkpoints with exact resume, validation grids, and a final pipeline folder. See ``docs/training.md``.
+
+Example (tiny synthetic run on CPU)::
+
+    accelerate launch training_scripts/train_vincie.py \\
+        --transformer_config training_scripts/configs/vincie_shapes_transformer.json \\
+        --text_encoder_name_or_path <t5 folder> --synthetic_world --resolution 32 \\
+        --attention_layout block_causal --mixed_precision bf16 --output_dir runs/shapes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from diffusers_vincie.models.transformer_vincie import VincieTransformer
+from diffusers_vincie.training import (
+    TASKS,
+    PromptEmbeddingCache,
+    ResumableBatchSampler,
+    SequenceConfig,
+    SessionRowsDataset,
+    SyntheticSessionsDataset,
+    VincieTrainingModule,
+    build_training_batch,
+    collate_planned,
+    encode_plan_frames,
+    training_loss,
+)
+from diffusers_vincie.training.checkpoints import (
+    find_checkpoint,
+    rotate_checkpoints,
+    save_checkpoint_atomically,
+)
+from diffusers_vincie.training.export import load_components, save_final_pipeline
+from diffusers_vincie.training.validation import log_validation
+
+logger = get_logger(__name__)
+LOG_FILE = "train_log.jsonl"
+
+
+# =====================================================================================================
+#                                              Arguments
+# =====================================================================================================
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--pretrained_model_name_or_path", type=str, default=None,
+                       help="Pipeline folder (transformer/, text_encoder/, tokenizer/, optional vae/) to start from.")
+    group.add_argument("--transformer_config", type=str, default=None,
+                       help="JSON config of a VincieTransformer trained from scratch (overrides the pipeline's).")
+    group.add_argument("--text_encoder_name_or_path", type=str, default=None,
+                       help="transformers text encoder folder (default: <pretrained>/text_encoder).")
+    group.add_argument("--tokenizer_name_or_path", type=str, default=None,
+                       help="Tokenizer folder (default: <pretrained>/tokenizer, else the text encoder folder).")
+    group.add_argument("--vae_name_or_path", type=str, default=None,
+                       help="AutoencoderKL folder (default: <pretrained>/vae if present); 'none' = pixel space.")
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset_name", type=str, default=None,
+                       help="Sessions dataset: a folder of the build pipeline, a parquet glob or a dataset name.")
+    group.add_argument("--dataset_split", type=str, default="train")
+    group.add_argument("--max_train_samples", type=int, default=None, help="Use only the first N sessions.")
+    group.add_argument("--synthetic_world", action="store_true",
+                       help="Train on sessions of the synthetic shapes world drawn on the fly (no dataset on disk).")
+    group.add_argument("--synthetic_world_config", type=str, default=None,
+                       help="JSON file or string of SyntheticWorld arguments (resolution defaults to --resolution).")
+    group.add_argument("--synthetic_num_sessions", type=int, default=1_000_000)
+    group.add_argument("--synthetic_num_turns", type=int, default=4)
+    group.add_argument("--synthetic_world_seed", type=int, default=0,
+                       help="Seed of synthetic session 0 (keep evaluation sessions outside the training range).")
+    group.add_argument("--resolution", type=int, default=None, help="Square frame size (resize); default: as stored.")
+    group.add_argument("--dataloader_num_workers", type=int, default=0)
+
+
+def add_sequence_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("sequences")
+    group.add_argument("--attention_layout", choices=("full", "block_causal"), default="full",
+                       help="'full' = released checkpoints' conditioning; 'block_causal' = multi-target pretraining.")
+    group.add_argument("--min_turns", type=int, default=1)
+    group.add_argument("--max_turns", type=int, default=4)
+    group.add_argument("--mask_probability", type=float, default=0.8, help="P(RoE masks are in a sequence).")
+    group.add_argument("--drop_current_frame", type=float, default=0.2, help="Per-turn context dropout of I_k.")
+    group.add_argument("--drop_current_mask", type=float, default=0.7, help="Per-turn context dropout of Mc_k.")
+    group.add_argument("--drop_next_mask", type=float, default=0.7, help="Per-turn context dropout of Mn_k.")
+    group.add_argument("--task_weights", type=str, default="1,1,1",
+                       help=f"Weights of the proxy tasks {','.join(TASKS)} (0 disables a task).")
+    group.add_argument("--frame_index", choices=("compact", "slots"), default=None,
+                       help="Frame RoPE index: 'compact' (official) or 'slots' (3k+kind); default compact for "
+                            "full, slots for block_causal.")
+    group.add_argument("--max_text_length", type=int, default=150)
+    group.add_argument("--cache_text_embeddings", action="store_true",
+                       help="Keep prompt embeddings in memory (the text encoder is frozen).")
+    group.add_argument("--text_dropout", type=float, default=0.1, help="P(instructions -> negative prompt), for CFG.")
+    group.add_argument("--negative_prompt", type=str, default="", help="Text of dropped instructions.")
+    group.add_argument("--logit_mean", type=float, default=0.0)
+    group.add_argument("--logit_std", type=float, default=1.0)
+
+
+def add_optimization_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("optimization")
+    group.add_argument("--train_batch_size", type=int, default=4, help="Sessions per process per micro-step.")
+    group.add_argument("--max_train_steps", type=int, default=1000, help="Optimizer steps.")
+    group.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    group.add_argument("--gradient_checkpointing", action="store_true")
+    group.add_argument("--learning_rate", type=float, default=1e-4)
+    group.add_argument("--scale_lr", action="store_true",
+                       help="Multiply the LR by accumulation steps x batch size x processes.")
+    group.add_argument("--lr_scheduler", type=str, default="constant_with_warmup",
+                       help='One of "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", '
+                            '"constant_with_warmup".')
+    group.add_argument("--lr_warmup_steps", type=int, default=0)
+    group.add_argument("--adam_beta1", type=float, default=0.9)
+    group.add_argument("--adam_beta2", type=float, default=0.999)
+    group.add_argument("--adam_weight_decay", type=float, default=0.0)
+    group.add_argument("--adam_epsilon", type=float, default=1e-8)
+    group.add_argument("--max_grad_norm", type=float, default=1.0)
+    group.add_argument("--use_ema", action="store_true", help="Keep an EMA of the weights (saved as the final model).")
+    group.add_argument("--ema_decay", type=float, default=0.999)
+    group.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
+                       help="Overrides the accelerate config; bf16 autocast also runs on CPU (fast with AMX).")
+    group.add_argument("--allow_tf32", action="store_true")
+    group.add_argument("--seed", type=int, default=0)
+
+
+def add_output_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("output")
+    group.add_argument("--output_dir", type=str, required=True)
+    group.add_argument("--logging_dir", type=str, default="logs")
+    group.add_argument("--report_to", type=str, default="none", help='"tensorboard", "wandb" or "none".')
+    group.add_argument("--checkpointing_steps", type=int, default=500)
+    group.add_argument("--checkpoints_total_limit", type=int, default=None)
+    group.add_argument("--resume_from_checkpoint", type=str, default=None,
+                       help='A checkpoint folder, or "latest" (no-op when the output dir has none).')
+    group.add_argument("--validation_steps", type=int, default=0, help="Sample validation grids every N steps (0: off).")
+    group.add_argument("--num_validation_sessions", type=int, default=4)
+    group.add_argument("--validation_inference_steps", type=int, default=10)
+    group.add_argument("--validation_guidance_scale", type=float, default=1.0)
+    group.add_argument("--scheduler_shift", type=float, default=1.0,
+                       help="shift of the FlowMatchEulerDiscreteScheduler saved with the final pipeline.")
+    group.add_argument("--no_save_pipeline", action="store_true", help="Skip the final pipeline folder.")
+
+
+def build_parser(description: str = __doc__.splitlines()[0]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    for add in (add_model_args, add_data_args, add_sequence_args, add_optimization_args, add_output_args):
+        add(parser)
+    return parser
+
+
+def validate_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Checks flag combinations and fills layout-dependent defaults; errors name the flag and the fix."""
+    if not args.synthetic_world and args.dataset_name is None:
+        raise ValueError("Give training data: --dataset_name <sessions dataset> or --synthetic_world.")
+    if args.synthetic_world and args.dataset_name is not None:
+        raise ValueError("--synthetic_world and --dataset_name are exclusive; pick one data source.")
+    if args.pretrained_model_name_or_path is None and args.transformer_config is None:
+        raise ValueError("Give a model: --pretrained_model_name_or_path <pipeline> or --transformer_config <json>.")
+    if args.pretrained_model_name_or_path is None and args.text_encoder_name_or_path is None:
+        raise ValueError("Without --pretrained_model_name_or_path, --text_encoder_name_or_path is required.")
+    weights = [float(w) for w in args.task_weights.split(",")]
+    if len(weights) != len(TASKS):
+        raise ValueError(f"--task_weights needs {len(TASKS)} comma-separated numbers ({','.join(TASKS)}).")
+    args.task_weight_dict = dict(zip(TASKS, weights))
+    if args.frame_index is None:
+        args.frame_index = "compact" if args.attention_layout == "full" else "slots"
+    if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
+        raise ValueError("--checkpoints_total_limit must be >= 1 (or left out to keep every checkpoint).")
+    if args.gradient_accumulation_steps < 1 or args.train_batch_size < 1:
+        raise ValueError("--gradient_accumulation_steps and --train_batch_size must be >= 1.")
+    return args
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return validate_args(build_parser().parse_args(argv))
+
+
+# =====================================================================================================
+#                                               Setup
+# =====================================================================================================
+
+
+def sequence_config(args) -> SequenceConfig:
+    return SequenceConfig(
+        layout=args.attention_layout,
+        min_turns=args.min_turns,
+        max_turns=args.max_turns,
+        mask_probability=args.mask_probability,
+        drop_current_frame=args.drop_current_frame,
+        drop_current_mask=args.drop_current_mask,
+        drop_next_mask=args.drop_next_mask,
+        task_weights=args.task_weight_dict,
+        frame_index=args.frame_index,
+    )
+
+
+def build_dataset(args, config: SequenceConfig):
+    if args.synthetic_world:
+        from diffusers_vincie.data.synthetic import SyntheticWorld
+
+        world_kwargs = {}
+        if args.synthetic_world_config:
+            text = args.synthetic_world_config
+            world_kwargs = json.loads(Path(text).read_text() if os.path.isfile(text) else text)
+        if args.resolution:
+            world_kwargs.setdefault("resolution", args.resolution)
+        world = SyntheticWorld(**world_kwargs)
+        return SyntheticSessionsDataset(world, args.synthetic_num_sessions, args.synthetic_num_turns, config,
+                                        seed=args.seed, world_seed=args.synthetic_world_seed)
+    from datasets import load_dataset
+
+    name = args.dataset_name
+    if os.path.isdir(name) and os.path.isdir(os.path.join(name, "data")) and not any(Path(name).glob("*.py")):
+        rows = load_dataset("parquet", data_files=str(Path(name) / "data" / "*.parquet"), split=args.dataset_split)
+    elif name.endswith(".parquet") or "*" in name:
+        rows = load_dataset("parquet", data_files=name, split=args.dataset_split)
+    else:
+        rows = load_dataset(name, split=args.dataset_split)
+    if args.max_train_samples is not None:
+        rows = rows.select(range(min(args.max_train_samples, len(rows))))
+    return SessionRowsDataset(rows, config, seed=args.seed, resolution=args.resolution)
+
+
+def build_transformer(args, components: dict) -> VincieTransformer:
+    if args.transformer_config:
+        config = json.loads(Path(args.transformer_config).read_text())
+        config = {k: v for k, v in config.items() if not k.startswith("_")}
+        return VincieTransformer(**config)
+    return components["transformer"]
+
+
+def write_log(output_dir: str, record: dict) -> None:
+    with open(os.path.join(output_dir, LOG_FILE), "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def make_optimizer(args, params):
+    return torch.optim.AdamW(
+        params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
+    )
+
+
+# =====================================================================================================
+#                                                Main
+# =====================================================================================================
+
+
+def main(args: argparse.Namespace, lora=None) -> dict:
+    """Runs training; returns ``{"global_step", "last_loss", "output_dir"}``.
+
+    Args:
+        args: parsed flags.
+        lora: the ``LoraSetup`` of ``train_vincie_lora.py`` (``prepare_transformer`` adds the adapters,
+            ``save`` writes them); ``None`` trains every weight.
+    """
+    logging_dir = Path(args.output_dir, args.logging_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=str(logging_dir)),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    set_seed(args.seed)
+    if args.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+    if accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+
+    # ---- components
+    components = load_components(args)
+    text_encoder, tokenizer, vae = components["text_encoder"], components["tokenizer"], components["vae"]
+    transformer = build_transformer(args, components)
+    if vae is None and transformer.config.latent_channels != 3:
+        raise ValueError(
+            f"Pixel-space training (no VAE) needs latent_channels=3, the transformer has "
+            f"{transformer.config.latent_channels}; give --vae_name_or_path or fix the config."
+        )
+    for frozen in (text_encoder, vae):
+        if frozen is not None:
+            frozen.requires_grad_(False).eval().to(accelerator.device)
+    if lora is not None:
+        transformer = lora.prepare_transformer(args, transformer)
+    if args.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    transformer.train()
+
+    ema = None
+    if args.use_ema:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel([p for p in transformer.parameters() if p.requires_grad], decay=args.ema_decay)
+
+    module = VincieTrainingModule(transformer, args.attention_layout)
+    params = [p for p in module.parameters() if p.requires_grad]
+    lr = args.learning_rate
+    if args.scale_lr:
+        lr *= args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
+    optimizer = make_optimizer(args, params)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    from diffusers.optimization import get_scheduler
+
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler, optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_train_steps * accelerator.num_processes,
+    )
+    module, optimizer, lr_scheduler = accelerator.prepare(module, optimizer, lr_scheduler)
+    if ema is not None:
+        ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
+
+    # ---- resume
+    global_step = 0
+    checkpoint = find_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    if checkpoint is not None:
+        accelerator.print(f"Resuming from {checkpoint}")
+        accelerator.load_state(str(checkpoint))
+        global_step = int(checkpoint.name.split("-")[-1])
+    elif args.resume_from_checkpoint and args.resume_from_checkpoint != "latest":
+        raise FileNotFoundError(f"--resume_from_checkpoint {args.resume_from_checkpoint} does not exist.")
+
+    # ---- data (the order depends only on the seed and the micro-step, so a resume continues it exactly)
+    config = sequence_config(args)
+    dataset = build_dataset(args, config)
+    sampler = ResumableBatchSampler(
+        len(dataset), args.train_batch_size, accelerator.num_processes, accelerator.process_index,
+        seed=args.seed, start_step=global_step * args.gradient_accumulation_steps,
+    )
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_planned,
+                        num_workers=args.dataloader_num_workers,
+                        persistent_workers=args.dataloader_num_workers > 0)
+    text_cache = PromptEmbeddingCache(text_encoder, tokenizer, args.max_text_length, enabled=args.cache_text_embeddings)
+
+    if accelerator.is_main_process and args.report_to != "none":
+        accelerator.init_trackers("vincie", config={k: v for k, v in vars(args).items()
+                                                    if isinstance(v, (int, float, str, bool))})
+    logger.info(f"***** Training: {args.max_train_steps} steps, {accelerator.num_processes} process(es), "
+                f"batch {args.train_batch_size} x accumulation {args.gradient_accumulation_steps} *****")
+
+    progress = tqdm(range(args.max_train_steps), initial=global_step, desc="steps",
+                    disable=not accelerator.is_local_main_process)
+    data_iter = iter(loader)
+    accumulated, last_loss, data_time, step_start = 0.0, float("nan"), 0.0, time.perf_counter()
+    while global_step < args.max_train_steps:
+        wait_start = time.perf_counter()
+        planned = next(data_iter)
+        latents = encode_plan_frames(planned, vae, accelerator.device if vae is not None else None)
+        batch = build_training_batch(
+            planned, latents, text_cache, config, seed=args.seed, text_dropout=args.text_dropout,
+            negative_prompt=args.negative_prompt, logit_mean=args.logit_mean, logit_std=args.logit_std,
+        ).to(accelerator.device)
+        data_time += time.perf_counter() - wait_start
+        with accelerator.accumulate(module):
+            loss = training_loss(module, batch)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(params, args.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        accumulated += accelerator.gather(loss.detach().reshape(1)).mean().item() / args.gradient_accumulation_steps
+        if not accelerator.sync_gradients:
+            continue
+
+        # ---- one optimizer step done
+        if ema is not None:
+            ema.step([p for p in transformer.parameters() if p.requires_grad])
+        global_step += 1
+        last_loss, accumulated = accumulated, 0.0
+        step_time = time.perf_counter() - step_start
+        record = {"step": global_step, "loss": last_loss, "lr": lr_scheduler.get_last_lr()[0],
+                  "step_time": step_time, "data_time": data_time}
+        data_time = 0.0
+        progress.update(1)
+        progress.set_postfix(loss=f"{last_loss:.4f}", lr=f"{record['lr']:.2e}")
+        if accelerator.is_main_process:
+            write_log(args.output_dir, record)
+        accelerator.log({"loss": last_loss, "lr": record["lr"]}, step=global_step)
+
+        if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
+            if accelerator.is_main_process and args.checkpoints_total_limit is not None:
+                rotate_checkpoints(args.output_dir, args.checkpoints_total_limit - 1)
+            save_checkpoint_atomically(accelerator, args.output_dir, global_step)
+        if args.validation_steps and global_step % args.validation_steps == 0 and accelerator.is_main_process:
+            log_validation(args, accelerator, transformer, ema, text_cache, vae, dataset, global_step)
+        step_start = time.perf_counter()  # checkpointing and validation are not step time
+
+    # ---- final weights
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        final = accelerator.unwrap_model(module).transformer
+        if ema is not None:
+            ema.copy_to([p for p in final.parameters() if p.requires_grad])
+        if lora is not None:
+            lora.save(args, final)
+        elif not args.no_save_pipeline:
+            save_final_pipeline(args.output_dir, final, components, args.scheduler_shift)
+    accelerator.end_training()
+    return {"global_step": global_step, "last_loss": last_loss, "output_dir": args.output_dir}
+
+
+if __name__ == "__main__":
+    main(parse_args())
