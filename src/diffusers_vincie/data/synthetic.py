@@ -151,6 +151,21 @@ class SceneState:
         return {(obj.row, obj.col) for obj in self.objects}
 
 
+class _StateView:
+    """Lookups of a state that op sampling needs several times: occupied cells, present (colour, shape) pairs,
+    objects per shape."""
+
+    __slots__ = ("state", "occupied", "present", "shape_counts")
+
+    def __init__(self, state: SceneState) -> None:
+        self.state = state
+        self.occupied = {(obj.row, obj.col) for obj in state.objects}
+        self.present = {(obj.colour, obj.shape) for obj in state.objects}
+        self.shape_counts: dict[str, int] = {}
+        for obj in state.objects:
+            self.shape_counts[obj.shape] = self.shape_counts.get(obj.shape, 0) + 1
+
+
 @dataclass(frozen=True)
 class Edit:
     """One transition: its op kind, instruction, the edited object before and after (``None`` when absent;
@@ -608,59 +623,87 @@ class SyntheticWorld:
         }
 
     def _sample_edit(self, state: SceneState, rng: random.Random) -> tuple[SceneState, Edit]:
-        """Draws one valid op (weighted) and applies it."""
-        candidates = self._candidates(state)
-        ops = [op for op in OP_KINDS if candidates[op] and self.op_weights[op] > 0]
+        """Draws one op (weighted) among those possible in ``state``, then one of its arguments, and applies it."""
+        view = _StateView(state)
+        ops = [op for op in OP_KINDS if self.op_weights[op] > 0 and self._is_possible(op, view)]
         if not ops:
             raise RuntimeError(
                 f"op_weights: no op with a positive weight is possible in this state ({len(state.objects)} objects, "
                 f"camera {state.camera}); give add/remove/move/recolour/resize positive weights."
             )
         op = rng.choices(ops, weights=[self.op_weights[op] for op in ops])[0]
-        return getattr(self, f"_apply_{op}")(state, rng.choice(candidates[op]), rng)
+        return getattr(self, f"_apply_{op}")(state, rng.choice(self._arguments(op, view)), rng)
 
-    def _candidates(self, state: SceneState) -> dict[str, list]:
-        """For each op, the list of its valid arguments in ``state`` (empty list = op not possible)."""
-        occupied = state.occupied()
-        present = {(obj.colour, obj.shape) for obj in state.objects}
-        free_cells = [(r, c) for r in range(self.grid) for c in range(self.grid) if (r, c) not in occupied]
-        candidates: dict[str, list] = {op: [] for op in OP_KINDS}
-        if len(state.objects) < self.max_objects and free_cells:
-            absent = [(c, s) for c in self.colours for s in self.shapes if (c, s) not in present]
+    def _is_possible(self, op: str, view: "_StateView") -> bool:
+        """Whether ``op`` has at least one valid argument; closed forms where listing would cost more."""
+        count = len(view.state.objects)
+        if op == "add":  # max_objects <= cells and <= colour-shape pairs, so a free cell and a free pair exist
+            return count < self.max_objects
+        if op == "remove":
+            return count > self.min_objects
+        if op == "resize":
+            return count > 0 and len(self._size_names) > 1
+        if op == "recolour":  # some object's shape still has an unused colour
+            return any(view.shape_counts[obj.shape] < len(self.colours) for obj in view.state.objects)
+        return bool(self._arguments(op, view))
+
+    def _arguments(self, op: str, view: "_StateView") -> list:
+        """The valid arguments of ``op`` in the viewed state (see the ``_apply_<op>`` methods)."""
+        state, occupied, present = view.state, view.occupied, view.present
+        if op == "add":
             # One argument holding both choices; _apply_add draws the pair and the cell independently.
-            candidates["add"] = [(absent, free_cells)] if absent else []
-        if len(state.objects) > self.min_objects:
-            candidates["remove"] = list(state.objects)
-        largest = self._size_names[-1]
-        for obj in state.objects:
-            for direction, (d_row, d_col) in _DIRECTIONS.items():
-                row, col = obj.row + d_row, obj.col + d_col
-                if 0 <= row < self.grid and 0 <= col < self.grid and (row, col) not in occupied:
-                    candidates["move"].append((obj, direction))
-            for colour in self.colours:
-                if colour != obj.colour and (colour, obj.shape) not in present:
-                    candidates["recolour"].append((obj, colour))
-            if len(self._size_names) > 1:
-                candidates["resize"].append((obj, "smaller" if obj.size == largest else "bigger"))
-            if obj.previous_colours and (obj.previous_colours[-1], obj.shape) not in present:
-                candidates["revert_colour"].append(obj)
-        # "bring back": the most recently removed object of each (colour, shape), when its pair is absent and its
-        # cell free, and when the scene has room.
-        if len(state.objects) < self.max_objects:
-            seen: set[tuple[str, str]] = set()
+            free_cells = [(r, c) for r in range(self.grid) for c in range(self.grid) if (r, c) not in occupied]
+            absent = [(c, s) for c in self.colours for s in self.shapes if (c, s) not in present]
+            return [(absent, free_cells)]
+        if op == "remove":
+            return list(state.objects)
+        if op == "move":
+            return [
+                (obj, direction)
+                for obj in state.objects
+                for direction, (d_row, d_col) in _DIRECTIONS.items()
+                if 0 <= obj.row + d_row < self.grid
+                and 0 <= obj.col + d_col < self.grid
+                and (obj.row + d_row, obj.col + d_col) not in occupied
+            ]
+        if op == "recolour":
+            return [
+                (obj, colour)
+                for obj in state.objects
+                for colour in self.colours
+                if colour != obj.colour and (colour, obj.shape) not in present
+            ]
+        if op == "resize":
+            largest = self._size_names[-1]
+            return [(obj, "smaller" if obj.size == largest else "bigger") for obj in state.objects]
+        if op == "revert_colour":
+            return [
+                obj
+                for obj in state.objects
+                if obj.previous_colours and (obj.previous_colours[-1], obj.shape) not in present
+            ]
+        if op == "bring_back":
+            # The most recently removed object of each (colour, shape), when its pair is absent, its cell free and
+            # the scene has room.
+            if len(state.objects) >= self.max_objects:
+                return []
+            candidates, seen = [], set()
             for obj in reversed(state.removed):
                 pair = (obj.colour, obj.shape)
-                if pair in seen:
-                    continue
+                if pair not in seen and pair not in present and (obj.row, obj.col) not in occupied:
+                    candidates.append(obj)
                 seen.add(pair)
-                if pair not in present and (obj.row, obj.col) not in occupied:
-                    candidates["bring_back"].append(obj)
-        for direction, (d_row, d_col) in _DIRECTIONS.items():
-            # The content moves opposite to the camera.
-            dx, dy = state.camera[0] - d_col * self.pan_step, state.camera[1] - d_row * self.pan_step
-            if max(abs(dx), abs(dy)) <= self.max_pan_steps * self.pan_step:
-                candidates["pan"].append(direction)
-        return candidates
+            return candidates
+        if op == "pan":
+            limit = self.max_pan_steps * self.pan_step
+            return [
+                direction
+                for direction, (d_row, d_col) in _DIRECTIONS.items()
+                # The content moves opposite to the camera.
+                if max(abs(state.camera[0] - d_col * self.pan_step), abs(state.camera[1] - d_row * self.pan_step))
+                <= limit
+            ]
+        raise ValueError(f"op: unknown op {op!r}; expected one of {OP_KINDS}.")
 
     # One method per op: (state, argument, rng) -> (new state, edit).
 
