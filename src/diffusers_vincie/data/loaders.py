@@ -158,7 +158,9 @@ def _to_list(value: Any, where: str) -> list:
         try:
             value = json.loads(value)
         except json.JSONDecodeError as error:
-            raise SessionValidationError(f"{where}: expected a list or a JSON list, got the string {value[:80]!r}.") from error
+            raise SessionValidationError(
+                f"{where}: expected a list or a JSON list, got the string {value[:80]!r}."
+            ) from error
     if isinstance(value, np.ndarray):
         value = value.tolist()
     if not isinstance(value, (list, tuple)):
@@ -272,7 +274,7 @@ class Vincie10MAdapter:
         """Converts one row. Raises :class:`SessionValidationError` naming the column when the row is invalid."""
         columns = self.columns
 
-        def get(field_name: str) -> Any:
+        def value(field_name: str) -> Any:
             column = getattr(columns, field_name)
             if column is None:
                 return None
@@ -280,32 +282,30 @@ class Vincie10MAdapter:
                 raise SessionValidationError(f"row {index}: no column {column!r} (Vincie10MColumns.{field_name}).")
             return row[column]
 
+        def as_list(field_name: str) -> list | None:
+            raw = value(field_name)
+            return None if raw is None else _to_list(raw, f"row {index} column {getattr(columns, field_name)!r}")
+
         def images(field_name: str, resample: int) -> list | None:
-            values = get(field_name)
-            if values is None:
+            raw = as_list(field_name)
+            if raw is None:
                 return None
             where = f"row {index} column {getattr(columns, field_name)!r}"
-            loaded = [_to_image(value, f"{where}[{i}]", self.image_root) for i, value in enumerate(_to_list(values, where))]
+            loaded = [_to_image(item, f"{where}[{i}]", self.image_root) for i, item in enumerate(raw)]
             return _resize_all(loaded, self.image_size, resample)
 
-        frames = images("frames", PIL.Image.BICUBIC)
-        instructions = [str(text) for text in _to_list(get("instructions"), f"row {index} column {columns.instructions!r}")]
-        timestamps = get("timestamps")
-        camera_motion = get("camera_motion")
-        session_id = get("session_id")
-        video_id = get("video_id")
-        session_id = str(session_id) if session_id is not None else f"{video_id if video_id is not None else 'row'}/{index}"
+        video_id, session_id = value("video_id"), value("session_id")
+        if session_id is None:
+            session_id = f"{video_id if video_id is not None else 'row'}/{index}"
         return SessionRecord(
-            session_id=session_id,
-            video_id=str(video_id) if video_id is not None else session_id,
-            frames=frames,
-            instructions=instructions,
-            timestamps=_to_list(timestamps, f"row {index} column {columns.timestamps!r}") if timestamps is not None else None,
+            session_id=str(session_id),
+            video_id=str(video_id if video_id is not None else session_id),
+            frames=images("frames", PIL.Image.BICUBIC),
+            instructions=[str(text) for text in as_list("instructions")],
+            timestamps=as_list("timestamps"),
             source_masks=images("source_masks", PIL.Image.NEAREST),
             target_masks=images("target_masks", PIL.Image.NEAREST),
-            camera_motion=_to_list(camera_motion, f"row {index} column {columns.camera_motion!r}")
-            if camera_motion is not None
-            else None,
+            camera_motion=as_list("camera_motion"),
             annotator={"name": self.name, "columns": asdict(columns)},
         )
 
@@ -456,7 +456,9 @@ class PairwiseEditAdapter:
         try:
             rows = sorted(rows, key=lambda row: int(row[columns.turn_index]))
         except (TypeError, ValueError) as error:
-            raise SessionValidationError(f"{where}: column {columns.turn_index!r} must hold integers: {error}.") from error
+            raise SessionValidationError(
+                f"{where}: column {columns.turn_index!r} must hold integers: {error}."
+            ) from error
         turns = [int(row[columns.turn_index]) for row in rows]
         if turns != list(range(turns[0], turns[0] + len(turns))):
             raise SessionValidationError(
@@ -468,7 +470,8 @@ class PairwiseEditAdapter:
             raise SessionValidationError(f"{where}: turn {turns[0]} has no source image ({columns.source_image!r}).")
         frames = [first_source]
         for turn, row in zip(turns, rows):
-            target = _to_image(row[columns.target_image], f"{where} turn {turn} {columns.target_image!r}", self.image_root)
+            target_where = f"{where} turn {turn} {columns.target_image!r}"
+            target = _to_image(row[columns.target_image], target_where, self.image_root)
             if target is None:
                 raise SessionValidationError(f"{where}: turn {turn} has no target image ({columns.target_image!r}).")
             frames.append(target)

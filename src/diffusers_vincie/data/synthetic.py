@@ -13,7 +13,8 @@ frame (the pixels of the edited object before and after), the changed-pixel mask
 that :func:`score_edit` checks a model's output against.
 
 Uses:
-- training on the fly: :meth:`SyntheticWorld.sample_session` (about 0.1-0.3 ms per 32x32 five-frame session);
+- training on the fly: :meth:`SyntheticWorld.sample_session` (about 0.3-0.5 ms per 32x32 six-frame session on
+  the project's 2-core CPU);
 - real videos with ground truth for the video -> sessions build pipeline: :meth:`SyntheticWorld.render_video`
   writes an mp4 (smooth motion between held key states) plus a JSON sidecar read by :func:`read_ground_truth`;
 - benchmarks: :func:`score_edit` (changed-region IoU, right colour and shape, preservation of the rest).
@@ -71,9 +72,9 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "pink": (250, 120, 190),
 }
 
-# Backgrounds: (top-or-left colour, bottom-or-right colour, split direction). Plain backgrounds use one colour.
 _COLOUR_ARRAYS = {name: np.array(rgb, dtype=np.uint8) for name, rgb in COLOURS.items()}
 
+# Backgrounds: (top-or-left colour, bottom-or-right colour, split direction). Plain backgrounds use one colour.
 BACKGROUNDS: dict[str, tuple[tuple[int, int, int], tuple[int, int, int], str]] = {
     "light": ((205, 205, 205), (205, 205, 205), "none"),
     "dark": ((55, 55, 60), (55, 55, 60), "none"),
@@ -369,7 +370,9 @@ class SyntheticWorld:
             raise ValueError("colours: need at least 2 colours so that recolour is possible.")
         sizes = dict(sizes) if sizes is not None else {"small": 0.28, "big": 0.44}
         if not sizes or any(not 0 < fraction < 0.5 for fraction in sizes.values()):
-            raise ValueError(f"sizes: radius fractions must lie in (0, 0.5) so objects stay in their cell, got {sizes}.")
+            raise ValueError(
+                f"sizes: radius fractions must lie in (0, 0.5) so objects stay in their cell, got {sizes}."
+            )
         if list(sizes.values()) != sorted(sizes.values()):
             raise ValueError(f"sizes: list sizes from smallest to largest, got {sizes}.")
         capacity = min(grid * grid, len(shapes) * len(colours))
@@ -1087,10 +1090,8 @@ def score_edit(
     edit = session.edits[turn]
     if edit.after is not None:
         # Nearest palette colour of each pixel, compared in the cell of the object (slightly enlarged).
-        palette = np.array(
-            [COLOURS[c] for c in world.colours] + [colour for name in world.backgrounds for colour in BACKGROUNDS[name][:2]],
-            dtype=np.int32,
-        )
+        background_colours = [colour for name in world.backgrounds for colour in BACKGROUNDS[name][:2]]
+        palette = np.array([COLOURS[c] for c in world.colours] + background_colours, dtype=np.int32)  # (K, 3)
         colour_index = world.colours.index(edit.after.colour)
         window = _cell_window(world, edit.after, session.states[turn + 1].camera, target.shape[0])
 
