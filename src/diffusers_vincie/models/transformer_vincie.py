@@ -107,7 +107,7 @@ class _AttentionPlan:
     txt_index: torch.Tensor  # (N_txt,)
     batch_size: int
     seq_len: int
-    mask: Optional[torch.Tensor]  # bool, (B, S_keys) key padding or (B, 1, S, S_keys); None = attend all
+    mask: Optional[torch.Tensor]  # bool, (B, 1, 1, S_keys) key padding or (B, 1, S, S_keys); None = attend all
     order: Optional[torch.Tensor] = None  # (B, S) for block-causal
     valid: Optional[torch.Tensor] = None  # (B, S)
     context: Optional[VincieContextCache] = None  # keys/values to prepend (cached context)
@@ -162,6 +162,21 @@ def block_causal_mask(
 # =====================================================================================================
 
 
+# Backends that apply an arbitrary boolean (B, 1, S_q, S_k) mask; the others only know key padding.
+_BLOCK_MASK_BACKENDS = ("native", "_native_math", "_native_efficient", "_native_cudnn")
+
+
+def _check_backend_supports_masks(backend) -> None:
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    name = (backend or _AttentionBackendRegistry.get_active_backend()[0]).value
+    if name not in _BLOCK_MASK_BACKENDS:
+        raise ValueError(
+            f"Attention backend {name!r} cannot apply the block-causal mask; use one of {_BLOCK_MASK_BACKENDS} "
+            "(`model.set_attention_backend('native')`) for block-causal models."
+        )
+
+
 class VincieAttnProcessor:
     """Joint attention of the video and text streams through ``dispatch_attention_fn``.
 
@@ -186,6 +201,8 @@ class VincieAttnProcessor:
         if plan.context is not None:
             k = torch.cat([plan.context.keys[attn.layer_index].to(k.dtype), k], dim=1)
             v = torch.cat([plan.context.values[attn.layer_index].to(v.dtype), v], dim=1)
+        if mask is not None and mask.shape[2] > 1:
+            _check_backend_supports_masks(self._attention_backend)
         out_dtype = q.dtype
         if self.qkv_dtype is not None:
             q, k, v = q.to(self.qkv_dtype), k.to(self.qkv_dtype), v.to(self.qkv_dtype)
@@ -497,7 +514,7 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
         valid = valid.view(batch, seq_len)
 
         if layout == "full":
-            mask = None if bool(valid.all()) else valid
+            mask = None if bool(valid.all()) else valid[:, None, None, :]  # key padding, (B, 1, 1, S)
             return _AttentionPlan(vid_index, txt_index, batch, seq_len, mask)
 
         if frame_order is None or (text_order is None and int(text_lengths_in_call.sum()) > 0):
