@@ -391,11 +391,26 @@ class _ShardWriter:
 
 
 def write_dataset_card(output_dir: str | Path, *, description: str = "", extra: dict[str, Any] | None = None) -> Path:
-    """Writes ``README.md`` with the ``configs:`` YAML and features so ``load_dataset(output_dir)`` just works."""
+    """Writes ``README.md`` with the ``configs:`` YAML and features so ``load_dataset(output_dir)`` just works.
+
+    The YAML lists the shard files explicitly and records the number of sessions and bytes: ``datasets``
+    derives its cache key from this card, not from the files, so a card that changes with the content
+    keeps ``load_dataset`` from serving a stale cache after a resumed build (or for another folder of the
+    same name).
+    """
     output_dir = Path(output_dir)
+    shards = sorted((output_dir / DATA_DIR).glob("*.parquet"))
+    num_sessions = sum(entry.get("sessions", 0) for entry in read_manifest(output_dir).values())
     header = {
-        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": f"{DATA_DIR}/*.parquet"}]}],
-        "dataset_info": {"features": SESSION_FEATURES._to_yaml_list()},
+        "configs": [{
+            "config_name": "default",
+            "data_files": [{"split": "train", "path": [f"{DATA_DIR}/{shard.name}" for shard in shards]}],
+        }],
+        "dataset_info": {
+            "features": SESSION_FEATURES._to_yaml_list(),
+            "splits": [{"name": "train", "num_examples": num_sessions}],
+            "dataset_size": sum(shard.stat().st_size for shard in shards),
+        },
         "tags": ["vincie", "image-editing", "multi-turn", "video"],
     }
     columns = "\n".join(
@@ -449,6 +464,18 @@ def _write_rejects(output_dir: Path) -> int:
 # ------------------------------------------------------------------------------------------------
 
 
+def distributed_state() -> Any:
+    """The ``accelerate.PartialState`` of this process (one process when not launched by ``accelerate launch``).
+
+    ``ACCELERATE_USE_CPU=1`` selects CPU processes (gloo), as it does for ``Accelerator``; without it a
+    machine with no accelerator would run every launched process as an independent single process.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
 @dataclass
 class BuildSummary:
     """Counts of one build call, over all processes (read back from the manifests).
@@ -495,12 +522,10 @@ def build_sessions(
             so a smaller value loses less work to a kill).
         on_video_done: Called with each finished video id (progress hooks, tests).
     """
-    from accelerate import PartialState
-
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got shard_size={shard_size}")
     config = config or SamplingConfig()
-    state = PartialState()
+    state = distributed_state()
     started = time.perf_counter()
     output_dir = Path(output_dir)
     videos = list_videos(inputs)

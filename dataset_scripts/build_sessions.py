@@ -1,0 +1,94 @@
+"""Turn a folder of videos into a VINCIE sessions dataset (parquet shards + dataset card).
+
+Synthetic videos with their ground truth (no model needed)::
+
+    python dataset_scripts/build_sessions.py videos/ --output sessions/ \
+        --annotator ground_truth --strategy equal_interval --interval 1.0
+
+Real videos with a vision-language model and GroundingDINO + SAM2 regions, on every GPU (on CPUs:
+``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N ...``)::
+
+    accelerate launch dataset_scripts/build_sessions.py videos/ list.txt --output sessions/ \
+        --annotator vlm --vlm-model Qwen/Qwen2.5-VL-7B-Instruct
+
+Rerunning the same command resumes (finished videos are skipped). Then::
+
+    from datasets import load_dataset
+    sessions = load_dataset("sessions", split="train")   # or streaming=True
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+from diffusers_vincie.data.annotate import GroundTruthAnnotator, TransitionAnnotator, VLMAnnotator
+from diffusers_vincie.data.build import SamplingConfig, build_sessions, distributed_state
+from diffusers_vincie.data.frames import SAMPLING_STRATEGIES
+from diffusers_vincie.data.regions import DEFAULT_DETECTOR, DEFAULT_SEGMENTER, RegionMasker
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", help="video files, folders (recursive) and .txt lists of videos")
+    parser.add_argument("--output", required=True, help="dataset folder to create or resume")
+    parser.add_argument("--annotator", choices=("ground_truth", "vlm"), default="vlm",
+                        help="ground_truth: synthetic-video sidecars; vlm: a transformers chat model")
+    parser.add_argument("--vlm-model", default=None, help="image-text-to-text model for --annotator vlm")
+    parser.add_argument("--max-attempts", type=int, default=3, help="VLM tries per transition before rejecting it")
+    parser.add_argument("--max-new-tokens", type=int, default=512, help="VLM generation budget per try")
+    parser.add_argument("--detector", default=DEFAULT_DETECTOR, help="GroundingDINO checkpoint for RoE masks")
+    parser.add_argument("--segmenter", default=DEFAULT_SEGMENTER, help="SAM2 checkpoint for RoE masks")
+    parser.add_argument("--no-regions", action="store_true", help="store null masks instead of running GroundingDINO+SAM2")
+    parser.add_argument("--strategy", choices=SAMPLING_STRATEGIES, default="hybrid", help="frame sampling strategy")
+    parser.add_argument("--interval", type=float, default=3.0, help="seconds between frames (equal_interval, hybrid)")
+    parser.add_argument("--min-frames", type=int, default=2, help="fewest frames per session")
+    parser.add_argument("--max-frames", type=int, default=6, help="most frames per session")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the per-video frame-count draws")
+    parser.add_argument("--scene-cuts", action="store_true", help="split videos at hard cuts (one extra decode pass)")
+    parser.add_argument("--scene-threshold", type=float, default=0.3, help="thumbnail difference counted as a cut")
+    parser.add_argument("--max-side", type=int, default=None, help="downscale frames larger than this (pixels)")
+    parser.add_argument("--shard-size", type=int, default=64, help="sessions per parquet shard")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every rejected transition")
+    args = parser.parse_args(argv)
+    if args.annotator == "vlm" and not args.vlm_model:
+        parser.error("--annotator vlm needs --vlm-model (e.g. Qwen/Qwen2.5-VL-7B-Instruct); "
+                     "use --annotator ground_truth for synthetic videos")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    state = distributed_state()
+    device = str(state.device)
+    config = SamplingConfig(
+        strategy=args.strategy, interval=args.interval, min_frames=args.min_frames, max_frames=args.max_frames,
+        seed=args.seed, scene_cuts=args.scene_cuts, scene_threshold=args.scene_threshold, max_side=args.max_side,
+    )
+    annotator: TransitionAnnotator
+    region_masker = None
+    if args.annotator == "ground_truth":
+        annotator = GroundTruthAnnotator()  # exact masks: no region models needed
+    else:
+        annotator = VLMAnnotator.from_pretrained(
+            args.vlm_model, device=device, max_attempts=args.max_attempts, max_new_tokens=args.max_new_tokens
+        )
+        if not args.no_regions:
+            region_masker = RegionMasker.from_pretrained(args.detector, args.segmenter, device=device)
+    summary = build_sessions(
+        args.inputs, args.output, annotator, config=config, region_masker=region_masker, shard_size=args.shard_size
+    )
+    if state.is_main_process:
+        print(
+            f"{summary.sessions} sessions from {summary.videos} videos in {args.output} "
+            f"({summary.processed} processed now, {summary.skipped} already done, "
+            f"{summary.rejected_videos} unreadable: see rejects.jsonl) in {summary.seconds:.1f}s"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
