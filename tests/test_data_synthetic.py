@@ -188,6 +188,11 @@ def test_to_record(sessions):
     assert record.annotator["name"] == "ground_truth" and record.annotator["ops"] == session.ops
     np.testing.assert_array_equal(np.asarray(record.frames[2]), session.frames[2])
     np.testing.assert_array_equal(mask_to_array(record.target_masks[1]), session.target_masks[1])
+    assert record.session_id == f"synthetic-{session.seed}/0"
+    unseeded = SyntheticWorld().sample_session(np.random.default_rng(0), num_turns=1)
+    with pytest.raises(ValueError, match="video_id"):
+        unseeded.to_record()
+    assert unseeded.to_record(video_id="clip-7").session_id == "clip-7/0"
 
 
 @pytest.mark.parametrize(

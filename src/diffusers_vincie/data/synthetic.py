@@ -233,11 +233,14 @@ class SyntheticSession:
         """Returns the session as a :class:`~diffusers_vincie.data.schema.SessionRecord` (ground-truth annotator).
 
         Args:
-            session_id: defaults to ``"synthetic-<seed>/0"``.
-            video_id: defaults to ``"synthetic-<seed>"``.
+            session_id: defaults to ``"<video_id>/0"``.
+            video_id: defaults to ``"synthetic-<seed>"``; required when the session was drawn from a generator
+                (no seed), so that ids stay unique.
         """
-        default_video = f"synthetic-{self.seed if self.seed is not None else 'unseeded'}"
-        video_id = video_id or default_video
+        if video_id is None:
+            if self.seed is None:
+                raise ValueError("video_id: this session was drawn from a generator (no seed); pass a unique id.")
+            video_id = f"synthetic-{self.seed}"
         return SessionRecord(
             session_id=session_id or f"{video_id}/0",
             video_id=video_id,
