@@ -190,6 +190,11 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
     args.task_weight_dict = dict(zip(TASKS, weights))
     if args.frame_index is None:
         args.frame_index = "compact" if args.attention_layout == "full" else "slots"
+    if args.frame_index == "compact" and args.mask_probability > 0 and (weights[1] > 0 or weights[2] > 0):
+        logging.getLogger(__name__).warning(
+            "Mask tasks with --frame_index compact: a mask target and a next-image target can get identical inputs "
+            "(see docs/training.md); use --frame_index slots, or --task_weights 1,0,0 / --mask_probability 0."
+        )
     if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
         raise ValueError("--checkpoints_total_limit must be >= 1 (or left out to keep every checkpoint).")
     if args.gradient_accumulation_steps < 1 or args.train_batch_size < 1:
@@ -424,7 +429,8 @@ def main(args: argparse.Namespace, lora=None) -> dict:
         if lora is not None:
             lora.save(args, final)
         elif not args.no_save_pipeline:
-            save_final_pipeline(args.output_dir, final, components, args.scheduler_shift)
+            save_final_pipeline(args.output_dir, final, components, args.scheduler_shift, args.negative_prompt,
+                                args.frame_index)
     accelerator.end_training()
     return {"global_step": global_step, "last_loss": last_loss, "output_dir": args.output_dir}
 

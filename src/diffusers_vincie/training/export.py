@@ -64,15 +64,32 @@ def _load_text_encoder(path: str):
     return AutoModel.from_pretrained(path)
 
 
-def save_final_pipeline(output_dir: str, transformer, components: dict, scheduler_shift: float = 1.0) -> Path:
+def save_final_pipeline(
+    output_dir: str,
+    transformer,
+    components: dict,
+    scheduler_shift: float = 1.0,
+    negative_prompt: str = "",
+    frame_index: str = "compact",
+) -> Path:
     """Writes ``<output_dir>/pipeline`` atomically (temp folder then rename) and returns its path.
 
-    Uses ``diffusers_vincie.pipelines.VincieInContextPipeline.save_pretrained`` when the pipeline is available, else
-    writes the same folder layout component by component.
+    Uses ``VincieInContextPipeline.save_pretrained`` with ``default_negative_prompt`` set to the text the model
+    saw under CFG dropout, and records the frame RoPE index mode of training (``frame_index_mode`` in
+    ``model_index.json``). Falls back to writing the same layout component by component.
+
+    Args:
+        output_dir: run folder; the pipeline goes to ``<output_dir>/pipeline``.
+        transformer: the trained transformer (EMA weights already copied in, if any).
+        components: ``text_encoder``, ``tokenizer``, optional ``vae`` (``load_components``).
+        scheduler_shift: static shift of the saved ``FlowMatchEulerDiscreteScheduler``.
+        negative_prompt: the unconditional text of training.
+        frame_index: ``"compact"`` or ``"slots"``.
     """
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=scheduler_shift)
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=scheduler_shift,
+                                                use_dynamic_shifting=False)
     final = Path(output_dir) / "pipeline"
     tmp = Path(output_dir) / ".pipeline.tmp"
     if tmp.exists():
@@ -89,9 +106,12 @@ def save_final_pipeline(output_dir: str, transformer, components: dict, schedule
     except ImportError:
         VincieInContextPipeline = None
     if VincieInContextPipeline is not None:
-        VincieInContextPipeline(**parts).save_pretrained(tmp, safe_serialization=True)
+        pipe = VincieInContextPipeline(**parts, default_negative_prompt=negative_prompt)
+        pipe.register_to_config(frame_index_mode=frame_index)
+        pipe.save_pretrained(tmp, safe_serialization=True)
     else:
-        index = {"_class_name": PIPELINE_CLASS, "_diffusers_version": __import__("diffusers").__version__}
+        index = {"_class_name": PIPELINE_CLASS, "_diffusers_version": __import__("diffusers").__version__,
+                 "default_negative_prompt": negative_prompt, "frame_index_mode": frame_index}
         for name, part in parts.items():
             if part is None:
                 index[name] = [None, None]

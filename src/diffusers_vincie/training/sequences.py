@@ -22,10 +22,12 @@ Formulations (they match the inference of ``VincieInContextPipeline``):
   has a noisy copy with its own ``t`` and the order / RoPE index of the frame it denoises; the block-causal mask
   lets a target see only clean context of lower order, so all targets of a session train in one forward.
 
-Frame RoPE index (``frame_index``): ``"compact"`` numbers the frames present ``0..F-1`` (the official
-convention, used by the released checkpoints); ``"slots"`` gives every item a fixed slot ``3k`` (``I_k``),
-``3k+1`` (``Mc_k``), ``3k+2`` (``Mn_k``) so that the kind of frame to generate is known from its position even
-when masks or context frames are dropped (used by the small block-causal models).
+Frame RoPE index (``frame_index``, see :func:`frame_indices`): ``"compact"`` numbers the context frames ``0..C-1``
+and gives a target the count of context frames before it (the official convention: the released checkpoints and
+``VincieInContextPipeline``); ``"slots"`` gives every item a fixed slot ``3k`` (``I_k``), ``3k+1`` (``Mc_k``),
+``3k+2`` (``Mn_k``). With masks in training, only slots tell the model *which kind* of frame to generate: in
+compact mode "``I_0, T_0``, generate index 1" is the next image when the masks are out and the current mask when
+they are in, so mask tasks blur the next-image task (see docs/training.md).
 """
 
 from __future__ import annotations
@@ -249,10 +251,20 @@ def plan_sequence(
 
 
 def frame_indices(plan: SequencePlan, mode: str) -> dict[FrameItem, int]:
-    """RoPE temporal index of each frame of the plan (see the module docstring)."""
+    """RoPE temporal index of each frame of the plan.
+
+    ``"compact"``: clean context frames are numbered ``0..C-1`` in order and a target gets the number of context
+    frames before it (at inference: the generated frame's index is the number of frames in the context).
+    ``"slots"``: the fixed slot ``3 * turn + {0: image, 1: current mask, 2: next mask}``.
+    """
+    if mode not in FRAME_INDEX_MODES:
+        raise ValueError(f"`frame_index` must be one of {FRAME_INDEX_MODES}, got {mode!r}.")
     if mode == "slots":
         return {f: f.slot for f in plan.frames}
-    return {f: i for i, f in enumerate(plan.frames)}
+    index = {f: i for i, f in enumerate(plan.context)}
+    for target in plan.targets:
+        index.setdefault(target, sum(c.order < target.order for c in plan.context))
+    return index
 
 
 # =====================================================================================================
@@ -272,7 +284,7 @@ class SampleTensors:
         frame_order: ``(F,)`` block-causal order.
         frame_is_noisy: ``(F,)`` bool.
         text_segments: the sample's instruction embeddings, one ``(n_i, dim)`` per prompt (turn tokens added
-            by the model).
+            by the model), or a single unconditional segment.
         text_order: ``(sum_i (n_i + 1),)`` block-causal order of each text token (turn token included).
         velocity: ``(F, h, w, C)`` regression target (``noise - x0``; zeros where the weight is 0).
         loss_weight: ``(F,)`` loss weight of each frame (0 for context).
@@ -291,8 +303,13 @@ class SampleTensors:
 
 
 def _text_order(plan: SequencePlan, segments: Sequence[torch.Tensor]) -> torch.Tensor:
-    if len(segments) != plan.num_prompts:
-        raise ValueError(f"The plan has {plan.num_prompts} instructions but {len(segments)} text segments were given.")
+    """Order of every text token; a single segment for a multi-instruction plan is the unconditional text (CFG
+    dropout: one negative segment right after ``I_0``, as the pipeline's negative branch)."""
+    if len(segments) not in (plan.num_prompts, 1):
+        raise ValueError(
+            f"The plan has {plan.num_prompts} instructions but {len(segments)} text segments were given (give one "
+            "per instruction, or one unconditional segment)."
+        )
     items = [int(seg.shape[0]) + 1 for seg in segments]  # + 1: the turn token inserted before each segment
     return torch.cat([torch.full((n,), order, dtype=torch.long) for n, order in zip(items, plan.prompt_orders)])
 

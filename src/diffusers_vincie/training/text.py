@@ -94,14 +94,14 @@ class PromptEmbeddingCache:
 def session_prompts(
     instructions: Sequence[str], drop: bool = False, negative_prompt: Optional[str] = None
 ) -> list[str]:
-    """Templated prompts of one sequence's instructions; with ``drop`` (CFG text dropout) the negative prompts.
+    """Templated prompts of one sequence's instructions; with ``drop`` (CFG text dropout) the unconditional text.
 
-    Dropping keeps one segment per instruction (so turn tokens and block-causal orders stay the same) and puts
-    the raw ``negative_prompt`` (default ``""``: only the end token) in every segment; the pipeline's
-    unconditional branch must use the same text.
+    The unconditional text is a single raw ``negative_prompt`` segment (default ``""``: only the end token),
+    exactly what ``VincieInContextPipeline`` feeds its negative branch (one segment, turn 0, after ``I_0``); save
+    the pipeline with ``default_negative_prompt`` equal to the training one.
     """
     if drop:
-        return [negative_prompt or "" for _ in instructions]
+        return [negative_prompt or ""]
     return [format_turn_prompt(text, turn) for turn, text in enumerate(instructions)]
 
 
