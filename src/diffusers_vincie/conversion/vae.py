@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 from diffusers import AutoencoderKL
 from diffusers.configuration_utils import register_to_config
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401 - diffusers' pipeline loader looks up the
+# loadable base classes (ModelMixin) in the module named in model_index.json, i.e. this one
 from safetensors.torch import load_file
 
 OFFICIAL_VAE_SCALING_FACTOR = 0.9152
@@ -376,15 +378,15 @@ def vae_parity_checks(
         return io[name][:, :, 0]  # drop the frame axis of (B, C, 1, H, W)
 
     return [
-        ("vae encoder moments", moments, frame("encoder_moments"), VAE_PARITY_TOLERANCE),
-        ("vae posterior mean", posterior.mean, frame("posterior_mean"), VAE_PARITY_TOLERANCE),
-        ("vae posterior logvar", posterior.logvar, frame("posterior_logvar"), VAE_PARITY_TOLERANCE),
-        ("vae posterior std", posterior.std, frame("posterior_std"), VAE_PARITY_TOLERANCE),
-        ("vae mode scaled channels-last", mode_channels_last, io["latent_mode_scaled_channels_last"],
+        ("encoder moments", moments, frame("encoder_moments"), VAE_PARITY_TOLERANCE),
+        ("posterior mean", posterior.mean, frame("posterior_mean"), VAE_PARITY_TOLERANCE),
+        ("posterior logvar", posterior.logvar, frame("posterior_logvar"), VAE_PARITY_TOLERANCE),
+        ("posterior std", posterior.std, frame("posterior_std"), VAE_PARITY_TOLERANCE),
+        ("mode scaled channels-last", mode_channels_last, io["latent_mode_scaled_channels_last"],
          VAE_PARITY_TOLERANCE),
-        ("vae sample from stored eps", sample, frame("posterior_sample"), VAE_PARITY_TOLERANCE),
-        ("vae decode", decode_channels_last(io["decode_input_latent_scaled_channels_last"]), frame("decoded"),
+        ("sample from stored eps", sample, frame("posterior_sample"), VAE_PARITY_TOLERANCE),
+        ("decode", decode_channels_last(io["decode_input_latent_scaled_channels_last"]), frame("decoded"),
          VAE_PARITY_TOLERANCE),
-        ("vae round trip", decode_channels_last(mode_channels_last), frame("roundtrip_decoded"),
+        ("round trip", decode_channels_last(mode_channels_last), frame("roundtrip_decoded"),
          VAE_PARITY_TOLERANCE),
     ]
