@@ -132,6 +132,7 @@ def convert_official_release(
     text_encoder_dtype: torch.dtype = torch.bfloat16,
     hash_inputs: bool = True,
     vae_config: dict | None = None,
+    repo_id: str | None = None,
 ) -> Path:
     """Convert an official VINCIE release folder into a diffusers pipeline folder.
 
@@ -143,6 +144,7 @@ def convert_official_release(
         hash_inputs: record SHA-256 of ``dit.pth`` and ``vae.pth`` in the model card.
         vae_config: official VAE constructor arguments for a non-standard VAE (only ``norm_num_groups`` cannot be
             read from the weights; default: the official 32 groups).
+        repo_id: Hub repository id to show in the model card's loading snippet.
 
     Returns:
         The output folder.
@@ -159,9 +161,9 @@ def convert_official_release(
     print("text encoder: first-generation Qwen -> Qwen2Model (streaming)")
     qwen2_config = convert_qwen_checkpoint(paths["llm"], out / "text_encoder", dtype=text_encoder_dtype)
     notes.append(
-        f"text encoder: QWen -> Qwen2Model mapping (fused c_attn split into q/k/v with biases, w2 = gate, "
-        f"w1 = up); {qwen2_config.num_hidden_layers} layers, hidden {qwen2_config.hidden_size}, exact below "
-        "2048 tokens"
+        f"text encoder: every QWen tensor mapped exactly once onto Qwen2Model ({qwen2_config.num_hidden_layers} "
+        f"layers, hidden {qwen2_config.hidden_size}; fused c_attn split into q/k/v with biases, w2 = gate, w1 = up), "
+        "shapes checked against the Qwen2 config; exact for prompts up to 2048 tokens"
     )
 
     def save_tokenizer(folder: Path) -> None:
@@ -174,7 +176,10 @@ def convert_official_release(
         vae = convert_official_vae(load_torch_state_dict(paths["vae"]), vae_config)
         upsamplers = list(getattr(vae.config, "depth_to_space_upsamplers", ()))
         kind = f"depth-to-space up-samplers in up blocks {upsamplers}" if upsamplers else "stock Upsample2D"
-        notes.append(f"vae: causal 3D VAE -> 2D AutoencoderKL (temporally summed kernels, {kind}), float32")
+        notes.append(
+            f"vae: causal 3D VAE -> 2D AutoencoderKL (temporally summed kernels, {kind}), strict load (no unknown, "
+            "missing or mis-shaped tensor), float32"
+        )
         vae.save_pretrained(folder)
 
     _write_component(out, "vae", save_vae)
@@ -183,7 +188,8 @@ def convert_official_release(
         transformer = load_official_dit(paths["dit"], dtype=dtype)
         preset = {k: v for k, v in VINCIE_3B_CONFIG.items() if transformer.config.get(k) != v}
         notes.append(
-            "transformer: config derived from the checkpoint's keys and shapes"
+            "transformer: config derived from the checkpoint's keys and shapes, strict load (turn table present, no "
+            "unknown, missing or mis-shaped tensor)"
             + (", equal to the VINCIE-3B preset" if not preset else f", differs from the 3B preset in {sorted(preset)}")
         )
         transformer.save_pretrained(folder)
@@ -194,7 +200,7 @@ def convert_official_release(
     write_model_index(out, VincieInContextPipeline)
     inputs = {name: paths[name] for name in ("dit", "vae")}
     digests = {name: sha256_of(path) for name, path in inputs.items()} if hash_inputs else {}
-    write_model_card(out, official, notes, digests, dtype, text_encoder_dtype)
+    write_model_card(out, official, notes, digests, dtype, text_encoder_dtype, repo_id)
     return out
 
 
@@ -246,8 +252,19 @@ def write_model_card(
     digests: dict[str, str],
     dtype: torch.dtype,
     text_encoder_dtype: torch.dtype,
+    repo_id: str | None = None,
 ) -> None:
-    """Write ``README.md`` stating the source, the conversion and the verification done."""
+    """Write ``README.md`` stating the source, the conversion and the verification done.
+
+    Args:
+        out: the converted folder.
+        official: the official release folder (its name is recorded as the source).
+        notes: verification lines of the components converted in this run (earlier runs' lines are kept).
+        digests: SHA-256 of the input files.
+        dtype: transformer dtype.
+        text_encoder_dtype: text encoder dtype.
+        repo_id: Hub repository the folder is pushed to, used in the loading snippet.
+    """
     previous = out / "conversion.json"
     record = json.loads(previous.read_text()) if previous.is_file() else {"notes": []}
     record["notes"] = list(dict.fromkeys(record["notes"] + notes))  # keep notes of components from earlier runs
@@ -266,14 +283,14 @@ license: apache-2.0
 
 Diffusers-format conversion of the official VINCIE release `{record['source']}` (ByteDance-Seed, paper
 arXiv:2506.10941, "VINCIE: Unlocking In-context Image Editing from Video"), made with
-`python -m diffusers_vincie.convert` from [diffusers-vincie](https://github.com/). No remote code, no pickles:
-every weight is a safetensors file.
+`python -m diffusers_vincie.convert` (package `diffusers-vincie`). No remote code, no pickles: every weight is a
+safetensors file.
 
 ```python
 import diffusers_vincie  # registers the pipeline with diffusers
 from diffusers_vincie import VincieInContextPipeline
 
-pipe = VincieInContextPipeline.from_pretrained("{out.name}")
+pipe = VincieInContextPipeline.from_pretrained("{repo_id or out.name}")
 ```
 
 ## Components
@@ -360,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
             DTYPES[args.text_encoder_dtype],
             hash_inputs=not args.no_hash,
             vae_config=vae_config,
+            repo_id=args.push_to_hub,
         )
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
