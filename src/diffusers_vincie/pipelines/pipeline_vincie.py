@@ -241,7 +241,7 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
                 break
             v, _, _ = velocity(x, t)
             latents = self.scheduler.step(v.float(), t, x.float(), return_dict=False)[0].to(x.dtype)
-            outputs = callback(self, i, t, {name: locals()[name] for name in tensor_inputs})
+            outputs = callback(self, i, t, {"latents": latents} if "latents" in tensor_inputs else {})
             x = outputs.pop("latents", latents)
             progress.update()
         return x

@@ -200,8 +200,8 @@ class VincieEditingSession:
         mask_frames = []
         if current_mask is None and chain_of_editing:
             current_mask = PREDICT
-        if next_mask is None and (chain_of_editing or current_mask is not None):
-            next_mask = PREDICT if (chain_of_editing or current_mask == PREDICT) else None
+        if next_mask is None and current_mask is not None:
+            next_mask = PREDICT  # chain of editing / controllable editing: the next-frame mask is predicted
         for which, mask in (("current_mask", current_mask), ("next_mask", next_mask)):
             if mask is None:
                 continue
