@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine (CPU torch + the package with its test extras) and runs the whole test suite.
+# The official parity fixtures must be present (../shared/fixtures/official or $VINCIE_OFFICIAL_FIXTURES):
+# their absence is a failure here, not a skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export VINCIE_OFFICIAL_FIXTURES="${VINCIE_OFFICIAL_FIXTURES:-$(cd .. && pwd)/shared/fixtures/official}"
+
+python -m pip install --quiet "torch==2.13.0"
+python -m pip install --quiet -e ".[test]" --constraint <(echo "torch==2.13.0")
+
+if [ ! -f "$VINCIE_OFFICIAL_FIXTURES/dit_official.safetensors" ]; then
+    echo "ERROR: official parity fixtures not found at $VINCIE_OFFICIAL_FIXTURES" >&2
+    exit 1
+fi
+python -m diffusers_vincie.parity "$VINCIE_OFFICIAL_FIXTURES" | tail -n 1
+
+python -m pytest -q -p no:cacheprovider --timeout=900 tests "$@"
