@@ -86,6 +86,9 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dataset_name", type=str, default=None,
                        help="Sessions dataset: a folder of the build pipeline, a parquet glob or a dataset name.")
     group.add_argument("--dataset_split", type=str, default="train")
+    group.add_argument("--dataset_format", choices=("sessions", "pairwise", "vincie10m"), default="sessions",
+                       help="'sessions' = SESSION_FEATURES rows (build_sessions.py output); 'pairwise' = one row "
+                            "per edit turn (MagicBrush columns); 'vincie10m' = VINCIE-10M rows.")
     group.add_argument("--max_train_samples", type=int, default=None, help="Use only the first N sessions.")
     group.add_argument("--synthetic_world", action="store_true",
                        help="Train on sessions of the synthetic shapes world drawn on the fly (no dataset on disk).")
@@ -238,15 +241,18 @@ def build_dataset(args, config: SequenceConfig):
         world = SyntheticWorld(**world_kwargs)
         return SyntheticSessionsDataset(world, args.synthetic_num_sessions, args.synthetic_num_turns, config,
                                         seed=args.seed, world_seed=args.synthetic_world_seed)
-    from datasets import load_dataset
+    from diffusers_vincie.data.loaders import (
+        PairwiseEditAdapter,
+        Vincie10MAdapter,
+        load_sessions,
+        records_to_dataset,
+    )
 
-    name = args.dataset_name
-    if os.path.isdir(name) and os.path.isdir(os.path.join(name, "data")) and not any(Path(name).glob("*.py")):
-        rows = load_dataset("parquet", data_files=str(Path(name) / "data" / "*.parquet"), split=args.dataset_split)
-    elif name.endswith(".parquet") or "*" in name:
-        rows = load_dataset("parquet", data_files=name, split=args.dataset_split)
-    else:
-        rows = load_dataset(name, split=args.dataset_split)
+    if args.dataset_format == "sessions":
+        rows = load_sessions(args.dataset_name, split=args.dataset_split)
+    else:  # other layouts are converted to session rows in memory by the data adapters
+        adapter_cls = PairwiseEditAdapter if args.dataset_format == "pairwise" else Vincie10MAdapter
+        rows = records_to_dataset(adapter_cls.from_path(args.dataset_name, split=args.dataset_split))
     if args.max_train_samples is not None:
         rows = rows.select(range(min(args.max_train_samples, len(rows))))
     return SessionRowsDataset(rows, config, seed=args.seed, resolution=args.resolution)

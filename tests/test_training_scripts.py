@@ -1,0 +1,230 @@
+"""End-to-end tests of training_scripts/: tiny random models, a tiny sessions dataset built by the project's own
+data scripts, single process and 2 CPU processes (gloo), kill/resume, overfitting, LoRA."""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "training_scripts"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _load_script(name: str, folder: Path = SCRIPTS):
+    sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _reset_accelerate():
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def _losses(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def components(tmp_path_factory) -> Path:
+    from diffusers_vincie.training.tiny import write_tiny_components
+
+    return write_tiny_components(tmp_path_factory.mktemp("components"))
+
+
+@pytest.fixture(scope="module")
+def sessions(tmp_path_factory) -> Path:
+    """4 sessions of 3 edits at 16x16: synthetic videos -> build_sessions.py (ground-truth annotator)."""
+    root = tmp_path_factory.mktemp("data")
+    data_scripts = ROOT / "dataset_scripts"
+    _load_script("make_synthetic_videos", data_scripts).main(
+        ["--output-dir", str(root / "videos"), "--num-videos", "4", "--num-turns", "3", "--resolution", "16",
+         "--no-progress"]
+    )
+    _load_script("build_sessions", data_scripts).main(
+        [str(root / "videos"), "--output", str(root / "sessions"), "--annotator", "ground_truth",
+         "--strategy", "equal_interval", "--interval", "1.0"]
+    )
+    return root / "sessions"
+
+
+def _common(components: Path, out: Path) -> list[str]:
+    return [
+        "--transformer_config", str(components / "transformer.json"),
+        "--text_encoder_name_or_path", str(components / "text_encoder"),
+        "--tokenizer_name_or_path", str(components / "tokenizer"),
+        "--output_dir", str(out), "--train_batch_size", "2", "--seed", "0",
+    ]
+
+
+# =====================================================================================================
+#                                           Single process
+# =====================================================================================================
+
+
+@pytest.fixture(scope="module")
+def trained_pipeline(components, sessions, tmp_path_factory) -> Path:
+    """3 full-attention steps on the built sessions in bf16 autocast; returns the saved pipeline folder."""
+    out = tmp_path_factory.mktemp("full")
+    train = _load_script("train_vincie")
+    _reset_accelerate()
+    result = train.main(train.parse_args(_common(components, out) + [
+        "--dataset_name", str(sessions), "--attention_layout", "full", "--max_train_steps", "3",
+        "--checkpointing_steps", "2", "--checkpoints_total_limit", "1", "--validation_steps", "3",
+        "--num_validation_sessions", "2", "--validation_inference_steps", "2", "--use_ema",
+        "--mixed_precision", "bf16", "--gradient_checkpointing", "--cache_text_embeddings",
+        "--lr_scheduler", "cosine", "--lr_warmup_steps", "1",
+    ]))
+    assert result["global_step"] == 3 and np.isfinite(result["last_loss"])
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"]  # total limit 1
+    assert not list(out.glob(".checkpoint-*"))  # no temporary folder left
+    grid = PIL.Image.open(out / "validation" / "step-3.png")
+    assert grid.size == (4 * 16, 4 * 16)  # 2 sessions x (truth + samples) rows, I_0..I_3 columns
+    return out / "pipeline"
+
+
+def test_full_layout_run_saves_a_loadable_pipeline(trained_pipeline):
+    from diffusers_vincie.pipelines import VincieInContextPipeline
+
+    pipe = VincieInContextPipeline.from_pretrained(trained_pipeline)
+    assert pipe.vae is None and pipe.transformer.config.latent_channels == 3
+    assert pipe.config.default_negative_prompt == ""
+    image = PIL.Image.fromarray(np.full((16, 16, 3), 200, np.uint8))
+    out = pipe(image, ["remove the red circle"], num_inference_steps=2, guidance_scale=2.0, resolution=16,
+               output_type="np", generator=torch.Generator().manual_seed(0))
+    assert np.asarray(out.images[0]).shape[:2] == (16, 16)
+
+
+def test_loss_decreases_when_overfitting_a_few_sessions(components, tmp_path):
+    train = _load_script("train_vincie")
+    _reset_accelerate()
+    train.main(train.parse_args(_common(components, tmp_path) + [
+        "--synthetic_world", "--resolution", "16", "--synthetic_world_config", '{"grid": 2}',
+        "--synthetic_num_sessions", "2", "--synthetic_num_turns", "2", "--attention_layout", "block_causal",
+        "--max_train_steps", "80", "--learning_rate", "3e-3", "--text_dropout", "0", "--checkpointing_steps",
+        "1000", "--no_save_pipeline", "--lr_scheduler", "constant",
+    ]))
+    losses = [r["loss"] for r in _losses(tmp_path)]
+    first, last = np.mean(losses[:10]), np.mean(losses[-10:])
+    assert last < 0.6 * first, (first, last)
+
+
+def test_lora_sft_weights_load_into_the_pipeline_and_change_its_output(trained_pipeline, sessions, tmp_path):
+    from diffusers_vincie.pipelines import VincieInContextPipeline
+
+    lora = _load_script("train_vincie_lora")
+    _reset_accelerate()
+    lora.main([
+        "--pretrained_model_name_or_path", str(trained_pipeline), "--dataset_name", str(sessions),
+        "--output_dir", str(tmp_path), "--train_batch_size", "2", "--max_train_steps", "3",
+        "--learning_rate", "5e-2", "--lora_rank", "4", "--base_dtype", "bf16", "--attention_layout", "full",
+        "--mask_probability", "0", "--checkpointing_steps", "1000",
+    ])
+    weights = tmp_path / "pytorch_lora_weights.safetensors"
+    assert weights.is_file()
+    from safetensors.torch import load_file
+
+    keys = list(load_file(weights))
+    assert keys and all(k.startswith("transformer.") and "lora" in k for k in keys)
+
+    pipe = VincieInContextPipeline.from_pretrained(trained_pipeline)
+    image = PIL.Image.fromarray(np.full((16, 16, 3), 90, np.uint8))
+
+    def run():
+        return pipe(image, ["move the red circle left"], num_inference_steps=2, guidance_scale=1.0, resolution=16,
+                    output_type="np", generator=torch.Generator().manual_seed(0)).images[0]
+
+    before = np.asarray(run(), dtype=np.float32)
+    pipe.load_lora_weights(tmp_path)
+    after = np.asarray(run(), dtype=np.float32)
+    assert np.abs(after - before).max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        ([], "Give training data"),
+        (["--synthetic_world", "--dataset_name", "x"], "exclusive"),
+        (["--synthetic_world", "--task_weights", "1,1"], "task_weights"),
+        (["--synthetic_world", "--checkpoints_total_limit", "0"], "checkpoints_total_limit"),
+    ],
+)
+def test_bad_flags_name_the_flag(components, tmp_path, extra, match):
+    train = _load_script("train_vincie")
+    with pytest.raises(ValueError, match=match):
+        train.parse_args(_common(components, tmp_path) + extra)
+
+
+# =====================================================================================================
+#                                     Subprocesses: kill/resume, 2 processes
+# =====================================================================================================
+
+
+def _resume_args(components: Path, out: Path, steps: int) -> list[str]:
+    return [sys.executable, str(SCRIPTS / "train_vincie.py")] + _common(components, out) + [
+        "--synthetic_world", "--resolution", "16", "--synthetic_world_config", '{"grid": 2}',
+        "--synthetic_num_sessions", "50", "--synthetic_num_turns", "3", "--attention_layout", "block_causal",
+        "--max_train_steps", str(steps), "--checkpointing_steps", "2", "--gradient_accumulation_steps", "2",
+        "--lr_scheduler", "constant", "--learning_rate", "2e-3", "--use_ema", "--no_save_pipeline",
+        "--resume_from_checkpoint", "latest",
+    ]
+
+
+def test_hard_kill_then_resume_reproduces_the_uninterrupted_losses(components, tmp_path):
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    subprocess.run(_resume_args(components, reference, 8), env=ENV, check=True, capture_output=True)
+    expected = {r["step"]: r["loss"] for r in _losses(reference)}
+    assert sorted(expected) == list(range(1, 9))
+
+    # a long run, SIGKILLed once it has logged step 5 (checkpoint-4 is complete by then)
+    proc = subprocess.Popen(_resume_args(components, killed, 1000), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    log = killed / "train_log.jsonl"
+    while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 5):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(log.read_text().splitlines()) >= 5, "the run did not reach step 5 in time"
+    lines_before = len(log.read_text().splitlines())
+    resumed_from = max(int(p.name.split("-")[1]) for p in killed.glob("checkpoint-*"))
+    assert resumed_from >= 4
+
+    subprocess.run(_resume_args(components, killed, 8), env=ENV, check=True, capture_output=True)
+    resumed = [json.loads(x) for x in log.read_text().splitlines()[lines_before:]]
+    assert [r["step"] for r in resumed] == list(range(resumed_from + 1, 9))
+    for r in resumed:
+        assert r["loss"] == pytest.approx(expected[r["step"]], abs=1e-6), r["step"]
+
+
+def test_two_cpu_processes_with_accelerate_launch(components, sessions, tmp_path):
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        str(SCRIPTS / "train_vincie.py"),
+    ] + _common(components, tmp_path) + [
+        "--dataset_name", str(sessions), "--attention_layout", "block_causal", "--max_train_steps", "2",
+        "--train_batch_size", "1", "--checkpointing_steps", "1", "--checkpoints_total_limit", "1", "--use_ema",
+    ]
+    result = subprocess.run(cmd, env={**ENV, "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [r["step"] for r in _losses(tmp_path)] == [1, 2]  # one log line per step (main process only)
+    checkpoint = tmp_path / "checkpoint-2"
+    assert (checkpoint / "random_states_0.pkl").is_file() and (checkpoint / "random_states_1.pkl").is_file()
+    assert not (tmp_path / "checkpoint-1").exists()
+    assert (tmp_path / "pipeline" / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
