@@ -24,10 +24,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
+from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from .conversion.checkpoint import load_torch_state_dict
-from .conversion.qwen import convert_qwen_checkpoint, convert_qwen_tokenizer, read_tiktoken_ranks
-from .conversion.vae import convert_official_vae
+from .conversion.dit import VINCIE_3B_CONFIG, load_official_dit
+from .conversion.qwen import (
+    QWEN_PATTERN,
+    QWEN_SPECIAL_TOKENS,
+    convert_qwen_checkpoint,
+    convert_qwen_tokenizer,
+    read_tiktoken_ranks,
+)
+from .conversion.vae import VincieAutoencoderKL, convert_official_vae
+from .models import VincieTransformer
+from .pipelines import VincieInContextPipeline, official_scheduler
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -108,8 +119,6 @@ def verify_tokenizer_ids(tokenizer, tiktoken_path: Path) -> list[str]:
         import tiktoken
     except ImportError:
         return []
-    from .conversion.qwen import QWEN_PATTERN, QWEN_SPECIAL_TOKENS
-
     ranks = read_tiktoken_ranks(tiktoken_path)
     reference = tiktoken.Encoding(
         "qwen",
@@ -149,9 +158,6 @@ def convert_official_release(
     Returns:
         The output folder.
     """
-    from .conversion.dit import VINCIE_3B_CONFIG, load_official_dit
-    from .pipelines import VincieInContextPipeline, official_scheduler
-
     official, out = Path(official), Path(out)
     paths = check_official_folder(official)
     out.mkdir(parents=True, exist_ok=True)
@@ -197,32 +203,27 @@ def convert_official_release(
     _write_component(out, "transformer", save_transformer)
     _write_component(out, "scheduler", lambda folder: official_scheduler().save_pretrained(folder))
 
-    write_model_index(out, VincieInContextPipeline)
+    write_model_index(out)
     inputs = {name: paths[name] for name in ("dit", "vae")}
     digests = {name: sha256_of(path) for name, path in inputs.items()} if hash_inputs else {}
     write_model_card(out, official, notes, digests, dtype, text_encoder_dtype, repo_id)
     return out
 
 
-def write_model_index(out: Path, pipeline_class: type) -> None:
+def write_model_index(out: Path) -> None:
     """Write ``model_index.json`` from the pipeline's own registration of the converted components.
 
     The pipeline is built with the text encoder on the meta device (its weights are already on disk), so the
     14B model is never materialised just to record its class; ``save_config`` writes exactly the
     ``model_index.json`` that ``save_pretrained`` would.
     """
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
-
-    from .models import VincieTransformer
-
     with torch.device("meta"):
         text_encoder = AutoModel.from_config(AutoConfig.from_pretrained(out / "text_encoder"))
         transformer = VincieTransformer.from_config(VincieTransformer.load_config(out / "transformer"))
         vae_config = AutoencoderKL.load_config(out / "vae")
-        vae_class = _vae_class(vae_config)
+        vae_class = VincieAutoencoderKL if vae_config.get("_class_name") == "VincieAutoencoderKL" else AutoencoderKL
         vae = vae_class.from_config(vae_config)
-    pipeline = pipeline_class(
+    pipeline = VincieInContextPipeline(
         transformer=transformer,
         vae=vae,
         text_encoder=text_encoder,
@@ -230,14 +231,6 @@ def write_model_index(out: Path, pipeline_class: type) -> None:
         scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(out / "scheduler"),
     )
     pipeline.save_config(out)
-
-
-def _vae_class(vae_config: dict) -> type:
-    from diffusers import AutoencoderKL
-
-    from .conversion.vae import VincieAutoencoderKL
-
-    return VincieAutoencoderKL if vae_config.get("_class_name") == "VincieAutoencoderKL" else AutoencoderKL
 
 
 # ----------------------------------------------------------------------------------------------------------------------

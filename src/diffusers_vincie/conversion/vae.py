@@ -20,8 +20,10 @@ import torch
 import torch.nn as nn
 from diffusers import AutoencoderKL
 from diffusers.configuration_utils import register_to_config
-from diffusers.models.modeling_utils import ModelMixin  # noqa: F401 - diffusers' pipeline loader looks up the
-# loadable base classes (ModelMixin) in the module named in model_index.json, i.e. this one
+
+# diffusers' pipeline loader looks up the loadable base classes (ModelMixin) in the module that model_index.json
+# names for a component, i.e. this one, so it must be importable from here.
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401
 from safetensors.torch import load_file
 
 OFFICIAL_VAE_SCALING_FACTOR = 0.9152
