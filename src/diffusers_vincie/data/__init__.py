@@ -1,43 +1,48 @@
-"""Data for VINCIE: the session schema, loaders and adapters, and the synthetic shapes world."""
+"""Data for VINCIE: the session schema, loaders and adapters, and the synthetic shapes world.
 
-from .loaders import (
-    MAGICBRUSH_COLUMNS,
-    PairwiseEditAdapter,
-    PairwiseEditColumns,
-    Vincie10MAdapter,
-    Vincie10MColumns,
-    iter_session_records,
-    load_sessions,
-    records_to_dataset,
-)
-from .schema import SESSION_FEATURES, STATIC_CAMERA, SessionRecord, SessionValidationError, mask_to_array
-from .synthetic import (
-    EditScore,
-    SyntheticSession,
-    SyntheticWorld,
-    make_synthetic_videos,
-    read_ground_truth,
-    score_edit,
-)
+Names are imported lazily from their submodules, so that ``diffusers_vincie.data.synthetic`` (training on the
+fly, demos) works without the optional ``datasets`` and ``av`` packages (extra ``data``).
+"""
 
-__all__ = [
-    "MAGICBRUSH_COLUMNS",
-    "SESSION_FEATURES",
-    "STATIC_CAMERA",
-    "EditScore",
-    "PairwiseEditAdapter",
-    "PairwiseEditColumns",
-    "SessionRecord",
-    "SessionValidationError",
-    "SyntheticSession",
-    "SyntheticWorld",
-    "Vincie10MAdapter",
-    "Vincie10MColumns",
-    "iter_session_records",
-    "load_sessions",
-    "make_synthetic_videos",
-    "mask_to_array",
-    "read_ground_truth",
-    "records_to_dataset",
-    "score_edit",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "loaders": (
+        "MAGICBRUSH_COLUMNS",
+        "PairwiseEditAdapter",
+        "PairwiseEditColumns",
+        "Vincie10MAdapter",
+        "Vincie10MColumns",
+        "iter_session_records",
+        "load_sessions",
+        "records_to_dataset",
+    ),
+    "schema": ("SESSION_FEATURES", "STATIC_CAMERA", "SessionRecord", "SessionValidationError", "mask_to_array"),
+    "synthetic": (
+        "EditScore",
+        "SyntheticSession",
+        "SyntheticWorld",
+        "make_synthetic_videos",
+        "read_ground_truth",
+        "score_edit",
+    ),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

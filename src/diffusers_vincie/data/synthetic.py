@@ -29,11 +29,16 @@ import os
 import random
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from .schema import STATIC_CAMERA, SessionRecord
+if TYPE_CHECKING:
+    from .schema import SessionRecord
+
+# The schema's ``STATIC_CAMERA``, repeated so that this module (training on the fly, demos) needs neither
+# ``datasets`` nor ``av``: those are only imported by ``to_record`` and ``render_video``.
+STATIC_CAMERA = "static"
 
 __all__ = [
     "BACKGROUNDS",
@@ -229,7 +234,7 @@ class SyntheticSession:
     def camera_motion(self) -> list[str]:
         return [edit.camera_motion for edit in self.edits]
 
-    def to_record(self, session_id: str | None = None, video_id: str | None = None) -> SessionRecord:
+    def to_record(self, session_id: str | None = None, video_id: str | None = None) -> "SessionRecord":
         """Returns the session as a :class:`~diffusers_vincie.data.schema.SessionRecord` (ground-truth annotator).
 
         Args:
@@ -237,6 +242,8 @@ class SyntheticSession:
             video_id: defaults to ``"synthetic-<seed>"``; required when the session was drawn from a generator
                 (no seed), so that ids stay unique.
         """
+        from .schema import SessionRecord
+
         if video_id is None:
             if self.seed is None:
                 raise ValueError("video_id: this session was drawn from a generator (no seed); pass a unique id.")
