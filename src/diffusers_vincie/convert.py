@@ -30,6 +30,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 from .conversion.checkpoint import load_torch_state_dict
 from .conversion.dit import VINCIE_3B_CONFIG, load_official_dit
 from .conversion.qwen import (
+    PORTABLE_TOKENIZER_CLASS,
     QWEN_PATTERN,
     QWEN_SPECIAL_TOKENS,
     convert_qwen_checkpoint,
@@ -214,8 +215,8 @@ def write_model_index(out: Path) -> None:
     """Write ``model_index.json`` from the pipeline's own registration of the converted components.
 
     The pipeline is built with the text encoder on the meta device (its weights are already on disk), so the
-    14B model is never materialised just to record its class; ``save_config`` writes exactly the
-    ``model_index.json`` that ``save_pretrained`` would.
+    14B model is never materialised just to record its class; ``save_config`` writes the ``model_index.json`` that
+    ``save_pretrained`` would, and the tokenizer is then recorded under its transformers 4 and 5 name.
     """
     with torch.device("meta"):
         text_encoder = AutoModel.from_config(AutoConfig.from_pretrained(out / "text_encoder"))
@@ -231,6 +232,10 @@ def write_model_index(out: Path) -> None:
         scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(out / "scheduler"),
     )
     pipeline.save_config(out)
+    index_path = out / "model_index.json"
+    index = json.loads(index_path.read_text())
+    index["tokenizer"] = ["transformers", PORTABLE_TOKENIZER_CLASS]  # loadable with transformers 4 and 5
+    index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -417,4 +417,16 @@ def convert_qwen_tokenizer(
     )
     if output_dir is not None:
         tokenizer.save_pretrained(output_dir)
+        _record_portable_tokenizer_class(Path(output_dir) / "tokenizer_config.json")
     return tokenizer
+
+
+# transformers 5 records its tokenizers-backed class as "TokenizersBackend", a name transformers 4 lacks;
+# "PreTrainedTokenizerFast" names the same class in both.
+PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
+
+
+def _record_portable_tokenizer_class(config_path: Path) -> None:
+    config = json.loads(config_path.read_text())
+    config["tokenizer_class"] = PORTABLE_TOKENIZER_CLASS
+    _write_json_atomically(config_path, config)
