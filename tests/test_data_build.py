@@ -332,6 +332,7 @@ def test_cli_builds_a_loadable_dataset_and_explains_bad_arguments(tmp_path, synt
     assert "--vlm-model" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # two fresh Python processes importing torch: ~30 s on 2 shared cores
 def test_two_accelerate_processes_build_the_same_rows_as_one(tmp_path, synthetic_folder):
     single, double = tmp_path / "single", tmp_path / "double"
     config = SamplingConfig(strategy="hybrid", interval=1.0)
