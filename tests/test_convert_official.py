@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
 import subprocess
@@ -21,11 +20,6 @@ FIXTURES = Path(os.environ.get("VINCIE_OFFICIAL_FIXTURES", REPO_ROOT.parent / "s
 needs_fixtures = pytest.mark.skipif(
     not (FIXTURES / "dit_official.safetensors").is_file(),
     reason=f"official fixtures not found at {FIXTURES}; set VINCIE_OFFICIAL_FIXTURES to the fixture folder",
-)
-needs_dit_converter = pytest.mark.skipif(
-    importlib.util.find_spec("diffusers_vincie.conversion.dit") is None
-    or importlib.util.find_spec("diffusers_vincie.pipelines") is None,
-    reason="the DiT converter / pipeline (lead's modules) are not in this checkout yet",
 )
 
 VAE_CONFIG = ["--vae-config", str(FIXTURES / "config.json")]  # the tiny VAE has 4 groups, the release 32
@@ -77,7 +71,6 @@ def official_folder(tmp_path: Path) -> Path:
 
 
 @needs_fixtures
-@needs_dit_converter
 def test_converts_end_to_end_and_pipeline_runs(official_folder: Path, tmp_path: Path, capsys) -> None:
     from diffusers_vincie.conversion.vae import VincieAutoencoderKL
     from diffusers_vincie.pipelines import VincieInContextPipeline
@@ -142,7 +135,6 @@ print(type(pipe.vae).__name__)
 
 
 @needs_fixtures
-@needs_dit_converter
 def test_converted_folder_loads_after_plain_package_import(official_folder: Path, tmp_path: Path) -> None:
     """A user only runs `import diffusers_vincie`; diffusers loads components only from modules already imported."""
     out = tmp_path / "diffusers"
@@ -175,7 +167,6 @@ class _Payload:
 
 
 @needs_fixtures
-@needs_dit_converter
 def test_non_tensor_pickle_is_refused(official_folder: Path, tmp_path: Path, capsys) -> None:
     torch.save({"encoder.conv_in.weight": torch.zeros(1), "hook": _Payload()}, official_folder / "vae.pth")
     assert main(["--official", str(official_folder), "--out", str(tmp_path / "out"), "--no-hash", *VAE_CONFIG]) == 2
@@ -184,7 +175,6 @@ def test_non_tensor_pickle_is_refused(official_folder: Path, tmp_path: Path, cap
 
 
 @needs_fixtures
-@needs_dit_converter
 def test_unknown_vae_key_is_refused(official_folder: Path, tmp_path: Path, capsys) -> None:
     state = load_file(FIXTURES / "vae_official.safetensors")
     state["decoder.conv_out.extra"] = torch.zeros(3)
@@ -194,7 +184,6 @@ def test_unknown_vae_key_is_refused(official_folder: Path, tmp_path: Path, capsy
 
 
 @needs_fixtures
-@needs_dit_converter
 def test_dit_shape_mismatch_is_refused(official_folder: Path, tmp_path: Path, capsys) -> None:
     state = load_file(FIXTURES / "dit_official.safetensors")
     state["blocks.0.attn.proj_out.vid.weight"] = torch.zeros(64, 32)
@@ -205,7 +194,6 @@ def test_dit_shape_mismatch_is_refused(official_folder: Path, tmp_path: Path, ca
 
 
 @needs_fixtures
-@needs_dit_converter
 def test_missing_turn_table_is_refused(official_folder: Path, tmp_path: Path, capsys) -> None:
     state = load_file(FIXTURES / "dit_official.safetensors")
     del state["prompt_id_embedding.embedding.weight"]
