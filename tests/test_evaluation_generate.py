@@ -171,3 +171,44 @@ def test_pipeline_editor_calls_pipeline_with_history_and_takes_last_image():
     assert result.getpixel((0, 0)) == (1, 1, 1)
     assert pipeline.seen[:4] == (2, ["a", "b"], "pil", {"num_inference_steps": 3})
     assert pipeline.seen[4] == torch.rand(1, generator=torch.Generator().manual_seed(5)).item()
+
+
+def test_load_sessions_reads_the_unzipped_magicbrush_test_folder(tmp_path):
+    sessions_json = {"42": [{"input": "42-input.png", "mask": "42-mask1.png", "output": "42-output1.png", "instruction": "add a cat"},
+                            {"input": "42-output1.png", "mask": "42-mask2.png", "output": "42-output2.png", "instruction": "make it red"}]}
+    (tmp_path / "edit_sessions.json").write_text(__import__("json").dumps(sessions_json))
+    images = tmp_path / "images" / "42"
+    images.mkdir(parents=True)
+    for name, value in (("42-input.png", 1), ("42-output1.png", 2), ("42-output2.png", 3)):
+        solid((value, value, value)).save(images / name)
+    (session,) = load_sessions(tmp_path)
+    assert session.index == "42" and session.instructions == ["add a cat", "make it red"]
+    assert session.source.getpixel((0, 0)) == (1, 1, 1)
+    assert [r.getpixel((0, 0)) for r in session.references] == [(2, 2, 2), (3, 3, 3)]
+    with pytest.raises(ValueError, match="limit"):
+        load_sessions(tmp_path, limit=0)
+
+
+@pytest.mark.slow
+def test_generate_splits_sessions_across_torchrun_processes(tmp_path):
+    """Two CPU processes (gloo) share the sessions: each session is generated exactly once."""
+    import subprocess
+    import sys
+
+    tiny_mse_bench(num_sessions=5, num_turns=2).to_parquet(str(tmp_path / "bench.parquet"))
+    (tmp_path / "rank_editor.py").write_text(
+        "import os\n"
+        "def editor(images, instructions, seed):\n"
+        "    with open(os.path.join(os.path.dirname(__file__), f\"calls_{os.environ['RANK']}.txt\"), 'a') as f:\n"
+        "        f.write(f'{seed}\\n')\n"
+        "    return images[-1]\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "diffusers_vincie.evaluation", "generate", "--dataset", str(tmp_path / "bench.parquet"),
+               "--editor", "rank_editor:editor", "--output-dir", str(tmp_path / "out")]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    calls = [sorted((tmp_path / f"calls_{rank}.txt").read_text().split()) for rank in (0, 1)]
+    assert calls == [["0", "0", "1", "1", "2", "2"], ["3", "3", "4", "4"]]
+    assert len(list((tmp_path / "out").glob("*.png"))) == 10

@@ -76,10 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     metrics = commands.add_parser("metrics", help="MagicBrush L1, L2, CLIP-I, CLIP-T, DINO (final turn, all turns, per turn)")
     _add_dataset_arguments(metrics, default_split="test")
     metrics.add_argument("--outputs", required=True, help="folder written by `generate`")
-    metrics.add_argument("--metrics", default="l1,l2,clip-i,clip-t,dino", help="comma-separated subset")
+    metrics.add_argument("--metrics", default=None,
+                         help="comma-separated subset of l1,l2,clip-i,clip-t,dino (default: all; clip-t only with captions)")
     metrics.add_argument("--clip-model", default="openai/clip-vit-base-patch32", help="CLIP checkpoint (published: ViT-B/32)")
     metrics.add_argument("--dino-model", default="facebook/dino-vits16", help="DINO checkpoint (published: ViT-S/16)")
-    metrics.add_argument("--captions", default=None, help="MagicBrush global_descriptions.json (needed by clip-t)")
+    metrics.add_argument("--captions", default=None,
+                         help="MagicBrush global_descriptions.json for clip-t (default: the one in the --dataset folder, if any)")
     metrics.add_argument("--device", default="cpu")
     metrics.add_argument("--batch-size", type=int, default=16)
     metrics.add_argument("--output-json", default=None, help="write the results here (default: <outputs>/magicbrush_metrics.json)")
@@ -116,13 +118,12 @@ def build_editor(args: argparse.Namespace) -> Any:
         return editor() if inspect.isclass(editor) else editor
 
     import torch
-    from accelerate import PartialState
 
-    from .generate import PipelineEditor
+    from .generate import PipelineEditor, process_state
 
     call_kwargs = {key: value for key, value in (("num_inference_steps", args.num_inference_steps),
                                                  ("guidance_scale", args.guidance_scale)) if value is not None}
-    device = args.device or str(PartialState().device)
+    device = args.device or str(process_state().device)
     return PipelineEditor.from_pretrained(args.pipeline, device=device, torch_dtype=getattr(torch, args.dtype), **call_kwargs)
 
 
@@ -174,13 +175,20 @@ def run_judge(args: argparse.Namespace) -> int:
 
 
 def run_metrics(args: argparse.Namespace) -> int:
-    from .magicbrush import evaluate_magicbrush
+    from .magicbrush import METRIC_NAMES, evaluate_magicbrush
     from .sessions import load_sessions
 
     sessions = load_sessions(args.dataset, split=args.split, limit=args.limit)
-    captions = json.loads(Path(args.captions).read_text()) if args.captions else None
+    captions_path = Path(args.captions) if args.captions else Path(args.dataset) / "global_descriptions.json"
+    captions = json.loads(captions_path.read_text()) if captions_path.is_file() else None
+    if args.metrics is None:
+        names = list(METRIC_NAMES) if captions is not None else [name for name in METRIC_NAMES if name != "clip-t"]
+        if captions is None:
+            print("metrics: no captions (--captions global_descriptions.json), so clip-t is skipped")
+    else:
+        names = [name.strip() for name in args.metrics.split(",") if name.strip()]
     results = evaluate_magicbrush(
-        sessions, args.outputs, metrics=[name.strip() for name in args.metrics.split(",") if name.strip()],
+        sessions, args.outputs, metrics=names,
         captions=captions, clip_model=args.clip_model, dino_model=args.dino_model, device=args.device,
         batch_size=args.batch_size, seed_offset=args.seed_offset, max_turns=args.max_turns,
     )

@@ -22,7 +22,21 @@ from tqdm.auto import tqdm
 
 from .sessions import EditSession, output_path, session_seed
 
-__all__ = ["Editor", "GenerationSummary", "PipelineEditor", "generate_outputs", "save_image_atomic"]
+__all__ = ["Editor", "GenerationSummary", "PipelineEditor", "generate_outputs", "process_state", "save_image_atomic"]
+
+
+def process_state() -> Any:
+    """The accelerate ``PartialState`` of this process (split of the sessions, device).
+
+    A multi-process run without CUDA (``torchrun`` on CPU, or ``ACCELERATE_USE_CPU=1``) must ask for the CPU
+    (gloo) process group explicitly, otherwise every process believes it is alone and does all the work.
+    """
+    import torch
+    from accelerate import PartialState
+
+    multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    cpu_requested = os.environ.get("ACCELERATE_USE_CPU", "").lower() in {"1", "true", "yes"}
+    return PartialState(cpu=cpu_requested or (multi_process and not torch.cuda.is_available()))
 
 
 # =====================================================================================================
@@ -148,13 +162,11 @@ def generate_outputs(
     Returns:
         The :class:`GenerationSummary` of this process.
     """
-    from accelerate import PartialState
-
     if max_turns is not None and max_turns < 1:
         raise ValueError(f"`max_turns` must be at least 1 (or None for all turns), got {max_turns}.")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    state = PartialState()
+    state = process_state()
     summary = GenerationSummary()
     with state.split_between_processes(list(range(len(sessions)))) as positions:
         bar = tqdm(positions, desc=f"generate [{state.process_index}]", disable=not (show_progress and state.is_main_process))

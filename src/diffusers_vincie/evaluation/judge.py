@@ -26,7 +26,7 @@ import os
 import re
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -384,7 +384,7 @@ def judge_benchmark(
     failures: list[str] = []
     with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
         futures = {pool.submit(run, position): position for position in range(len(sessions))}
-        for future in tqdm(futures, desc="judge", disable=not show_progress):
+        for future in tqdm(as_completed(futures), total=len(futures), desc="judge", disable=not show_progress):
             try:
                 results[futures[future]] = future.result()
             except JudgeError as error:

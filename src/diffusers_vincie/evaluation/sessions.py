@@ -8,7 +8,9 @@ for benchmarks with ground truth (MagicBrush), one reference image per turn. Two
   optional ``summary``, ``description_source``, ``description_target``.
 - **MagicBrush** (``osunlp/MagicBrush``, split ``dev``/``test``): one row per *turn* with the columns
   ``img_id``, ``turn_index`` (1-based), ``source_img``, ``target_img``, ``instruction``; rows are grouped into
-  sessions by ``img_id`` and ordered by ``turn_index``.
+  sessions by ``img_id`` and ordered by ``turn_index``. The MagicBrush *test* split (a zip, not on the Hub) is
+  read from its unzipped folder: ``edit_sessions.json`` (``{img_id: [{"input", "mask", "output",
+  "instruction"}, ...]}``) next to ``images/{img_id}/{img_id}-input.png``, ``...-output{k}.png``.
 
 Generated images are named like the official distributed generator: ``{index}_turn{t}_rep0_seed{seed}.png``
 with ``t`` the 0-based turn and ``seed = seed_offset + index`` (the official runs use offset 0).
@@ -16,6 +18,7 @@ with ``t`` the 0-based turn and ``seed = seed_offset + index`` (the official run
 
 from __future__ import annotations
 
+import json
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -106,7 +109,9 @@ class SessionList(Sequence[EditSession]):
         if isinstance(position, slice):
             raise TypeError("SessionList does not support slicing; index one session at a time.")
         row = self.rows[position]
-        return _mse_bench_session(row) if self.kind == "mse-bench" else _magicbrush_session(row)
+        reader = {"mse-bench": _mse_bench_session, "magicbrush": _magicbrush_session,
+                  "magicbrush-folder": _magicbrush_folder_session}[self.kind]
+        return reader(row)
 
     def __iter__(self) -> Iterator[EditSession]:
         for position in range(len(self)):
@@ -119,11 +124,18 @@ def load_sessions(source: str | os.PathLike | Any, split: str = "train", limit: 
     Args:
         source: A Hugging Face Hub dataset id (``leigangqu/MSE-Bench``, ``osunlp/MagicBrush``), a local
             ``.parquet``/``.jsonl`` file, a folder of such files or an image folder (anything
-            ``datasets.load_dataset`` reads), a folder written by ``Dataset.save_to_disk``, or an already
-            loaded ``datasets.Dataset``. The format (MSE-Bench or MagicBrush) is detected from the columns.
+            ``datasets.load_dataset`` reads), a folder written by ``Dataset.save_to_disk``, the unzipped
+            MagicBrush test folder (with ``edit_sessions.json``), or an already loaded ``datasets.Dataset``.
+            The format (MSE-Bench or MagicBrush) is detected from the columns.
         split: Split to read (MSE-Bench: ``train``; MagicBrush: ``dev`` or ``test``).
         limit: Keep only the first ``limit`` sessions (quick runs).
     """
+    if limit is not None and limit < 1:
+        raise ValueError(f"`limit` must be a positive number of sessions, got {limit}.")
+    if isinstance(source, (str, os.PathLike)) and (Path(source) / "edit_sessions.json").is_file():
+        folder = Path(source)
+        groups = [(folder, img_id, turns) for img_id, turns in json.loads((folder / "edit_sessions.json").read_text()).items()]
+        return SessionList(groups[:limit] if limit else groups, "magicbrush-folder")
     dataset = _load_dataset(source, split)
     columns = set(dataset.column_names)
     if set(MSE_BENCH_REQUIRED_COLUMNS) <= columns:
@@ -139,8 +151,6 @@ def load_sessions(source: str | os.PathLike | Any, split: str = "train", limit: 
             f"{list(MAGICBRUSH_REQUIRED_COLUMNS)}. Rename the columns or convert the dataset."
         )
     if limit is not None:
-        if limit < 1:
-            raise ValueError(f"`limit` must be a positive number of sessions, got {limit}.")
         rows = rows.select(range(min(limit, len(rows)))) if hasattr(rows, "select") else rows[:limit]
     return SessionList(rows, kind)
 
@@ -210,4 +220,20 @@ def _magicbrush_session(group: _MagicBrushGroup) -> EditSession:
         source=_as_rgb(rows[0]["source_img"], f"session {index} `source_img`"),
         instructions=[str(row["instruction"]) for row in rows],
         references=[_as_rgb(row["target_img"], f"session {index} `target_img`") for row in rows],
+    )
+
+
+def _magicbrush_folder_session(group: tuple[Path, str, list[dict[str, str]]]) -> EditSession:
+    folder, index, turns = group
+    images = folder / "images" / index if (folder / "images" / index).is_dir() else folder / index
+
+    def read(name: str) -> PIL.Image.Image:
+        with PIL.Image.open(images / name) as image:
+            return image.convert("RGB")
+
+    return EditSession(
+        index=str(index),
+        source=read(turns[0]["input"]),
+        instructions=[str(turn["instruction"]) for turn in turns],
+        references=[read(turn["output"]) for turn in turns],
     )
