@@ -317,10 +317,14 @@ def judge_session(
     if missing:
         raise FileNotFoundError(f"session {session.index}: missing outputs {missing}; run `generate` first.")
     output_bytes = [path.read_bytes() for path in output_files]
-    with PIL.Image.open(output_files[0]) as first:
-        first_size = first.size
-    urls = [image_data_url(session.source.resize(first_size, PIL.Image.BICUBIC))]
-    urls += ["data:image/png;base64," + base64.b64encode(data).decode("ascii") for data in output_bytes]
+    urls: list[str] = []  # built on the first turn that is not cached
+
+    def image_urls(count: int) -> list[str]:
+        if not urls:
+            with PIL.Image.open(output_files[0]) as first:
+                urls.append(image_data_url(session.source.resize(first.size, PIL.Image.BICUBIC)))
+            urls.extend("data:image/png;base64," + base64.b64encode(data).decode("ascii") for data in output_bytes)
+        return urls[:count]
 
     turns: dict[str, Any] = _read_cache(cache_path, client.model) if cache_path else {}
     verdicts: list[TurnVerdict] = []
@@ -330,7 +334,7 @@ def judge_session(
         if entry is None or entry.get("output_sha256") != digest:
             for stale in [k for k in turns if int(k) >= turn + 1]:  # this output changed: later verdicts too
                 del turns[stale]
-            verdict = _judge_turn(client, session.instructions[: turn + 1], urls[: turn + 2], max_attempts)
+            verdict = _judge_turn(client, session.instructions[: turn + 1], image_urls(turn + 2), max_attempts)
             turns[key] = entry = {"output_sha256": digest, **asdict(verdict)}
             if cache_path:
                 _write_json_atomic(cache_path, {"index": session.index, "judge_model": client.model, "turns": turns})
