@@ -51,6 +51,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scene-threshold", type=float, default=0.3, help="thumbnail difference counted as a cut")
     parser.add_argument("--max-side", type=int, default=None, help="downscale frames larger than this (pixels)")
     parser.add_argument("--shard-size", type=int, default=64, help="sessions per parquet shard")
+    parser.add_argument("--frame-format", choices=("png", "jpeg"), default="png",
+                        help="frames as lossless PNG or JPEG q95 (faster to write); masks are always PNG")
+    parser.add_argument("--encode-workers", type=int, default=2, help="threads encoding images in the background")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every rejected transition")
     args = parser.parse_args(argv)
     if args.annotator == "vlm" and not args.vlm_model:
@@ -79,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.no_regions:
             region_masker = RegionMasker.from_pretrained(args.detector, args.segmenter, device=device)
     summary = build_sessions(
-        args.inputs, args.output, annotator, config=config, region_masker=region_masker, shard_size=args.shard_size
+        args.inputs, args.output, annotator, config=config, region_masker=region_masker, shard_size=args.shard_size,
+        encode_workers=args.encode_workers, frame_format=args.frame_format,
     )
     if state.is_main_process:
         print(

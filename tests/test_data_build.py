@@ -351,3 +351,20 @@ def test_two_accelerate_processes_build_the_same_rows_as_one(tmp_path, synthetic
     rows_one, rows_two = rows_by_id(single), rows_by_id(double)
     assert sorted(rows_one) == sorted(rows_two) and len(rows_one) == 3
     assert all(comparable(rows_one[key]) == comparable(rows_two[key]) for key in rows_one)
+
+
+def test_jpeg_frames_and_bad_build_arguments(tmp_path, synthetic_folder):
+    video = synthetic_folder / "video0.mp4"
+    build_sessions([video], tmp_path / "png", GroundTruthAnnotator(), config=GT_SAMPLING)
+    build_sessions([video], tmp_path / "jpeg", GroundTruthAnnotator(), config=GT_SAMPLING, frame_format="jpeg")
+    png, jpeg = rows_by_id(tmp_path / "png")["video0/0"], rows_by_id(tmp_path / "jpeg")["video0/0"]
+    assert [f.format for f in png["frames"]] == ["PNG"] * 5 and [f.format for f in jpeg["frames"]] == ["JPEG"] * 5
+    assert [m.format for m in jpeg["source_masks"]] == ["PNG"] * 4  # masks stay lossless
+    assert png["source_masks"] and all(np.array_equal(np.asarray(a), np.asarray(b))
+                                       for a, b in zip(png["source_masks"], jpeg["source_masks"]))
+    for a, b in zip(png["frames"], jpeg["frames"]):
+        assert np.abs(np.asarray(a).astype(int) - np.asarray(b).astype(int)).mean() < 2
+    for bad, match in (({"shard_size": 0}, "shard_size"), ({"encode_workers": 0}, "encode_workers"),
+                       ({"frame_format": "gif"}, "frame_format")):
+        with pytest.raises(ValueError, match=match):
+            build_sessions([video], tmp_path / "bad", GroundTruthAnnotator(), **bad)
