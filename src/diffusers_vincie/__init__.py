@@ -6,6 +6,7 @@ Importing the package registers `VincieInContextPipeline` with diffusers, so
 
 import diffusers as _diffusers
 
+from .conversion.vae import VincieAutoencoderKL
 from .models import VincieContextCache, VincieTransformer
 from .pipelines import (
     OFFICIAL_NEGATIVE_PROMPT,
@@ -22,6 +23,7 @@ setattr(_diffusers, "VincieInContextPipeline", VincieInContextPipeline)
 
 __all__ = [
     "OFFICIAL_NEGATIVE_PROMPT",
+    "VincieAutoencoderKL",
     "VincieContextCache",
     "VincieEditingSession",
     "VincieInContextPipeline",
