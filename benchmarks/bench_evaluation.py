@@ -21,8 +21,17 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
-from diffusers_vincie.evaluation import EditSession, JudgeClient, judge_benchmark, output_filename
-from diffusers_vincie.evaluation.session_bench import IdentityEditor, build_bench_sessions, run_session_bench
+from diffusers_vincie.evaluation import (
+    EditSession,
+    JudgeClient,
+    judge_benchmark,
+    output_filename,
+)
+from diffusers_vincie.evaluation.session_bench import (
+    IdentityEditor,
+    build_bench_sessions,
+    run_session_bench,
+)
 
 
 class _InstantJudge(BaseHTTPRequestHandler):

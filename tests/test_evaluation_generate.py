@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -11,7 +12,12 @@ import PIL.Image
 import pytest
 from datasets import Dataset, Features, Image, List, Value
 
-from diffusers_vincie.evaluation import PipelineEditor, generate_outputs, load_sessions, output_filename
+from diffusers_vincie.evaluation import (
+    PipelineEditor,
+    generate_outputs,
+    load_sessions,
+    output_filename,
+)
 
 
 def solid(color: tuple[int, int, int], size: tuple[int, int] = (24, 16)) -> PIL.Image.Image:
@@ -159,11 +165,7 @@ def test_pipeline_editor_calls_pipeline_with_history_and_takes_last_image():
 
         def __call__(self, image, prompt, generator, output_type, **kwargs):
             self.seen = (len(image), list(prompt), output_type, kwargs, torch.rand(1, generator=generator).item())
-
-            class Output:
-                images = [solid((t, t, t)) for t in range(len(image))]
-
-            return Output()
+            return SimpleNamespace(images=[solid((t, t, t)) for t in range(len(image))])
 
     pipeline = FakePipeline()
     editor = PipelineEditor(pipeline, num_inference_steps=3)
@@ -207,7 +209,7 @@ def test_generate_splits_sessions_across_torchrun_processes(tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "diffusers_vincie.evaluation", "generate", "--dataset", str(tmp_path / "bench.parquet"),
                "--editor", "rank_editor:editor", "--output-dir", str(tmp_path / "out")]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     calls = [sorted((tmp_path / f"calls_{rank}.txt").read_text().split()) for rank in (0, 1)]
     assert calls == [["0", "0", "1", "1", "2", "2"], ["3", "3", "4", "4"]]

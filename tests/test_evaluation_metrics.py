@@ -46,10 +46,11 @@ def tiny_models(tmp_path_factory):
     letters = list(string.ascii_lowercase)
     vocab = ["<|startoftext|>", "<|endoftext|>"] + letters + [c + "</w>" for c in letters]
     clip_config = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                           num_attention_heads=4),
+        text_config={"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "max_position_embeddings": 16, "bos_token_id": 0, "eos_token_id": 1,
+                     "pad_token_id": 1},
+        vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 37,
+                       "num_hidden_layers": 2, "num_attention_heads": 4},
         projection_dim=16,
     )
     CLIPModel(clip_config).save_pretrained(root / "clip")
@@ -199,3 +200,13 @@ def test_evaluate_modules_load_offline_and_agree_with_the_library(tiny_models):
     with pytest.raises(ValueError, match="Unknown metric module"):
         metric_path("fid")
     assert set(METRIC_MODULES) == {"l1", "l2", "clip_i", "clip_t", "dino"}
+
+
+def test_metrics_cli_skips_clip_t_without_captions(tmp_path, tiny_models, capsys):
+    clip_path, dino_path = tiny_models
+    dataset, outputs, _ = magicbrush_dataset(tmp_path)
+    output_json = tmp_path / "results.json"
+    assert main(["metrics", "--dataset", str(dataset), "--outputs", str(outputs), "--clip-model", clip_path,
+                 "--dino-model", dino_path, "--output-json", str(output_json)]) == 0
+    assert "clip-t is skipped" in capsys.readouterr().out
+    assert sorted(json.loads(output_json.read_text())["final_turn"]) == ["clip-i", "dino", "l1", "l2"]

@@ -13,7 +13,11 @@ import PIL.Image
 import pytest
 
 from diffusers_vincie.evaluation.__main__ import main
-from diffusers_vincie.evaluation.session_bench import IdentityEditor, build_bench_sessions, run_session_bench
+from diffusers_vincie.evaluation.session_bench import (
+    IdentityEditor,
+    build_bench_sessions,
+    run_session_bench,
+)
 
 NUM_SESSIONS, NUM_TURNS, SIZE = 6, 3, 48
 

@@ -19,8 +19,9 @@ import json
 import os
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .judge import DEFAULT_JUDGE_MODEL, DEFAULT_SUCCESS_THRESHOLD
 

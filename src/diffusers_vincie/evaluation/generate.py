@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import PIL.Image
 from tqdm.auto import tqdm
@@ -73,7 +74,7 @@ class PipelineEditor:
     @classmethod
     def from_pretrained(
         cls, path: str | os.PathLike, device: str = "cpu", torch_dtype: Any = None, **call_kwargs: Any
-    ) -> "PipelineEditor":
+    ) -> PipelineEditor:
         """Load a pipeline folder with ``DiffusionPipeline.from_pretrained`` and move it to ``device``."""
         from diffusers import DiffusionPipeline
 

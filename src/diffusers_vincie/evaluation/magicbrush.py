@@ -33,9 +33,10 @@ or a local folder).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -110,7 +111,7 @@ def resize_and_center_crop(image: PIL.Image.Image, resize: int, crop: int) -> PI
     if size != image.size:
         image = image.resize(size, PIL.Image.BICUBIC)
     width, height = image.size
-    top, left = int(round((height - crop) / 2.0)), int(round((width - crop) / 2.0))
+    top, left = round((height - crop) / 2.0), round((width - crop) / 2.0)
     return image.crop((left, top, left + crop, top + crop))
 
 
@@ -182,7 +183,7 @@ class DinoScorer:
         self.device = device
         self.batch_size = batch_size
         self.crop = self.model.config.image_size
-        self.resize = int(round(self.crop * 256 / 224))  # 256 for the 224 checkpoints
+        self.resize = round(self.crop * 256 / 224)  # 256 for the 224 checkpoints
 
     @torch.no_grad()
     def image_features(self, images: Sequence[PIL.Image.Image]) -> torch.Tensor:
@@ -292,7 +293,7 @@ def evaluate_magicbrush(
     subsets = {"final_turn": final_positions, "all_turn": list(range(len(pairs)))}
     turns = sorted({pair.turn for pair in pairs})
     per_turn = {str(t + 1): [i for i, pair in enumerate(pairs) if pair.turn == t] for t in turns}
-    aggregate = lambda positions: {name: _mean([values[i] for i in positions]) for name, values in scores.items()}  # noqa: E731
+    aggregate = lambda positions: {name: _mean([values[i] for i in positions]) for name, values in scores.items()}
     return {
         **{setting: aggregate(positions) for setting, positions in subsets.items()},
         "per_turn": {turn: aggregate(positions) for turn, positions in per_turn.items()},

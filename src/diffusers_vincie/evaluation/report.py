@@ -12,9 +12,10 @@ import csv
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .judge import DEFAULT_SUCCESS_THRESHOLD, SessionJudgement
 

@@ -21,9 +21,10 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import PIL.Image
 
@@ -198,7 +199,7 @@ def _mse_bench_session(row: dict[str, Any]) -> EditSession:
     )
 
 
-def _group_magicbrush_turns(dataset: Any) -> list["_MagicBrushGroup"]:
+def _group_magicbrush_turns(dataset: Any) -> list[_MagicBrushGroup]:
     """Positions of each session's rows, sessions in first-appearance order, turns sorted by ``turn_index``."""
     positions: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for position, (img_id, turn) in enumerate(zip(dataset["img_id"], dataset["turn_index"])):
