@@ -259,3 +259,19 @@ def test_official_resize_example():
     """Spec 6.3: a 1024x768 input becomes 288x208 (crop of 296x222)."""
     x = preprocess(PIL.Image.new("RGB", (1024, 768)), 256, 16)
     assert tuple(x.shape) == (3, 208, 288)
+
+
+def test_frame_index_slots_for_mask_aware_models(image):
+    p = tiny_pipeline(frame_index_mode=None)
+    assert p._frame_index(["image", "image", "image"]).tolist() == [0, 1, 2]
+    p.register_to_config(frame_index_mode="slots")
+    kinds = ["image", "current_mask", "next_mask", "image", "next_mask"]
+    assert p._frame_index(kinds).tolist() == [0, 1, 2, 3, 5]
+    p.set_progress_bar_config(disable=True)
+    seen = []
+    hook = p.transformer.register_forward_pre_hook(lambda m, a, k: seen.append(k.get("frame_index")), with_kwargs=True)
+    p(image, "remove it", chain_of_editing=True, num_inference_steps=1, resolution=32, guidance_scale=1.0)
+    hook.remove()
+    assert [f.tolist() for f in seen] == [[0, 1], [0, 1, 2], [0, 1, 2, 3]]
+    with pytest.raises(ValueError, match="frame_index_mode"):
+        tiny_pipeline(frame_index_mode="sparse")

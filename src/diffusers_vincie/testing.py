@@ -75,7 +75,13 @@ def tiny_vae(latent_channels: int = 4, seed: int = 0) -> AutoencoderKL:
     ).eval()
 
 
-def tiny_pipeline(pixel_space: bool = False, seed: int = 0, negative_prompt: Optional[str] = None, **transformer_overrides):
+def tiny_pipeline(
+    pixel_space: bool = False,
+    seed: int = 0,
+    negative_prompt: Optional[str] = None,
+    frame_index_mode: Optional[str] = None,
+    **transformer_overrides,
+):
     """A complete random `VincieInContextPipeline` that runs in well under a second per turn on CPU."""
     tokenizer = tiny_tokenizer()
     encoder = tiny_text_encoder(len(tokenizer), seed=seed)
@@ -83,4 +89,6 @@ def tiny_pipeline(pixel_space: bool = False, seed: int = 0, negative_prompt: Opt
     transformer = tiny_transformer(channels, encoder.config.d_model, seed=seed, **transformer_overrides)
     vae = None if pixel_space else tiny_vae(channels, seed=seed)
     kwargs = {} if negative_prompt is None else {"default_negative_prompt": negative_prompt}
+    if frame_index_mode is not None:
+        kwargs["frame_index_mode"] = frame_index_mode
     return VincieInContextPipeline(transformer, vae, encoder, tokenizer, official_scheduler(), **kwargs)

@@ -38,6 +38,8 @@ OFFICIAL_NEGATIVE_PROMPT = (
     "Deformed structures"
 )
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+FRAME_KINDS = ("image", "current_mask", "next_mask")
+FRAME_INDEX_MODES = ("compact", "slots")
 FIDELITIES = ("exact", "official")
 POSTERIORS = ("sample", "mode")
 
@@ -64,7 +66,7 @@ class SessionFrame:
 
     latent: torch.Tensor
     image: PIL.Image.Image
-    kind: str = "image"  # "image" | "mask"
+    kind: str = "image"  # one of FRAME_KINDS
 
 
 @dataclass
@@ -94,6 +96,10 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
         scheduler: ``FlowMatchEulerDiscreteScheduler`` (official: ``shift=12``, trailing timesteps).
         default_negative_prompt: negative prompt used when ``negative_prompt`` is not given (the official one
             unless the model was trained with another unconditional text).
+        frame_index_mode: temporal RoPE index of the frames: ``"compact"`` numbers the session's frames
+            ``0, 1, 2, ...`` in order (official); ``"slots"`` gives turn ``k`` fixed slots ``3k`` (image), ``3k + 1``
+            (current-frame RoE mask) and ``3k + 2`` (next-frame mask), so a model trained with masks knows which
+            kind of frame it is generating (the training script's ``--frame_index slots``).
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
@@ -108,12 +114,15 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
         tokenizer,
         scheduler: FlowMatchEulerDiscreteScheduler,
         default_negative_prompt: str = OFFICIAL_NEGATIVE_PROMPT,
+        frame_index_mode: str = "compact",
     ):
         super().__init__()
+        if frame_index_mode not in FRAME_INDEX_MODES:
+            raise ValueError(f"`frame_index_mode` must be one of {FRAME_INDEX_MODES}; got {frame_index_mode!r}.")
         self.register_modules(
             transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler
         )
-        self.register_to_config(default_negative_prompt=default_negative_prompt)
+        self.register_to_config(default_negative_prompt=default_negative_prompt, frame_index_mode=frame_index_mode)
         if vae is not None and vae.config.latent_channels != transformer.config.latent_channels:
             raise ValueError(
                 f"VAE latent channels ({vae.config.latent_channels}) != transformer latent channels "
@@ -198,8 +207,11 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
         latents: Optional[torch.Tensor] = None,
         callback_on_step_end: Optional[Callable] = None,
         callback_on_step_end_tensor_inputs: tuple = ("latents",),
+        target_kind: str = "image",
     ) -> torch.Tensor:
         """Generates the frame that follows ``items`` (a list of `SessionFrame` / `SessionText`).
+
+        ``target_kind`` ("image", "current_mask" or "next_mask") only matters for ``frame_index_mode="slots"``.
 
         Returns:
             The new frame's latent ``(h, w, C)``.
@@ -210,13 +222,18 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
         n, h, w, c = context.shape
         text = self.transformer.build_session_text([t.tokens for t in texts], [t.turn for t in texts])
         negative = None if negative_tokens is None else self.transformer.build_session_text([negative_tokens], [0])
+        frame_index = self._frame_index([f.kind for f in frames] + [target_kind]).to(context.device)
 
         if self.block_causal:
             layout = [FRAME if isinstance(it, SessionFrame) else len(it.tokens) + 1 for it in items]
-            velocity = CachedContextVelocity(self.transformer, context, layout, text, negative, guidance_scale)
+            velocity = CachedContextVelocity(
+                self.transformer, context, layout, text, negative, guidance_scale, frame_index=frame_index
+            )
             shape = (1, h, w, c)
         else:
-            velocity = FullAttentionVelocity(self.transformer, build_condition(context), text, negative, guidance_scale)
+            velocity = FullAttentionVelocity(
+                self.transformer, build_condition(context), text, negative, guidance_scale, frame_index=frame_index
+            )
             shape = (n + 1, h, w, c)  # official: every frame of the session is integrated
 
         if latents is None:
@@ -232,6 +249,21 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
         with self.progress_bar(total=num_inference_steps) as progress:
             x = self._denoise(x, velocity, progress, callback_on_step_end, callback_on_step_end_tensor_inputs)
         return x[-1]
+
+    def _frame_index(self, kinds: list[str]) -> torch.Tensor:
+        """Temporal RoPE index of each frame of a session with these frame kinds (see ``frame_index_mode``)."""
+        if self.config.frame_index_mode == "compact":
+            return torch.arange(len(kinds))
+        slots, images = [], 0
+        for kind in kinds:
+            if kind not in FRAME_KINDS:
+                raise ValueError(f"Unknown frame kind {kind!r}; expected one of {FRAME_KINDS}.")
+            if kind == "image":
+                slots.append(3 * images)
+                images += 1
+            else:  # masks belong to the turn of the last image
+                slots.append(3 * (images - 1) + (1 if kind == "current_mask" else 2))
+        return torch.tensor(slots)
 
     def _denoise(self, x, velocity, progress, callback, tensor_inputs):
         if callback is None:

@@ -91,6 +91,8 @@ class CachedContextVelocity:
         items: the session items in order (``FRAME`` or a text segment length) for the context, as in
             `diffusers_vincie.assembly.sequence_order`; the generated frame comes after them.
         text, negative_text: packed texts of the segments in ``items`` (negative: one segment, after frame 0).
+        frame_index: ``(N + 1,)`` temporal RoPE index of the context frames and the generated frame
+            (default ``0..N``).
     """
 
     transformer: VincieTransformer
@@ -99,9 +101,12 @@ class CachedContextVelocity:
     text: torch.Tensor
     negative_text: Optional[torch.Tensor]
     guidance_scale: float
+    frame_index: Optional[torch.Tensor] = None
     caches: list = field(init=False)
 
     def __post_init__(self):
+        if self.frame_index is None:
+            self.frame_index = torch.arange(len(self.context_latents) + 1, device=self.context_latents.device)
         self.caches = [self._encode(self.items, self.text)]
         if self.negative_text is not None and self.guidance_scale != 1.0:
             num_frames = sum(item == FRAME for item in self.items)
@@ -119,6 +124,7 @@ class CachedContextVelocity:
             torch.tensor([len(text)], device=device),
             frame_order.to(device),
             text_order.to(device),
+            frame_index=self.frame_index[:n],
         )
         return cache, len(items)
 
@@ -135,7 +141,7 @@ class CachedContextVelocity:
                     cache.text_lengths,
                     torch.zeros(1, device=device),
                     frame_timestep=t.reshape(1).float(),
-                    frame_index=torch.tensor([n], device=device),
+                    frame_index=self.frame_index[n:],
                     frame_order=torch.tensor([target_order], device=device),
                     frame_is_noisy=torch.ones(1, dtype=torch.bool, device=device),
                     attention_layout="block_causal",

@@ -117,7 +117,7 @@ class VincieEditingSession:
         return len(self.reference_texts) + len(self.turns)
 
     def _encode_image(self, image, generator=None, kind: str = "image") -> SessionFrame:
-        rgb = to_rgb(image, "mask" if kind == "mask" else "image")
+        rgb = to_rgb(image, "image" if kind == "image" else "mask")
         pixels = preprocess(rgb, self.resolution, self.pipe.size_multiple, self.reference_size)
         self.encode_calls["image"] += 1
         return SessionFrame(self.pipe.encode_image(pixels, generator, self.posterior), rgb, kind)
@@ -226,12 +226,13 @@ class VincieEditingSession:
         return frame.image
 
     def _mask_frame(self, mask, items: list, sampling: dict, which: str) -> SessionFrame:
+        """``which`` is "current_mask" or "next_mask" (the argument name and the frame kind)."""
         if isinstance(mask, str):
             if mask != PREDICT:
                 raise ValueError(f"`{which}` must be an image, a 2-D array, a function or 'predict'; got {mask!r}.")
-            latent = self.pipe.generate_frame(items, **sampling)
-            return SessionFrame(latent, postprocess(self.pipe.decode_latent(latent), "pil"), "mask")
-        return self._encode_image(mask_to_image(mask, self.reference_size, which), kind="mask")
+            latent = self.pipe.generate_frame(items, target_kind=which, **sampling)
+            return SessionFrame(latent, postprocess(self.pipe.decode_latent(latent), "pil"), which)
+        return self._encode_image(mask_to_image(mask, self.reference_size, which), kind=which)
 
     def drag(self, instruction: str, translate=(0.0, 0.0), scale: float = 1.0, rotate: float = 0.0, current_mask=PREDICT, **kwargs):
         """Drag editing: the current RoE mask (given or predicted) is moved/scaled/rotated into the next-frame mask,
