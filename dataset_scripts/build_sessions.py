@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from diffusers_vincie.data.annotate import GroundTruthAnnotator, TransitionAnnotator, VLMAnnotator
 from diffusers_vincie.data.build import SamplingConfig, build_sessions, distributed_state

@@ -239,9 +239,9 @@ def test_vlm_garbage_is_retried_then_rejected_with_a_logged_reason(tiny_vlm, cap
 
     model.generate = counting_generate
     try:
-        with caplog.at_level(logging.INFO, logger="diffusers_vincie.data.annotate"):
-            with pytest.raises(AnnotationRejected, match="after 3 attempt"):
-                annotator.annotate(make_transition())
+        with caplog.at_level(logging.INFO, logger="diffusers_vincie.data.annotate"), \
+                pytest.raises(AnnotationRejected, match="after 3 attempt"):
+            annotator.annotate(make_transition())
     finally:
         del model.generate
     assert calls == [False, True, True]  # greedy first, sampled retries

@@ -21,7 +21,6 @@ import logging
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -253,7 +252,7 @@ class VLMAnnotator(TransitionAnnotator):
         device: str | None = None,
         dtype: Any = "auto",
         **kwargs: Any,
-    ) -> "VLMAnnotator":
+    ) -> VLMAnnotator:
         """Loads ``model_id`` (Hub id or local folder) with ``AutoProcessor`` + ``AutoModelForImageTextToText``.
 
         Args:

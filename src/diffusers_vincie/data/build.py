@@ -29,10 +29,12 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import yaml
@@ -236,7 +238,7 @@ def sessions_from_video(
         # two targets can land on one frame in very short clips: keep each frame once
         frames = [f for i, f in enumerate(frames) if i == 0 or f.frame_index != frames[i - 1].frame_index]
         annotations: list[TransitionAnnotation | None] = []
-        for source, target in zip(frames[:-1], frames[1:]):
+        for source, target in pairwise(frames):
             try:
                 annotations.append(annotator.annotate(Transition(str(path), video_id, source, target)))
             except AnnotationRejected as rejected:

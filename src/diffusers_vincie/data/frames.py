@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
-from typing import Literal, Sequence
-
-import numpy as np
-from PIL import Image
+from typing import Literal
 
 import av
+import numpy as np
+from PIL import Image
 
 SamplingStrategy = Literal["equal_interval", "fixed_count", "hybrid"]
 SAMPLING_STRATEGIES: tuple[str, ...] = ("equal_interval", "fixed_count", "hybrid")
@@ -133,7 +134,7 @@ def _fixed_count_times(start: float, end: float, count: int) -> list[float]:
 
 
 def _equal_interval_times(start: float, end: float, interval: float) -> list[float]:
-    count = int(math.floor((end - start) / interval + 1e-9))
+    count = math.floor((end - start) / interval + 1e-9)
     if count <= 0:
         return []
     # centre the grid inside the clip so both ends are treated the same
@@ -311,4 +312,4 @@ def detect_scene_cuts(
 def split_at_cuts(duration: float, cuts: Sequence[float], *, min_length: float = 0.0) -> list[tuple[float, float]]:
     """Split ``[0, duration)`` at ``cuts`` into clips, dropping clips shorter than ``min_length`` seconds."""
     bounds = [0.0, *sorted(c for c in cuts if 0.0 < c < duration), duration]
-    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b - a >= min_length and b > a]
+    return [(a, b) for a, b in pairwise(bounds) if b - a >= min_length and b > a]

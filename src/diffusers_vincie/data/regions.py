@@ -10,7 +10,8 @@ above the thresholds, gives an empty mask: "nothing of this frame is edited" (e.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -67,7 +68,7 @@ class RegionMasker:
         *,
         device: str | None = None,
         **kwargs: Any,
-    ) -> "RegionMasker":
+    ) -> RegionMasker:
         """Loads GroundingDINO and SAM2 checkpoints (Hub ids or local folders).
 
         Args:
