@@ -25,6 +25,7 @@ from diffusers_vincie.data.frames import (
     sample_timestamps,
     split_at_cuts,
 )
+from diffusers_vincie.data.loaders import iter_session_records, load_sessions
 from diffusers_vincie.data.schema import SESSION_FEATURES, SessionRecord, mask_to_array
 from diffusers_vincie.data.synthetic import SyntheticWorld, read_ground_truth
 
@@ -327,6 +328,9 @@ def test_load_dataset_round_trip_of_every_feature(tmp_path, synthetic_folder):
             assert [np.asarray(image).tolist() for image in row[name]] == [np.asarray(i).tolist() for i in expected[name]]
         record = SessionRecord.from_row(row)
         assert record.num_turns == 4 and record.annotator["name"] == "ground_truth"
+    # the package's loader reads the folder as is
+    (loaded,) = iter_session_records(load_sessions(out, cache_dir=str(tmp_path / "hf_cache")))
+    assert loaded.session_id == "video2/0" and loaded.instructions == expected["instructions"]
     card = (out / "README.md").read_text()
     assert card.startswith("---\nconfigs:") and "data/train-" in card
 
@@ -391,3 +395,6 @@ def test_jpeg_frames_and_bad_build_arguments(tmp_path, synthetic_folder):
                        ({"frame_format": "gif"}, "frame_format")):
         with pytest.raises(ValueError, match=match):
             build_sessions([video], tmp_path / "bad", GroundTruthAnnotator(), **bad)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="inputs: no video files"):
+        build_sessions([tmp_path / "empty"], tmp_path / "bad", GroundTruthAnnotator())

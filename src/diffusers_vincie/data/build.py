@@ -585,6 +585,8 @@ def build_sessions(
     started = time.perf_counter()
     output_dir = Path(output_dir)
     videos = list_videos(inputs)
+    if not videos:
+        raise ValueError(f"inputs: no video files ({', '.join(VIDEO_EXTENSIONS)}) found in {[str(i) for i in inputs]}")
 
     if state.is_main_process:
         (output_dir / DATA_DIR).mkdir(parents=True, exist_ok=True)
