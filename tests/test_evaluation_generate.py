@@ -214,3 +214,25 @@ def test_generate_splits_sessions_across_torchrun_processes(tmp_path):
     calls = [sorted((tmp_path / f"calls_{rank}.txt").read_text().split()) for rank in (0, 1)]
     assert calls == [["0", "0", "1", "1", "2", "2"], ["3", "3", "4", "4"]]
     assert len(list((tmp_path / "out").glob("*.png"))) == 10
+
+
+def test_generate_cli_with_a_saved_vincie_pipeline(tmp_path):
+    """`--pipeline` loads a folder with DiffusionPipeline.from_pretrained (the tiny random VINCIE pipeline)."""
+    from diffusers_vincie.evaluation.__main__ import main
+    from diffusers_vincie.testing import tiny_pipeline
+
+    tiny_pipeline().save_pretrained(str(tmp_path / "pipeline"))
+    tiny_mse_bench(num_sessions=2, num_turns=2).to_parquet(str(tmp_path / "bench.parquet"))
+    arguments = ["generate", "--dataset", str(tmp_path / "bench.parquet"), "--pipeline", str(tmp_path / "pipeline"),
+                 "--output-dir", str(tmp_path / "out"), "--device", "cpu", "--num-inference-steps", "2",
+                 "--pipeline-kwargs", '{"resolution": 32}']
+    assert main(arguments) == 0
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["0_turn0_rep0_seed0.png", "0_turn1_rep0_seed0.png", "1_turn0_rep0_seed1.png", "1_turn1_rep0_seed1.png"]
+    first, second = (PIL.Image.open(tmp_path / "out" / name) for name in names[2:])
+    assert first.mode == second.mode == "RGB" and first.size == second.size  # the pipeline's working size
+    mtimes = [os.path.getmtime(tmp_path / "out" / name) for name in names]
+    assert main(arguments) == 0  # resumed: nothing regenerated
+    assert [os.path.getmtime(tmp_path / "out" / name) for name in names] == mtimes
+    with pytest.raises(SystemExit, match="pipeline-kwargs"):
+        main([*arguments[:-1], "[1, 2]"])

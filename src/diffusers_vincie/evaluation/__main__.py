@@ -52,9 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--editor", help="'module:attr': a callable (images, instructions, seed) -> image, or a class building one")
     generate.add_argument("--output-dir", required=True, help="folder of {index}_turn{t}_rep0_seed{seed}.png")
     generate.add_argument("--device", default=None, help="pipeline device (default: the accelerate process device)")
-    generate.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    generate.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                          help="pipeline dtype (default: as saved)")
     generate.add_argument("--num-inference-steps", type=int, default=None)
     generate.add_argument("--guidance-scale", type=float, default=None)
+    generate.add_argument("--pipeline-kwargs", default=None,
+                          help='JSON of extra pipeline call arguments, e.g. \'{"resolution": 512, "posterior": "mode"}\'')
 
     judge = commands.add_parser("judge", help="MSE-Bench judging with an OpenAI-compatible VLM")
     _add_dataset_arguments(judge)
@@ -97,9 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--pipeline", help="diffusers pipeline folder")
     source.add_argument("--editor", help="'module:attr' editor callable (see generate)")
     bench.add_argument("--device", default=None)
-    bench.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    bench.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     bench.add_argument("--num-inference-steps", type=int, default=None)
     bench.add_argument("--guidance-scale", type=float, default=None)
+    bench.add_argument("--pipeline-kwargs", default=None, help="JSON of extra pipeline call arguments")
     bench.add_argument("--title", default=None)
     return parser
 
@@ -122,10 +126,17 @@ def build_editor(args: argparse.Namespace) -> Any:
 
     from .generate import PipelineEditor, process_state
 
-    call_kwargs = {key: value for key, value in (("num_inference_steps", args.num_inference_steps),
-                                                 ("guidance_scale", args.guidance_scale)) if value is not None}
+    try:
+        call_kwargs = json.loads(args.pipeline_kwargs) if args.pipeline_kwargs else {}
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"--pipeline-kwargs is not valid JSON: {error}") from None
+    if not isinstance(call_kwargs, dict):
+        raise SystemExit(f"--pipeline-kwargs must be a JSON object, got {args.pipeline_kwargs!r}.")
+    call_kwargs.update({key: value for key, value in (("num_inference_steps", args.num_inference_steps),
+                                                      ("guidance_scale", args.guidance_scale)) if value is not None})
     device = args.device or str(process_state().device)
-    return PipelineEditor.from_pretrained(args.pipeline, device=device, torch_dtype=getattr(torch, args.dtype), **call_kwargs)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    return PipelineEditor.from_pretrained(args.pipeline, device=device, torch_dtype=dtype, **call_kwargs)
 
 
 def run_generate(args: argparse.Namespace) -> int:

@@ -78,7 +78,8 @@ class PipelineEditor:
         """Load a pipeline folder with ``DiffusionPipeline.from_pretrained`` and move it to ``device``."""
         from diffusers import DiffusionPipeline
 
-        pipeline = DiffusionPipeline.from_pretrained(str(path), torch_dtype=torch_dtype).to(device)
+        dtype_kwargs = {} if torch_dtype is None else {"torch_dtype": torch_dtype}
+        pipeline = DiffusionPipeline.from_pretrained(str(path), **dtype_kwargs).to(device)
         pipeline.set_progress_bar_config(disable=True)
         return cls(pipeline, generator_device=device, **call_kwargs)
 
