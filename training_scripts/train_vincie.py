@@ -117,6 +117,8 @@ def add_sequence_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--frame_index", choices=("compact", "slots"), default=None,
                        help="Frame RoPE index: 'compact' (official) or 'slots' (3k+kind); default compact for "
                             "full, slots for block_causal.")
+    group.add_argument("--no_group_turns", action="store_true",
+                       help="Draw the number of turns per sample instead of per micro-step (more attention padding).")
     group.add_argument("--max_text_length", type=int, default=150)
     group.add_argument("--cache_text_embeddings", action="store_true",
                        help="Keep prompt embeddings in memory (the text encoder is frozen).")
@@ -240,7 +242,8 @@ def build_dataset(args, config: SequenceConfig):
             world_kwargs.setdefault("resolution", args.resolution)
         world = SyntheticWorld(**world_kwargs)
         return SyntheticSessionsDataset(world, args.synthetic_num_sessions, args.synthetic_num_turns, config,
-                                        seed=args.seed, world_seed=args.synthetic_world_seed)
+                                        seed=args.seed, world_seed=args.synthetic_world_seed,
+                                        group_turns=not args.no_group_turns)
     from diffusers_vincie.data.loaders import (
         PairwiseEditAdapter,
         Vincie10MAdapter,
@@ -255,7 +258,8 @@ def build_dataset(args, config: SequenceConfig):
         rows = records_to_dataset(adapter_cls.from_path(args.dataset_name, split=args.dataset_split))
     if args.max_train_samples is not None:
         rows = rows.select(range(min(args.max_train_samples, len(rows))))
-    return SessionRowsDataset(rows, config, seed=args.seed, resolution=args.resolution)
+    return SessionRowsDataset(rows, config, seed=args.seed, resolution=args.resolution,
+                              group_turns=not args.no_group_turns)
 
 
 def build_transformer(args, components: dict) -> VincieTransformer:

@@ -99,10 +99,14 @@ def item_generator(seed: int, step: int, index: int, stream: int = 0) -> np.rand
 
 
 class _PlanningDataset(Dataset):
-    """Base: ``dataset[(index, step)]`` -> :class:`PlannedSample` with a plan drawn from ``(seed, step, index)``."""
+    """Base: ``dataset[(index, step)]`` -> :class:`PlannedSample` with a plan drawn from ``(seed, step, index)``.
 
-    def __init__(self, config: SequenceConfig, seed: int):
-        self.config, self.seed = config, seed
+    With ``group_turns`` every sample of a micro-step gets the same number of turns (drawn from ``(seed, step)``),
+    so the sequences of a batch have similar lengths and attention pads little (see ``padding_report``).
+    """
+
+    def __init__(self, config: SequenceConfig, seed: int, group_turns: bool = True):
+        self.config, self.seed, self.group_turns = config, seed, group_turns
 
     def session(self, index: int) -> SessionSample:
         raise NotImplementedError
@@ -111,7 +115,12 @@ class _PlanningDataset(Dataset):
         index, step = key
         sample = self.session(index)
         has_masks = sample.source_masks is not None and sample.target_masks is not None
-        plan = plan_sequence(sample.num_turns, has_masks, self.config, item_generator(self.seed, step, index))
+        num_turns = None
+        if self.group_turns:
+            turns = item_generator(self.seed, step, 0, stream=4)  # shared by every sample of the micro-step
+            num_turns = int(turns.integers(self.config.min_turns, self.config.max_turns + 1))
+        plan = plan_sequence(sample.num_turns, has_masks, self.config, item_generator(self.seed, step, index),
+                             num_turns=num_turns)
         return PlannedSample(sample, plan, step, index)
 
 
@@ -123,10 +132,12 @@ class SessionRowsDataset(_PlanningDataset):
         config: sequence configuration.
         seed: base seed of the sequence plans.
         resolution: optional square size every frame is resized to.
+        group_turns: one number of turns per micro-step (less attention padding).
     """
 
-    def __init__(self, rows, config: SequenceConfig, seed: int = 0, resolution: Optional[int] = None):
-        super().__init__(config, seed)
+    def __init__(self, rows, config: SequenceConfig, seed: int = 0, resolution: Optional[int] = None,
+                 group_turns: bool = True):
+        super().__init__(config, seed, group_turns)
         missing = {"frames", "instructions"} - set(rows.column_names)
         if missing:
             raise ValueError(f"The dataset lacks the columns {sorted(missing)}; expected SESSION_FEATURES rows.")
@@ -150,11 +161,12 @@ class SyntheticSessionsDataset(_PlanningDataset):
         config: sequence configuration.
         seed: base seed of the sequence plans.
         world_seed: seed of session 0 (held-out evaluation sessions should use another range).
+        group_turns: one number of turns per micro-step (less attention padding).
     """
 
     def __init__(self, world, num_sessions: int, num_turns: int, config: SequenceConfig, seed: int = 0,
-                 world_seed: int = 0):
-        super().__init__(config, seed)
+                 world_seed: int = 0, group_turns: bool = True):
+        super().__init__(config, seed, group_turns)
         if num_sessions < 1:
             raise ValueError(f"`num_sessions` must be >= 1, got {num_sessions}.")
         self.world, self.num_sessions, self.num_turns, self.world_seed = world, num_sessions, num_turns, world_seed

@@ -183,7 +183,11 @@ def session_items(num_turns: int, with_masks: bool) -> list:
 
 
 def plan_sequence(
-    num_session_turns: int, has_masks: bool, config: SequenceConfig, generator: np.random.Generator
+    num_session_turns: int,
+    has_masks: bool,
+    config: SequenceConfig,
+    generator: np.random.Generator,
+    num_turns: int | None = None,
 ) -> SequencePlan:
     """Draws one training sequence from a session (window, masks, context dropout, targets).
 
@@ -192,12 +196,15 @@ def plan_sequence(
         has_masks: whether the session has RoE masks (otherwise the masks are never in).
         config: the sequence configuration.
         generator: numpy generator; the same state gives the same plan (resumable data order).
+        num_turns: edits of the window, drawn by the caller (e.g. one value per batch so that the samples of a
+            batch have similar lengths); capped by the session. Default: uniform in ``[min_turns, max_turns]``.
     """
     if num_session_turns < 1:
         raise ValueError(f"A session needs at least one edit (two frames), got {num_session_turns} edits.")
     max_turns = min(config.max_turns, num_session_turns)
     min_turns = min(config.min_turns, max_turns)
-    num_turns = int(generator.integers(min_turns, max_turns + 1))
+    drawn = int(generator.integers(min_turns, max_turns + 1))
+    num_turns = drawn if num_turns is None else max(1, min(int(num_turns), num_session_turns))
     start = int(generator.integers(0, num_session_turns - num_turns + 1))
     with_masks = has_masks and bool(generator.random() < config.mask_probability)
     items = session_items(num_turns, with_masks)
