@@ -109,9 +109,11 @@ def test_sample_timestamps_strategies():
             sample_timestamps(0, 10, **bad)
 
 
-def test_decode_frames_at_seeks_to_the_right_frames(tmp_path):
-    path = tmp_path / "counter.mp4"
-    write_counter_video(path, num_frames=40, fps=8, gop=8)
+# MPEG-TS starts after 0 s and has no seek index (with one key frame, every seek lands nowhere)
+@pytest.mark.parametrize("name, gop", [("counter.mp4", 8), ("counter.mp4", 250), ("counter.ts", 8), ("counter.ts", 250)])
+def test_decode_frames_at_seeks_to_the_right_frames(tmp_path, name, gop):
+    path = tmp_path / name
+    write_counter_video(path, num_frames=40, fps=8, gop=gop)
     info = probe_video(path)
     assert (info.fps, info.duration, info.width, info.height) == (8.0, 5.0, 64, 64)
     targets = [4.0, 0.0, 1.06, 2.5, 2.5, 4.99]  # unsorted, a repeat, between frames, past the last frame

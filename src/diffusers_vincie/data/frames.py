@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -71,8 +71,8 @@ class SampledFrame:
 
     Args:
         image: The RGB frame.
-        timestamp: Presentation time of the decoded frame in seconds (may differ slightly from the
-            requested time: it is the frame on screen at that time).
+        timestamp: Presentation time of the decoded frame in seconds from the first frame of the stream
+            (the nearest frame to the requested time).
         frame_index: Index of the frame in the stream, ``round(timestamp * fps)``.
     """
 
@@ -83,6 +83,14 @@ class SampledFrame:
 
 def _av_error_reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
+
+
+def _start_time(stream: av.video.stream.VideoStream) -> float:
+    """Presentation time of the stream's first frame; all times in this module are relative to it
+    (MPEG-TS and edited mp4 files do not start at 0)."""
+    if stream.start_time is None or stream.time_base is None:
+        return 0.0
+    return float(stream.start_time * stream.time_base)
 
 
 def probe_video(path: str | Path) -> VideoInfo:
@@ -203,6 +211,23 @@ def _to_image(frame: av.VideoFrame, max_side: int | None) -> Image.Image:
     return frame.to_image()
 
 
+def _next_frame(decoded: Iterator[av.VideoFrame]) -> av.VideoFrame | None:
+    return next((frame for frame in decoded if frame.time is not None), None)
+
+
+def _decode_until(
+    decoded: Iterator[av.VideoFrame], threshold: float, latest: av.VideoFrame | None
+) -> av.VideoFrame | None:
+    """Decodes forward to the first frame at or after ``threshold`` (the last frame at end of stream)."""
+    for frame in decoded:
+        if frame.time is None:
+            continue
+        latest = frame
+        if frame.time >= threshold:
+            break
+    return latest
+
+
 def decode_frames_at(
     path: str | Path,
     timestamps: Sequence[float],
@@ -233,25 +258,29 @@ def decode_frames_at(
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             fps = float(stream.average_rate or stream.guessed_rate)
-            half_frame = 0.5 / fps
+            half_frame, start = 0.5 / fps, _start_time(stream)
             decoded = None  # iterator over decoded frames, None until the first seek
             latest: av.VideoFrame | None = None  # most recently decoded frame
-            for target in targets:
+            for target in (t + start for t in targets):
+                threshold = target - half_frame
                 if decoded is None or latest is None or target - latest.time > seek_threshold:
                     container.seek(max(0, int(target / stream.time_base)), stream=stream, backward=True)
                     decoded, latest = container.decode(stream), None
-                if latest is None or latest.time < target - half_frame:
-                    for frame in decoded:
-                        if frame.time is None:
-                            continue
-                        latest = frame
-                        if frame.time >= target - half_frame:
-                            break
+                    first = _next_frame(decoded)
+                    if first is None or first.time > target + half_frame:
+                        # containers without a seek index (MPEG-TS) can land past the target or nowhere:
+                        # decode from the beginning instead
+                        container.seek(0)
+                        decoded, first = container.decode(stream), None
+                    latest = first
+                if latest is None or latest.time < threshold:
+                    latest = _decode_until(decoded, threshold, latest)
                 if latest is None:
                     raise VideoDecodeError(path, f"no frame could be decoded near t={target:.3f}s")
                 # `latest` is the first frame at/after the target, or the last frame at end of stream
                 image = _to_image(latest, max_side)
-                frames.append(SampledFrame(image, float(latest.time), round(latest.time * fps)))
+                time = float(latest.time) - start
+                frames.append(SampledFrame(image, time, round(time * fps)))
     except VideoDecodeError:
         raise
     except (av.FFmpegError, OSError, ValueError, IndexError) as error:
@@ -294,7 +323,7 @@ def detect_scene_cuts(
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            next_probe, previous = -math.inf, None
+            next_probe, previous, start = -math.inf, None, _start_time(stream)
             for frame in container.decode(stream):
                 if frame.time is None or frame.time < next_probe:
                     continue
@@ -302,7 +331,7 @@ def detect_scene_cuts(
                 thumb = frame.to_ndarray(width=thumbnail_side, height=thumbnail_side, format="gray")
                 thumb = thumb.astype(np.float32) / 255.0
                 if previous is not None and float(np.abs(thumb - previous).mean()) > threshold:
-                    cuts.append(float(frame.time))
+                    cuts.append(float(frame.time) - start)
                 previous = thumb
     except (av.FFmpegError, OSError, ValueError, IndexError) as error:
         raise VideoDecodeError(path, _av_error_reason(error)) from error
