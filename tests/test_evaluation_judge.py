@@ -323,3 +323,23 @@ def test_summarize_ignores_verdicts_after_a_failure_and_divides_by_all_sessions(
     assert (turn3.success_rate, turn3.prompt_following, turn3.num_judged) == (0.0, 0.0, 0)
     with pytest.raises(ValueError, match="judgements"):
         summarize([], num_turns=3)
+
+
+def test_judge_published_results_dataset(mse_fixture, server, tmp_path):
+    """`--results-dataset` exports released outputs (turn_{t}_image columns) into --outputs, then judges them."""
+    bench, _ = mse_fixture
+    columns = {f"turn_{t}_image": [PIL.Image.new("RGB", (16, 12), (i, t, 9)) for i in range(4)] for t in range(NUM_TURNS)}
+    Dataset.from_dict(columns, features=Features({name: Image() for name in columns})).to_parquet(str(tmp_path / "results.parquet"))
+    outputs = tmp_path / "published"
+    assert main(["judge", "--dataset", str(bench), "--outputs", str(outputs), "--results-dataset",
+                 str(tmp_path / "results.parquet"), "--base-url", server.base_url, "--model", "fake-judge",
+                 "--api-key-env", "NO_KEY_NEEDED", "--backoff-seconds", "0", "--num-workers", "2"]) == 0
+    assert sorted(p.name for p in outputs.glob("*.png")) == sorted(
+        f"{i}_turn{t}_rep0_seed{i}.png" for i in range(4) for t in range(NUM_TURNS))
+    assert PIL.Image.open(outputs / "2_turn1_rep0_seed2.png").getpixel((0, 0)) == (2, 1, 9)
+    rows = list(csv_rows(outputs / "judge-fake-judge" / "mse_bench.csv"))[1:]
+    for row, expected in zip(rows, hand_summary()):
+        assert [float(value) for value in row[1:]] == pytest.approx(expected, abs=5e-5)
+    with pytest.raises(SystemExit, match="--results-split"):
+        main(["judge", "--dataset", str(bench), "--outputs", str(outputs), "--results-dataset", "org/results",
+              "--base-url", server.base_url])

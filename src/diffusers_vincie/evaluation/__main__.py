@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     judge.add_argument("--extra-body", default=None, help='JSON merged into every request, e.g. \'{"temperature": 0}\'')
     judge.add_argument("--title", default=None, help="report title (default: the outputs folder name)")
+    judge.add_argument("--results-dataset", default=None,
+                       help="first export published outputs into --outputs (e.g. leigangqu/MSE-Bench-results)")
+    judge.add_argument("--results-split", default=None, help="model of --results-dataset (its split name; not for a parquet file)")
 
     metrics = commands.add_parser("metrics", help="MagicBrush L1, L2, CLIP-I, CLIP-T, DINO (final turn, all turns, per turn)")
     _add_dataset_arguments(metrics, default_split="test")
@@ -165,6 +168,8 @@ def run_judge(args: argparse.Namespace) -> int:
         raise SystemExit(f"--extra-body is not valid JSON: {error}") from None
     report_dir = Path(args.report_dir or Path(args.outputs) / f"judge-{re.sub(r'[^A-Za-z0-9._-]+', '_', args.model)}")
     sessions = load_sessions(args.dataset, split=args.split, limit=args.limit)
+    if args.results_dataset:
+        export_published_outputs(args, sessions)
     client = JudgeClient(args.base_url, args.model, api_key, timeout=args.timeout, max_retries=args.max_retries,
                          backoff_seconds=args.backoff_seconds, extra_body=extra_body)
     try:
@@ -184,6 +189,23 @@ def run_judge(args: argparse.Namespace) -> int:
     print(paths["markdown"].read_text())
     print(f"report: {paths['csv']}, {paths['markdown']}, {paths['plot']}")
     return 0
+
+
+def export_published_outputs(args: argparse.Namespace, sessions: Any) -> None:
+    """``--results-dataset``: write a released model's outputs into ``--outputs`` before judging them."""
+    import datasets
+
+    from .generate import export_results_dataset
+
+    source = Path(args.results_dataset)
+    if source.is_file() and source.suffix == ".parquet":
+        results = datasets.load_dataset("parquet", data_files=str(source), split="train")
+    elif not args.results_split:
+        raise SystemExit("--results-dataset needs --results-split (the model name: one split of the results dataset).")
+    else:
+        results = datasets.load_dataset(args.results_dataset, split=args.results_split)
+    written = export_results_dataset(results, sessions, args.outputs, seed_offset=args.seed_offset)
+    print(f"judge: exported {written} published output image(s) of {args.results_dataset} into {args.outputs}")
 
 
 def run_metrics(args: argparse.Namespace) -> int:
