@@ -1,0 +1,425 @@
+"""VINCIE Space: multi-turn in-context image editing in the browser.
+
+Run locally with ``python space/app.py`` (http://127.0.0.1:7860). The model is chosen by `load_model`:
+
+    VINCIE_MODEL=<folder or hub id>   a converted VINCIE checkpoint (``VincieInContextPipeline.from_pretrained``)
+    (unset)                           the package's embedded default model, when the package ships one
+    VINCIE_SPACE_TINY=1 / fallback    a tiny *random* pipeline (tests; the UI says so in a banner)
+
+Every browser tab (and every `gradio_client.Client`) owns its editing session through `gr.State`: the sessions of
+two users never meet. Sampling runs through a queue with a concurrency limit; uploads are validated (file type,
+pixel count) and instructions too (length), with messages that say how to fix the input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import gradio as gr
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+import torch
+
+from diffusers_vincie import VincieEditingSession, VincieInContextPipeline
+
+HERE = Path(__file__).resolve().parent
+
+# =====================================================================================================
+#                                            Limits
+# =====================================================================================================
+
+ALLOWED_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+MAX_PIXELS = int(os.environ.get("VINCIE_SPACE_MAX_PIXELS", 16_000_000))  # 16 MP: a 4000 x 4000 photo
+MAX_UPLOAD_SIZE = os.environ.get("VINCIE_SPACE_MAX_FILE_SIZE", "25mb")
+MAX_INSTRUCTION_CHARS = 400
+MAX_REFERENCES = 6  # official multi-concept recipe: six reference images
+CONCURRENCY_LIMIT = int(os.environ.get("VINCIE_SPACE_CONCURRENCY", 1))  # one sampler at a time per GPU
+QUEUE_SIZE = int(os.environ.get("VINCIE_SPACE_QUEUE_SIZE", 32))
+
+
+# =====================================================================================================
+#                                           Model choice
+# =====================================================================================================
+
+
+@dataclass
+class LoadedModel:
+    """The pipeline and how the UI should present it.
+
+    Args:
+        pipe: the pipeline (already on its device).
+        name: what the banner calls it.
+        is_random: random weights (tests / no model available): the banner warns that outputs are noise.
+        steps: default sampler steps for this model.
+        resolution: default area resolution for this model.
+    """
+
+    pipe: VincieInContextPipeline
+    name: str
+    is_random: bool = False
+    steps: int = 50
+    resolution: int = 256
+
+
+def load_model() -> LoadedModel:
+    """Picks the model from the environment: `VINCIE_MODEL`, else the embedded default, else a tiny random one."""
+    import diffusers_vincie
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    checkpoint = os.environ.get("VINCIE_MODEL", "").strip()
+    if checkpoint:
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        pipe = VincieInContextPipeline.from_pretrained(checkpoint, torch_dtype=dtype)
+        model = LoadedModel(pipe, checkpoint)
+    elif os.environ.get("VINCIE_SPACE_TINY") != "1" and hasattr(diffusers_vincie, "load_default_pipeline"):
+        pipe = diffusers_vincie.load_default_pipeline()
+        model = LoadedModel(pipe, getattr(diffusers_vincie, "DEFAULT_MODEL", "embedded default model"))
+    else:
+        from diffusers_vincie.testing import tiny_pipeline
+
+        model = LoadedModel(tiny_pipeline(), "tiny random pipeline", is_random=True, steps=4, resolution=64)
+    model.pipe.to(device)
+    return model
+
+
+# =====================================================================================================
+#                                      ZeroGPU (optional)
+# =====================================================================================================
+
+GPU_SECONDS_BASE = 15.0
+GPU_SECONDS_PER_FRAME_STEP = 0.08  # one sampler step over one frame of context, at resolution 256
+GPU_SECONDS_MAX = 300.0
+
+
+def gpu_seconds(steps: float, frames: int, resolution: float, passes: int) -> int:
+    """ZeroGPU budget of one generation: grows with the frames in context (the number of turns)."""
+    area = (float(resolution) / 256.0) ** 2
+    return int(min(GPU_SECONDS_MAX, GPU_SECONDS_BASE + GPU_SECONDS_PER_FRAME_STEP * steps * frames * area * passes))
+
+
+def on_gpu(duration: Callable) -> Callable:
+    """``@spaces.GPU(duration=duration)`` when the `spaces` package is importable (Hugging Face Spaces); else a no-op."""
+    try:
+        import spaces
+    except ImportError:
+        return lambda fn: fn
+    return spaces.GPU(duration=duration)
+
+
+# =====================================================================================================
+#                                         Input validation
+# =====================================================================================================
+
+
+def open_user_image(path: str, name: Optional[str] = None) -> PIL.Image.Image:
+    """Opens an uploaded image as RGB, with friendly errors for wrong file types and too many pixels.
+
+    Args:
+        path: the uploaded file on the server (inside Gradio's upload cache).
+        name: the name the user gave the file (its suffix is the declared type).
+    """
+    shown = Path(name or path).name
+    if Path(shown).suffix.lower() not in ALLOWED_SUFFIXES:
+        raise gr.Error(f"'{shown}' is not a supported image file: upload a PNG, JPEG, WebP or BMP image.")
+    try:
+        with PIL.Image.open(path) as image:
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise gr.Error(too_many_pixels(shown, width, height))
+            return PIL.ImageOps.exif_transpose(image).convert("RGB")
+    except PIL.Image.DecompressionBombError:
+        raise gr.Error(too_many_pixels(shown, None, None)) from None
+    except (PIL.UnidentifiedImageError, OSError, SyntaxError):
+        raise gr.Error(f"'{shown}' could not be read as an image: upload a PNG, JPEG, WebP or BMP image.") from None
+
+
+def too_many_pixels(name: str, width: Optional[int], height: Optional[int]) -> str:
+    size = f" is {width} x {height} pixels ({width * height / 1e6:.1f} MP)" if width else " is far too large"
+    return f"'{name}'{size}; the limit is {MAX_PIXELS / 1e6:.0f} MP. Downscale the image and upload it again."
+
+
+def check_instruction(text: Optional[str], what: str = "instruction") -> str:
+    text = (text or "").strip()
+    if not text:
+        raise gr.Error(f"Type an {what} first, e.g. 'add a red hat to the cat'.")
+    if len(text) > MAX_INSTRUCTION_CHARS:
+        raise gr.Error(f"The {what} has {len(text)} characters; keep it under {MAX_INSTRUCTION_CHARS}.")
+    return text
+
+from gradio.events import Dependency
+
+class CheckedImage(gr.Image):
+    """`gr.Image` that validates uploads (type, pixel count) before the app sees them; the frontend is gr.Image's."""
+
+    is_template = True  # reuse the frontend of gr.Image
+
+    def preprocess(self, payload) -> Optional[PIL.Image.Image]:
+        if payload is None or payload.path is None:  # nothing, or a data: URL (pasted from the clipboard)
+            image = super().preprocess(payload)
+            if image is not None and image.width * image.height > MAX_PIXELS:
+                raise gr.Error(too_many_pixels("the pasted image", image.width, image.height))
+            return image
+        return open_user_image(payload.path, payload.orig_name)
+    from typing import Callable, Literal, Sequence, Any, TYPE_CHECKING
+    from gradio.blocks import Block
+    if TYPE_CHECKING:
+        from gradio.components import Timer
+        from gradio.components.base import Component
+
+
+# =====================================================================================================
+#                                      Per-user editing state
+# =====================================================================================================
+
+
+@dataclass
+class EditorState:
+    """One user's work: every branch of the session (restoring a turn starts a branch; none is lost)."""
+
+    branches: list = field(default_factory=list)  # [VincieEditingSession]
+    active: int = 0
+
+    @property
+    def session(self) -> VincieEditingSession:
+        return self.branches[self.active]
+
+
+def same_source(session: VincieEditingSession, image: PIL.Image.Image) -> bool:
+    source = session.sources[0].image
+    return source.size == image.size and np.array_equal(np.asarray(source), np.asarray(image.convert("RGB")))
+
+
+def history_items(session: VincieEditingSession) -> list:
+    """Gallery items ``(image, caption)``: the source, then one per turn."""
+    return [(image, "0 · source" if k == 0 else f"{k} · {instruction}") for k, (instruction, image) in enumerate(session.history)]
+
+
+def mask_items(session: VincieEditingSession) -> list:
+    """The predicted RoE masks (chain of editing) of every turn that has them."""
+    items = []
+    for k, turn in enumerate(session.turns, start=1):
+        for which, mask in zip(("current", "next"), turn.masks or ()):
+            items.append((mask, f"{k} · {which} region"))
+    return items
+
+
+def branch_choices(state: Optional[EditorState]) -> gr.Dropdown:
+    if state is None:
+        return gr.Dropdown(choices=[], value=None)
+    choices = [(f"branch {i + 1} · {len(s.turns)} turns", i) for i, s in enumerate(state.branches)]
+    return gr.Dropdown(choices=choices, value=state.active)
+
+
+def render(state: Optional[EditorState], note: str = "") -> tuple:
+    """Values of ``[state, result, history, masks, branch, turn, status]`` for ``state``."""
+    if state is None:
+        return None, None, [], [], branch_choices(None), 0, note or "Upload an image and type an instruction."
+    session = state.session
+    turns = len(session.turns)
+    status = f"Branch {state.active + 1} of {len(state.branches)} · {turns} turn{'s' * (turns != 1)}. {note}".strip()
+    return state, session.history[-1][1], history_items(session), mask_items(session), branch_choices(state), turns, status
+
+
+def require_session(state: Optional[EditorState]) -> EditorState:
+    if state is None:
+        raise gr.Error("There is no session yet: upload an image and make a first edit.")
+    return state
+
+
+def write_session_zip(session: VincieEditingSession, path: Path, model_name: str) -> Path:
+    """Zip with ``source.png``, ``turn_<k>.png`` (+ masks) and ``session.json`` (instructions); written atomically."""
+    record = {"model": model_name, "resolution": session.resolution, "source": "source.png", "turns": []}
+    tmp = path.with_suffix(".tmp")
+    with zipfile.ZipFile(tmp, "w") as archive:
+
+        def add(image: PIL.Image.Image, name: str) -> str:
+            with archive.open(name, "w") as f:
+                image.save(f, format="PNG")
+            return name
+
+        add(session.sources[0].image, "source.png")
+        for k, turn in enumerate(session.turns, start=1):
+            masks = [add(m, f"turn_{k}_mask_{w}.png") for w, m in zip(("current", "next"), turn.masks or ())]
+            record["turns"].append({"turn": k, "instruction": turn.instruction, "image": add(turn.image, f"turn_{k}.png"), "masks": masks})
+        archive.writestr("session.json", json.dumps(record, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+# =====================================================================================================
+#                                              UI
+# =====================================================================================================
+
+EXAMPLES = sorted(str(p) for p in (HERE / "examples").glob("*.png"))
+CSS = "#result img, #history img { image-rendering: pixelated; }"
+
+
+def build_demo(model: LoadedModel) -> gr.Blocks:
+    """The Blocks app for ``model``; its API names are edit, undo, restore, switch_branch, reset, download, compose."""
+    pipe = model.pipe
+    pipe.set_progress_bar_config(disable=False, leave=False)
+    download_dir = Path(tempfile.mkdtemp(prefix="vincie-space-"))  # one zip per browser session, overwritten
+
+    def generator(seed: float) -> torch.Generator:
+        return torch.Generator().manual_seed(int(seed))
+
+    def edit_seconds(image, instruction, steps, guidance, seed, resolution, chain, state, *rest) -> int:
+        frames = (len(state.session.turns) if state is not None else 0) + 2
+        passes = (2 if guidance != 1 else 1) * (3 if chain else 1)
+        return gpu_seconds(steps, frames, resolution, passes)
+
+    @on_gpu(duration=edit_seconds)
+    def edit(image, instruction, steps, guidance, seed, resolution, chain, state, progress=gr.Progress(track_tqdm=True)):
+        instruction = check_instruction(instruction)
+        if image is None and state is None:
+            raise gr.Error("Upload an image (or pick an example) to start a session.")
+        if state is None or (image is not None and not same_source(state.session, image)):
+            state = EditorState([pipe.start_session(image, resolution=int(resolution))])
+        try:
+            state.session.edit(
+                instruction, num_inference_steps=int(steps), guidance_scale=float(guidance),
+                generator=generator(seed), chain_of_editing=bool(chain),
+            )
+        except ValueError as error:  # e.g. the model's turn table is full
+            raise gr.Error(f"{error} Restore an earlier turn or reset the session.") from None
+        return render(state)
+
+    def undo(state):
+        state = require_session(state)
+        if not state.session.turns:
+            raise gr.Error("Nothing to undo: this session has no edits yet.")
+        state.session.undo()
+        return render(state, "Undid the last turn.")
+
+    def restore(turn, state):
+        state = require_session(state)
+        turn = int(turn)
+        if not 0 <= turn <= len(state.session.turns):
+            raise gr.Error(f"Pick a turn between 0 and {len(state.session.turns)}.")
+        state.branches.append(state.session.branch(turn))
+        state.active = len(state.branches) - 1
+        return render(state, f"Restored turn {turn} as a new branch; the other branches are kept.")
+
+    def switch_branch(branch, state):
+        state = require_session(state)
+        if branch is None or not 0 <= int(branch) < len(state.branches):
+            raise gr.Error(f"Pick a branch between 1 and {len(state.branches)}.")
+        state.active = int(branch)
+        return render(state)
+
+    def selected_turn(event: gr.SelectData) -> int:
+        return event.index
+
+    def reset():
+        return render(None, "Session cleared.")
+
+    def download(state, request: gr.Request):
+        state = require_session(state)
+        name = f"vincie-session-{request.session_hash or 'api'}.zip" if request else "vincie-session.zip"
+        return write_session_zip(state.session, download_dir / name, model.name)
+
+    def compose_seconds(files, prompt, steps, guidance, seed, resolution, *rest) -> int:
+        return gpu_seconds(steps, len(files or ()) + 1, resolution, 2 if guidance != 1 else 1)
+
+    @on_gpu(duration=compose_seconds)
+    def compose(files, prompt, steps, guidance, seed, resolution, progress=gr.Progress(track_tqdm=True)):
+        files = list(files or [])
+        limit = min(MAX_REFERENCES, pipe.transformer.config.max_turns - 1)
+        if not 2 <= len(files) <= limit:
+            raise gr.Error(f"Upload between 2 and {limit} reference images (got {len(files)}).")
+        images = [open_user_image(f if isinstance(f, str) else f.name) for f in files]
+        prompt = check_instruction(prompt, "description")
+        if "<IMG" not in prompt:  # official recipe: "Based on <IMG0>, <IMG1>, ... Output <IMGn>: description"
+            refs = ", ".join(f"<IMG{k}>" for k in range(len(images)))
+            prompt = f"Based on {refs}. Output <IMG{len(images)}>: {prompt}"
+        prompts = [f"<IMG{k}>: " for k in range(1, len(images))] + [prompt]
+        output = pipe(
+            images, prompts, use_prompt_template=False, num_inference_steps=int(steps), guidance_scale=float(guidance),
+            generator=generator(seed), resolution=int(resolution),
+        )
+        return output.images[0]
+
+    banner = f"**Model:** {model.name}."
+    if model.is_random:
+        banner = (
+            f"⚠️ **This demo runs a tiny random model** ({model.name}): no trained weights were found, so outputs are "
+            "noise. Set `VINCIE_MODEL` to a converted VINCIE checkpoint (folder or Hub id)."
+        )
+
+    with gr.Blocks(title="VINCIE: multi-turn image editing") as demo:
+        gr.Markdown(
+            "# VINCIE · in-context multi-turn image editing\n"
+            "Each edit sees the source, every earlier result and every earlier instruction. Click a turn in the "
+            "history to restore it (a new branch: nothing is lost).\n\n" + banner
+        )
+        state = gr.State(None)
+        with gr.Tab("Edit"):
+            with gr.Row():
+                with gr.Column():
+                    image = CheckedImage(label="Source image", type="pil", sources=["upload", "clipboard"], elem_id="source")
+                    if EXAMPLES:
+                        gr.Examples(EXAMPLES, inputs=[image], label="Examples")
+                    instruction = gr.Textbox(label="Instruction", placeholder="e.g. add a red circle", max_length=MAX_INSTRUCTION_CHARS, elem_id="instruction")
+                    with gr.Row():
+                        edit_button = gr.Button("Edit", variant="primary", elem_id="edit")
+                        undo_button = gr.Button("Undo", elem_id="undo")
+                        reset_button = gr.Button("Reset", elem_id="reset")
+                    with gr.Accordion("Advanced settings", open=False):
+                        steps = gr.Slider(1, 100, value=model.steps, step=1, label="Steps")
+                        guidance = gr.Slider(1.0, 15.0, value=7.5, step=0.5, label="Guidance scale")
+                        seed = gr.Number(0, precision=0, minimum=0, label="Seed")
+                        resolution = gr.Slider(32, 1024, value=model.resolution, step=32, label="Resolution (area, applies to a new session)")
+                        chain = gr.Checkbox(False, label="Chain of editing (predict the regions to edit first)")
+                with gr.Column():
+                    result = gr.Image(label="Result", type="pil", interactive=False, format="png", elem_id="result")
+                    status = gr.Markdown("Upload an image and type an instruction.", elem_id="status")
+            history = gr.Gallery(label="Session history (click a turn, then restore it)", columns=6, height="auto", format="png", elem_id="history")
+            with gr.Row():
+                turn = gr.Number(0, precision=0, minimum=0, label="Turn", elem_id="turn")
+                restore_button = gr.Button("Restore this turn (new branch)", elem_id="restore")
+                branch = gr.Dropdown(choices=[], label="Branch", interactive=True)
+                download_button = gr.Button("Download session (.zip)")
+            session_zip = gr.File(label="Session zip", interactive=False)
+            masks = gr.Gallery(label="Chain of editing: predicted regions (current, next) per turn", columns=6, height="auto", format="png")
+
+        with gr.Tab("Multi-concept"):
+            gr.Markdown(
+                "Upload 2 to 6 reference images and describe the picture to compose. Refer to them as `<IMG0>`, "
+                "`<IMG1>`, ... (a plain description is wrapped as `Based on <IMG0>, <IMG1>. Output <IMG2>: ...`)."
+            )
+            with gr.Row():
+                references = gr.File(label="Reference images", file_count="multiple", file_types=list(ALLOWED_SUFFIXES), type="filepath")
+                composed = gr.Image(label="Composition", type="pil", interactive=False, format="png")
+            compose_prompt = gr.Textbox(label="Description", placeholder="Based on <IMG0>, <IMG1>. Output <IMG2>: the cat wearing the hat", max_length=MAX_INSTRUCTION_CHARS)
+            compose_button = gr.Button("Compose", variant="primary")
+
+        views = [state, result, history, masks, branch, turn, status]
+        edit_inputs = [image, instruction, steps, guidance, seed, resolution, chain, state]
+        edit_button.click(edit, edit_inputs, views, api_name="edit")
+        instruction.submit(edit, edit_inputs, views, api_visibility="private")
+        undo_button.click(undo, [state], views, api_name="undo", concurrency_limit=None)
+        restore_button.click(restore, [turn, state], views, api_name="restore", concurrency_limit=None)
+        branch.input(switch_branch, [branch, state], views, api_name="switch_branch", concurrency_limit=None)
+        reset_button.click(reset, None, views, api_name="reset", concurrency_limit=None)
+        download_button.click(download, [state], [session_zip], api_name="download", concurrency_limit=None)
+        history.select(selected_turn, None, [turn], api_visibility="private", concurrency_limit=None)
+        compose_button.click(compose, [references, compose_prompt, steps, guidance, seed, resolution], [composed], api_name="compose")
+    demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_SIZE)
+    return demo
+
+
+def main() -> None:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    demo = build_demo(load_model())
+    demo.launch(max_file_size=MAX_UPLOAD_SIZE, css=CSS)
+
+
+if __name__ == "__main__":
+    main()
