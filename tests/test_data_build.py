@@ -289,6 +289,39 @@ def test_resume_after_a_crash_has_no_duplicate_or_lost_sessions(tmp_path):
     assert sorted(rows_by_id(out)) == sorted(expected)
 
 
+KILL_SCRIPT = """
+import os, signal, sys
+from diffusers_vincie.data.annotate import GroundTruthAnnotator
+from diffusers_vincie.data.build import SamplingConfig, build_sessions
+done = []
+def kill_after_three(video_id):
+    done.append(video_id)
+    if len(done) == 3:  # video 3 is encoded in the background but its shard is not written yet
+        os.kill(os.getpid(), signal.SIGKILL)
+build_sessions([sys.argv[1]], sys.argv[2], GroundTruthAnnotator(),
+               config=SamplingConfig(strategy="equal_interval", interval=1.0), shard_size=2,
+               on_video_done=kill_after_three)
+"""
+
+
+@pytest.mark.slow  # one fresh Python process
+def test_resume_after_sigkill_mid_run(tmp_path):
+    make_synthetic_videos(tmp_path / "videos", count=5, num_turns=2)
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    killed = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(tmp_path / "videos"), str(out)], env=env,
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert sorted(read_manifest(out)) == ["video0", "video1"]  # only the first shard (2 videos) was recorded
+    summary = build_sessions([tmp_path / "videos"], out, GroundTruthAnnotator(), config=GT_SAMPLING)
+    assert (summary.skipped, summary.processed, summary.sessions) == (2, 3, 5)
+    reference = tmp_path / "reference"
+    build_sessions([tmp_path / "videos"], reference, GroundTruthAnnotator(), config=GT_SAMPLING)
+    resumed, expected = rows_by_id(out), rows_by_id(reference)
+    assert sorted(resumed) == sorted(expected) == [f"video{i}/0" for i in range(5)]
+    assert all(comparable(resumed[key]) == comparable(expected[key]) for key in expected)
+
+
 def test_shard_written_but_not_recorded_is_discarded_and_redone(tmp_path, monkeypatch):
     make_synthetic_videos(tmp_path / "videos", count=3, num_turns=2)
     out = tmp_path / "out"
