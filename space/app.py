@@ -279,7 +279,7 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
         if image is None and state is None:
             raise gr.Error("Upload an image (or pick an example) to start a session.")
         if state is None or (image is not None and not same_source(state.session, image)):
-            state = EditorState([pipe.start_session(image, resolution=int(resolution))])
+            state = EditorState([pipe.start_session(image, resolution=int(resolution), generator=generator(seed))])
         try:
             state.session.edit(
                 instruction, num_inference_steps=int(steps), guidance_scale=float(guidance),

@@ -1,0 +1,310 @@
+"""The Space (space/app.py, space/deploy.py) on the tiny random pipeline, driven through gradio_client."""
+
+import configparser
+import importlib.util
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SPACE = REPO / "space"
+HOUSE, SHAPES = SPACE / "examples" / "house.png", SPACE / "examples" / "shapes.png"
+STEPS, RESOLUTION = 2, 64
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def load_space_module(name: str):
+    spec = importlib.util.spec_from_file_location(f"space_{name}", SPACE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[f"space_{name}"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VINCIE_SPACE_TINY", "1")
+        mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        yield load_space_module("app")
+
+
+@pytest.fixture(scope="module")
+def model(app):
+    return app.load_model()
+
+
+@pytest.fixture(scope="module")
+def url(app, model):
+    demo = app.build_demo(model)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                max_file_size=app.MAX_UPLOAD_SIZE)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+def client(url):
+    from gradio_client import Client
+
+    return Client(url, verbose=False)
+
+
+def edit(c, image, instruction, chain=False, seed=0):
+    from gradio_client import handle_file
+
+    image = None if image is None else handle_file(str(image))
+    return c.predict(image, instruction, STEPS, 7.5, seed, RESOLUTION, chain, api_name="/edit")
+
+
+def pixels(path) -> np.ndarray:
+    return np.asarray(PIL.Image.open(path).convert("RGB"))
+
+
+def captions(history) -> list:
+    return [item["caption"] for item in history]
+
+
+def direct_session_images(pipe, image_path, instructions, seed=0) -> list:
+    """What the app should return: the same session run on the pipeline itself, seeded as the app seeds it."""
+    session = pipe.start_session(PIL.Image.open(image_path).convert("RGB"), resolution=RESOLUTION,
+                                 generator=torch.Generator().manual_seed(seed))
+    return [np.asarray(session.edit(i, num_inference_steps=STEPS, guidance_scale=7.5,
+                                    generator=torch.Generator().manual_seed(seed))) for i in instructions]
+
+
+# =====================================================================================================
+#                                       Sessions through the API
+# =====================================================================================================
+
+
+def test_two_turns_and_undo(url, model):
+    c = client(url)
+    expected = direct_session_images(model.pipe, HOUSE, ["add a red circle", "make it bigger"])
+    result, history, masks, _, turn, status = edit(c, HOUSE, "add a red circle")
+    assert captions(history) == ["0 · source", "1 · add a red circle"] and turn == 1
+    np.testing.assert_array_equal(pixels(result), expected[0])
+    np.testing.assert_array_equal(pixels(history[0]["image"]), pixels(HOUSE))
+    assert masks == []
+
+    result, history, _, _, turn, _ = edit(c, None, "make it bigger")  # no image: continue this client's session
+    assert captions(history) == ["0 · source", "1 · add a red circle", "2 · make it bigger"] and turn == 2
+    np.testing.assert_array_equal(pixels(result), expected[1])  # turn 2 conditioned on turn 1, as in the pipeline
+
+    result, history, _, _, turn, status = c.predict(api_name="/undo")
+    assert captions(history) == ["0 · source", "1 · add a red circle"] and turn == 1 and "Undid" in status
+    np.testing.assert_array_equal(pixels(result), expected[0])
+
+
+def test_chain_of_editing_restore_branches_and_download(url):
+    c = client(url)
+    edit(c, SHAPES, "add a red circle")
+    _, history, masks, _, _, _ = edit(c, None, "move it left", chain=True)
+    assert [m["caption"] for m in masks] == ["2 · current region", "2 · next region"]
+    assert pixels(masks[0]["image"]).shape[:2] == pixels(history[2]["image"]).shape[:2]
+
+    _, history, _, branch, turn, status = c.predict(1, api_name="/restore")
+    assert captions(history) == ["0 · source", "1 · add a red circle"] and "Branch 2 of 2" in status
+    edit(c, None, "make it green")
+    _, history, _, _, _, _ = c.predict(0, api_name="/switch_branch")  # the first branch is intact
+    assert captions(history)[-1] == "2 · move it left"
+    _, history, _, _, _, _ = c.predict(1, api_name="/switch_branch")
+    assert captions(history)[-1] == "2 · make it green"
+
+    archive = zipfile.ZipFile(c.predict(api_name="/download"))
+    record = json.loads(archive.read("session.json"))
+    assert [t["instruction"] for t in record["turns"]] == ["add a red circle", "make it green"]
+    assert {"source.png", "turn_1.png", "turn_2.png"} <= set(archive.namelist())
+    np.testing.assert_array_equal(np.asarray(PIL.Image.open(archive.open("source.png"))), pixels(SHAPES))
+
+    _, history, _, _, turn, _ = c.predict(api_name="/reset")
+    assert history == [] and turn == 0
+
+
+def test_parallel_clients_keep_separate_sessions(url):
+    clients = {HOUSE: (client(url), "add a red circle"), SHAPES: (client(url), "remove the blue square")}
+    results, errors = {}, []
+
+    def run(path, c, instruction):
+        try:
+            edit(c, path, instruction)
+            results[path] = edit(c, None, "make it bigger")
+        except Exception as error:  # surfaced by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(p, c, i)) for p, (c, i) in clients.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    assert not errors, errors
+    for path, (_, instruction) in clients.items():
+        history = results[path][1]
+        assert captions(history) == ["0 · source", f"1 · {instruction}", "2 · make it bigger"]
+        np.testing.assert_array_equal(pixels(history[0]["image"]), pixels(path))
+
+
+def test_compose_multi_concept(url):
+    from gradio_client import handle_file
+
+    c = client(url)
+    composed = c.predict([handle_file(str(HOUSE)), handle_file(str(SHAPES))], "the house with the shapes",
+                         STEPS, 7.5, 0, RESOLUTION, api_name="/compose")
+    assert pixels(composed).ndim == 3
+    with pytest.raises(Exception, match="between 2 and"):
+        c.predict([handle_file(str(HOUSE))], "the house", STEPS, 7.5, 0, RESOLUTION, api_name="/compose")
+
+
+# =====================================================================================================
+#                                      Validation and isolation
+# =====================================================================================================
+
+
+def test_bad_input_gets_friendly_errors(url, app, tmp_path):
+    c = client(url)
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    with pytest.raises(Exception, match="'notes.txt' is not a supported image file: upload a PNG"):
+        edit(c, text, "add a red circle")
+    fake = tmp_path / "fake.png"
+    fake.write_bytes(b"definitely not a PNG")
+    with pytest.raises(Exception, match="'fake.png' could not be read as an image"):
+        edit(c, fake, "add a red circle")
+    side = int(app.MAX_PIXELS**0.5) + 100
+    huge = tmp_path / "huge.png"
+    PIL.Image.new("RGB", (side, side), "white").save(huge)
+    with pytest.raises(Exception, match=rf"'huge.png' is {side} x {side} pixels .*Downscale the image"):
+        edit(c, huge, "add a red circle")
+    with pytest.raises(Exception, match="keep it under 400"):
+        edit(c, HOUSE, "add a red circle " * 40)
+    with pytest.raises(Exception, match="Type an instruction first"):
+        edit(c, HOUSE, "   ")
+    with pytest.raises(Exception, match="Upload an image"):
+        edit(c, None, "add a red circle")
+    with pytest.raises(Exception, match="Nothing to undo|no session yet"):
+        c.predict(api_name="/undo")
+
+
+def test_server_paths_are_not_reachable(url):
+    import httpx
+
+    secret = str(REPO / "setup.cfg")
+    assert httpx.get(f"{url}gradio_api/file={secret}", timeout=10).status_code == 403
+    file_data = {"path": secret, "meta": {"_type": "gradio.FileData"}, "orig_name": "setup.png"}
+    event = httpx.post(f"{url}gradio_api/call/edit", json={"data": [file_data, "x", STEPS, 7.5, 0, 64, False]}, timeout=10)
+    stream = httpx.get(f"{url}gradio_api/call/edit/{event.json()['event_id']}", timeout=30).text
+    assert "event: error" in stream and "configparser" not in stream and "install_requires" not in stream
+
+
+# =====================================================================================================
+#                                     Model choice, ZeroGPU, deploy
+# =====================================================================================================
+
+
+def test_model_choice_from_environment(app, monkeypatch, tmp_path):
+    from diffusers_vincie.testing import tiny_pipeline
+
+    monkeypatch.setenv("VINCIE_SPACE_TINY", "1")
+    random_model = app.load_model()
+    assert random_model.is_random and "random" in random_model.name
+    tiny_pipeline(seed=3).save_pretrained(tmp_path / "checkpoint")
+    monkeypatch.setenv("VINCIE_MODEL", str(tmp_path / "checkpoint"))
+    loaded = app.load_model()
+    assert not loaded.is_random and loaded.name == str(tmp_path / "checkpoint")
+    reference = tiny_pipeline(seed=3).transformer.state_dict()
+    for name, tensor in loaded.pipe.transformer.state_dict().items():
+        torch.testing.assert_close(tensor, reference[name])
+
+
+def test_gpu_duration_grows_with_turns(app, model, monkeypatch):
+    import types
+
+    assert app.on_gpu(duration=lambda *a: 1)(len) is len  # no `spaces` package: a no-op
+    durations = {}
+
+    def gpu(duration):
+        def wrap(fn):
+            durations[fn.__name__] = duration
+            return fn
+
+        return wrap
+
+    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=gpu))
+    app.build_demo(model)
+    assert set(durations) == {"edit", "compose"}
+    session = model.pipe.start_session(PIL.Image.open(HOUSE), resolution=RESOLUTION)
+    seconds = []
+    for _ in range(3):
+        seconds.append(durations["edit"](None, "x", 50, 7.5, 0, 256, False, app.EditorState([session])))
+        session.edit("add a red circle", num_inference_steps=1)
+    assert seconds[0] < seconds[1] < seconds[2] <= app.GPU_SECONDS_MAX
+
+
+def test_deploy_dry_run_lists_exactly_the_uploaded_files(monkeypatch):
+    deploy = load_space_module("deploy")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, str(SPACE / "deploy.py"), "--repo-id", "someone/vincie", "--dry-run"],
+                         capture_output=True, text=True, env=env, timeout=60, check=True).stdout.splitlines()
+    files = out[1:]
+    assert out[0] == f"Would upload {len(files)} files to https://huggingface.co/spaces/someone/vincie:"
+    assert {"app.py", "README.md", "requirements.txt", "examples/house.png", "diffusers_vincie/__init__.py",
+            "diffusers_vincie/pipelines/session.py"} <= set(files)
+    assert not [f for f in files if "__pycache__" in f or f.endswith(".pyc")]
+
+    calls = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, **kwargs):
+            calls["create_repo"] = (repo_id, kwargs)
+
+        def upload_folder(self, folder_path, **kwargs):
+            calls["uploaded"] = sorted(p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*") if p.is_file())
+            calls["upload_folder"] = kwargs
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    assert deploy.deploy("someone/vincie") == files
+    assert calls["create_repo"] == ("someone/vincie", {"repo_type": "space", "space_sdk": "gradio", "private": False, "exist_ok": True})
+    assert calls["uploaded"] == files and calls["upload_folder"]["repo_type"] == "space"
+
+    bad = subprocess.run([sys.executable, str(SPACE / "deploy.py"), "--repo-id", "no-slash", "--dry-run"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert bad.returncode == 2 and "must look like USER/NAME" in bad.stderr
+
+
+def test_space_metadata_and_requirements():
+    readme = (SPACE / "README.md").read_text()
+    front = readme.split("---")[1]
+    for key in ("sdk: gradio", "app_file: app.py", "python_version:", "sdk_version: 6.", "suggested_hardware:", "models:"):
+        assert key in front
+    import gradio
+
+    assert f"sdk_version: {gradio.__version__}" in front  # the Space runs the gradio the tests ran
+    setup = configparser.ConfigParser()
+    setup.read(REPO / "setup.cfg")
+    needed = {re.split(r"[<>=!\s]", line.strip())[0].lower() for line in setup["options"]["install_requires"].splitlines() if line.strip()}
+    listed = {re.split(r"[<>=!\s]", line)[0].lower() for line in (SPACE / "requirements.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")}
+    assert needed <= listed, f"space/requirements.txt misses {needed - listed}"
