@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -394,6 +395,12 @@ def test_cli_builds_a_loadable_dataset_and_explains_bad_arguments(tmp_path, synt
     assert "--vlm-model" in capsys.readouterr().err
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.mark.slow  # two fresh Python processes importing torch: ~30 s on 2 shared cores
 def test_two_accelerate_processes_build_the_same_rows_as_one(tmp_path, synthetic_folder):
     single, double = tmp_path / "single", tmp_path / "double"
@@ -401,7 +408,7 @@ def test_two_accelerate_processes_build_the_same_rows_as_one(tmp_path, synthetic
     build_sessions([synthetic_folder], single, GroundTruthAnnotator(), config=config)
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
         str(REPO / "dataset_scripts" / "build_sessions.py"), str(synthetic_folder), "--output", str(double),
         "--annotator", "ground_truth", "--strategy", "hybrid", "--interval", "1.0", "--shard-size", "1",
     ]
