@@ -275,3 +275,14 @@ def test_frame_index_slots_for_mask_aware_models(image):
     assert [f.tolist() for f in seen] == [[0, 1], [0, 1, 2], [0, 1, 2, 3]]
     with pytest.raises(ValueError, match="frame_index_mode"):
         tiny_pipeline(frame_index_mode="sparse")
+
+
+def test_earlier_outputs_given_as_images_follow_the_official_turn_loop(pipe, image):
+    """Official loop: turn k gets the source + earlier outputs as images and all k+1 prompts, templated."""
+    session = pipe.start_session([image, image], resolution=32)
+    session.add_instruction("add a red circle")
+    session.edit("make it bigger", num_inference_steps=1)
+    assert [t.prompt for t in session.reference_texts + [session.turns[0].text]] == [
+        "Based on <IMG0>, add a red circle. Output <IMG1>: ",
+        "Based on <IMG1>, make it bigger. Output <IMG2>: ",
+    ]

@@ -143,12 +143,13 @@ class VincieEditingSession:
     # ------------------------------------------------------------------------------------- editing
 
     def add_instruction(self, prompt: str) -> None:
-        """Adds the prompt of a reference image (composition mode; used verbatim, no template)."""
+        """Adds the instruction that follows a given image other than the last (earlier turns given as images, as
+        in the official loop, or reference prompts of composition mode with ``use_prompt_template=False``)."""
         if self.turns:
             raise ValueError("Reference prompts must be added before the first edit.")
         if len(self.reference_texts) >= len(self.sources) - 1:
             raise ValueError("Every reference image already has its prompt; the next prompt is an edit.")
-        self.reference_texts.append(self._text(prompt, self._next_turn_index(), templated=False))
+        self.reference_texts.append(self._text(prompt, self._next_turn_index(), templated=self.use_prompt_template))
 
     @torch.no_grad()
     def edit(
