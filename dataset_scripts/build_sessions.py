@@ -39,6 +39,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vlm-model", default=None, help="image-text-to-text model for --annotator vlm")
     parser.add_argument("--max-attempts", type=int, default=3, help="VLM tries per transition before rejecting it")
     parser.add_argument("--max-new-tokens", type=int, default=512, help="VLM generation budget per try")
+    parser.add_argument("--vlm-batch-size", type=int, default=8, help="transitions per VLM generate call")
     parser.add_argument("--detector", default=DEFAULT_DETECTOR, help="GroundingDINO checkpoint for RoE masks")
     parser.add_argument("--segmenter", default=DEFAULT_SEGMENTER, help="SAM2 checkpoint for RoE masks")
     parser.add_argument("--no-regions", action="store_true", help="store null masks instead of running GroundingDINO+SAM2")
@@ -77,7 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         annotator = GroundTruthAnnotator()  # exact masks: no region models needed
     else:
         annotator = VLMAnnotator.from_pretrained(
-            args.vlm_model, device=device, max_attempts=args.max_attempts, max_new_tokens=args.max_new_tokens
+            args.vlm_model, device=device, max_attempts=args.max_attempts, max_new_tokens=args.max_new_tokens,
+            batch_size=args.vlm_batch_size,
         )
         if not args.no_regions:
             region_masker = RegionMasker.from_pretrained(args.detector, args.segmenter, device=device)

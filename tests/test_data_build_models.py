@@ -122,7 +122,7 @@ def tiny_vlm():
         tokenizer_object=backend, unk_token="<unk>", eos_token="<|im_end|>", pad_token="<|endoftext|>",
         additional_special_tokens=SPECIAL_TOKENS[2:],
     )
-    image_processor = Qwen2VLImageProcessorPil(size={"shortest_edge": 28 * 28, "longest_edge": 56 * 56})
+    image_processor = Qwen2VLImageProcessorPil(size={"shortest_edge": 28 * 28, "longest_edge": 112 * 112})
     processor = ImageOnlyQwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
     text_config = dict(
         vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
@@ -209,17 +209,18 @@ def make_transition(size: int = 64) -> Transition:
     return Transition("unused.mp4", "clip", frames[0], frames[1])
 
 
-def answer_on_attempt(processor, monkeypatch, valid_from: int, answer: dict = VALID_ANSWER) -> list[str]:
-    """Makes decoding return the model's real (garbage) text until attempt ``valid_from``, then ``answer``."""
-    real_decode, texts = processor.batch_decode, []
+def answer_from_call(processor, monkeypatch, valid_from: int, answer: dict = VALID_ANSWER) -> list[int]:
+    """Makes decoding return the model's real (garbage) text before call ``valid_from``, then ``answer`` for
+    every row; returns the batch size of each decode call."""
+    real_decode, calls = processor.batch_decode, []
 
     def decode(token_ids, **kwargs):
-        text = real_decode(token_ids, **kwargs)[0] if len(texts) + 1 < valid_from else json.dumps(answer)
-        texts.append(text)
-        return [text]
+        calls.append(len(token_ids))
+        texts = real_decode(token_ids, **kwargs)
+        return texts if len(calls) < valid_from else [json.dumps(answer)] * len(texts)
 
     monkeypatch.setattr(processor, "batch_decode", decode)
-    return texts
+    return calls
 
 
 # ================================================================================================
@@ -251,15 +252,31 @@ def test_vlm_garbage_is_retried_then_rejected_with_a_logged_reason(tiny_vlm, cap
 
 def test_vlm_valid_answer_after_a_retry_is_accepted(tiny_vlm, monkeypatch):
     model, processor = tiny_vlm
-    texts = answer_on_attempt(processor, monkeypatch, valid_from=2)
+    calls = answer_from_call(processor, monkeypatch, valid_from=2)
     annotation = VLMAnnotator(model, processor, max_attempts=3, max_new_tokens=8).annotate(make_transition())
-    assert len(texts) == 2 and annotation.instruction == "make the red circle blue"
+    assert calls == [1, 1] and annotation.instruction == "make the red circle blue"
     assert annotation.details["attempts"] == 2 and annotation.source_mask is None
+
+
+def test_vlm_batches_transitions_and_retries_only_the_failed_ones(tiny_vlm, monkeypatch):
+    model, processor = tiny_vlm
+    garbage, valid = "{not json", json.dumps(VALID_ANSWER)
+    answers = iter([[garbage, valid], [garbage], [valid, valid]])  # per generate call
+    batch_sizes = []
+    monkeypatch.setattr(processor, "batch_decode", lambda ids, **kwargs: batch_sizes.append(len(ids)) or next(answers))
+    annotator = VLMAnnotator(model, processor, max_attempts=2, max_new_tokens=4, batch_size=2)
+    # frames of different sizes give prompts of different lengths: the batch is really (left-)padded
+    results = annotator.annotate_many([make_transition(), make_transition(112), make_transition()])
+    assert batch_sizes == [2, 1, 2]  # attempt 1: transitions 0-1, then 2; attempt 2: the failed 0 and 2
+    assert [r.details["attempts"] for r in results] == [2, 1, 2]
+    assert processor.tokenizer.padding_side == "left"
 
 
 def test_vlm_annotator_rejects_bad_arguments(tiny_vlm):
     with pytest.raises(ValueError, match="max_attempts"):
         VLMAnnotator(*tiny_vlm, max_attempts=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        VLMAnnotator(*tiny_vlm, batch_size=0)
 
 
 # ================================================================================================
@@ -310,11 +327,11 @@ def test_build_with_garbage_vlm_rejects_every_transition_without_crashing(tiny_v
 
 def test_build_with_vlm_and_regions_produces_sessions(tiny_vlm, tiny_region_masker, two_videos, monkeypatch):
     model, processor = tiny_vlm
-    texts = answer_on_attempt(processor, monkeypatch, valid_from=1)
+    calls = answer_from_call(processor, monkeypatch, valid_from=1)
     annotator = VLMAnnotator(model, processor, model_id="tiny-qwen2-vl", max_attempts=2, max_new_tokens=6)
     config = SamplingConfig(strategy="equal_interval", interval=1.0)
     result = sessions_from_video(two_videos / "clip0.mp4", "clip0", annotator, config, tiny_region_masker)
-    assert len(texts) == 2 and len(result.sessions) == 1
+    assert calls == [2] and len(result.sessions) == 1  # both transitions of the clip in one batch
     session = result.sessions[0]
     assert session.instructions == ["make the red circle blue"] * 2
     assert session.camera_motion == ["static", "static"]

@@ -103,6 +103,16 @@ class TransitionAnnotator(ABC):
             AnnotationRejected: When the transition cannot be annotated (the reason is kept).
         """
 
+    def annotate_many(self, transitions: list[Transition]) -> list[TransitionAnnotation | AnnotationRejected]:
+        """Annotates several transitions (back-ends override this to batch); rejections are returned, not raised."""
+        results: list[TransitionAnnotation | AnnotationRejected] = []
+        for transition in transitions:
+            try:
+                results.append(self.annotate(transition))
+            except AnnotationRejected as rejected:
+                results.append(rejected)
+        return results
+
 
 # ------------------------------------------------------------------------------------------------
 # Parsing the structured answer of a chat model
@@ -217,6 +227,8 @@ class VLMAnnotator(TransitionAnnotator):
         model_id: Name stored in the dataset's annotator metadata.
         max_attempts: Tries per transition; the first is greedy, the retries sample with ``temperature``.
         max_new_tokens: Generation budget per try (the chain of thought needs a few hundred tokens).
+        batch_size: Transitions per ``generate`` call (all transitions of a clip are annotated together). The
+            tokenizer is switched to left padding, which batched generation needs.
         temperature: Sampling temperature of the retries.
         prompt: The instruction given to the model (default: :data:`CHAIN_OF_THOUGHT_PROMPT`).
     """
@@ -231,16 +243,23 @@ class VLMAnnotator(TransitionAnnotator):
         model_id: str | None = None,
         max_attempts: int = 3,
         max_new_tokens: int = 512,
+        batch_size: int = 8,
         temperature: float = 0.7,
         prompt: str = CHAIN_OF_THOUGHT_PROMPT,
     ):
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got max_attempts={max_attempts}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got batch_size={batch_size}")
+        tokenizer = getattr(processor, "tokenizer", None)
+        if tokenizer is not None:
+            tokenizer.padding_side = "left"
         self.model = model
         self.processor = processor
         self.model_id = model_id or getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
         self.max_attempts = max_attempts
         self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
         self.temperature = temperature
         self.prompt = prompt
 
@@ -272,50 +291,67 @@ class VLMAnnotator(TransitionAnnotator):
     def metadata(self) -> dict[str, Any]:
         return {"name": self.name, "model": self.model_id, "prompt_version": PROMPT_VERSION}
 
-    def _generate(self, transition: Transition, sample: bool) -> str:
+    @staticmethod
+    def _conversation(transition: Transition, prompt: str) -> list[dict[str, Any]]:
+        content = [
+            {"type": "image", "image": transition.source.image},
+            {"type": "image", "image": transition.target.image},
+            {"type": "text", "text": prompt},
+        ]
+        return [{"role": "user", "content": content}]
+
+    def _generate(self, transitions: list[Transition], sample: bool) -> list[str]:
+        """One batched ``generate`` call; returns the decoded answer of each transition."""
         import torch
 
-        messages = [
-            {
-                "role": "user",
-                "content": [
-                    {"type": "image", "image": transition.source.image},
-                    {"type": "image", "image": transition.target.image},
-                    {"type": "text", "text": self.prompt},
-                ],
-            }
-        ]
         inputs = self.processor.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+            [self._conversation(transition, self.prompt) for transition in transitions],
+            add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt", padding=True,
         ).to(self.model.device)
         sampling = {"do_sample": True, "temperature": self.temperature} if sample else {"do_sample": False}
         with torch.inference_mode():
             output_ids = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, **sampling)
-        new_tokens = output_ids[:, inputs["input_ids"].shape[1] :]  # (1, generated)
-        return self.processor.batch_decode(new_tokens, skip_special_tokens=True)[0]
+        new_tokens = output_ids[:, inputs["input_ids"].shape[1] :]  # (batch, generated); prompts are left-padded
+        return self.processor.batch_decode(new_tokens, skip_special_tokens=True)
+
+    def annotate_many(self, transitions: list[Transition]) -> list[TransitionAnnotation | AnnotationRejected]:
+        results: list[TransitionAnnotation | AnnotationRejected | None] = [None] * len(transitions)
+        reasons: list[list[str]] = [[] for _ in transitions]
+        pending = list(range(len(transitions)))
+        for attempt in range(self.max_attempts):
+            if not pending:
+                break
+            failed = []
+            for start in range(0, len(pending), self.batch_size):
+                batch = pending[start : start + self.batch_size]
+                texts = self._generate([transitions[i] for i in batch], sample=attempt > 0)
+                for i, text in zip(batch, texts):
+                    try:
+                        results[i] = parse_annotation(text)
+                        results[i].details["attempts"] = attempt + 1
+                    except AnnotationRejected as rejected:
+                        reasons[i].append(rejected.reason)
+                        failed.append(i)
+                        logger.info(
+                            "%s t=%.2f->%.2f attempt %d/%d: malformed answer: %s", transitions[i].video_id,
+                            transitions[i].source.timestamp, transitions[i].target.timestamp, attempt + 1,
+                            self.max_attempts, rejected.reason,
+                        )
+            pending = failed
+        for i in pending:
+            reason = f"malformed model output after {self.max_attempts} attempt(s); last: {reasons[i][-1]}"
+            logger.warning(
+                "rejected transition %s t=%.2f->%.2f: %s",
+                transitions[i].video_id, transitions[i].source.timestamp, transitions[i].target.timestamp, reason,
+            )
+            results[i] = AnnotationRejected(reason)
+        return results
 
     def annotate(self, transition: Transition) -> TransitionAnnotation:
-        reasons = []
-        for attempt in range(self.max_attempts):
-            text = self._generate(transition, sample=attempt > 0)
-            try:
-                annotation = parse_annotation(text)
-            except AnnotationRejected as rejected:
-                reasons.append(rejected.reason)
-                logger.info(
-                    "%s t=%.2f->%.2f attempt %d/%d: malformed answer: %s",
-                    transition.video_id, transition.source.timestamp, transition.target.timestamp,
-                    attempt + 1, self.max_attempts, rejected.reason,
-                )
-                continue
-            annotation.details["attempts"] = attempt + 1
-            return annotation
-        reason = f"malformed model output after {self.max_attempts} attempt(s); last: {reasons[-1]}"
-        logger.warning(
-            "rejected transition %s t=%.2f->%.2f: %s",
-            transition.video_id, transition.source.timestamp, transition.target.timestamp, reason,
-        )
-        raise AnnotationRejected(reason)
+        (result,) = self.annotate_many([transition])
+        if isinstance(result, AnnotationRejected):
+            raise result
+        return result
 
 
 # ------------------------------------------------------------------------------------------------

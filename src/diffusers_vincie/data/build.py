@@ -238,12 +238,13 @@ def sessions_from_video(
         # two targets can land on one frame in very short clips: keep each frame once
         frames = [f for i, f in enumerate(frames) if i == 0 or f.frame_index != frames[i - 1].frame_index]
         annotations: list[TransitionAnnotation | None] = []
-        for source, target in pairwise(frames):
-            try:
-                annotations.append(annotator.annotate(Transition(str(path), video_id, source, target)))
-            except AnnotationRejected as rejected:
-                result.rejected_transitions.append(rejected.reason)
+        transitions = [Transition(str(path), video_id, source, target) for source, target in pairwise(frames)]
+        for annotation in annotator.annotate_many(transitions):
+            if isinstance(annotation, AnnotationRejected):
+                result.rejected_transitions.append(annotation.reason)
                 annotations.append(None)
+            else:
+                annotations.append(annotation)
         for run_frames, run_annotations in _runs(frames, annotations, config.max_frames):
             if len(run_frames) < 2:
                 continue
