@@ -256,7 +256,11 @@ def write_session_zip(session: VincieEditingSession, path: Path, model_name: str
 # =====================================================================================================
 
 EXAMPLES = sorted(str(p) for p in (HERE / "examples").glob("*.png"))
-CSS = "#result img, #history img { image-rendering: pixelated; }"
+CSS = """
+#result img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
+#history img, #masks img { image-rendering: pixelated; }
+#history .grid-container, #masks .grid-container { --grid-cols: 6 !important; }
+"""  # small outputs stay crisp; the galleries keep thumbnails small however few turns there are
 
 
 def build_demo(model: LoadedModel) -> gr.Blocks:
@@ -361,7 +365,7 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
         with gr.Tab("Edit"):
             with gr.Row():
                 with gr.Column():
-                    image = CheckedImage(label="Source image", type="pil", sources=["upload", "clipboard"], elem_id="source")
+                    image = CheckedImage(label="Source image", type="pil", sources=["upload", "clipboard"], height=300, elem_id="source")
                     if EXAMPLES:
                         gr.Examples(EXAMPLES, inputs=[image], label="Examples")
                     instruction = gr.Textbox(label="Instruction", placeholder="e.g. add a red circle", max_length=MAX_INSTRUCTION_CHARS, elem_id="instruction")
@@ -376,16 +380,23 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
                         resolution = gr.Slider(32, 1024, value=model.resolution, step=32, label="Resolution (area, applies to a new session)")
                         chain = gr.Checkbox(False, label="Chain of editing (predict the regions to edit first)")
                 with gr.Column():
-                    result = gr.Image(label="Result", type="pil", interactive=False, format="png", elem_id="result")
+                    result = gr.Image(label="Result", type="pil", interactive=False, format="png", height=420, elem_id="result")
                     status = gr.Markdown("Upload an image and type an instruction.", label="status", elem_id="status")
-            history = gr.Gallery(label="Session history (click a turn, then restore it)", columns=6, height="auto", format="png", elem_id="history")
+            history = gr.Gallery(
+                label="Session history (click a turn, then restore it)", columns=8, height=200, object_fit="contain",
+                allow_preview=False, format="png", elem_id="history",
+            )
             with gr.Row():
                 turn = gr.Number(0, precision=0, minimum=0, label="Turn", elem_id="turn")
                 restore_button = gr.Button("Restore this turn (new branch)", elem_id="restore")
                 branch = gr.Dropdown(choices=[], label="Branch", interactive=True)
                 download_button = gr.Button("Download session (.zip)")
-            session_zip = gr.File(label="Session zip", interactive=False)
-            masks = gr.Gallery(label="Chain of editing: predicted regions (current, next) per turn", columns=6, height="auto", format="png")
+            with gr.Row():
+                masks = gr.Gallery(
+                    label="Chain of editing: predicted regions (current, next) per turn", columns=6, height=160,
+                    object_fit="contain", format="png", elem_id="masks", scale=3,
+                )
+                session_zip = gr.File(label="Session zip", interactive=False, height=160, scale=1)
 
         with gr.Tab("Multi-concept"):
             gr.Markdown(
