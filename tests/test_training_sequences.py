@@ -330,3 +330,15 @@ def test_prompt_cache_returns_the_encoder_output(text_cache):
     text_cache(prompts)
     assert text_cache.hits == hits + 2
     assert first[1].shape[0] == 1 and first[0].shape[0] > 5
+
+
+def test_dataset_groups_turns_and_masks_per_micro_step():
+    config = SequenceConfig(layout="block_causal", min_turns=1, max_turns=3, mask_probability=0.5)
+    grouped = SyntheticSessionsDataset(WORLD, 20, 3, config, group_turns=True)
+    free = SyntheticSessionsDataset(WORLD, 20, 3, config, group_turns=False)
+    mixed_free = 0
+    for step in range(8):
+        plans = [grouped[(i, step)].plan for i in range(6)]
+        assert len({(p.num_turns, p.with_masks) for p in plans}) == 1
+        mixed_free += len({(free[(i, step)].plan.num_turns, free[(i, step)].plan.with_masks) for i in range(6)}) > 1
+    assert mixed_free >= 6  # without grouping the samples of a step differ

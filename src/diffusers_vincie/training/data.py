@@ -101,8 +101,9 @@ def item_generator(seed: int, step: int, index: int, stream: int = 0) -> np.rand
 class _PlanningDataset(Dataset):
     """Base: ``dataset[(index, step)]`` -> :class:`PlannedSample` with a plan drawn from ``(seed, step, index)``.
 
-    With ``group_turns`` every sample of a micro-step gets the same number of turns (drawn from ``(seed, step)``),
-    so the sequences of a batch have similar lengths and attention pads little (see ``padding_report``).
+    With ``group_turns`` every sample of a micro-step gets the same number of turns and the same mask inclusion
+    (drawn from ``(seed, step)``), so the sequences of a batch have similar lengths and attention pads little
+    (see ``padding_report``); over many steps each sample still sees the configured distributions.
     """
 
     def __init__(self, config: SequenceConfig, seed: int, group_turns: bool = True):
@@ -115,12 +116,13 @@ class _PlanningDataset(Dataset):
         index, step = key
         sample = self.session(index)
         has_masks = sample.source_masks is not None and sample.target_masks is not None
-        num_turns = None
+        num_turns = with_masks = None
         if self.group_turns:
-            turns = item_generator(self.seed, step, 0, stream=4)  # shared by every sample of the micro-step
-            num_turns = int(turns.integers(self.config.min_turns, self.config.max_turns + 1))
+            shared = item_generator(self.seed, step, 0, stream=4)  # the same draws for every sample of the micro-step
+            num_turns = int(shared.integers(self.config.min_turns, self.config.max_turns + 1))
+            with_masks = bool(shared.random() < self.config.mask_probability)
         plan = plan_sequence(sample.num_turns, has_masks, self.config, item_generator(self.seed, step, index),
-                             num_turns=num_turns)
+                             num_turns=num_turns, with_masks=with_masks)
         return PlannedSample(sample, plan, step, index)
 
 

@@ -188,6 +188,7 @@ def plan_sequence(
     config: SequenceConfig,
     generator: np.random.Generator,
     num_turns: int | None = None,
+    with_masks: bool | None = None,
 ) -> SequencePlan:
     """Draws one training sequence from a session (window, masks, context dropout, targets).
 
@@ -198,6 +199,8 @@ def plan_sequence(
         generator: numpy generator; the same state gives the same plan (resumable data order).
         num_turns: edits of the window, drawn by the caller (e.g. one value per batch so that the samples of a
             batch have similar lengths); capped by the session. Default: uniform in ``[min_turns, max_turns]``.
+        with_masks: whether the masks are in, drawn by the caller (likewise per batch); ignored for sessions
+            without masks. Default: drawn with ``config.mask_probability``.
     """
     if num_session_turns < 1:
         raise ValueError(f"A session needs at least one edit (two frames), got {num_session_turns} edits.")
@@ -206,7 +209,8 @@ def plan_sequence(
     drawn = int(generator.integers(min_turns, max_turns + 1))
     num_turns = drawn if num_turns is None else max(1, min(int(num_turns), num_session_turns))
     start = int(generator.integers(0, num_session_turns - num_turns + 1))
-    with_masks = has_masks and bool(generator.random() < config.mask_probability)
+    masks_drawn = bool(generator.random() < config.mask_probability)
+    with_masks = has_masks and (masks_drawn if with_masks is None else bool(with_masks))
     items = session_items(num_turns, with_masks)
     frames = [item for item in items if isinstance(item, FrameItem)]
     prompt_orders = [items.index(("text", k)) for k in range(num_turns)]
