@@ -163,7 +163,8 @@ def add_output_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--checkpoints_total_limit", type=int, default=None)
     group.add_argument("--resume_from_checkpoint", type=str, default=None,
                        help='A checkpoint folder, or "latest" (no-op when the output dir has none).')
-    group.add_argument("--validation_steps", type=int, default=0, help="Sample validation grids every N steps (0: off).")
+    group.add_argument("--validation_steps", type=int, default=0,
+                       help="Sample validation grids every N steps (0: off).")
     group.add_argument("--num_validation_sessions", type=int, default=4)
     group.add_argument("--validation_inference_steps", type=int, default=10)
     group.add_argument("--validation_guidance_scale", type=float, default=1.0)

@@ -67,7 +67,9 @@ class PromptEmbeddingCache:
         max_entries: prompts kept; the least recently used are evicted.
     """
 
-    def __init__(self, text_encoder, tokenizer, max_length: int = 150, enabled: bool = True, max_entries: int = 200_000):
+    def __init__(
+        self, text_encoder, tokenizer, max_length: int = 150, enabled: bool = True, max_entries: int = 200_000
+    ):
         self.text_encoder, self.tokenizer, self.max_length = text_encoder, tokenizer, max_length
         self.enabled, self.max_entries = enabled, max_entries
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -80,7 +82,8 @@ class PromptEmbeddingCache:
         self.hits += len(prompts) - len(missing)
         self.misses += len(missing)
         if missing:
-            for prompt, emb in zip(missing, encode_prompts(self.text_encoder, self.tokenizer, missing, self.max_length)):
+            encoded = encode_prompts(self.text_encoder, self.tokenizer, missing, self.max_length)
+            for prompt, emb in zip(missing, encoded):
                 self._cache[prompt] = emb.cpu()
         out = []
         for p in prompts:
