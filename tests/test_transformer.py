@@ -252,12 +252,17 @@ def test_checkpoint_refusals(official_fixtures):
     assert load_official_dit(wrapped).config.num_layers == 4
 
 
-def test_pickle_with_objects_is_refused(tmp_path):
-    import collections
+class _Arbitrary:
+    """Any class outside torch's weights-only allowlist."""
 
+
+def test_pickle_with_objects_is_refused(tmp_path):
     path = tmp_path / "dit.pth"
-    torch.save({"model": collections.Counter(a=1)}, path)
-    with pytest.raises(ValueError, match="weights-only|flat mapping"):
+    torch.save({"blocks.0.weight": torch.zeros(1), "extra": _Arbitrary()}, path)
+    with pytest.raises(ValueError, match="objects other than tensors"):
+        load_official_dit(path)
+    torch.save({"model": {"nested": torch.zeros(1)}}, path)
+    with pytest.raises(ValueError, match="not a flat state dict"):
         load_official_dit(path)
 
 

@@ -13,6 +13,7 @@ from typing import Mapping, Optional, Union
 
 import torch
 
+from .checkpoint import load_torch_state_dict, validate_state_dict
 from ..models.transformer_vincie import VincieRotaryEmbedding, VincieTransformer, swiglu_hidden_size
 
 FLOPS_WRAP_FRAGMENT = "_flops_wrap_module."
@@ -47,21 +48,7 @@ _SLOT = {"shift": 0, "scale": 1, "gate": 2}
 
 def load_official_state_dict(source: Union[str, os.PathLike, Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Reads ``dit.pth`` safely (``weights_only``, ``mmap``) and strips the ``_flops_wrap_module.`` fragment."""
-    if isinstance(source, Mapping):
-        state = dict(source)
-    else:
-        try:
-            state = torch.load(os.fspath(source), map_location="cpu", weights_only=True, mmap=True)
-        except Exception as err:  # pickle.UnpicklingError or a non-zip legacy file
-            raise ValueError(
-                f"Could not load {source!r} as a weights-only checkpoint ({type(err).__name__}: {err}). "
-                "Only flat dictionaries of tensors are accepted; pickled Python objects are refused for safety."
-            ) from err
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(
-            "The DiT checkpoint must be a flat mapping of key -> tensor (as the official loader uses it); "
-            f"got {type(state).__name__} with non-tensor entries. Unwrap nested 'state_dict'/'ema' dictionaries first."
-        )
+    state = validate_state_dict(source, "state dict") if isinstance(source, Mapping) else load_torch_state_dict(source)
     return {k.replace(FLOPS_WRAP_FRAGMENT, ""): v for k, v in state.items()}
 
 
