@@ -76,7 +76,7 @@ def load_model() -> LoadedModel:
     checkpoint = os.environ.get("VINCIE_MODEL", "").strip()
     if checkpoint:
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
-        pipe = VincieInContextPipeline.from_pretrained(checkpoint, torch_dtype=dtype)
+        pipe = VincieInContextPipeline.from_pretrained(checkpoint, dtype=dtype)
         model = LoadedModel(pipe, checkpoint)
     elif os.environ.get("VINCIE_SPACE_TINY") != "1" and hasattr(diffusers_vincie, "load_default_pipeline"):
         pipe = diffusers_vincie.load_default_pipeline()
