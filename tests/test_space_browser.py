@@ -45,7 +45,7 @@ def url():
     demo.close()
 
 
-def test_browser_uploads_edits_twice_and_shows_the_results(url, tmp_path):
+def test_browser_uploads_edits_twice_shows_the_results_and_restores(url, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as p:
@@ -69,6 +69,12 @@ def test_browser_uploads_edits_twice_and_shows_the_results(url, tmp_path):
 
         shot = tmp_path / "space.png"
         page.screenshot(path=str(shot), full_page=True)
+
+        page.locator("#history button.thumbnail-item").nth(1).click()  # turn 1
+        expect(page.locator("#turn input")).to_have_value("1")
+        page.locator("#restore").click()
+        expect(page.locator("#status")).to_contain_text("Branch 2 of 2 · 1 turn")
+        expect(page.locator("#history img")).to_have_count(2)
         browser.close()
     assert shot.stat().st_size > 10_000
     if os.environ.get("VINCIE_SPACE_SCREENSHOT"):
