@@ -17,9 +17,10 @@ import json
 import os
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import gradio as gr
 import numpy as np
@@ -36,12 +37,12 @@ HERE = Path(__file__).resolve().parent
 # =====================================================================================================
 
 ALLOWED_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-MAX_PIXELS = int(os.environ.get("VINCIE_SPACE_MAX_PIXELS", 16_000_000))  # 16 MP: a 4000 x 4000 photo
+MAX_PIXELS = int(os.environ.get("VINCIE_SPACE_MAX_PIXELS", "16000000"))  # 16 MP: a 4000 x 4000 photo
 MAX_UPLOAD_SIZE = os.environ.get("VINCIE_SPACE_MAX_FILE_SIZE", "25mb")
 MAX_INSTRUCTION_CHARS = 400
 MAX_REFERENCES = 6  # official multi-concept recipe: six reference images
-CONCURRENCY_LIMIT = int(os.environ.get("VINCIE_SPACE_CONCURRENCY", 1))  # one sampler at a time per GPU
-QUEUE_SIZE = int(os.environ.get("VINCIE_SPACE_QUEUE_SIZE", 32))
+CONCURRENCY_LIMIT = int(os.environ.get("VINCIE_SPACE_CONCURRENCY", "1"))  # one sampler at a time per GPU
+QUEUE_SIZE = int(os.environ.get("VINCIE_SPACE_QUEUE_SIZE", "32"))
 
 
 # =====================================================================================================
@@ -154,18 +155,25 @@ def check_instruction(text: Optional[str], what: str = "instruction") -> str:
     return text
 
 
-class CheckedImage(gr.Image):
-    """`gr.Image` that validates uploads (type, pixel count) before the app sees them; the frontend is gr.Image's."""
+def checked_image(**kwargs) -> gr.Image:
+    """A `gr.Image` (PIL) whose uploads are validated (type, pixel count) before the app sees them.
 
-    is_template = True  # reuse the frontend of gr.Image
+    Its ``preprocess`` is replaced on the instance: a `gr.Image` subclass would make Gradio write a ``.pyi`` stub
+    next to this file.
+    """
+    component = gr.Image(type="pil", **kwargs)
+    default_preprocess = component.preprocess
 
-    def preprocess(self, payload) -> Optional[PIL.Image.Image]:
+    def preprocess(payload) -> Optional[PIL.Image.Image]:
         if payload is None or payload.path is None:  # nothing, or a data: URL (pasted from the clipboard)
-            image = super().preprocess(payload)
+            image = default_preprocess(payload)
             if image is not None and image.width * image.height > MAX_PIXELS:
                 raise gr.Error(too_many_pixels("the pasted image", image.width, image.height))
             return image
         return open_user_image(payload.path, payload.orig_name)
+
+    component.preprocess = preprocess
+    return component
 
 
 # =====================================================================================================
@@ -365,7 +373,7 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
         with gr.Tab("Edit"):
             with gr.Row():
                 with gr.Column():
-                    image = CheckedImage(label="Source image", type="pil", sources=["upload", "clipboard"], height=300, elem_id="source")
+                    image = checked_image(label="Source image", sources=["upload", "clipboard"], height=300, elem_id="source")
                     if EXAMPLES:
                         gr.Examples(EXAMPLES, inputs=[image], label="Examples")
                     instruction = gr.Textbox(label="Instruction", placeholder="e.g. add a red circle", max_length=MAX_INSTRUCTION_CHARS, elem_id="instruction")

@@ -75,7 +75,10 @@ def main() -> None:
     direct_s = min(direct() for _ in range(args.sessions))
     api_s = min(through_api() for _ in range(args.sessions))
     demo.close()
-    per_turn = lambda seconds: seconds / args.turns  # noqa: E731
+
+    def per_turn(seconds: float) -> float:
+        return seconds / args.turns
+
     print(f"model: {model.name}; {args.turns} turns, {args.steps} steps, resolution {args.resolution}; best of {args.sessions}")
     print(f"direct session : {per_turn(direct_s):.3f} s/turn")
     print(f"gradio_client  : {per_turn(api_s):.3f} s/turn")
