@@ -377,6 +377,7 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
                     if EXAMPLES:
                         gr.Examples(EXAMPLES, inputs=[image], label="Examples")
                     instruction = gr.Textbox(label="Instruction", placeholder="e.g. add a red circle", max_length=MAX_INSTRUCTION_CHARS, elem_id="instruction")
+                    chain = gr.Checkbox(False, label="Chain of editing: predict the regions to edit first (shown below)", elem_id="chain")
                     with gr.Row():
                         edit_button = gr.Button("Edit", variant="primary", elem_id="edit")
                         undo_button = gr.Button("Undo", elem_id="undo")
@@ -386,7 +387,6 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
                         guidance = gr.Slider(1.0, 15.0, value=7.5, step=0.5, label="Guidance scale")
                         seed = gr.Number(0, precision=0, minimum=0, label="Seed")
                         resolution = gr.Slider(32, 1024, value=model.resolution, step=32, label="Resolution (area, applies to a new session)")
-                        chain = gr.Checkbox(False, label="Chain of editing (predict the regions to edit first)")
                 with gr.Column():
                     result = gr.Image(label="Result", type="pil", interactive=False, format="png", height=420, elem_id="result")
                     status = gr.Markdown("Upload an image and type an instruction.", label="status", elem_id="status")
@@ -409,7 +409,8 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
         with gr.Tab("Multi-concept"):
             gr.Markdown(
                 "Upload 2 to 6 reference images and describe the picture to compose. Refer to them as `<IMG0>`, "
-                "`<IMG1>`, ... (a plain description is wrapped as `Based on <IMG0>, <IMG1>. Output <IMG2>: ...`)."
+                "`<IMG1>`, ... (a plain description is wrapped as `Based on <IMG0>, <IMG1>. Output <IMG2>: ...`). "
+                "Steps, guidance, seed and resolution come from the Edit tab's advanced settings."
             )
             with gr.Row():
                 references = gr.File(label="Reference images", file_count="multiple", file_types=list(ALLOWED_SUFFIXES), type="filepath")

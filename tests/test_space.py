@@ -250,6 +250,7 @@ def test_gpu_duration_grows_with_turns(app, model, monkeypatch):
     monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=gpu))
     app.build_demo(model)
     assert set(durations) == {"edit", "compose"}
+    assert not (SPACE / "app.pyi").exists()  # building the app writes nothing next to it
     session = model.pipe.start_session(PIL.Image.open(HOUSE), resolution=RESOLUTION)
     seconds = []
     for _ in range(3):

@@ -58,6 +58,8 @@ def test_browser_uploads_edits_twice_shows_the_results_and_restores(url, tmp_pat
 
         instruction = page.locator("#instruction textarea")
         for k, text in enumerate(["add a red circle", "make it bigger"], start=1):
+            if k == 2:
+                page.locator("#chain input").check()  # chain of editing: the predicted masks are shown
             instruction.fill(text)
             page.locator("#edit").click()
             expect(page.locator("#history img")).to_have_count(k + 1)  # source + one image per turn
@@ -66,6 +68,7 @@ def test_browser_uploads_edits_twice_shows_the_results_and_restores(url, tmp_pat
         natural_width = page.locator("#result img").evaluate("img => img.complete ? img.naturalWidth : 0")
         assert natural_width > 0, "the result image did not load"
         expect(page.locator("#history")).to_contain_text("2 · make it bigger")
+        expect(page.locator("#masks img")).to_have_count(2)  # current and next region of turn 2
 
         shot = tmp_path / "space.png"
         page.screenshot(path=str(shot), full_page=True)
