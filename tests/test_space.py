@@ -173,6 +173,20 @@ def test_compose_multi_concept(url):
         c.predict([handle_file(str(HOUSE))], "the house", STEPS, 7.5, 0, RESOLUTION, api_name="/compose")
 
 
+def test_full_turn_table_gets_a_friendly_error(app):
+    import gradio as gr
+
+    from diffusers_vincie.testing import tiny_pipeline
+
+    demo = app.build_demo(app.LoadedModel(tiny_pipeline(max_turns=2), "two-turn model", is_random=True))
+    edit_fn = next(f.fn for f in demo.fns.values() if f.api_name == "edit")
+    image, state = PIL.Image.open(HOUSE).convert("RGB"), None
+    for instruction in ("add a red circle", "make it bigger"):
+        state = edit_fn(image, instruction, 1, 1.0, 0, RESOLUTION, False, state)[0]
+    with pytest.raises(gr.Error, match="turn table .*Restore an earlier turn or reset the session"):
+        edit_fn(image, "move it left", 1, 1.0, 0, RESOLUTION, False, state)
+
+
 # =====================================================================================================
 #                                      Validation and isolation
 # =====================================================================================================
