@@ -1,50 +1,16 @@
-"""`evaluate` module: DINO: cosine similarity of the DINO ViT class tokens of prediction and reference (published numbers: facebook/dino-vits16). Higher is better.
-
-Implementation: ``diffusers_vincie.evaluation.magicbrush`` (see its docstring for the exact definitions and where
-they can differ from the original MagicBrush code).
-"""
-
-import datasets
-import evaluate
-import numpy as np
+"""`evaluate` module: DINO, the cosine similarity of the DINO ViT class tokens of prediction and reference
+(published numbers: facebook/dino-vits16). Higher is better.
+Implementation: ``diffusers_vincie.evaluation.magicbrush``."""
 
 from diffusers_vincie.evaluation import magicbrush
-
-_DESCRIPTION = "DINO: cosine similarity of the DINO ViT class tokens of prediction and reference (published numbers: facebook/dino-vits16). Higher is better."
-
-_KWARGS_DESCRIPTION = """
-Args:
-    predictions: edited images (PIL).
-    references: reference images, one per prediction.
-    model_name_or_path: checkpoint folder or Hub id (resolved from the local cache with HF_HUB_OFFLINE=1).
-    device: torch device of the model.
-    batch_size: inputs per forward.
-Returns:
-    {"dino": mean over the pairs}
-"""
-
-_CITATION = """@inproceedings{zhang2023magicbrush,
-  title={MagicBrush: A Manually Annotated Dataset for Instruction-Guided Image Editing},
-  author={Zhang, Kai and Mo, Lingbo and Chen, Wenhu and Sun, Huan and Su, Yu},
-  booktitle={NeurIPS Datasets and Benchmarks},
-  year={2023}
-}
-"""
+from diffusers_vincie.evaluation.metrics import base
 
 
-@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
-class Dino(evaluate.Metric):
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Image(), "references": datasets.Image()}),
-        )
+class Dino(base.MagicBrushMetric):
+    metric_name = "dino"
+    description = __doc__
+    extra_args = base.MODEL_ARGS
 
-    def _compute(self, predictions, references, model_name_or_path="facebook/dino-vits16", device="cpu", batch_size=16):
-        if not predictions:
-            raise ValueError("`predictions` is empty.")
+    def scores(self, predictions, references, model_name_or_path="facebook/dino-vits16", device="cpu", batch_size=16):
         scorer = magicbrush.cached_dino_scorer(str(model_name_or_path), device, batch_size)
-        scores = magicbrush.cosine_similarities(scorer.image_features(predictions), scorer.image_features(references))
-        return {"dino": float(np.mean(scores))}
+        return magicbrush.cosine_similarities(scorer.image_features(predictions), scorer.image_features(references))
