@@ -41,7 +41,7 @@ MAX_PIXELS = int(os.environ.get("VINCIE_SPACE_MAX_PIXELS", "16000000"))  # 16 MP
 MAX_UPLOAD_SIZE = os.environ.get("VINCIE_SPACE_MAX_FILE_SIZE", "25mb")
 MAX_INSTRUCTION_CHARS = 400
 MAX_REFERENCES = 6  # official multi-concept recipe: six reference images
-CONCURRENCY_LIMIT = int(os.environ.get("VINCIE_SPACE_CONCURRENCY", "1"))  # one sampler at a time per GPU
+SAMPLER_CONCURRENCY = 1  # the pipeline keeps scheduler state: one sampling call at a time
 QUEUE_SIZE = int(os.environ.get("VINCIE_SPACE_QUEUE_SIZE", "32"))
 
 
@@ -95,7 +95,7 @@ def load_model() -> LoadedModel:
 # =====================================================================================================
 
 GPU_SECONDS_BASE = 15.0
-GPU_SECONDS_PER_FRAME_STEP = 0.08  # one sampler step over one frame of context, at resolution 256
+GPU_SECONDS_PER_FRAME_STEP = 0.08  # estimate: one sampler step over one frame of context at resolution 256
 GPU_SECONDS_MAX = 300.0
 
 
@@ -420,16 +420,20 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
 
         views = [state, result, history, masks, branch, turn, status]
         edit_inputs = [image, instruction, steps, guidance, seed, resolution, chain, state]
-        edit_button.click(edit, edit_inputs, views, api_name="edit")
-        instruction.submit(edit, edit_inputs, views, api_visibility="private")
+        sampling = dict(concurrency_id="sampler", concurrency_limit=SAMPLER_CONCURRENCY)  # one group for all samplers
+        edit_button.click(edit, edit_inputs, views, api_name="edit", **sampling)
+        instruction.submit(edit, edit_inputs, views, api_visibility="private", **sampling)
         undo_button.click(undo, [state], views, api_name="undo", concurrency_limit=None)
         restore_button.click(restore, [turn, state], views, api_name="restore", concurrency_limit=None)
         branch.input(switch_branch, [branch, state], views, api_name="switch_branch", concurrency_limit=None)
         reset_button.click(reset, None, views, api_name="reset", concurrency_limit=None)
         download_button.click(download, [state], [session_zip], api_name="download", concurrency_limit=None)
         history.select(selected_turn, None, [turn], api_visibility="private", concurrency_limit=None)
-        compose_button.click(compose, [references, compose_prompt, steps, guidance, seed, resolution], [composed], api_name="compose")
-    demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_SIZE)
+        compose_button.click(
+            compose, [references, compose_prompt, steps, guidance, seed, resolution], [composed], api_name="compose",
+            **sampling,
+        )
+    demo.queue(max_size=QUEUE_SIZE)
     return demo
 
 

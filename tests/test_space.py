@@ -273,6 +273,13 @@ def test_gpu_duration_grows_with_turns(app, model, monkeypatch):
     assert seconds[0] < seconds[1] < seconds[2] <= app.GPU_SECONDS_MAX
 
 
+def test_sampling_events_share_one_concurrency_slot(app, model):
+    demo = app.build_demo(model)
+    samplers = [f for f in demo.fns.values() if getattr(f.fn, "__name__", "") in ("edit", "compose")]
+    assert len(samplers) == 3  # edit button, Enter in the instruction box, compose
+    assert {(f.concurrency_id, f.concurrency_limit) for f in samplers} == {("sampler", 1)}
+
+
 def test_deploy_dry_run_lists_exactly_the_uploaded_files(monkeypatch):
     deploy = load_space_module("deploy")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
