@@ -15,7 +15,7 @@ from datasets import Dataset, Features, Image, List, Value
 from diffusers_vincie.evaluation import (
     PipelineEditor,
     generate_outputs,
-    load_sessions,
+    load_benchmark_sessions,
     output_filename,
 )
 
@@ -61,14 +61,14 @@ def test_load_sessions_from_parquet_and_save_to_disk(tmp_path):
     dataset.to_parquet(str(tmp_path / "bench.parquet"))
     dataset.save_to_disk(str(tmp_path / "saved"))
     for source in (tmp_path / "bench.parquet", tmp_path / "saved"):
-        sessions = load_sessions(source)
+        sessions = load_benchmark_sessions(source)
         assert len(sessions) == 3
         session = sessions[2]
         assert session.index == "2"
         assert session.instructions == ["s2-t1 edit", "s2-t2 edit", "s2-t3 edit"]
         assert session.operations == ["add"] * 3
         assert session.source.mode == "RGB" and session.source.getpixel((0, 0)) == (20, 20, 30)
-    assert len(load_sessions(tmp_path / "bench.parquet", limit=2)) == 2
+    assert len(load_benchmark_sessions(tmp_path / "bench.parquet", limit=2)) == 2
 
 
 def test_load_sessions_groups_magicbrush_turns():
@@ -83,7 +83,7 @@ def test_load_sessions_groups_magicbrush_turns():
         features=Features({"img_id": Value("string"), "turn_index": Value("int32"), "source_img": Image(),
                            "target_img": Image(), "instruction": Value("string")}),
     )
-    sessions = load_sessions(rows)
+    sessions = load_benchmark_sessions(rows)
     assert [s.index for s in sessions] == ["7", "5"]
     first = sessions[0]
     assert first.instructions == ["7a", "7b"]  # ordered by turn_index
@@ -94,9 +94,9 @@ def test_load_sessions_groups_magicbrush_turns():
 def test_load_sessions_rejects_unknown_columns(tmp_path):
     Dataset.from_dict({"picture": ["x"], "prompts": ["y"]}).to_parquet(str(tmp_path / "bad.parquet"))
     with pytest.raises(ValueError, match="MSE-Bench needs"):
-        load_sessions(tmp_path / "bad.parquet")
+        load_benchmark_sessions(tmp_path / "bad.parquet")
     with pytest.raises(FileNotFoundError, match="source"):
-        load_sessions(tmp_path / "missing" / "dir")
+        load_benchmark_sessions(tmp_path / "missing" / "dir")
 
 
 # -----------------------------------------------------------------------------------------------------
@@ -109,7 +109,7 @@ def test_output_filename_matches_official_generator():
 
 
 def test_generate_feeds_history_and_names_outputs(tmp_path):
-    sessions = load_sessions(tiny_mse_bench(num_sessions=2, num_turns=3))
+    sessions = load_benchmark_sessions(tiny_mse_bench(num_sessions=2, num_turns=3))
     editor = RecordingEditor()
     summary = generate_outputs(editor, sessions, tmp_path, seed_offset=100, show_progress=False)
 
@@ -130,7 +130,7 @@ def test_generate_feeds_history_and_names_outputs(tmp_path):
 
 
 def test_generate_resumes_and_skips_finished_sessions(tmp_path):
-    sessions = load_sessions(tiny_mse_bench(num_sessions=2, num_turns=3))
+    sessions = load_benchmark_sessions(tiny_mse_bench(num_sessions=2, num_turns=3))
     generate_outputs(RecordingEditor(), sessions, tmp_path, show_progress=False)
     (tmp_path / "1_turn2_rep0_seed1.png").unlink()  # as if the run had been killed during its last turn
 
@@ -148,7 +148,7 @@ def test_generate_resumes_and_skips_finished_sessions(tmp_path):
 
 
 def test_generate_rejects_bad_editor_output_and_max_turns(tmp_path):
-    sessions = load_sessions(tiny_mse_bench(num_sessions=1))
+    sessions = load_benchmark_sessions(tiny_mse_bench(num_sessions=1))
     with pytest.raises(TypeError, match="must return a PIL image"):
         generate_outputs(lambda images, instructions, seed: np.zeros((4, 4, 3)), sessions, tmp_path, show_progress=False)
     with pytest.raises(ValueError, match="max_turns"):
@@ -183,12 +183,12 @@ def test_load_sessions_reads_the_unzipped_magicbrush_test_folder(tmp_path):
     images.mkdir(parents=True)
     for name, value in (("42-input.png", 1), ("42-output1.png", 2), ("42-output2.png", 3)):
         solid((value, value, value)).save(images / name)
-    (session,) = load_sessions(tmp_path)
+    (session,) = load_benchmark_sessions(tmp_path)
     assert session.index == "42" and session.instructions == ["add a cat", "make it red"]
     assert session.source.getpixel((0, 0)) == (1, 1, 1)
     assert [r.getpixel((0, 0)) for r in session.references] == [(2, 2, 2), (3, 3, 3)]
     with pytest.raises(ValueError, match="limit"):
-        load_sessions(tmp_path, limit=0)
+        load_benchmark_sessions(tmp_path, limit=0)
 
 
 @pytest.mark.slow

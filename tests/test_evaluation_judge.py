@@ -29,7 +29,7 @@ from diffusers_vincie.evaluation import (
     SessionJudgement,
     TurnVerdict,
     judge_benchmark,
-    load_sessions,
+    load_benchmark_sessions,
     parse_judge_reply,
     summarize,
 )
@@ -214,7 +214,7 @@ def csv_rows(path):
 
 def test_regenerated_output_invalidates_its_cached_verdicts(mse_fixture, server, tmp_path):
     bench, outputs = mse_fixture
-    sessions = load_sessions(bench)
+    sessions = load_benchmark_sessions(bench)
     client = JudgeClient(server.base_url, "fake-judge", backoff_seconds=0)
     cache = tmp_path / "cache"
     judge_benchmark(client, sessions, outputs, cache, num_workers=2, show_progress=False)
@@ -235,7 +235,7 @@ def test_regenerated_output_invalidates_its_cached_verdicts(mse_fixture, server,
 
 def test_persistent_errors_are_bounded_and_reported(mse_fixture, tmp_path):
     bench, outputs = mse_fixture
-    sessions = load_sessions(bench, limit=1)
+    sessions = load_benchmark_sessions(bench, limit=1)
     sleeps: list[float] = []
 
     fake = FakeJudgeServer({(0, 1): [503, 503, 503, 503]})
@@ -275,7 +275,7 @@ def test_missing_outputs_and_key_give_clear_errors(mse_fixture, tmp_path, monkey
     (outputs / "2_turn1_rep0_seed2.png").unlink()
     client = JudgeClient("http://127.0.0.1:9/v1", "m", max_retries=0)
     with pytest.raises(FileNotFoundError, match="run `generate` first"):
-        judge_benchmark(client, load_sessions(bench), outputs, tmp_path / "cache", show_progress=False)
+        judge_benchmark(client, load_benchmark_sessions(bench), outputs, tmp_path / "cache", show_progress=False)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(SystemExit, match="OPENAI_API_KEY"):
         main(["judge", "--dataset", str(bench), "--outputs", str(outputs), "--base-url", "https://api.openai.com/v1"])

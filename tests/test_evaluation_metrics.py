@@ -25,7 +25,7 @@ from diffusers_vincie.evaluation.magicbrush import (
     resize_and_center_crop,
 )
 from diffusers_vincie.evaluation.metrics import METRIC_MODULES, metric_path
-from diffusers_vincie.evaluation.sessions import load_sessions
+from diffusers_vincie.evaluation.sessions import load_benchmark_sessions
 
 
 def solid(value: int, size=(12, 10)) -> PIL.Image.Image:
@@ -156,7 +156,7 @@ def test_metrics_cli_final_all_and_per_turn(tmp_path, tiny_models):
 
 def test_metrics_errors_name_the_fix(tmp_path, tiny_models):
     dataset, outputs, _ = magicbrush_dataset(tmp_path)
-    sessions = load_sessions(dataset)
+    sessions = load_benchmark_sessions(dataset)
     with pytest.raises(ValueError, match="--captions"):
         evaluate_magicbrush(sessions, outputs, metrics=["clip-t"])
     with pytest.raises(ValueError, match="unknown names"):

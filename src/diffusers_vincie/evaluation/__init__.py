@@ -19,7 +19,7 @@ from .judge import (
     parse_judge_reply,
 )
 from .report import TurnSummary, summarize, write_report
-from .sessions import EditSession, load_sessions, output_filename
+from .sessions import EditSession, load_benchmark_sessions, output_filename
 
 __all__ = [
     "DEFAULT_JUDGE_MODEL",
@@ -38,7 +38,7 @@ __all__ = [
     "generate_outputs",
     "judge_benchmark",
     "judge_session",
-    "load_sessions",
+    "load_benchmark_sessions",
     "output_filename",
     "parse_judge_reply",
     "summarize",

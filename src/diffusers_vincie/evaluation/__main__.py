@@ -144,9 +144,9 @@ def build_editor(args: argparse.Namespace) -> Any:
 
 def run_generate(args: argparse.Namespace) -> int:
     from .generate import generate_outputs
-    from .sessions import load_sessions
+    from .sessions import load_benchmark_sessions
 
-    sessions = load_sessions(args.dataset, split=args.split, limit=args.limit)
+    sessions = load_benchmark_sessions(args.dataset, split=args.split, limit=args.limit)
     summary = generate_outputs(build_editor(args), sessions, args.output_dir, seed_offset=args.seed_offset,
                                max_turns=args.max_turns)
     print(f"generate: {summary.sessions_generated} session(s) generated, {summary.sessions_skipped} skipped, "
@@ -157,7 +157,7 @@ def run_generate(args: argparse.Namespace) -> int:
 def run_judge(args: argparse.Namespace) -> int:
     from .judge import JudgeClient, judge_benchmark
     from .report import summarize, write_report
-    from .sessions import load_sessions
+    from .sessions import load_benchmark_sessions
 
     api_key = os.environ.get(args.api_key_env)
     if not api_key and "api.openai.com" in args.base_url:
@@ -167,7 +167,7 @@ def run_judge(args: argparse.Namespace) -> int:
     except json.JSONDecodeError as error:
         raise SystemExit(f"--extra-body is not valid JSON: {error}") from None
     report_dir = Path(args.report_dir or Path(args.outputs) / f"judge-{re.sub(r'[^A-Za-z0-9._-]+', '_', args.model)}")
-    sessions = load_sessions(args.dataset, split=args.split, limit=args.limit)
+    sessions = load_benchmark_sessions(args.dataset, split=args.split, limit=args.limit)
     if args.results_dataset:
         export_published_outputs(args, sessions)
     client = JudgeClient(args.base_url, args.model, api_key, timeout=args.timeout, max_retries=args.max_retries,
@@ -210,9 +210,9 @@ def export_published_outputs(args: argparse.Namespace, sessions: Any) -> None:
 
 def run_metrics(args: argparse.Namespace) -> int:
     from .magicbrush import METRIC_NAMES, evaluate_magicbrush
-    from .sessions import load_sessions
+    from .sessions import load_benchmark_sessions
 
-    sessions = load_sessions(args.dataset, split=args.split, limit=args.limit)
+    sessions = load_benchmark_sessions(args.dataset, split=args.split, limit=args.limit)
     captions_path = Path(args.captions) if args.captions else Path(args.dataset) / "global_descriptions.json"
     captions = json.loads(captions_path.read_text()) if captions_path.is_file() else None
     if args.metrics is None:

@@ -164,7 +164,7 @@ def generate_outputs(
 
     Args:
         editor: The editor (see :class:`Editor`; :class:`PipelineEditor` wraps a diffusers pipeline).
-        sessions: The benchmark (see :func:`~diffusers_vincie.evaluation.sessions.load_sessions`).
+        sessions: The benchmark (see :func:`~diffusers_vincie.evaluation.sessions.load_benchmark_sessions`).
         output_dir: Folder of the outputs; created if missing; existing outputs are reused (resume).
         seed_offset: Seed of session ``index`` is ``seed_offset + index`` (official: 0).
         max_turns: Generate at most this many turns per session (all by default).

@@ -251,7 +251,7 @@ def evaluate_magicbrush(
     """MagicBrush metrics of ``generate`` outputs against the per-turn references.
 
     Args:
-        sessions: Sessions with ``references`` (MagicBrush format, see ``load_sessions``).
+        sessions: Sessions with ``references`` (MagicBrush format, see ``load_benchmark_sessions``).
         outputs_dir: Folder of the ``generate`` outputs.
         metrics: Subset of ``l1, l2, clip-i, clip-t, dino``.
         captions: MagicBrush global descriptions (required by ``clip-t``).

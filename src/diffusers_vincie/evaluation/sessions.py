@@ -31,7 +31,7 @@ import PIL.Image
 __all__ = [
     "EditSession",
     "SessionList",
-    "load_sessions",
+    "load_benchmark_sessions",
     "output_filename",
     "output_path",
     "session_seed",
@@ -119,7 +119,7 @@ class SessionList(Sequence[EditSession]):
             yield self[position]
 
 
-def load_sessions(source: str | os.PathLike | Any, split: str = "train", limit: int | None = None) -> SessionList:
+def load_benchmark_sessions(source: str | os.PathLike | Any, split: str = "train", limit: int | None = None) -> SessionList:
     """Load a benchmark as a list of sessions.
 
     Args:
