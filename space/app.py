@@ -16,8 +16,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -187,6 +189,7 @@ class EditorState:
 
     branches: list = field(default_factory=list)  # [VincieEditingSession]
     active: int = 0
+    busy: threading.Lock = field(default_factory=threading.Lock, repr=False)  # held while a handler changes it
 
     @property
     def session(self) -> VincieEditingSession:
@@ -233,10 +236,17 @@ def render(state: Optional[EditorState], note: str = "") -> tuple:
     return state, session.history[-1][1], history_items(session), mask_items(session), branch_choices(state), turns, status
 
 
-def require_session(state: Optional[EditorState]) -> EditorState:
+@contextmanager
+def claimed(state: Optional[EditorState]) -> Iterator[EditorState]:
+    """The user's state, held for one handler: an undo cannot land in the middle of that user's running edit."""
     if state is None:
         raise gr.Error("There is no session yet: upload an image and make a first edit.")
-    return state
+    if not state.busy.acquire(blocking=False):
+        raise gr.Error("An edit of this session is still running: wait for it to finish.")
+    try:
+        yield state
+    finally:
+        state.busy.release()
 
 
 def write_session_zip(session: VincieEditingSession, path: Path, model_name: str) -> Path:
@@ -292,36 +302,37 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
             raise gr.Error("Upload an image (or pick an example) to start a session.")
         if state is None or (image is not None and not same_source(state.session, image)):
             state = EditorState([pipe.start_session(image, resolution=int(resolution), generator=generator(seed))])
-        try:
-            state.session.edit(
-                instruction, num_inference_steps=int(steps), guidance_scale=float(guidance),
-                generator=generator(seed), chain_of_editing=bool(chain),
-            )
-        except ValueError as error:  # e.g. the model's turn table is full
-            raise gr.Error(f"{error} Restore an earlier turn or reset the session.") from None
+        with claimed(state):
+            try:
+                state.session.edit(
+                    instruction, num_inference_steps=int(steps), guidance_scale=float(guidance),
+                    generator=generator(seed), chain_of_editing=bool(chain),
+                )
+            except ValueError as error:  # e.g. the model's turn table is full
+                raise gr.Error(f"{error} Restore an earlier turn or reset the session.") from None
         return render(state)
 
     def undo(state):
-        state = require_session(state)
-        if not state.session.turns:
-            raise gr.Error("Nothing to undo: this session has no edits yet.")
-        state.session.undo()
+        with claimed(state):
+            if not state.session.turns:
+                raise gr.Error("Nothing to undo: this session has no edits yet.")
+            state.session.undo()
         return render(state, "Undid the last turn.")
 
     def restore(turn, state):
-        state = require_session(state)
-        turn = int(turn)
-        if not 0 <= turn <= len(state.session.turns):
-            raise gr.Error(f"Pick a turn between 0 and {len(state.session.turns)}.")
-        state.branches.append(state.session.branch(turn))
-        state.active = len(state.branches) - 1
+        with claimed(state):
+            turn = int(turn)
+            if not 0 <= turn <= len(state.session.turns):
+                raise gr.Error(f"Pick a turn between 0 and {len(state.session.turns)}.")
+            state.branches.append(state.session.branch(turn))
+            state.active = len(state.branches) - 1
         return render(state, f"Restored turn {turn} as a new branch; the other branches are kept.")
 
     def switch_branch(branch, state):
-        state = require_session(state)
-        if branch is None or not 0 <= int(branch) < len(state.branches):
-            raise gr.Error(f"Pick a branch between 1 and {len(state.branches)}.")
-        state.active = int(branch)
+        with claimed(state):
+            if branch is None or not 0 <= int(branch) < len(state.branches):
+                raise gr.Error(f"Pick a branch between 1 and {len(state.branches)}.")
+            state.active = int(branch)
         return render(state)
 
     def selected_turn(event: gr.SelectData) -> int:
@@ -331,9 +342,9 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
         return render(None, "Session cleared.")
 
     def download(state, request: gr.Request):
-        state = require_session(state)
         name = f"vincie-session-{request.session_hash or 'api'}.zip" if request else "vincie-session.zip"
-        return str(write_session_zip(state.session, download_dir / name, model.name))
+        with claimed(state):
+            return str(write_session_zip(state.session, download_dir / name, model.name))
 
     def compose_seconds(files, prompt, steps, guidance, seed, resolution, *rest) -> int:
         return gpu_seconds(steps, len(files or ()) + 1, resolution, 2 if guidance != 1 else 1)

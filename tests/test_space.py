@@ -187,6 +187,21 @@ def test_full_turn_table_gets_a_friendly_error(app):
         edit_fn(image, "move it left", 1, 1.0, 0, RESOLUTION, False, state)
 
 
+def test_state_is_not_changed_while_an_edit_runs(app, model):
+    import gradio as gr
+
+    demo = app.build_demo(model)
+    handlers = {f.api_name: f.fn for f in demo.fns.values() if f.api_name}
+    state = handlers["edit"](PIL.Image.open(HOUSE), "add a red circle", 1, 1.0, 0, RESOLUTION, False, None)[0]
+    with state.busy:  # as while the user's edit samples
+        for name, args in (("undo", ()), ("restore", (0,)), ("switch_branch", (0,))):
+            with pytest.raises(gr.Error, match="still running"):
+                handlers[name](*args, state)
+    assert len(state.session.turns) == 1
+    handlers["undo"](state)  # free again
+    assert len(state.session.turns) == 0
+
+
 # =====================================================================================================
 #                                      Validation and isolation
 # =====================================================================================================
