@@ -52,6 +52,16 @@ QUEUE_SIZE = int(os.environ.get("VINCIE_SPACE_QUEUE_SIZE", "32"))
 # =====================================================================================================
 
 
+# Scenes of the synthetic shapes world (held-out sessions, seeds above the training range) with their first
+# instruction: what the default model knows. Photos with open-vocabulary edits suit a converted VINCIE checkpoint.
+SHAPES_EXAMPLES = [
+    ["scene_1.png", "make the yellow square smaller"],
+    ["scene_2.png", "move the purple square down"],
+    ["scene_3.png", "change the red square to blue"],
+]
+PHOTO_EXAMPLES = [["house.png", "add a red hat on the roof"], ["shapes.png", "change the blue circle to a green star"]]
+
+
 @dataclass
 class LoadedModel:
     """The pipeline and how the UI should present it.
@@ -60,34 +70,58 @@ class LoadedModel:
         pipe: the pipeline (already on its device).
         name: what the banner calls it.
         is_random: random weights (tests / no model available): the banner warns that outputs are noise.
+        note: an extra line for the banner.
         steps: default sampler steps for this model.
+        guidance: default guidance scale.
         resolution: default area resolution for this model.
+        examples: ``[file in space/examples, instruction]`` pairs shown under the source image.
     """
 
     pipe: VincieInContextPipeline
     name: str
     is_random: bool = False
+    note: str = ""
     steps: int = 50
+    guidance: float = 7.5
     resolution: int = 256
+    examples: list = field(default_factory=lambda: PHOTO_EXAMPLES)
+
+
+def default_model_folder() -> Optional[Path]:
+    """The package's shipped default model, or None when this install has none."""
+    try:
+        from diffusers_vincie.default_model import DEFAULT_MODEL
+    except ImportError:
+        return None
+    return Path(DEFAULT_MODEL) if (Path(DEFAULT_MODEL) / "model_index.json").is_file() else None
 
 
 def load_model() -> LoadedModel:
     """Picks the model from the environment: `VINCIE_MODEL`, else the embedded default, else a tiny random one."""
-    import diffusers_vincie
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
     checkpoint = os.environ.get("VINCIE_MODEL", "").strip()
     if checkpoint:
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
-        pipe = VincieInContextPipeline.from_pretrained(checkpoint, dtype=dtype)
-        model = LoadedModel(pipe, checkpoint)
-    elif os.environ.get("VINCIE_SPACE_TINY") != "1" and hasattr(diffusers_vincie, "load_default_pipeline"):
-        pipe = diffusers_vincie.load_default_pipeline()
-        model = LoadedModel(pipe, getattr(diffusers_vincie, "DEFAULT_MODEL", "embedded default model"))
+        model = LoadedModel(VincieInContextPipeline.from_pretrained(checkpoint, dtype=dtype), checkpoint)
+    elif os.environ.get("VINCIE_SPACE_TINY") != "1" and default_model_folder() is not None:
+        from diffusers_vincie.default_model import (
+            DEFAULT_SAMPLING,
+            RESOLUTION,
+            load_default_pipeline,
+        )
+
+        model = LoadedModel(
+            load_default_pipeline(), "VINCIE-Shapes, the default model shipped with diffusers-vincie",
+            note=f"It edits {RESOLUTION}x{RESOLUTION} scenes of a synthetic shapes world with that world's "
+            "instructions (try the examples); set `VINCIE_MODEL` to a converted VINCIE checkpoint for photos.",
+            steps=DEFAULT_SAMPLING["num_inference_steps"], guidance=DEFAULT_SAMPLING["guidance_scale"],
+            resolution=RESOLUTION, examples=SHAPES_EXAMPLES,
+        )
     else:
         from diffusers_vincie.testing import tiny_pipeline
 
-        model = LoadedModel(tiny_pipeline(), "tiny random pipeline", is_random=True, steps=4, resolution=64)
+        model = LoadedModel(tiny_pipeline(), "tiny random pipeline", is_random=True, steps=4, resolution=64,
+                            examples=SHAPES_EXAMPLES)
     model.pipe.to(device)
     return model
 
@@ -273,9 +307,9 @@ def write_session_zip(session: VincieEditingSession, path: Path, model_name: str
 #                                              UI
 # =====================================================================================================
 
-EXAMPLES = sorted(str(p) for p in (HERE / "examples").glob("*.png"))
+EXAMPLES_DIR = HERE / "examples"
 CSS = """
-#result img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
+#result img, #source img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
 #history img, #masks img { image-rendering: pixelated; }
 #history .grid-container, #masks .grid-container { --grid-cols: 6 !important; }
 """  # small outputs stay crisp; the galleries keep thumbnails small however few turns there are
@@ -367,7 +401,7 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
         )
         return output.images[0]
 
-    banner = f"**Model:** {model.name}."
+    banner = f"**Model:** {model.name}. {model.note}".strip()
     if model.is_random:
         banner = (
             f"⚠️ **This demo runs a tiny random model** ({model.name}): no trained weights were found, so outputs are "
@@ -385,9 +419,11 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
             with gr.Row():
                 with gr.Column():
                     image = checked_image(label="Source image", sources=["upload", "clipboard"], height=300, elem_id="source")
-                    if EXAMPLES:
-                        gr.Examples(EXAMPLES, inputs=[image], label="Examples")
-                    instruction = gr.Textbox(label="Instruction", placeholder="e.g. add a red circle", max_length=MAX_INSTRUCTION_CHARS, elem_id="instruction")
+                    instruction = gr.Textbox(label="Instruction", placeholder=f"e.g. {model.examples[0][1]}", max_length=MAX_INSTRUCTION_CHARS, elem_id="instruction")
+                    gr.Examples(
+                        [[str(EXAMPLES_DIR / name), text] for name, text in model.examples], inputs=[image, instruction],
+                        label="Examples",
+                    )
                     chain = gr.Checkbox(False, label="Chain of editing: predict the regions to edit first (shown below)", elem_id="chain")
                     with gr.Row():
                         edit_button = gr.Button("Edit", variant="primary", elem_id="edit")
@@ -395,7 +431,7 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
                         reset_button = gr.Button("Reset", elem_id="reset")
                     with gr.Accordion("Advanced settings", open=False):
                         steps = gr.Slider(1, 100, value=model.steps, step=1, label="Steps")
-                        guidance = gr.Slider(1.0, 15.0, value=7.5, step=0.5, label="Guidance scale")
+                        guidance = gr.Slider(1.0, 15.0, value=model.guidance, step=0.5, label="Guidance scale (1 = no CFG)")
                         seed = gr.Number(0, precision=0, minimum=0, label="Seed")
                         resolution = gr.Slider(32, 1024, value=model.resolution, step=32, label="Resolution (area, applies to a new session)")
                 with gr.Column():

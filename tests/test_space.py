@@ -263,6 +263,25 @@ def test_model_choice_from_environment(app, monkeypatch, tmp_path):
         torch.testing.assert_close(tensor, reference[name])
 
 
+def test_embedded_default_model_is_the_default(app, monkeypatch, tmp_path):
+    import diffusers_vincie.default_model as default_model
+    from diffusers_vincie.testing import tiny_pipeline
+
+    monkeypatch.delenv("VINCIE_SPACE_TINY", raising=False)
+    monkeypatch.delenv("VINCIE_MODEL", raising=False)
+    monkeypatch.setattr(default_model, "DEFAULT_MODEL", str(tmp_path / "missing"))
+    assert app.load_model().is_random  # no shipped weights in this install: the random model, with its banner
+    tiny_pipeline(seed=5).save_pretrained(tmp_path / "shipped")
+    monkeypatch.setattr(default_model, "DEFAULT_MODEL", str(tmp_path / "shipped"))
+    loaded = app.load_model()
+    assert not loaded.is_random and "default model" in loaded.name
+    assert (loaded.resolution, loaded.steps, loaded.guidance) == (
+        default_model.RESOLUTION, default_model.DEFAULT_SAMPLING["num_inference_steps"],
+        default_model.DEFAULT_SAMPLING["guidance_scale"],
+    )
+    assert loaded.examples == app.SHAPES_EXAMPLES and all((SPACE / "examples" / f).is_file() for f, _ in loaded.examples)
+
+
 def test_gpu_duration_grows_with_turns(app, model, monkeypatch):
     import types
 
