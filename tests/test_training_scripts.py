@@ -212,12 +212,16 @@ def test_hard_kill_then_resume_reproduces_the_uninterrupted_losses(components, t
         assert r["loss"] == pytest.approx(expected[r["step"]], abs=1e-6), r["step"]
 
 
-def test_two_cpu_processes_with_accelerate_launch(components, sessions, tmp_path):
-    cmd = [
+def _launch_two_processes(script: str) -> list[str]:
+    return [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        str(SCRIPTS / "train_vincie.py"),
-    ] + _common(components, tmp_path) + [
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPTS / script),
+    ]
+
+
+def test_two_cpu_processes_with_accelerate_launch(components, sessions, tmp_path):
+    """Both scripts under `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2` (gloo)."""
+    cmd = _launch_two_processes("train_vincie.py") + _common(components, tmp_path) + [
         "--dataset_name", str(sessions), "--attention_layout", "block_causal", "--max_train_steps", "2",
         "--train_batch_size", "1", "--checkpointing_steps", "1", "--checkpoints_total_limit", "1", "--use_ema",
     ]
@@ -228,6 +232,16 @@ def test_two_cpu_processes_with_accelerate_launch(components, sessions, tmp_path
     assert (checkpoint / "random_states_0.pkl").is_file() and (checkpoint / "random_states_1.pkl").is_file()
     assert not (tmp_path / "checkpoint-1").exists()
     assert (tmp_path / "pipeline" / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
+
+    lora_dir = tmp_path / "lora"
+    cmd = _launch_two_processes("train_vincie_lora.py") + [
+        "--pretrained_model_name_or_path", str(tmp_path / "pipeline"), "--dataset_name", str(sessions),
+        "--output_dir", str(lora_dir), "--train_batch_size", "1", "--max_train_steps", "1", "--lora_rank", "2",
+        "--attention_layout", "block_causal", "--checkpointing_steps", "100",
+    ]
+    result = subprocess.run(cmd, env={**ENV, "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (lora_dir / "pytorch_lora_weights.safetensors").is_file()
 
 
 def test_pairwise_edit_data_trains_through_the_adapter(components, tmp_path):
