@@ -324,7 +324,8 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
     def generator(seed: float) -> torch.Generator:
         return torch.Generator().manual_seed(int(seed))
 
-    def edit_seconds(image, instruction, steps, guidance, seed, resolution, chain, state, *rest) -> int:
+    def edit_seconds(image, instruction, steps, guidance, seed, resolution, chain, state, *rest, **options) -> int:
+        """ZeroGPU calls this with the handler's own arguments (progress tracker included) to size the GPU slot."""
         frames = (len(state.session.turns) if state is not None else 0) + 2
         passes = (2 if guidance != 1 else 1) * (3 if chain else 1)
         return gpu_seconds(steps, frames, resolution, passes)
@@ -380,7 +381,7 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
         with claimed(state):
             return str(write_session_zip(state.session, download_dir / name, model.name))
 
-    def compose_seconds(files, prompt, steps, guidance, seed, resolution, *rest) -> int:
+    def compose_seconds(files, prompt, steps, guidance, seed, resolution, *rest, **options) -> int:
         return gpu_seconds(steps, len(files or ()) + 1, resolution, 2 if guidance != 1 else 1)
 
     @on_gpu(duration=compose_seconds)
