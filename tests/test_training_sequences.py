@@ -239,8 +239,8 @@ def _per_frame_prediction(module, batch):
 
 
 def test_block_causal_no_leakage(text_cache):
-    """Perturbing anything after a target (later clean frames, later text, other noisy targets) leaves that
-    target's prediction and loss unchanged; perturbing earlier context changes it."""
+    """Perturbing anything after a target (later clean frames, its own clean copy, later text, other noisy targets)
+    leaves that target's prediction and loss unchanged; perturbing earlier context changes it."""
     module = VincieTrainingModule(_model(), "block_causal")
     planned, config, batch = _batch(
         "block_causal", text_cache,
@@ -254,7 +254,7 @@ def test_block_causal_no_leakage(text_cache):
     checked = 0
     for j, target in enumerate(plan.targets):
         frame = n_ctx + j
-        later_clean = [i for i in range(n_ctx) if orders[i] > target.order]
+        later_clean = [i for i in range(n_ctx) if orders[i] >= target.order]  # incl. the target's own clean copy
         other_noisy = [n_ctx + k for k in range(len(plan.targets)) if k != j]
         later_text = [k for k, o in enumerate(plan.prompt_orders) if o > target.order]
         earlier_clean = [i for i in range(n_ctx) if orders[i] < target.order]
