@@ -335,7 +335,9 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
         instruction = check_instruction(instruction)
         if image is None and state is None:
             raise gr.Error("Upload an image (or pick an example) to start a session.")
+        note = ""
         if state is None or (image is not None and not same_source(state.session, image)):
+            note = "" if state is None else "A new source image started a new session."
             state = EditorState([pipe.start_session(image, resolution=int(resolution), generator=generator(seed))])
         with claimed(state):
             try:
@@ -345,7 +347,7 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
                 )
             except ValueError as error:  # e.g. the model's turn table is full
                 raise gr.Error(f"{error} Restore an earlier turn or reset the session.") from None
-        return render(state)
+        return render(state, note)
 
     def undo(state):
         with claimed(state):

@@ -137,6 +137,10 @@ def test_chain_of_editing_restore_branches_and_download(url):
 
     _, history, _, _, turn, _ = c.predict(api_name="/reset")
     assert history == [] and turn == 0
+    edit(c, SHAPES, "add a red circle")
+    _, history, _, _, _, status = edit(c, HOUSE, "add a red circle")  # another source: a new session
+    assert captions(history) == ["0 · source", "1 · add a red circle"] and "new session" in status
+    np.testing.assert_array_equal(pixels(history[0]["image"]), pixels(HOUSE))
 
 
 def test_parallel_clients_keep_separate_sessions(url):
