@@ -115,11 +115,16 @@ class _AttentionPlan:
 
     def to_padded(self, vid: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
         """Scatters packed ``(N_vid, ...)`` and ``(N_txt, ...)`` into ``(B, S, ...)`` (zeros at padding)."""
+        if self.batch_size == 1:  # one sample: the joint sequence is just [video, text], no scatter needed
+            return torch.cat([vid, txt.to(vid.dtype)])[None]
         out = vid.new_zeros(self.batch_size * self.seq_len, *vid.shape[1:])
         out = out.index_copy(0, self.vid_index, vid).index_copy(0, self.txt_index, txt.to(vid.dtype))
         return out.unflatten(0, (self.batch_size, self.seq_len))
 
     def from_padded(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.batch_size == 1:
+            num_video = len(self.vid_index)
+            return x[0, :num_video], x[0, num_video:]
         flat = x.flatten(0, 1)
         return flat.index_select(0, self.vid_index), flat.index_select(0, self.txt_index)
 
@@ -546,6 +551,24 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
             sink = VincieContextCache([], [], order, valid, text_lengths_in_call)
         return _AttentionPlan(vid_index, txt_index, batch, seq_len, mask, order, valid, context, sink)
 
+    # -------------------------------------------------------------------------------- modulation
+
+    def _token_modulation(self, timestep, frame_timestep, patch_shapes, tokens_per_frame, text_in_call):
+        """Time embedding of every video and text token as ``(N, D, 2, 3)`` (official interleaved layout:
+        flat index ``6c + 3*layer + slot``), or ``(1, D, 2, 3)`` broadcast to all tokens when every token shares
+        one timestep (inference, CFG batches), which saves materialising ``N x 6D`` tensors."""
+        times = timestep if frame_timestep is None else torch.cat([timestep, frame_timestep.to(timestep)])
+        if bool((times == times[0]).all()):
+            shared = self.time_embed(times[:1]).unflatten(-1, (-1, 2, 3))
+            return shared, shared
+        sample_emb = self.time_embed(timestep)  # (B, 6D)
+        if frame_timestep is None:
+            vid_emb = torch.repeat_interleave(sample_emb, patch_shapes.prod(-1), dim=0)
+        else:
+            vid_emb = torch.repeat_interleave(self.time_embed(frame_timestep.to(timestep)), tokens_per_frame, dim=0)
+        txt_emb = torch.repeat_interleave(sample_emb, text_in_call, dim=0)
+        return vid_emb.unflatten(-1, (-1, 2, 3)), txt_emb.unflatten(-1, (-1, 2, 3))
+
     # -------------------------------------------------------------------------------- forward
 
     def forward(
@@ -620,14 +643,7 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
             txt = vid.new_zeros(0, vid.shape[-1])
             text_in_call = torch.zeros_like(text_lengths)
 
-        sample_emb = self.time_embed(timestep)  # (B, 6D)
-        if frame_timestep is None:
-            vid_emb = torch.repeat_interleave(sample_emb, patch_shapes.prod(-1), dim=0)
-        else:
-            vid_emb = torch.repeat_interleave(self.time_embed(frame_timestep.to(device)), tokens_per_frame, dim=0)
-        txt_emb = torch.repeat_interleave(sample_emb, text_in_call, dim=0)
-        # official interleaved layout: flat index 6c + 3*layer + slot -> (N, D, layer, slot)
-        vid_emb, txt_emb = vid_emb.unflatten(-1, (-1, 2, 3)), txt_emb.unflatten(-1, (-1, 2, 3))
+        vid_emb, txt_emb = self._token_modulation(timestep, frame_timestep, patch_shapes, tokens_per_frame, text_in_call)
 
         vid_pos, txt_pos = rope_position_ids(patch_shapes, text_lengths, frame_index.to(device), text_in_call)
         vid_rope, txt_rope = self.rope(vid_pos), self.rope(txt_pos)
