@@ -1,0 +1,49 @@
+"""VINCIE-Shapes, the package's default model: a small pixel-space VINCIE trained by this package's own scripts.
+
+The pipeline folder next to this file (``model_index.json``, ``transformer/``, ``text_encoder/``, ``tokenizer/``,
+``scheduler/``; safetensors only, a few MB) is shipped as package data, so the model loads offline::
+
+    from diffusers_vincie.default_model import DEFAULT_MODEL, load_default_pipeline
+
+    pipe = load_default_pipeline()                      # or VincieInContextPipeline.from_pretrained(DEFAULT_MODEL)
+    session = pipe.start_session(image, resolution=32)
+    session.edit("remove the red circle", **DEFAULT_SAMPLING)
+
+It edits 32x32 images of the synthetic shapes world (``diffusers_vincie.data.synthetic.SyntheticWorld``) with
+that world's instructions; see ``README.md`` in this folder (the model card) for the recipe, data and numbers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MODEL: str = str(Path(__file__).resolve().parent)
+"""Folder of the shipped pipeline (pass it to ``VincieInContextPipeline.from_pretrained``)."""
+
+RESOLUTION: int = 32
+"""Working resolution of the model (the synthetic world's): images are resized to ``RESOLUTION**2`` pixels."""
+
+DEFAULT_SAMPLING: dict[str, Any] = {"num_inference_steps": 10, "guidance_scale": 1.0}
+"""Sampler settings the shipped numbers were measured with (``session.edit(..., **DEFAULT_SAMPLING)``)."""
+
+
+def load_default_pipeline(**kwargs: Any):
+    """Loads the shipped VINCIE-Shapes pipeline (CPU, float32) with its progress bars off.
+
+    Args:
+        kwargs: passed to ``VincieInContextPipeline.from_pretrained`` (e.g. ``torch_dtype``).
+    """
+    from ..pipelines import VincieInContextPipeline
+
+    if not (Path(DEFAULT_MODEL) / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"The default model is missing from {DEFAULT_MODEL} (no model_index.json). Reinstall the package "
+            "(`pip install -e .`), or train and export it with training_scripts/recipes/vincie_shapes.sh."
+        )
+    pipe = VincieInContextPipeline.from_pretrained(DEFAULT_MODEL, **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+__all__ = ["DEFAULT_MODEL", "DEFAULT_SAMPLING", "RESOLUTION", "load_default_pipeline"]

@@ -1,0 +1,102 @@
+#!/usr/bin/env python
+"""Exports a training checkpoint of the VINCIE-Shapes recipe as a pipeline folder (EMA weights by default).
+
+The training script writes the final pipeline only at its last step; this exports any ``checkpoint-<step>``
+(``accelerator.save_state`` folder) of a run, e.g. to benchmark intermediate checkpoints or to ship the best one::
+
+    python training_scripts/recipes/export_checkpoint.py --run_dir runs/vincie_shapes --checkpoint latest \\
+        --output src/diffusers_vincie/default_model
+
+The folder gets the same layout and config as the training script's own export (``save_final_pipeline``):
+``default_negative_prompt`` = the training negative prompt, ``frame_index_mode`` = the training frame index.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+HERE = Path(__file__).resolve().parent
+
+
+def load_checkpoint_transformer(checkpoint: Path, transformer_config: dict, use_ema: bool = True):
+    """A ``VincieTransformer`` with the checkpoint's weights (its EMA shadow weights with ``use_ema``).
+
+    Args:
+        checkpoint: ``checkpoint-<step>`` folder (``model.safetensors`` of the training module, and with EMA
+            ``custom_checkpoint_0.pkl``, the ``EMAModel`` state).
+        transformer_config: the run's ``--transformer_config``.
+        use_ema: load the EMA weights (fails when the run had no ``--use_ema``).
+    """
+    from diffusers_vincie.models.transformer_vincie import VincieTransformer
+
+    transformer = VincieTransformer(**{k: v for k, v in transformer_config.items() if not k.startswith("_")})
+    state = load_file(str(checkpoint / "model.safetensors"))
+    state = {key.removeprefix("transformer."): value for key, value in state.items()}
+    transformer.load_state_dict(state, strict=True)
+    if use_ema:
+        ema_file = checkpoint / "custom_checkpoint_0.pkl"
+        if not ema_file.is_file():
+            raise FileNotFoundError(f"{ema_file} is missing: the run has no EMA; pass --no_ema.")
+        shadow = torch.load(ema_file, map_location="cpu", weights_only=True)["shadow_params"]
+        params = [p for p in transformer.parameters() if p.requires_grad]
+        if len(shadow) != len(params):
+            raise ValueError(f"EMA holds {len(shadow)} tensors, the transformer {len(params)} parameters.")
+        with torch.no_grad():
+            for param, value in zip(params, shadow):
+                param.copy_(value)
+    return transformer.eval()
+
+
+def export(run_dir: Path, checkpoint: str, output: Path, transformer_config: Path, use_ema: bool = True) -> Path:
+    """Writes the pipeline folder of ``checkpoint`` (a path, a step number or ``latest``) to ``output``."""
+    from diffusers_vincie.training.checkpoints import find_checkpoint, list_checkpoints
+    from diffusers_vincie.training.export import load_components, save_final_pipeline
+
+    if checkpoint.isdigit():
+        checkpoint = f"checkpoint-{checkpoint}"
+    path = find_checkpoint(run_dir, checkpoint)
+    if path is None:
+        raise FileNotFoundError(f"--checkpoint {checkpoint}: not found in {run_dir} ({list_checkpoints(run_dir)}).")
+    args = argparse.Namespace(
+        pretrained_model_name_or_path=None, text_encoder_name_or_path=str(run_dir / "text" / "text_encoder"),
+        tokenizer_name_or_path=str(run_dir / "text" / "tokenizer"), vae_name_or_path="none",
+        transformer_config=str(transformer_config),
+    )
+    components = load_components(args)
+    transformer = load_checkpoint_transformer(path, json.loads(transformer_config.read_text()), use_ema)
+    staging = output.parent / f".{output.name}.export"
+    if staging.exists():
+        shutil.rmtree(staging)
+    folder = save_final_pipeline(str(staging), transformer, components, scheduler_shift=1.0, negative_prompt="",
+                                 frame_index="slots")
+    output.mkdir(parents=True, exist_ok=True)
+    for item in folder.iterdir():  # replace only the pipeline's own entries (the target may hold other files)
+        target = output / item.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(item, target)
+    shutil.rmtree(staging)
+    (output / "checkpoint.json").write_text(json.dumps({"checkpoint": path.name, "ema": use_ema}) + "\n")
+    return output
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run_dir", type=Path, required=True)
+    parser.add_argument("--checkpoint", default="latest", help="'latest', a step number or a checkpoint folder.")
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--transformer_config", type=Path, default=HERE / "vincie_shapes_transformer.json")
+    parser.add_argument("--no_ema", action="store_true", help="Export the raw weights instead of the EMA.")
+    args = parser.parse_args()
+    print(export(args.run_dir, args.checkpoint, args.output, args.transformer_config, not args.no_ema))
+
+
+if __name__ == "__main__":
+    main()

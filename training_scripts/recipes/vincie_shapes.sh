@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# VINCIE-Shapes: the recipe of the package's default model (docs/default_model.md).
+#
+#   bash training_scripts/recipes/vincie_shapes.sh [RUN_DIR] [extra train_vincie.py flags...]
+#
+# 1. builds the text side (sentencepiece tokenizer trained on the world's prompts + a small frozen T5 encoder),
+# 2. trains a pixel-space, block-causal VincieTransformer on synthetic shapes sessions drawn on the fly
+#    (all three proxy tasks: next image, current-frame RoE mask, next-frame RoE mask),
+# 3. exports the pipeline folder to RUN_DIR/pipeline (EMA weights).
+# Re-running the same command resumes from the latest checkpoint (every 100 steps, 3 kept). Extra flags go last
+# and override the recipe's (e.g. --max_train_steps 20000 for a longer run, --mixed_precision bf16 on a CPU
+# with AMX/avx512_bf16 or a GPU).
+set -euo pipefail
+RUN_DIR=${1:-runs/vincie_shapes}
+shift || true
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+export HF_HUB_OFFLINE=1
+# One thread: on a shared 2-core machine two OpenMP threads per job spin against the other jobs (a step was
+# measured 10-15x slower with 2 threads than with 1 under a load of 6). Raise it on an idle machine.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+WORLD="$ROOT/training_scripts/configs/vincie_shapes_world.json"
+
+if [ ! -d "$RUN_DIR/text/text_encoder" ]; then
+  python "$ROOT/training_scripts/build_shapes_text_encoder.py" --output_dir "$RUN_DIR/text" \
+    --world_config "$WORLD" --d_model 64 --num_layers 2 --seed 0
+fi
+
+python "$ROOT/training_scripts/train_vincie.py" \
+  --transformer_config "$HERE/vincie_shapes_transformer.json" \
+  --text_encoder_name_or_path "$RUN_DIR/text/text_encoder" --tokenizer_name_or_path "$RUN_DIR/text/tokenizer" \
+  --vae_name_or_path none \
+  --synthetic_world --synthetic_world_config "$WORLD" --resolution 32 \
+  --synthetic_num_turns 5 --synthetic_world_seed 0 \
+  --attention_layout block_causal --frame_index slots --min_turns 1 --max_turns 5 \
+  --mask_probability 0.25 --task_weights 1,1,1 --text_dropout 0.1 --negative_prompt "" \
+  --cache_text_embeddings \
+  --train_batch_size 4 --learning_rate 1.5e-3 --lr_scheduler constant_with_warmup --lr_warmup_steps 100 \
+  --max_grad_norm 1.0 --use_ema --ema_decay 0.995 --mixed_precision no \
+  --max_train_steps 20000 --checkpointing_steps 100 --checkpoints_total_limit 3 \
+  --scheduler_shift 1.0 --seed 0 \
+  --output_dir "$RUN_DIR" --resume_from_checkpoint latest \
+  "$@"
