@@ -7,14 +7,10 @@ it; without a VAE the pipeline runs in pixel space (images in [-1, 1] are the la
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 from typing import Optional
-
-PIPELINE_CLASS = "VincieInContextPipeline"
-
 
 def _subfolder(root: Optional[str], name: str) -> Optional[str]:
     if root is None:
@@ -74,9 +70,8 @@ def save_final_pipeline(
 ) -> Path:
     """Writes ``<output_dir>/pipeline`` atomically (temp folder then rename) and returns its path.
 
-    Uses ``VincieInContextPipeline.save_pretrained`` with ``default_negative_prompt`` set to the text the model
-    saw under CFG dropout, and records the frame RoPE index mode of training (``frame_index_mode`` in
-    ``model_index.json``). Falls back to writing the same layout component by component.
+    A ``VincieInContextPipeline`` whose ``default_negative_prompt`` is the text the model saw under CFG dropout and
+    whose ``frame_index_mode`` is the frame RoPE index mode of training.
 
     Args:
         output_dir: run folder; the pipeline goes to ``<output_dir>/pipeline``.
@@ -86,40 +81,22 @@ def save_final_pipeline(
         negative_prompt: the unconditional text of training.
         frame_index: ``"compact"`` or ``"slots"``.
     """
-    from diffusers import FlowMatchEulerDiscreteScheduler
+    from ..pipelines import VincieInContextPipeline, official_scheduler
 
-    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=scheduler_shift,
-                                                use_dynamic_shifting=False)
     final = Path(output_dir) / "pipeline"
     tmp = Path(output_dir) / ".pipeline.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    parts = {
-        "transformer": transformer,
-        "vae": components.get("vae"),
-        "text_encoder": components["text_encoder"],
-        "tokenizer": components["tokenizer"],
-        "scheduler": scheduler,
-    }
-    try:
-        from ..pipelines import VincieInContextPipeline
-    except ImportError:
-        VincieInContextPipeline = None
-    if VincieInContextPipeline is not None:
-        pipe = VincieInContextPipeline(**parts, default_negative_prompt=negative_prompt)
-        pipe.register_to_config(frame_index_mode=frame_index)
-        pipe.save_pretrained(tmp, safe_serialization=True)
-    else:
-        index = {"_class_name": PIPELINE_CLASS, "_diffusers_version": __import__("diffusers").__version__,
-                 "default_negative_prompt": negative_prompt, "frame_index_mode": frame_index}
-        for name, part in parts.items():
-            if part is None:
-                index[name] = [None, None]
-                continue
-            part.save_pretrained(tmp / name)
-            library = "diffusers_vincie" if name == "transformer" else part.__class__.__module__.split(".")[0]
-            index[name] = [library, part.__class__.__name__]
-        (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
+    pipe = VincieInContextPipeline(
+        transformer=transformer,
+        vae=components.get("vae"),
+        text_encoder=components["text_encoder"],
+        tokenizer=components["tokenizer"],
+        scheduler=official_scheduler(shift=scheduler_shift),
+        default_negative_prompt=negative_prompt,
+        frame_index_mode=frame_index,
+    )
+    pipe.save_pretrained(tmp, safe_serialization=True)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

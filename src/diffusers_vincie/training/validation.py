@@ -2,7 +2,7 @@
 
 Each row is one session: ground-truth frames ``I_0 .. I_n`` on the top half, and under each ``I_k`` (k >= 1) the
 model's sample of ``I_k`` from the ground-truth context ``I_0 .. I_{k-1}`` and instructions ``T_0 .. T_{k-1}``.
-``sample_frames`` is the single place a pipeline call can replace the training-side sampler.
+Sampling runs on the pipeline's own sampler (``training.sampling``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ def _to_uint8(latent: torch.Tensor, vae=None) -> np.ndarray:
 
 @torch.no_grad()
 def sample_frames(transformer, sample, text_cache, vae, layout: str, frame_index_mode: str, steps: int,
-                  guidance_scale: float, negative_prompt: str, seed: int, max_turns: int = 3) -> list[np.ndarray]:
+                  guidance_scale: float, negative_prompt: str, seed: int, max_turns: int = 3,
+                  shift: float = 1.0) -> list[np.ndarray]:
     """Samples ``I_1 .. I_k`` (``k = min(max_turns, n)``) of one session with ground-truth context each turn."""
     device = transformer.device
     images = torch.from_numpy(sample.frames.astype(np.float32) / 127.5 - 1.0).to(device)
@@ -44,7 +45,7 @@ def sample_frames(transformer, sample, text_cache, vae, layout: str, frame_index
         out = sample_next_image(
             transformer, latents[:k], segments, negative, layout=layout, frame_index_mode=frame_index_mode,
             num_inference_steps=steps, guidance_scale=guidance_scale,
-            generator=torch.Generator().manual_seed(seed + k),
+            generator=torch.Generator().manual_seed(seed + k), shift=shift,
         )
         outputs.append(_to_uint8(out, vae))
     return outputs
@@ -84,6 +85,7 @@ def log_validation(args, accelerator, transformer, ema, text_cache, vae, dataset
             predictions = sample_frames(
                 transformer, sample, text_cache, vae, args.attention_layout, args.frame_index,
                 args.validation_inference_steps, args.validation_guidance_scale, args.negative_prompt, args.seed,
+                shift=args.scheduler_shift,
             )
             truth = list(sample.frames[: len(predictions) + 1])
             rows.append(truth)
