@@ -112,6 +112,7 @@ class _AttentionPlan:
     valid: Optional[torch.Tensor] = None  # (B, S)
     context: Optional[VincieContextCache] = None  # keys/values to prepend (cached context)
     sink: Optional[VincieContextCache] = None  # collects keys/values when encoding a context
+    sample_bounds: Optional[list] = None  # full layout: per sample ((vid_start, vid_stop), (txt_start, txt_stop))
 
     def to_padded(self, vid: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
         """Scatters packed ``(N_vid, ...)`` and ``(N_txt, ...)`` into ``(B, S, ...)`` (zeros at padding)."""
@@ -198,6 +199,32 @@ class VincieAttnProcessor:
     def __call__(self, attn: "VincieAttention", vid, txt, vid_rope, txt_rope, plan: _AttentionPlan):
         vq, vk, vv = attn.project(vid, attn.video_stream, vid_rope)
         tq, tk, tv = attn.project(txt, attn.text_stream, txt_rope)
+        if plan.sample_bounds is not None:
+            vid_out, txt_out = self._per_sample(vq, vk, vv, tq, tk, tv, plan.sample_bounds)
+        else:
+            vid_out, txt_out = self._padded(attn, vq, vk, vv, tq, tk, tv, plan)
+        return attn.video_stream.to_out(vid_out), attn.text_stream.to_out(txt_out)
+
+    def _attend(self, q, k, v, mask=None):
+        out_dtype = q.dtype
+        if self.qkv_dtype is not None:
+            q, k, v = q.to(self.qkv_dtype), k.to(self.qkv_dtype), v.to(self.qkv_dtype)
+        out = dispatch_attention_fn(q, k, v, attn_mask=mask, backend=self._attention_backend)
+        return out.to(out_dtype).flatten(2)  # (B, S, H*d)
+
+    def _per_sample(self, vq, vk, vv, tq, tk, tv, bounds):
+        """Full layout: one unmasked attention call per sample on its exact joint sequence (no padding at all,
+        and every backend applies, flash included)."""
+        vid_out, txt_out = [], []
+        for (v0, v1), (t0, t1) in bounds:
+            q, k, v = (torch.cat([a[v0:v1], b[t0:t1].to(a.dtype)])[None] for a, b in ((vq, tq), (vk, tk), (vv, tv)))
+            out = self._attend(q, k, v)[0]
+            vid_out.append(out[: v1 - v0])
+            txt_out.append(out[v1 - v0 :])
+        return torch.cat(vid_out), torch.cat(txt_out)
+
+    def _padded(self, attn, vq, vk, vv, tq, tk, tv, plan: _AttentionPlan):
+        """Block-causal layout: one masked call over the padded batch (plus cached context keys/values)."""
         q, k, v = plan.to_padded(vq, tq), plan.to_padded(vk, tk), plan.to_padded(vv, tv)
         if plan.sink is not None:
             plan.sink.keys.append(k)
@@ -206,17 +233,8 @@ class VincieAttnProcessor:
         if plan.context is not None:
             k = torch.cat([plan.context.keys[attn.layer_index].to(k.dtype), k], dim=1)
             v = torch.cat([plan.context.values[attn.layer_index].to(v.dtype), v], dim=1)
-        if mask is not None and mask.shape[2] > 1:
-            _check_backend_supports_masks(self._attention_backend)
-        out_dtype = q.dtype
-        if self.qkv_dtype is not None:
-            q, k, v = q.to(self.qkv_dtype), k.to(self.qkv_dtype), v.to(self.qkv_dtype)
-        out = dispatch_attention_fn(q, k, v, attn_mask=mask, backend=self._attention_backend)
-        out = out.to(out_dtype).flatten(2)  # (B, S, H*d)
-        vid_out, txt_out = plan.from_padded(out)
-        vid_out = attn.video_stream.to_out(vid_out)
-        txt_out = attn.text_stream.to_out(txt_out)
-        return vid_out, txt_out
+        _check_backend_supports_masks(self._attention_backend)
+        return plan.from_padded(self._attend(q, k, v, mask))
 
 
 class VincieAttentionStream(nn.Module):
@@ -519,8 +537,12 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
         valid = valid.view(batch, seq_len)
 
         if layout == "full":
-            mask = None if bool(valid.all()) else valid[:, None, None, :]  # key padding, (B, 1, 1, S)
-            return _AttentionPlan(vid_index, txt_index, batch, seq_len, mask)
+            vid_stops, txt_stops = video_tokens.cumsum(0).tolist(), text_lengths_in_call.cumsum(0).tolist()
+            bounds = [
+                ((vs - int(nv), vs), (ts - int(nt), ts))
+                for vs, ts, nv, nt in zip(vid_stops, txt_stops, video_tokens, text_lengths_in_call)
+            ]
+            return _AttentionPlan(vid_index, txt_index, batch, seq_len, None, sample_bounds=bounds)
 
         if frame_order is None or (text_order is None and int(text_lengths_in_call.sum()) > 0):
             raise ValueError(
