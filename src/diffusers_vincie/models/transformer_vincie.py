@@ -10,8 +10,9 @@ Data flow of one forward (shapes for a batch of B sessions in the packed native-
         [video, text] of each sample (3-axis RoPE, block-causal mask optional) -> gated residual -> SwiGLU MLP
     video stream --RMSNorm + output modulation--> proj_out --unpatchify--> velocity (N_pix, C)
 
-Both streams stay packed (no padding) in every per-token layer; only attention pads each sample's joint
-sequence to the longest one, so padding costs nothing outside attention.
+Both streams stay packed (no padding) in every per-token layer. Full attention runs once per sample on its exact
+joint sequence, so a batch of different sessions costs what its samples cost; the block-causal layout pads the
+samples' joint sequences in attention only (its mask needs one batched call).
 """
 
 from __future__ import annotations
