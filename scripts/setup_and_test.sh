@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets up a fresh machine (CPU torch + the package with its test extras) and runs the whole test suite.
+# Sets up a fresh machine (CPU torch, the package with its test extras, Debian's chromium) and runs the whole
+# test suite.
 # The official parity fixtures must be present (../shared/fixtures/official or $VINCIE_OFFICIAL_FIXTURES):
 # their absence is a failure here, not a skip.
 set -euo pipefail
@@ -10,6 +11,7 @@ export VINCIE_OFFICIAL_FIXTURES="${VINCIE_OFFICIAL_FIXTURES:-$(cd .. && pwd)/sha
 
 python -m pip install --quiet "torch==2.13.0"
 python -m pip install --quiet -e ".[test]" --constraint <(echo "torch==2.13.0")
+bash scripts/install_chromium.sh  # Debian's chromium for the Space's real-browser test
 
 if [ ! -f "$VINCIE_OFFICIAL_FIXTURES/dit_official.safetensors" ]; then
     echo "ERROR: official parity fixtures not found at $VINCIE_OFFICIAL_FIXTURES" >&2
