@@ -1,7 +1,10 @@
 """The Space in a real browser: Debian's chromium, headless, driven by Playwright (no `playwright install`).
 
-Chromium comes from `scripts/install_chromium.sh` (CI runs it when absent). Set ``VINCIE_SPACE_SCREENSHOT=<png>``
-to also keep the two-turn screenshot (docs/space-screenshot.png is made that way).
+Chromium comes from `scripts/install_chromium.sh` (CI runs it when absent). The app runs the tiny random pipeline
+unless ``VINCIE_SPACE_TINY`` is set otherwise. Set ``VINCIE_SPACE_SCREENSHOT=<png>`` to also keep the two-turn
+screenshot; docs/space-screenshot.png is made with the shipped default model::
+
+    VINCIE_SPACE_TINY=0 VINCIE_SPACE_SCREENSHOT=docs/space-screenshot.png pytest tests/test_space_browser.py
 """
 
 import importlib.util
@@ -30,7 +33,7 @@ def chromium_executable() -> str:
 @pytest.fixture(scope="module")
 def url():
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VINCIE_SPACE_TINY", "1")
+        mp.setenv("VINCIE_SPACE_TINY", os.environ.get("VINCIE_SPACE_TINY", "1"))
         mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")
         spec = importlib.util.spec_from_file_location("space_app", SPACE / "app.py")
         app = importlib.util.module_from_spec(spec)
@@ -53,11 +56,12 @@ def test_browser_uploads_edits_twice_shows_the_results_and_restores(url, tmp_pat
         page = browser.new_page(viewport={"width": 1280, "height": 1100})
         page.set_default_timeout(60_000)
         page.goto(url)
-        page.locator("#source input[type=file]").set_input_files(str(SPACE / "examples" / "house.png"))
+        page.locator("#source input[type=file]").set_input_files(str(SPACE / "examples" / "scene_1.png"))
         expect(page.locator("#source img")).to_be_visible()
 
         instruction = page.locator("#instruction textarea")
-        for k, text in enumerate(["add a red circle", "make it bigger"], start=1):
+        # the first two instructions of the held-out synthetic session scene_1.png comes from
+        for k, text in enumerate(["make the yellow square smaller", "move the yellow square left"], start=1):
             if k == 2:
                 page.locator("#chain input").check()  # chain of editing: the predicted masks are shown
             instruction.fill(text)
@@ -67,7 +71,7 @@ def test_browser_uploads_edits_twice_shows_the_results_and_restores(url, tmp_pat
         expect(page.locator("#result img")).to_be_visible()
         natural_width = page.locator("#result img").evaluate("img => img.complete ? img.naturalWidth : 0")
         assert natural_width > 0, "the result image did not load"
-        expect(page.locator("#history")).to_contain_text("2 · make it bigger")
+        expect(page.locator("#history")).to_contain_text("2 · move the yellow square left")
         expect(page.locator("#masks img")).to_have_count(2)  # current and next region of turn 2
 
         shot = tmp_path / "space.png"
