@@ -10,6 +10,7 @@ from diffusers import AutoencoderKL
 from .models.transformer_vincie import VincieTransformer
 from .pipelines.pipeline_vincie import VincieInContextPipeline
 from .pipelines.sampling import official_scheduler
+from .text_encoding import build_word_level_tokenizer
 
 WORDS = (
     "based on output add remove move change make the a to it red green blue yellow white black circle square "
@@ -18,24 +19,9 @@ WORDS = (
 ).split()
 
 
-def tiny_tokenizer(extra_words: tuple = ()):
+def tiny_tokenizer():
     """A word-level fast tokenizer (``<pad>``=0, ``</s>``=1, ``<unk>``=2) over a small instruction vocabulary."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
-    for word in (*WORDS, *extra_words):
-        vocab.setdefault(word, len(vocab))
-    for i in range(10):
-        vocab.setdefault(f"<IMG{i}>", len(vocab))
-    for p in ".,:":
-        vocab.setdefault(p, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(r"<IMG\d+>", "isolated"), pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
-    )
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    return build_word_level_tokenizer(WORDS)
 
 
 def tiny_text_encoder(vocab_size: int, dim: int = 32, seed: int = 0):

@@ -15,7 +15,7 @@ never encodes anything twice; the plain ``__call__`` runs the same machinery for
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import PIL.Image
 import torch
@@ -25,9 +25,13 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..assembly import FRAME, build_condition
 from ..models.transformer_vincie import VincieTransformer
+from ..text_encoding import encode_prompts
 from .image_processing import postprocess
 from .lora import VincieLoraLoaderMixin
 from .sampling import CachedContextVelocity, FullAttentionVelocity, run_sampler, set_trailing_timesteps
+
+if TYPE_CHECKING:
+    from .session import VincieEditingSession
 
 OFFICIAL_NEGATIVE_PROMPT = (
     "Worst quality, Normal quality, Low quality, Low res, Blurry, Jpeg artifacts, Grainy, text, logo, watermark, "
@@ -161,17 +165,8 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
         Returns:
             One ``(n_i + 1, text_dim)`` tensor per prompt, in the transformer's dtype.
         """
-        end_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else self.tokenizer.pad_token_id
-        if end_id is None:
-            raise ValueError("The tokenizer has neither an eos nor a pad token to end each prompt with.")
-        device = self._execution_device
-        out = []
-        for prompt in prompts:
-            ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"][: max_sequence_length - 1] + [end_id]
-            ids = torch.tensor([ids], device=device)
-            states = self.text_encoder(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state[0]
-            out.append(states.to(self.transformer.dtype))
-        return out
+        states = encode_prompts(self.text_encoder, self.tokenizer, prompts, max_sequence_length, self._execution_device)
+        return [s.to(self.transformer.dtype) for s in states]
 
     # ------------------------------------------------------------------------------------- images
 
