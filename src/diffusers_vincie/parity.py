@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file
 
 from .assembly import build_condition, pack_sessions, select_valid_tokens
