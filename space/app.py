@@ -120,8 +120,9 @@ def load_model() -> LoadedModel:
     else:
         from diffusers_vincie.testing import tiny_pipeline
 
-        model = LoadedModel(tiny_pipeline(), "tiny random pipeline", is_random=True, steps=4, resolution=64,
-                            examples=SHAPES_EXAMPLES)
+        reason = "`VINCIE_SPACE_TINY=1`" if os.environ.get("VINCIE_SPACE_TINY") == "1" else "no default model shipped"
+        model = LoadedModel(tiny_pipeline(), "tiny random pipeline", is_random=True, note=reason, steps=4,
+                            resolution=64, examples=SHAPES_EXAMPLES)
     model.pipe.to(device)
     return model
 
@@ -407,8 +408,8 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
     banner = f"**Model:** {model.name}. {model.note}".strip()
     if model.is_random:
         banner = (
-            f"⚠️ **This demo runs a tiny random model** ({model.name}): no trained weights were found, so outputs are "
-            "noise. Set `VINCIE_MODEL` to a converted VINCIE checkpoint (folder or Hub id)."
+            f"⚠️ **This demo runs a tiny random model** ({model.note}): its outputs are noise. Set `VINCIE_MODEL` to a "
+            "converted VINCIE checkpoint (folder or Hub id), or run with the package's default model."
         )
 
     with gr.Blocks(title="VINCIE: multi-turn image editing") as demo:

@@ -257,7 +257,7 @@ def test_model_choice_from_environment(app, monkeypatch, tmp_path):
 
     monkeypatch.setenv("VINCIE_SPACE_TINY", "1")
     random_model = app.load_model()
-    assert random_model.is_random and "random" in random_model.name
+    assert random_model.is_random and "random" in random_model.name and "VINCIE_SPACE_TINY" in random_model.note
     tiny_pipeline(seed=3).save_pretrained(tmp_path / "checkpoint")
     monkeypatch.setenv("VINCIE_MODEL", str(tmp_path / "checkpoint"))
     loaded = app.load_model()
@@ -274,7 +274,8 @@ def test_embedded_default_model_is_the_default(app, monkeypatch, tmp_path):
     monkeypatch.delenv("VINCIE_SPACE_TINY", raising=False)
     monkeypatch.delenv("VINCIE_MODEL", raising=False)
     monkeypatch.setattr(default_model, "DEFAULT_MODEL", str(tmp_path / "missing"))
-    assert app.load_model().is_random  # no shipped weights in this install: the random model, with its banner
+    fallback = app.load_model()  # no shipped weights in this install: the random model, saying why
+    assert fallback.is_random and fallback.note == "no default model shipped"
     tiny_pipeline(seed=5).save_pretrained(tmp_path / "shipped")
     monkeypatch.setattr(default_model, "DEFAULT_MODEL", str(tmp_path / "shipped"))
     loaded = app.load_model()
