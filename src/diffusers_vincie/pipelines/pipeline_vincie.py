@@ -353,7 +353,7 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
                 returning ``{"latents": ...}`` replaces the latents.
             callback_on_step_end_tensor_inputs: tensors passed to the callback (only "latents").
         """
-        images = [image] if isinstance(image, (PIL.Image.Image, torch.Tensor)) or (image is not None and not isinstance(image, list)) else (image or [])
+        images = list(image) if isinstance(image, (list, tuple)) else ([] if image is None else [image])
         prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
         self.check_inputs(images, prompts, output_type, fidelity, posterior, resolution, guidance_scale)
         bad = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
@@ -370,7 +370,7 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
             use_prompt_template=use_prompt_template, camera_prefix=camera_prefix,
             max_sequence_length=max_sequence_length,
         )
-        for prompt_text in prompts[: len(images) - 1]:  # reference-image prompts (composition mode)
+        for prompt_text in prompts[: len(images) - 1]:  # prompts of the given images before the last one
             session.add_instruction(prompt_text)
         generation = dict(
             negative_prompt=negative_prompt, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
@@ -382,7 +382,10 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
         for k, instruction in enumerate(prompts[len(images) - 1 :]):
             session.edit(instruction, latents=turn_latents[k], **generation)
             turn = session.turns[-1]
-            outputs.append(turn.latent if output_type == "latent" else postprocess(self.decode_latent(turn.latent), output_type))
+            if output_type in ("latent", "pil"):
+                outputs.append(turn.latent if output_type == "latent" else turn.image)  # decoded once, by the session
+            else:
+                outputs.append(postprocess(self.decode_latent(turn.latent), output_type))
             masks.append(turn.masks)
         self.maybe_free_model_hooks()
         masks = masks if chain_of_editing else None
