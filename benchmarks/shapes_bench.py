@@ -184,6 +184,45 @@ def summarize(chained: dict, ground_truth: dict, num_turns: int) -> dict[str, An
     return summary
 
 
+def measure_context_cache(pipe, sessions: list[SyntheticSession], sampling: dict, repeats: int = 3) -> dict:
+    """Seconds per 5-turn session with the block-causal context cache (encoded once per turn) vs recomputing the
+    context at every sampler step (same outputs); best of ``repeats``, and the largest output difference."""
+    from diffusers_vincie.pipelines import pipeline_vincie
+    from diffusers_vincie.pipelines.sampling import CachedContextVelocity
+
+    class RecomputedContextVelocity(CachedContextVelocity):
+        """The same velocity, re-encoding the context at every call (what the cache saves)."""
+
+        def __call__(self, x: torch.Tensor, t: torch.Tensor):
+            self.caches = [self._encode(self.items, self.text)]
+            return super().__call__(x, t)
+
+    def run() -> tuple[float, list[np.ndarray]]:
+        best, outputs = float("inf"), []
+        for _ in range(repeats):
+            start, outputs = time.perf_counter(), []
+            for index, session in enumerate(sessions):
+                editor = ChainedEditor(pipe, "full", session, sampling, seed=index)
+                for turn in range(session.num_turns):
+                    outputs.append(editor.edit(session.frames[turn], turn))
+            best = min(best, (time.perf_counter() - start) / len(sessions))
+        return best, outputs
+
+    if sampling.get("guidance_scale", 1.0) != 1.0:
+        raise ValueError("measure_context_cache: use --guidance_scale 1 (the recomputing variant has no negative).")
+    cached_seconds, cached = run()
+    original = pipeline_vincie.CachedContextVelocity
+    pipeline_vincie.CachedContextVelocity = RecomputedContextVelocity
+    try:
+        recomputed_seconds, recomputed = run()
+    finally:
+        pipeline_vincie.CachedContextVelocity = original
+    difference = max(int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max()) for a, b in zip(cached, recomputed))
+    return {"cached_s_per_session": cached_seconds, "recomputed_s_per_session": recomputed_seconds,
+            "speedup": recomputed_seconds / cached_seconds, "max_output_difference": difference,
+            "sessions": len(sessions), "threads": torch.get_num_threads()}
+
+
 # =====================================================================================================
 #                                               Report
 # =====================================================================================================
@@ -254,6 +293,7 @@ def append_curve(curve: Path, label: str, summary: dict) -> None:
     for mode, row in summary["ground_truth"].items():
         point[f"gt_{mode}_all"] = row["all_turns"]["success"]
         point[f"gt_{mode}_history"] = row["history_turns"]["success"]
+        point[f"gt_{mode}_preserved"] = row["mean_preserved"]
     with open(curve, "a") as f:
         f.write(json.dumps(point) + "\n")
     points = [json.loads(line) for line in curve.read_text().splitlines() if line.strip()]
@@ -304,6 +344,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--output_dir", type=Path, default=Path("runs/shapes_bench"))
     parser.add_argument("--label", default=None, help="Name of this run (training step for --curve).")
     parser.add_argument("--curve", type=Path, default=None, help="JSONL file to append a success-vs-steps point to.")
+    parser.add_argument("--context_cache_timing", type=int, default=0,
+                        help="Also time N sessions with the context cache vs recomputing the context each step.")
     args = parser.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]
     gt_modes = [m for m in args.ground_truth_modes.split(",") if m]
@@ -325,6 +367,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     chained = {mode: run_chained(pipe, sessions, mode, sampling) for mode in modes}
     ground_truth = {mode: run_ground_truth(pipe, sessions, mode, sampling) for mode in gt_modes}
     summary = summarize(chained, ground_truth, args.num_turns)
+    if args.context_cache_timing:
+        summary["context_cache"] = measure_context_cache(pipe, sessions[: args.context_cache_timing], sampling)
     summary["config"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     summary["seconds"] = time.perf_counter() - start
 
@@ -339,6 +383,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     if args.curve is not None:
         append_curve(args.curve, args.label or "0", summary)
     print(tables)
+    if "context_cache" in summary:
+        print("context cache:", json.dumps(summary["context_cache"]))
     print(f"{summary['seconds']:.0f} s")
     return summary
 
