@@ -159,6 +159,12 @@ def rate(scores: list[EditScore], keep: Callable[[EditScore], bool] = lambda s: 
     return {"success": float(np.mean([s.success for s in chosen])) if chosen else float("nan"), "n": len(chosen)}
 
 
+def _means(scores: list[EditScore]) -> dict[str, float]:
+    """Mean of each continuous score (success is all-or-nothing; these show how far a model is from it)."""
+    return {f"mean_{name}": float(np.mean([getattr(s, name) for s in scores]))
+            for name in ("changed_iou", "object_score", "preserved")}
+
+
 def summarize(chained: dict, ground_truth: dict, num_turns: int) -> dict[str, Any]:
     """The numbers of the report (JSON-able)."""
     summary: dict[str, Any] = {"chained": {}, "ground_truth": {}}
@@ -167,7 +173,7 @@ def summarize(chained: dict, ground_truth: dict, num_turns: int) -> dict[str, An
         summary["chained"][mode] = {
             "cumulative_success": cumulative_success(results, num_turns),
             "history_turns_reached": rate(flat, lambda s: s.uses_history),
-            "mean_preserved": float(np.mean([s.preserved for s in flat])),
+            **_means(flat),
         }
     for mode, results in ground_truth.items():
         flat = [s for scores in results for s in scores]
@@ -179,7 +185,7 @@ def summarize(chained: dict, ground_truth: dict, num_turns: int) -> dict[str, An
             "history_turns": rate(flat, lambda s: s.uses_history),
             "other_turns": rate(flat, lambda s: not s.uses_history),
             "per_op": per_op,
-            "mean_preserved": float(np.mean([s.preserved for s in flat])),
+            **_means(flat),
         }
     return summary
 
@@ -247,6 +253,12 @@ def markdown_tables(summary: dict, num_sessions: int) -> str:
             lines.append(f"| {mode} | " + " | ".join(f"{v:.3f}" for v in row["per_turn_success"])
                          + "".join(f" | {row[k]['success']:.3f} (n={row[k]['n']})"
                                    for k in ("all_turns", "history_turns", "other_turns")) + " |")
+        lines += ["", "Ground-truth context, mean scores (success needs changed-region IoU >= 0.5, object >= 0.5 and "
+                  "preserved >= 0.95 in the same turn):", "",
+                  "| context | changed-region IoU | object score | preserved |", "|---|---|---|---|"]
+        for mode, row in summary["ground_truth"].items():
+            lines.append(f"| {mode} | {row['mean_changed_iou']:.3f} | {row['mean_object_score']:.3f} | "
+                         f"{row['mean_preserved']:.3f} |")
         ops = sorted({op for row in summary["ground_truth"].values() for op in row["per_op"]})
         lines += ["", "Ground-truth context, success per op:", "",
                   "| context | " + " | ".join(ops) + " |", "|---|" + "---|" * len(ops)]
@@ -284,6 +296,9 @@ def plot(summary: dict, path: Path, title: str) -> None:
     os.replace(tmp, path)
 
 
+_MEAN_SUFFIXES = ("_changed_iou", "_object_score", "_preserved")
+
+
 def append_curve(curve: Path, label: str, summary: dict) -> None:
     """Appends one point of the success-vs-training-steps curve and re-plots it beside the file."""
     point = {"label": label}
@@ -293,7 +308,8 @@ def append_curve(curve: Path, label: str, summary: dict) -> None:
     for mode, row in summary["ground_truth"].items():
         point[f"gt_{mode}_all"] = row["all_turns"]["success"]
         point[f"gt_{mode}_history"] = row["history_turns"]["success"]
-        point[f"gt_{mode}_preserved"] = row["mean_preserved"]
+        for name in ("changed_iou", "object_score", "preserved"):
+            point[f"gt_{mode}_{name}"] = row[f"mean_{name}"]
     with open(curve, "a") as f:
         f.write(json.dumps(point) + "\n")
     points = [json.loads(line) for line in curve.read_text().splitlines() if line.strip()]
@@ -303,11 +319,16 @@ def append_curve(curve: Path, label: str, summary: dict) -> None:
     import matplotlib.pyplot as plt
 
     steps = [float(p["label"]) for p in points]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key in sorted({k for p in points for k in p} - {"label"}):
-        ax.plot(steps, [p.get(key, float("nan")) for p in points], marker="o", label=key)
-    ax.set(xlabel="training steps", ylabel="success", title="ShapesBench vs training steps", ylim=(0, 1))
-    ax.legend(fontsize=7)
+    keys = sorted({k for p in points for k in p} - {"label"})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, chosen, title in ((axes[0], [k for k in keys if not k.endswith(_MEAN_SUFFIXES)],
+                               "success"),
+                              (axes[1], [k for k in keys if k.endswith(_MEAN_SUFFIXES)], "mean scores (ground truth)")):
+        for key in chosen:
+            ax.plot(steps, [p.get(key, float("nan")) for p in points], marker="o", label=key)
+        ax.set(xlabel="training steps", title=title, ylim=(0, 1))
+        ax.legend(fontsize=7)
+    fig.suptitle("ShapesBench vs training steps")
     fig.tight_layout()
     fig.savefig(curve.with_name("success_vs_steps.png"), dpi=100)
     plt.close(fig)
@@ -367,6 +388,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
     chained = {mode: run_chained(pipe, sessions, mode, sampling) for mode in modes}
     ground_truth = {mode: run_ground_truth(pipe, sessions, mode, sampling) for mode in gt_modes}
     summary = summarize(chained, ground_truth, args.num_turns)
+    summary["turns"] = {f"{protocol}/{mode}": [[asdict(score) for score in scores] for scores in results]
+                        for protocol, runs in (("chained", chained), ("ground_truth", ground_truth))
+                        for mode, results in runs.items()}
     if args.context_cache_timing:
         summary["context_cache"] = measure_context_cache(pipe, sessions[: args.context_cache_timing], sampling)
     summary["config"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}

@@ -10,6 +10,8 @@
 # Re-running the same command resumes from the latest checkpoint (every 100 steps, 3 kept). Extra flags go last
 # and override the recipe's (e.g. --max_train_steps 20000 for a longer run, --mixed_precision bf16 on a CPU
 # with AMX/avx512_bf16 or a GPU).
+# INIT_FROM=<pipeline folder> starts a new run from a pipeline's weights, text encoder and tokenizer instead of
+# from scratch, e.g. INIT_FROM=src/diffusers_vincie/default_model to continue training the shipped model.
 set -euo pipefail
 RUN_DIR=${1:-runs/vincie_shapes}
 shift || true
@@ -21,14 +23,19 @@ export HF_HUB_OFFLINE=1
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 WORLD="$ROOT/training_scripts/configs/vincie_shapes_world.json"
 
-if [ ! -d "$RUN_DIR/text/text_encoder" ]; then
-  python "$ROOT/training_scripts/build_shapes_text_encoder.py" --output_dir "$RUN_DIR/text" \
-    --world_config "$WORLD" --d_model 64 --num_layers 2 --seed 0
+if [ -n "${INIT_FROM:-}" ]; then
+  MODEL_ARGS=(--pretrained_model_name_or_path "$INIT_FROM")
+else
+  if [ ! -d "$RUN_DIR/text/text_encoder" ]; then
+    python "$ROOT/training_scripts/build_shapes_text_encoder.py" --output_dir "$RUN_DIR/text" \
+      --world_config "$WORLD" --d_model 64 --num_layers 2 --seed 0
+  fi
+  MODEL_ARGS=(--transformer_config "$HERE/vincie_shapes_transformer.json"
+              --text_encoder_name_or_path "$RUN_DIR/text/text_encoder"
+              --tokenizer_name_or_path "$RUN_DIR/text/tokenizer")
 fi
 
-python "$ROOT/training_scripts/train_vincie.py" \
-  --transformer_config "$HERE/vincie_shapes_transformer.json" \
-  --text_encoder_name_or_path "$RUN_DIR/text/text_encoder" --tokenizer_name_or_path "$RUN_DIR/text/tokenizer" \
+python "$ROOT/training_scripts/train_vincie.py" "${MODEL_ARGS[@]}" \
   --vae_name_or_path none \
   --synthetic_world --synthetic_world_config "$WORLD" --resolution 32 \
   --synthetic_num_turns 5 --synthetic_world_seed 0 \
