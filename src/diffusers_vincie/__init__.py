@@ -7,6 +7,7 @@ Importing the package registers `VincieInContextPipeline` with diffusers, so
 import diffusers as _diffusers
 
 from .conversion.vae import VincieAutoencoderKL
+from .default_model import DEFAULT_MODEL, load_default_pipeline
 from .models import VincieContextCache, VincieTransformer
 from .pipelines import (
     OFFICIAL_NEGATIVE_PROMPT,
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 setattr(_diffusers, "VincieInContextPipeline", VincieInContextPipeline)
 
 __all__ = [
+    "DEFAULT_MODEL",
     "OFFICIAL_NEGATIVE_PROMPT",
     "VincieAutoencoderKL",
     "VincieContextCache",
@@ -29,5 +31,6 @@ __all__ = [
     "VincieInContextPipeline",
     "VincieInContextPipelineOutput",
     "VincieTransformer",
+    "load_default_pipeline",
     "official_scheduler",
 ]
