@@ -45,7 +45,7 @@ import PIL.Image
 import torch
 from tqdm.auto import tqdm
 
-from diffusers_vincie.data.synthetic import EditScore, SyntheticSession, SyntheticWorld, score_edit
+from diffusers_vincie.data.synthetic import EditScore, SyntheticSession, score_edit
 from diffusers_vincie.evaluation.session_bench import build_bench_sessions
 
 CHAINED_MODES = ("full", "no_context", "chain_of_editing", "copy")
