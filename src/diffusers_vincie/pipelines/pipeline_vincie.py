@@ -261,17 +261,13 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
         return torch.tensor(slots)
 
     def _denoise(self, x, velocity, progress, callback, tensor_inputs):
-        if callback is None:
-            return run_sampler(self.scheduler, x, velocity, progress=progress)
-        for i, t in enumerate(self.scheduler.timesteps):
-            if self.interrupt:
-                break
-            v, _, _ = velocity(x, t)
-            latents = self.scheduler.step(v.float(), t, x.float(), return_dict=False)[0].to(x.dtype)
-            outputs = callback(self, i, t, {"latents": latents} if "latents" in tensor_inputs else {})
-            x = outputs.pop("latents", latents)
-            progress.update()
-        return x
+        def after_step(i, t, latents):
+            if callback is not None:
+                outputs = callback(self, i, t, {"latents": latents} if "latents" in tensor_inputs else {})
+                latents = outputs.pop("latents", latents)
+            return None if self.interrupt else latents
+
+        return run_sampler(self.scheduler, x, velocity, progress=progress, after_step=after_step)
 
     # ------------------------------------------------------------------------------------- checks
 

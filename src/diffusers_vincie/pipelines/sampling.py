@@ -168,8 +168,13 @@ def run_sampler(
     velocity: Callable,
     on_step: Optional[StepHook] = None,
     progress=None,
+    after_step: Optional[Callable[[int, torch.Tensor, torch.Tensor], Optional[torch.Tensor]]] = None,
 ) -> torch.Tensor:
-    """Integrates ``x`` over ``scheduler.timesteps`` (set beforehand); ``on_step(i, x, pos, neg)`` before each step."""
+    """Integrates ``x`` over ``scheduler.timesteps`` (set beforehand).
+
+    ``on_step(i, x, pos, neg)`` sees each step's input and predictions; ``after_step(i, t, x)`` may replace the
+    new ``x`` (pipeline callbacks) or return ``None`` to stop early (interrupt).
+    """
     for i, t in enumerate(scheduler.timesteps):
         v, pos, neg = velocity(x, t)
         if on_step is not None:
@@ -177,6 +182,11 @@ def run_sampler(
         x = scheduler.step(v.float(), t, x.float(), return_dict=False)[0].to(x.dtype)
         if progress is not None:
             progress.update()
+        if after_step is not None:
+            replaced = after_step(i, t, x)
+            if replaced is None:
+                break
+            x = replaced
     return x
 
 
