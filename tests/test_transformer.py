@@ -1,7 +1,6 @@
 """VincieTransformer: diffusers model-test style checks on tiny random configs."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +15,10 @@ from diffusers_vincie.conversion.dit import VINCIE_3B_CONFIG, convert_dit_state_
 from diffusers_vincie.models import VincieTransformer
 from diffusers_vincie.testing import tiny_transformer
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+from conftest import official_fixtures_dir
+
+# shared/reference sits beside shared/fixtures (../shared, or wherever $VINCIE_OFFICIAL_FIXTURES points)
+REFERENCE = official_fixtures_dir().parent.parent / "reference"
 
 
 def _session(f, h, w, text_len, c=4, text_dim=32, seed=0):
