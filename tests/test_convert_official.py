@@ -10,13 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import official_fixtures_dir
 import torch
 from safetensors.torch import load_file, save_file
 
 from diffusers_vincie.convert import main
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("VINCIE_OFFICIAL_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures" / "official"))
+FIXTURES = official_fixtures_dir()
 needs_fixtures = pytest.mark.skipif(
     not (FIXTURES / "dit_official.safetensors").is_file(),
     reason=f"official fixtures not found at {FIXTURES}; set VINCIE_OFFICIAL_FIXTURES to the fixture folder",

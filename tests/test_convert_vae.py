@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+from conftest import official_fixtures_dir
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
@@ -20,8 +20,7 @@ from diffusers_vincie.conversion.vae import (
     vae_parity_checks,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("VINCIE_OFFICIAL_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures" / "official"))
+FIXTURES = official_fixtures_dir()
 needs_fixtures = pytest.mark.skipif(
     not (FIXTURES / "vae_official.safetensors").is_file(),
     reason=f"official fixtures not found at {FIXTURES}; set VINCIE_OFFICIAL_FIXTURES to the fixture folder",
