@@ -378,6 +378,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
             raise ValueError(f"--ground_truth_modes: unknown mode {mode!r}; choose from {GROUND_TRUTH_MODES}.")
     if args.num_sessions < 1:
         raise ValueError(f"--num_sessions must be >= 1, got {args.num_sessions}.")
+    if args.curve is not None:
+        try:
+            float(args.label or "0")
+        except ValueError:
+            raise ValueError(f"--label must be the training step (a number) with --curve, got {args.label!r}.")
 
     world_kwargs = json.loads(WORLD_CONFIG.read_text())
     world_kwargs.pop("resolution", None)

@@ -1,5 +1,6 @@
 """Smoke tests of the shipped default model (VINCIE-Shapes), its demo and its text side."""
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -96,3 +97,28 @@ def test_demo_user_image_and_bad_input(tmp_path):
 def test_checkpoint_record_names_an_ema_checkpoint():
     record = json.loads((Path(DEFAULT_MODEL) / "checkpoint.json").read_text())
     assert record["ema"] is True and record["checkpoint"].startswith("checkpoint-")
+
+
+def _shapes_bench():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "shapes_bench.py"
+    spec = importlib.util.spec_from_file_location("shapes_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_shapes_bench_runs_end_to_end(tmp_path):
+    """The documented ShapesBench command on 2 sessions: tables, plots, a curve point; copy never succeeds."""
+    torch.set_num_threads(1)
+    bench = _shapes_bench()
+    curve = tmp_path / "curve.jsonl"
+    common = ["--num_sessions", "2", "--num_inference_steps", "2", "--output_dir", str(tmp_path), "--curve", str(curve)]
+    summary = bench.main(common + ["--modes", "full,copy", "--ground_truth_modes", "full", "--label", "7"])
+    assert summary["chained"]["copy"]["cumulative_success"] == [0.0] * 5  # every turn changes some pixels
+    assert len(summary["turns"]["ground_truth/full"]) == 2
+    assert "| full |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "shapes_bench.png").is_file() and (tmp_path / "success_vs_steps.png").is_file()
+    point = json.loads(curve.read_text())
+    assert point["label"] == "7" and 0.0 <= point["gt_full_preserved"] <= 1.0
+    with pytest.raises(ValueError, match="--label"):
+        bench.main(common + ["--label", "final"])
