@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 
 from diffusers_vincie.data.synthetic import EditScore, SyntheticSession, score_edit
 from diffusers_vincie.evaluation.session_bench import build_bench_sessions
+from diffusers_vincie.default_model import load_default_pipeline
 
 CHAINED_MODES = ("full", "no_context", "chain_of_editing", "copy")
 GROUND_TRUTH_MODES = ("full", "no_context")
@@ -339,18 +340,6 @@ def append_curve(curve: Path, label: str, summary: dict) -> None:
 # =====================================================================================================
 
 
-def load_pipeline(model: Optional[str]):
-    if model is None:
-        from diffusers_vincie.default_model import load_default_pipeline
-
-        return load_default_pipeline()
-    from diffusers_vincie import VincieInContextPipeline
-
-    pipe = VincieInContextPipeline.from_pretrained(model)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def main(argv: Optional[list[str]] = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="Pipeline folder (default: the shipped default model).")
@@ -387,7 +376,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     world_kwargs = json.loads(WORLD_CONFIG.read_text())
     world_kwargs.pop("resolution", None)
     sessions = build_bench_sessions(args.num_sessions, args.num_turns, args.seed, image_size=32, **world_kwargs)
-    pipe = load_pipeline(args.model)
+    pipe = load_default_pipeline(args.model)
     sampling = {"num_inference_steps": args.num_inference_steps, "guidance_scale": args.guidance_scale}
     start = time.perf_counter()
     chained = {mode: run_chained(pipe, sessions, mode, sampling) for mode in modes}

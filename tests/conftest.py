@@ -1,4 +1,6 @@
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -6,6 +8,17 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(path: Path, name: str, register: bool = False):
+    """Imports a repository script (a file outside the package) as module ``name``; ``register`` also puts it in
+    ``sys.modules`` (for code that looks its module up by name, e.g. Gradio callbacks)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    if register:
+        sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def official_fixtures_dir() -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
@@ -13,6 +12,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from conftest import load_script
 from datasets import load_dataset
 
 from diffusers_vincie.data import build as build_module
@@ -377,10 +377,7 @@ def test_load_dataset_round_trip_of_every_feature(tmp_path, synthetic_folder):
 
 
 def load_cli():
-    spec = importlib.util.spec_from_file_location("build_sessions_cli", REPO / "dataset_scripts" / "build_sessions.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "dataset_scripts" / "build_sessions.py", "build_sessions_cli")
 
 
 def test_cli_builds_a_loadable_dataset_and_explains_bad_arguments(tmp_path, synthetic_folder, capsys):

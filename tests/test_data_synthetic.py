@@ -7,6 +7,7 @@ import time
 import av
 import numpy as np
 import pytest
+from conftest import REPO, load_script
 
 from diffusers_vincie.data.schema import SessionRecord, mask_to_array
 from diffusers_vincie.data.synthetic import (
@@ -327,14 +328,7 @@ def test_render_video_bad_arguments(tmp_path, world, sessions):
 
 
 def _load_cli():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "dataset_scripts" / "make_synthetic_videos.py"
-    spec = importlib.util.spec_from_file_location("make_synthetic_videos", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "dataset_scripts" / "make_synthetic_videos.py", "make_synthetic_videos")
 
 
 def test_make_synthetic_videos_cli_is_deterministic_and_resumable(tmp_path):

@@ -1,6 +1,5 @@
 """Smoke tests of the shipped default model (VINCIE-Shapes), its demo and its text side."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -8,6 +7,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from conftest import REPO, load_script
 
 from diffusers_vincie.data.synthetic import SyntheticWorld
 from diffusers_vincie.default_model import DEFAULT_MODEL, DEFAULT_SAMPLING, RESOLUTION, load_default_pipeline
@@ -99,18 +99,10 @@ def test_checkpoint_record_names_an_ema_checkpoint():
     assert record["ema"] is True and record["checkpoint"].startswith("checkpoint-")
 
 
-def _shapes_bench():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "shapes_bench.py"
-    spec = importlib.util.spec_from_file_location("shapes_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_shapes_bench_runs_end_to_end(tmp_path):
     """The documented ShapesBench command on 2 sessions: tables, plots, a curve point; copy never succeeds."""
     torch.set_num_threads(1)
-    bench = _shapes_bench()
+    bench = load_script(REPO / "benchmarks" / "shapes_bench.py", "shapes_bench")
     curve = tmp_path / "curve.jsonl"
     common = ["--num_sessions", "2", "--num_inference_steps", "2", "--output_dir", str(tmp_path), "--curve", str(curve)]
     summary = bench.main(common + ["--modes", "full,copy", "--ground_truth_modes", "full", "--label", "7"])

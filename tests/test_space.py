@@ -1,7 +1,6 @@
 """The Space (space/app.py, space/deploy.py) on the tiny random pipeline, driven through gradio_client."""
 
 import configparser
-import importlib.util
 import json
 import os
 import re
@@ -16,6 +15,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = REPO / "space"
@@ -26,11 +26,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def load_space_module(name: str):
-    spec = importlib.util.spec_from_file_location(f"space_{name}", SPACE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[f"space_{name}"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SPACE / f"{name}.py", f"space_{name}", register=True)
 
 
 def free_port() -> int:

@@ -7,14 +7,13 @@ screenshot; docs/space-screenshot.png is made with the shipped default model::
     VINCIE_SPACE_TINY=0 VINCIE_SPACE_SCREENSHOT=docs/space-screenshot.png pytest tests/test_space_browser.py
 """
 
-import importlib.util
 import os
 import shutil
 import socket
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = REPO / "space"
@@ -35,10 +34,7 @@ def url():
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VINCIE_SPACE_TINY", os.environ.get("VINCIE_SPACE_TINY", "1"))
         mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-        spec = importlib.util.spec_from_file_location("space_app", SPACE / "app.py")
-        app = importlib.util.module_from_spec(spec)
-        sys.modules["space_app"] = app
-        spec.loader.exec_module(app)
+        app = load_script(SPACE / "app.py", "space_app", register=True)
         demo = app.build_demo(app.load_model())
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

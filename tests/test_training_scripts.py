@@ -1,7 +1,6 @@
 """End-to-end tests of training_scripts/: tiny random models, a tiny sessions dataset built by the project's own
 data scripts, single process and 2 CPU processes (gloo), kill/resume, overfitting, LoRA."""
 
-import importlib.util
 import json
 import os
 import signal
@@ -16,6 +15,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "training_scripts"
@@ -23,11 +23,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_
 
 
 def _load_script(name: str, folder: Path = SCRIPTS):
-    sys.path.insert(0, str(folder))
-    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    sys.path.insert(0, str(folder))  # the scripts import their siblings
+    return load_script(folder / f"{name}.py", name)
 
 
 def _reset_accelerate():

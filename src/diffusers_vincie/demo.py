@@ -128,13 +128,7 @@ def run_demo(output: str | os.PathLike, image: Optional[str] = None, instruction
     if not instructions or any(not text.strip() for text in instructions):
         raise ValueError("--instructions: give at least one non-empty instruction.")
 
-    if model is None:
-        pipe = load_default_pipeline()
-    else:
-        from .pipelines import VincieInContextPipeline
-
-        pipe = VincieInContextPipeline.from_pretrained(model)
-        pipe.set_progress_bar_config(disable=True)
+    pipe = load_default_pipeline(model)
     generator = torch.Generator().manual_seed(seed)
     session = pipe.start_session(source, resolution=RESOLUTION, generator=generator)
     output.mkdir(parents=True, exist_ok=True)

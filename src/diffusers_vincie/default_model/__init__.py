@@ -16,7 +16,7 @@ that world's instructions; see ``README.md`` in this folder (the model card) for
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 DEFAULT_MODEL: str = str(Path(__file__).resolve().parent)
 """Folder of the shipped pipeline (pass it to ``VincieInContextPipeline.from_pretrained``)."""
@@ -28,20 +28,22 @@ DEFAULT_SAMPLING: dict[str, Any] = {"num_inference_steps": 10, "guidance_scale":
 """Sampler settings the shipped numbers were measured with (``session.edit(..., **DEFAULT_SAMPLING)``)."""
 
 
-def load_default_pipeline(**kwargs: Any):
+def load_default_pipeline(model: Optional[str] = None, **kwargs: Any):
     """Loads the shipped VINCIE-Shapes pipeline (CPU, float32) with its progress bars off.
 
     Args:
+        model: another pipeline folder to load the same way instead, e.g. a checkpoint of the recipe exported by
+            ``training_scripts/recipes/export_checkpoint.py`` (default: the shipped model).
         kwargs: passed to ``VincieInContextPipeline.from_pretrained`` (e.g. ``torch_dtype``).
     """
     from ..pipelines import VincieInContextPipeline
 
-    if not (Path(DEFAULT_MODEL) / "model_index.json").is_file():
+    if model is None and not (Path(DEFAULT_MODEL) / "model_index.json").is_file():
         raise FileNotFoundError(
             f"The default model is missing from {DEFAULT_MODEL} (no model_index.json). Reinstall the package "
             "(`pip install -e .`), or train and export it with training_scripts/recipes/vincie_shapes.sh."
         )
-    pipe = VincieInContextPipeline.from_pretrained(DEFAULT_MODEL, **kwargs)
+    pipe = VincieInContextPipeline.from_pretrained(model or DEFAULT_MODEL, **kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
