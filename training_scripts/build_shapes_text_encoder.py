@@ -14,6 +14,11 @@ user-defined symbols (one piece each). A random frozen encoder is enough at this
 ~40 words and the transformer's text layers learn what they mean (the experiment in
 ``shared/reference/small-model-experiment.md`` used the same).
 
+``--tokenizer word_level`` builds a word-level tokenizer of the world's vocabulary instead
+(``text_encoding.build_word_level_tokenizer``), ``--strip_template`` makes it drop the template's boilerplate (the
+prompt becomes the instruction's words), and ``--num_layers 0`` makes the encoder learned word embeddings (an RMS
+norm after the embedding table; train it with ``train_vincie.py --train_text_encoder``).
+
 Usage::
 
     python training_scripts/build_shapes_text_encoder.py --output_dir runs/shapes_text \\
@@ -95,7 +100,8 @@ def sentencepiece_vocab(model_file: Path) -> list[tuple[str, float]]:
 
 
 def build(output_dir: str | os.PathLike, world_config: dict, d_model: int = 64, num_layers: int = 2,
-          vocab_size: int = 256, num_sessions: int = 3000, seed: int = 0) -> Path:
+          vocab_size: int = 256, num_sessions: int = 3000, seed: int = 0, tokenizer_kind: str = "bpe",
+          strip_template: bool = False, dropout_rate: float = 0.1) -> Path:
     """Writes ``tokenizer/`` and ``text_encoder/`` under ``output_dir`` (atomically); returns ``output_dir``.
 
     Args:
@@ -106,7 +112,16 @@ def build(output_dir: str | os.PathLike, world_config: dict, d_model: int = 64, 
         vocab_size: sentencepiece vocabulary size (an upper bound: the world needs fewer pieces).
         num_sessions: sessions drawn for the tokenizer's training text.
         seed: seed of those sessions (kept far below the evaluation seeds) and of the encoder weights.
+        tokenizer_kind: ``"bpe"`` (sentencepiece trained on the templated prompts) or ``"word_level"``.
+        strip_template: word-level only: the tokenizer drops the template's boilerplate.
+        dropout_rate: the encoder's dropout (active only while it is trained).
     """
+    if tokenizer_kind not in ("bpe", "word_level"):
+        raise ValueError(f"tokenizer_kind must be 'bpe' or 'word_level', got {tokenizer_kind!r}.")
+    if strip_template and tokenizer_kind != "word_level":
+        raise ValueError("strip_template needs the word-level tokenizer (--tokenizer word_level).")
+    if num_layers < 0:
+        raise ValueError(f"num_layers must be >= 0 (0: learned word embeddings), got {num_layers}.")
     import torch
     from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
@@ -116,18 +131,23 @@ def build(output_dir: str | os.PathLike, world_config: dict, d_model: int = 64, 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".text.tmp", dir=output_dir.parent))
     world = SyntheticWorld(**world_config)
-    model_file = train_sentencepiece(instruction_corpus(world, num_sessions, 5, seed), tmp / "spm", vocab_size)
-    tokenizer = T5Tokenizer(vocab=sentencepiece_vocab(model_file), extra_ids=0)
+    if tokenizer_kind == "bpe":
+        model_file = train_sentencepiece(instruction_corpus(world, num_sessions, 5, seed), tmp / "spm", vocab_size)
+        tokenizer = T5Tokenizer(vocab=sentencepiece_vocab(model_file), extra_ids=0)
+        shutil.rmtree(tmp / "spm")
+    else:
+        from diffusers_vincie.text_encoding import build_word_level_tokenizer
+
+        tokenizer = build_word_level_tokenizer(world.vocabulary, strip_template=strip_template)
     tokenizer.save_pretrained(tmp / "tokenizer")
 
     torch.manual_seed(seed)
     encoder = T5EncoderModel(T5Config(
         vocab_size=len(tokenizer), d_model=d_model, d_kv=d_model // 4, d_ff=2 * d_model, num_layers=num_layers,
         num_heads=4, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        decoder_start_token_id=tokenizer.pad_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id, dropout_rate=dropout_rate,
     ))
     encoder.save_pretrained(tmp / "text_encoder")
-    shutil.rmtree(tmp / "spm")
     if output_dir.exists():
         shutil.rmtree(output_dir)
     os.replace(tmp, output_dir)
@@ -139,7 +159,11 @@ def main() -> None:
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--world_config", default=None, help="JSON file or string of SyntheticWorld arguments.")
     parser.add_argument("--d_model", type=int, default=64, help="Must equal the transformer's text_embed_dim.")
-    parser.add_argument("--num_layers", type=int, default=2)
+    parser.add_argument("--num_layers", type=int, default=2, help="0: learned word embeddings (train them).")
+    parser.add_argument("--tokenizer", choices=("bpe", "word_level"), default="bpe")
+    parser.add_argument("--strip_template", action="store_true",
+                        help="Word-level tokenizer only: drop the prompt template's boilerplate.")
+    parser.add_argument("--dropout_rate", type=float, default=0.1, help="Encoder dropout (only while trained).")
     parser.add_argument("--vocab_size", type=int, default=256)
     parser.add_argument("--num_sessions", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
@@ -149,7 +173,7 @@ def main() -> None:
         text = args.world_config
         world_config = json.loads(Path(text).read_text() if os.path.isfile(text) else text)
     path = build(args.output_dir, world_config, args.d_model, args.num_layers, args.vocab_size,
-                 args.num_sessions, args.seed)
+                 args.num_sessions, args.seed, args.tokenizer, args.strip_template, args.dropout_rate)
     print(f"wrote {path}/tokenizer and {path}/text_encoder")
 
 

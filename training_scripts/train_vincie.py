@@ -56,7 +56,8 @@ from diffusers_vincie.training.checkpoints import (
     save_checkpoint_atomically,
 )
 from diffusers_vincie.training.export import load_components, save_final_pipeline
-from diffusers_vincie.training.validation import log_validation
+from diffusers_vincie.training.flow import TIMESTEP_SAMPLINGS
+from diffusers_vincie.training.validation import log_instruction_sensitivity, log_validation
 
 logger = get_logger(__name__)
 LOG_FILE = "train_log.jsonl"
@@ -79,6 +80,11 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                        help="Tokenizer folder (default: <pretrained>/tokenizer, else the text encoder folder).")
     group.add_argument("--vae_name_or_path", type=str, default=None,
                        help="AutoencoderKL folder (default: <pretrained>/vae if present); 'none' = pixel space.")
+    group.add_argument("--train_text_encoder", action="store_true",
+                       help="Train the text encoder with the transformer (one process; default: frozen). Its "
+                            "embeddings then change, so --cache_text_embeddings is ignored.")
+    group.add_argument("--text_encoder_learning_rate", type=float, default=None,
+                       help="Learning rate of the text encoder with --train_text_encoder (default: --learning_rate).")
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -121,11 +127,18 @@ def add_sequence_args(parser: argparse.ArgumentParser) -> None:
                        help="Draw the number of turns per sample instead of per micro-step (more attention padding).")
     group.add_argument("--max_text_length", type=int, default=150)
     group.add_argument("--cache_text_embeddings", action="store_true",
-                       help="Keep prompt embeddings in memory (the text encoder is frozen).")
+                       help="Keep prompt embeddings in memory (frozen text encoder; ignored with --train_text_encoder).")
     group.add_argument("--text_dropout", type=float, default=0.1, help="P(instructions -> negative prompt), for CFG.")
     group.add_argument("--negative_prompt", type=str, default="", help="Text of dropped instructions.")
+    group.add_argument("--timestep_sampling", choices=TIMESTEP_SAMPLINGS, default="logit_normal",
+                       help="Training time distribution: 'logit_normal' (official, --logit_mean/--logit_std), "
+                            "'uniform' or 'mode' (--mode_scale < 0: heavier ends); see training/flow.py.")
     group.add_argument("--logit_mean", type=float, default=0.0)
     group.add_argument("--logit_std", type=float, default=1.0)
+    group.add_argument("--mode_scale", type=float, default=-0.5, help="Scale of --timestep_sampling mode.")
+    group.add_argument("--timestep_shift", type=float, default=1.0,
+                       help="Shift of the training times, s t / (1 + (s - 1) t); > 1 trains more at high noise, "
+                            "where a sampler starting at t = 1 decides an edit's content (1: none).")
 
 
 def add_optimization_args(parser: argparse.ArgumentParser) -> None:
@@ -168,6 +181,10 @@ def add_output_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--num_validation_sessions", type=int, default=4)
     group.add_argument("--validation_inference_steps", type=int, default=10)
     group.add_argument("--validation_guidance_scale", type=float, default=1.0)
+    group.add_argument("--sensitivity_steps", type=int, default=0,
+                       help="With --synthetic_world, measure instruction sensitivity every N steps into "
+                            "<output_dir>/sensitivity.jsonl (0: off; ~15 s for 20 sessions at 32 px).")
+    group.add_argument("--num_sensitivity_sessions", type=int, default=20)
     group.add_argument("--scheduler_shift", type=float, default=1.0,
                        help="shift of the FlowMatchEulerDiscreteScheduler saved with the final pipeline.")
     group.add_argument("--no_save_pipeline", action="store_true", help="Skip the final pipeline folder.")
@@ -205,6 +222,14 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError("--checkpoints_total_limit must be >= 1 (or left out to keep every checkpoint).")
     if args.gradient_accumulation_steps < 1 or args.train_batch_size < 1:
         raise ValueError("--gradient_accumulation_steps and --train_batch_size must be >= 1.")
+    if args.timestep_shift <= 0:
+        raise ValueError(f"--timestep_shift must be > 0 (1 = no shift), got {args.timestep_shift}.")
+    if args.text_encoder_learning_rate is not None and not args.train_text_encoder:
+        raise ValueError("--text_encoder_learning_rate needs --train_text_encoder.")
+    if args.sensitivity_steps < 0 or args.num_sensitivity_sessions < 1:
+        raise ValueError("--sensitivity_steps must be >= 0 and --num_sensitivity_sessions >= 1.")
+    if args.sensitivity_steps and not args.synthetic_world:
+        raise ValueError("--sensitivity_steps needs --synthetic_world (the sessions come from its world).")
     return args
 
 
@@ -320,9 +345,13 @@ def main(args: argparse.Namespace, lora=None) -> dict:
             f"Pixel-space training (no VAE) needs latent_channels=3, the transformer has "
             f"{transformer.config.latent_channels}; give --vae_name_or_path or fix the config."
         )
-    for frozen in (text_encoder, vae):
+    if args.train_text_encoder and accelerator.num_processes > 1:
+        raise ValueError("--train_text_encoder runs in one process (prompts are encoded outside the wrapped module).")
+    for frozen in (vae,) if args.train_text_encoder else (text_encoder, vae):
         if frozen is not None:
             frozen.requires_grad_(False).eval().to(accelerator.device)
+    if args.train_text_encoder:
+        text_encoder.requires_grad_(True).train().to(accelerator.device)
     if lora is not None:
         transformer = lora.prepare_transformer(args, transformer)
     if args.gradient_checkpointing:
@@ -334,15 +363,23 @@ def main(args: argparse.Namespace, lora=None) -> dict:
         from diffusers.training_utils import EMAModel
 
         ema = EMAModel([p for p in transformer.parameters() if p.requires_grad], decay=args.ema_decay)
+    text_params = [p for p in text_encoder.parameters() if p.requires_grad] if args.train_text_encoder else []
+    text_ema = None
+    if ema is not None and text_params:
+        from diffusers.training_utils import EMAModel
+
+        text_ema = EMAModel(text_params, decay=args.ema_decay)
 
     module = VincieTrainingModule(transformer, args.attention_layout)
     params = [p for p in module.parameters() if p.requires_grad]
-    lr = args.learning_rate
-    if args.scale_lr:
-        lr *= args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
-    optimizer = make_optimizer(args, params)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+    scale = (args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
+             if args.scale_lr else 1)
+    lr = args.learning_rate * scale
+    groups = [{"params": params, "lr": lr}]
+    if text_params:
+        groups.append({"params": text_params, "lr": (args.text_encoder_learning_rate or args.learning_rate) * scale})
+    optimizer = make_optimizer(args, groups)
+    params = params + text_params  # everything the gradient clip and the optimizer see
     from diffusers.optimization import get_scheduler
 
     lr_scheduler = get_scheduler(
@@ -350,10 +387,15 @@ def main(args: argparse.Namespace, lora=None) -> dict:
         num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
         num_training_steps=args.max_train_steps * accelerator.num_processes,
     )
-    module, optimizer, lr_scheduler = accelerator.prepare(module, optimizer, lr_scheduler)
-    if ema is not None:
-        ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
+    if args.train_text_encoder:  # prepared so that checkpoints hold its weights (model_1.safetensors)
+        module, text_encoder, optimizer, lr_scheduler = accelerator.prepare(
+            module, text_encoder, optimizer, lr_scheduler)
+    else:
+        module, optimizer, lr_scheduler = accelerator.prepare(module, optimizer, lr_scheduler)
+    for average in (ema, text_ema):  # custom_checkpoint_0 (transformer), custom_checkpoint_1 (text encoder)
+        if average is not None:
+            average.to(accelerator.device)
+            accelerator.register_for_checkpointing(average)
 
     # ---- resume
     global_step = 0
@@ -375,7 +417,8 @@ def main(args: argparse.Namespace, lora=None) -> dict:
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_planned,
                         num_workers=args.dataloader_num_workers,
                         persistent_workers=args.dataloader_num_workers > 0)
-    text_cache = PromptEmbeddingCache(text_encoder, tokenizer, args.max_text_length, enabled=args.cache_text_embeddings)
+    text_cache = PromptEmbeddingCache(text_encoder, tokenizer, args.max_text_length,
+                                      enabled=args.cache_text_embeddings and not args.train_text_encoder)
 
     if accelerator.is_main_process and args.report_to != "none":
         accelerator.init_trackers("vincie", config={k: v for k, v in vars(args).items()
@@ -394,6 +437,7 @@ def main(args: argparse.Namespace, lora=None) -> dict:
         batch = build_training_batch(
             planned, latents, text_cache, config, seed=args.seed, text_dropout=args.text_dropout,
             negative_prompt=args.negative_prompt, logit_mean=args.logit_mean, logit_std=args.logit_std,
+            timestep_sampling=args.timestep_sampling, timestep_shift=args.timestep_shift, mode_scale=args.mode_scale,
         ).to(accelerator.device)
         data_time += time.perf_counter() - wait_start
         with accelerator.accumulate(module):
@@ -411,6 +455,8 @@ def main(args: argparse.Namespace, lora=None) -> dict:
         # ---- one optimizer step done
         if ema is not None:
             ema.step([p for p in transformer.parameters() if p.requires_grad])
+        if text_ema is not None:
+            text_ema.step(text_params)
         global_step += 1
         last_loss, accumulated = accumulated, 0.0
         step_time = time.perf_counter() - step_start
@@ -429,6 +475,8 @@ def main(args: argparse.Namespace, lora=None) -> dict:
             save_checkpoint_atomically(accelerator, args.output_dir, global_step)
         if args.validation_steps and global_step % args.validation_steps == 0 and accelerator.is_main_process:
             log_validation(args, accelerator, transformer, ema, text_cache, vae, dataset, global_step)
+        if args.sensitivity_steps and global_step % args.sensitivity_steps == 0 and accelerator.is_main_process:
+            log_instruction_sensitivity(args, transformer, ema, components, dataset.world, global_step, text_ema)
         step_start = time.perf_counter()  # checkpointing and validation are not step time
 
     # ---- final weights
@@ -437,6 +485,10 @@ def main(args: argparse.Namespace, lora=None) -> dict:
         final = accelerator.unwrap_model(module).transformer
         if ema is not None:
             ema.copy_to([p for p in final.parameters() if p.requires_grad])
+        if text_ema is not None:
+            text_ema.copy_to(text_params)
+        if args.train_text_encoder:
+            text_encoder.requires_grad_(False).eval()
         if lora is not None:
             lora.save(args, final)
         elif not args.no_save_pipeline:

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import torch
 
-from .assembly import format_turn_prompt, select_valid_tokens
+from .assembly import PROMPT_TEMPLATE, format_turn_prompt, select_valid_tokens
 
 
 def end_token_id(tokenizer) -> int:
@@ -20,7 +20,6 @@ def end_token_id(tokenizer) -> int:
     raise ValueError("The tokenizer has neither an EOS nor a pad token; set `tokenizer.eos_token` (the end token).")
 
 
-@torch.no_grad()
 def encode_prompts(
     text_encoder, tokenizer, prompts: Sequence[str], max_length: int = 150, device=None
 ) -> list[torch.Tensor]:
@@ -32,6 +31,9 @@ def encode_prompts(
         prompts: already templated prompt strings.
         max_length: longest kept sequence, end token included (official: 150).
         device: where to run the encoder (default: its own device).
+
+    Gradients flow only into an encoder that is being trained: in training mode (``text_encoder.train()``) with
+    trainable parameters, under grad mode. A loaded encoder is in eval mode, so inference never builds a graph.
     """
     if max_length < 2:
         raise ValueError(f"`max_length` must be >= 2 (at least one token and the end token), got {max_length}.")
@@ -45,27 +47,54 @@ def encode_prompts(
     for row, x in enumerate(ids):
         input_ids[row, : len(x)] = torch.tensor(x)
         mask[row, : len(x)] = 1
-    states = text_encoder(input_ids=input_ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+    trains = text_encoder.training and any(p.requires_grad for p in text_encoder.parameters())
+    with torch.set_grad_enabled(torch.is_grad_enabled() and trains):
+        states = text_encoder(input_ids=input_ids.to(device), attention_mask=mask.to(device)).last_hidden_state
     return [seg.float() for seg in select_valid_tokens(states, mask.to(states.device))]
 
 
-def build_word_level_tokenizer(vocabulary: Sequence[str]):
+def template_boilerplate_patterns() -> tuple[str, str]:
+    """Regexes of the prompt template's text before and after the instruction (``PROMPT_TEMPLATE``, any image
+    index), e.g. ``"Based on <IMG3>, "`` and ``". Output <IMG4>: "``."""
+    import re
+
+    before, after = PROMPT_TEMPLATE.split("{instruction}")
+
+    def pattern(text: str) -> str:
+        return re.sub(r"\\\{(index|next_index)\\\}", r"\\d+", re.escape(text))
+
+    return "^" + pattern(before), pattern(after) + "$"
+
+
+def build_word_level_tokenizer(vocabulary: Sequence[str], strip_template: bool = False):
     """A ``PreTrainedTokenizerFast`` over whole words (lower-cased, punctuation split), built offline in code.
 
     Special tokens: ``<pad>`` (0), ``</s>`` (1, the end token), ``<unk>`` (2). Enough for the templated prompts of
     the synthetic world (its vocabulary plus the prompt template's words) and for tests.
+
+    Args:
+        vocabulary: the words of the instructions.
+        strip_template: the tokenizer's normalizer removes the template's boilerplate (``"Based on <IMGk>, "``,
+            ``". Output <IMGk+1>: "``), so a templated prompt becomes the instruction's words only. The saved
+            ``tokenizer.json`` carries the rule, so a pipeline loading the tokenizer needs no change; the turn
+            tokens of ``VincieTransformer.build_session_text`` still tell the model which turn a prompt is.
     """
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    template_words = format_turn_prompt("x", 0).replace("x", " ")
     words = ["<pad>", "</s>", "<unk>"]
     pieces = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
-    for word in list(vocabulary) + [w for w, _ in pieces.pre_tokenize_str(template_words.lower())]:
+    template_words = [] if strip_template else [
+        w for w, _ in pieces.pre_tokenize_str(format_turn_prompt("x", 0).replace("x", " ").lower())
+    ]
+    for word in list(vocabulary) + template_words:
         if word not in words:
             words.append(word)
-    words += [f"img{i}" for i in range(2, 65)]  # image indices of the template ("<IMG3>" -> "<", "img3", ">")
+    if not strip_template:
+        words += [f"img{i}" for i in range(2, 65)]  # image indices of the template ("<IMG3>" -> "<", "img3", ">")
     tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tokenizer.normalizer = normalizers.Lowercase()
+    rules = [normalizers.Replace(Regex(pattern), "") for pattern in template_boilerplate_patterns()] \
+        if strip_template else []
+    tokenizer.normalizer = normalizers.Sequence([*rules, normalizers.Lowercase()])
     tokenizer.pre_tokenizer = pieces
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")

@@ -9,6 +9,11 @@ The training script writes the final pipeline only at its last step; this export
 
 The folder gets the same layout and config as the training script's own export (``save_final_pipeline``):
 ``default_negative_prompt`` = the training negative prompt, ``frame_index_mode`` = the training frame index.
+
+The text side comes from ``--text_dir`` (``text_encoder/`` and ``tokenizer/``; default ``<run_dir>/text``, the
+recipe's own; for a run started with ``INIT_FROM`` give that pipeline folder or the ``--text_encoder_name_or_path``
+parent). A run with ``--train_text_encoder`` stores the encoder in the checkpoint (``model_1.safetensors``, EMA in
+``custom_checkpoint_1.pkl``); those weights are exported then.
 """
 
 from __future__ import annotations
@@ -54,7 +59,32 @@ def load_checkpoint_transformer(checkpoint: Path, transformer_config: dict, use_
     return transformer.eval()
 
 
-def export(run_dir: Path, checkpoint: str, output: Path, transformer_config: Path, use_ema: bool = True) -> Path:
+def load_checkpoint_text_encoder(checkpoint: Path, text_encoder, use_ema: bool = True) -> bool:
+    """Loads a trained text encoder's weights (EMA with ``use_ema``) from ``checkpoint`` into ``text_encoder``;
+    ``False`` (nothing loaded) when the run kept its text encoder frozen."""
+    weights = checkpoint / "model_1.safetensors"
+    if not weights.is_file():
+        return False
+    missing, unexpected = text_encoder.load_state_dict(load_file(str(weights)), strict=False)
+    if unexpected or any(not key.endswith("embed_tokens.weight") for key in missing):  # tied to shared.weight
+        raise ValueError(f"{weights} does not fit the text encoder: missing {missing}, unexpected {unexpected}.")
+    if use_ema:
+        ema_file = checkpoint / "custom_checkpoint_1.pkl"
+        if not ema_file.is_file():
+            raise FileNotFoundError(f"{ema_file} is missing: the run has no text-encoder EMA; pass --no_ema.")
+        shadow = torch.load(ema_file, map_location="cpu", weights_only=True)["shadow_params"]
+        params = [p for p in text_encoder.parameters() if p.requires_grad]
+        if len(shadow) != len(params):
+            raise ValueError(f"Text EMA holds {len(shadow)} tensors, the text encoder {len(params)} parameters.")
+        with torch.no_grad():
+            for param, value in zip(params, shadow):
+                param.copy_(value)
+    text_encoder.eval()
+    return True
+
+
+def export(run_dir: Path, checkpoint: str, output: Path, transformer_config: Path, use_ema: bool = True,
+           text_dir: Path | None = None, scheduler_shift: float = 1.0) -> Path:
     """Writes the pipeline folder of ``checkpoint`` (a path, a step number or ``latest``) to ``output``."""
     from diffusers_vincie.training.checkpoints import find_checkpoint, list_checkpoints
     from diffusers_vincie.training.export import load_components, save_final_pipeline
@@ -64,18 +94,20 @@ def export(run_dir: Path, checkpoint: str, output: Path, transformer_config: Pat
     path = find_checkpoint(run_dir, checkpoint)
     if path is None:
         raise FileNotFoundError(f"--checkpoint {checkpoint}: not found in {run_dir} ({list_checkpoints(run_dir)}).")
+    text_dir = text_dir or run_dir / "text"
     args = argparse.Namespace(
-        pretrained_model_name_or_path=None, text_encoder_name_or_path=str(run_dir / "text" / "text_encoder"),
-        tokenizer_name_or_path=str(run_dir / "text" / "tokenizer"), vae_name_or_path="none",
+        pretrained_model_name_or_path=None, text_encoder_name_or_path=str(text_dir / "text_encoder"),
+        tokenizer_name_or_path=str(text_dir / "tokenizer"), vae_name_or_path="none",
         transformer_config=str(transformer_config),
     )
     components = load_components(args)
+    trained_text = load_checkpoint_text_encoder(path, components["text_encoder"], use_ema)
     transformer = load_checkpoint_transformer(path, json.loads(transformer_config.read_text()), use_ema)
     staging = output.parent / f".{output.name}.export"
     if staging.exists():
         shutil.rmtree(staging)
-    folder = save_final_pipeline(str(staging), transformer, components, scheduler_shift=1.0, negative_prompt="",
-                                 frame_index="slots")
+    folder = save_final_pipeline(str(staging), transformer, components, scheduler_shift=scheduler_shift,
+                                 negative_prompt="", frame_index="slots")
     output.mkdir(parents=True, exist_ok=True)
     for item in folder.iterdir():  # replace only the pipeline's own entries (the target may hold other files)
         target = output / item.name
@@ -83,7 +115,10 @@ def export(run_dir: Path, checkpoint: str, output: Path, transformer_config: Pat
             shutil.rmtree(target)
         os.replace(item, target)
     shutil.rmtree(staging)
-    (output / "checkpoint.json").write_text(json.dumps({"checkpoint": path.name, "ema": use_ema}) + "\n")
+    record = {"checkpoint": path.name, "ema": use_ema}
+    if trained_text:
+        record["trained_text_encoder"] = True
+    (output / "checkpoint.json").write_text(json.dumps(record) + "\n")
     return output
 
 
@@ -94,8 +129,12 @@ def main() -> None:
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--transformer_config", type=Path, default=HERE / "vincie_shapes_transformer.json")
     parser.add_argument("--no_ema", action="store_true", help="Export the raw weights instead of the EMA.")
+    parser.add_argument("--text_dir", type=Path, default=None,
+                        help="Folder with text_encoder/ and tokenizer/ (default: <run_dir>/text).")
+    parser.add_argument("--scheduler_shift", type=float, default=1.0, help="Shift of the saved sampler schedule.")
     args = parser.parse_args()
-    print(export(args.run_dir, args.checkpoint, args.output, args.transformer_config, not args.no_ema))
+    print(export(args.run_dir, args.checkpoint, args.output, args.transformer_config, not args.no_ema,
+                 args.text_dir, args.scheduler_shift))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from .data import PlannedSample, item_generator
-from .flow import sample_logit_normal, weighted_frame_mse
+from .flow import sample_timesteps, weighted_frame_mse
 from .sequences import (
     SequenceConfig,
     TrainingBatch,
@@ -54,9 +54,9 @@ def _noise(shape, step: int, index: int, seed: int) -> torch.Tensor:
     return torch.randn(shape, generator=g)
 
 
-def _times(count: int, step: int, index: int, seed: int, mean: float, std: float) -> torch.Tensor:
+def _times(count: int, step: int, index: int, seed: int, distribution: dict) -> torch.Tensor:
     g = torch.Generator().manual_seed(int(item_generator(seed, step, index, stream=2).integers(2**62)))
-    return sample_logit_normal(count, mean, std, generator=g)
+    return sample_timesteps(count, generator=g, **distribution)
 
 
 def build_training_batch(
@@ -69,6 +69,9 @@ def build_training_batch(
     negative_prompt: Optional[str] = None,
     logit_mean: float = 0.0,
     logit_std: float = 1.0,
+    timestep_sampling: str = "logit_normal",
+    timestep_shift: float = 1.0,
+    mode_scale: float = -0.5,
 ) -> TrainingBatch:
     """Draws times / noise / text dropout for each planned sample and packs the batch (all on CPU, deterministic
     in ``(seed, micro-step, index)``).
@@ -82,7 +85,11 @@ def build_training_batch(
         text_dropout: probability that a sample's instructions are replaced by the negative prompt (CFG).
         negative_prompt: text of dropped instructions (default empty).
         logit_mean, logit_std: logit-normal time distribution.
+        timestep_sampling, timestep_shift, mode_scale: the time distribution (``flow.sample_timesteps``; default
+            the official logit-normal, unshifted).
     """
+    distribution = dict(sampling=timestep_sampling, mean=logit_mean, std=logit_std, mode_scale=mode_scale,
+                        shift=timestep_shift)
     tensors = []
     for s, lat in zip(samples, latents):
         drop = bool(item_generator(seed, s.step, s.index, stream=3).random() < text_dropout)
@@ -91,7 +98,7 @@ def build_training_batch(
         if config.layout == "full":
             n = len(s.plan.frames)
             shape = (n, *next(iter(lat.values())).shape)
-            t = _times(1, s.step, s.index, seed, logit_mean, logit_std)[0]
+            t = _times(1, s.step, s.index, seed, distribution)[0]
             tensors.append(assemble_full_attention(
                 s.plan, lat, segments, t, _noise(shape, s.step, s.index, seed), config.task_weights,
                 config.frame_index,
@@ -99,7 +106,7 @@ def build_training_batch(
         else:
             n = len(s.plan.targets)
             shape = (n, *next(iter(lat.values())).shape)
-            t = _times(n, s.step, s.index, seed, logit_mean, logit_std)
+            t = _times(n, s.step, s.index, seed, distribution)
             tensors.append(assemble_block_causal(
                 s.plan, lat, segments, t, _noise(shape, s.step, s.index, seed), config.task_weights,
                 config.frame_index,

@@ -3,11 +3,16 @@
 Each row is one session: ground-truth frames ``I_0 .. I_n`` on the top half, and under each ``I_k`` (k >= 1) the
 model's sample of ``I_k`` from the ground-truth context ``I_0 .. I_{k-1}`` and instructions ``T_0 .. T_{k-1}``.
 Sampling runs on the pipeline's own sampler (``training.sampling``).
+
+:func:`log_instruction_sensitivity` measures how much one swapped instruction word changes the output
+(``evaluation.instruction_sensitivity``), the earliest sign that a small model reads its text.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -102,4 +107,48 @@ def log_validation(args, accelerator, transformer, ema, text_cache, vae, dataset
     return path
 
 
-__all__ = ["log_validation", "sample_frames", "save_grid"]
+@contextmanager
+def _averaged_weights(model, ema):
+    """``model`` in eval mode with its EMA weights (if any) for the block; its training weights and mode after."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if ema is not None:
+        ema.store(params)
+        ema.copy_to(params)
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        if ema is not None:
+            ema.restore(params)
+        model.train(was_training)
+
+
+def log_instruction_sensitivity(args, transformer, ema, components: dict, world, step: int, text_ema=None) -> dict:
+    """Instruction sensitivity of the current (EMA) weights on ``args.num_sensitivity_sessions`` held-out sessions
+    of ``world``; appends ``{"step", "colour", "shape", "op", "noise", ...}`` to
+    ``<output_dir>/sensitivity.jsonl`` and returns it."""
+    from ..evaluation.instruction_sensitivity import instruction_sensitivity, sensitivity_sessions
+    from ..pipelines import VincieInContextPipeline, official_scheduler
+
+    sessions = sensitivity_sessions(args.num_sensitivity_sessions, **world.config)
+    with _averaged_weights(transformer, ema), _averaged_weights(components["text_encoder"], text_ema), \
+            torch.no_grad():
+        pipe = VincieInContextPipeline(
+            transformer=transformer, vae=components.get("vae"), text_encoder=components["text_encoder"],
+            tokenizer=components["tokenizer"], scheduler=official_scheduler(shift=args.scheduler_shift),
+            default_negative_prompt=args.negative_prompt, frame_index_mode=args.frame_index,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        result = instruction_sensitivity(
+            pipe, sessions, world.colours, world.shapes,
+            sampling={"num_inference_steps": args.validation_inference_steps,
+                      "guidance_scale": args.validation_guidance_scale},
+        )
+    record = {"step": step, **result}
+    with open(Path(args.output_dir) / "sensitivity.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    return record
+
+
+__all__ = ["log_instruction_sensitivity", "log_validation", "sample_frames", "save_grid"]
