@@ -21,7 +21,6 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 from diffusers_vincie.default_model import load_default_pipeline
 from diffusers_vincie.evaluation.instruction_sensitivity import (
@@ -34,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 WORLD_CONFIG = REPO / "training_scripts" / "configs" / "vincie_shapes_world.json"
 
 
-def main(argv: Optional[list[str]] = None) -> dict:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="Pipeline folder (default: the shipped default model).")
     parser.add_argument("--num_sessions", type=int, default=20)

@@ -13,7 +13,8 @@ training (``0 .. 999,999``) and from ShapesBench (10,000,000 + i).
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -23,7 +24,7 @@ SENSITIVITY_SEED = 20_000_000
 SWAPS: tuple[str, ...] = ("colour", "shape", "op")
 
 
-def swap_word(instruction: str, choices: Sequence[str]) -> Optional[str]:
+def swap_word(instruction: str, choices: Sequence[str]) -> str | None:
     """``instruction`` with its first word from ``choices`` replaced by the next choice not already in it
     (cyclically); ``None`` when it has no such word."""
     words = instruction.split()
@@ -39,7 +40,7 @@ def swap_word(instruction: str, choices: Sequence[str]) -> Optional[str]:
     return None
 
 
-def swap_op(instruction: str, colours: Sequence[str], shapes: Sequence[str]) -> Optional[str]:
+def swap_op(instruction: str, colours: Sequence[str], shapes: Sequence[str]) -> str | None:
     """Another op on the instruction's object: ``"remove the <colour> <shape>"`` (``"make the <colour> <shape>
     bigger"`` when the op already is remove); ``None`` for an instruction without an object (a pan)."""
     words = instruction.split()
@@ -81,7 +82,7 @@ def instruction_sensitivity(
     sessions: Sequence,
     colours: Sequence[str],
     shapes: Sequence[str],
-    sampling: Optional[dict] = None,
+    sampling: dict | None = None,
     threshold: int = 32,
     seed: int = 0,
 ) -> dict[str, Any]:
