@@ -139,7 +139,7 @@ def test_build_shapes_text_encoder_writes_learned_word_embeddings(tmp_path):
 
 def test_all_mm_conversion_keeps_the_function(tmp_path):
     from diffusers_vincie.models.transformer_vincie import VincieTransformer
-    from diffusers_vincie.training.tiny import tiny_transformer_config
+    from diffusers_vincie.testing import tiny_transformer_config
 
     convert = _script("training_scripts/recipes/convert_to_all_mm.py", "convert_to_all_mm")
     torch.manual_seed(0)
@@ -167,7 +167,7 @@ def _tiny_pipeline(transformer=None):
 
     from diffusers_vincie.models.transformer_vincie import VincieTransformer
     from diffusers_vincie.pipelines import VincieInContextPipeline, official_scheduler
-    from diffusers_vincie.training.tiny import tiny_transformer_config
+    from diffusers_vincie.testing import tiny_transformer_config
 
     tokenizer = build_word_level_tokenizer(SyntheticWorld().vocabulary)
     torch.manual_seed(0)
@@ -244,7 +244,7 @@ def test_training_the_text_encoder_with_high_noise_times_resumes_and_exports(tmp
     export_checkpoint.py ships the trained (EMA) text encoder."""
     from safetensors.torch import load_file
 
-    from diffusers_vincie.training.tiny import write_tiny_components
+    from diffusers_vincie.testing import write_tiny_components
 
     components = write_tiny_components(tmp_path / "components")
     build = _script("training_scripts/build_shapes_text_encoder.py", "build_shapes_text_encoder")

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import torch
 
-from .assembly import PROMPT_TEMPLATE, format_turn_prompt, select_valid_tokens
+from .sequence import PROMPT_TEMPLATE, format_turn_prompt, select_valid_tokens
 
 
 def end_token_id(tokenizer) -> int:

@@ -9,13 +9,14 @@ loop, spec 6.1). The per-turn work:
     target latent --VAE decode--> image
 
 `VincieEditingSession` (``pipe.start_session(image)``) keeps every encoded instruction and image, so a session
-never encodes anything twice; the plain ``__call__`` runs the same machinery for a list of instructions.
+never encodes anything twice; the plain ``__call__`` runs the same machinery for a list of instructions. The
+pipeline imports the session module, never the reverse.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import PIL.Image
 import torch
@@ -23,15 +24,13 @@ from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteSc
 from diffusers.pipelines.pipeline_utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..assembly import FRAME, build_condition
 from ..models.transformer_vincie import VincieTransformer
+from ..sequence import FRAME_INDEX_MODES, Frame, session_text
 from ..text_encoding import encode_prompts
 from .image_processing import postprocess
 from .lora import VincieLoraLoaderMixin
-from .sampling import CachedContextVelocity, FullAttentionVelocity, run_sampler, set_trailing_timesteps
-
-if TYPE_CHECKING:
-    from .session import VincieEditingSession
+from .sampling import sample_frame
+from .session import SessionFrame, SessionText, VincieEditingSession
 
 OFFICIAL_NEGATIVE_PROMPT = (
     "Worst quality, Normal quality, Low quality, Low res, Blurry, Jpeg artifacts, Grainy, text, logo, watermark, "
@@ -42,8 +41,6 @@ OFFICIAL_NEGATIVE_PROMPT = (
     "Deformed structures"
 )
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-FRAME_KINDS = ("image", "current_mask", "next_mask")
-FRAME_INDEX_MODES = ("compact", "slots")
 FIDELITIES = ("exact", "official")
 POSTERIORS = ("sample", "mode")
 
@@ -57,29 +54,6 @@ class VincieInContextPipelineOutput(BaseOutput):
 
     images: list
     masks: Optional[list] = None
-
-
-# =====================================================================================================
-#                                          Session items
-# =====================================================================================================
-
-
-@dataclass
-class SessionFrame:
-    """A frame of the session: an image or an RoE mask, with its latent (``(h, w, C)``, scaled)."""
-
-    latent: torch.Tensor
-    image: PIL.Image.Image
-    kind: str = "image"  # one of FRAME_KINDS
-
-
-@dataclass
-class SessionText:
-    """An instruction: its formatted prompt, encoder tokens ``(n, text_dim)`` and turn index."""
-
-    prompt: str
-    tokens: torch.Tensor
-    turn: int
 
 
 # =====================================================================================================
@@ -192,9 +166,22 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
 
     # ------------------------------------------------------------------------------------- one frame
 
-    def generate_frame(
+    def prepare_latents(
+        self, shape: tuple, generator: Optional[torch.Generator], latents: Optional[torch.Tensor], device
+    ) -> torch.Tensor:
+        """The initial noise of one frame: drawn from ``generator``, or the given ``latents`` checked."""
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"`latents` must have shape {shape} for this turn; got {tuple(latents.shape)}.")
+        elif not torch.isfinite(latents).all():
+            raise ValueError("`latents` contains NaN or Inf values.")
+        return latents.to(device, self.transformer.dtype)
+
+    def denoise(
         self,
         items: list,
+        target: Frame,
         negative_tokens: Optional[torch.Tensor],
         guidance_scale: float,
         num_inference_steps: int,
@@ -202,72 +189,36 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
         latents: Optional[torch.Tensor] = None,
         callback_on_step_end: Optional[Callable] = None,
         callback_on_step_end_tensor_inputs: tuple = ("latents",),
-        target_kind: str = "image",
     ) -> torch.Tensor:
-        """Generates the frame that follows ``items`` (a list of `SessionFrame` / `SessionText`).
-
-        ``target_kind`` ("image", "current_mask" or "next_mask") only matters for ``frame_index_mode="slots"``.
-
-        Returns:
-            The new frame's latent ``(h, w, C)``.
-        """
+        """Generates the frame ``target`` that follows ``items`` (encoded `SessionFrame` / `SessionText` in session
+        order) with a progress bar, ``callback_on_step_end`` and ``interrupt``; returns its latent ``(h, w, C)``."""
         frames = [it for it in items if isinstance(it, SessionFrame)]
         texts = [it for it in items if isinstance(it, SessionText)]
         context = torch.stack([f.latent for f in frames])
-        n, h, w, c = context.shape
-        text = self.transformer.build_session_text([t.tokens for t in texts], [t.turn for t in texts])
-        negative = None if negative_tokens is None else self.transformer.build_session_text([negative_tokens], [0])
-        frame_index = self._frame_index([f.kind for f in frames] + [target_kind]).to(context.device)
+        text = session_text([t.tokens for t in texts], [t.turn for t in texts])
+        negative = None if negative_tokens is None else session_text([negative_tokens], [0])
+        sequence = [it.item for it in items]
+        mode = self.config.frame_index_mode
+        noise = self.prepare_latents(self._frame_shape(len(frames), context.shape[1:]), generator, latents, context.device)
 
-        if self.block_causal:
-            layout = [FRAME if isinstance(it, SessionFrame) else len(it.tokens) + 1 for it in items]
-            velocity = CachedContextVelocity(
-                self.transformer, context, layout, text, negative, guidance_scale, frame_index=frame_index
-            )
-            shape = (1, h, w, c)
-        else:
-            velocity = FullAttentionVelocity(
-                self.transformer, build_condition(context), text, negative, guidance_scale, frame_index=frame_index
-            )
-            shape = (n + 1, h, w, c)  # official: every frame of the session is integrated
+        def on_step(i, t, x_before, prediction, x_after):
+            if callback_on_step_end is not None:
+                tensors = {"latents": x_after} if "latents" in callback_on_step_end_tensor_inputs else {}
+                outputs = callback_on_step_end(self, i, t, tensors)
+                x_after = outputs.pop("latents", x_after)
+            return None if self.interrupt else x_after
 
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=context.device, dtype=torch.float32)
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"`latents` must have shape {shape} for this turn; got {tuple(latents.shape)}.")
-        elif not torch.isfinite(latents).all():
-            raise ValueError("`latents` contains NaN or Inf values.")
-        x = latents.to(context.device, self.transformer.dtype)
-
-        set_trailing_timesteps(self.scheduler, num_inference_steps, device=context.device)
-        self._num_timesteps = len(self.scheduler.timesteps)
+        self._num_timesteps = num_inference_steps
         with self.progress_bar(total=num_inference_steps) as progress:
-            x = self._denoise(x, velocity, progress, callback_on_step_end, callback_on_step_end_tensor_inputs)
-        return x[-1]
+            return sample_frame(
+                self.transformer, self.scheduler, sequence, context, text, negative, guidance_scale,
+                num_inference_steps, noise, target, mode, on_step=on_step, progress=progress,
+            )
 
-    def _frame_index(self, kinds: list[str]) -> torch.Tensor:
-        """Temporal RoPE index of each frame of a session with these frame kinds (see ``frame_index_mode``)."""
-        if self.config.frame_index_mode == "compact":
-            return torch.arange(len(kinds))
-        slots, images = [], 0
-        for kind in kinds:
-            if kind not in FRAME_KINDS:
-                raise ValueError(f"Unknown frame kind {kind!r}; expected one of {FRAME_KINDS}.")
-            if kind == "image":
-                slots.append(3 * images)
-                images += 1
-            else:  # masks belong to the turn of the last image
-                slots.append(3 * (images - 1) + (1 if kind == "current_mask" else 2))
-        return torch.tensor(slots)
-
-    def _denoise(self, x, velocity, progress, callback, tensor_inputs):
-        def after_step(i, t, latents):
-            if callback is not None:
-                outputs = callback(self, i, t, {"latents": latents} if "latents" in tensor_inputs else {})
-                latents = outputs.pop("latents", latents)
-            return None if self.interrupt else latents
-
-        return run_sampler(self.scheduler, x, velocity, progress=progress, after_step=after_step)
+    def _frame_shape(self, num_context_frames: int, frame_shape) -> tuple:
+        """Shape of the latents a turn integrates: the new frame (block-causal) or every frame (official)."""
+        frames = 1 if self.block_causal else num_context_frames + 1
+        return (frames, *frame_shape)
 
     # ------------------------------------------------------------------------------------- checks
 
@@ -359,8 +310,6 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
         turn_latents = latents if isinstance(latents, (list, tuple)) else [latents] + [None] * (num_turns - 1)
         if len(turn_latents) != num_turns:
             raise ValueError(f"`latents` must be one tensor per turn ({num_turns}); got {len(turn_latents)}.")
-        self._interrupt = False
-
         session = self.start_session(
             images, resolution=resolution, generator=generator, posterior=posterior,
             use_prompt_template=use_prompt_template, camera_prefix=camera_prefix,
@@ -378,11 +327,15 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
         for k, instruction in enumerate(prompts[len(images) - 1 :]):
             session.edit(instruction, latents=turn_latents[k], **generation)
             turn = session.turns[-1]
-            if output_type in ("latent", "pil"):
-                outputs.append(turn.latent if output_type == "latent" else turn.image)  # decoded once, by the session
-            else:
-                outputs.append(postprocess(self.decode_latent(turn.latent), output_type))
+            if output_type == "latent":
+                outputs.append(turn.latent)
+            elif output_type == "pil":
+                outputs.append(turn.image)
+            else:  # decoded once, by the session
+                outputs.append(postprocess(turn.frame.pixels, output_type))
             masks.append(turn.masks)
+            if self.interrupt:  # an interrupt ends this call: no later turn runs
+                break
         self.maybe_free_model_hooks()
         masks = masks if chain_of_editing else None
         if not return_dict:
@@ -393,7 +346,5 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
 
     def start_session(self, image, resolution: int = 256, **options) -> "VincieEditingSession":
         """Starts an editing session on ``image`` (or a list of reference images); see `VincieEditingSession`."""
-        from .session import VincieEditingSession
-
         images = image if isinstance(image, (list, tuple)) else [image]
         return VincieEditingSession(self, images, resolution=resolution, **options)

@@ -1,5 +1,9 @@
 """VincieEditingSession: an editing session with history, undo, branching and save/load.
 
+The session holds the encoded items of one sequence (`diffusers_vincie.sequence`: ``Frame`` / ``Text``) and runs
+each edit through its pipeline's stages (``encode_prompt`` -> ``prepare_latents`` -> ``denoise`` -> ``decode``).
+It knows the pipeline only through those methods: this module imports no pipeline, the pipeline imports it.
+
 Work already done is never redone: each instruction is text-encoded once and each image VAE-encoded once per
 session (outputs keep their generated latent in the default ``fidelity="exact"``; with
 ``fidelity="official"`` an output is decoded to uint8, resized and re-encoded exactly once, as the official
@@ -21,13 +25,42 @@ import PIL.Image
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..assembly import format_turn_prompt
+from ..sequence import CURRENT_MASK, IMAGE, NEXT_MASK, Frame, Text, format_turn_prompt
 from .image_processing import mask_to_image, postprocess, postprocess_official, preprocess, to_rgb, transform_mask
-from .pipeline_vincie import SessionFrame, SessionText, VincieInContextPipeline
 
 SESSION_FILE = "session.json"
 TENSORS_FILE = "session.safetensors"
 PREDICT = "predict"
+
+
+@dataclass
+class SessionFrame:
+    """An encoded frame of the session: its item, latent (``(h, w, C)``, scaled) and image.
+
+    ``pixels`` keeps the decoded ``(3, H, W)`` output in [-1, 1] of a generated frame, so no frame is decoded twice.
+    """
+
+    item: Frame
+    latent: torch.Tensor
+    image: PIL.Image.Image
+    pixels: Optional[torch.Tensor] = None
+
+    @property
+    def kind(self) -> str:
+        return self.item.kind
+
+
+@dataclass
+class SessionText:
+    """An encoded instruction: its item, formatted prompt and encoder tokens ``(n, text_dim)``."""
+
+    item: Text
+    prompt: str
+    tokens: torch.Tensor
+
+    @property
+    def turn(self) -> int:
+        return self.item.turn
 
 
 @dataclass
@@ -69,7 +102,7 @@ class VincieEditingSession:
 
     def __init__(
         self,
-        pipe: VincieInContextPipeline,
+        pipe: "VincieInContextPipeline",  # noqa: F821 (the pipeline imports this module, not the other way)
         images: list,
         resolution: int = 256,
         generator: Optional[torch.Generator] = None,
@@ -87,7 +120,7 @@ class VincieEditingSession:
         self.encode_calls = {"text": 0, "image": 0}  # encoder calls made by this session (see benchmarks)
         first = to_rgb(images[0])
         self.reference_size = first.size
-        self.sources = [self._encode_image(im, generator) for im in [first, *images[1:]]]
+        self.sources = [self._encode_image(im, Frame(IMAGE, i), generator) for i, im in enumerate([first, *images[1:]])]
         self.reference_texts: list[SessionText] = []
         self.turns: list[SessionTurn] = []
         self._text_cache: dict[str, torch.Tensor] = {}
@@ -116,11 +149,11 @@ class VincieEditingSession:
     def _next_turn_index(self) -> int:
         return len(self.reference_texts) + len(self.turns)
 
-    def _encode_image(self, image, generator=None, kind: str = "image") -> SessionFrame:
-        rgb = to_rgb(image, "image" if kind == "image" else "mask")
+    def _encode_image(self, image, item: Frame, generator=None) -> SessionFrame:
+        rgb = to_rgb(image, "image" if item.kind == IMAGE else "mask")
         pixels = preprocess(rgb, self.resolution, self.pipe.size_multiple, self.reference_size)
         self.encode_calls["image"] += 1
-        return SessionFrame(self.pipe.encode_image(pixels, generator, self.posterior), rgb, kind)
+        return SessionFrame(item, self.pipe.encode_image(pixels, generator, self.posterior), rgb)
 
     def _text(self, instruction: str, turn: int, templated: bool) -> SessionText:
         if not isinstance(instruction, str) or not instruction.strip():
@@ -129,7 +162,7 @@ class VincieEditingSession:
         if prompt not in self._text_cache:
             self._text_cache[prompt] = self.pipe.encode_prompt([prompt], self.max_sequence_length)[0]
             self.encode_calls["text"] += 1
-        return SessionText(prompt, self._text_cache[prompt], turn)
+        return SessionText(Text(turn), prompt, self._text_cache[prompt])
 
     def _negative(self, negative_prompt: Optional[str], guidance_scale: float) -> Optional[torch.Tensor]:
         if guidance_scale == 1.0:
@@ -193,9 +226,11 @@ class VincieEditingSession:
             if not hasattr(self, "_official_seed_state"):
                 self._official_seed_state = generator.get_state()
             generator.set_state(self._official_seed_state)  # official: the same seed at every turn
+        self.pipe._interrupt = False  # an interrupt ends only the edit (or call) in which it was raised
         sampling = dict(
             negative_tokens=negative, guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
-            generator=generator,
+            generator=generator, callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
         )
         items = self.items + [text]
         mask_frames = []
@@ -203,37 +238,37 @@ class VincieEditingSession:
             current_mask = PREDICT
         if next_mask is None and current_mask is not None:
             next_mask = PREDICT  # chain of editing / controllable editing: the next-frame mask is predicted
-        for which, mask in (("current_mask", current_mask), ("next_mask", next_mask)):
+        for kind, mask in ((CURRENT_MASK, current_mask), (NEXT_MASK, next_mask)):
             if mask is None:
                 continue
             if callable(mask) and not isinstance(mask, (str, PIL.Image.Image)):
                 if not mask_frames:
-                    raise ValueError(f"`{which}` as a function needs a current mask to transform.")
+                    raise ValueError(f"`{kind}` as a function needs a current mask to transform.")
                 mask = mask(mask_frames[-1].image)
-            frame = self._mask_frame(mask, items + mask_frames, sampling, which)
-            mask_frames.append(frame)
+            mask_frames.append(self._mask_frame(mask, items + mask_frames, Frame(kind, text.turn), sampling))
 
-        latent = self.pipe.generate_frame(
-            items + mask_frames, latents=latents, callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, **sampling,
-        )
-        pixels = self.pipe.decode_latent(latent)
-        if fidelity == "official":
-            image = postprocess_official(pixels)
-            frame = self._encode_image(image, generator)  # official: outputs re-enter through uint8 + resize + VAE
-        else:
-            frame = SessionFrame(latent, postprocess(pixels, "pil"))
+        target = Frame(IMAGE, text.turn + 1)
+        frame = self._generate(items + mask_frames, target, sampling, latents)
+        if fidelity == "official":  # outputs re-enter through uint8 + resize + VAE, as the official loop does
+            reencoded = self._encode_image(postprocess_official(frame.pixels), target, generator)
+            frame = SessionFrame(target, reencoded.latent, reencoded.image, frame.pixels)
         self.turns.append(SessionTurn(instruction, text, frame, mask_frames))
+        self.pipe.maybe_free_model_hooks()
         return frame.image
 
-    def _mask_frame(self, mask, items: list, sampling: dict, which: str) -> SessionFrame:
-        """``which`` is "current_mask" or "next_mask" (the argument name and the frame kind)."""
+    def _generate(self, items: list, target: Frame, sampling: dict, latents=None) -> SessionFrame:
+        """Samples ``target`` after ``items`` and decodes it once."""
+        latent = self.pipe.denoise(items, target, latents=latents, **sampling)
+        pixels = self.pipe.decode_latent(latent)
+        return SessionFrame(target, latent, postprocess(pixels, "pil"), pixels)
+
+    def _mask_frame(self, mask, items: list, item: Frame, sampling: dict) -> SessionFrame:
+        """An RoE mask frame ``item``: predicted, or encoded from the user's mask."""
         if isinstance(mask, str):
             if mask != PREDICT:
-                raise ValueError(f"`{which}` must be an image, a 2-D array, a function or 'predict'; got {mask!r}.")
-            latent = self.pipe.generate_frame(items, target_kind=which, **sampling)
-            return SessionFrame(latent, postprocess(self.pipe.decode_latent(latent), "pil"), which)
-        return self._encode_image(mask_to_image(mask, self.reference_size, which), kind=which)
+                raise ValueError(f"`{item.kind}` must be an image, a 2-D array, a function or 'predict'; got {mask!r}.")
+            return self._generate(items, item, sampling)
+        return self._encode_image(mask_to_image(mask, self.reference_size, item.kind), item)
 
     def drag(self, instruction: str, translate=(0.0, 0.0), scale: float = 1.0, rotate: float = 0.0, current_mask=PREDICT, **kwargs):
         """Drag editing: the current RoE mask (given or predicted) is moved/scaled/rotated into the next-frame mask,
@@ -313,7 +348,7 @@ class VincieEditingSession:
         return folder
 
     @classmethod
-    def load(cls, pipe: VincieInContextPipeline, folder: Union[str, os.PathLike]) -> "VincieEditingSession":
+    def load(cls, pipe: "VincieInContextPipeline", folder: Union[str, os.PathLike]) -> "VincieEditingSession":  # noqa: F821
         """Restores a saved session (no re-encoding: latents and text tokens are stored)."""
         folder = Path(folder)
         if not (folder / SESSION_FILE).is_file():
@@ -322,24 +357,26 @@ class VincieEditingSession:
         tensors = load_file(folder / TENSORS_FILE)
         device, dtype = pipe._execution_device, pipe.transformer.dtype
 
-        def frame(entry: dict) -> SessionFrame:
+        def frame(entry: dict, turn: int) -> SessionFrame:
             image = PIL.Image.open(folder / f"{entry['name']}.png").convert("RGB")
-            return SessionFrame(tensors[f"{entry['name']}.latent"].to(device, dtype), image, entry["kind"])
+            item = Frame(entry["kind"], turn)
+            return SessionFrame(item, tensors[f"{entry['name']}.latent"].to(device, dtype), image)
 
         def text(entry: dict) -> SessionText:
-            return SessionText(entry["prompt"], tensors[f"{entry['name']}.tokens"].to(device, dtype), entry["turn"])
+            return SessionText(Text(entry["turn"]), entry["prompt"], tensors[f"{entry['name']}.tokens"].to(device, dtype))
 
         session = object.__new__(cls)
         session.pipe = pipe
         for key in ("resolution", "posterior", "use_prompt_template", "camera_prefix", "max_sequence_length"):
             setattr(session, key, record[key])
         session.reference_size = tuple(record["reference_size"])
-        session.sources = [frame(e) for e in record["sources"]]
+        session.sources = [frame(e, i) for i, e in enumerate(record["sources"])]
         session.reference_texts = [text(e) for e in record["reference_texts"]]
-        session.turns = [
-            SessionTurn(t["instruction"], text(t["text"]), frame(t["frame"]), [frame(m) for m in t["masks"]])
-            for t in record["turns"]
-        ]
+        session.turns = []
+        for t in record["turns"]:
+            instruction = text(t["text"])
+            masks = [frame(m, instruction.turn) for m in t["masks"]]  # masks belong to the edit's source turn
+            session.turns.append(SessionTurn(t["instruction"], instruction, frame(t["frame"], instruction.turn + 1), masks))
         session._text_cache = {t.prompt: t.tokens for t in session.reference_texts + [x.text for x in session.turns]}
         session.encode_calls = {"text": 0, "image": 0}
         return session
