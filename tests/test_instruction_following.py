@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import REPO, load_script
 
-from diffusers_vincie.assembly import format_turn_prompt
+from diffusers_vincie.sequence import format_turn_prompt
 from diffusers_vincie.data.synthetic import SyntheticWorld
 from diffusers_vincie.evaluation.instruction_sensitivity import (
     SENSITIVITY_SEED,
