@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -46,8 +45,9 @@ import torch
 from tqdm.auto import tqdm
 
 from diffusers_vincie.data.synthetic import EditScore, SyntheticSession, score_edit
-from diffusers_vincie.evaluation.session_bench import build_bench_sessions
 from diffusers_vincie.default_model import load_default_pipeline
+from diffusers_vincie.evaluation.session_bench import build_bench_sessions
+from diffusers_vincie.utils.io import atomic_path, write_text_atomic
 
 CHAINED_MODES = ("full", "no_context", "chain_of_editing", "copy")
 GROUND_TRUTH_MODES = ("full", "no_context")
@@ -291,10 +291,9 @@ def plot(summary: dict, path: Path, title: str) -> None:
     axes[1].legend()
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as temporary:
+        fig.savefig(temporary, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 _MEAN_SUFFIXES = ("_changed_iou", "_object_score", "_preserved")
@@ -393,9 +392,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     tables = markdown_tables(summary, args.num_sessions)
     for name, text in (("results.json", json.dumps(summary, indent=2)), ("results.md", tables)):
-        tmp = args.output_dir / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, args.output_dir / name)
+        write_text_atomic(args.output_dir / name, text)
     plot(summary, args.output_dir / "shapes_bench.png",
          f"ShapesBench, {args.num_sessions} sessions" + (f" ({args.label})" if args.label else ""))
     if args.curve is not None:

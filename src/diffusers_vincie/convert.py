@@ -17,7 +17,6 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import sys
 import unicodedata
 from collections.abc import Callable
@@ -40,6 +39,7 @@ from .conversion.qwen import (
 from .conversion.vae import VincieAutoencoderKL, convert_official_vae
 from .models import VincieTransformer
 from .pipelines import VincieInContextPipeline, official_scheduler
+from .utils.io import TEMPORARY_GLOBS, atomic_directory
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -103,10 +103,8 @@ def _write_component(out: Path, name: str, save: Callable[[Path], None]) -> bool
     if final.is_dir():
         print(f"{name}/ already converted, kept (delete it to convert it again)")
         return False
-    temporary = out / f".{name}.partial"
-    shutil.rmtree(temporary, ignore_errors=True)
-    save(temporary)
-    os.replace(temporary, final)
+    with atomic_directory(final) as temporary:
+        save(temporary)
     return True
 
 
@@ -327,7 +325,7 @@ def push_to_hub(out: Path, repo_id: str) -> None:
 
     api = HfApi()
     api.create_repo(repo_id, exist_ok=True)
-    api.upload_folder(folder_path=out, repo_id=repo_id, ignore_patterns=[".*.partial/*", "*.partial"])
+    api.upload_folder(folder_path=out, repo_id=repo_id, ignore_patterns=list(TEMPORARY_GLOBS))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

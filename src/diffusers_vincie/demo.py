@@ -29,6 +29,8 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 
+from .utils.io import atomic_path
+
 # Used with a user image when no instructions are given (a typical session of the synthetic world's vocabulary).
 USER_IMAGE_INSTRUCTIONS = (
     "add a big red circle at the top left",
@@ -80,9 +82,8 @@ def contact_sheet(rows: Sequence[Sequence[PIL.Image.Image]], captions: Sequence[
 
 
 def _save(image: PIL.Image.Image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    image.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as temporary:
+        image.save(temporary)
 
 
 # =====================================================================================================

@@ -40,6 +40,7 @@ import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
+from ..utils.io import atomic_path, write_text_atomic
 from .annotate import AnnotationRejected, Transition, TransitionAnnotation, TransitionAnnotator
 from .frames import (
     SAMPLING_STRATEGIES,
@@ -368,7 +369,7 @@ def _encode_session(session: SessionRecord, frame_format: str = "png", jpeg_qual
 
 
 def _write_shard_atomically(rows: list[dict[str, Any]], path: Path, row_group_size: int = 16) -> None:
-    """Writes encoded rows as one parquet file through a temp name and ``os.replace``.
+    """Writes encoded rows as one parquet file atomically.
 
     The schema carries the ``huggingface`` features metadata, so ``datasets`` decodes the image columns;
     small row groups keep streaming reads fine-grained.
@@ -378,9 +379,8 @@ def _write_shard_atomically(rows: list[dict[str, Any]], path: Path, row_group_si
 
     table = pa.Table.from_pydict({name: [row[name] for row in rows] for name in SESSION_FEATURES},
                                  schema=SESSION_FEATURES.arrow_schema)
-    temporary = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, temporary, row_group_size=row_group_size)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        pq.write_table(table, temporary, row_group_size=row_group_size)
 
 
 class _ShardWriter:
@@ -491,19 +491,15 @@ sessions = load_dataset("{output_dir.name}", split="train")            # or stre
 ```
 """
     card = output_dir / CARD_FILE
-    temporary = card.with_name(f".{CARD_FILE}.tmp")
-    temporary.write_text("---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n\n" + body)
-    os.replace(temporary, card)
+    write_text_atomic(card, "---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n\n" + body)
     return card
 
 
 def _write_rejects(output_dir: Path) -> int:
     rejects = [entry for entry in read_manifest(output_dir).values() if entry.get("status") == "rejected"]
-    temporary = output_dir / f".{REJECTS_FILE}.tmp"
-    temporary.write_text("".join(
+    write_text_atomic(output_dir / REJECTS_FILE, "".join(
         json.dumps({"video_id": e["video_id"], "path": e["path"], "reason": e["reason"]}) + "\n" for e in rejects
     ))
-    os.replace(temporary, output_dir / REJECTS_FILE)
     return len(rejects)
 
 

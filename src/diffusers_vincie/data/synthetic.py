@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from ..utils.io import commit, temporary_sibling
+
 if TYPE_CHECKING:
     from .schema import SessionRecord
 
@@ -854,7 +856,7 @@ class SyntheticWorld:
         key_frames = [self.render(state, resolution) for state in session.states]
         key_indices, hold_intervals = [], []
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.stem}.tmp{os.getpid()}.mp4")
+        temporary = temporary_sibling(path)
         container = av.open(str(temporary), mode="w", format="mp4")
         try:
             stream = container.add_stream("libx264", rate=fps)
@@ -913,10 +915,10 @@ class SyntheticWorld:
             "states": [_state_to_json(state) for state in session.states],
         }
         sidecar = path.with_suffix(".json")
-        temporary_json = sidecar.with_name(f".{sidecar.stem}.tmp{os.getpid()}.json")
+        temporary_json = temporary_sibling(sidecar)
         temporary_json.write_text(json.dumps(ground_truth))
-        os.replace(temporary, path)
-        os.replace(temporary_json, sidecar)
+        commit(temporary, path)  # a crash before the next line leaves a sidecar-less video: a build reject, retried
+        commit(temporary_json, sidecar)
         return ground_truth
 
     @staticmethod

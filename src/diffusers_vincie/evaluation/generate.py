@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any, Protocol
 import PIL.Image
 from tqdm.auto import tqdm
 
+from ..utils.io import atomic_write
 from .sessions import EditSession, output_path, session_seed
 
 __all__ = [
@@ -118,15 +118,8 @@ class GenerationSummary:
 
 def save_image_atomic(image: PIL.Image.Image, path: Path) -> None:
     """Write a PNG through a temporary file in the same folder, so a killed run never leaves a half file."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png.tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            image.save(stream, format="PNG")
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    with atomic_write(path, "wb") as stream:
+        image.save(stream, format="PNG")
 
 
 def _generate_session(

@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -35,6 +34,7 @@ from typing import Any
 import PIL.Image
 from tqdm.auto import tqdm
 
+from ..utils.io import write_json_atomic
 from .sessions import EditSession, output_path, session_seed
 
 __all__ = [
@@ -289,13 +289,6 @@ def _read_cache(path: Path, model: str) -> dict[str, Any]:
     return record.get("turns", {}) if record.get("judge_model") == model else {}
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w") as stream:
-        json.dump(data, stream, indent=2, ensure_ascii=False)
-    os.replace(temporary, path)
-
-
 def judge_session(
     client: JudgeClient,
     session: EditSession,
@@ -338,7 +331,7 @@ def judge_session(
             verdict = _judge_turn(client, session.instructions[: turn + 1], image_urls(turn + 2), max_attempts)
             turns[key] = entry = {"output_sha256": digest, **asdict(verdict)}
             if cache_path:
-                _write_json_atomic(cache_path, {"index": session.index, "judge_model": client.model, "turns": turns})
+                write_json_atomic(cache_path, {"index": session.index, "judge_model": client.model, "turns": turns})
         verdict = TurnVerdict(entry["prompt_following"], entry["consistency"], entry.get("reason", ""))
         verdicts.append(verdict)
         if not verdict.success(threshold):

@@ -7,10 +7,11 @@ it; without a VAE the pipeline runs in pixel space (images in [-1, 1] are the la
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Optional
+
+from ..utils.io import atomic_directory
+
 
 def _subfolder(root: Optional[str], name: str) -> Optional[str]:
     if root is None:
@@ -84,9 +85,6 @@ def save_final_pipeline(
     from ..pipelines import VincieInContextPipeline, official_scheduler
 
     final = Path(output_dir) / "pipeline"
-    tmp = Path(output_dir) / ".pipeline.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     pipe = VincieInContextPipeline(
         transformer=transformer,
         vae=components.get("vae"),
@@ -96,10 +94,8 @@ def save_final_pipeline(
         default_negative_prompt=negative_prompt,
         frame_index_mode=frame_index,
     )
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    with atomic_directory(final, replace=True) as temporary:  # this run's own folder: a resumed run rewrites it
+        pipe.save_pretrained(temporary, safe_serialization=True)
     return final
 
 

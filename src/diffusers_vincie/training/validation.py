@@ -15,6 +15,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+from ..utils.io import atomic_path
 from .data import encode_frames
 from .sampling import sample_next_image
 from .text import session_prompts
@@ -61,9 +62,8 @@ def save_grid(rows: list[list[np.ndarray]], path: str | os.PathLike) -> Path:
             grid[i * h : (i + 1) * h, j * w : (j + 1) * w] = image
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    PIL.Image.fromarray(grid).save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as temporary:
+        PIL.Image.fromarray(grid).save(temporary)
     return path
 
 
