@@ -12,11 +12,16 @@ class UsageError(ValueError):
     """A bad argument or input file; its message names the argument and the fix. CLIs print it as one line."""
 
 
-def usage_exit(prog: str, error: BaseException) -> NoReturn:
-    """Prints ``<prog>: error: <message>`` (one line) to stderr and exits with status 2."""
+def print_usage_error(prog: str, error: BaseException | str) -> int:
+    """Prints ``<prog>: error: <message>`` (one line) to stderr; returns the exit status 2 of usage errors."""
     message = " ".join(str(error).split())
     print(f"{prog}: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+    return 2
+
+
+def usage_exit(prog: str, error: BaseException | str) -> NoReturn:
+    """:func:`print_usage_error`, then exit with status 2."""
+    raise SystemExit(print_usage_error(prog, error))
 
 
 def run_cli(main: Callable[[], Any], prog: str, errors: tuple[type[BaseException], ...] = (UsageError,)) -> Any:
@@ -41,4 +46,4 @@ def check_number(name: str, value: float | None, minimum: float | None = None, m
         raise UsageError(f"{name} must be <= {maximum:g}, got {value:g}.")
 
 
-__all__ = ["UsageError", "check_number", "run_cli", "usage_exit"]
+__all__ = ["UsageError", "check_number", "print_usage_error", "run_cli", "usage_exit"]
