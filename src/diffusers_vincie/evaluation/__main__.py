@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..utils.cli import UsageError, check_number, print_usage_error
 from .judge import DEFAULT_JUDGE_MODEL, DEFAULT_SUCCESS_THRESHOLD
 
 __all__ = ["build_parser", "main"]
@@ -73,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--max-retries", type=int, default=5, help="retries of a request after HTTP 429/5xx/timeouts")
     judge.add_argument("--max-attempts", type=int, default=5, help="replies asked per turn until one parses")
     judge.add_argument("--backoff-seconds", type=float, default=2.0, help="first backoff, doubled at every retry")
-    judge.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    judge.add_argument("--timeout", type=float, default=120.0,
+                       help="total deadline of one request in seconds (connect to last byte)")
     judge.add_argument("--extra-body", default=None, help='JSON merged into every request, e.g. \'{"temperature": 0}\'')
     judge.add_argument("--title", default=None, help="report title (default: the outputs folder name)")
     judge.add_argument("--results-dataset", default=None,
@@ -121,7 +123,7 @@ def build_editor(args: argparse.Namespace) -> Any:
     if args.editor:
         module_name, _, attribute = args.editor.partition(":")
         if not attribute:
-            raise SystemExit(f"--editor {args.editor!r} must look like 'package.module:callable'.")
+            raise UsageError(f"--editor {args.editor!r} must look like 'package.module:callable'.")
         editor = getattr(importlib.import_module(module_name), attribute)
         return editor() if inspect.isclass(editor) else editor
 
@@ -132,9 +134,9 @@ def build_editor(args: argparse.Namespace) -> Any:
     try:
         call_kwargs = json.loads(args.pipeline_kwargs) if args.pipeline_kwargs else {}
     except json.JSONDecodeError as error:
-        raise SystemExit(f"--pipeline-kwargs is not valid JSON: {error}") from None
+        raise UsageError(f"--pipeline-kwargs is not valid JSON: {error}") from None
     if not isinstance(call_kwargs, dict):
-        raise SystemExit(f"--pipeline-kwargs must be a JSON object, got {args.pipeline_kwargs!r}.")
+        raise UsageError(f"--pipeline-kwargs must be a JSON object, got {args.pipeline_kwargs!r}.")
     call_kwargs.update({key: value for key, value in (("num_inference_steps", args.num_inference_steps),
                                                       ("guidance_scale", args.guidance_scale)) if value is not None})
     device = args.device or str(process_state().device)
@@ -161,11 +163,11 @@ def run_judge(args: argparse.Namespace) -> int:
 
     api_key = os.environ.get(args.api_key_env)
     if not api_key and "api.openai.com" in args.base_url:
-        raise SystemExit(f"No API key: set the environment variable {args.api_key_env} (or --api-key-env NAME).")
+        raise UsageError(f"No API key: set the environment variable {args.api_key_env} (or --api-key-env NAME).")
     try:
         extra_body = json.loads(args.extra_body) if args.extra_body else None
     except json.JSONDecodeError as error:
-        raise SystemExit(f"--extra-body is not valid JSON: {error}") from None
+        raise UsageError(f"--extra-body is not valid JSON: {error}") from None
     report_dir = Path(args.report_dir or Path(args.outputs) / f"judge-{re.sub(r'[^A-Za-z0-9._-]+', '_', args.model)}")
     sessions = load_benchmark_sessions(args.dataset, split=args.split, limit=args.limit)
     if args.results_dataset:
@@ -201,7 +203,7 @@ def export_published_outputs(args: argparse.Namespace, sessions: Any) -> None:
     if source.is_file() and source.suffix == ".parquet":
         results = datasets.load_dataset("parquet", data_files=str(source), split="train")
     elif not args.results_split:
-        raise SystemExit("--results-dataset needs --results-split (the model name: one split of the results dataset).")
+        raise UsageError("--results-dataset needs --results-split (the model name: one split of the results dataset).")
     else:
         results = datasets.load_dataset(args.results_dataset, split=args.results_split)
     written = export_results_dataset(results, sessions, args.outputs, seed_offset=args.seed_offset)
@@ -243,11 +245,38 @@ def run_session_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# flag -> (minimum, maximum, minimum excluded); checked when the command has the flag and it is given
+_NUMBER_FLAGS = {
+    "limit": (1, None, False), "max_turns": (1, None, False), "threshold": (0, 10, False),
+    "num_workers": (1, None, False), "max_retries": (0, None, False), "max_attempts": (1, None, False),
+    "backoff_seconds": (0, None, False), "timeout": (0, None, True), "num_inference_steps": (1, None, False),
+    "guidance_scale": (0, None, False), "batch_size": (1, None, False), "num_sessions": (1, None, False),
+    "num_turns": (1, None, False), "image_size": (8, None, False),
+}
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every numeric flag finite and in range, before any dataset or model is loaded (``--threshold nan`` used to
+    report 0 % success with exit status 0)."""
+    for name, (minimum, maximum, strict) in _NUMBER_FLAGS.items():
+        check_number(f"--{name.replace('_', '-')}", getattr(args, name, None), minimum, maximum, strict)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     command = {"generate": run_generate, "judge": run_judge, "metrics": run_metrics,
                "session-bench": run_session_bench}[args.command]
-    return command(args)
+    from .judge import JudgeError
+
+    try:
+        check_arguments(args)
+        return command(args)
+    except (UsageError, FileNotFoundError) as error:  # a bad flag, or an input that is not there
+        return print_usage_error(f"{parser.prog} {args.command}", error)
+    except JudgeError as error:  # the endpoint failed for good: no traceback, the message says what to do
+        print(f"{parser.prog} {args.command}: {' '.join(str(error).split())}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ Distributed: under ``accelerate launch`` the sessions are split across processes
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -33,6 +34,8 @@ __all__ = [
     "process_state",
     "save_image_atomic",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 def process_state() -> Any:
@@ -122,6 +125,15 @@ def save_image_atomic(image: PIL.Image.Image, path: Path) -> None:
         image.save(stream, format="PNG")
 
 
+def read_output(path: Path) -> PIL.Image.Image | None:
+    """The RGB image of an output file, or ``None`` when it cannot be decoded (truncated, not an image)."""
+    try:
+        with PIL.Image.open(path) as stored:
+            return stored.convert("RGB")
+    except (OSError, SyntaxError, ValueError):  # UnidentifiedImageError and "image file is truncated" are OSErrors
+        return None
+
+
 def _generate_session(
     editor: Editor, session: EditSession, seed: int, output_dir: Path, max_turns: int | None
 ) -> int:
@@ -129,12 +141,16 @@ def _generate_session(
     num_turns = session.num_turns if max_turns is None else min(max_turns, session.num_turns)
     history = [session.source]
     written = 0
+    regenerate = False  # once a turn is redone, the later turns saw another history: redo them too
     for turn in range(num_turns):
         path = output_path(output_dir, session.index, turn, seed)
-        if path.exists():  # resume: read the earlier output back, as the official loop does
-            with PIL.Image.open(path) as stored:
-                history.append(stored.convert("RGB"))
+        stored = None if regenerate or not path.exists() else read_output(path)
+        if stored is not None:  # resume: read the earlier output back, as the official loop does
+            history.append(stored)
             continue
+        if path.exists() and not regenerate:
+            logger.warning("%s is unreadable (truncated or not an image): generating it again", path)
+        regenerate = regenerate or path.exists()
         edited = editor(list(history), session.instructions[: turn + 1], seed)
         if not isinstance(edited, PIL.Image.Image):
             raise TypeError(f"The editor must return a PIL image, got {type(edited).__name__} (session {session.index}).")
