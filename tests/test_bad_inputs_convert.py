@@ -3,7 +3,6 @@ the release folder is never written into, and each error is one line with exit s
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import one_error_line
 from safetensors.torch import load_file
 from test_convert_official import FIXTURES, VAE_CONFIG, _write_tiny_llm, needs_fixtures
 
@@ -32,9 +32,7 @@ def release(tmp_path: Path) -> Path:
 
 def _convert(release: Path, out: Path, capsys) -> str:
     assert main(["--official", str(release), "--out", str(out), "--no-hash", *VAE_CONFIG]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "error:" in err[0], err
-    return err[0]
+    return one_error_line(capsys.readouterr().err)
 
 
 def _truncate(path: Path) -> None:
@@ -114,8 +112,8 @@ def test_missing_vae_config_is_one_line(tmp_path, capsys):
     (tmp_path / "release").mkdir()
     assert main(["--official", str(tmp_path / "release"), "--out", str(tmp_path / "out"),
                  "--vae-config", str(tmp_path / "missing.json")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--vae-config" in err[0]
+    line = one_error_line(capsys.readouterr().err)
+    assert "--vae-config" in line, line
 
 
 def test_the_module_cli_prints_one_line_and_exits_2(tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from conftest import load_script
+from conftest import load_script, one_error_line
 from datasets import load_dataset
 
 from diffusers_vincie.data.annotate import GroundTruthAnnotator
@@ -202,8 +202,8 @@ def test_bad_build_flags_are_one_line_and_exit_2_before_decoding(videos, tmp_pat
     with pytest.raises(SystemExit) as exit_info:
         _cli().main(args)
     assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("build_sessions.py: error:") and words in err[0], err
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith("build_sessions.py: error:") and words in line, line
     assert not out.exists()  # nothing was started
 
 
@@ -221,7 +221,7 @@ def test_bad_build_inputs_are_one_line_and_exit_2(tmp_path, videos, capsys, bad_
     with pytest.raises(SystemExit) as exit_info:
         _cli().main([inputs, "--output", str(out), "--annotator", "ground_truth"])
     assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and ("inputs" in err[0] or "--output" in err[0]), err
+    line = one_error_line(capsys.readouterr().err)
+    assert ("inputs" in line or "--output" in line), line
     if bad_input == "output is a file":
         assert out.read_text() == "mine"

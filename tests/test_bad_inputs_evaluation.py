@@ -11,9 +11,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import PIL.Image
 import pytest
+from conftest import one_error_line
 from datasets import Dataset, Features, Image, List, Value
 
-from diffusers_vincie.evaluation import JudgeClient, JudgeError, generate_outputs, judge_benchmark, load_benchmark_sessions
+from diffusers_vincie.evaluation import (
+    JudgeClient,
+    JudgeError,
+    generate_outputs,
+    judge_benchmark,
+    load_benchmark_sessions,
+)
 from diffusers_vincie.evaluation.__main__ import main
 from diffusers_vincie.utils.cli import UsageError
 
@@ -130,8 +137,8 @@ def test_bad_judge_numbers_are_one_line_before_any_work(tmp_path, capsys, flag, 
     code = main(["judge", "--dataset", str(tmp_path / "not-loaded"), "--outputs", str(tmp_path / "outputs"),
                  "--base-url", "http://127.0.0.1:9/v1", f"{flag}={value}"])
     assert code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and flag in err[0], err
+    line = one_error_line(capsys.readouterr().err)
+    assert flag in line, line
     assert not (tmp_path / "outputs").exists()
 
 
@@ -144,16 +151,16 @@ def test_threshold_nan_in_the_library_is_a_clear_error(tmp_path):
 def test_a_missing_dataset_is_one_line(tmp_path, capsys):
     assert main(["judge", "--dataset", str(tmp_path / "missing"), "--outputs", str(tmp_path),
                  "--base-url", "http://127.0.0.1:9/v1"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "missing" in err[0]
+    line = one_error_line(capsys.readouterr().err)
+    assert "missing" in line, line
 
 
 @pytest.mark.parametrize("args", [["--num-inference-steps", "0"], ["--guidance-scale", "nan"]])
 def test_bad_generate_numbers_are_one_line(tmp_path, capsys, args):
     assert main(["generate", "--dataset", str(tmp_path / "x"), "--editor", "os:getcwd", "--output-dir",
                  str(tmp_path / "out"), *args]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and args[0] in err[0]
+    line = one_error_line(capsys.readouterr().err)
+    assert args[0] in line, line
 
 
 # =====================================================================================================
@@ -194,6 +201,5 @@ def test_judge_names_a_truncated_output_instead_of_a_decoder_traceback(tmp_path,
     code = main(["judge", "--dataset", str(tmp_path / "bench.parquet"), "--outputs", str(out),
                  "--base-url", "http://127.0.0.1:9/v1", "--max-retries", "0"])
     assert code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert "0_turn1_rep0_seed0.png" in err[-1] and "run `generate` again" in err[-1]
-    assert "Traceback" not in "\n".join(err)
+    line = one_error_line(capsys.readouterr().err)
+    assert "0_turn1_rep0_seed0.png" in line and "run `generate` again" in line

@@ -111,7 +111,11 @@ def run_copy(finished_run, tmp_path) -> Path:
 def test_checkpoints_are_safetensors_and_json_with_a_completeness_marker(finished_run):
     from safetensors.torch import load_file
 
-    from diffusers_vincie.training.checkpoints import COMPLETE_FILE, EMA_FILE, incomplete_reason
+    from diffusers_vincie.training.checkpoints import (
+        COMPLETE_FILE,
+        EMA_FILE,
+        incomplete_reason,
+    )
 
     folder = finished_run / "checkpoint-4"
     assert not list(folder.glob("custom_checkpoint_*"))

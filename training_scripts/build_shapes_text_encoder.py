@@ -29,6 +29,7 @@ import random
 import shutil
 from pathlib import Path
 
+from diffusers_vincie.utils.cli import usage_exit
 from diffusers_vincie.utils.io import atomic_directory
 
 MAX_IMAGE_INDEX = 64  # <IMG0> .. <IMG63>: room for 31 turns with masks in slots
@@ -147,10 +148,18 @@ def main() -> None:
     parser.add_argument("--num_sessions", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    for flag in ("d_model", "num_layers", "vocab_size", "num_sessions"):
+        if getattr(args, flag) < 1:
+            usage_exit("build_shapes_text_encoder.py", f"--{flag} must be >= 1, got {getattr(args, flag)}.")
+    if args.d_model % 4:
+        usage_exit("build_shapes_text_encoder.py", f"--d_model must be a multiple of 4 (4 heads), got {args.d_model}.")
     world_config = {}
     if args.world_config:
         text = args.world_config
-        world_config = json.loads(Path(text).read_text() if os.path.isfile(text) else text)
+        try:
+            world_config = json.loads(Path(text).read_text() if os.path.isfile(text) else text)
+        except ValueError as error:
+            usage_exit("build_shapes_text_encoder.py", f"--world_config is neither a JSON file nor JSON: {error}")
     path = build(args.output_dir, world_config, args.d_model, args.num_layers, args.vocab_size,
                  args.num_sessions, args.seed)
     print(f"wrote {path}/tokenizer and {path}/text_encoder")

@@ -65,7 +65,8 @@ from diffusers_vincie.utils.io import write_text_atomic
 logger = get_logger(__name__)
 LOG_FILE = "train_log.jsonl"
 # What a run writes into --output_dir (deleted by --overwrite_output_dir; anything else there is left alone).
-RUN_OUTPUTS = ("checkpoint-*", ".checkpoint-*.tmp", LOG_FILE, "pipeline", "validation")
+RUN_OUTPUTS = ("checkpoint-*", ".checkpoint-*.tmp", LOG_FILE, "pipeline", "validation",
+               "pytorch_lora_weights.safetensors")
 
 
 # =====================================================================================================

@@ -97,7 +97,10 @@ def main() -> None:
     parser.add_argument("--transformer_config", type=Path, default=HERE / "vincie_shapes_transformer.json")
     parser.add_argument("--no_ema", action="store_true", help="Export the raw weights instead of the EMA.")
     args = parser.parse_args()
-    print(export(args.run_dir, args.checkpoint, args.output, args.transformer_config, not args.no_ema))
+    from diffusers_vincie.utils.cli import run_cli
+
+    print(run_cli(lambda: export(args.run_dir, args.checkpoint, args.output, args.transformer_config, not args.no_ema),
+                  "export_checkpoint.py", errors=(ValueError, FileNotFoundError)))
 
 
 if __name__ == "__main__":
