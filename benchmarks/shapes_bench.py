@@ -330,7 +330,8 @@ def append_curve(curve: Path, label: str, summary: dict) -> None:
         ax.legend(fontsize=7)
     fig.suptitle("ShapesBench vs training steps")
     fig.tight_layout()
-    fig.savefig(curve.with_name("success_vs_steps.png"), dpi=100)
+    with atomic_path(curve.with_name("success_vs_steps.png")) as temporary:
+        fig.savefig(temporary, dpi=100)
     plt.close(fig)
 
 

@@ -60,6 +60,7 @@ def export(run_dir: Path, checkpoint: str, output: Path, transformer_config: Pat
     """Writes the pipeline folder of ``checkpoint`` (a path, a step number or ``latest``) to ``output``."""
     from diffusers_vincie.training.checkpoints import find_checkpoint, list_checkpoints
     from diffusers_vincie.training.export import load_components, save_final_pipeline
+    from diffusers_vincie.utils.io import write_text_atomic
 
     if checkpoint.isdigit():
         checkpoint = f"checkpoint-{checkpoint}"
@@ -85,7 +86,7 @@ def export(run_dir: Path, checkpoint: str, output: Path, transformer_config: Pat
             shutil.rmtree(target)
         os.replace(item, target)
     shutil.rmtree(staging)
-    (output / "checkpoint.json").write_text(json.dumps({"checkpoint": path.name, "ema": use_ema}) + "\n")
+    write_text_atomic(output / "checkpoint.json", json.dumps({"checkpoint": path.name, "ema": use_ema}) + "\n")
     return output
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..utils.cli import UsageError, check_number, print_usage_error
+from ..utils.io import write_text_atomic
 from .judge import DEFAULT_JUDGE_MODEL, DEFAULT_SUCCESS_THRESHOLD
 
 __all__ = ["build_parser", "main"]
@@ -229,7 +230,7 @@ def run_metrics(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, seed_offset=args.seed_offset, max_turns=args.max_turns,
     )
     output_json = Path(args.output_json or Path(args.outputs) / "magicbrush_metrics.json")
-    output_json.write_text(json.dumps(results, indent=2))
+    write_text_atomic(output_json, json.dumps(results, indent=2))
     for setting in ("final_turn", "all_turn"):
         print(setting + ": " + ", ".join(f"{name}={value:.4f}" for name, value in results[setting].items()))
     print(f"results: {output_json}")

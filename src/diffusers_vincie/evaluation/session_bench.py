@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
+from ..utils.io import atomic_write
 from .generate import Editor, generate_outputs
 from .judge import SessionJudgement, TurnVerdict
 from .report import summarize, write_report
@@ -138,7 +139,7 @@ def run_session_bench(editor: Editor, report_dir: str | os.PathLike, num_session
                 "image_size": image_size}
     paths = write_report(summary, report_dir, name="session_bench", title=title or "Session bench", metadata=metadata)
     paths["turns"] = report_dir / "session_bench_turns.csv"
-    with open(paths["turns"], "w", newline="") as stream:
+    with atomic_write(paths["turns"], newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
