@@ -142,6 +142,13 @@ def test_bad_judge_numbers_are_one_line_before_any_work(tmp_path, capsys, flag, 
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.parametrize("body", ["[1, 2]", "{bad"])
+def test_a_bad_extra_body_is_one_line(tmp_path, capsys, body):
+    assert main(["judge", "--dataset", str(tmp_path), "--outputs", str(tmp_path), "--base-url",
+                 "http://127.0.0.1:9/v1", "--extra-body", body]) == 2
+    assert "--extra-body" in one_error_line(capsys.readouterr().err)
+
+
 def test_threshold_nan_in_the_library_is_a_clear_error(tmp_path):
     client = JudgeClient("http://127.0.0.1:9/v1", "m", max_retries=0)
     with pytest.raises(UsageError, match="threshold"):

@@ -306,6 +306,11 @@ def test_overwrite_output_dir_starts_over_without_mixing_runs(components, run_co
         (["--task_weights", "1,-1,1"], "--task_weights"),
         (["--resume_from_checkpoint", "latest", "--overwrite_output_dir"], "--overwrite_output_dir"),
         (["--transformer_config", "/missing/transformer.json"], "--transformer_config"),
+        (["--synthetic_world_config", "{bad"], "--synthetic_world_config"),
+        (["--synthetic_world_config", "[1, 2]"], "--synthetic_world_config"),
+        (["--lr_scheduler", "cosinus"], "--lr_scheduler"),
+        (["--adam_beta2", "1.5"], "--adam_beta2"),
+        (["--scheduler_shift", "0"], "--scheduler_shift"),
     ],
 )
 def test_bad_flags_are_clear_errors_naming_the_flag(components, tmp_path, extra, flag):
@@ -335,3 +340,32 @@ def test_the_cli_prints_one_line_and_exits_2_before_any_work(components, tmp_pat
     assert result.stderr.strip().splitlines()[-1] == "train_vincie.py: error: --max_train_steps must be >= 1, got -5."
     assert not out.exists()  # nothing written, no pipeline saved
 
+
+
+@pytest.mark.parametrize(
+    "extra, flag",
+    [
+        (["--synthetic_world_config", '{"grid": -1}'], "--synthetic_world_config"),
+        (["--synthetic_world_config", '{"no_such_argument": 1}'], "--synthetic_world_config"),
+    ],
+)
+def test_a_bad_world_is_a_clear_error_before_the_models_load(components, tmp_path, monkeypatch, extra, flag):
+    from diffusers_vincie.utils.cli import UsageError
+
+    train = _train_module()
+    monkeypatch.setattr(train, "load_components", lambda args: pytest.fail("models loaded before the data check"))
+    _reset_accelerate()
+    with pytest.raises(UsageError, match=flag):
+        train.main(train.parse_args(_args(components, tmp_path / "run") + extra))
+
+
+def test_a_missing_dataset_is_a_clear_error_before_the_models_load(components, tmp_path, monkeypatch):
+    from diffusers_vincie.utils.cli import UsageError
+
+    train = _train_module()
+    monkeypatch.setattr(train, "load_components", lambda args: pytest.fail("models loaded before the data check"))
+    argv = [a for a in _args(components, tmp_path / "run") if a != "--synthetic_world"]
+    argv += ["--dataset_name", str(tmp_path / "no_sessions")]
+    _reset_accelerate()
+    with pytest.raises(UsageError, match="--dataset_name.*no folder"):
+        train.main(train.parse_args(argv))

@@ -202,8 +202,15 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
         raise UsageError("Give a model: --pretrained_model_name_or_path <pipeline> or --transformer_config <json>.")
     if args.pretrained_model_name_or_path is None and args.text_encoder_name_or_path is None:
         raise UsageError("Without --pretrained_model_name_or_path, --text_encoder_name_or_path is required.")
-    if args.transformer_config is not None and not os.path.isfile(args.transformer_config):
-        raise UsageError(f"--transformer_config {args.transformer_config} is not a file (a JSON transformer config).")
+    if args.transformer_config is not None:
+        _check_json_object("--transformer_config", args.transformer_config, file_only=True)
+    if args.synthetic_world_config is not None:
+        _check_json_object("--synthetic_world_config", args.synthetic_world_config, file_only=False)
+    from diffusers.optimization import SchedulerType
+
+    schedulers = [kind.value for kind in SchedulerType]
+    if args.lr_scheduler not in schedulers:
+        raise UsageError(f"--lr_scheduler {args.lr_scheduler!r} is not one of {', '.join(schedulers)}.")
     check_number_flags(args)
     try:
         weights = [float(w) for w in args.task_weights.split(",")]
@@ -224,6 +231,18 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
         raise UsageError("--checkpoints_total_limit must be >= 1 (or left out to keep every checkpoint).")
     check_output_dir(args)
     return args
+
+
+def _check_json_object(flag: str, value: str, file_only: bool) -> None:
+    """``value`` is a JSON file (or, unless ``file_only``, a JSON string) holding an object."""
+    if file_only and not os.path.isfile(value):
+        raise UsageError(f"{flag} {value} is not a file (a JSON object of arguments).")
+    try:
+        parsed = json.loads(Path(value).read_text() if os.path.isfile(value) else value)
+    except ValueError as error:
+        raise UsageError(f"{flag} is not valid JSON ({error}); give a JSON file or a JSON object.") from error
+    if not isinstance(parsed, dict):
+        raise UsageError(f"{flag} must hold a JSON object of arguments, got {type(parsed).__name__}.")
 
 
 # (flag, minimum, maximum, minimum excluded); None: no bound
@@ -351,6 +370,19 @@ def build_dataset(args, config: SequenceConfig):
                               group_turns=not args.no_group_turns)
 
 
+def load_data(args) -> tuple[SequenceConfig, torch.utils.data.Dataset]:
+    """The sequence config and the dataset; a missing dataset or a bad world config is a :class:`UsageError`."""
+    try:
+        config = sequence_config(args)
+    except ValueError as error:
+        raise UsageError(f"bad sequence flags (--min_turns, --max_turns, --task_weights, ...): {error}") from error
+    try:
+        return config, build_dataset(args, config)
+    except (FileNotFoundError, ValueError, TypeError) as error:
+        flag = "--synthetic_world_config" if args.synthetic_world else "--dataset_name"
+        raise UsageError(f"{flag}: {type(error).__name__}: {error}") from error
+
+
 def build_transformer(args, components: dict) -> VincieTransformer:
     if args.transformer_config:
         config = json.loads(Path(args.transformer_config).read_text())
@@ -401,6 +433,8 @@ def main(args: argparse.Namespace, lora=None) -> dict:
         if args.overwrite_output_dir:
             clear_run_outputs(args.output_dir)
         os.makedirs(args.output_dir, exist_ok=True)
+
+    config, dataset = load_data(args)  # before the models: a bad dataset or world is a clear error at once
 
     # ---- components
     components = load_components(args)
@@ -454,8 +488,6 @@ def main(args: argparse.Namespace, lora=None) -> dict:
         truncate_log(args.output_dir, global_step)
 
     # ---- data (the order depends only on the seed and the micro-step, so a resume continues it exactly)
-    config = sequence_config(args)
-    dataset = build_dataset(args, config)
     sampler = ResumableBatchSampler(
         len(dataset), args.train_batch_size, accelerator.num_processes, accelerator.process_index,
         seed=args.seed, start_step=global_step * args.gradient_accumulation_steps,

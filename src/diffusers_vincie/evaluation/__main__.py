@@ -169,6 +169,8 @@ def run_judge(args: argparse.Namespace) -> int:
         extra_body = json.loads(args.extra_body) if args.extra_body else None
     except json.JSONDecodeError as error:
         raise UsageError(f"--extra-body is not valid JSON: {error}") from None
+    if extra_body is not None and not isinstance(extra_body, dict):
+        raise UsageError(f"--extra-body must be a JSON object, got {type(extra_body).__name__}.")
     report_dir = Path(args.report_dir or Path(args.outputs) / f"judge-{re.sub(r'[^A-Za-z0-9._-]+', '_', args.model)}")
     sessions = load_benchmark_sessions(args.dataset, split=args.split, limit=args.limit)
     if args.results_dataset:
