@@ -44,7 +44,7 @@ from diffusers_vincie.training import (
     padding_report,
     training_loss,
 )
-from diffusers_vincie.training.tiny import write_tiny_components
+from diffusers_vincie.testing import write_tiny_components
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "training_scripts" / "configs"

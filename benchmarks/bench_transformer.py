@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from diffusers_vincie.assembly import pack_sessions
+from diffusers_vincie.sequence import pack_sessions
 from diffusers_vincie.models import VincieTransformer
 
 CONFIG = dict(

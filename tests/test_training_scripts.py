@@ -39,7 +39,7 @@ def _losses(run_dir: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def components(tmp_path_factory) -> Path:
-    from diffusers_vincie.training.tiny import write_tiny_components
+    from diffusers_vincie.testing import write_tiny_components
 
     return write_tiny_components(tmp_path_factory.mktemp("components"))
 

@@ -43,7 +43,7 @@ MAX_IMAGE_INDEX = 64  # <IMG0> .. <IMG63>: room for 31 turns with masks in slots
 def instruction_corpus(world, num_sessions: int, num_turns: int, seed: int) -> list[str]:
     """Templated prompts of ``num_sessions`` sampled sessions, each at a random turn index, plus one example of
     every instruction template at every turn index (so rare templates are covered)."""
-    from diffusers_vincie.assembly import format_turn_prompt
+    from diffusers_vincie.sequence import format_turn_prompt
 
     rng = random.Random(seed)
     lines = []

@@ -21,7 +21,8 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..data.schema import SessionRecord, mask_to_array
-from .sequences import IMAGE, CURRENT_MASK, FrameItem, SequenceConfig, SequencePlan, plan_sequence
+from ..sequence import CURRENT_MASK, IMAGE, Frame
+from .sequences import SequenceConfig, SequencePlan, plan_sequence
 
 # =====================================================================================================
 #                                            Samples
@@ -61,7 +62,7 @@ class SessionSample:
             masks[name] = None if any(m is None for m in values) else np.stack([mask_to_array(m, size) for m in values])
         return cls(frames, list(record.instructions), masks["source_masks"], masks["target_masks"], record.session_id)
 
-    def frame_image(self, item: FrameItem, start: int) -> np.ndarray:
+    def frame_image(self, item: Frame, start: int) -> np.ndarray:
         """The ``(H, W, 3)`` float32 image in [-1, 1] of a sequence item (masks: +1 inside, -1 outside)."""
         turn = start + item.turn
         if item.kind == IMAGE:
@@ -84,7 +85,7 @@ class PlannedSample:
     def instructions(self) -> list[str]:
         return self.sample.instructions[self.plan.start : self.plan.start + self.plan.num_prompts]
 
-    def images(self) -> dict[FrameItem, np.ndarray]:
+    def images(self) -> dict[Frame, np.ndarray]:
         return {item: self.sample.frame_image(item, self.plan.start) for item in self.plan.frames}
 
 
@@ -259,8 +260,8 @@ def encode_frames(images: torch.Tensor, vae=None) -> torch.Tensor:
     return latents.permute(0, 2, 3, 1).float()
 
 
-def encode_plan_frames(samples: Sequence[PlannedSample], vae=None, device=None) -> list[dict[FrameItem, torch.Tensor]]:
-    """Encodes every frame each sample's plan needs; returns one ``FrameItem -> (h, w, C)`` dict per sample."""
+def encode_plan_frames(samples: Sequence[PlannedSample], vae=None, device=None) -> list[dict[Frame, torch.Tensor]]:
+    """Encodes every frame each sample's plan needs; returns one ``Frame -> (h, w, C)`` dict per sample."""
     out = []
     for s in samples:
         images = s.images()
