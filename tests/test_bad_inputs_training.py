@@ -60,7 +60,7 @@ def _reseal(folder: Path) -> None:
 
 @pytest.fixture(scope="module")
 def components(tmp_path_factory) -> Path:
-    from diffusers_vincie.training.tiny import write_tiny_components
+    from diffusers_vincie.testing import write_tiny_components
 
     return write_tiny_components(tmp_path_factory.mktemp("components"))
 

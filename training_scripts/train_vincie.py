@@ -328,7 +328,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def sequence_config(args) -> SequenceConfig:
     values = {f.name: getattr(args, _sequence_flag(f)) for f in dataclasses.fields(SequenceConfig)}
-    return SequenceConfig(**{**values, "task_weights": args.task_weight_dict})
+    try:
+        return SequenceConfig(**{**values, "task_weights": args.task_weight_dict})
+    except ValueError as error:  # its checks name the field; the flag has the same name
+        raise UsageError(f"bad sequence flags: {error}") from error
 
 
 def build_dataset(args, config: SequenceConfig):
@@ -365,10 +368,7 @@ def build_dataset(args, config: SequenceConfig):
 
 def load_data(args) -> tuple[SequenceConfig, torch.utils.data.Dataset]:
     """The sequence config and the dataset; a missing dataset or a bad world config is a :class:`UsageError`."""
-    try:
-        config = sequence_config(args)
-    except ValueError as error:
-        raise UsageError(f"bad sequence flags (--min_turns, --max_turns, --task_weights, ...): {error}") from error
+    config = sequence_config(args)
     try:
         return config, build_dataset(args, config)
     except (FileNotFoundError, ValueError, TypeError) as error:
