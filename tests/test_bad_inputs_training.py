@@ -311,6 +311,11 @@ def test_overwrite_output_dir_starts_over_without_mixing_runs(components, run_co
         (["--lr_scheduler", "cosinus"], "--lr_scheduler"),
         (["--adam_beta2", "1.5"], "--adam_beta2"),
         (["--scheduler_shift", "0"], "--scheduler_shift"),
+        (["--report_to", "tensorbored"], "--report_to"),
+        (["--max_text_length", "1"], "--max_text_length"),
+        (["--seed=-1"], "--seed"),
+        (["--text_encoder_name_or_path", "/missing/text_encoder"], "--text_encoder_name_or_path"),
+        (["--vae_name_or_path", "/missing/vae"], "--vae_name_or_path"),
     ],
 )
 def test_bad_flags_are_clear_errors_naming_the_flag(components, tmp_path, extra, flag):
@@ -369,3 +374,28 @@ def test_a_missing_dataset_is_a_clear_error_before_the_models_load(components, t
     _reset_accelerate()
     with pytest.raises(UsageError, match="--dataset_name.*no folder"):
         train.main(train.parse_args(argv))
+
+
+def test_a_dataset_smaller_than_one_batch_is_a_clear_error(components, tmp_path, monkeypatch):
+    from diffusers_vincie.utils.cli import UsageError
+
+    train = _train_module()
+    monkeypatch.setattr(train, "load_components", lambda args: pytest.fail("models loaded before the data check"))
+    _reset_accelerate()
+    with pytest.raises(UsageError, match="8 sessions, fewer than one global batch.*--train_batch_size"):
+        train.main(train.parse_args(_args(components, tmp_path / "run", "--train_batch_size", "9")))
+
+
+def test_the_trained_layout_is_the_saved_one(components, tmp_path):
+    """From scratch, --attention_layout sets the config's layout (the exported pipeline samples as it was
+    trained); a pretrained transformer of another layout is refused instead of silently mis-sampled."""
+    from diffusers_vincie.testing import tiny_transformer
+    from diffusers_vincie.utils.cli import UsageError
+
+    train = _train_module()
+    args = train.parse_args(_args(components, tmp_path / "run"))  # block_causal; the tiny config says full
+    assert json.loads((components / "transformer.json").read_text()).get("attention_layout", "full") == "full"
+    assert train.build_transformer(args, {}).config.attention_layout == "block_causal"
+    args.transformer_config = None
+    with pytest.raises(UsageError, match="--attention_layout block_causal, but the pretrained transformer uses 'full'"):
+        train.build_transformer(args, {"transformer": tiny_transformer(latent_channels=3, text_embed_dim=16)})

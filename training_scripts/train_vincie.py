@@ -214,6 +214,18 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
     schedulers = [kind.value for kind in SchedulerType]
     if args.lr_scheduler not in schedulers:
         raise UsageError(f"--lr_scheduler {args.lr_scheduler!r} is not one of {', '.join(schedulers)}.")
+    from accelerate.utils import LoggerType
+
+    trackers = ["none"] + [kind.value for kind in LoggerType]
+    if args.report_to not in trackers:
+        raise UsageError(f"--report_to {args.report_to!r} is not one of {', '.join(trackers)}.")
+    for flag in ("pretrained_model_name_or_path", "text_encoder_name_or_path", "tokenizer_name_or_path",
+                 "vae_name_or_path", "dataset_name"):
+        value = getattr(args, flag)
+        # a path (absolute or relative to here) must exist; anything else may be a Hub id, resolved when loaded
+        if value and value.startswith(("/", "./", "../", "~")) and not any(c in value for c in "*?[") \
+                and not os.path.exists(os.path.expanduser(value)):
+            raise UsageError(f"--{flag} {value} does not exist.")
     check_number_flags(args)
     try:
         weights = [float(w) for w in args.task_weights.split(",")]
@@ -258,7 +270,8 @@ _NUMBER_FLAGS = (
     ("validation_guidance_scale", 0, None, False), ("scheduler_shift", 0, None, True),
     ("resolution", 1, None, False), ("max_train_samples", 1, None, False), ("dataloader_num_workers", 0, None, False),
     ("synthetic_num_sessions", 1, None, False), ("synthetic_num_turns", 1, None, False),
-    ("min_turns", 1, None, False), ("max_turns", 1, None, False), ("max_text_length", 1, None, False),
+    ("min_turns", 1, None, False), ("max_turns", 1, None, False), ("max_text_length", 2, None, False),
+    ("seed", 0, 2**32 - 1, False), ("synthetic_world_seed", 0, None, False),
     ("mask_probability", 0, 1, False), ("drop_current_frame", 0, 1, False), ("drop_current_mask", 0, 1, False),
     ("drop_next_mask", 0, 1, False), ("text_dropout", 0, 1, False), ("logit_std", 0, None, True),
     ("logit_mean", None, None, False),
@@ -366,24 +379,41 @@ def build_dataset(args, config: SequenceConfig):
                               group_turns=not args.no_group_turns)
 
 
-def load_data(args) -> tuple[SequenceConfig, torch.utils.data.Dataset]:
-    """The sequence config and the dataset; a missing dataset or a bad world config is a :class:`UsageError`."""
+def load_data(args, num_processes: int) -> tuple[SequenceConfig, torch.utils.data.Dataset]:
+    """The sequence config and the dataset; a missing, bad or too small dataset is a :class:`UsageError`."""
     config = sequence_config(args)
+    flag = "--synthetic_world_config" if args.synthetic_world else "--dataset_name"
     try:
-        return config, build_dataset(args, config)
+        dataset = build_dataset(args, config)
     except (FileNotFoundError, ValueError, TypeError) as error:
-        flag = "--synthetic_world_config" if args.synthetic_world else "--dataset_name"
         raise UsageError(f"{flag}: {type(error).__name__}: {error}") from error
+    if len(dataset) < args.train_batch_size * num_processes:
+        raise UsageError(f"{flag}: {len(dataset)} sessions, fewer than one global batch (--train_batch_size "
+                         f"{args.train_batch_size} x {num_processes} processes); lower --train_batch_size or add data.")
+    return config, dataset
 
 
 def build_transformer(args, components: dict) -> VincieTransformer:
+    """The model to train; its config's ``attention_layout`` is the trained one (the saved pipeline samples with it)."""
     if args.transformer_config:
         config = json.loads(Path(args.transformer_config).read_text())
         config = {k: v for k, v in config.items() if not k.startswith("_")}
-        transformer = VincieTransformer(**config)
+        if config.get("attention_layout", args.attention_layout) != args.attention_layout:
+            logger.warning(f"--attention_layout {args.attention_layout} overrides the config's "
+                           f"{config['attention_layout']!r}.")
+        try:
+            transformer = VincieTransformer(**{**config, "attention_layout": args.attention_layout})
+        except (TypeError, ValueError) as error:
+            raise UsageError(f"--transformer_config {args.transformer_config}: {error}") from error
         transformer.initialize_weights()  # the documented from-scratch initialisation
         return transformer
-    return components["transformer"]
+    transformer = components["transformer"]
+    if transformer.config.attention_layout != args.attention_layout:
+        raise UsageError(
+            f"--attention_layout {args.attention_layout}, but the pretrained transformer uses "
+            f"{transformer.config.attention_layout!r}; pass --attention_layout {transformer.config.attention_layout}."
+        )
+    return transformer
 
 
 def write_log(output_dir: str, record: dict) -> None:
@@ -429,7 +459,7 @@ def main(args: argparse.Namespace, lora=None) -> dict:
             clear_run_outputs(args.output_dir)
         os.makedirs(args.output_dir, exist_ok=True)
 
-    config, dataset = load_data(args)  # before the models: a bad dataset or world is a clear error at once
+    config, dataset = load_data(args, accelerator.num_processes)  # before the models: a bad dataset or world is a clear error at once
 
     # ---- components
     components = load_components(args)
