@@ -210,3 +210,30 @@ def test_judge_names_a_truncated_output_instead_of_a_decoder_traceback(tmp_path,
     assert code == 2
     line = one_error_line(capsys.readouterr().err)
     assert "0_turn1_rep0_seed0.png" in line and "run `generate` again" in line
+
+
+@pytest.mark.parametrize(
+    "command, words",
+    [
+        (["generate", "--editor", "no_such_module:edit", "--output-dir", "{tmp}/out"], ["--editor", "no_such_module"]),
+        (["generate", "--editor", "os:no_such_editor", "--output-dir", "{tmp}/out"], ["--editor", "no_such_editor"]),
+        (["generate", "--pipeline", "/missing/pipeline", "--output-dir", "{tmp}/out"], ["--pipeline"]),
+        (["generate", "--editor", "os:getcwd", "--output-dir", "{tmp}/bench.parquet"], ["--output-dir", "is a file"]),
+        (["metrics", "--outputs", "{tmp}/out", "--metrics", "l1,bogus"], ["--metrics", "bogus"]),
+        (["metrics", "--outputs", "{tmp}/out", "--metrics", "l1"], ["--dataset", "no reference images"]),
+    ],
+)
+def test_bad_evaluation_inputs_are_one_line(tmp_path, capsys, command, words):
+    _bench(tmp_path)
+    argv = [part.format(tmp=tmp_path) for part in command]
+    assert main([argv[0], "--dataset", str(tmp_path / "bench.parquet"), *argv[1:]]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert all(word in line for word in words), line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_dataset_of_the_wrong_format_is_one_line(tmp_path, capsys):
+    (tmp_path / "bench.txt").write_text("not a dataset")
+    assert main(["generate", "--dataset", str(tmp_path / "bench.txt"), "--editor", "os:getcwd",
+                 "--output-dir", str(tmp_path / "out")]) == 2
+    assert "--dataset" in one_error_line(capsys.readouterr().err)

@@ -119,14 +119,29 @@ def build_parser() -> argparse.ArgumentParser:
 # =====================================================================================================
 
 
+def load_sessions(args: argparse.Namespace) -> Any:
+    """The ``--dataset`` sessions; a missing or unusable dataset is a :class:`UsageError` naming it."""
+    from .sessions import load_benchmark_sessions
+
+    try:
+        return load_benchmark_sessions(args.dataset, split=args.split, limit=args.limit)
+    except (FileNotFoundError, ValueError) as error:
+        raise UsageError(f"--dataset {args.dataset}: {error}") from error
+
+
 def build_editor(args: argparse.Namespace) -> Any:
     """The editor of ``--pipeline`` (a DiffusionPipeline folder) or ``--editor module:attr``."""
     if args.editor:
         module_name, _, attribute = args.editor.partition(":")
         if not attribute:
             raise UsageError(f"--editor {args.editor!r} must look like 'package.module:callable'.")
-        editor = getattr(importlib.import_module(module_name), attribute)
+        try:
+            editor = getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError) as error:
+            raise UsageError(f"--editor {args.editor!r}: {error}") from error
         return editor() if inspect.isclass(editor) else editor
+    if args.pipeline.startswith(("/", "./", "../", "~")) and not Path(args.pipeline).expanduser().is_dir():
+        raise UsageError(f"--pipeline {args.pipeline} is not a folder (a saved pipeline or a Hub id).")
 
     import torch
 
@@ -147,9 +162,10 @@ def build_editor(args: argparse.Namespace) -> Any:
 
 def run_generate(args: argparse.Namespace) -> int:
     from .generate import generate_outputs
-    from .sessions import load_benchmark_sessions
 
-    sessions = load_benchmark_sessions(args.dataset, split=args.split, limit=args.limit)
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        raise UsageError(f"--output-dir {args.output_dir} is a file; give a folder for the outputs.")
+    sessions = load_sessions(args)
     summary = generate_outputs(build_editor(args), sessions, args.output_dir, seed_offset=args.seed_offset,
                                max_turns=args.max_turns)
     print(f"generate: {summary.sessions_generated} session(s) generated, {summary.sessions_skipped} skipped, "
@@ -160,7 +176,6 @@ def run_generate(args: argparse.Namespace) -> int:
 def run_judge(args: argparse.Namespace) -> int:
     from .judge import JudgeClient, judge_benchmark
     from .report import summarize, write_report
-    from .sessions import load_benchmark_sessions
 
     api_key = os.environ.get(args.api_key_env)
     if not api_key and "api.openai.com" in args.base_url:
@@ -172,7 +187,7 @@ def run_judge(args: argparse.Namespace) -> int:
     if extra_body is not None and not isinstance(extra_body, dict):
         raise UsageError(f"--extra-body must be a JSON object, got {type(extra_body).__name__}.")
     report_dir = Path(args.report_dir or Path(args.outputs) / f"judge-{re.sub(r'[^A-Za-z0-9._-]+', '_', args.model)}")
-    sessions = load_benchmark_sessions(args.dataset, split=args.split, limit=args.limit)
+    sessions = load_sessions(args)
     if args.results_dataset:
         export_published_outputs(args, sessions)
     client = JudgeClient(args.base_url, args.model, api_key, timeout=args.timeout, max_retries=args.max_retries,
@@ -215,9 +230,7 @@ def export_published_outputs(args: argparse.Namespace, sessions: Any) -> None:
 
 def run_metrics(args: argparse.Namespace) -> int:
     from .magicbrush import METRIC_NAMES, evaluate_magicbrush
-    from .sessions import load_benchmark_sessions
-
-    sessions = load_benchmark_sessions(args.dataset, split=args.split, limit=args.limit)
+    sessions = load_sessions(args)
     captions_path = Path(args.captions) if args.captions else Path(args.dataset) / "global_descriptions.json"
     captions = json.loads(captions_path.read_text()) if captions_path.is_file() else None
     if args.metrics is None:
@@ -226,6 +239,12 @@ def run_metrics(args: argparse.Namespace) -> int:
             print("metrics: no captions (--captions global_descriptions.json), so clip-t is skipped")
     else:
         names = [name.strip() for name in args.metrics.split(",") if name.strip()]
+        unknown = sorted(set(names) - set(METRIC_NAMES)) or ([] if names else ["(none)"])
+        if unknown:
+            raise UsageError(f"--metrics: unknown {unknown}; choose from {', '.join(METRIC_NAMES)}.")
+    if not all(session.references for session in sessions):
+        raise UsageError(f"--dataset {args.dataset} has no reference images: the metrics need a MagicBrush-format "
+                         "dataset (source, target per turn).")
     results = evaluate_magicbrush(
         sessions, args.outputs, metrics=names,
         captions=captions, clip_model=args.clip_model, dino_model=args.dino_model, device=args.device,
