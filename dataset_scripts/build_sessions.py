@@ -31,6 +31,7 @@ from diffusers_vincie.data.build import (
     VIDEO_EXTENSIONS,
     SamplingConfig,
     build_sessions,
+    check_output_dir,
     distributed_state,
     list_videos,
 )
@@ -94,8 +95,10 @@ def sampling_config(args: argparse.Namespace) -> SamplingConfig:
         raise UsageError(str(error)) from error
     if not videos:
         raise UsageError(f"inputs: no video files ({', '.join(VIDEO_EXTENSIONS)}) in {' '.join(args.inputs)}")
-    if Path(args.output).exists() and not Path(args.output).is_dir():
-        raise UsageError(f"--output {args.output} is a file; give a dataset folder to create or resume.")
+    try:
+        check_output_dir(Path(args.output))
+    except ValueError as error:
+        raise UsageError(str(error).replace("output_dir:", "--output", 1)) from error
     return config
 
 

@@ -207,7 +207,7 @@ def test_bad_build_flags_are_one_line_and_exit_2_before_decoding(videos, tmp_pat
     assert not out.exists()  # nothing was started
 
 
-@pytest.mark.parametrize("bad_input", ["missing", "empty folder", "output is a file"])
+@pytest.mark.parametrize("bad_input", ["missing", "empty folder", "output is a file", "output is someone's folder"])
 def test_bad_build_inputs_are_one_line_and_exit_2(tmp_path, videos, capsys, bad_input):
     out = tmp_path / "out"
     inputs = str(videos)
@@ -216,8 +216,11 @@ def test_bad_build_inputs_are_one_line_and_exit_2(tmp_path, videos, capsys, bad_
     elif bad_input == "empty folder":
         (tmp_path / "empty").mkdir()
         inputs = str(tmp_path / "empty")
-    else:
+    elif bad_input == "output is a file":
         out.write_text("mine")
+    else:
+        out.mkdir()
+        (out / "README.md").write_text("mine")
     with pytest.raises(SystemExit) as exit_info:
         _cli().main([inputs, "--output", str(out), "--annotator", "ground_truth"])
     assert exit_info.value.code == 2
@@ -225,3 +228,5 @@ def test_bad_build_inputs_are_one_line_and_exit_2(tmp_path, videos, capsys, bad_
     assert ("inputs" in line or "--output" in line), line
     if bad_input == "output is a file":
         assert out.read_text() == "mine"
+    elif bad_input != "missing" and bad_input != "empty folder":
+        assert sorted(p.name for p in out.iterdir()) == ["README.md"] and (out / "README.md").read_text() == "mine"

@@ -557,6 +557,19 @@ def distributed_state() -> Any:
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
+def check_output_dir(output_dir: Path) -> None:
+    """The output is a new folder or a build's own (it has ``manifest/``): the card would replace a ``README.md``.
+
+    Raises:
+        ValueError: ``output_dir`` is a file, or a non-empty folder that no build wrote.
+    """
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"output_dir: {output_dir} is a file; give a dataset folder to create or resume.")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not (output_dir / MANIFEST_DIR).is_dir():
+        raise ValueError(f"output_dir: {output_dir} is a non-empty folder that no build wrote (no {MANIFEST_DIR}/); "
+                         "give a new folder (its README.md would be replaced by the dataset card).")
+
+
 @dataclass
 class BuildSummary:
     """Counts of one build call, over all processes (read back from the manifests).
@@ -615,9 +628,10 @@ def build_sessions(
     if frame_format not in FRAME_FORMATS:
         raise ValueError(f"frame_format={frame_format!r} is not supported; use one of {FRAME_FORMATS}")
     config = config or SamplingConfig()
+    output_dir = Path(output_dir)
+    check_output_dir(output_dir)
     state = distributed_state()
     started = time.perf_counter()
-    output_dir = Path(output_dir)
     videos = list_videos(inputs)
     if not videos:
         raise ValueError(f"inputs: no video files ({', '.join(VIDEO_EXTENSIONS)}) found in {[str(i) for i in inputs]}")
