@@ -9,6 +9,9 @@
   ``weights_only=False``, i.e. by running any code the file names). The optimizer, scheduler and RNG files of
   ``accelerator.save_state`` are loaded by accelerate with ``torch.load(weights_only=True)`` (tensors and plain
   containers only); a file that needs more is refused with an error naming it, as is any ``*.pkl`` custom object.
+  This covers the checkpoints of one process and of DDP; the sharded state of DeepSpeed or FSDP (sub-folders) is
+  read by those engines themselves, and ``torch.distributed.checkpoint`` unpickles its ``.metadata`` (a warning says
+  so at resume).
 """
 
 from __future__ import annotations
@@ -209,6 +212,11 @@ def load_checkpoint(accelerator, folder: str | os.PathLike, ema=None) -> int:
 
     folder = Path(folder)
     refuse_pickled_objects(folder)
+    sharded = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if sharded:  # not covered by the guarantee above: those engines read their own formats
+        logger.warning(f"{folder} holds sharded engine state ({', '.join(sharded)}: DeepSpeed or FSDP); the engine "
+                       "reads it itself (torch.distributed.checkpoint unpickles its .metadata): resume only from "
+                       "checkpoints you trust.")
     rng_file = folder / f"random_states_{accelerator.process_index}.pkl"
     try:  # accelerate itself only logs "Could not load random states", and the resume would silently differ
         accelerate_load(rng_file)  # weights_only=True
