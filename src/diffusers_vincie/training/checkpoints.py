@@ -40,10 +40,10 @@ class CheckpointError(UsageError):
     """A checkpoint that cannot be resumed from: incomplete, or holding something that would have to be unpickled."""
 
 
-def checkpoint_step(path: str | os.PathLike) -> int:
+def checkpoint_step(path: str | os.PathLike, flag: str = "--resume_from_checkpoint") -> int:
     match = _CHECKPOINT.match(Path(path).name)
     if match is None:
-        raise CheckpointError(f"--resume_from_checkpoint {path} must be a 'checkpoint-<step>' folder.")
+        raise CheckpointError(f"{flag} {path} must be a 'checkpoint-<step>' folder.")
     return int(match.group(1))
 
 
@@ -241,7 +241,7 @@ def migrate_legacy_checkpoint(folder: str | os.PathLike) -> Path:
     from diffusers.training_utils import EMAModel
 
     folder = Path(folder)
-    checkpoint_step(folder)
+    checkpoint_step(folder, "--migrate")
     legacy = folder / "custom_checkpoint_0.pkl"
     extra = sorted(p.name for p in folder.iterdir() if _CUSTOM_PICKLE.match(p.name) and p != legacy)
     if extra:
@@ -256,7 +256,7 @@ def migrate_legacy_checkpoint(folder: str | os.PathLike) -> Path:
         save_ema(ema, folder / EMA_FILE)
         legacy.unlink()
     files = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file() and p.name != COMPLETE_FILE}
-    write_json_atomic(folder / COMPLETE_FILE, {"format": COMPLETE_FORMAT, "step": checkpoint_step(folder),
+    write_json_atomic(folder / COMPLETE_FILE, {"format": COMPLETE_FORMAT, "step": checkpoint_step(folder, "--migrate"),
                                                "files": files})
     return folder
 
