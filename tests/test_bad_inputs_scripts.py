@@ -65,7 +65,8 @@ def test_make_synthetic_videos_bad_flags(tmp_path, capsys, extra, word):
 
 @pytest.mark.parametrize(
     "extra, word",
-    [(["--d_model", "0"], "--d_model"), (["--d_model", "30"], "--d_model"), (["--world_config", "{bad"], "--world_config")],
+    [(["--d_model", "0"], "--d_model"), (["--d_model", "30"], "--d_model"),
+     (["--world_config", "{bad"], "--world_config")],
 )
 def test_build_shapes_text_encoder_bad_flags(tmp_path, capsys, monkeypatch, extra, word):
     cli = load_script(REPO / "training_scripts" / "build_shapes_text_encoder.py", "build_shapes_text_encoder")

@@ -307,7 +307,8 @@ def check_output_dir(args: argparse.Namespace) -> None:
 
 
 def clear_run_outputs(output_dir: str) -> None:
-    """``--overwrite_output_dir``: deletes what an earlier run wrote (``RUN_OUTPUTS`` and its logging dir)."""
+    """``--overwrite_output_dir``: deletes what an earlier run wrote (``RUN_OUTPUTS``; tracker logs stay, each run
+    writes its own event files)."""
     for pattern in RUN_OUTPUTS:
         for path in Path(output_dir).glob(pattern):
             shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -459,7 +460,7 @@ def main(args: argparse.Namespace, lora=None) -> dict:
             clear_run_outputs(args.output_dir)
         os.makedirs(args.output_dir, exist_ok=True)
 
-    config, dataset = load_data(args, accelerator.num_processes)  # before the models: a bad dataset or world is a clear error at once
+    config, dataset = load_data(args, accelerator.num_processes)  # before the models: a bad dataset fails at once
 
     # ---- components
     components = load_components(args)

@@ -67,9 +67,9 @@ def refuse_pickled_objects(folder: str | os.PathLike) -> None:
     pickles = sorted(p.name for p in Path(folder).iterdir() if _CUSTOM_PICKLE.match(p.name))
     if pickles:
         raise CheckpointError(
-            f"{folder} holds pickled objects ({', '.join(pickles)}); they are not loaded, since unpickling a file can "
-            f"run any code in it. Checkpoints of this version keep the EMA in {EMA_FILE}. To convert a checkpoint of an "
-            f"earlier version (its EMA read with torch.load(weights_only=True), which refuses code): "
+            f"{folder} holds pickled objects ({', '.join(pickles)}); they are not loaded, since unpickling a file "
+            f"can run any code in it. Checkpoints of this version keep the EMA in {EMA_FILE}. To convert a "
+            f"checkpoint of an earlier version (its EMA read with torch.load(weights_only=True), which refuses code): "
             f"python -m diffusers_vincie.training.checkpoints --migrate {folder}"
         )
 
@@ -105,8 +105,8 @@ def find_checkpoint(output_dir: str | os.PathLike, resume_from_checkpoint: Optio
             checkpoint folder (absolute, or relative to the working directory or ``output_dir``).
 
     Raises:
-        CheckpointError: a named checkpoint does not exist or is incomplete; ``latest`` finds checkpoints but none complete; a
-            candidate holds pickled objects.
+        CheckpointError: a named checkpoint does not exist or is incomplete; ``latest`` finds checkpoints but
+            none complete; a candidate holds pickled objects.
     """
     if not resume_from_checkpoint:
         return None
@@ -130,7 +130,9 @@ def find_checkpoint(output_dir: str | os.PathLike, resume_from_checkpoint: Optio
     if not path.is_absolute() and not path.exists():
         path = Path(output_dir) / path
     if not path.is_dir():
-        raise CheckpointError(f"--resume_from_checkpoint {resume_from_checkpoint} does not exist (nor under {output_dir}).")
+        raise CheckpointError(
+            f"--resume_from_checkpoint {resume_from_checkpoint} does not exist (nor under {output_dir})."
+        )
     checkpoint_step(path)
     refuse_pickled_objects(path)
     reason = incomplete_reason(path)
