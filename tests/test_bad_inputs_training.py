@@ -372,7 +372,7 @@ def test_a_missing_dataset_is_a_clear_error_before_the_models_load(components, t
     argv = [a for a in _args(components, tmp_path / "run") if a != "--synthetic_world"]
     argv += ["--dataset_name", str(tmp_path / "no_sessions")]
     _reset_accelerate()
-    with pytest.raises(UsageError, match="--dataset_name.*no folder"):
+    with pytest.raises(UsageError, match="--dataset_name .*no_sessions does not exist"):
         train.main(train.parse_args(argv))
 
 
