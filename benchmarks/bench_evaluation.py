@@ -27,7 +27,7 @@ from diffusers_vincie.evaluation import (
     judge_benchmark,
     output_filename,
 )
-from diffusers_vincie.evaluation.session_bench import (
+from diffusers_vincie.evaluation.shapes_bench import (
     IdentityEditor,
     build_bench_sessions,
     run_session_bench,

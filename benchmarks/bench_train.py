@@ -30,7 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from torch.utils.data import DataLoader
 
-from diffusers_vincie.data.synthetic import SyntheticWorld
+from diffusers_vincie.data.shapes.world import SyntheticWorld
 from diffusers_vincie.models.transformer_vincie import VincieTransformer
 from diffusers_vincie.training import (
     PromptEmbeddingCache,

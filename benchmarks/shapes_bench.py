@@ -3,7 +3,7 @@
 
 Sessions come from the synthetic shapes world (``SyntheticWorld``, the training world's config) with seeds far from
 the training range (training draws seeds ``0 .. 999,999``; the bench starts at 10,000,000). Every turn is scored by
-:func:`~diffusers_vincie.data.synthetic.score_edit` against the exact ground truth: a turn succeeds when the
+:func:`~diffusers_vincie.data.shapes.score.score_edit` against the exact ground truth: a turn succeeds when the
 changed region matches the true one (IoU >= 0.5), the right colour/shape is there (IoU >= 0.5) and >= 95% of the
 unchanged pixels are kept (per-channel tolerance 32).
 
@@ -45,8 +45,9 @@ import PIL.Image
 import torch
 from tqdm.auto import tqdm
 
-from diffusers_vincie.data.synthetic import EditScore, SyntheticSession, score_edit
-from diffusers_vincie.evaluation.session_bench import build_bench_sessions
+from diffusers_vincie.data.shapes.score import EditScore, score_edit
+from diffusers_vincie.data.shapes.world import SyntheticSession
+from diffusers_vincie.evaluation.shapes_bench import build_bench_sessions
 from diffusers_vincie.default_model import load_default_pipeline
 
 CHAINED_MODES = ("full", "no_context", "chain_of_editing", "copy")

@@ -1,4 +1,4 @@
-"""`python -m diffusers_vincie.convert` on a synthetic folder in the official release format."""
+"""`python -m diffusers_vincie.conversion` on a synthetic folder in the official release format."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from conftest import official_fixtures_dir
 import torch
 from safetensors.torch import load_file, save_file
 
-from diffusers_vincie.convert import main
+from diffusers_vincie.conversion.convert import main
 
 FIXTURES = official_fixtures_dir()
 needs_fixtures = pytest.mark.skipif(
@@ -145,6 +145,13 @@ def test_converted_folder_loads_after_plain_package_import(official_folder: Path
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "VincieAutoencoderKL"
+
+
+def test_documented_command_is_the_conversion_package() -> None:
+    result = subprocess.run([sys.executable, "-m", "diffusers_vincie.conversion", "--help"], capture_output=True,
+                            text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("usage: python -m diffusers_vincie.conversion ")
 
 
 # ----------------------------------------------------------------------------------------------------------------------

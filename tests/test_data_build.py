@@ -15,10 +15,10 @@ import pytest
 from conftest import load_script
 from datasets import load_dataset
 
-from diffusers_vincie.data import build as build_module
-from diffusers_vincie.data.annotate import GroundTruthAnnotator, Transition, TransitionAnnotation, TransitionAnnotator
-from diffusers_vincie.data.build import SamplingConfig, build_sessions, list_videos, read_manifest
-from diffusers_vincie.data.frames import (
+from diffusers_vincie.data.video import build as build_module
+from diffusers_vincie.data.video.annotate import GroundTruthAnnotator, Transition, TransitionAnnotation, TransitionAnnotator
+from diffusers_vincie.data.video.build import SamplingConfig, build_sessions, list_videos, read_manifest
+from diffusers_vincie.data.video.frames import (
     VideoDecodeError,
     decode_frames_at,
     detect_scene_cuts,
@@ -28,7 +28,8 @@ from diffusers_vincie.data.frames import (
 )
 from diffusers_vincie.data.loaders import iter_session_records, load_sessions
 from diffusers_vincie.data.schema import SESSION_FEATURES, SessionRecord, mask_to_array
-from diffusers_vincie.data.synthetic import SyntheticWorld, read_ground_truth
+from diffusers_vincie.data.shapes.video import read_ground_truth, render_video
+from diffusers_vincie.data.shapes.world import SyntheticWorld
 
 REPO = Path(__file__).resolve().parents[1]
 GT_SAMPLING = SamplingConfig(strategy="equal_interval", interval=1.0)  # one frame per key state (1 s per turn)
@@ -61,7 +62,7 @@ def make_synthetic_videos(folder: Path, count: int, num_turns: int = 4) -> dict[
     paths = {}
     for seed in range(count):
         path = folder / f"video{seed}.mp4"
-        world.render_video(world.sample_session(seed, num_turns=num_turns), path, fps=8)
+        render_video(world, world.sample_session(seed, num_turns=num_turns), path, fps=8)
         paths[path.stem] = path
     return paths
 
@@ -292,8 +293,8 @@ def test_resume_after_a_crash_has_no_duplicate_or_lost_sessions(tmp_path):
 
 KILL_SCRIPT = """
 import os, signal, sys
-from diffusers_vincie.data.annotate import GroundTruthAnnotator
-from diffusers_vincie.data.build import SamplingConfig, build_sessions
+from diffusers_vincie.data.video.annotate import GroundTruthAnnotator
+from diffusers_vincie.data.video.build import SamplingConfig, build_sessions
 done = []
 def kill_after_three(video_id):
     done.append(video_id)

@@ -19,7 +19,7 @@ from diffusers_vincie.data.loaders import (
     records_to_dataset,
 )
 from diffusers_vincie.data.schema import SESSION_FEATURES, SessionRecord, SessionValidationError, mask_to_array
-from diffusers_vincie.data.synthetic import SyntheticWorld
+from diffusers_vincie.data.shapes.world import SyntheticWorld
 
 
 def _record(num_frames: int = 3, size: int = 8, seed: int = 0, **overrides) -> SessionRecord:

@@ -10,16 +10,9 @@ import pytest
 from conftest import REPO, load_script
 
 from diffusers_vincie.data.schema import SessionRecord, mask_to_array
-from diffusers_vincie.data.synthetic import (
-    COLOURS,
-    HISTORY_OPS,
-    OP_KINDS,
-    SyntheticWorld,
-    decode_mask,
-    encode_mask,
-    read_ground_truth,
-    score_edit,
-)
+from diffusers_vincie.data.shapes.score import score_edit
+from diffusers_vincie.data.shapes.video import decode_mask, encode_mask, read_ground_truth, render_video
+from diffusers_vincie.data.shapes.world import COLOURS, HISTORY_OPS, OP_KINDS, SyntheticWorld
 
 ALL_OPS_WEIGHTS = {"pan": 1.0}
 
@@ -64,7 +57,7 @@ def test_shapes_and_types(sessions):
 
 def test_frames_are_exact_palette_renders(world, sessions):
     allowed = {tuple(c) for c in COLOURS.values()}
-    from diffusers_vincie.data.synthetic import BACKGROUNDS
+    from diffusers_vincie.data.shapes.world import BACKGROUNDS
 
     allowed |= {c for name in world.backgrounds for c in BACKGROUNDS[name][:2]}
     for session in sessions[:30]:
@@ -279,7 +272,7 @@ def test_render_video(tmp_path):
     world = SyntheticWorld(resolution=32, op_weights=ALL_OPS_WEIGHTS)
     session = next(s for s in (world.sample_session(seed, num_turns=3) for seed in range(50)) if "pan" in s.ops)
     path = tmp_path / "videos" / "clip.mp4"
-    ground_truth = world.render_video(session, path, fps=8, seconds_per_turn=1.0, resolution=64)
+    ground_truth = render_video(world, session, path, fps=8, seconds_per_turn=1.0, resolution=64)
     assert sorted(p.name for p in path.parent.iterdir()) == ["clip.json", "clip.mp4"]  # no temporary left
 
     with av.open(str(path)) as container:
@@ -312,11 +305,11 @@ def test_render_video(tmp_path):
 
 def test_render_video_bad_arguments(tmp_path, world, sessions):
     with pytest.raises(ValueError, match="path"):
-        world.render_video(sessions[0], tmp_path / "clip.avi")
+        render_video(world, sessions[0], tmp_path / "clip.avi")
     with pytest.raises(ValueError, match="resolution"):
-        world.render_video(sessions[0], tmp_path / "clip.mp4", resolution=33)
+        render_video(world, sessions[0], tmp_path / "clip.mp4", resolution=33)
     with pytest.raises(ValueError, match="held frame"):
-        world.render_video(sessions[0], tmp_path / "clip.mp4", fps=1, seconds_per_turn=1.0, transition_fraction=0.9)
+        render_video(world, sessions[0], tmp_path / "clip.mp4", fps=1, seconds_per_turn=1.0, transition_fraction=0.9)
     with pytest.raises(ValueError, match="not a synthetic-video"):
         (tmp_path / "other.json").write_text("{}")
         read_ground_truth(tmp_path / "other.json")
@@ -368,8 +361,3 @@ def test_synthetic_world_needs_neither_datasets_nor_av():
     assert result.returncode == 0, result.stderr
     assert "lazy ok" in result.stdout
 
-
-def test_static_camera_matches_the_schema():
-    from diffusers_vincie.data import schema, synthetic
-
-    assert synthetic.STATIC_CAMERA == schema.STATIC_CAMERA

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import REPO, load_script
 
-from diffusers_vincie.data.synthetic import SyntheticWorld
+from diffusers_vincie.data.shapes.world import SyntheticWorld
 from diffusers_vincie.default_model import DEFAULT_MODEL, DEFAULT_SAMPLING, RESOLUTION, load_default_pipeline
 
 MAX_SHIPPED_BYTES = 25 * 2**20

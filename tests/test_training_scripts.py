@@ -245,7 +245,7 @@ def test_pairwise_edit_data_trains_through_the_adapter(components, tmp_path):
     """MagicBrush-style rows (one per turn) -> PairwiseEditAdapter sessions -> a training step (no masks)."""
     from datasets import Dataset, Image
 
-    from diffusers_vincie.data.synthetic import SyntheticWorld
+    from diffusers_vincie.data.shapes.world import SyntheticWorld
 
     world, rows = SyntheticWorld(resolution=16, grid=2), []
     for seed in range(2):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffusers_vincie.data.synthetic import SyntheticWorld
+from diffusers_vincie.data.shapes.world import SyntheticWorld
 from diffusers_vincie.models.transformer_vincie import VincieTransformer
 from diffusers_vincie.training import (
     PromptEmbeddingCache,

@@ -110,7 +110,7 @@ def build(output_dir: str | os.PathLike, world_config: dict, d_model: int = 64, 
     import torch
     from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
-    from diffusers_vincie.data.synthetic import SyntheticWorld
+    from diffusers_vincie.data.shapes.world import SyntheticWorld
 
     output_dir = Path(output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -226,7 +226,7 @@ def sequence_config(args) -> SequenceConfig:
 
 def build_dataset(args, config: SequenceConfig):
     if args.synthetic_world:
-        from diffusers_vincie.data.synthetic import SyntheticWorld
+        from diffusers_vincie.data.shapes.world import SyntheticWorld
 
         world_kwargs = {}
         if args.synthetic_world_config:

@@ -108,7 +108,8 @@ def run_demo(output: str | os.PathLike, image: Optional[str] = None, instruction
     """
     import torch
 
-    from .data.synthetic import SyntheticWorld, score_edit
+    from .data.shapes.score import score_edit
+    from .data.shapes.world import SyntheticWorld
     from .default_model import RESOLUTION, load_default_pipeline
 
     start = time.perf_counter()

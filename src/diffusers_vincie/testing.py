@@ -115,7 +115,7 @@ def write_tiny_components(folder: str | Path, text_embed_dim: int = 16, seed: in
     """Writes a tiny T5 text encoder, a tokenizer of the synthetic world's words and a transformer config."""
     from transformers import T5Config, T5EncoderModel
 
-    from .data.synthetic import SyntheticWorld
+    from .data.shapes.world import SyntheticWorld
 
     folder = Path(folder)
     tokenizer = build_word_level_tokenizer(SyntheticWorld().vocabulary)

@@ -1,9 +1,9 @@
 """Session bench: an offline, exactly scored multi-turn benchmark on the synthetic shapes world (no VLM).
 
-The sessions are drawn from :class:`~diffusers_vincie.data.synthetic.SyntheticWorld` (add, remove, move,
+The sessions are drawn from :class:`~diffusers_vincie.data.shapes.world.SyntheticWorld` (add, remove, move,
 recolour, resize, and the history edits "bring back ..." and "make ... the colour it was before"), the editor is
 run with :func:`~diffusers_vincie.evaluation.generate.generate_outputs` (same resumable naming as MSE-Bench),
-and every turn is scored with :func:`~diffusers_vincie.data.synthetic.score_edit` against the exact ground
+and every turn is scored with :func:`~diffusers_vincie.data.shapes.score.score_edit` against the exact ground
 truth, with the model's previous output as the edited source (turns are chained). The MSE-Bench protocol is
 kept: a turn succeeds when ``score_edit`` says so (changed region where the instruction says, the right object
 there, the rest preserved), a session stops at its first failure, and the same report is written with
@@ -62,7 +62,7 @@ def build_bench_sessions(num_sessions: int, num_turns: int = 5, seed: int = 0, i
         image_size: Side of the square frames (use the editor's working resolution).
         world_kwargs: Other :class:`SyntheticWorld` arguments (grid, colours, op_weights, ...).
     """
-    from diffusers_vincie.data.synthetic import SyntheticWorld
+    from diffusers_vincie.data.shapes.world import SyntheticWorld
 
     if num_sessions < 1:
         raise ValueError(f"`num_sessions` must be >= 1, got {num_sessions}.")
@@ -89,7 +89,7 @@ def score_bench(synthetic_sessions: list[Any], outputs_dir: str | os.PathLike) -
     Returns:
         The judgements (for :func:`summarize`) and one row of raw scores per scored turn.
     """
-    from diffusers_vincie.data.synthetic import score_edit
+    from diffusers_vincie.data.shapes.score import score_edit
 
     judgements, rows = [], []
     for index, synthetic in enumerate(synthetic_sessions):

@@ -154,7 +154,7 @@ class SessionRowsDataset(_PlanningDataset):
 
 
 class SyntheticSessionsDataset(_PlanningDataset):
-    """Sessions of a :class:`~diffusers_vincie.data.synthetic.SyntheticWorld`, drawn on the fly: index ``i`` is the
+    """Sessions of a :class:`~diffusers_vincie.data.shapes.world.SyntheticWorld`, drawn on the fly: index ``i`` is the
     session of seed ``world_seed + i``.
 
     Args:

@@ -40,6 +40,7 @@ import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
+from ..schema import SESSION_FEATURES, SessionRecord
 from .annotate import AnnotationRejected, Transition, TransitionAnnotation, TransitionAnnotator
 from .frames import (
     SAMPLING_STRATEGIES,
@@ -53,7 +54,6 @@ from .frames import (
     split_at_cuts,
     video_seed,
 )
-from .schema import SESSION_FEATURES, SessionRecord
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ DATA_DIR, MANIFEST_DIR, REJECTS_FILE, CARD_FILE = "data", "manifest", "rejects.j
 
 @dataclass
 class SamplingConfig:
-    """How key frames are chosen in each video (see :mod:`diffusers_vincie.data.frames`).
+    """How key frames are chosen in each video (see :mod:`diffusers_vincie.data.video.frames`).
 
     Args:
         strategy: ``"equal_interval"``, ``"fixed_count"`` or ``"hybrid"``.
@@ -211,10 +211,10 @@ def sessions_from_video(
     Args:
         path: The video file.
         video_id: Its id (prefix of the session ids ``"<video_id>/<k>"``).
-        annotator: Annotates each transition (see :mod:`diffusers_vincie.data.annotate`).
+        annotator: Annotates each transition (see :mod:`diffusers_vincie.data.video.annotate`).
         config: Frame sampling settings (default :class:`SamplingConfig`).
         region_masker: Object with ``mask(image, phrases) -> bool (H, W) array`` (e.g.
-            :class:`~diffusers_vincie.data.regions.RegionMasker`) used when the annotator gives no exact
+            :class:`~diffusers_vincie.data.video.regions.RegionMasker`) used when the annotator gives no exact
             masks; ``None`` stores unknown (null) masks in that case.
 
     Returns:
@@ -466,7 +466,7 @@ def write_dataset_card(output_dir: str | Path, *, description: str = "", extra: 
     )
     body = f"""# VINCIE editing sessions
 
-Multi-turn editing sessions mined from video with `diffusers_vincie.data.build`.
+Multi-turn editing sessions mined from video with `diffusers_vincie.data.video.build`.
 One row per session: key frames, one instruction per transition, the region-of-editing masks of each
 transition in its source and target frame, camera motion, video id, timestamps and annotator metadata
 (JSON). The schema is documented in `diffusers_vincie.data.schema`.
