@@ -41,7 +41,7 @@ import numpy as np
 import PIL.Image
 
 __all__ = [
-    "SESSION_FEATURES",
+    "SESSION_FEATURES",  # noqa: F822 (built on first use by __getattr__)
     "STATIC_CAMERA",
     "SessionRecord",
     "SessionValidationError",
