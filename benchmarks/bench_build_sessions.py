@@ -31,9 +31,9 @@ import numpy as np
 
 def make_videos(folder: Path, count: int, resolution: int, turns: int, fps: int) -> None:
     from diffusers_vincie.data.shapes.video import render_video
-    from diffusers_vincie.data.shapes.world import SyntheticWorld
+    from diffusers_vincie.data.shapes.world import ShapesWorld
 
-    world = SyntheticWorld(resolution=resolution)
+    world = ShapesWorld(resolution=resolution)
     for seed in range(count):
         render_video(world, world.sample_session(seed, num_turns=turns), folder / f"video{seed:04d}.mp4", fps=fps)
 

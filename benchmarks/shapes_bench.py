@@ -2,7 +2,7 @@
 """ShapesBench: exact multi-turn editing benchmark of a pixel-space VINCIE model on held-out synthetic sessions.
 
 The command line of :mod:`diffusers_vincie.evaluation.shapes_bench` (sessions, protocols, scoring and summary live
-there). Sessions come from the synthetic shapes world (``SyntheticWorld``, the training world's config) with seeds
+there). Sessions come from the synthetic shapes world (``ShapesWorld``, the training world's config) with seeds
 far from the training range (training draws seeds ``0 .. 999,999``; the bench starts at 10,000,000). Every turn is
 scored by :func:`~diffusers_vincie.data.shapes.score.score_edit` against the exact ground truth.
 
@@ -35,7 +35,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from diffusers_vincie.data.shapes.world import SyntheticSession
+from diffusers_vincie.data.shapes.world import ShapesSession
 from diffusers_vincie.default_model import load_default_pipeline
 from diffusers_vincie.evaluation.shapes_bench import (
     BENCH_SEED,
@@ -52,7 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 WORLD_CONFIG = REPO / "training_scripts" / "configs" / "vincie_shapes_world.json"
 
 
-def measure_context_cache(pipe, sessions: list[SyntheticSession], sampling: dict, repeats: int = 3) -> dict:
+def measure_context_cache(pipe, sessions: list[ShapesSession], sampling: dict, repeats: int = 3) -> dict:
     """Seconds per 5-turn session with the block-causal context cache (encoded once per turn) vs recomputing the
     context at every sampler step (same outputs); best of ``repeats``, and the largest output difference."""
     from diffusers_vincie.pipelines import sampling as sampling_module

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from diffusers_vincie.data.shapes.video import make_synthetic_videos
-from diffusers_vincie.data.shapes.world import SyntheticWorld
+from diffusers_vincie.data.shapes.world import ShapesWorld
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> list[Path]:
     args = parse_args(argv)
-    world = SyntheticWorld(
+    world = ShapesWorld(
         resolution=args.world_resolution, max_objects=args.max_objects, op_weights={"pan": args.pan_weight}
     )
     paths = make_synthetic_videos(

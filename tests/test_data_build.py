@@ -29,7 +29,7 @@ from diffusers_vincie.data.video.frames import (
 from diffusers_vincie.data.loaders import iter_session_records, load_sessions
 from diffusers_vincie.data.schema import SESSION_FEATURES, SessionRecord, mask_to_array
 from diffusers_vincie.data.shapes.video import read_ground_truth, render_video
-from diffusers_vincie.data.shapes.world import SyntheticWorld
+from diffusers_vincie.data.shapes.world import ShapesWorld
 
 REPO = Path(__file__).resolve().parents[1]
 GT_SAMPLING = SamplingConfig(strategy="equal_interval", interval=1.0)  # one frame per key state (1 s per turn)
@@ -58,7 +58,7 @@ def write_counter_video(path: Path, num_frames: int = 40, fps: int = 8, gop: int
 
 
 def make_synthetic_videos(folder: Path, count: int, num_turns: int = 4) -> dict[str, Path]:
-    world = SyntheticWorld(resolution=64)
+    world = ShapesWorld(resolution=64)
     paths = {}
     for seed in range(count):
         path = folder / f"video{seed}.mp4"
@@ -213,7 +213,7 @@ def test_build_with_ground_truth_matches_the_simulator(tmp_path, synthetic_folde
 
     rows = rows_by_id(out)
     assert sorted(rows) == ["video0/0", "video1/0", "video2/0"]
-    world = SyntheticWorld(resolution=64)
+    world = ShapesWorld(resolution=64)
     for seed in range(3):
         row = rows[f"video{seed}/0"]
         truth = read_ground_truth(synthetic_folder / f"video{seed}.json")

@@ -47,7 +47,7 @@ from diffusers_vincie.data.video.frames import SampledFrame
 from diffusers_vincie.data.video.regions import RegionMasker
 from diffusers_vincie.data.schema import mask_to_array
 from diffusers_vincie.data.shapes.video import render_video
-from diffusers_vincie.data.shapes.world import SyntheticWorld
+from diffusers_vincie.data.shapes.world import ShapesWorld
 
 VALID_ANSWER = {
     "source_description": "a red circle on a light background",
@@ -308,7 +308,7 @@ def test_region_masker_fuses_sam2_masks_of_grounded_boxes(tiny_region_masker):
 @pytest.fixture(scope="module")
 def two_videos(tmp_path_factory):
     folder = tmp_path_factory.mktemp("model_videos")
-    world = SyntheticWorld(resolution=64)
+    world = ShapesWorld(resolution=64)
     for seed in range(2):
         render_video(world, world.sample_session(seed, num_turns=2), folder / f"clip{seed}.mp4", fps=8)
     (folder / "corrupt.mp4").write_bytes(b"\x00\x01 not a video" * 30)

@@ -24,7 +24,7 @@ _EXPORTS = {
     "schema": ("SESSION_FEATURES", "STATIC_CAMERA", "SessionRecord", "SessionValidationError", "mask_to_array"),
     "shapes.score": ("EditScore", "score_edit"),
     "shapes.video": ("make_synthetic_videos", "read_ground_truth", "render_video"),
-    "shapes.world": ("SyntheticSession", "SyntheticWorld"),
+    "shapes.world": ("ShapesSession", "ShapesWorld"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 

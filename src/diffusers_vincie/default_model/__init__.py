@@ -9,7 +9,7 @@ The pipeline folder next to this file (``model_index.json``, ``transformer/``, `
     session = pipe.start_session(image, resolution=32)
     session.edit("remove the red circle", **DEFAULT_SAMPLING)
 
-It edits 32x32 images of the synthetic shapes world (``diffusers_vincie.data.shapes.world.SyntheticWorld``) with
+It edits 32x32 images of the synthetic shapes world (``diffusers_vincie.data.shapes.world.ShapesWorld``) with
 that world's instructions; see ``README.md`` in this folder (the model card) for the recipe, data and numbers.
 """
 

@@ -42,7 +42,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from .sessions import EditSession, output_path, session_seed
+from .sessions import BenchmarkSession, output_path, session_seed
 
 __all__ = [
     "CLIP_MEAN",
@@ -237,7 +237,7 @@ def _mean(values: Sequence[float]) -> float:
 
 
 def evaluate_magicbrush(
-    sessions: Sequence[EditSession],
+    sessions: Sequence[BenchmarkSession],
     outputs_dir: str | os.PathLike,
     metrics: Sequence[str] = METRIC_NAMES,
     captions: dict[str, Any] | None = None,

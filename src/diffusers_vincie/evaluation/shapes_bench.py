@@ -1,6 +1,6 @@
 """ShapesBench: the exact, offline multi-turn editing benchmark on sessions of the synthetic shapes world (no VLM).
 
-Sessions are drawn from :class:`~diffusers_vincie.data.shapes.world.SyntheticWorld` (add, remove, move, recolour,
+Sessions are drawn from :class:`~diffusers_vincie.data.shapes.world.ShapesWorld` (add, remove, move, recolour,
 resize, and the history edits "bring back ..." and "make ... the colour it was before"); session ``i`` uses seed
 ``seed + i``. Every turn is scored by :func:`~diffusers_vincie.data.shapes.score.score_edit` against the exact
 ground truth: a turn succeeds when the changed region matches the true one (IoU >= 0.5), the right colour/shape is
@@ -39,12 +39,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.shapes.score import EditScore, score_edit
-from ..data.shapes.world import SyntheticSession, SyntheticWorld
+from ..data.shapes.world import ShapesSession, ShapesWorld
 from .generate import Editor, generate_outputs
 from .judge import SessionJudgement, TurnVerdict
 from .report import summarize as summarize_turns
 from .report import write_report
-from .sessions import EditSession, output_path
+from .sessions import BenchmarkSession, output_path
 
 __all__ = [
     "BENCH_SEED",
@@ -71,7 +71,7 @@ BENCH_SEED = 10_000_000
 
 
 def build_bench_sessions(num_sessions: int, num_turns: int = 5, seed: int = 0, image_size: int = 256,
-                         **world_kwargs: Any) -> list[SyntheticSession]:
+                         **world_kwargs: Any) -> list[ShapesSession]:
     """Draw ``num_sessions`` synthetic sessions; session ``i`` uses seed ``seed + i`` (deterministic).
 
     Args:
@@ -79,11 +79,11 @@ def build_bench_sessions(num_sessions: int, num_turns: int = 5, seed: int = 0, i
         num_turns: Edits per session.
         seed: Seed of the first session.
         image_size: Side of the square frames (use the editor's working resolution).
-        world_kwargs: Other :class:`SyntheticWorld` arguments (grid, colours, op_weights, ...).
+        world_kwargs: Other :class:`ShapesWorld` arguments (grid, colours, op_weights, ...).
     """
     if num_sessions < 1:
         raise ValueError(f"`num_sessions` must be >= 1, got {num_sessions}.")
-    world = SyntheticWorld(resolution=image_size, **world_kwargs)
+    world = ShapesWorld(resolution=image_size, **world_kwargs)
     return [world.sample_session(seed + i, num_turns=num_turns) for i in range(num_sessions)]
 
 
@@ -95,7 +95,7 @@ def build_bench_sessions(num_sessions: int, num_turns: int = 5, seed: int = 0, i
 TurnEditor = Callable[[np.ndarray, int], np.ndarray]
 
 
-def score_chained(sessions: list[SyntheticSession], editor_of: Callable[[int, SyntheticSession], TurnEditor],
+def score_chained(sessions: list[ShapesSession], editor_of: Callable[[int, ShapesSession], TurnEditor],
                   desc: str | None = None) -> list[list[EditScore]]:
     """Chained protocol: scores of the turns each session reached (the last one failed unless all succeeded)."""
     results = []
@@ -167,7 +167,7 @@ def _rgb(image: PIL.Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
-def _size(session: SyntheticSession) -> int:
+def _size(session: ShapesSession) -> int:
     return session.frames[0].shape[0]
 
 
@@ -187,7 +187,7 @@ class ChainedEditor:
         seed: noise seed of the session.
     """
 
-    def __init__(self, pipe, mode: str, session: SyntheticSession, sampling: dict, seed: int):
+    def __init__(self, pipe, mode: str, session: ShapesSession, sampling: dict, seed: int):
         self.pipe, self.mode, self.session, self.sampling = pipe, mode, session, sampling
         self.generator = torch.Generator().manual_seed(seed)
         self.editing = None
@@ -207,7 +207,7 @@ class ChainedEditor:
                                       chain_of_editing=self.mode == "chain_of_editing", **self.sampling))
 
 
-def ground_truth_edit(pipe, session: SyntheticSession, turn: int, mode: str, sampling: dict, seed: int) -> np.ndarray:
+def ground_truth_edit(pipe, session: ShapesSession, turn: int, mode: str, sampling: dict, seed: int) -> np.ndarray:
     """Turn ``turn`` edited from the true ``frames[turn]``: with the true earlier frames and instructions as context
     (``full``: the official loop's "earlier turns given as images") or alone (``no_context``)."""
     generator = torch.Generator().manual_seed(seed)
@@ -222,13 +222,13 @@ def ground_truth_edit(pipe, session: SyntheticSession, turn: int, mode: str, sam
     return _rgb(editing.edit(session.instructions[turn], generator=generator, **sampling))
 
 
-def run_chained(pipe, sessions: list[SyntheticSession], mode: str, sampling: dict) -> list[list[EditScore]]:
+def run_chained(pipe, sessions: list[ShapesSession], mode: str, sampling: dict) -> list[list[EditScore]]:
     """The chained protocol with the pipeline in ``mode``; session ``i`` draws its noise from seed ``i``."""
     return score_chained(sessions, lambda index, session: ChainedEditor(pipe, mode, session, sampling, index).edit,
                          desc=f"chained {mode}")
 
 
-def run_ground_truth(pipe, sessions: list[SyntheticSession], mode: str, sampling: dict) -> list[list[EditScore]]:
+def run_ground_truth(pipe, sessions: list[ShapesSession], mode: str, sampling: dict) -> list[list[EditScore]]:
     """Scores of every turn of every session, each edited from the true previous frame."""
     return [
         [score_edit(ground_truth_edit(pipe, session, turn, mode, sampling, seed=1000 * index + turn), session, turn)
@@ -260,8 +260,8 @@ class IdentityEditor:
         return images[-1].copy()
 
 
-def _as_edit_session(index: int, session: SyntheticSession) -> EditSession:
-    return EditSession(index=str(index), source=PIL.Image.fromarray(session.frames[0]),
+def _as_benchmark_session(index: int, session: ShapesSession) -> BenchmarkSession:
+    return BenchmarkSession(index=str(index), source=PIL.Image.fromarray(session.frames[0]),
                        instructions=list(session.instructions), operations=session.ops)
 
 
@@ -273,10 +273,10 @@ def _load_output(path: Path, size: int) -> np.ndarray:
     return np.asarray(image)
 
 
-def _stored_outputs(outputs_dir: str | os.PathLike) -> Callable[[int, SyntheticSession], TurnEditor]:
+def _stored_outputs(outputs_dir: str | os.PathLike) -> Callable[[int, ShapesSession], TurnEditor]:
     """The editors of :func:`score_chained` that read the outputs ``generate_outputs`` stored (seed = index)."""
 
-    def editor_of(index: int, session: SyntheticSession) -> TurnEditor:
+    def editor_of(index: int, session: ShapesSession) -> TurnEditor:
         return lambda source, turn: _load_output(output_path(outputs_dir, str(index), turn, index), _size(session))
 
     return editor_of
@@ -295,14 +295,14 @@ def run_session_bench(editor: Editor, report_dir: str | os.PathLike, num_session
         seed: Seed of the first session.
         image_size: Side of the frames.
         title: Title of the report.
-        world_kwargs: Other :class:`SyntheticWorld` arguments.
+        world_kwargs: Other :class:`ShapesWorld` arguments.
 
     Returns:
         The written report paths (``csv``, ``markdown``, ``json``, ``plot``, ``turns``).
     """
     report_dir = Path(report_dir)
     sessions = build_bench_sessions(num_sessions, num_turns, seed, image_size, **world_kwargs)
-    generate_outputs(editor, [_as_edit_session(i, s) for i, s in enumerate(sessions)], report_dir / "outputs",
+    generate_outputs(editor, [_as_benchmark_session(i, s) for i, s in enumerate(sessions)], report_dir / "outputs",
                      seed_offset=0)
     results = score_chained(sessions, _stored_outputs(report_dir / "outputs"))
     judgements = [

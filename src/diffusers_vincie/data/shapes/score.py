@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .world import BACKGROUNDS, COLOURS, SceneObject, SyntheticSession, SyntheticWorld
+from .world import BACKGROUNDS, COLOURS, SceneObject, ShapesSession, ShapesWorld
 
 __all__ = ["EditScore", "score_edit"]
 
@@ -59,9 +59,9 @@ def _close(a: np.ndarray, b: np.ndarray, tolerance: int) -> np.ndarray:
 
 def score_edit(
     pred_rgb: np.ndarray,
-    session: SyntheticSession,
+    session: ShapesSession,
     turn: int,
-    world: SyntheticWorld | None = None,
+    world: ShapesWorld | None = None,
     source_rgb: np.ndarray | None = None,
     tolerance: int = 32,
     iou_threshold: float = 0.5,
@@ -82,7 +82,7 @@ def score_edit(
     """
     world = world or session.world
     if world is None:
-        raise ValueError("world: the session carries no world; pass the SyntheticWorld that sampled it.")
+        raise ValueError("world: the session carries no world; pass the ShapesWorld that sampled it.")
     if not 0 <= turn < session.num_turns:
         raise ValueError(f"turn: must lie in [0, {session.num_turns}), got {turn}.")
     target = session.frames[turn + 1]
@@ -126,7 +126,7 @@ def score_edit(
     return EditScore(edit.op, edit.uses_history, float(changed_iou), float(object_score), preserved, bool(success))
 
 
-def _cell_window(world: SyntheticWorld, obj: SceneObject, camera: tuple[int, int], resolution: int) -> tuple:
+def _cell_window(world: ShapesWorld, obj: SceneObject, camera: tuple[int, int], resolution: int) -> tuple:
     """Slices of the object's cell seen through the camera, enlarged by one pixel and clipped to the frame."""
     x0 = int(math.floor(obj.col * world.cell + camera[0])) - 1
     y0 = int(math.floor(obj.row * world.cell + camera[1])) - 1

@@ -16,9 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from .world import SceneState, SyntheticSession, SyntheticWorld, changed_pixels
+from .world import SceneState, ShapesSession, ShapesWorld, changed_pixels
 
-__all__ = ["decode_mask", "encode_mask", "make_synthetic_videos", "read_ground_truth", "render_video", "video_seed"]
+__all__ = [
+    "decode_mask",
+    "encode_mask",
+    "make_synthetic_videos",
+    "read_ground_truth",
+    "render_video",
+    "video_session_seed",
+]
 
 
 # =====================================================================================================
@@ -45,8 +52,8 @@ def decode_mask(encoded: dict[str, Any]) -> np.ndarray:
 
 
 def render_video(
-    world: SyntheticWorld,
-    session: SyntheticSession,
+    world: ShapesWorld,
+    session: ShapesSession,
     path: str | os.PathLike,
     fps: int = 8,
     seconds_per_turn: float = 1.0,
@@ -172,7 +179,7 @@ def _encode(container: Any, stream: Any, image: np.ndarray) -> None:
         container.mux(packet)
 
 
-def video_seed(seed: int, index: int) -> int:
+def video_session_seed(seed: int, index: int) -> int:
     """The session seed of video ``index`` of a set drawn with ``seed`` (independent streams per video)."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
@@ -181,7 +188,7 @@ def make_synthetic_videos(
     output_dir: str | os.PathLike,
     num_videos: int,
     seed: int = 0,
-    world: SyntheticWorld | None = None,
+    world: ShapesWorld | None = None,
     num_turns: int = 5,
     fps: int = 8,
     seconds_per_turn: float = 1.0,
@@ -192,16 +199,16 @@ def make_synthetic_videos(
 ) -> list[Path]:
     """Writes ``num_videos`` synthetic clips ``synth_<index>.mp4`` with their ``.json`` ground-truth sidecars.
 
-    Deterministic by ``seed`` (video ``i`` is drawn with :func:`video_seed`), resumable: a video whose mp4 and
+    Deterministic by ``seed`` (video ``i`` is drawn with :func:`video_session_seed`), resumable: a video whose mp4 and
     sidecar both exist is skipped (both are written atomically, so an interrupted run leaves no partial file).
 
     Args:
         output_dir: folder to write to (created).
         num_videos: number of videos.
         seed: base seed.
-        world: the world to draw from (default: ``SyntheticWorld(op_weights={"pan": 0.5})``, with camera pans).
+        world: the world to draw from (default: ``ShapesWorld(op_weights={"pan": 0.5})``, with camera pans).
         num_turns, fps, seconds_per_turn, resolution, transition_fraction, crf: see
-            :meth:`SyntheticWorld.sample_session` and :func:`render_video`.
+            :meth:`ShapesWorld.sample_session` and :func:`render_video`.
         progress: show a tqdm progress bar.
 
     Returns:
@@ -211,7 +218,7 @@ def make_synthetic_videos(
 
     if not isinstance(num_videos, int) or num_videos < 0:
         raise ValueError(f"num_videos: must be an int >= 0, got {num_videos!r}.")
-    world = world or SyntheticWorld(op_weights={"pan": 0.5})
+    world = world or ShapesWorld(op_weights={"pan": 0.5})
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     width = max(6, len(str(num_videos - 1)))
@@ -221,7 +228,7 @@ def make_synthetic_videos(
         paths.append(path)
         if path.exists() and path.with_suffix(".json").exists():
             continue
-        session = world.sample_session(video_seed(seed, index), num_turns=num_turns)
+        session = world.sample_session(video_session_seed(seed, index), num_turns=num_turns)
         render_video(world, session, path, fps=fps, seconds_per_turn=seconds_per_turn, resolution=resolution,
                            transition_fraction=transition_fraction, crf=crf)
     return paths

@@ -13,7 +13,7 @@ frame (the pixels of the edited object before and after), the changed-pixel mask
 that :func:`~diffusers_vincie.data.shapes.score.score_edit` checks a model's output against.
 
 Uses:
-- training on the fly: :meth:`SyntheticWorld.sample_session` (about 0.3-0.5 ms per 32x32 six-frame session on
+- training on the fly: :meth:`ShapesWorld.sample_session` (about 0.3-0.5 ms per 32x32 six-frame session on
   the project's 2-core CPU);
 - real videos with ground truth for the video -> sessions build pipeline: :mod:`.video` writes an mp4 of a
   session (smooth motion between held key states) plus a JSON sidecar;
@@ -43,8 +43,8 @@ __all__ = [
     "Edit",
     "SceneObject",
     "SceneState",
-    "SyntheticSession",
-    "SyntheticWorld",
+    "ShapesSession",
+    "ShapesWorld",
 ]
 
 # =====================================================================================================
@@ -182,7 +182,7 @@ class Edit:
 
 
 @dataclass
-class SyntheticSession:
+class ShapesSession:
     """A sampled session with exact ground truth (``T`` = ``num_turns``, frames are ``T + 1``).
 
     Attributes:
@@ -207,7 +207,7 @@ class SyntheticSession:
     changed_masks: list[np.ndarray]
     states: list[SceneState]
     seed: int | None = None
-    world: "SyntheticWorld | None" = field(default=None, repr=False)
+    world: "ShapesWorld | None" = field(default=None, repr=False)
 
     @property
     def num_turns(self) -> int:
@@ -302,7 +302,7 @@ def _background(name: str, camera: tuple[float, float], height: int, width: int,
 # =====================================================================================================
 
 
-class SyntheticWorld:
+class ShapesWorld:
     """Samples editing sessions of simple shapes with exact ground truth.
 
     Args:
@@ -398,7 +398,7 @@ class SyntheticWorld:
 
     @property
     def config(self) -> dict[str, Any]:
-        """Constructor arguments; ``SyntheticWorld(**world.config)`` rebuilds the same world."""
+        """Constructor arguments; ``ShapesWorld(**world.config)`` rebuilds the same world."""
         return {
             "resolution": self.resolution,
             "grid": self.grid,
@@ -491,7 +491,7 @@ class SyntheticWorld:
     def edit_masks(
         self, edit: Edit, before: SceneState, after: SceneState, resolution: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """RoE of a transition in its source and target frame (see :class:`SyntheticSession`)."""
+        """RoE of a transition in its source and target frame (see :class:`ShapesSession`)."""
         resolution = resolution or self.resolution
         empty = np.zeros((resolution, resolution), dtype=bool)
         if edit.op == "pan":
@@ -536,7 +536,7 @@ class SyntheticWorld:
 
     def sample_session(
         self, rng_or_seed: int | np.random.Generator | random.Random, num_turns: int = 5
-    ) -> SyntheticSession:
+    ) -> ShapesSession:
         """Samples a session of ``num_turns`` edits (``num_turns + 1`` frames), deterministic by seed.
 
         Args:
@@ -560,7 +560,7 @@ class SyntheticWorld:
             source_masks.append(source)
             target_masks.append(target)
             changed_masks.append(changed_pixels(frames[t], frames[t + 1]))
-        return SyntheticSession(
+        return ShapesSession(
             frames=frames,
             instructions=[edit.instruction for edit in edits],
             edits=edits,
@@ -585,7 +585,7 @@ class SyntheticWorld:
         Returns:
             A dict with ``frames`` uint8 ``(B, T + 1, H, W, 3)``; ``source_masks``, ``target_masks``,
             ``changed_masks`` bool ``(B, T, H, W)``; ``uses_history`` bool ``(B, T)``; ``instructions`` and
-            ``ops``: ``B`` lists of ``T`` strings; ``sessions``: the :class:`SyntheticSession` objects.
+            ``ops``: ``B`` lists of ``T`` strings; ``sessions``: the :class:`ShapesSession` objects.
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size: must be an int >= 1, got {batch_size!r}.")

@@ -52,7 +52,7 @@ from .frames import (
     probe_video,
     sample_timestamps,
     split_at_cuts,
-    video_seed,
+    frame_sampling_seed,
 )
 
 logger = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ def list_videos(inputs: Sequence[str | Path], extensions: Sequence[str] = VIDEO_
 def _clip_frame_times(duration: float, path: Path, video_id: str, config: SamplingConfig) -> list[list[float]]:
     """Sampling times of each clip (scene-cut segment) of the video; one list per clip."""
     cuts = detect_scene_cuts(path, threshold=config.scene_threshold) if config.scene_cuts else []
-    rng = np.random.default_rng(video_seed(video_id, config.seed))
+    rng = np.random.default_rng(frame_sampling_seed(video_id, config.seed))
     clips = []
     for start, end in split_at_cuts(duration, cuts):
         times = sample_timestamps(
