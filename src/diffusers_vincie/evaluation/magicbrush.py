@@ -293,7 +293,10 @@ def evaluate_magicbrush(
     subsets = {"final_turn": final_positions, "all_turn": list(range(len(pairs)))}
     turns = sorted({pair.turn for pair in pairs})
     per_turn = {str(t + 1): [i for i, pair in enumerate(pairs) if pair.turn == t] for t in turns}
-    aggregate = lambda positions: {name: _mean([values[i] for i in positions]) for name, values in scores.items()}
+
+    def aggregate(positions: list[int]) -> dict[str, float]:
+        return {name: _mean([values[i] for i in positions]) for name, values in scores.items()}
+
     return {
         **{setting: aggregate(positions) for setting, positions in subsets.items()},
         "per_turn": {turn: aggregate(positions) for turn, positions in per_turn.items()},
