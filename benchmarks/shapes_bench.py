@@ -60,9 +60,9 @@ def measure_context_cache(pipe, sessions: list[ShapesSession], sampling: dict, r
     class RecomputedContextVelocity(sampling_module.CachedContextVelocity):
         """The same velocity, re-encoding the context at every call (what the cache saves)."""
 
-        def __call__(self, x: torch.Tensor, t: torch.Tensor):
+        def __call__(self, *args, **kwargs):
             self.__post_init__()
-            return super().__call__(x, t)
+            return super().__call__(*args, **kwargs)
 
     def run() -> tuple[float, list[np.ndarray]]:
         best, outputs = float("inf"), []
