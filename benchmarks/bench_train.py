@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 
 from diffusers_vincie.data.shapes.world import ShapesWorld
 from diffusers_vincie.models.transformer_vincie import VincieTransformer
+from diffusers_vincie.testing import write_tiny_components
 from diffusers_vincie.training import (
     PromptEmbeddingCache,
     ResumableBatchSampler,
@@ -44,7 +45,6 @@ from diffusers_vincie.training import (
     padding_report,
     training_loss,
 )
-from diffusers_vincie.testing import write_tiny_components
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "training_scripts" / "configs"

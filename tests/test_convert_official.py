@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import official_fixtures_dir
 import torch
+from conftest import official_fixtures_dir
 from safetensors.torch import load_file, save_file
 
 from diffusers_vincie.conversion.convert import main
@@ -72,9 +72,10 @@ def official_folder(tmp_path: Path) -> Path:
 
 @needs_fixtures
 def test_converts_end_to_end_and_pipeline_runs(official_folder: Path, tmp_path: Path, capsys) -> None:
+    from transformers import Qwen2Model
+
     from diffusers_vincie.conversion.vae import VincieAutoencoderKL
     from diffusers_vincie.pipelines import VincieInContextPipeline
-    from transformers import Qwen2Model
 
     out = tmp_path / "diffusers"
     assert main(["--official", str(official_folder), "--out", str(out), *VAE_CONFIG]) == 0

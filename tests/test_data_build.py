@@ -15,8 +15,17 @@ import pytest
 from conftest import load_script
 from datasets import load_dataset
 
+from diffusers_vincie.data.loaders import iter_session_records, load_sessions
+from diffusers_vincie.data.schema import SESSION_FEATURES, SessionRecord, mask_to_array
+from diffusers_vincie.data.shapes.video import read_ground_truth, render_video
+from diffusers_vincie.data.shapes.world import ShapesWorld
 from diffusers_vincie.data.video import build as build_module
-from diffusers_vincie.data.video.annotate import GroundTruthAnnotator, Transition, TransitionAnnotation, TransitionAnnotator
+from diffusers_vincie.data.video.annotate import (
+    GroundTruthAnnotator,
+    Transition,
+    TransitionAnnotation,
+    TransitionAnnotator,
+)
 from diffusers_vincie.data.video.build import SamplingConfig, build_sessions, list_videos, read_manifest
 from diffusers_vincie.data.video.frames import (
     VideoDecodeError,
@@ -26,10 +35,6 @@ from diffusers_vincie.data.video.frames import (
     sample_timestamps,
     split_at_cuts,
 )
-from diffusers_vincie.data.loaders import iter_session_records, load_sessions
-from diffusers_vincie.data.schema import SESSION_FEATURES, SessionRecord, mask_to_array
-from diffusers_vincie.data.shapes.video import read_ground_truth, render_video
-from diffusers_vincie.data.shapes.world import ShapesWorld
 
 REPO = Path(__file__).resolve().parents[1]
 GT_SAMPLING = SamplingConfig(strategy="equal_interval", interval=1.0)  # one frame per key state (1 s per turn)

@@ -36,6 +36,9 @@ from transformers import (
 )
 from transformers.image_processing_utils import BatchFeature, ImageProcessingMixin
 
+from diffusers_vincie.data.schema import mask_to_array
+from diffusers_vincie.data.shapes.video import render_video
+from diffusers_vincie.data.shapes.world import ShapesWorld
 from diffusers_vincie.data.video.annotate import (
     AnnotationRejected,
     Transition,
@@ -45,9 +48,6 @@ from diffusers_vincie.data.video.annotate import (
 from diffusers_vincie.data.video.build import SamplingConfig, build_sessions, read_manifest, sessions_from_video
 from diffusers_vincie.data.video.frames import SampledFrame
 from diffusers_vincie.data.video.regions import RegionMasker
-from diffusers_vincie.data.schema import mask_to_array
-from diffusers_vincie.data.shapes.video import render_video
-from diffusers_vincie.data.shapes.world import ShapesWorld
 
 VALID_ANSWER = {
     "source_description": "a red circle on a light background",

@@ -10,6 +10,9 @@ import torch
 
 from diffusers_vincie.data.shapes.world import ShapesWorld
 from diffusers_vincie.models.transformer_vincie import VincieTransformer
+from diffusers_vincie.sequence import Frame, Text, block_causal_layout, session_items
+from diffusers_vincie.testing import tiny_transformer_config
+from diffusers_vincie.text_encoding import build_word_level_tokenizer
 from diffusers_vincie.training import (
     PromptEmbeddingCache,
     ResumableBatchSampler,
@@ -23,9 +26,6 @@ from diffusers_vincie.training import (
     sample_logit_normal,
     weighted_frame_mse,
 )
-from diffusers_vincie.sequence import Frame, Text, block_causal_layout, session_items
-from diffusers_vincie.testing import tiny_transformer_config
-from diffusers_vincie.text_encoding import build_word_level_tokenizer
 from diffusers_vincie.training.sequences import frame_task
 
 WORLD = ShapesWorld(resolution=16, grid=2)

@@ -27,6 +27,8 @@ import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+from ..models import VincieTransformer
+from ..pipelines import VincieInContextPipeline, official_scheduler
 from .checkpoint import load_torch_state_dict
 from .dit import VINCIE_3B_CONFIG, load_official_dit
 from .qwen import (
@@ -38,8 +40,6 @@ from .qwen import (
     read_tiktoken_ranks,
 )
 from .vae import VincieAutoencoderKL, convert_official_vae
-from ..models import VincieTransformer
-from ..pipelines import VincieInContextPipeline, official_scheduler
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")

@@ -49,10 +49,10 @@ from .frames import (
     VideoDecodeError,
     decode_frames_at,
     detect_scene_cuts,
+    frame_sampling_seed,
     probe_video,
     sample_timestamps,
     split_at_cuts,
-    frame_sampling_seed,
 )
 
 logger = logging.getLogger(__name__)
