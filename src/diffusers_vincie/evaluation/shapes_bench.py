@@ -313,16 +313,16 @@ def run_session_bench(editor: Editor, report_dir: str | os.PathLike, num_session
         ])
         for index, scores in enumerate(results)
     ]
+    rows = [{"session": index, "turn": turn + 1, "op": score.op, "changed_iou": score.changed_iou,
+             "object_score": score.object_score, "preserved": score.preserved, "success": score.success}
+            for index, scores in enumerate(results) for turn, score in enumerate(scores)]
+    summary = summarize_turns(judgements, num_turns)
     metadata = {"judge": "exact (score_edit)", "sessions": num_sessions, "turns": num_turns, "seed": seed,
                 "image_size": image_size}
-    paths = write_report(summarize_turns(judgements, num_turns), report_dir, name="session_bench",
-                         title=title or "Session bench", metadata=metadata)
+    paths = write_report(summary, report_dir, name="session_bench", title=title or "Session bench", metadata=metadata)
     paths["turns"] = report_dir / "session_bench_turns.csv"
     with open(paths["turns"], "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=["session", "turn", "op", "changed_iou", "object_score",
-                                                    "preserved", "success"])
+        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
         writer.writeheader()
-        writer.writerows({"session": index, "turn": turn + 1, "op": score.op, "changed_iou": score.changed_iou,
-                          "object_score": score.object_score, "preserved": score.preserved, "success": score.success}
-                         for index, scores in enumerate(results) for turn, score in enumerate(scores))
+        writer.writerows(rows)
     return paths
