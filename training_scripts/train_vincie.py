@@ -435,8 +435,12 @@ def main(args: argparse.Namespace, lora=None) -> dict:
         if lora is not None:
             lora.save(args, final)
         elif not args.no_save_pipeline:
+            sampling = dict(default_num_inference_steps=args.validation_inference_steps,
+                            default_guidance_scale=args.validation_guidance_scale)
+            if args.resolution:
+                sampling["default_resolution"] = args.resolution
             save_final_pipeline(args.output_dir, final, components, args.scheduler_shift, args.negative_prompt,
-                                args.frame_index)
+                                args.frame_index, sampling_defaults=sampling)
     accelerator.end_training()
     return {"global_step": global_step, "last_loss": last_loss, "output_dir": args.output_dir}
 

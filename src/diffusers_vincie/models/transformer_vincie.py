@@ -215,6 +215,23 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
         self.norm_out_shift_scale = nn.Parameter(torch.zeros(2, dim))  # learned [shift, scale] of the output head
         self.proj_out = nn.Linear(dim, patch_size * patch_size * latent_channels)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """``ModelMixin.from_pretrained``, refusing a checkpoint that does not fill every weight of its config.
+
+        diffusers only warns about missing weights and leaves them on the meta device, where the first forward
+        fails deep inside; a config edited by hand (e.g. ``num_layers``) is caught here instead.
+        """
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        missing = [name for name, param in model.named_parameters() if param.is_meta]
+        if missing:
+            raise ValueError(
+                f"{pretrained_model_name_or_path}: the weights do not match the config ({len(missing)} parameters "
+                f"missing, e.g. {missing[:3]}); check `num_layers`, `num_mm_layers` and the sizes in config.json "
+                "against the checkpoint."
+            )
+        return model
+
     # -------------------------------------------------------------------------------- initialisation
 
     def initialize_weights(self, modulation_std: float = 0.0, generator: Optional[torch.Generator] = None) -> None:

@@ -31,7 +31,16 @@ from ..models.transformer_vincie import VincieTransformer
 from ..sequence import FRAME_INDEX_MODES, Frame, format_turn_prompt, session_text
 from ..text_encoding import encode_prompts
 from .image_processing import postprocess
-from .inputs import FIDELITIES, OUTPUT_TYPES, POSTERIORS, callback_outputs, check_choice, check_image, check_int
+from .inputs import (
+    FIDELITIES,
+    OUTPUT_TYPES,
+    POSTERIORS,
+    callback_outputs,
+    check_choice,
+    check_image,
+    check_int,
+    check_sampling,
+)
 from .lora import VincieLoraLoaderMixin
 from .sampling import Guidance, SamplerStep, sample_frame
 from .session import SessionFrame, SessionText, VincieEditingSession
@@ -397,6 +406,12 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
             embeds = [None] * len(prompts)
         resolution = self.config.default_resolution if resolution is None else resolution
         self.check_inputs(images, len(prompts), output_type, fidelity, posterior, resolution)
+        check_sampling(  # once here too, so that a bad value stops the call before any image is encoded
+            self.config.default_num_inference_steps if num_inference_steps is None else num_inference_steps,
+            self.config.default_guidance_scale if guidance_scale is None else guidance_scale,
+            guidance_interval, guidance_rescale, num_images_per_prompt, generator, callback_on_step_end,
+            callback_on_step_end_tensor_inputs, self._callback_tensor_inputs,
+        )
         num_turns = len(prompts) - len(images) + 1
         turn_latents = latents if isinstance(latents, (list, tuple)) else [latents] + [None] * (num_turns - 1)
         if len(turn_latents) != num_turns:
