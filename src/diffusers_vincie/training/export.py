@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
+
 def _subfolder(root: Optional[str], name: str) -> Optional[str]:
     if root is None:
         return None
