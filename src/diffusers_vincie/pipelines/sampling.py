@@ -216,10 +216,9 @@ class CachedContextVelocity:
         )
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, scale: float = 1.0, rescale: float = 0.0) -> GuidedPrediction:
-        _, h, w, _ = self.context_latents.shape
-        device = x.device
         outs = []
-        for branch, (cache, target_order, target_index) in zip(("cond", "uncond"), self.branches[: 2 if scale != 1.0 else 1]):
+        branches = self.branches[: 2 if scale != 1.0 else 1]
+        for branch, (cache, target_order, target_index) in zip(("cond", "uncond"), branches):
             with _cache_context(self.transformer, branch):
                 outs.append(self._target(x, t, cache, target_order, target_index))
         return _guide(outs[0], outs[1] if len(outs) > 1 else None, scale, rescale)
