@@ -14,13 +14,6 @@ PROMPTS = ["add a red circle", "make it bigger"]
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    p = tiny_pipeline()
-    p.set_progress_bar_config(disable=True)
-    return p
-
-
-@pytest.fixture(scope="module")
 def image():
     return PIL.Image.fromarray((np.random.RandomState(0).rand(32, 32, 3) * 255).astype(np.uint8))
 
