@@ -25,8 +25,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from diffusers_vincie.data.annotate import GroundTruthAnnotator, TransitionAnnotator, VLMAnnotator
-from diffusers_vincie.data.build import (
+from diffusers_vincie.data.video.annotate import GroundTruthAnnotator, TransitionAnnotator, VLMAnnotator
+from diffusers_vincie.data.video.build import (
     FRAME_FORMATS,
     VIDEO_EXTENSIONS,
     SamplingConfig,
@@ -35,8 +35,8 @@ from diffusers_vincie.data.build import (
     distributed_state,
     list_videos,
 )
-from diffusers_vincie.data.frames import SAMPLING_STRATEGIES
-from diffusers_vincie.data.regions import DEFAULT_DETECTOR, DEFAULT_SEGMENTER, RegionMasker
+from diffusers_vincie.data.video.frames import SAMPLING_STRATEGIES
+from diffusers_vincie.data.video.regions import DEFAULT_DETECTOR, DEFAULT_SEGMENTER, RegionMasker
 from diffusers_vincie.utils.cli import UsageError, run_cli
 
 

@@ -5,7 +5,7 @@ Example:
     python dataset_scripts/make_synthetic_videos.py --output-dir synthetic_videos --num-videos 100 --seed 0
 
 Each ``synth_<index>.mp4`` comes with ``synth_<index>.json`` (instructions, ops, camera motion, exact RoE masks,
-key-state timestamps; read it with ``diffusers_vincie.data.synthetic.read_ground_truth``). Deterministic by
+key-state timestamps; read it with ``diffusers_vincie.data.shapes.video.read_ground_truth``). Deterministic by
 ``--seed``; rerunning skips the videos already written.
 """
 
@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from diffusers_vincie.data.synthetic import SyntheticWorld, make_synthetic_videos
+from diffusers_vincie.data.shapes.video import make_synthetic_videos
+from diffusers_vincie.data.shapes.world import ShapesWorld
 from diffusers_vincie.utils.cli import UsageError, check_number, run_cli
 from diffusers_vincie.utils.io import write_json_atomic
 
@@ -42,7 +43,7 @@ _BOUNDS = {"num_videos": (1, None), "num_turns": (1, None), "world_resolution": 
            "max_objects": (1, None), "crf": (0, 51)}
 
 
-def build_world(args: argparse.Namespace) -> SyntheticWorld:
+def build_world(args: argparse.Namespace) -> ShapesWorld:
     """The checked flags' world; every problem is a :class:`UsageError` naming the flag, before any video."""
     for name, (minimum, maximum) in _BOUNDS.items():
         check_number(f"--{name.replace('_', '-')}", getattr(args, name), minimum, maximum)
@@ -53,7 +54,7 @@ def build_world(args: argparse.Namespace) -> SyntheticWorld:
     if args.output_dir.exists() and not args.output_dir.is_dir():
         raise UsageError(f"--output-dir {args.output_dir} is a file; give a folder.")
     try:
-        return SyntheticWorld(resolution=args.world_resolution, max_objects=args.max_objects,
+        return ShapesWorld(resolution=args.world_resolution, max_objects=args.max_objects,
                               op_weights={"pan": args.pan_weight})
     except ValueError as error:  # the world's own checks name its argument
         raise UsageError(f"bad world flags: {error}") from error

@@ -33,6 +33,16 @@ def official_fixtures() -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def pipe():
+    """A tiny random pipeline (latent space, full attention) with its progress bars off."""
+    from diffusers_vincie.testing import tiny_pipeline
+
+    p = tiny_pipeline()
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
 def one_error_line(err: str) -> str:
     """The single ``<prog>: error: ...`` line of a command's stderr (asserted: no traceback, no second error); the
     first heavy import of a process may log unrelated library warnings before it."""

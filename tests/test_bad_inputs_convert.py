@@ -1,4 +1,4 @@
-"""Bad inputs of `python -m diffusers_vincie.convert`: every input is checked before any component is converted,
+"""Bad inputs of `python -m diffusers_vincie.conversion`: every input is checked before any component is converted,
 the release folder is never written into, and each error is one line with exit status 2."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from conftest import one_error_line
 from safetensors.torch import load_file
 from test_convert_official import FIXTURES, VAE_CONFIG, _write_tiny_llm, needs_fixtures
 
-from diffusers_vincie.convert import main
+from diffusers_vincie.conversion.convert import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -119,8 +119,8 @@ def test_missing_vae_config_is_one_line(tmp_path, capsys):
 def test_the_module_cli_prints_one_line_and_exits_2(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-m", "diffusers_vincie.convert", "--official", str(tmp_path / "none"),
+    result = subprocess.run([sys.executable, "-m", "diffusers_vincie.conversion", "--official", str(tmp_path / "none"),
                              "--out", str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("python -m diffusers_vincie.convert: error: --official") and "snapshot_download" in last
+    assert last.startswith("python -m diffusers_vincie.conversion: error: --official") and "snapshot_download" in last

@@ -12,18 +12,19 @@ import pytest
 from conftest import load_script, one_error_line
 from datasets import load_dataset
 
-from diffusers_vincie.data.annotate import GroundTruthAnnotator
-from diffusers_vincie.data.build import SamplingConfig, build_sessions, read_manifest
-from diffusers_vincie.data.synthetic import SyntheticWorld
+from diffusers_vincie.data.shapes.video import render_video
+from diffusers_vincie.data.shapes.world import ShapesWorld
+from diffusers_vincie.data.video.annotate import GroundTruthAnnotator
+from diffusers_vincie.data.video.build import SamplingConfig, build_sessions, read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 GT_SAMPLING = SamplingConfig(strategy="equal_interval", interval=1.0)
 
 
 def _videos(folder: Path, count: int, num_turns: int = 2) -> Path:
-    world = SyntheticWorld(resolution=32)
+    world = ShapesWorld(resolution=32)
     for seed in range(count):
-        world.render_video(world.sample_session(seed, num_turns=num_turns), folder / f"video{seed}.mp4", fps=8)
+        render_video(world, world.sample_session(seed, num_turns=num_turns), folder / f"video{seed}.mp4", fps=8)
     return folder
 
 
@@ -116,7 +117,7 @@ def _faststart_counter_video(path: Path, seconds: int = 8, fps: int = 8) -> None
 
 
 def test_a_truncated_faststart_video_is_a_reject_not_a_short_session(tmp_path):
-    from diffusers_vincie.data.frames import probe_video
+    from diffusers_vincie.data.video.frames import probe_video
 
     path = tmp_path / "videos" / "cut.mp4"
     path.parent.mkdir()

@@ -14,13 +14,6 @@ PROMPTS = ["add a red circle", "make it bigger"]
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    p = tiny_pipeline()
-    p.set_progress_bar_config(disable=True)
-    return p
-
-
-@pytest.fixture(scope="module")
 def image():
     return PIL.Image.fromarray((np.random.RandomState(0).rand(32, 32, 3) * 255).astype(np.uint8))
 
@@ -132,3 +125,28 @@ def test_sampling_defaults_live_in_the_pipeline_config(image, tmp_path):
 def test_fuse_qkv_projections_is_a_clear_no_op(pipe):
     pipe.transformer.fuse_qkv_projections()  # no attention module claims fusion support: nothing changes
     assert not any("to_qkv" in name for name, _ in pipe.transformer.named_modules())
+
+
+@pytest.mark.parametrize("layout", ["full", "block_causal"])
+def test_first_block_cache(image, layout):
+    from diffusers import FirstBlockCacheConfig
+
+    p = tiny_pipeline(pixel_space=layout == "block_causal", attention_layout=layout, num_layers=4)
+    p.set_progress_bar_config(disable=True)
+    kwargs = _kwargs(num_inference_steps=6, guidance_scale=3.0)
+    reference = p(image, PROMPTS, **kwargs).images
+    blocks = []
+    # a cached block is still called (its hook returns the cached residual); its attention runs only when computed
+    hook = p.transformer.transformer_blocks[2].attn.register_forward_pre_hook(lambda *a: blocks.append(1))
+    p.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.0))  # never skips: exactly the uncached output
+    exact = p(image, PROMPTS, **_kwargs(num_inference_steps=6, guidance_scale=3.0)).images
+    computed = len(blocks)
+    p.transformer.disable_cache()
+    p.transformer.enable_cache(FirstBlockCacheConfig(threshold=10.0))  # skips every step it can
+    blocks.clear()
+    cached = p(image, PROMPTS, **_kwargs(num_inference_steps=6, guidance_scale=3.0)).images
+    hook.remove()
+    p.transformer.disable_cache()
+    assert torch.equal(exact, reference)
+    assert len(blocks) < computed and torch.isfinite(cached).all()
+    assert (cached - reference).abs().max() > 0

@@ -102,7 +102,7 @@ def build(output_dir: str | os.PathLike, world_config: dict, d_model: int = 64, 
 
     Args:
         output_dir: destination folder.
-        world_config: ``SyntheticWorld`` arguments (the training world).
+        world_config: ``ShapesWorld`` arguments (the training world).
         d_model: encoder width (= the transformer's ``text_embed_dim``).
         num_layers: encoder layers.
         vocab_size: sentencepiece vocabulary size (an upper bound: the world needs fewer pieces).
@@ -121,9 +121,9 @@ def _write_text_components(tmp: Path, world_config: dict, d_model: int, num_laye
     import torch
     from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
-    from diffusers_vincie.data.synthetic import SyntheticWorld
+    from diffusers_vincie.data.shapes.world import ShapesWorld
 
-    world = SyntheticWorld(**world_config)
+    world = ShapesWorld(**world_config)
     model_file = train_sentencepiece(instruction_corpus(world, num_sessions, 5, seed), tmp / "spm", vocab_size)
     tokenizer = T5Tokenizer(vocab=sentencepiece_vocab(model_file), extra_ids=0)
     tokenizer.save_pretrained(tmp / "tokenizer")
@@ -141,7 +141,7 @@ def _write_text_components(tmp: Path, world_config: dict, d_model: int, num_laye
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--world_config", default=None, help="JSON file or string of SyntheticWorld arguments.")
+    parser.add_argument("--world_config", default=None, help="JSON file or string of ShapesWorld arguments.")
     parser.add_argument("--d_model", type=int, default=64, help="Must equal the transformer's text_embed_dim.")
     parser.add_argument("--num_layers", type=int, default=2)
     parser.add_argument("--vocab_size", type=int, default=256)

@@ -46,7 +46,7 @@ from diffusers_vincie.training import (
     ResumableBatchSampler,
     SequenceConfig,
     SessionRowsDataset,
-    SyntheticSessionsDataset,
+    ShapesSessionsDataset,
     VincieTrainingModule,
     build_training_batch,
     collate_planned,
@@ -102,7 +102,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--synthetic_world", action="store_true",
                        help="Train on sessions of the synthetic shapes world drawn on the fly (no dataset on disk).")
     group.add_argument("--synthetic_world_config", type=str, default=None,
-                       help="JSON file or string of SyntheticWorld arguments (resolution defaults to --resolution).")
+                       help="JSON file or string of ShapesWorld arguments (resolution defaults to --resolution).")
     group.add_argument("--synthetic_num_sessions", type=int, default=1_000_000)
     group.add_argument("--synthetic_num_turns", type=int, default=4)
     group.add_argument("--synthetic_world_seed", type=int, default=0,
@@ -350,7 +350,7 @@ def sequence_config(args) -> SequenceConfig:
 
 def build_dataset(args, config: SequenceConfig):
     if args.synthetic_world:
-        from diffusers_vincie.data.synthetic import SyntheticWorld
+        from diffusers_vincie.data.shapes.world import ShapesWorld
 
         world_kwargs = {}
         if args.synthetic_world_config:
@@ -358,8 +358,8 @@ def build_dataset(args, config: SequenceConfig):
             world_kwargs = json.loads(Path(text).read_text() if os.path.isfile(text) else text)
         if args.resolution:
             world_kwargs.setdefault("resolution", args.resolution)
-        world = SyntheticWorld(**world_kwargs)
-        return SyntheticSessionsDataset(world, args.synthetic_num_sessions, args.synthetic_num_turns, config,
+        world = ShapesWorld(**world_kwargs)
+        return ShapesSessionsDataset(world, args.synthetic_num_sessions, args.synthetic_num_turns, config,
                                         seed=args.seed, world_seed=args.synthetic_world_seed,
                                         group_turns=not args.no_group_turns)
     from diffusers_vincie.data.loaders import (

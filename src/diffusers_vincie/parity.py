@@ -25,9 +25,9 @@ from typing import Callable, Iterator, Optional
 import torch
 from safetensors.torch import load_file
 
-from .sequence import PackedText, build_condition, pack_sessions, pack_texts, select_valid_tokens, session_text
 from .conversion.dit import load_official_dit
 from .models.transformer_vincie import VincieTransformer
+from .sequence import PackedText, build_condition, pack_sessions, pack_texts, select_valid_tokens, session_text
 
 FORWARD_TOL = 1e-4  # float32 transformer forward and intermediates
 BF16_ATTENTION_TOL = 1e-2  # official bf16 q/k/v cast vs its emulation (fixture README: loose check)

@@ -121,10 +121,10 @@ def write_tiny_components(folder: str | Path, text_embed_dim: int = 16, seed: in
     """Writes a tiny T5 text encoder, a tokenizer of the synthetic world's words and a transformer config."""
     from transformers import T5Config, T5EncoderModel
 
-    from .data.synthetic import SyntheticWorld
+    from .data.shapes.world import ShapesWorld
 
     folder = Path(folder)
-    tokenizer = build_word_level_tokenizer(SyntheticWorld().vocabulary)
+    tokenizer = build_word_level_tokenizer(ShapesWorld().vocabulary)
     tokenizer.save_pretrained(folder / "tokenizer")
     torch.manual_seed(seed)
     encoder = T5EncoderModel(T5Config(

@@ -9,7 +9,7 @@ The pipeline folder next to this file (``model_index.json``, ``transformer/``, `
     session = pipe.start_session(image)                 # the model's own defaults: 32 px, 10 steps, no CFG
     session.edit("remove the red circle")
 
-It edits 32x32 images of the synthetic shapes world (``diffusers_vincie.data.synthetic.SyntheticWorld``) with
+It edits 32x32 images of the synthetic shapes world (``diffusers_vincie.data.shapes.world.ShapesWorld``) with
 that world's instructions; see ``README.md`` in this folder (the model card) for the recipe, data and numbers.
 """
 

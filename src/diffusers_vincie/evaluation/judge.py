@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from ..utils.cli import UsageError, check_number
 from ..utils.io import write_json_atomic
 from .generate import read_output
-from .sessions import EditSession, output_path, session_seed
+from .sessions import BenchmarkSession, output_path, session_seed
 
 __all__ = [
     "DEFAULT_JUDGE_MODEL",
@@ -333,7 +333,7 @@ def _read_cache(path: Path, model: str) -> dict[str, Any]:
 
 def judge_session(
     client: JudgeClient,
-    session: EditSession,
+    session: BenchmarkSession,
     output_files: Sequence[Path],
     threshold: float = DEFAULT_SUCCESS_THRESHOLD,
     cache_path: Path | None = None,
@@ -387,7 +387,7 @@ def judge_session(
 
 def judge_benchmark(
     client: JudgeClient,
-    sessions: Sequence[EditSession],
+    sessions: Sequence[BenchmarkSession],
     outputs_dir: str | os.PathLike,
     cache_dir: str | os.PathLike,
     threshold: float = DEFAULT_SUCCESS_THRESHOLD,

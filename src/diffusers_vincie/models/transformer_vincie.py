@@ -29,8 +29,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.attention import AttentionMixin, FeedForward
+from diffusers.models.cache_utils import CacheMixin
 from diffusers.models.embeddings import get_timestep_embedding
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
@@ -93,7 +95,20 @@ class VincieTransformerBlock(nn.Module):
             self.ff_context = FeedForward(dim, inner_dim=mlp_hidden, activation_fn="swiglu", bias=False)
             self.scale_shift_table_context = nn.Parameter(torch.zeros(2, 3, dim))
 
-    def forward(self, vid, txt, vid_emb, txt_emb, vid_rope, txt_rope, plan: _AttentionPlan, is_last: bool = False):
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        vid_emb: torch.Tensor,
+        txt_emb: torch.Tensor,
+        vid_rope,
+        txt_rope,
+        plan: _AttentionPlan,
+        is_last: bool = False,
+    ):
+        """``(video (N_vid, D), text (N_txt, D))`` -> the same after one block (diffusers' block argument names, so
+        its cache hooks find the two streams)."""
+        vid, txt = hidden_states, encoder_hidden_states
         txt_ff = self.ff_context if self.separate_text_weights else self.ff
         txt_table = self.scale_shift_table_context if self.separate_text_weights else self.scale_shift_table
 
@@ -109,6 +124,13 @@ class VincieTransformerBlock(nn.Module):
         if not is_last:  # the text stream is discarded after the last block: skip its MLP (as the official code)
             txt = txt_ff(_modulate(self.norm(txt), txt_emb, txt_table, 1)) * _gate(txt_emb, txt_table, 1) + txt
         return vid, txt
+
+
+# diffusers' block caches (FirstBlockCache, ...) read the two streams by these output positions
+TransformerBlockRegistry.register(
+    model_class=VincieTransformerBlock,
+    metadata=TransformerBlockMetadata(return_hidden_states_index=0, return_encoder_hidden_states_index=1),
+)
 
 
 # =====================================================================================================
@@ -137,7 +159,7 @@ class VincieTimestepEmbedding(nn.Module):
 # =====================================================================================================
 
 
-class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixin):
+class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixin, CacheMixin):
     """The VINCIE diffusion transformer (official NaDiT ``mmdit`` with ``mm_full`` attention and ``mmrope3d``).
 
     Args:

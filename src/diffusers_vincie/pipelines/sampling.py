@@ -13,6 +13,7 @@ the velocity of a model's attention layout.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Optional, Sequence, Union
 
@@ -95,6 +96,11 @@ def set_trailing_timesteps(scheduler: FlowMatchEulerDiscreteScheduler, num_infer
     return scheduler.timesteps
 
 
+def _cache_context(transformer: VincieTransformer, name: str):
+    """diffusers' per-branch cache state (``transformer.enable_cache(FirstBlockCacheConfig(...))``), when enabled."""
+    return transformer.cache_context(name) if transformer.is_cache_enabled else nullcontext()
+
+
 def _guide(pos: torch.Tensor, neg: Optional[torch.Tensor], scale: float, rescale: float) -> GuidedPrediction:
     if neg is None:
         return GuidedPrediction(pos, pos, None)
@@ -128,12 +134,21 @@ class FullAttentionVelocity:
     negative_text: Optional[PackedText]
     frame_index: Optional[torch.Tensor] = None
 
+    def __post_init__(self):
+        if self.transformer.is_cache_enabled:  # a new frame: the block cache starts afresh
+            self.transformer._reset_stateful_cache()
+
     def __call__(self, x: torch.Tensor, t: torch.Tensor, scale: float = 1.0, rescale: float = 0.0) -> GuidedPrediction:
         guided = self.negative_text is not None and scale != 1.0
         texts = [self.text, self.negative_text] if guided else [self.text]
-        batch, device = len(texts), x.device
         turn_ids = None if texts[0].turn_ids is None else torch.cat([s.turn_ids for s in texts])
-        out = self.transformer(
+        with _cache_context(self.transformer, "cond_uncond" if guided else "cond"):
+            out = self._forward(x, t, texts, turn_ids)
+        return _guide(out[0], out[1] if guided else None, scale, rescale)
+
+    def _forward(self, x, t, texts, turn_ids):
+        batch, device = len(texts), x.device
+        return self.transformer(
             pack_frames(x, self.cond).repeat(batch, 1),
             torch.tensor([list(x.shape[:3])], device=device).repeat(batch, 1),
             torch.cat([s.states for s in texts]),
@@ -142,7 +157,6 @@ class FullAttentionVelocity:
             frame_index=None if self.frame_index is None else self.frame_index.repeat(batch),
             text_turn_ids=turn_ids,
         ).sample.view(batch, *x.shape[:3], -1)
-        return _guide(out[0], out[1] if guided else None, scale, rescale)
 
 
 @dataclass
@@ -171,17 +185,26 @@ class CachedContextVelocity:
     branches: list = field(init=False)
 
     def __post_init__(self):
-        self.branches = [self._encode(self.items, self.text)]
+        if self.transformer.is_cache_enabled:  # a new frame: the block cache starts afresh
+            self.transformer._reset_stateful_cache()
+        self.branches = [self._encode(self.items, self.text, "cond")]
         if self.negative_text is not None:
-            self.branches.append(self._encode(unconditional_items(self.items), self.negative_text))
+            self.branches.append(self._encode(unconditional_items(self.items), self.negative_text, "uncond"))
 
-    def _encode(self, items: list, text: PackedText) -> tuple[VincieContextCache, torch.Tensor, torch.Tensor]:
+    def _encode(self, items: list, text: PackedText, branch: str) -> tuple[VincieContextCache, torch.Tensor, torch.Tensor]:
         frames = [item for item in items if isinstance(item, Frame)]
         layout = block_causal_layout([*items, self.target], text.segment_lengths, frames, [self.target],
                                      self.frame_index_mode)
         n, h, w, _ = self.context_latents.shape
         device = self.context_latents.device
-        cache = self.transformer.encode_context(
+        with _cache_context(self.transformer, f"context_{branch}"):  # one cache state per token layout
+            cache = self._encode_context(layout, text)
+        return cache, layout.target_order.to(device), layout.target_index.to(device)
+
+    def _encode_context(self, layout, text: PackedText) -> VincieContextCache:
+        n, h, w, _ = self.context_latents.shape
+        device = self.context_latents.device
+        return self.transformer.encode_context(
             clean_context_frames(self.context_latents).flatten(0, 2),
             torch.tensor([[n, h, w]], device=device),
             text.states,
@@ -191,29 +214,31 @@ class CachedContextVelocity:
             frame_index=layout.context_index.to(device),
             text_turn_ids=text.turn_ids,
         )
-        return cache, layout.target_order.to(device), layout.target_index.to(device)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, scale: float = 1.0, rescale: float = 0.0) -> GuidedPrediction:
+        outs = []
+        branches = self.branches[: 2 if scale != 1.0 else 1]
+        for branch, (cache, target_order, target_index) in zip(("cond", "uncond"), branches):
+            with _cache_context(self.transformer, branch):
+                outs.append(self._target(x, t, cache, target_order, target_index))
+        return _guide(outs[0], outs[1] if len(outs) > 1 else None, scale, rescale)
+
+    def _target(self, x, t, cache, target_order, target_index) -> torch.Tensor:
         _, h, w, _ = self.context_latents.shape
         device = x.device
-        outs = []
-        for cache, target_order, target_index in self.branches[: 2 if scale != 1.0 else 1]:
-            outs.append(
-                self.transformer(
-                    noisy_target_frames(x).flatten(0, 2),
-                    torch.tensor([[1, h, w]], device=device),
-                    None,
-                    cache.text_lengths,
-                    torch.zeros(1, device=device),
-                    frame_timestep=t.reshape(1).float(),
-                    frame_index=target_index,
-                    frame_order=target_order,
-                    frame_is_noisy=torch.ones(1, dtype=torch.bool, device=device),
-                    attention_layout="block_causal",
-                    context_cache=cache,
-                ).sample.view(1, h, w, -1)
-            )
-        return _guide(outs[0], outs[1] if len(outs) > 1 else None, scale, rescale)
+        return self.transformer(
+            noisy_target_frames(x).flatten(0, 2),
+            torch.tensor([[1, h, w]], device=device),
+            None,
+            cache.text_lengths,
+            torch.zeros(1, device=device),
+            frame_timestep=t.reshape(1).float(),
+            frame_index=target_index,
+            frame_order=target_order,
+            frame_is_noisy=torch.ones(1, dtype=torch.bool, device=device),
+            attention_layout="block_causal",
+            context_cache=cache,
+        ).sample.view(1, h, w, -1)
 
 
 def frame_velocity(
