@@ -89,7 +89,8 @@ def test_export_of_a_legacy_checkpoint_names_the_migration(tmp_path, capsys, mon
 
 
 @pytest.mark.parametrize("extra, word", [(["--lora_rank", "0"], "--lora_rank"),
-                                         (["--lora_target_modules", " , "], "--lora_target_modules")])
+                                         (["--lora_target_modules", " , "], "--lora_target_modules"),
+                                         (["--empty-pipeline"], "is not a pipeline folder: no transformer/")])
 def test_lora_training_bad_flags(tmp_path, extra, word):
     from diffusers_vincie.utils.cli import UsageError
 
@@ -97,6 +98,11 @@ def test_lora_training_bad_flags(tmp_path, extra, word):
     lora = load_script(REPO / "training_scripts" / "train_vincie_lora.py", "train_vincie_lora")
     pipeline = tmp_path / "pipeline"
     pipeline.mkdir()
+    if extra == ["--empty-pipeline"]:
+        extra = []
+    else:
+        (pipeline / "transformer").mkdir()
+        (pipeline / "text_encoder").mkdir()
     with pytest.raises(UsageError, match=word):
         lora.parse_args(["--pretrained_model_name_or_path", str(pipeline), "--synthetic_world",
                          "--output_dir", str(tmp_path / "run"), *extra])

@@ -226,6 +226,7 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
         if value and value.startswith(("/", "./", "../", "~")) and not any(c in value for c in "*?[") \
                 and not os.path.exists(os.path.expanduser(value)):
             raise UsageError(f"--{flag} {value} does not exist.")
+    check_pipeline_folder(args)
     check_number_flags(args)
     try:
         weights = [float(w) for w in args.task_weights.split(",")]
@@ -245,6 +246,19 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
         raise UsageError("--checkpoints_total_limit must be >= 1 (or left out to keep every checkpoint).")
     check_output_dir(args)
     return args
+
+
+def check_pipeline_folder(args: argparse.Namespace) -> None:
+    """A local ``--pretrained_model_name_or_path`` holds what the run reads from it (checked before loading)."""
+    root = args.pretrained_model_name_or_path
+    if root is None or not os.path.isdir(root):
+        return  # missing local paths are refused below; anything else may be a Hub id
+    needed = [] if args.transformer_config else ["transformer"]
+    needed += [] if args.text_encoder_name_or_path else ["text_encoder"]
+    missing = [name for name in needed if not os.path.isdir(os.path.join(root, name))]
+    if missing:
+        raise UsageError(f"--pretrained_model_name_or_path {root} is not a pipeline folder: no "
+                         f"{', '.join(name + '/' for name in missing)} (give a saved VincieInContextPipeline folder).")
 
 
 def _check_json_object(flag: str, value: str, file_only: bool) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from ..utils.cli import UsageError
 from ..utils.io import atomic_directory
 
 
@@ -31,7 +32,7 @@ def load_components(args) -> dict:
     root = args.pretrained_model_name_or_path
     text_path = args.text_encoder_name_or_path or _subfolder(root, "text_encoder")
     if text_path is None:
-        raise ValueError("No text encoder: pass --text_encoder_name_or_path or a pipeline with a text_encoder/ folder.")
+        raise UsageError("No text encoder: pass --text_encoder_name_or_path or a pipeline with a text_encoder/ folder.")
     tokenizer_path = args.tokenizer_name_or_path or _subfolder(root, "tokenizer") or text_path
     components = {
         "text_encoder": _load_text_encoder(text_path),
