@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", default=None, help="Pipeline folder (default: the shipped default model).")
     parser.add_argument("--num_sessions", type=int, default=20)
     parser.add_argument("--seed", type=int, default=SENSITIVITY_SEED, help="Seed of session 0 (held out).")
-    parser.add_argument("--world_config", type=Path, default=WORLD_CONFIG, help="SyntheticWorld JSON of training.")
+    parser.add_argument("--world_config", type=Path, default=WORLD_CONFIG, help="ShapesWorld JSON of training.")
     parser.add_argument("--num_inference_steps", type=int, default=10)
     parser.add_argument("--guidance_scale", type=float, default=1.0)
     parser.add_argument("--threshold", type=int, default=32, help="Per-channel change that counts a pixel.")

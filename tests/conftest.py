@@ -31,3 +31,21 @@ def official_fixtures() -> Path:
     if not (folder / "dit_official.safetensors").is_file():
         pytest.skip(f"official parity fixtures not found at {folder} (set VINCIE_OFFICIAL_FIXTURES)")
     return folder
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    """A tiny random pipeline (latent space, full attention) with its progress bars off."""
+    from diffusers_vincie.testing import tiny_pipeline
+
+    p = tiny_pipeline()
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def one_error_line(err: str) -> str:
+    """The single ``<prog>: error: ...`` line of a command's stderr (asserted: no traceback, no second error); the
+    first heavy import of a process may log unrelated library warnings before it."""
+    lines = [line for line in err.strip().splitlines() if "error:" in line]
+    assert "Traceback" not in err and len(lines) == 1 and lines[0] == err.strip().splitlines()[-1], err
+    return lines[0]

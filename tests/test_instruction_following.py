@@ -13,7 +13,7 @@ import torch
 from conftest import REPO, load_script
 
 from diffusers_vincie.sequence import format_turn_prompt
-from diffusers_vincie.data.synthetic import SyntheticWorld
+from diffusers_vincie.data.shapes.world import ShapesWorld
 from diffusers_vincie.evaluation.instruction_sensitivity import (
     SENSITIVITY_SEED,
     changed_fraction,
@@ -92,7 +92,7 @@ def _learned_embeddings(vocab_size: int, dim: int = 8):
 
 
 def test_encode_prompts_has_gradients_only_for_an_encoder_in_training():
-    tokenizer = build_word_level_tokenizer(SyntheticWorld().vocabulary, strip_template=True)
+    tokenizer = build_word_level_tokenizer(ShapesWorld().vocabulary, strip_template=True)
     encoder = _learned_embeddings(len(tokenizer))
     prompt = [format_turn_prompt("remove the red circle", 0)]
     encoder.eval()  # as loaded by a pipeline: no graph even under grad mode
@@ -108,12 +108,12 @@ def test_encode_prompts_has_gradients_only_for_an_encoder_in_training():
 
 
 def test_short_template_tokenizer_keeps_only_the_instruction_words():
-    tokenizer = build_word_level_tokenizer(SyntheticWorld().vocabulary, strip_template=True)
+    tokenizer = build_word_level_tokenizer(ShapesWorld().vocabulary, strip_template=True)
     for turn in (0, 7, 31):
         ids = tokenizer(format_turn_prompt("change the red circle to blue", turn), add_special_tokens=False)
         assert tokenizer.convert_ids_to_tokens(ids["input_ids"]) == ["change", "the", "red", "circle", "to", "blue"]
     assert tokenizer("", add_special_tokens=False)["input_ids"] == []  # the CFG text stays empty
-    long = build_word_level_tokenizer(SyntheticWorld().vocabulary)
+    long = build_word_level_tokenizer(ShapesWorld().vocabulary)
     assert len(long(format_turn_prompt("remove the red circle", 2), add_special_tokens=False)["input_ids"]) > 8
 
 
@@ -169,7 +169,7 @@ def _tiny_pipeline(transformer=None):
     from diffusers_vincie.pipelines import VincieInContextPipeline, official_scheduler
     from diffusers_vincie.testing import tiny_transformer_config
 
-    tokenizer = build_word_level_tokenizer(SyntheticWorld().vocabulary)
+    tokenizer = build_word_level_tokenizer(ShapesWorld().vocabulary)
     torch.manual_seed(0)
     encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=8, d_ff=32, num_layers=1,
                                       num_heads=2)).eval()
@@ -209,7 +209,7 @@ def test_word_swaps():
 def test_sensitivity_runs_on_a_tiny_random_pipeline():
     sessions = sensitivity_sessions(3, resolution=16, grid=2)
     assert [s.frames[0].shape for s in sessions] == [(16, 16, 3)] * 3
-    assert sessions[0].instructions == SyntheticWorld(resolution=16, grid=2).sample_session(
+    assert sessions[0].instructions == ShapesWorld(resolution=16, grid=2).sample_session(
         SENSITIVITY_SEED, num_turns=1).instructions
     result = instruction_sensitivity(_tiny_pipeline(), sessions, COLOURS, SHAPES,
                                      sampling={"num_inference_steps": 2})

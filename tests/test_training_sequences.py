@@ -8,13 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from diffusers_vincie.data.synthetic import SyntheticWorld
+from diffusers_vincie.data.shapes.world import ShapesWorld
 from diffusers_vincie.models.transformer_vincie import VincieTransformer
+from diffusers_vincie.sequence import Frame, Text, block_causal_layout, session_items
+from diffusers_vincie.testing import tiny_transformer_config
+from diffusers_vincie.text_encoding import build_word_level_tokenizer
 from diffusers_vincie.training import (
     PromptEmbeddingCache,
     ResumableBatchSampler,
     SequenceConfig,
-    SyntheticSessionsDataset,
+    ShapesSessionsDataset,
     VincieTrainingModule,
     add_noise,
     build_training_batch,
@@ -23,12 +26,9 @@ from diffusers_vincie.training import (
     sample_logit_normal,
     weighted_frame_mse,
 )
-from diffusers_vincie.sequence import Frame, Text, block_causal_layout, session_items
-from diffusers_vincie.testing import tiny_transformer_config
-from diffusers_vincie.text_encoding import build_word_level_tokenizer
 from diffusers_vincie.training.sequences import frame_task
 
-WORLD = SyntheticWorld(resolution=16, grid=2)
+WORLD = ShapesWorld(resolution=16, grid=2)
 
 
 def _rng(seed=0):
@@ -203,7 +203,7 @@ def test_weighted_frame_mse_ignores_context_frames():
 
 def _batch(layout, text_cache, config_kwargs=None, seed=0, index=0):
     config = SequenceConfig(layout=layout, **(config_kwargs or {}))
-    dataset = SyntheticSessionsDataset(WORLD, 10, 3, config)
+    dataset = ShapesSessionsDataset(WORLD, 10, 3, config)
     planned = [dataset[(index, 0)]]
     return planned, config, build_training_batch(planned, encode_plan_frames(planned), text_cache, config, seed=seed,
                                                  text_dropout=0.0)
@@ -302,7 +302,7 @@ def _perturb(batch, frames, prompts):
 
 def test_text_dropout_gives_one_unconditional_segment(text_cache):
     config = SequenceConfig(layout="block_causal", min_turns=3, max_turns=3)
-    dataset = SyntheticSessionsDataset(WORLD, 10, 3, config)
+    dataset = ShapesSessionsDataset(WORLD, 10, 3, config)
     planned = [dataset[(0, 0)]]
     batch = build_training_batch(planned, encode_plan_frames(planned), text_cache, config, seed=0, text_dropout=1.0)
     # one segment: its turn token (turn 0) and the empty prompt's end token, at the order of T_0
@@ -344,8 +344,8 @@ def test_prompt_cache_returns_the_encoder_output(text_cache):
 
 def test_dataset_groups_turns_and_masks_per_micro_step():
     config = SequenceConfig(layout="block_causal", min_turns=1, max_turns=3, mask_probability=0.5)
-    grouped = SyntheticSessionsDataset(WORLD, 20, 3, config, group_turns=True)
-    free = SyntheticSessionsDataset(WORLD, 20, 3, config, group_turns=False)
+    grouped = ShapesSessionsDataset(WORLD, 20, 3, config, group_turns=True)
+    free = ShapesSessionsDataset(WORLD, 20, 3, config, group_turns=False)
     mixed_free = 0
     for step in range(8):
         plans = [grouped[(i, step)].plan for i in range(6)]

@@ -4,7 +4,10 @@ import json
 
 import pytest
 import torch
+from conftest import official_fixtures_dir
 
+from diffusers_vincie.conversion.dit import VINCIE_3B_CONFIG, convert_dit_state_dict, load_official_dit
+from diffusers_vincie.models import VincieTransformer
 from diffusers_vincie.sequence import (
     clean_context_frames,
     noisy_target_frames,
@@ -13,11 +16,7 @@ from diffusers_vincie.sequence import (
     session_items,
     session_text,
 )
-from diffusers_vincie.conversion.dit import VINCIE_3B_CONFIG, convert_dit_state_dict, load_official_dit
-from diffusers_vincie.models import VincieTransformer
 from diffusers_vincie.testing import tiny_transformer
-
-from conftest import official_fixtures_dir
 
 # shared/reference sits beside shared/fixtures (../shared, or wherever $VINCIE_OFFICIAL_FIXTURES points)
 REFERENCE = official_fixtures_dir().parent.parent / "reference"
@@ -292,6 +291,7 @@ def test_block_causal_refuses_backends_without_masks():
     model = tiny_transformer(attention_layout="block_causal")
     latents, text, frame_order, text_order = _block_causal_inputs()
     from diffusers.models.attention_dispatch import AttentionBackendName
+
     from diffusers_vincie.models.transformer_vincie import VincieAttention
 
     for m in model.modules():

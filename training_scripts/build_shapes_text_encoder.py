@@ -32,8 +32,10 @@ import json
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
+
+from diffusers_vincie.utils.cli import usage_exit
+from diffusers_vincie.utils.io import atomic_directory
 
 MAX_IMAGE_INDEX = 64  # <IMG0> .. <IMG63>: room for 31 turns with masks in slots
 
@@ -106,7 +108,7 @@ def build(output_dir: str | os.PathLike, world_config: dict, d_model: int = 64, 
 
     Args:
         output_dir: destination folder.
-        world_config: ``SyntheticWorld`` arguments (the training world).
+        world_config: ``ShapesWorld`` arguments (the training world).
         d_model: encoder width (= the transformer's ``text_embed_dim``).
         num_layers: encoder layers.
         vocab_size: sentencepiece vocabulary size (an upper bound: the world needs fewer pieces).
@@ -122,15 +124,23 @@ def build(output_dir: str | os.PathLike, world_config: dict, d_model: int = 64, 
         raise ValueError("strip_template needs the word-level tokenizer (--tokenizer word_level).")
     if num_layers < 0:
         raise ValueError(f"num_layers must be >= 0 (0: learned word embeddings), got {num_layers}.")
+    output_dir = Path(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_directory(output_dir, replace=True) as tmp:
+        _write_text_components(tmp, world_config, d_model, num_layers, vocab_size, num_sessions, seed,
+                               tokenizer_kind, strip_template, dropout_rate)
+    return output_dir
+
+
+def _write_text_components(tmp: Path, world_config: dict, d_model: int, num_layers: int, vocab_size: int,
+                           num_sessions: int, seed: int, tokenizer_kind: str, strip_template: bool,
+                           dropout_rate: float) -> None:
     import torch
     from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
-    from diffusers_vincie.data.synthetic import SyntheticWorld
+    from diffusers_vincie.data.shapes.world import ShapesWorld
 
-    output_dir = Path(output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".text.tmp", dir=output_dir.parent))
-    world = SyntheticWorld(**world_config)
+    world = ShapesWorld(**world_config)
     if tokenizer_kind == "bpe":
         model_file = train_sentencepiece(instruction_corpus(world, num_sessions, 5, seed), tmp / "spm", vocab_size)
         tokenizer = T5Tokenizer(vocab=sentencepiece_vocab(model_file), extra_ids=0)
@@ -148,16 +158,12 @@ def build(output_dir: str | os.PathLike, world_config: dict, d_model: int = 64, 
         decoder_start_token_id=tokenizer.pad_token_id, dropout_rate=dropout_rate,
     ))
     encoder.save_pretrained(tmp / "text_encoder")
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    os.replace(tmp, output_dir)
-    return output_dir
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--world_config", default=None, help="JSON file or string of SyntheticWorld arguments.")
+    parser.add_argument("--world_config", default=None, help="JSON file or string of ShapesWorld arguments.")
     parser.add_argument("--d_model", type=int, default=64, help="Must equal the transformer's text_embed_dim.")
     parser.add_argument("--num_layers", type=int, default=2, help="0: learned word embeddings (train them).")
     parser.add_argument("--tokenizer", choices=("bpe", "word_level"), default="bpe")
@@ -168,10 +174,18 @@ def main() -> None:
     parser.add_argument("--num_sessions", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    for flag in ("d_model", "num_layers", "vocab_size", "num_sessions"):
+        if getattr(args, flag) < 1:
+            usage_exit("build_shapes_text_encoder.py", f"--{flag} must be >= 1, got {getattr(args, flag)}.")
+    if args.d_model % 4:
+        usage_exit("build_shapes_text_encoder.py", f"--d_model must be a multiple of 4 (4 heads), got {args.d_model}.")
     world_config = {}
     if args.world_config:
         text = args.world_config
-        world_config = json.loads(Path(text).read_text() if os.path.isfile(text) else text)
+        try:
+            world_config = json.loads(Path(text).read_text() if os.path.isfile(text) else text)
+        except ValueError as error:
+            usage_exit("build_shapes_text_encoder.py", f"--world_config is neither a JSON file nor JSON: {error}")
     path = build(args.output_dir, world_config, args.d_model, args.num_layers, args.vocab_size,
                  args.num_sessions, args.seed, args.tokenizer, args.strip_template, args.dropout_rate)
     print(f"wrote {path}/tokenizer and {path}/text_encoder")

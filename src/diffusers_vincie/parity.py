@@ -25,9 +25,9 @@ from typing import Callable, Iterator, Optional
 import torch
 from safetensors.torch import load_file
 
-from .sequence import PackedText, build_condition, pack_sessions, pack_texts, select_valid_tokens, session_text
 from .conversion.dit import load_official_dit
 from .models.transformer_vincie import VincieTransformer
+from .sequence import PackedText, build_condition, pack_sessions, pack_texts, select_valid_tokens, session_text
 
 FORWARD_TOL = 1e-4  # float32 transformer forward and intermediates
 BF16_ATTENTION_TOL = 1e-2  # official bf16 q/k/v cast vs its emulation (fixture README: loose check)
@@ -193,20 +193,20 @@ def sample_checks(model: VincieTransformer, t: dict, config: dict, name: str) ->
 
     states: dict[str, torch.Tensor] = {}
 
-    def record(step: int, timestep, x: torch.Tensor, prediction, x_next: torch.Tensor) -> torch.Tensor:
-        states[f"step{step}.x_t"] = x.clone()
-        states[f"step{step}.pred_pos"] = prediction.positive.clone()
-        if prediction.negative is not None:
-            states[f"step{step}.pred_neg"] = prediction.negative.clone()
-        return x_next
+    def record(step) -> torch.Tensor:
+        states[f"step{step.index}.x_t"] = step.latents_before.clone()
+        states[f"step{step.index}.pred_pos"] = step.prediction.positive.clone()
+        if step.prediction.negative is not None:
+            states[f"step{step.index}.pred_neg"] = step.prediction.negative.clone()
+        return step.latents
 
     def fused(key: str) -> PackedText:  # the fixture's session texts already hold their turn embeddings
         return PackedText(t[key], None, [t[key].shape[0]])
 
-    velocity = FullAttentionVelocity(model, t["cond"], fused("dit.txt"), fused("dit.txt_neg"), float(t["cfg_scale"]))
+    velocity = FullAttentionVelocity(model, t["cond"], fused("dit.txt"), fused("dit.txt_neg"))
     with torch.no_grad():
         set_trailing_timesteps(sched, steps)
-        final = run_sampler(sched, t["init_noise"], velocity, on_step=record)
+        final = run_sampler(sched, t["init_noise"], velocity, float(t["cfg_scale"]), on_step=record)
     for key in sorted(k for k in t if k.startswith("step") and not k.endswith(".t")):
         yield Check(f"{name} {key}", states[key], t[key], SAMPLE_STEP_TOL)
     yield Check(f"{name} final latent", final, t["final_latent"], SAMPLE_FINAL_TOL)

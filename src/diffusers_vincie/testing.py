@@ -73,6 +73,9 @@ def tiny_pipeline(
     seed: int = 0,
     negative_prompt: Optional[str] = None,
     frame_index_mode: Optional[str] = None,
+    default_resolution: int = 256,
+    default_num_inference_steps: int = 50,
+    default_guidance_scale: float = 7.5,
     **transformer_overrides,
 ):
     """A complete random `VincieInContextPipeline` that runs in well under a second per turn on CPU."""
@@ -81,7 +84,10 @@ def tiny_pipeline(
     channels = 3 if pixel_space else 4
     transformer = tiny_transformer(channels, encoder.config.d_model, seed=seed, **transformer_overrides)
     vae = None if pixel_space else tiny_vae(channels, seed=seed)
-    kwargs = {} if negative_prompt is None else {"default_negative_prompt": negative_prompt}
+    kwargs = dict(default_resolution=default_resolution, default_num_inference_steps=default_num_inference_steps,
+                  default_guidance_scale=default_guidance_scale)
+    if negative_prompt is not None:
+        kwargs["default_negative_prompt"] = negative_prompt
     if frame_index_mode is not None:
         kwargs["frame_index_mode"] = frame_index_mode
     return VincieInContextPipeline(transformer, vae, encoder, tokenizer, official_scheduler(), **kwargs)
@@ -115,10 +121,10 @@ def write_tiny_components(folder: str | Path, text_embed_dim: int = 16, seed: in
     """Writes a tiny T5 text encoder, a tokenizer of the synthetic world's words and a transformer config."""
     from transformers import T5Config, T5EncoderModel
 
-    from .data.synthetic import SyntheticWorld
+    from .data.shapes.world import ShapesWorld
 
     folder = Path(folder)
-    tokenizer = build_word_level_tokenizer(SyntheticWorld().vocabulary)
+    tokenizer = build_word_level_tokenizer(ShapesWorld().vocabulary)
     tokenizer.save_pretrained(folder / "tokenizer")
     torch.manual_seed(seed)
     encoder = T5EncoderModel(T5Config(

@@ -8,12 +8,13 @@ The training script writes the final pipeline only at its last step; this export
         --output src/diffusers_vincie/default_model
 
 The folder gets the same layout and config as the training script's own export (``save_final_pipeline``):
-``default_negative_prompt`` = the training negative prompt, ``frame_index_mode`` = the training frame index.
+``default_negative_prompt`` = the training negative prompt, ``frame_index_mode`` = the training frame index, and
+the recipe's sampling defaults (32 px, 10 steps, no CFG) as the pipeline's call defaults.
 
 The text side comes from ``--text_dir`` (``text_encoder/`` and ``tokenizer/``; default ``<run_dir>/text``, the
-recipe's own; for a run started with ``INIT_FROM`` give that pipeline folder or the ``--text_encoder_name_or_path``
-parent). A run with ``--train_text_encoder`` stores the encoder in the checkpoint (``model_1.safetensors``, EMA in
-``custom_checkpoint_1.pkl``); those weights are exported then.
+recipe's own; for a run started with ``INIT_FROM`` give that pipeline folder). A run with ``--train_text_encoder``
+stores the encoder in the checkpoint (``model_1.safetensors``, its EMA in ``text_ema.safetensors``); those weights
+are exported then.
 """
 
 from __future__ import annotations
@@ -35,21 +36,23 @@ def load_checkpoint_transformer(checkpoint: Path, transformer_config: dict, use_
 
     Args:
         checkpoint: ``checkpoint-<step>`` folder (``model.safetensors`` of the training module, and with EMA
-            ``custom_checkpoint_0.pkl``, the ``EMAModel`` state).
+            ``ema.safetensors``, the ``EMAModel`` state).
         transformer_config: the run's ``--transformer_config``.
         use_ema: load the EMA weights (fails when the run had no ``--use_ema``).
     """
     from diffusers_vincie.models.transformer_vincie import VincieTransformer
+    from diffusers_vincie.training.checkpoints import EMA_FILE, load_ema_shadow, refuse_pickled_objects
 
     transformer = VincieTransformer(**{k: v for k, v in transformer_config.items() if not k.startswith("_")})
     state = load_file(str(checkpoint / "model.safetensors"))
     state = {key.removeprefix("transformer."): value for key, value in state.items()}
     transformer.load_state_dict(state, strict=True)
     if use_ema:
-        ema_file = checkpoint / "custom_checkpoint_0.pkl"
+        refuse_pickled_objects(checkpoint)  # an earlier version's checkpoint: the error says how to convert it
+        ema_file = checkpoint / EMA_FILE
         if not ema_file.is_file():
             raise FileNotFoundError(f"{ema_file} is missing: the run has no EMA; pass --no_ema.")
-        shadow = torch.load(ema_file, map_location="cpu", weights_only=True)["shadow_params"]
+        shadow, _ = load_ema_shadow(ema_file)
         params = [p for p in transformer.parameters() if p.requires_grad]
         if len(shadow) != len(params):
             raise ValueError(f"EMA holds {len(shadow)} tensors, the transformer {len(params)} parameters.")
@@ -62,6 +65,8 @@ def load_checkpoint_transformer(checkpoint: Path, transformer_config: dict, use_
 def load_checkpoint_text_encoder(checkpoint: Path, text_encoder, use_ema: bool = True) -> bool:
     """Loads a trained text encoder's weights (EMA with ``use_ema``) from ``checkpoint`` into ``text_encoder``;
     ``False`` (nothing loaded) when the run kept its text encoder frozen."""
+    from diffusers_vincie.training.checkpoints import TEXT_EMA_FILE, load_ema_shadow
+
     weights = checkpoint / "model_1.safetensors"
     if not weights.is_file():
         return False
@@ -69,10 +74,10 @@ def load_checkpoint_text_encoder(checkpoint: Path, text_encoder, use_ema: bool =
     if unexpected or any(not key.endswith("embed_tokens.weight") for key in missing):  # tied to shared.weight
         raise ValueError(f"{weights} does not fit the text encoder: missing {missing}, unexpected {unexpected}.")
     if use_ema:
-        ema_file = checkpoint / "custom_checkpoint_1.pkl"
+        ema_file = checkpoint / TEXT_EMA_FILE
         if not ema_file.is_file():
             raise FileNotFoundError(f"{ema_file} is missing: the run has no text-encoder EMA; pass --no_ema.")
-        shadow = torch.load(ema_file, map_location="cpu", weights_only=True)["shadow_params"]
+        shadow, _ = load_ema_shadow(ema_file)
         params = [p for p in text_encoder.parameters() if p.requires_grad]
         if len(shadow) != len(params):
             raise ValueError(f"Text EMA holds {len(shadow)} tensors, the text encoder {len(params)} parameters.")
@@ -88,6 +93,7 @@ def export(run_dir: Path, checkpoint: str, output: Path, transformer_config: Pat
     """Writes the pipeline folder of ``checkpoint`` (a path, a step number or ``latest``) to ``output``."""
     from diffusers_vincie.training.checkpoints import find_checkpoint, list_checkpoints
     from diffusers_vincie.training.export import load_components, save_final_pipeline
+    from diffusers_vincie.utils.io import write_text_atomic
 
     if checkpoint.isdigit():
         checkpoint = f"checkpoint-{checkpoint}"
@@ -106,8 +112,10 @@ def export(run_dir: Path, checkpoint: str, output: Path, transformer_config: Pat
     staging = output.parent / f".{output.name}.export"
     if staging.exists():
         shutil.rmtree(staging)
-    folder = save_final_pipeline(str(staging), transformer, components, scheduler_shift=scheduler_shift,
-                                 negative_prompt="", frame_index="slots")
+    folder = save_final_pipeline(
+        str(staging), transformer, components, scheduler_shift=scheduler_shift, negative_prompt="", frame_index="slots",
+        sampling_defaults=dict(default_resolution=32, default_num_inference_steps=10, default_guidance_scale=1.0),
+    )
     output.mkdir(parents=True, exist_ok=True)
     for item in folder.iterdir():  # replace only the pipeline's own entries (the target may hold other files)
         target = output / item.name
@@ -118,7 +126,7 @@ def export(run_dir: Path, checkpoint: str, output: Path, transformer_config: Pat
     record = {"checkpoint": path.name, "ema": use_ema}
     if trained_text:
         record["trained_text_encoder"] = True
-    (output / "checkpoint.json").write_text(json.dumps(record) + "\n")
+    write_text_atomic(output / "checkpoint.json", json.dumps(record) + "\n")
     return output
 
 
@@ -133,8 +141,11 @@ def main() -> None:
                         help="Folder with text_encoder/ and tokenizer/ (default: <run_dir>/text).")
     parser.add_argument("--scheduler_shift", type=float, default=1.0, help="Shift of the saved sampler schedule.")
     args = parser.parse_args()
-    print(export(args.run_dir, args.checkpoint, args.output, args.transformer_config, not args.no_ema,
-                 args.text_dir, args.scheduler_shift))
+    from diffusers_vincie.utils.cli import run_cli
+
+    print(run_cli(lambda: export(args.run_dir, args.checkpoint, args.output, args.transformer_config, not args.no_ema,
+                                 args.text_dir, args.scheduler_shift),
+                  "export_checkpoint.py", errors=(ValueError, FileNotFoundError)))
 
 
 if __name__ == "__main__":

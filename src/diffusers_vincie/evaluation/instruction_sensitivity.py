@@ -63,11 +63,11 @@ def changed_fraction(a: np.ndarray, b: np.ndarray, threshold: int = 32) -> float
 def sensitivity_sessions(num_sessions: int = 20, seed: int = SENSITIVITY_SEED, num_turns: int = 1,
                          **world_kwargs: Any) -> list:
     """Held-out synthetic sessions (session ``i`` has seed ``seed + i``) of the world ``world_kwargs`` describes."""
-    from ..data.synthetic import SyntheticWorld
+    from ..data.shapes.world import ShapesWorld
 
     if num_sessions < 1:
         raise ValueError(f"`num_sessions` must be >= 1, got {num_sessions}.")
-    world = SyntheticWorld(**world_kwargs)
+    world = ShapesWorld(**world_kwargs)
     return [world.sample_session(seed + i, num_turns=num_turns) for i in range(num_sessions)]
 
 

@@ -278,6 +278,7 @@ class VincieAttention(nn.Module, AttentionModuleMixin):
 
     _default_processor_cls = VincieAttnProcessor
     _available_processors = [VincieAttnProcessor]
+    _supports_qkv_fusion = False  # q/k/v of each stream carry their own qk-norm; fusing buys little on this layout
 
     def __init__(self, dim: int, heads: int, head_dim: int, eps: float, separate_text_weights: bool, layer_index: int):
         super().__init__()

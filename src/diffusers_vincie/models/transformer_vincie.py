@@ -29,8 +29,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.attention import AttentionMixin, FeedForward
+from diffusers.models.cache_utils import CacheMixin
 from diffusers.models.embeddings import get_timestep_embedding
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
@@ -93,7 +95,20 @@ class VincieTransformerBlock(nn.Module):
             self.ff_context = FeedForward(dim, inner_dim=mlp_hidden, activation_fn="swiglu", bias=False)
             self.scale_shift_table_context = nn.Parameter(torch.zeros(2, 3, dim))
 
-    def forward(self, vid, txt, vid_emb, txt_emb, vid_rope, txt_rope, plan: _AttentionPlan, is_last: bool = False):
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        vid_emb: torch.Tensor,
+        txt_emb: torch.Tensor,
+        vid_rope,
+        txt_rope,
+        plan: _AttentionPlan,
+        is_last: bool = False,
+    ):
+        """``(video (N_vid, D), text (N_txt, D))`` -> the same after one block (diffusers' block argument names, so
+        its cache hooks find the two streams)."""
+        vid, txt = hidden_states, encoder_hidden_states
         txt_ff = self.ff_context if self.separate_text_weights else self.ff
         txt_table = self.scale_shift_table_context if self.separate_text_weights else self.scale_shift_table
 
@@ -109,6 +124,13 @@ class VincieTransformerBlock(nn.Module):
         if not is_last:  # the text stream is discarded after the last block: skip its MLP (as the official code)
             txt = txt_ff(_modulate(self.norm(txt), txt_emb, txt_table, 1)) * _gate(txt_emb, txt_table, 1) + txt
         return vid, txt
+
+
+# diffusers' block caches (FirstBlockCache, ...) read the two streams by these output positions
+TransformerBlockRegistry.register(
+    model_class=VincieTransformerBlock,
+    metadata=TransformerBlockMetadata(return_hidden_states_index=0, return_encoder_hidden_states_index=1),
+)
 
 
 # =====================================================================================================
@@ -137,7 +159,7 @@ class VincieTimestepEmbedding(nn.Module):
 # =====================================================================================================
 
 
-class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixin):
+class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixin, CacheMixin):
     """The VINCIE diffusion transformer (official NaDiT ``mmdit`` with ``mm_full`` attention and ``mmrope3d``).
 
     Args:
@@ -214,6 +236,23 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
         self.norm_out = RMSNorm(dim, eps=norm_eps)
         self.norm_out_shift_scale = nn.Parameter(torch.zeros(2, dim))  # learned [shift, scale] of the output head
         self.proj_out = nn.Linear(dim, patch_size * patch_size * latent_channels)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """``ModelMixin.from_pretrained``, refusing a checkpoint that does not fill every weight of its config.
+
+        diffusers only warns about missing weights and leaves them on the meta device, where the first forward
+        fails deep inside; a config edited by hand (e.g. ``num_layers``) is caught here instead.
+        """
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        missing = [name for name, param in model.named_parameters() if param.is_meta]
+        if missing:
+            raise ValueError(
+                f"{pretrained_model_name_or_path}: the weights do not match the config ({len(missing)} parameters "
+                f"missing, e.g. {missing[:3]}); check `num_layers`, `num_mm_layers` and the sizes in config.json "
+                "against the checkpoint."
+            )
+        return model
 
     # -------------------------------------------------------------------------------- initialisation
 

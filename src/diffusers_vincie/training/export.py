@@ -7,10 +7,12 @@ it; without a VAE the pipeline runs in pixel space (images in [-1, 1] are the la
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Optional
+
+from ..utils.cli import UsageError
+from ..utils.io import atomic_directory
+
 
 def _subfolder(root: Optional[str], name: str) -> Optional[str]:
     if root is None:
@@ -30,7 +32,7 @@ def load_components(args) -> dict:
     root = args.pretrained_model_name_or_path
     text_path = args.text_encoder_name_or_path or _subfolder(root, "text_encoder")
     if text_path is None:
-        raise ValueError("No text encoder: pass --text_encoder_name_or_path or a pipeline with a text_encoder/ folder.")
+        raise UsageError("No text encoder: pass --text_encoder_name_or_path or a pipeline with a text_encoder/ folder.")
     tokenizer_path = args.tokenizer_name_or_path or _subfolder(root, "tokenizer") or text_path
     components = {
         "text_encoder": _load_text_encoder(text_path),
@@ -67,6 +69,7 @@ def save_final_pipeline(
     scheduler_shift: float = 1.0,
     negative_prompt: str = "",
     frame_index: str = "compact",
+    sampling_defaults: Optional[dict] = None,
 ) -> Path:
     """Writes ``<output_dir>/pipeline`` atomically (temp folder then rename) and returns its path.
 
@@ -80,13 +83,12 @@ def save_final_pipeline(
         scheduler_shift: static shift of the saved ``FlowMatchEulerDiscreteScheduler``.
         negative_prompt: the unconditional text of training.
         frame_index: ``"compact"`` or ``"slots"``.
+        sampling_defaults: the model's native ``default_resolution`` / ``default_num_inference_steps`` /
+            ``default_guidance_scale`` (the pipeline's call defaults; official 256 / 50 / 7.5 when left out).
     """
     from ..pipelines import VincieInContextPipeline, official_scheduler
 
     final = Path(output_dir) / "pipeline"
-    tmp = Path(output_dir) / ".pipeline.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     pipe = VincieInContextPipeline(
         transformer=transformer,
         vae=components.get("vae"),
@@ -95,11 +97,10 @@ def save_final_pipeline(
         scheduler=official_scheduler(shift=scheduler_shift),
         default_negative_prompt=negative_prompt,
         frame_index_mode=frame_index,
+        **(sampling_defaults or {}),
     )
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    with atomic_directory(final, replace=True) as temporary:  # this run's own folder: a resumed run rewrites it
+        pipe.save_pretrained(temporary, safe_serialization=True)
     return final
 
 
