@@ -284,12 +284,18 @@ def test_training_the_text_encoder_with_high_noise_times_resumes_and_exports(tmp
 
 
 def test_new_flags_fail_with_the_flag_named(tmp_path):
+    from diffusers_vincie.testing import write_tiny_components
+
+    components = write_tiny_components(tmp_path / "components")
     train = _script("training_scripts/train_vincie.py", "train_vincie")
-    base = ["--transformer_config", "x.json", "--text_encoder_name_or_path", "t", "--output_dir", str(tmp_path),
-            "--synthetic_world"]
+    base = ["--transformer_config", str(components / "transformer.json"), "--text_encoder_name_or_path",
+            str(components / "text_encoder"), "--output_dir", str(tmp_path / "run"), "--synthetic_world"]
     with pytest.raises(ValueError, match="--timestep_shift"):
         train.parse_args(base + ["--timestep_shift", "0"])
     with pytest.raises(ValueError, match="--train_text_encoder"):
         train.parse_args(base + ["--text_encoder_learning_rate", "1e-3"])
+    with pytest.raises(ValueError, match="--mode_scale"):
+        train.parse_args(base + ["--mode_scale", "3"])
     with pytest.raises(SystemExit):
         train.parse_args(base + ["--timestep_sampling", "cosine"])
+    assert train.parse_args(base + ["--timestep_sampling", "mode", "--timestep_shift", "3"]).timestep_shift == 3
