@@ -16,6 +16,7 @@ patch grid), with messages that say how to fix the input.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import threading
@@ -345,22 +346,36 @@ def branch_choices(state: Optional[EditorState]) -> gr.Dropdown:
     return gr.Dropdown(choices=choices, value=state.active)
 
 
+REGION_CANVAS_SIDE = 512
+
+
 def region_canvas(image: Optional[PIL.Image.Image]) -> dict:
-    """The region editor's value: ``image`` (the image the next edit changes) to paint on, no strokes yet."""
+    """The region editor's value: ``image`` (the image the next edit changes) to paint on, no strokes yet.
+
+    The image is enlarged by a whole factor of at least 2 (to about `REGION_CANVAS_SIDE` px): small outputs are
+    easier to paint on, and the editor's file differs from the result's. Gradio names cached images by their
+    content and rewrites the file for every output that holds it, so the same image in two components makes the
+    browser read a file while it is rewritten, and the editor stops loading.
+    """
+    if image is not None:
+        factor = max(2, math.ceil(REGION_CANVAS_SIDE / max(image.size)))
+        image = image.resize((image.width * factor, image.height * factor), PIL.Image.NEAREST)
     return {"background": image, "layers": [], "composite": image}
 
 
 def render(state: Optional[EditorState], note: str = "") -> tuple:
-    """Values of ``[state, result, history, masks, branch, turn, status, region]`` for ``state``."""
+    """Values of ``[state, result, history, masks, branch, turn, status]`` for ``state``."""
     if state is None:
-        empty = (None, None, [], [], branch_choices(None), 0)
-        return *empty, note or "Upload an image and type an instruction.", region_canvas(None)
+        return None, None, [], [], branch_choices(None), 0, note or "Upload an image and type an instruction."
     session = state.session
     turns = len(session.turns)
-    current = session.history[-1][1]
     status = f"Branch {state.active + 1} of {len(state.branches)} · {plural(turns, 'turn')}. {note}".strip()
-    views = (state, current, history_items(session), mask_items(session), branch_choices(state), turns, status)
-    return *views, region_canvas(current)
+    return state, session.history[-1][1], history_items(session), mask_items(session), branch_choices(state), turns, status
+
+
+def current_canvas(state: Optional[EditorState]) -> dict:
+    """The region editor's value after a change of ``state``: the image the next edit changes, no strokes."""
+    return region_canvas(state.session.history[-1][1] if state is not None else None)
 
 
 @contextmanager
@@ -604,23 +619,24 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
                 with gr.Column():
                     result = gr.Image(label="Result", type="pil", interactive=False, format="png", height=420, elem_id="result")
                     status = gr.Markdown("Upload an image and type an instruction.", label="status", elem_id="status")
-            with gr.Accordion("Region: paint where to edit (controllable editing) or what to drag", open=False, elem_id="region-panel"):
-                with gr.Row():
-                    region = gr.ImageEditor(
-                        type="pil", sources=(), transforms=(), layers=False, format="png", height=320,
-                        brush=gr.Brush(colors=["#ff3366"], color_mode="fixed", default_size=4),
-                        label="Paint the region on the image the next edit changes (empty: the whole image)",
-                        elem_id="region",
-                    )
-                    with gr.Column():
+                    with gr.Accordion("Region: paint where to edit, or what to drag", open=False, elem_id="region-panel"):
                         gr.Markdown(
-                            "*Edit* changes only the painted region. *Drag* moves the painted region (or, with nothing "
-                            "painted, the region the model predicts) by the amounts below and regenerates the image."
+                            "*Edit* changes only the painted region (controllable editing). *Drag* moves the painted "
+                            "region (or, with nothing painted, the region the model predicts) as set below and "
+                            "regenerates the image."
                         )
-                        move_x = named_bounds(gr.Slider(-100, 100, value=0, step=1, label="Move right (% of the width)", elem_id="move-x"))
-                        move_y = named_bounds(gr.Slider(-100, 100, value=0, step=1, label="Move down (% of the height)", elem_id="move-y"))
-                        drag_scale = named_bounds(gr.Slider(0.25, 4.0, value=1.0, step=0.05, label="Scale"))
-                        drag_rotate = named_bounds(gr.Slider(-180, 180, value=0, step=5, label="Rotate (degrees, counter-clockwise)"))
+                        region = gr.ImageEditor(
+                            type="pil", sources=(), transforms=(), layers=False, format="png", height=300,
+                            brush=gr.Brush(colors=["#ff3366"], color_mode="fixed", default_size=24),
+                            label="Paint on the image the next edit changes (nothing painted: the whole image)",
+                            elem_id="region",
+                        )
+                        with gr.Row():
+                            move_x = named_bounds(gr.Slider(-100, 100, value=0, step=1, label="Move right (% of the width)", elem_id="move-x"))
+                            move_y = named_bounds(gr.Slider(-100, 100, value=0, step=1, label="Move down (% of the height)", elem_id="move-y"))
+                        with gr.Row():
+                            drag_scale = named_bounds(gr.Slider(0.25, 4.0, value=1.0, step=0.05, label="Scale"))
+                            drag_rotate = named_bounds(gr.Slider(-180, 180, value=0, step=5, label="Rotate (degrees, counter-clockwise)"))
                         drag_button = gr.Button("Drag", elem_id="drag")
             history = gr.Gallery(
                 label="Session history (click a turn, then restore it)", columns=8, height=200, object_fit="contain",
@@ -662,21 +678,25 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
             compose_prompt = gr.Textbox(label="Description", placeholder="Based on <IMG0>, <IMG1>. Output <IMG2>: the cat wearing the hat", max_length=MAX_INSTRUCTION_CHARS, elem_id="compose-prompt")
             compose_button = gr.Button("Compose", variant="primary", elem_id="compose")
 
-        views = [state, result, history, masks, branch, turn, status, region]
+        views = [state, result, history, masks, branch, turn, status]
         settings = [steps, guidance, seed, resolution]
         edit_inputs = [image, instruction, *settings, chain, state, negative_prompt, region]
         drag_inputs = [image, instruction, *settings, state, negative_prompt, region, move_x, move_y, drag_scale, drag_rotate]
         sampling = dict(concurrency_id="sampler", concurrency_limit=SAMPLER_CONCURRENCY)  # one group for all samplers
-        edit_button.click(edit, edit_inputs, views, api_name="edit", **sampling)
-        instruction.submit(edit, edit_inputs, views, api_visibility="private", **sampling)
-        drag_button.click(drag, drag_inputs, views, api_name="drag", **sampling)
-        undo_button.click(undo, [state], views, api_name="undo", concurrency_limit=None)
-        restore_button.click(restore, [turn, state], views, api_name="restore", concurrency_limit=None)
-        branch.input(switch_branch, [branch, state], views, api_name="switch_branch", concurrency_limit=None)
-        reset_button.click(reset, None, views, api_name="reset", concurrency_limit=None)
-        download_button.click(download, [state], [session_zip], api_name="download", concurrency_limit=None)
-        history.select(selected_turn, None, [turn], api_visibility="private", concurrency_limit=None)
-        image.change(new_source, [image, state], [region], api_visibility="private", concurrency_limit=None)
+        quick = dict(concurrency_limit=None)  # handlers that do not call the model
+        # The region editor is refreshed by a follow-up event of its own: an ImageEditor that is both an input and
+        # an output of one event stops updating in the browser (Gradio 6).
+        repaint = dict(fn=current_canvas, inputs=[state], outputs=[region], api_visibility="private", **quick)
+        edit_button.click(edit, edit_inputs, views, api_name="edit", **sampling).success(**repaint)
+        instruction.submit(edit, edit_inputs, views, api_visibility="private", **sampling).success(**repaint)
+        drag_button.click(drag, drag_inputs, views, api_name="drag", **sampling).success(**repaint)
+        undo_button.click(undo, [state], views, api_name="undo", **quick).success(**repaint)
+        restore_button.click(restore, [turn, state], views, api_name="restore", **quick).success(**repaint)
+        branch.input(switch_branch, [branch, state], views, api_name="switch_branch", **quick).success(**repaint)
+        reset_button.click(reset, None, views, api_name="reset", **quick).success(**repaint)
+        download_button.click(download, [state], [session_zip], api_name="download", **quick)
+        history.select(selected_turn, None, [turn], api_visibility="private", **quick)
+        image.change(new_source, [image, state], [region], api_visibility="private", **quick)
         story_button.click(
             story, [story_image, story_text, *settings, negative_prompt], [story_gallery], api_name="story", **sampling
         )
@@ -684,7 +704,7 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
             compose, [references, compose_prompt, *settings, negative_prompt], [composed], api_name="compose",
             **sampling,
         )
-    demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=SAMPLER_CONCURRENCY)
+    demo.queue(max_size=QUEUE_SIZE)  # the sampling events have their own limit (one at a time), the rest none
     return demo
 
 

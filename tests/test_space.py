@@ -95,17 +95,17 @@ def direct_session_images(pipe, image_path, instructions, seed=0, **options) -> 
 def test_two_turns_and_undo(url, model):
     c = client(url)
     expected = direct_session_images(model.pipe, HOUSE, ["add a red circle", "make it bigger"])
-    result, history, masks, _, turn, status, _ = edit(c, HOUSE, "add a red circle")
+    result, history, masks, _, turn, status = edit(c, HOUSE, "add a red circle")
     assert captions(history) == ["0 · source", "1 · add a red circle"] and turn == 1
     np.testing.assert_array_equal(pixels(result), expected[0])
     np.testing.assert_array_equal(pixels(history[0]["image"]), pixels(HOUSE))
     assert masks == []
 
-    result, history, _, _, turn, _, _ = edit(c, None, "make it bigger")  # no image: continue this client's session
+    result, history, _, _, turn, _ = edit(c, None, "make it bigger")  # no image: continue this client's session
     assert captions(history) == ["0 · source", "1 · add a red circle", "2 · make it bigger"] and turn == 2
     np.testing.assert_array_equal(pixels(result), expected[1])  # turn 2 conditioned on turn 1, as in the pipeline
 
-    result, history, _, _, turn, status, _ = c.predict(api_name="/undo")
+    result, history, _, _, turn, status = c.predict(api_name="/undo")
     assert captions(history) == ["0 · source", "1 · add a red circle"] and turn == 1 and "Undid" in status
     np.testing.assert_array_equal(pixels(result), expected[0])
 
@@ -113,16 +113,16 @@ def test_two_turns_and_undo(url, model):
 def test_chain_of_editing_restore_branches_and_download(url):
     c = client(url)
     edit(c, SHAPES, "add a red circle")
-    _, history, masks, _, _, _, _ = edit(c, None, "move it left", chain=True)
+    _, history, masks, _, _, _ = edit(c, None, "move it left", chain=True)
     assert [m["caption"] for m in masks] == ["2 · current region", "2 · next region"]
     assert pixels(masks[0]["image"]).shape[:2] == pixels(history[2]["image"]).shape[:2]
 
-    _, history, _, _, _, status, _ = c.predict(1, api_name="/restore")
+    _, history, _, _, _, status = c.predict(1, api_name="/restore")
     assert captions(history) == ["0 · source", "1 · add a red circle"] and "Branch 2 of 2" in status
     edit(c, None, "make it green")
-    _, history, _, _, _, _, _ = c.predict(0, api_name="/switch_branch")  # the first branch is intact
+    _, history, _, _, _, _ = c.predict(0, api_name="/switch_branch")  # the first branch is intact
     assert captions(history)[-1] == "2 · move it left"
-    _, history, _, _, _, _, _ = c.predict(1, api_name="/switch_branch")
+    _, history, _, _, _, _ = c.predict(1, api_name="/switch_branch")
     assert captions(history)[-1] == "2 · make it green"
 
     archive = zipfile.ZipFile(c.predict(api_name="/download"))
@@ -131,10 +131,10 @@ def test_chain_of_editing_restore_branches_and_download(url):
     assert {"source.png", "turn_1.png", "turn_2.png"} <= set(archive.namelist())
     np.testing.assert_array_equal(np.asarray(PIL.Image.open(archive.open("source.png"))), pixels(SHAPES))
 
-    _, history, _, _, turn, _, _ = c.predict(api_name="/reset")
+    _, history, _, _, turn, _ = c.predict(api_name="/reset")
     assert history == [] and turn == 0
     edit(c, SHAPES, "add a red circle")
-    _, history, _, _, _, status, _ = edit(c, HOUSE, "add a red circle")  # another source: a new session
+    _, history, _, _, _, status = edit(c, HOUSE, "add a red circle")  # another source: a new session
     assert captions(history) == ["0 · source", "1 · add a red circle"] and "new session" in status
     np.testing.assert_array_equal(pixels(history[0]["image"]), pixels(HOUSE))
 
@@ -190,14 +190,13 @@ def test_painted_region_drag_and_negative_prompt(url, model, tmp_path):
     layer, mask = painted_layer(HOUSE, tmp_path)
     painted = np.asarray(mask) > 127
 
-    result, history, masks, _, _, _, region = c.predict(
+    result, history, masks, _, _, _ = c.predict(
         handle_file(str(HOUSE)), "make it blue", STEPS, 7.5, 0, RESOLUTION, False, "blurry", region_payload(HOUSE, layer),
         api_name="/edit")
     assert [m["caption"] for m in masks] == ["1 · current region", "1 · next region"]
     np.testing.assert_array_equal(pixels(masks[0]["image"])[..., 0] > 127, painted)  # the session got the painted mask
-    np.testing.assert_array_equal(pixels(region["background"]), pixels(result))  # paint next on the latest image
 
-    result, history, masks, _, turn, _, _ = c.predict(
+    result, history, masks, _, turn, _ = c.predict(
         None, "move it right", STEPS, 7.5, 0, RESOLUTION, "blurry", region_payload(HOUSE, layer), 25, -10, 1.5, 30,
         api_name="/drag")
     width, height = mask.size
@@ -206,7 +205,7 @@ def test_painted_region_drag_and_negative_prompt(url, model, tmp_path):
     np.testing.assert_array_equal(pixels(masks[3]["image"]), np.asarray(moved))  # the next region is the moved one
     assert turn == 2 and captions(history)[-1] == "2 · move it right" and pixels(result).shape == pixels(history[1]["image"]).shape
 
-    _, _, masks, _, _, _, _ = c.predict(None, "move it left", STEPS, 7.5, 0, RESOLUTION, "", None, -20, 0, 1.0, 0,
+    _, _, masks, _, _, _ = c.predict(None, "move it left", STEPS, 7.5, 0, RESOLUTION, "", None, -20, 0, 1.0, 0,
                                         api_name="/drag")  # nothing painted: the model predicts the region
     assert [m["caption"] for m in masks][-2:] == ["3 · current region", "3 · next region"]
     with pytest.raises(Exception, match="Scale: Value 0.0 is less than minimum value 0.25"):
@@ -218,6 +217,17 @@ def test_painted_region_drag_and_negative_prompt(url, model, tmp_path):
     expected = direct_session_images(model.pipe, SHAPES, ["add a red circle"], negative_prompt="blurry, low quality")
     np.testing.assert_array_equal(pixels(other[0]), expected[0])  # the negative prompt reaches the sampler
     assert not np.array_equal(pixels(plain[0]), pixels(other[0]))
+
+
+def test_region_canvas_shows_the_latest_image_enlarged(app, model):
+    session = model.pipe.start_session(PIL.Image.open(HOUSE), resolution=RESOLUTION)
+    session.edit("add a red circle", num_inference_steps=1)
+    canvas = app.current_canvas(app.EditorState([session]))
+    latest = session.history[-1][1]
+    factor = canvas["background"].width // latest.width
+    assert factor >= 2 and canvas["background"].size == (latest.width * factor, latest.height * factor)
+    np.testing.assert_array_equal(np.asarray(canvas["background"])[::factor, ::factor], np.asarray(latest))
+    assert canvas["layers"] == [] and app.current_canvas(None)["background"] is None
 
 
 def test_story_runs_one_session(url, model):
