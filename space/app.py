@@ -20,6 +20,7 @@ import math
 import os
 import tempfile
 import threading
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -55,6 +56,7 @@ QUEUE_SIZE = int(os.environ.get("VINCIE_SPACE_QUEUE_SIZE", "32"))
 # whose frames are cut into 16 px patches, and 128 px on the 4 px patches of the shipped 32 px model).
 MAX_STEPS = int(os.environ.get("VINCIE_SPACE_MAX_STEPS", "50"))
 MAX_FRAME_TOKENS = int(os.environ.get("VINCIE_SPACE_MAX_FRAME_TOKENS", "1024"))
+MAX_CALL_SECONDS = float(os.environ.get("VINCIE_SPACE_MAX_CALL_SECONDS", "120"))  # one call's hold on the sampler
 MAX_SEED = 2**32 - 1
 MAX_STORY_TURNS = 8
 OFFLOAD_MODES = ("none", "model", "sequential")
@@ -248,6 +250,23 @@ def check_settings(model: LoadedModel, steps, seed, resolution=None) -> tuple[in
             raise gr.Error(f"{name} must be a whole number from {low} to {high}; got {value}. Pick one in that range.")
         checked.append(int(number))
     return tuple(checked)
+
+
+def call_deadline() -> Callable:
+    """A sampler step callback that stops the call once it has run `MAX_CALL_SECONDS`: with one sampling call at a
+    time, this bounds how long one user's call keeps everyone else waiting. A stopped edit leaves the session as
+    it was (a turn is added only when its image is done)."""
+    stop = time.monotonic() + MAX_CALL_SECONDS
+
+    def check(pipe, step, timestep, tensors: dict) -> dict:
+        if time.monotonic() > stop:
+            raise gr.Error(
+                f"This call ran past the limit of {MAX_CALL_SECONDS:.0f} s per call (other users are waiting) and was "
+                "stopped; use fewer steps, a lower resolution, or restore an earlier turn."
+            )
+        return tensors
+
+    return check
 
 
 def drawn_mask(region: Optional[dict], size: tuple[int, int]) -> Optional[PIL.Image.Image]:
@@ -450,7 +469,7 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
         instruction = check_instruction(instruction)
         steps, seed, resolution = check_settings(model, steps, seed, resolution)
         sampling = dict(num_inference_steps=steps, guidance_scale=float(guidance), generator=generator(seed),
-                        negative_prompt=negative(negative_prompt))
+                        negative_prompt=negative(negative_prompt), callback_on_step_end=call_deadline())
         if image is None and state is None:
             raise gr.Error("Upload an image (or pick an example) to start a session.")
         note = ""
@@ -551,9 +570,10 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
         if image is None:
             raise gr.Error("Upload the story's first image.")
         session = pipe.start_session(image, resolution=resolution, generator=generator(seed))
+        deadline = call_deadline()  # for the whole story
         for line in lines:  # one session: every frame sees the earlier frames and instructions
             session.edit(line, num_inference_steps=steps, guidance_scale=float(guidance), generator=generator(seed),
-                         negative_prompt=negative(negative_prompt))
+                         negative_prompt=negative(negative_prompt), callback_on_step_end=deadline)
         return history_items(session)
 
     def compose_seconds(files, prompt, steps, guidance, seed, resolution, *rest, **options) -> int:
@@ -576,6 +596,7 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
         output = pipe(
             images, prompts, use_prompt_template=False, num_inference_steps=steps, guidance_scale=float(guidance),
             generator=generator(seed), resolution=resolution, negative_prompt=negative(negative_prompt),
+            callback_on_step_end=call_deadline(),
         )
         return output.images[0]
 

@@ -266,6 +266,23 @@ def test_settings_are_bounded_with_clear_messages(url, app, model):
         edit_fn(PIL.Image.open(HOUSE), "add a red circle", STEPS, 7.5, 0, 1024, False, None)  # direct calls too
 
 
+def test_a_call_past_the_time_limit_stops_and_keeps_the_session(app, model, monkeypatch):
+    import gradio as gr
+
+    handlers = {f.api_name: f.fn for f in app.build_demo(model).fns.values() if f.api_name}
+    image = PIL.Image.open(HOUSE)
+    state = handlers["edit"](image, "add a red circle", STEPS, 7.5, 0, RESOLUTION, False, None)[0]
+    monkeypatch.setattr(app, "MAX_CALL_SECONDS", -1.0)  # every call is already late at its first step
+    for name, args in (("edit", (None, "make it bigger", STEPS, 7.5, 0, RESOLUTION, False, state)),
+                       ("drag", (None, "move it", STEPS, 7.5, 0, RESOLUTION, state)),
+                       ("story", (image, "add a red circle", STEPS, 7.5, 0, RESOLUTION)),
+                       ("compose", ([str(HOUSE), str(SHAPES)], "both", STEPS, 7.5, 0, RESOLUTION))):
+        with pytest.raises(gr.Error, match="ran past the limit of -1 s per call"):
+            handlers[name](*args)
+    assert [t.instruction for t in state.session.turns] == ["add a red circle"]  # nothing half-done was kept
+    assert not state.busy.locked()
+
+
 def test_shipped_model_refuses_large_resolutions(app):
     from diffusers_vincie.default_model import RESOLUTION as SHIPPED, load_default_pipeline
 
