@@ -30,17 +30,18 @@ import numpy as np
 
 
 def make_videos(folder: Path, count: int, resolution: int, turns: int, fps: int) -> None:
-    from diffusers_vincie.data.synthetic import SyntheticWorld
+    from diffusers_vincie.data.shapes.video import render_video
+    from diffusers_vincie.data.shapes.world import ShapesWorld
 
-    world = SyntheticWorld(resolution=resolution)
+    world = ShapesWorld(resolution=resolution)
     for seed in range(count):
-        world.render_video(world.sample_session(seed, num_turns=turns), folder / f"video{seed:04d}.mp4", fps=fps)
+        render_video(world, world.sample_session(seed, num_turns=turns), folder / f"video{seed:04d}.mp4", fps=fps)
 
 
 def decode_only(folder: Path, config) -> int:
     """Decodes exactly the frames the build samples; returns the number of frames."""
-    from diffusers_vincie.data.build import _clip_frame_times, list_videos
-    from diffusers_vincie.data.frames import decode_frames_at, probe_video
+    from diffusers_vincie.data.video.build import _clip_frame_times, list_videos
+    from diffusers_vincie.data.video.frames import decode_frames_at, probe_video
 
     frames = 0
     for video_id, path in list_videos([folder]):
@@ -51,8 +52,8 @@ def decode_only(folder: Path, config) -> int:
 
 
 def build_once(folder: Path, output: Path, config, shard_size: int, frame_format: str):
-    from diffusers_vincie.data.annotate import GroundTruthAnnotator
-    from diffusers_vincie.data.build import build_sessions
+    from diffusers_vincie.data.video.annotate import GroundTruthAnnotator
+    from diffusers_vincie.data.video.build import build_sessions
 
     shutil.rmtree(output, ignore_errors=True)
     return build_sessions([folder], output, GroundTruthAnnotator(), config=config, shard_size=shard_size,
@@ -84,7 +85,7 @@ def main() -> None:
 
     from datasets.utils.logging import disable_progress_bar
 
-    from diffusers_vincie.data.build import SamplingConfig
+    from diffusers_vincie.data.video.build import SamplingConfig
 
     disable_progress_bar()
     logging.getLogger("diffusers_vincie").setLevel(logging.ERROR)

@@ -22,12 +22,12 @@ import numpy as np
 import PIL.Image
 
 from diffusers_vincie.evaluation import (
-    EditSession,
+    BenchmarkSession,
     JudgeClient,
     judge_benchmark,
     output_filename,
 )
-from diffusers_vincie.evaluation.session_bench import (
+from diffusers_vincie.evaluation.shapes_bench import (
     IdentityEditor,
     build_bench_sessions,
     run_session_bench,
@@ -76,7 +76,7 @@ def bench_judge_overhead(num_sessions: int, num_turns: int, size: int) -> None:
         outputs.mkdir()
         sessions = []
         for i in range(num_sessions):
-            sessions.append(EditSession(str(i), PIL.Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)),
+            sessions.append(BenchmarkSession(str(i), PIL.Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)),
                                         [f"edit {t}" for t in range(num_turns)]))
             for t in range(num_turns):
                 image = PIL.Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))

@@ -30,13 +30,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from torch.utils.data import DataLoader
 
-from diffusers_vincie.data.synthetic import SyntheticWorld
+from diffusers_vincie.data.shapes.world import ShapesWorld
 from diffusers_vincie.models.transformer_vincie import VincieTransformer
+from diffusers_vincie.testing import write_tiny_components
 from diffusers_vincie.training import (
     PromptEmbeddingCache,
     ResumableBatchSampler,
     SequenceConfig,
-    SyntheticSessionsDataset,
+    ShapesSessionsDataset,
     VincieTrainingModule,
     build_training_batch,
     collate_planned,
@@ -44,15 +45,14 @@ from diffusers_vincie.training import (
     padding_report,
     training_loss,
 )
-from diffusers_vincie.training.tiny import write_tiny_components
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "training_scripts" / "configs"
 
 
 def make_loader(args, config, group_turns: bool, seed: int = 0):
-    world = SyntheticWorld(**json.loads((CONFIG / "vincie_shapes_world.json").read_text()))
-    dataset = SyntheticSessionsDataset(world, 100_000, 4, config, seed=seed, group_turns=group_turns)
+    world = ShapesWorld(**json.loads((CONFIG / "vincie_shapes_world.json").read_text()))
+    dataset = ShapesSessionsDataset(world, 100_000, 4, config, seed=seed, group_turns=group_turns)
     sampler = ResumableBatchSampler(len(dataset), args.batch_size, seed=seed)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_planned, num_workers=args.num_workers)
 

@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from diffusers_vincie.assembly import pack_sessions
 from diffusers_vincie.models import VincieTransformer
+from diffusers_vincie.sequence import pack_sessions
 
 CONFIG = dict(
     latent_channels=16, hidden_size=1024, num_attention_heads=16, attention_head_dim=64, num_layers=4,

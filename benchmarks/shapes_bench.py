@@ -1,25 +1,17 @@
 #!/usr/bin/env python
 """ShapesBench: exact multi-turn editing benchmark of a pixel-space VINCIE model on held-out synthetic sessions.
 
-Sessions come from the synthetic shapes world (``SyntheticWorld``, the training world's config) with seeds far from
-the training range (training draws seeds ``0 .. 999,999``; the bench starts at 10,000,000). Every turn is scored by
-:func:`~diffusers_vincie.data.synthetic.score_edit` against the exact ground truth: a turn succeeds when the
-changed region matches the true one (IoU >= 0.5), the right colour/shape is there (IoU >= 0.5) and >= 95% of the
-unchanged pixels are kept (per-channel tolerance 32).
+The command line of :mod:`diffusers_vincie.evaluation.shapes_bench` (sessions, protocols, scoring and summary live
+there). Sessions come from the synthetic shapes world (``ShapesWorld``, the training world's config) with seeds
+far from the training range (training draws seeds ``0 .. 999,999``; the bench starts at 10,000,000). Every turn is
+scored by :func:`~diffusers_vincie.data.shapes.score.score_edit` against the exact ground truth.
 
-Protocols:
-
-* **chained** (MSE-Bench): each output is the next turn's input, a session stops at its first failure; the table
-  gives the fraction of sessions whose turns 1..k all succeeded, for
-
-  - ``full``: full context (the default use: one ``VincieEditingSession``, context encoded once per turn),
-  - ``no_context``: only the last image and the last instruction (a fresh session per turn),
-  - ``chain_of_editing``: full context, predicting the current- then next-frame RoE masks before each image,
-  - ``copy``: the copy-input baseline (the output is the input);
-
-* **ground-truth context** (teacher forcing): each turn edits the true previous frame, with the true earlier
-  frames and instructions as context (``full``) or none (``no_context``); per-turn success over all turns, and
-  over the history-dependent turns ("bring back ...", "... the colour it was before"), where context must help.
+Protocols: **chained** (MSE-Bench: each output is the next turn's input, a session stops at its first failure; the
+table gives the fraction of sessions whose turns 1..k all succeeded) in the modes ``full``, ``no_context``,
+``chain_of_editing`` and ``copy`` (the copy-input baseline); **ground-truth context** (teacher forcing: each turn
+edits the true previous frame, with the true earlier frames and instructions as context, ``full``, or none,
+``no_context``): per-turn success over all turns and over the history-dependent turns ("bring back ...",
+"... the colour it was before"), where context must help.
 
 Usage::
 
@@ -38,171 +30,39 @@ import os
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Optional
 
 import numpy as np
-import PIL.Image
 import torch
-from tqdm.auto import tqdm
 
-from diffusers_vincie.data.synthetic import EditScore, SyntheticSession, score_edit
-from diffusers_vincie.evaluation.session_bench import build_bench_sessions
+from diffusers_vincie.data.shapes.world import ShapesSession
 from diffusers_vincie.default_model import load_default_pipeline
+from diffusers_vincie.evaluation.shapes_bench import (
+    BENCH_SEED,
+    CHAINED_MODES,
+    GROUND_TRUTH_MODES,
+    ChainedEditor,
+    build_bench_sessions,
+    run_chained,
+    run_ground_truth,
+    summarize,
+)
 
-CHAINED_MODES = ("full", "no_context", "chain_of_editing", "copy")
-GROUND_TRUTH_MODES = ("full", "no_context")
-BENCH_SEED = 10_000_000
 REPO = Path(__file__).resolve().parents[1]
 WORLD_CONFIG = REPO / "training_scripts" / "configs" / "vincie_shapes_world.json"
 
 
-# =====================================================================================================
-#                                               Editors
-# =====================================================================================================
-
-
-def _rgb(image: PIL.Image.Image) -> np.ndarray:
-    return np.asarray(image.convert("RGB"))
-
-
-class ChainedEditor:
-    """Runs one session's turns in one of the chained modes; ``edit(source, k)`` returns turn ``k``'s output.
-
-    Args:
-        pipe: a pixel-space ``VincieInContextPipeline`` (``None`` for ``copy``).
-        mode: one of :data:`CHAINED_MODES`.
-        session: the ground-truth session (its instructions are used).
-        sampling: ``num_inference_steps`` / ``guidance_scale``.
-        seed: noise seed of the session.
-    """
-
-    def __init__(self, pipe, mode: str, session: SyntheticSession, sampling: dict, seed: int):
-        self.pipe, self.mode, self.session, self.sampling = pipe, mode, session, sampling
-        self.generator = torch.Generator().manual_seed(seed)
-        self.editing = None
-        if mode in ("full", "chain_of_editing"):
-            self.editing = pipe.start_session(PIL.Image.fromarray(session.frames[0]), resolution=_size(session),
-                                              generator=self.generator)
-
-    def edit(self, source: np.ndarray, turn: int) -> np.ndarray:
-        instruction = self.session.instructions[turn]
-        if self.mode == "copy":
-            return source.copy()
-        if self.mode == "no_context":
-            fresh = self.pipe.start_session(PIL.Image.fromarray(source), resolution=_size(self.session),
-                                            generator=self.generator)
-            return _rgb(fresh.edit(instruction, generator=self.generator, **self.sampling))
-        return _rgb(self.editing.edit(instruction, generator=self.generator,
-                                      chain_of_editing=self.mode == "chain_of_editing", **self.sampling))
-
-
-def _size(session: SyntheticSession) -> int:
-    return session.frames[0].shape[0]
-
-
-def ground_truth_edit(pipe, session: SyntheticSession, turn: int, mode: str, sampling: dict, seed: int) -> np.ndarray:
-    """Turn ``turn`` edited from the true ``frames[turn]``: with the true earlier frames and instructions as context
-    (``full``: the official loop's "earlier turns given as images") or alone (``no_context``)."""
-    generator = torch.Generator().manual_seed(seed)
-    if mode == "full":
-        images = [PIL.Image.fromarray(frame) for frame in session.frames[: turn + 1]]
-        editing = pipe.start_session(images, resolution=_size(session), generator=generator)
-        for instruction in session.instructions[:turn]:
-            editing.add_instruction(instruction)
-    else:
-        editing = pipe.start_session(PIL.Image.fromarray(session.frames[turn]), resolution=_size(session),
-                                     generator=generator)
-    return _rgb(editing.edit(session.instructions[turn], generator=generator, **sampling))
-
-
-# =====================================================================================================
-#                                               Protocols
-# =====================================================================================================
-
-
-def run_chained(pipe, sessions: list[SyntheticSession], mode: str, sampling: dict) -> list[list[EditScore]]:
-    """Scores of the turns each session reached (the last one failed unless all succeeded)."""
-    results = []
-    for index, session in enumerate(tqdm(sessions, desc=f"chained {mode}", leave=False)):
-        editor = ChainedEditor(pipe, mode, session, sampling, seed=index)
-        source, scores = session.frames[0], []
-        for turn in range(session.num_turns):
-            prediction = editor.edit(source, turn)
-            score = score_edit(prediction, session, turn, source_rgb=source)
-            scores.append(score)
-            if not score.success:
-                break
-            source = prediction
-        results.append(scores)
-    return results
-
-
-def run_ground_truth(pipe, sessions: list[SyntheticSession], mode: str, sampling: dict) -> list[list[EditScore]]:
-    """Scores of every turn of every session, each edited from the true previous frame."""
-    return [
-        [score_edit(ground_truth_edit(pipe, session, turn, mode, sampling, seed=1000 * index + turn), session, turn)
-         for turn in range(session.num_turns)]
-        for index, session in enumerate(tqdm(sessions, desc=f"ground truth {mode}", leave=False))
-    ]
-
-
-def cumulative_success(results: list[list[EditScore]], num_turns: int) -> list[float]:
-    """Fraction of sessions whose turns ``1..k`` all succeeded, for ``k = 1..num_turns``."""
-    return [
-        float(np.mean([len(scores) > k and all(s.success for s in scores[: k + 1]) for scores in results]))
-        for k in range(num_turns)
-    ]
-
-
-def rate(scores: list[EditScore], keep: Callable[[EditScore], bool] = lambda s: True) -> dict[str, float]:
-    """Success rate (and count) of the scores that ``keep`` selects."""
-    chosen = [s for s in scores if keep(s)]
-    return {"success": float(np.mean([s.success for s in chosen])) if chosen else float("nan"), "n": len(chosen)}
-
-
-def _means(scores: list[EditScore]) -> dict[str, float]:
-    """Mean of each continuous score (success is all-or-nothing; these show how far a model is from it)."""
-    return {f"mean_{name}": float(np.mean([getattr(s, name) for s in scores]))
-            for name in ("changed_iou", "object_score", "preserved")}
-
-
-def summarize(chained: dict, ground_truth: dict, num_turns: int) -> dict[str, Any]:
-    """The numbers of the report (JSON-able)."""
-    summary: dict[str, Any] = {"chained": {}, "ground_truth": {}}
-    for mode, results in chained.items():
-        flat = [s for scores in results for s in scores]
-        summary["chained"][mode] = {
-            "cumulative_success": cumulative_success(results, num_turns),
-            "history_turns_reached": rate(flat, lambda s: s.uses_history),
-            **_means(flat),
-        }
-    for mode, results in ground_truth.items():
-        flat = [s for scores in results for s in scores]
-        per_turn = [rate([scores[k] for scores in results])["success"] for k in range(num_turns)]
-        per_op = {op: rate(flat, lambda s, op=op: s.op == op) for op in sorted({s.op for s in flat})}
-        summary["ground_truth"][mode] = {
-            "per_turn_success": per_turn,
-            "all_turns": rate(flat),
-            "history_turns": rate(flat, lambda s: s.uses_history),
-            "other_turns": rate(flat, lambda s: not s.uses_history),
-            "per_op": per_op,
-            **_means(flat),
-        }
-    return summary
-
-
-def measure_context_cache(pipe, sessions: list[SyntheticSession], sampling: dict, repeats: int = 3) -> dict:
+def measure_context_cache(pipe, sessions: list[ShapesSession], sampling: dict, repeats: int = 3) -> dict:
     """Seconds per 5-turn session with the block-causal context cache (encoded once per turn) vs recomputing the
     context at every sampler step (same outputs); best of ``repeats``, and the largest output difference."""
-    from diffusers_vincie.pipelines import pipeline_vincie
-    from diffusers_vincie.pipelines.sampling import CachedContextVelocity
+    from diffusers_vincie.pipelines import sampling as sampling_module
 
-    class RecomputedContextVelocity(CachedContextVelocity):
+    class RecomputedContextVelocity(sampling_module.CachedContextVelocity):
         """The same velocity, re-encoding the context at every call (what the cache saves)."""
 
-        def __call__(self, x: torch.Tensor, t: torch.Tensor):
-            self.caches = [self._encode(self.items, self.text)]
-            return super().__call__(x, t)
+        def __call__(self, *args, **kwargs):
+            self.__post_init__()
+            return super().__call__(*args, **kwargs)
 
     def run() -> tuple[float, list[np.ndarray]]:
         best, outputs = float("inf"), []
@@ -218,12 +78,12 @@ def measure_context_cache(pipe, sessions: list[SyntheticSession], sampling: dict
     if sampling.get("guidance_scale", 1.0) != 1.0:
         raise ValueError("measure_context_cache: use --guidance_scale 1 (the recomputing variant has no negative).")
     cached_seconds, cached = run()
-    original = pipeline_vincie.CachedContextVelocity
-    pipeline_vincie.CachedContextVelocity = RecomputedContextVelocity
+    original = sampling_module.CachedContextVelocity
+    sampling_module.CachedContextVelocity = RecomputedContextVelocity  # what frame_velocity builds
     try:
         recomputed_seconds, recomputed = run()
     finally:
-        pipeline_vincie.CachedContextVelocity = original
+        sampling_module.CachedContextVelocity = original
     difference = max(int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max()) for a, b in zip(cached, recomputed))
     return {"cached_s_per_session": cached_seconds, "recomputed_s_per_session": recomputed_seconds,
             "speedup": recomputed_seconds / cached_seconds, "max_output_difference": difference,

@@ -24,10 +24,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from diffusers_vincie.data.annotate import GroundTruthAnnotator, TransitionAnnotator, VLMAnnotator
-from diffusers_vincie.data.build import SamplingConfig, build_sessions, distributed_state
-from diffusers_vincie.data.frames import SAMPLING_STRATEGIES
-from diffusers_vincie.data.regions import DEFAULT_DETECTOR, DEFAULT_SEGMENTER, RegionMasker
+from diffusers_vincie.data.video.annotate import GroundTruthAnnotator, TransitionAnnotator, VLMAnnotator
+from diffusers_vincie.data.video.build import SamplingConfig, build_sessions, distributed_state
+from diffusers_vincie.data.video.frames import SAMPLING_STRATEGIES
+from diffusers_vincie.data.video.regions import DEFAULT_DETECTOR, DEFAULT_SEGMENTER, RegionMasker
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

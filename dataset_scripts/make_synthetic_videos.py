@@ -5,7 +5,7 @@ Example:
     python dataset_scripts/make_synthetic_videos.py --output-dir synthetic_videos --num-videos 100 --seed 0
 
 Each ``synth_<index>.mp4`` comes with ``synth_<index>.json`` (instructions, ops, camera motion, exact RoE masks,
-key-state timestamps; read it with ``diffusers_vincie.data.synthetic.read_ground_truth``). Deterministic by
+key-state timestamps; read it with ``diffusers_vincie.data.shapes.video.read_ground_truth``). Deterministic by
 ``--seed``; rerunning skips the videos already written.
 """
 
@@ -15,7 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
-from diffusers_vincie.data.synthetic import SyntheticWorld, make_synthetic_videos
+from diffusers_vincie.data.shapes.video import make_synthetic_videos
+from diffusers_vincie.data.shapes.world import ShapesWorld
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> list[Path]:
     args = parse_args(argv)
-    world = SyntheticWorld(
+    world = ShapesWorld(
         resolution=args.world_resolution, max_objects=args.max_objects, op_weights={"pan": args.pan_weight}
     )
     paths = make_synthetic_videos(

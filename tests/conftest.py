@@ -31,3 +31,13 @@ def official_fixtures() -> Path:
     if not (folder / "dit_official.safetensors").is_file():
         pytest.skip(f"official parity fixtures not found at {folder} (set VINCIE_OFFICIAL_FIXTURES)")
     return folder
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    """A tiny random pipeline (latent space, full attention) with its progress bars off."""
+    from diffusers_vincie.testing import tiny_pipeline
+
+    p = tiny_pipeline()
+    p.set_progress_bar_config(disable=True)
+    return p

@@ -1,4 +1,4 @@
-"""`python -m diffusers_vincie.convert` on a synthetic folder in the official release format."""
+"""`python -m diffusers_vincie.conversion` on a synthetic folder in the official release format."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import official_fixtures_dir
 import torch
+from conftest import official_fixtures_dir
 from safetensors.torch import load_file, save_file
 
-from diffusers_vincie.convert import main
+from diffusers_vincie.conversion.convert import main
 
 FIXTURES = official_fixtures_dir()
 needs_fixtures = pytest.mark.skipif(
@@ -72,9 +72,10 @@ def official_folder(tmp_path: Path) -> Path:
 
 @needs_fixtures
 def test_converts_end_to_end_and_pipeline_runs(official_folder: Path, tmp_path: Path, capsys) -> None:
+    from transformers import Qwen2Model
+
     from diffusers_vincie.conversion.vae import VincieAutoencoderKL
     from diffusers_vincie.pipelines import VincieInContextPipeline
-    from transformers import Qwen2Model
 
     out = tmp_path / "diffusers"
     assert main(["--official", str(official_folder), "--out", str(out), *VAE_CONFIG]) == 0
@@ -145,6 +146,13 @@ def test_converted_folder_loads_after_plain_package_import(official_folder: Path
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "VincieAutoencoderKL"
+
+
+def test_documented_command_is_the_conversion_package() -> None:
+    result = subprocess.run([sys.executable, "-m", "diffusers_vincie.conversion", "--help"], capture_output=True,
+                            text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("usage: python -m diffusers_vincie.conversion ")
 
 
 # ----------------------------------------------------------------------------------------------------------------------

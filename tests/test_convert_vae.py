@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import official_fixtures_dir
 import torch
 import torch.nn.functional as F
+from conftest import official_fixtures_dir
 from diffusers import AutoencoderKL
 from safetensors.torch import load_file
 

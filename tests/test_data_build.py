@@ -15,10 +15,19 @@ import pytest
 from conftest import load_script
 from datasets import load_dataset
 
-from diffusers_vincie.data import build as build_module
-from diffusers_vincie.data.annotate import GroundTruthAnnotator, Transition, TransitionAnnotation, TransitionAnnotator
-from diffusers_vincie.data.build import SamplingConfig, build_sessions, list_videos, read_manifest
-from diffusers_vincie.data.frames import (
+from diffusers_vincie.data.loaders import iter_session_records, load_sessions
+from diffusers_vincie.data.schema import SESSION_FEATURES, SessionRecord, mask_to_array
+from diffusers_vincie.data.shapes.video import read_ground_truth, render_video
+from diffusers_vincie.data.shapes.world import ShapesWorld
+from diffusers_vincie.data.video import build as build_module
+from diffusers_vincie.data.video.annotate import (
+    GroundTruthAnnotator,
+    Transition,
+    TransitionAnnotation,
+    TransitionAnnotator,
+)
+from diffusers_vincie.data.video.build import SamplingConfig, build_sessions, list_videos, read_manifest
+from diffusers_vincie.data.video.frames import (
     VideoDecodeError,
     decode_frames_at,
     detect_scene_cuts,
@@ -26,9 +35,6 @@ from diffusers_vincie.data.frames import (
     sample_timestamps,
     split_at_cuts,
 )
-from diffusers_vincie.data.loaders import iter_session_records, load_sessions
-from diffusers_vincie.data.schema import SESSION_FEATURES, SessionRecord, mask_to_array
-from diffusers_vincie.data.synthetic import SyntheticWorld, read_ground_truth
 
 REPO = Path(__file__).resolve().parents[1]
 GT_SAMPLING = SamplingConfig(strategy="equal_interval", interval=1.0)  # one frame per key state (1 s per turn)
@@ -57,11 +63,11 @@ def write_counter_video(path: Path, num_frames: int = 40, fps: int = 8, gop: int
 
 
 def make_synthetic_videos(folder: Path, count: int, num_turns: int = 4) -> dict[str, Path]:
-    world = SyntheticWorld(resolution=64)
+    world = ShapesWorld(resolution=64)
     paths = {}
     for seed in range(count):
         path = folder / f"video{seed}.mp4"
-        world.render_video(world.sample_session(seed, num_turns=num_turns), path, fps=8)
+        render_video(world, world.sample_session(seed, num_turns=num_turns), path, fps=8)
         paths[path.stem] = path
     return paths
 
@@ -212,7 +218,7 @@ def test_build_with_ground_truth_matches_the_simulator(tmp_path, synthetic_folde
 
     rows = rows_by_id(out)
     assert sorted(rows) == ["video0/0", "video1/0", "video2/0"]
-    world = SyntheticWorld(resolution=64)
+    world = ShapesWorld(resolution=64)
     for seed in range(3):
         row = rows[f"video{seed}/0"]
         truth = read_ground_truth(synthetic_folder / f"video{seed}.json")
@@ -292,8 +298,8 @@ def test_resume_after_a_crash_has_no_duplicate_or_lost_sessions(tmp_path):
 
 KILL_SCRIPT = """
 import os, signal, sys
-from diffusers_vincie.data.annotate import GroundTruthAnnotator
-from diffusers_vincie.data.build import SamplingConfig, build_sessions
+from diffusers_vincie.data.video.annotate import GroundTruthAnnotator
+from diffusers_vincie.data.video.build import SamplingConfig, build_sessions
 done = []
 def kill_after_three(video_id):
     done.append(video_id)

@@ -36,17 +36,18 @@ from transformers import (
 )
 from transformers.image_processing_utils import BatchFeature, ImageProcessingMixin
 
-from diffusers_vincie.data.annotate import (
+from diffusers_vincie.data.schema import mask_to_array
+from diffusers_vincie.data.shapes.video import render_video
+from diffusers_vincie.data.shapes.world import ShapesWorld
+from diffusers_vincie.data.video.annotate import (
     AnnotationRejected,
     Transition,
     VLMAnnotator,
     parse_annotation,
 )
-from diffusers_vincie.data.build import SamplingConfig, build_sessions, read_manifest, sessions_from_video
-from diffusers_vincie.data.frames import SampledFrame
-from diffusers_vincie.data.regions import RegionMasker
-from diffusers_vincie.data.schema import mask_to_array
-from diffusers_vincie.data.synthetic import SyntheticWorld
+from diffusers_vincie.data.video.build import SamplingConfig, build_sessions, read_manifest, sessions_from_video
+from diffusers_vincie.data.video.frames import SampledFrame
+from diffusers_vincie.data.video.regions import RegionMasker
 
 VALID_ANSWER = {
     "source_description": "a red circle on a light background",
@@ -240,7 +241,7 @@ def test_vlm_garbage_is_retried_then_rejected_with_a_logged_reason(tiny_vlm, cap
 
     model.generate = counting_generate
     try:
-        with caplog.at_level(logging.INFO, logger="diffusers_vincie.data.annotate"), \
+        with caplog.at_level(logging.INFO, logger="diffusers_vincie.data.video.annotate"), \
                 pytest.raises(AnnotationRejected, match="after 3 attempt"):
             annotator.annotate(make_transition())
     finally:
@@ -307,9 +308,9 @@ def test_region_masker_fuses_sam2_masks_of_grounded_boxes(tiny_region_masker):
 @pytest.fixture(scope="module")
 def two_videos(tmp_path_factory):
     folder = tmp_path_factory.mktemp("model_videos")
-    world = SyntheticWorld(resolution=64)
+    world = ShapesWorld(resolution=64)
     for seed in range(2):
-        world.render_video(world.sample_session(seed, num_turns=2), folder / f"clip{seed}.mp4", fps=8)
+        render_video(world, world.sample_session(seed, num_turns=2), folder / f"clip{seed}.mp4", fps=8)
     (folder / "corrupt.mp4").write_bytes(b"\x00\x01 not a video" * 30)
     return folder
 

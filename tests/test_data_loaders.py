@@ -19,7 +19,7 @@ from diffusers_vincie.data.loaders import (
     records_to_dataset,
 )
 from diffusers_vincie.data.schema import SESSION_FEATURES, SessionRecord, SessionValidationError, mask_to_array
-from diffusers_vincie.data.synthetic import SyntheticWorld
+from diffusers_vincie.data.shapes.world import ShapesWorld
 
 
 def _record(num_frames: int = 3, size: int = 8, seed: int = 0, **overrides) -> SessionRecord:
@@ -127,7 +127,7 @@ def _assert_same(a: SessionRecord, b: SessionRecord) -> None:
 
 @pytest.fixture(scope="module")
 def synthetic_records():
-    world = SyntheticWorld(resolution=16, grid=2, max_objects=3)
+    world = ShapesWorld(resolution=16, grid=2, max_objects=3)
     return [world.sample_session(seed, num_turns=3).to_record() for seed in range(5)]
 
 

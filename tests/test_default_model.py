@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import REPO, load_script
 
-from diffusers_vincie.data.synthetic import SyntheticWorld
+from diffusers_vincie.data.shapes.world import ShapesWorld
 from diffusers_vincie.default_model import DEFAULT_MODEL, DEFAULT_SAMPLING, RESOLUTION, load_default_pipeline
 
 MAX_SHIPPED_BYTES = 25 * 2**20
@@ -46,7 +46,7 @@ def test_pipeline_config_matches_training(pipe):
 
 def test_tokenizer_knows_every_word_of_the_world(pipe):
     tokenizer = pipe.tokenizer
-    for word in SyntheticWorld().vocabulary:
+    for word in ShapesWorld().vocabulary:
         ids = tokenizer(word, add_special_tokens=False)["input_ids"]
         assert ids and tokenizer.unk_token_id not in ids, word
     assert tokenizer.convert_ids_to_tokens(tokenizer("<IMG3>", add_special_tokens=False)["input_ids"])[-1] == "<IMG3>"
@@ -55,7 +55,7 @@ def test_tokenizer_knows_every_word_of_the_world(pipe):
 @pytest.mark.parametrize("seed,op", CASES)
 def test_edit_changes_the_instructed_region(pipe, seed, op):
     """The output differs from the input inside the true changed region much more than outside it."""
-    session = SyntheticWorld(resolution=RESOLUTION).sample_session(seed, num_turns=5)
+    session = ShapesWorld(resolution=RESOLUTION).sample_session(seed, num_turns=5)
     assert session.ops[0] == op
     generator = torch.Generator().manual_seed(0)
     editing = pipe.start_session(PIL.Image.fromarray(session.frames[0]), resolution=RESOLUTION, generator=generator)

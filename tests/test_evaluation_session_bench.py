@@ -13,7 +13,7 @@ import PIL.Image
 import pytest
 
 from diffusers_vincie.evaluation.__main__ import main
-from diffusers_vincie.evaluation.session_bench import (
+from diffusers_vincie.evaluation.shapes_bench import (
     IdentityEditor,
     build_bench_sessions,
     run_session_bench,

@@ -13,13 +13,6 @@ STEPS = 3
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    p = tiny_pipeline()
-    p.set_progress_bar_config(disable=True)
-    return p
-
-
-@pytest.fixture(scope="module")
 def image():
     return PIL.Image.fromarray((np.random.RandomState(0).rand(40, 56, 3) * 255).astype(np.uint8))
 
@@ -263,10 +256,8 @@ def test_official_resize_example():
 
 def test_frame_index_slots_for_mask_aware_models(image):
     p = tiny_pipeline(frame_index_mode=None)
-    assert p._frame_index(["image", "image", "image"]).tolist() == [0, 1, 2]
+    assert p.config.frame_index_mode == "compact"
     p.register_to_config(frame_index_mode="slots")
-    kinds = ["image", "current_mask", "next_mask", "image", "next_mask"]
-    assert p._frame_index(kinds).tolist() == [0, 1, 2, 3, 5]
     p.set_progress_bar_config(disable=True)
     seen = []
     hook = p.transformer.register_forward_pre_hook(lambda m, a, k: seen.append(k.get("frame_index")), with_kwargs=True)
@@ -288,7 +279,7 @@ def test_earlier_outputs_given_as_images_follow_the_official_turn_loop(pipe, ima
     ]
 
 
-def test_interrupt_stops_the_sampler(pipe, image):
+def test_interrupt_ends_only_its_own_edit_or_call(pipe, image):
     calls = []
     hook = pipe.transformer.register_forward_pre_hook(lambda *a: calls.append(1))
 
@@ -296,6 +287,42 @@ def test_interrupt_stops_the_sampler(pipe, image):
         p._interrupt = True
         return kwargs
 
-    pipe(image, "add a red circle", num_inference_steps=5, resolution=32, callback_on_step_end=stop)
-    hook.remove()
-    assert len(calls) == 1  # one (CFG-batched) transformer call, then the interrupt
+    try:
+        out = pipe(image, ["add a red circle", "make it bigger"], num_inference_steps=4, resolution=32,
+                   callback_on_step_end=stop)
+        assert len(calls) == 1 and len(out.images) == 1  # the call ends: no later step, no later turn
+        session = pipe.start_session(image, resolution=32)
+        session.edit("add a red circle", num_inference_steps=4, callback_on_step_end=stop)
+        calls.clear()
+        session.edit("make it bigger", num_inference_steps=4)  # a new edit runs every step again
+        assert len(calls) == 4
+        calls.clear()
+        pipe(image, "move it left", num_inference_steps=3, resolution=32)
+        assert len(calls) == 3
+    finally:
+        hook.remove()
+
+
+def test_callbacks_fire_for_mask_frames_and_each_frame_is_decoded_once(image, monkeypatch):
+    p = tiny_pipeline(frame_index_mode="slots")
+    p.set_progress_bar_config(disable=True)
+    seen = []
+
+    def record(pipe, step, t, kwargs):
+        seen.append((step, tuple(kwargs["latents"].shape)))
+        return kwargs
+
+    decodes, frees = [], []
+    decode = p.vae.decode
+    monkeypatch.setattr(p.vae, "decode", lambda *a, **k: decodes.append(1) or decode(*a, **k))
+    free = p.maybe_free_model_hooks
+    monkeypatch.setattr(p, "maybe_free_model_hooks", lambda: frees.append(1) or free())
+    out = p(image, ["remove it", "add a red circle"], chain_of_editing=True, num_inference_steps=2, resolution=32,
+            output_type="np", callback_on_step_end=record)
+    assert [step for step, _ in seen] == [0, 1] * 6  # current mask, next mask, image; two turns
+    assert len(decodes) == 6  # every denoised frame decoded once, none again for the np output
+    assert isinstance(out.images[0], np.ndarray)
+    session = p.start_session(image, resolution=32)
+    frees.clear()
+    session.edit("remove it", num_inference_steps=1)
+    assert frees == [1]  # a session edit frees the model hooks too

@@ -39,7 +39,7 @@ def _losses(run_dir: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def components(tmp_path_factory) -> Path:
-    from diffusers_vincie.training.tiny import write_tiny_components
+    from diffusers_vincie.testing import write_tiny_components
 
     return write_tiny_components(tmp_path_factory.mktemp("components"))
 
@@ -245,9 +245,9 @@ def test_pairwise_edit_data_trains_through_the_adapter(components, tmp_path):
     """MagicBrush-style rows (one per turn) -> PairwiseEditAdapter sessions -> a training step (no masks)."""
     from datasets import Dataset, Image
 
-    from diffusers_vincie.data.synthetic import SyntheticWorld
+    from diffusers_vincie.data.shapes.world import ShapesWorld
 
-    world, rows = SyntheticWorld(resolution=16, grid=2), []
+    world, rows = ShapesWorld(resolution=16, grid=2), []
     for seed in range(2):
         session = world.sample_session(seed, num_turns=2)
         for turn, text in enumerate(session.instructions):

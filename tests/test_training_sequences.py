@@ -8,26 +8,27 @@ import numpy as np
 import pytest
 import torch
 
-from diffusers_vincie.data.synthetic import SyntheticWorld
+from diffusers_vincie.data.shapes.world import ShapesWorld
 from diffusers_vincie.models.transformer_vincie import VincieTransformer
+from diffusers_vincie.sequence import Frame, Text, block_causal_layout, session_items
+from diffusers_vincie.testing import tiny_transformer_config
+from diffusers_vincie.text_encoding import build_word_level_tokenizer
 from diffusers_vincie.training import (
     PromptEmbeddingCache,
     ResumableBatchSampler,
     SequenceConfig,
-    SyntheticSessionsDataset,
+    ShapesSessionsDataset,
     VincieTrainingModule,
     add_noise,
     build_training_batch,
-    build_word_level_tokenizer,
     encode_plan_frames,
     plan_sequence,
     sample_logit_normal,
     weighted_frame_mse,
 )
-from diffusers_vincie.training.sequences import frame_indices, session_items
-from diffusers_vincie.training.tiny import tiny_transformer_config
+from diffusers_vincie.training.sequences import frame_task
 
-WORLD = SyntheticWorld(resolution=16, grid=2)
+WORLD = ShapesWorld(resolution=16, grid=2)
 
 
 def _rng(seed=0):
@@ -62,7 +63,7 @@ def _model(layout="block_causal"):
 
 def test_session_items_order_chain_of_editing():
     items = session_items(2, with_masks=True)
-    names = [(i.kind, i.turn) if not isinstance(i, tuple) else i for i in items]
+    names = [(i.kind, i.turn) if isinstance(i, Frame) else ("text", i.turn) for i in items]
     assert names == [
         ("image", 0), ("text", 0), ("current_mask", 0), ("next_mask", 0),
         ("image", 1), ("text", 1), ("current_mask", 1), ("next_mask", 1), ("image", 2),
@@ -76,8 +77,8 @@ def test_full_plan_has_one_target_last_and_keeps_its_source():
         plan = plan_sequence(4, True, config, _rng(seed))
         assert len(plan.targets) == 1
         target = plan.targets[0]
-        tasks.add(target.task)
-        assert all(c.order < target.order for c in plan.context)
+        tasks.add(frame_task(target))
+        assert all(plan.order(c) < plan.order(target) for c in plan.context)
         kinds = {(c.kind, c.turn) for c in plan.context}
         assert ("image", 0) in kinds  # I_0 is never dropped
         last = plan.num_turns - 1
@@ -116,7 +117,7 @@ def test_block_causal_plan_trains_every_frame_of_enabled_tasks():
     assert [(t.kind, t.turn) for t in plan.targets] == [
         ("next_mask", 0), ("image", 1), ("next_mask", 1), ("image", 2), ("next_mask", 2), ("image", 3)
     ]
-    assert max(c.order for c in plan.context) < plan.targets[-1].order
+    assert max(plan.order(c) for c in plan.context) < plan.order(plan.targets[-1])
 
 
 def test_no_masks_without_mask_data():
@@ -151,13 +152,18 @@ def test_frame_indices_compact_counts_context_before_each_target():
     config = SequenceConfig(layout="block_causal", min_turns=2, max_turns=2, mask_probability=1.0,
                             drop_current_frame=0.0, drop_current_mask=1.0, drop_next_mask=1.0)
     plan = plan_sequence(2, True, config, _rng())
-    index = frame_indices(plan, "compact")
+
+    def indices(mode):
+        layout = block_causal_layout(plan.items, [1] * plan.num_prompts, plan.context, plan.targets, mode)
+        context = {(f.kind, f.turn): int(i) for f, i in zip(plan.context, layout.context_index)}
+        targets = {(f.kind, f.turn): int(i) for f, i in zip(plan.targets, layout.target_index)}
+        return context, targets
+
+    context, targets = indices("compact")
     # context: I_0, I_1 (masks dropped) -> 0, 1; Mc_0 / Mn_0 / I_1 targets see only I_0 -> 1; I_2 sees I_0, I_1 -> 2
-    named = {(f.kind, f.turn, f in plan.context): i for f, i in index.items()}
-    assert named[("image", 0, True)] == 0 and named[("image", 1, True)] == 1
-    assert named[("current_mask", 0, False)] == 1 and named[("image", 2, False)] == 2
-    slots = frame_indices(plan, "slots")
-    assert {(f.kind, f.turn): i for f, i in slots.items()}[("next_mask", 1)] == 5
+    assert context[("image", 0)] == 0 and context[("image", 1)] == 1
+    assert targets[("current_mask", 0)] == 1 and targets[("image", 2)] == 2
+    assert indices("slots")[1][("next_mask", 1)] == 5
 
 
 # =====================================================================================================
@@ -197,7 +203,7 @@ def test_weighted_frame_mse_ignores_context_frames():
 
 def _batch(layout, text_cache, config_kwargs=None, seed=0, index=0):
     config = SequenceConfig(layout=layout, **(config_kwargs or {}))
-    dataset = SyntheticSessionsDataset(WORLD, 10, 3, config)
+    dataset = ShapesSessionsDataset(WORLD, 10, 3, config)
     planned = [dataset[(index, 0)]]
     return planned, config, build_training_batch(planned, encode_plan_frames(planned), text_cache, config, seed=seed,
                                                  text_dropout=0.0)
@@ -224,7 +230,7 @@ def test_block_causal_batch_layout(text_cache):
     assert batch.inputs.frame_is_noisy.tolist() == [False] * n_ctx + [True] * n_tgt
     assert torch.all(batch.inputs.frame_timestep[:n_ctx] == 0) and torch.all(batch.inputs.frame_timestep[n_ctx:] > 0)
     assert batch.timestep.tolist() == [0.0]
-    assert batch.inputs.frame_order[n_ctx:].tolist() == [t.order for t in plan.targets]
+    assert batch.inputs.frame_order[n_ctx:].tolist() == [plan.order(t) for t in plan.targets]
     (f, h, w) = batch.inputs.video_shapes[0].tolist()
     video = batch.inputs.hidden_states.view(f, h, w, 7)
     assert torch.equal(video[:n_ctx, ..., :3], video[:n_ctx, ..., 3:6])  # clean: [latent, latent, 1]
@@ -254,10 +260,11 @@ def test_block_causal_no_leakage(text_cache):
     checked = 0
     for j, target in enumerate(plan.targets):
         frame = n_ctx + j
-        later_clean = [i for i in range(n_ctx) if orders[i] >= target.order]  # incl. the target's own clean copy
+        order = plan.order(target)
+        later_clean = [i for i in range(n_ctx) if orders[i] >= order]  # incl. the target's own clean copy
         other_noisy = [n_ctx + k for k in range(len(plan.targets)) if k != j]
-        later_text = [k for k, o in enumerate(plan.prompt_orders) if o > target.order]
-        earlier_clean = [i for i in range(n_ctx) if orders[i] < target.order]
+        later_text = [k for k in range(plan.num_prompts) if plan.order(Text(k)) > order]
+        earlier_clean = [i for i in range(n_ctx) if orders[i] < order]
         if not (later_clean or later_text):
             continue
         perturbed = _perturb(batch, later_clean + other_noisy, later_text)
@@ -284,20 +291,23 @@ def _perturb(batch, frames, prompts):
     for f in frames:
         hidden[starts[f] : starts[f + 1]] += 3.0 * torch.randn_like(hidden[starts[f] : starts[f + 1]])
     out.inputs.hidden_states = hidden
-    segs = out.text_segments[0]
+    text = out.inputs.encoder_hidden_states.clone()
+    segment = torch.cumsum(out.inputs.text_turn_ids >= 0, 0) - 1  # segment of each text row (one sample)
     for k in prompts:
-        segs[k] = segs[k] + 3.0 * torch.randn_like(segs[k])
+        rows = (segment == k) & (out.inputs.text_turn_ids < 0)
+        text[rows] += 3.0 * torch.randn_like(text[rows])
+    out.inputs.encoder_hidden_states = text
     return out
 
 
 def test_text_dropout_gives_one_unconditional_segment(text_cache):
     config = SequenceConfig(layout="block_causal", min_turns=3, max_turns=3)
-    dataset = SyntheticSessionsDataset(WORLD, 10, 3, config)
+    dataset = ShapesSessionsDataset(WORLD, 10, 3, config)
     planned = [dataset[(0, 0)]]
     batch = build_training_batch(planned, encode_plan_frames(planned), text_cache, config, seed=0, text_dropout=1.0)
-    assert len(batch.text_segments[0]) == 1
-    assert batch.text_segments[0][0].shape[0] == 1  # the empty prompt is only the end token
-    assert batch.inputs.text_order.tolist() == [planned[0].plan.prompt_orders[0]] * 2
+    # one segment: its turn token (turn 0) and the empty prompt's end token, at the order of T_0
+    assert batch.inputs.text_turn_ids.tolist() == [0, -1]
+    assert batch.inputs.text_order.tolist() == [planned[0].plan.order(Text(0))] * 2
 
 
 # =====================================================================================================
@@ -334,8 +344,8 @@ def test_prompt_cache_returns_the_encoder_output(text_cache):
 
 def test_dataset_groups_turns_and_masks_per_micro_step():
     config = SequenceConfig(layout="block_causal", min_turns=1, max_turns=3, mask_probability=0.5)
-    grouped = SyntheticSessionsDataset(WORLD, 20, 3, config, group_turns=True)
-    free = SyntheticSessionsDataset(WORLD, 20, 3, config, group_turns=False)
+    grouped = ShapesSessionsDataset(WORLD, 20, 3, config, group_turns=True)
+    free = ShapesSessionsDataset(WORLD, 20, 3, config, group_turns=False)
     mixed_free = 0
     for step in range(8):
         plans = [grouped[(i, step)].plan for i in range(6)]

@@ -4,18 +4,19 @@ import json
 
 import pytest
 import torch
+from conftest import official_fixtures_dir
 
-from diffusers_vincie.assembly import (
-    clean_context_frames,
-    interleaved_order,
-    noisy_target_frames,
-    pack_sessions,
-)
 from diffusers_vincie.conversion.dit import VINCIE_3B_CONFIG, convert_dit_state_dict, load_official_dit
 from diffusers_vincie.models import VincieTransformer
+from diffusers_vincie.sequence import (
+    clean_context_frames,
+    noisy_target_frames,
+    pack_sessions,
+    sequence_order,
+    session_items,
+    session_text,
+)
 from diffusers_vincie.testing import tiny_transformer
-
-from conftest import official_fixtures_dir
 
 # shared/reference sits beside shared/fixtures (../shared, or wherever $VINCIE_OFFICIAL_FIXTURES points)
 REFERENCE = official_fixtures_dir().parent.parent / "reference"
@@ -133,7 +134,7 @@ def _block_causal_inputs(num_frames=3, segments=(4, 3), h=4, w=4, seed=0):
     g = torch.Generator().manual_seed(seed)
     latents = torch.randn(num_frames, h, w, 4, generator=g)
     text = torch.randn(sum(segments), 32, generator=g)
-    frame_order, text_order = interleaved_order(num_frames, list(segments))
+    frame_order, text_order = sequence_order(session_items(num_frames - 1), list(segments))
     return latents, text, frame_order, text_order
 
 
@@ -222,10 +223,11 @@ def test_bad_inputs_give_clear_errors(model):
         model(flat[:-1], shapes, text, lengths, t)
     with pytest.raises(ValueError, match="NaN"):
         model(flat * float("nan"), shapes, text, lengths, t)
+    packed = session_text([text[:2]] * 3, [0, 1, 8])
     with pytest.raises(ValueError, match="turn-embedding table"):
-        model.build_session_text([text[:2]] * 3, [0, 1, 8])
-    with pytest.raises(ValueError, match="empty"):
-        model.build_session_text([text[:0]], [0])
+        model(flat, shapes, packed.states, torch.tensor([len(packed)]), t, text_turn_ids=packed.turn_ids)
+    with pytest.raises(ValueError, match="one entry per row"):
+        model(flat, shapes, text, lengths, t, text_turn_ids=packed.turn_ids)
     with pytest.raises(ValueError, match="one text per sample"):
         pack_sessions([video, video], [text])
     with pytest.raises(ValueError, match="block-causal layout needs"):
@@ -289,6 +291,7 @@ def test_block_causal_refuses_backends_without_masks():
     model = tiny_transformer(attention_layout="block_causal")
     latents, text, frame_order, text_order = _block_causal_inputs()
     from diffusers.models.attention_dispatch import AttentionBackendName
+
     from diffusers_vincie.models.transformer_vincie import VincieAttention
 
     for m in model.modules():

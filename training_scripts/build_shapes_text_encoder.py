@@ -41,7 +41,7 @@ MAX_IMAGE_INDEX = 64  # <IMG0> .. <IMG63>: room for 31 turns with masks in slots
 def instruction_corpus(world, num_sessions: int, num_turns: int, seed: int) -> list[str]:
     """Templated prompts of ``num_sessions`` sampled sessions, each at a random turn index, plus one example of
     every instruction template at every turn index (so rare templates are covered)."""
-    from diffusers_vincie.assembly import format_turn_prompt
+    from diffusers_vincie.sequence import format_turn_prompt
 
     rng = random.Random(seed)
     lines = []
@@ -100,7 +100,7 @@ def build(output_dir: str | os.PathLike, world_config: dict, d_model: int = 64, 
 
     Args:
         output_dir: destination folder.
-        world_config: ``SyntheticWorld`` arguments (the training world).
+        world_config: ``ShapesWorld`` arguments (the training world).
         d_model: encoder width (= the transformer's ``text_embed_dim``).
         num_layers: encoder layers.
         vocab_size: sentencepiece vocabulary size (an upper bound: the world needs fewer pieces).
@@ -110,12 +110,12 @@ def build(output_dir: str | os.PathLike, world_config: dict, d_model: int = 64, 
     import torch
     from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
-    from diffusers_vincie.data.synthetic import SyntheticWorld
+    from diffusers_vincie.data.shapes.world import ShapesWorld
 
     output_dir = Path(output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".text.tmp", dir=output_dir.parent))
-    world = SyntheticWorld(**world_config)
+    world = ShapesWorld(**world_config)
     model_file = train_sentencepiece(instruction_corpus(world, num_sessions, 5, seed), tmp / "spm", vocab_size)
     tokenizer = T5Tokenizer(vocab=sentencepiece_vocab(model_file), extra_ids=0)
     tokenizer.save_pretrained(tmp / "tokenizer")
@@ -137,7 +137,7 @@ def build(output_dir: str | os.PathLike, world_config: dict, d_model: int = 64, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--world_config", default=None, help="JSON file or string of SyntheticWorld arguments.")
+    parser.add_argument("--world_config", default=None, help="JSON file or string of ShapesWorld arguments.")
     parser.add_argument("--d_model", type=int, default=64, help="Must equal the transformer's text_embed_dim.")
     parser.add_argument("--num_layers", type=int, default=2)
     parser.add_argument("--vocab_size", type=int, default=256)

@@ -23,10 +23,12 @@ Example (tiny synthetic run on CPU)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import time
+import typing
 from pathlib import Path
 
 import torch
@@ -43,7 +45,7 @@ from diffusers_vincie.training import (
     ResumableBatchSampler,
     SequenceConfig,
     SessionRowsDataset,
-    SyntheticSessionsDataset,
+    ShapesSessionsDataset,
     VincieTrainingModule,
     build_training_batch,
     collate_planned,
@@ -93,7 +95,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--synthetic_world", action="store_true",
                        help="Train on sessions of the synthetic shapes world drawn on the fly (no dataset on disk).")
     group.add_argument("--synthetic_world_config", type=str, default=None,
-                       help="JSON file or string of SyntheticWorld arguments (resolution defaults to --resolution).")
+                       help="JSON file or string of ShapesWorld arguments (resolution defaults to --resolution).")
     group.add_argument("--synthetic_num_sessions", type=int, default=1_000_000)
     group.add_argument("--synthetic_num_turns", type=int, default=4)
     group.add_argument("--synthetic_world_seed", type=int, default=0,
@@ -102,21 +104,22 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dataloader_num_workers", type=int, default=0)
 
 
+def _sequence_flag(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag", f.name)
+
+
 def add_sequence_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("sequences")
-    group.add_argument("--attention_layout", choices=("full", "block_causal"), default="full",
-                       help="'full' = released checkpoints' conditioning; 'block_causal' = multi-target pretraining.")
-    group.add_argument("--min_turns", type=int, default=1)
-    group.add_argument("--max_turns", type=int, default=4)
-    group.add_argument("--mask_probability", type=float, default=0.8, help="P(RoE masks are in a sequence).")
-    group.add_argument("--drop_current_frame", type=float, default=0.2, help="Per-turn context dropout of I_k.")
-    group.add_argument("--drop_current_mask", type=float, default=0.7, help="Per-turn context dropout of Mc_k.")
-    group.add_argument("--drop_next_mask", type=float, default=0.7, help="Per-turn context dropout of Mn_k.")
-    group.add_argument("--task_weights", type=str, default="1,1,1",
-                       help=f"Weights of the proxy tasks {','.join(TASKS)} (0 disables a task).")
-    group.add_argument("--frame_index", choices=("compact", "slots"), default=None,
-                       help="Frame RoPE index: 'compact' (official) or 'slots' (3k+kind); default compact for "
-                            "full, slots for block_causal.")
+    types = typing.get_type_hints(SequenceConfig)
+    for f in dataclasses.fields(SequenceConfig):  # one flag per field: names, types, defaults and help from there
+        if f.name == "task_weights":
+            default = ",".join(str(w) for w in SequenceConfig().task_weights.values())
+            group.add_argument(f"--{_sequence_flag(f)}", type=str, default=default, help=f.metadata["help"])
+            continue
+        kind = types[f.name]
+        kind = str if kind == typing.Optional[str] else kind
+        group.add_argument(f"--{_sequence_flag(f)}", type=kind, default=f.default, choices=f.metadata.get("choices"),
+                           help=f.metadata["help"])
     group.add_argument("--no_group_turns", action="store_true",
                        help="Draw the number of turns per sample instead of per micro-step (more attention padding).")
     group.add_argument("--max_text_length", type=int, default=150)
@@ -194,8 +197,7 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
     if len(weights) != len(TASKS):
         raise ValueError(f"--task_weights needs {len(TASKS)} comma-separated numbers ({','.join(TASKS)}).")
     args.task_weight_dict = dict(zip(TASKS, weights))
-    if args.frame_index is None:
-        args.frame_index = "compact" if args.attention_layout == "full" else "slots"
+    args.frame_index = sequence_config(args).frame_index  # the config's layout-dependent default
     if args.frame_index == "compact" and args.mask_probability > 0 and (weights[1] > 0 or weights[2] > 0):
         logging.getLogger(__name__).warning(
             "Mask tasks with --frame_index compact: a mask target and a next-image target can get identical inputs "
@@ -218,22 +220,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def sequence_config(args) -> SequenceConfig:
-    return SequenceConfig(
-        layout=args.attention_layout,
-        min_turns=args.min_turns,
-        max_turns=args.max_turns,
-        mask_probability=args.mask_probability,
-        drop_current_frame=args.drop_current_frame,
-        drop_current_mask=args.drop_current_mask,
-        drop_next_mask=args.drop_next_mask,
-        task_weights=args.task_weight_dict,
-        frame_index=args.frame_index,
-    )
+    values = {f.name: getattr(args, _sequence_flag(f)) for f in dataclasses.fields(SequenceConfig)}
+    return SequenceConfig(**{**values, "task_weights": args.task_weight_dict})
 
 
 def build_dataset(args, config: SequenceConfig):
     if args.synthetic_world:
-        from diffusers_vincie.data.synthetic import SyntheticWorld
+        from diffusers_vincie.data.shapes.world import ShapesWorld
 
         world_kwargs = {}
         if args.synthetic_world_config:
@@ -241,8 +234,8 @@ def build_dataset(args, config: SequenceConfig):
             world_kwargs = json.loads(Path(text).read_text() if os.path.isfile(text) else text)
         if args.resolution:
             world_kwargs.setdefault("resolution", args.resolution)
-        world = SyntheticWorld(**world_kwargs)
-        return SyntheticSessionsDataset(world, args.synthetic_num_sessions, args.synthetic_num_turns, config,
+        world = ShapesWorld(**world_kwargs)
+        return ShapesSessionsDataset(world, args.synthetic_num_sessions, args.synthetic_num_turns, config,
                                         seed=args.seed, world_seed=args.synthetic_world_seed,
                                         group_turns=not args.no_group_turns)
     from diffusers_vincie.data.loaders import (
@@ -267,7 +260,9 @@ def build_transformer(args, components: dict) -> VincieTransformer:
     if args.transformer_config:
         config = json.loads(Path(args.transformer_config).read_text())
         config = {k: v for k, v in config.items() if not k.startswith("_")}
-        return VincieTransformer(**config)
+        transformer = VincieTransformer(**config)
+        transformer.initialize_weights()  # the documented from-scratch initialisation
+        return transformer
     return components["transformer"]
 
 
@@ -440,8 +435,12 @@ def main(args: argparse.Namespace, lora=None) -> dict:
         if lora is not None:
             lora.save(args, final)
         elif not args.no_save_pipeline:
+            sampling = dict(default_num_inference_steps=args.validation_inference_steps,
+                            default_guidance_scale=args.validation_guidance_scale)
+            if args.resolution:
+                sampling["default_resolution"] = args.resolution
             save_final_pipeline(args.output_dir, final, components, args.scheduler_shift, args.negative_prompt,
-                                args.frame_index)
+                                args.frame_index, sampling_defaults=sampling)
     accelerator.end_training()
     return {"global_step": global_step, "last_loss": last_loss, "output_dir": args.output_dir}
 

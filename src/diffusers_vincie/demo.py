@@ -108,14 +108,15 @@ def run_demo(output: str | os.PathLike, image: Optional[str] = None, instruction
     """
     import torch
 
-    from .data.synthetic import SyntheticWorld, score_edit
+    from .data.shapes.score import score_edit
+    from .data.shapes.world import ShapesWorld
     from .default_model import RESOLUTION, load_default_pipeline
 
     start = time.perf_counter()
     output = Path(output)
     truth = None
     if image is None:
-        truth = SyntheticWorld(resolution=RESOLUTION).sample_session(DEMO_SESSION_SEED, num_turns=5)
+        truth = ShapesWorld(resolution=RESOLUTION).sample_session(DEMO_SESSION_SEED, num_turns=5)
         source = PIL.Image.fromarray(truth.frames[0])
         instructions = list(instructions or truth.instructions)
         if len(instructions) != truth.num_turns or instructions != truth.instructions:

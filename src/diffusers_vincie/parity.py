@@ -25,9 +25,9 @@ from typing import Callable, Iterator, Optional
 import torch
 from safetensors.torch import load_file
 
-from .assembly import build_condition, pack_sessions, select_valid_tokens
 from .conversion.dit import load_official_dit
 from .models.transformer_vincie import VincieTransformer
+from .sequence import PackedText, build_condition, pack_sessions, pack_texts, select_valid_tokens, session_text
 
 FORWARD_TOL = 1e-4  # float32 transformer forward and intermediates
 BF16_ATTENTION_TOL = 1e-2  # official bf16 q/k/v cast vs its emulation (fixture README: loose check)
@@ -93,15 +93,20 @@ class _Recorder:
             h.remove()
 
 
+def _forward_tol(t: dict) -> float:
+    """The bf16-attention fixture's outputs come from the official bf16 q/k/v cast (checked with its emulation)."""
+    return BF16_ATTENTION_TOL if "out.vid_sample_fp32_attention" in t else FORWARD_TOL
+
+
 def _run(model: VincieTransformer, t: dict, txt_key: str = "dit.txt") -> torch.Tensor:
     shape_key = txt_key + "_shape"
     return model(t["dit.vid"], t["dit.vid_shape"], t[txt_key], t[shape_key][:, 0], t["dit.timestep"]).sample
 
 
-def _assemble_sample(model: VincieTransformer, t: dict, prefix: str) -> tuple[torch.Tensor, torch.Tensor, list[Check]]:
+def _assemble_sample(model: VincieTransformer, t: dict, prefix: str) -> tuple[PackedText, torch.Tensor, list[Check]]:
     """Rebuilds one sample's session text and condition from its pre-assembly pieces (checked exactly)."""
     segments = select_valid_tokens(t[f"{prefix}text_embeds"], t[f"{prefix}text_masks"])
-    text = model.build_session_text(segments, t[f"{prefix}turn_ids"])
+    text = session_text(segments, t[f"{prefix}turn_ids"].tolist())
     cond = build_condition(t[f"{prefix}image_latents"])
     checks = []
     if f"{prefix}cond" in t:
@@ -128,14 +133,19 @@ def forward_checks(model: VincieTransformer, t: dict, name: str) -> Iterator[Che
                 yield Check(f"{name} {prefix}x_t", rebuilt, x_t, 1e-6)
             videos.append(torch.cat([x_t, cond], -1))
         if prefixes:
-            video, shapes, text, lengths = pack_sessions(videos, texts)
+            video, shapes, _, _ = pack_sessions(videos, [x.states for x in texts])
+            text, turn_ids, lengths = pack_texts(texts)
             yield Check(f"{name} packed video", video, t["dit.vid"], 0.0)
             yield Check(f"{name} video shapes", shapes.float(), t["dit.vid_shape"].float(), 0.0)
-            yield Check(f"{name} packed text", text, t["dit.txt"], 0.0)
+            yield Check(f"{name} packed text", model.fuse_turn_tokens(text, turn_ids), t["dit.txt"], 0.0)
             yield Check(f"{name} text lengths", lengths.float(), t["dit.txt_shape"][:, 0].float(), 0.0)
+            # the model fuses the turn tokens inside forward(): its output from the assembled inputs is the official one
+            assembled = model(video, shapes, text, lengths, t["dit.timestep"], text_turn_ids=turn_ids).sample
+            yield Check(f"{name} out from assembled inputs", assembled, t["out.vid_sample"], _forward_tol(t))
         if "pre.neg_text_embeds" in t:
-            neg = model.build_session_text(select_valid_tokens(t["pre.neg_text_embeds"], t["pre.neg_text_masks"]), [0])
-            yield Check(f"{name} packed negative text", neg, t["dit.txt_neg"], 0.0)
+            neg = session_text(select_valid_tokens(t["pre.neg_text_embeds"], t["pre.neg_text_masks"]), [0])
+            fused = model.fuse_turn_tokens(neg.states, neg.turn_ids)
+            yield Check(f"{name} packed negative text", fused, t["dit.txt_neg"], 0.0)
 
         if "out.vid_sample_fp32_attention" in t:  # official bf16 q/k/v cast
             model.set_attention_qkv_dtype(torch.bfloat16)
@@ -168,7 +178,7 @@ def forward_checks(model: VincieTransformer, t: dict, name: str) -> Iterator[Che
 
 
 def sample_checks(model: VincieTransformer, t: dict, config: dict, name: str) -> Iterator[Check]:
-    from .pipelines.sampling import official_scheduler, sample_session, set_trailing_timesteps
+    from .pipelines.sampling import FullAttentionVelocity, official_scheduler, run_sampler, set_trailing_timesteps
 
     sampling = config.get("diffusion", {}).get("timesteps", {}).get("sampling", {})
     shift = float(sampling.get("shift", 12.0))
@@ -183,24 +193,20 @@ def sample_checks(model: VincieTransformer, t: dict, config: dict, name: str) ->
 
     states: dict[str, torch.Tensor] = {}
 
-    def record(step: int, x: torch.Tensor, pred_pos: torch.Tensor, pred_neg: Optional[torch.Tensor]) -> None:
-        states[f"step{step}.x_t"] = x.clone()
-        states[f"step{step}.pred_pos"] = pred_pos.clone()
-        if pred_neg is not None:
-            states[f"step{step}.pred_neg"] = pred_neg.clone()
+    def record(step) -> torch.Tensor:
+        states[f"step{step.index}.x_t"] = step.latents_before.clone()
+        states[f"step{step.index}.pred_pos"] = step.prediction.positive.clone()
+        if step.prediction.negative is not None:
+            states[f"step{step.index}.pred_neg"] = step.prediction.negative.clone()
+        return step.latents
 
+    def fused(key: str) -> PackedText:  # the fixture's session texts already hold their turn embeddings
+        return PackedText(t[key], None, [t[key].shape[0]])
+
+    velocity = FullAttentionVelocity(model, t["cond"], fused("dit.txt"), fused("dit.txt_neg"))
     with torch.no_grad():
-        final = sample_session(
-            model,
-            sched,
-            noise=t["init_noise"],
-            cond=t["cond"],
-            text=t["dit.txt"],
-            negative_text=t["dit.txt_neg"],
-            guidance_scale=float(t["cfg_scale"]),
-            num_inference_steps=steps,
-            on_step=record,
-        )
+        set_trailing_timesteps(sched, steps)
+        final = run_sampler(sched, t["init_noise"], velocity, float(t["cfg_scale"]), on_step=record)
     for key in sorted(k for k in t if k.startswith("step") and not k.endswith(".t")):
         yield Check(f"{name} {key}", states[key], t[key], SAMPLE_STEP_TOL)
     yield Check(f"{name} final latent", final, t["final_latent"], SAMPLE_FINAL_TOL)

@@ -1,7 +1,17 @@
-"""Tiny random VINCIE components built in code (no downloads): for tests, benchmarks and examples."""
+"""Tiny random VINCIE components built in code (no downloads): for tests, benchmarks, examples and smoke runs.
+
+Pipelines: :func:`tiny_pipeline` (and its parts). Training: :func:`write_tiny_components` writes a folder usable by
+the training scripts' flags::
+
+    <folder>/text_encoder/        T5EncoderModel (1 layer)        --text_encoder_name_or_path
+    <folder>/tokenizer/           word-level tokenizer of the synthetic world's vocabulary
+    <folder>/transformer.json     VincieTransformer config (pixel space)  --transformer_config
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -36,17 +46,14 @@ def tiny_text_encoder(vocab_size: int, dim: int = 32, seed: int = 0):
 
 
 def tiny_transformer(latent_channels: int = 4, text_embed_dim: int = 32, seed: int = 0, **overrides) -> VincieTransformer:
-    """A 2-layer transformer with every parameter random (zero-initialised offsets re-drawn too)."""
+    """A 2-layer transformer with every parameter random (`initialize_weights` with random modulation offsets)."""
     torch.manual_seed(seed)
     config = dict(
         latent_channels=latent_channels, hidden_size=32, num_attention_heads=2, attention_head_dim=16, num_layers=2,
         num_mm_layers=1, text_embed_dim=text_embed_dim, rope_dim=12, max_turns=8,
     )
     model = VincieTransformer(**{**config, **overrides})
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "scale_shift_table" in name or "norm_out_shift_scale" in name:
-                p.normal_(0.0, 0.2).add_(torch.tensor([0.0, 1.0, 0.0]).view(1, 3, 1) if p.ndim == 3 else 0.0)
+    model.initialize_weights(modulation_std=0.2)
     return model.eval()
 
 
@@ -66,6 +73,9 @@ def tiny_pipeline(
     seed: int = 0,
     negative_prompt: Optional[str] = None,
     frame_index_mode: Optional[str] = None,
+    default_resolution: int = 256,
+    default_num_inference_steps: int = 50,
+    default_guidance_scale: float = 7.5,
     **transformer_overrides,
 ):
     """A complete random `VincieInContextPipeline` that runs in well under a second per turn on CPU."""
@@ -74,7 +84,54 @@ def tiny_pipeline(
     channels = 3 if pixel_space else 4
     transformer = tiny_transformer(channels, encoder.config.d_model, seed=seed, **transformer_overrides)
     vae = None if pixel_space else tiny_vae(channels, seed=seed)
-    kwargs = {} if negative_prompt is None else {"default_negative_prompt": negative_prompt}
+    kwargs = dict(default_resolution=default_resolution, default_num_inference_steps=default_num_inference_steps,
+                  default_guidance_scale=default_guidance_scale)
+    if negative_prompt is not None:
+        kwargs["default_negative_prompt"] = negative_prompt
     if frame_index_mode is not None:
         kwargs["frame_index_mode"] = frame_index_mode
     return VincieInContextPipeline(transformer, vae, encoder, tokenizer, official_scheduler(), **kwargs)
+
+
+# -------------------------------------------------------------------------------------------- training
+
+
+def tiny_transformer_config(
+    hidden_size: int = 32, num_layers: int = 2, patch_size: int = 4, text_embed_dim: int = 16, **overrides
+) -> dict:
+    """A VincieTransformer config of a few thousand parameters in pixel space (``latent_channels=3``)."""
+    config = dict(
+        latent_channels=3,
+        hidden_size=hidden_size,
+        num_attention_heads=2,
+        attention_head_dim=hidden_size // 2,
+        num_layers=num_layers,
+        num_mm_layers=1,
+        text_embed_dim=text_embed_dim,
+        patch_size=patch_size,
+        mlp_hidden_size=2 * hidden_size,
+        rope_dim=12,
+        max_turns=16,
+    )
+    config.update(overrides)
+    return config
+
+
+def write_tiny_components(folder: str | Path, text_embed_dim: int = 16, seed: int = 0, **transformer_overrides) -> Path:
+    """Writes a tiny T5 text encoder, a tokenizer of the synthetic world's words and a transformer config."""
+    from transformers import T5Config, T5EncoderModel
+
+    from .data.shapes.world import ShapesWorld
+
+    folder = Path(folder)
+    tokenizer = build_word_level_tokenizer(ShapesWorld().vocabulary)
+    tokenizer.save_pretrained(folder / "tokenizer")
+    torch.manual_seed(seed)
+    encoder = T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer), d_model=text_embed_dim, d_kv=8, d_ff=2 * text_embed_dim, num_layers=1,
+        num_heads=2, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    ))
+    encoder.save_pretrained(folder / "text_encoder")
+    config = tiny_transformer_config(text_embed_dim=text_embed_dim, **transformer_overrides)
+    (folder / "transformer.json").write_text(json.dumps(config, indent=2))
+    return folder

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import torch
 
-from .assembly import format_turn_prompt, select_valid_tokens
+from .sequence import format_turn_prompt, select_valid_tokens
 
 
 def end_token_id(tokenizer) -> int:

@@ -8,7 +8,8 @@ The training script writes the final pipeline only at its last step; this export
         --output src/diffusers_vincie/default_model
 
 The folder gets the same layout and config as the training script's own export (``save_final_pipeline``):
-``default_negative_prompt`` = the training negative prompt, ``frame_index_mode`` = the training frame index.
+``default_negative_prompt`` = the training negative prompt, ``frame_index_mode`` = the training frame index, and
+the recipe's sampling defaults (32 px, 10 steps, no CFG) as the pipeline's call defaults.
 """
 
 from __future__ import annotations
@@ -74,8 +75,10 @@ def export(run_dir: Path, checkpoint: str, output: Path, transformer_config: Pat
     staging = output.parent / f".{output.name}.export"
     if staging.exists():
         shutil.rmtree(staging)
-    folder = save_final_pipeline(str(staging), transformer, components, scheduler_shift=1.0, negative_prompt="",
-                                 frame_index="slots")
+    folder = save_final_pipeline(
+        str(staging), transformer, components, scheduler_shift=1.0, negative_prompt="", frame_index="slots",
+        sampling_defaults=dict(default_resolution=32, default_num_inference_steps=10, default_guidance_scale=1.0),
+    )
     output.mkdir(parents=True, exist_ok=True)
     for item in folder.iterdir():  # replace only the pipeline's own entries (the target may hold other files)
         target = output / item.name

@@ -13,8 +13,8 @@ from typing import Mapping, Optional, Union
 
 import torch
 
-from .checkpoint import load_torch_state_dict, validate_state_dict
 from ..models.transformer_vincie import VincieRotaryEmbedding, VincieTransformer, swiglu_hidden_size
+from .checkpoint import load_torch_state_dict, validate_state_dict
 
 FLOPS_WRAP_FRAGMENT = "_flops_wrap_module."
 TURN_TABLE_KEY = "prompt_id_embedding.embedding.weight"

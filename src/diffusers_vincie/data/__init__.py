@@ -1,7 +1,8 @@
-"""Data for VINCIE: the session schema, loaders and adapters, and the synthetic shapes world.
+"""Data for VINCIE: the session schema (:mod:`.schema`), loaders and adapters (:mod:`.loaders`), the synthetic
+shapes world (:mod:`.shapes`: world, videos, scoring) and the video -> sessions build (:mod:`.video`).
 
-Names are imported lazily from their submodules, so that ``diffusers_vincie.data.synthetic`` (training on the
-fly, demos) works without the optional ``datasets`` and ``av`` packages (extra ``data``).
+Names are imported lazily from their submodules, so that the shapes world (training on the fly, demos) works
+without the optional ``datasets`` and ``av`` packages (extra ``data``).
 """
 
 from __future__ import annotations
@@ -21,14 +22,9 @@ _EXPORTS = {
         "records_to_dataset",
     ),
     "schema": ("SESSION_FEATURES", "STATIC_CAMERA", "SessionRecord", "SessionValidationError", "mask_to_array"),
-    "synthetic": (
-        "EditScore",
-        "SyntheticSession",
-        "SyntheticWorld",
-        "make_synthetic_videos",
-        "read_ground_truth",
-        "score_edit",
-    ),
+    "shapes.score": ("EditScore", "score_edit"),
+    "shapes.video": ("make_synthetic_videos", "read_ground_truth", "render_video"),
+    "shapes.world": ("ShapesSession", "ShapesWorld"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 

@@ -31,6 +31,7 @@ Columns of :data:`SESSION_FEATURES` (``n`` = number of frames, ``n >= 2``; trans
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -38,10 +39,9 @@ from typing import Any, Sequence
 
 import numpy as np
 import PIL.Image
-from datasets import Features, Image, List, Value
 
 __all__ = [
-    "SESSION_FEATURES",
+    "SESSION_FEATURES",  # noqa: F822 (built on first use by __getattr__)
     "STATIC_CAMERA",
     "SessionRecord",
     "SessionValidationError",
@@ -52,19 +52,33 @@ __all__ = [
 # Features
 # =====================================================================================================
 
-SESSION_FEATURES = Features(
-    {
-        "session_id": Value("string"),
-        "video_id": Value("string"),
-        "frames": List(Image()),
-        "timestamps": List(Value("float64")),
-        "instructions": List(Value("string")),
-        "source_masks": List(Image()),
-        "target_masks": List(Image()),
-        "camera_motion": List(Value("string")),
-        "annotator": Value("string"),
-    }
-)
+
+@functools.cache
+def _session_features() -> Any:
+    from datasets import Features, Image, List, Value
+
+    return Features(
+        {
+            "session_id": Value("string"),
+            "video_id": Value("string"),
+            "frames": List(Image()),
+            "timestamps": List(Value("float64")),
+            "instructions": List(Value("string")),
+            "source_masks": List(Image()),
+            "target_masks": List(Image()),
+            "camera_motion": List(Value("string")),
+            "annotator": Value("string"),
+        }
+    )
+
+
+def __getattr__(name: str) -> Any:
+    # SESSION_FEATURES needs the optional ``datasets`` (extra "data"), so it is built on first use (PEP 562): the
+    # record type and STATIC_CAMERA need only numpy and PIL, and the shapes world (training on the fly) uses them.
+    if name == "SESSION_FEATURES":
+        return _session_features()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # The ``camera_motion`` value of a transition where the camera does not move.
 STATIC_CAMERA = "static"
@@ -292,8 +306,10 @@ class SessionRecord:
         if missing:
             raise SessionValidationError(
                 f"row: missing required column(s) {missing}; expected the columns of SESSION_FEATURES "
-                f"{list(SESSION_FEATURES)}."
+                f"{list(_session_features())}."
             )
+        from datasets import Image
+
         image = Image()
         decode = lambda value: image.decode_example(value) if isinstance(value, dict) else value  # noqa: E731
         masks = {

@@ -6,10 +6,10 @@ The pipeline folder next to this file (``model_index.json``, ``transformer/``, `
     from diffusers_vincie.default_model import DEFAULT_MODEL, load_default_pipeline
 
     pipe = load_default_pipeline()                      # or VincieInContextPipeline.from_pretrained(DEFAULT_MODEL)
-    session = pipe.start_session(image, resolution=32)
-    session.edit("remove the red circle", **DEFAULT_SAMPLING)
+    session = pipe.start_session(image)                 # the model's own defaults: 32 px, 10 steps, no CFG
+    session.edit("remove the red circle")
 
-It edits 32x32 images of the synthetic shapes world (``diffusers_vincie.data.synthetic.SyntheticWorld``) with
+It edits 32x32 images of the synthetic shapes world (``diffusers_vincie.data.shapes.world.ShapesWorld``) with
 that world's instructions; see ``README.md`` in this folder (the model card) for the recipe, data and numbers.
 """
 
@@ -25,7 +25,7 @@ RESOLUTION: int = 32
 """Working resolution of the model (the synthetic world's): images are resized to ``RESOLUTION**2`` pixels."""
 
 DEFAULT_SAMPLING: dict[str, Any] = {"num_inference_steps": 10, "guidance_scale": 1.0}
-"""Sampler settings the shipped numbers were measured with (``session.edit(..., **DEFAULT_SAMPLING)``)."""
+"""Sampler settings the shipped numbers were measured with; also the pipeline's configured call defaults."""
 
 
 def load_default_pipeline(model: Optional[str] = None, **kwargs: Any):
@@ -42,6 +42,11 @@ def load_default_pipeline(model: Optional[str] = None, **kwargs: Any):
         raise FileNotFoundError(
             f"The default model is missing from {DEFAULT_MODEL} (no model_index.json). Reinstall the package "
             "(`pip install -e .`), or train and export it with training_scripts/recipes/vincie_shapes.sh."
+        )
+    if model is not None and not (Path(model) / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"`model`: there is no pipeline folder at {model} (no model_index.json); give a folder written by "
+            "`save_pretrained` or training_scripts/recipes/export_checkpoint.py."
         )
     pipe = VincieInContextPipeline.from_pretrained(model or DEFAULT_MODEL, **kwargs)
     pipe.set_progress_bar_config(disable=True)

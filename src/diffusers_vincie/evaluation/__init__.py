@@ -19,12 +19,12 @@ from .judge import (
     parse_judge_reply,
 )
 from .report import TurnSummary, summarize, write_report
-from .sessions import EditSession, load_benchmark_sessions, output_filename
+from .sessions import BenchmarkSession, load_benchmark_sessions, output_filename
 
 __all__ = [
     "DEFAULT_JUDGE_MODEL",
     "DEFAULT_SUCCESS_THRESHOLD",
-    "EditSession",
+    "BenchmarkSession",
     "Editor",
     "GenerationSummary",
     "JudgeClient",

@@ -235,7 +235,7 @@ def run_metrics(args: argparse.Namespace) -> int:
 
 
 def run_session_bench(args: argparse.Namespace) -> int:
-    from .session_bench import run_session_bench as run
+    from .shapes_bench import run_session_bench as run
 
     paths = run(build_editor(args), args.report_dir, num_sessions=args.num_sessions, num_turns=args.num_turns,
                 seed=args.seed, image_size=args.image_size, title=args.title)

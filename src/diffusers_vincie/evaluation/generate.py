@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import PIL.Image
 from tqdm.auto import tqdm
 
-from .sessions import EditSession, output_path, session_seed
+from .sessions import BenchmarkSession, output_path, session_seed
 
 __all__ = [
     "Editor",
@@ -130,7 +130,7 @@ def save_image_atomic(image: PIL.Image.Image, path: Path) -> None:
 
 
 def _generate_session(
-    editor: Editor, session: EditSession, seed: int, output_dir: Path, max_turns: int | None
+    editor: Editor, session: BenchmarkSession, seed: int, output_dir: Path, max_turns: int | None
 ) -> int:
     """Generate the missing turns of one session; returns the number of images written."""
     num_turns = session.num_turns if max_turns is None else min(max_turns, session.num_turns)
@@ -154,7 +154,7 @@ def _generate_session(
 
 def generate_outputs(
     editor: Editor,
-    sessions: Sequence[EditSession],
+    sessions: Sequence[BenchmarkSession],
     output_dir: str | os.PathLike,
     seed_offset: int = 0,
     max_turns: int | None = None,
@@ -200,7 +200,7 @@ def generate_outputs(
 
 
 def export_results_dataset(
-    results: Any, sessions: Sequence[EditSession], output_dir: str | os.PathLike, seed_offset: int = 0
+    results: Any, sessions: Sequence[BenchmarkSession], output_dir: str | os.PathLike, seed_offset: int = 0
 ) -> int:
     """Write the outputs of a results dataset (``leigangqu/MSE-Bench-results`` format) in the ``generate`` layout.
 

@@ -35,7 +35,7 @@ from typing import Any
 import PIL.Image
 from tqdm.auto import tqdm
 
-from .sessions import EditSession, output_path, session_seed
+from .sessions import BenchmarkSession, output_path, session_seed
 
 __all__ = [
     "DEFAULT_JUDGE_MODEL",
@@ -298,7 +298,7 @@ def _write_json_atomic(path: Path, data: Any) -> None:
 
 def judge_session(
     client: JudgeClient,
-    session: EditSession,
+    session: BenchmarkSession,
     output_files: Sequence[Path],
     threshold: float = DEFAULT_SUCCESS_THRESHOLD,
     cache_path: Path | None = None,
@@ -348,7 +348,7 @@ def judge_session(
 
 def judge_benchmark(
     client: JudgeClient,
-    sessions: Sequence[EditSession],
+    sessions: Sequence[BenchmarkSession],
     outputs_dir: str | os.PathLike,
     cache_dir: str | os.PathLike,
     threshold: float = DEFAULT_SUCCESS_THRESHOLD,

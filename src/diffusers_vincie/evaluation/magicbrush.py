@@ -42,7 +42,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from .sessions import EditSession, output_path, session_seed
+from .sessions import BenchmarkSession, output_path, session_seed
 
 __all__ = [
     "CLIP_MEAN",
@@ -237,7 +237,7 @@ def _mean(values: Sequence[float]) -> float:
 
 
 def evaluate_magicbrush(
-    sessions: Sequence[EditSession],
+    sessions: Sequence[BenchmarkSession],
     outputs_dir: str | os.PathLike,
     metrics: Sequence[str] = METRIC_NAMES,
     captions: dict[str, Any] | None = None,
@@ -293,7 +293,10 @@ def evaluate_magicbrush(
     subsets = {"final_turn": final_positions, "all_turn": list(range(len(pairs)))}
     turns = sorted({pair.turn for pair in pairs})
     per_turn = {str(t + 1): [i for i, pair in enumerate(pairs) if pair.turn == t] for t in turns}
-    aggregate = lambda positions: {name: _mean([values[i] for i in positions]) for name, values in scores.items()}
+
+    def aggregate(positions: list[int]) -> dict[str, float]:
+        return {name: _mean([values[i] for i in positions]) for name, values in scores.items()}
+
     return {
         **{setting: aggregate(positions) for setting, positions in subsets.items()},
         "per_turn": {turn: aggregate(positions) for turn, positions in per_turn.items()},

@@ -29,7 +29,7 @@ from typing import Any
 import PIL.Image
 
 __all__ = [
-    "EditSession",
+    "BenchmarkSession",
     "SessionList",
     "load_benchmark_sessions",
     "output_filename",
@@ -47,7 +47,7 @@ MAGICBRUSH_REQUIRED_COLUMNS = ("img_id", "turn_index", "source_img", "target_img
 
 
 @dataclass
-class EditSession:
+class BenchmarkSession:
     """One multi-turn editing session of a benchmark.
 
     Args:
@@ -90,8 +90,8 @@ def output_path(output_dir: str | os.PathLike, index: str, turn: int, seed: int)
 # =====================================================================================================
 
 
-class SessionList(Sequence[EditSession]):
-    """Lazy view of a dataset as :class:`EditSession` objects (images are decoded on access).
+class SessionList(Sequence[BenchmarkSession]):
+    """Lazy view of a dataset as :class:`BenchmarkSession` objects (images are decoded on access).
 
     Args:
         rows: A ``datasets.Dataset`` (or any sequence of dict rows) in MSE-Bench format, or a list of
@@ -106,7 +106,7 @@ class SessionList(Sequence[EditSession]):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, position: int) -> EditSession:  # type: ignore[override]
+    def __getitem__(self, position: int) -> BenchmarkSession:  # type: ignore[override]
         if isinstance(position, slice):
             raise TypeError("SessionList does not support slicing; index one session at a time.")
         row = self.rows[position]
@@ -114,7 +114,7 @@ class SessionList(Sequence[EditSession]):
                   "magicbrush-folder": _magicbrush_folder_session}[self.kind]
         return reader(row)
 
-    def __iter__(self) -> Iterator[EditSession]:
+    def __iter__(self) -> Iterator[BenchmarkSession]:
         for position in range(len(self)):
             yield self[position]
 
@@ -185,12 +185,12 @@ def _as_rgb(image: Any, what: str) -> PIL.Image.Image:
     return image.convert("RGB")
 
 
-def _mse_bench_session(row: dict[str, Any]) -> EditSession:
+def _mse_bench_session(row: dict[str, Any]) -> BenchmarkSession:
     context = row["context"]
     if isinstance(context, str) or not context:
         raise ValueError(f"Session {row['index']}: `context` must be a non-empty list of instructions, got {context!r}.")
     known = {"image", "index", "context", "operation"}
-    return EditSession(
+    return BenchmarkSession(
         index=str(row["index"]),
         source=_as_rgb(row["image"], f"session {row['index']} `image`"),
         instructions=[str(text) for text in context],
@@ -213,10 +213,10 @@ class _MagicBrushGroup:
     positions: list[int]
 
 
-def _magicbrush_session(group: _MagicBrushGroup) -> EditSession:
+def _magicbrush_session(group: _MagicBrushGroup) -> BenchmarkSession:
     rows = [group.dataset[p] for p in group.positions]
     index = str(rows[0]["img_id"])
-    return EditSession(
+    return BenchmarkSession(
         index=index,
         source=_as_rgb(rows[0]["source_img"], f"session {index} `source_img`"),
         instructions=[str(row["instruction"]) for row in rows],
@@ -224,7 +224,7 @@ def _magicbrush_session(group: _MagicBrushGroup) -> EditSession:
     )
 
 
-def _magicbrush_folder_session(group: tuple[Path, str, list[dict[str, str]]]) -> EditSession:
+def _magicbrush_folder_session(group: tuple[Path, str, list[dict[str, str]]]) -> BenchmarkSession:
     folder, index, turns = group
     images = folder / "images" / index if (folder / "images" / index).is_dir() else folder / index
 
@@ -232,7 +232,7 @@ def _magicbrush_folder_session(group: tuple[Path, str, list[dict[str, str]]]) ->
         with PIL.Image.open(images / name) as image:
             return image.convert("RGB")
 
-    return EditSession(
+    return BenchmarkSession(
         index=str(index),
         source=read(turns[0]["input"]),
         instructions=[str(turn["instruction"]) for turn in turns],

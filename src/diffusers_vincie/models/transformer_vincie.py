@@ -1,10 +1,11 @@
 """VincieTransformer: the VINCIE multimodal diffusion transformer (official NaDiT "mmdit"), diffusers-native.
 
 Data flow of one forward (shapes for a batch of B sessions in the packed native-aspect format of
-``diffusers_vincie.assembly``; D = hidden size, H heads of width d, p = patch size, C = latent channels):
+``diffusers_vincie.sequence``; D = hidden size, H heads of width d, p = patch size, C = latent channels):
 
     hidden_states (N_pix, 2C+1) --patchify--> (N_vid, p*p*(2C+1)) --patch_embed--> video stream (N_vid, D)
-    encoder_hidden_states (N_txt, text_dim) ----------context_embedder---------> text stream  (N_txt, D)
+    encoder_hidden_states (N_txt, text_dim) --turn tokens E[k] looked up at text_turn_ids--context_embedder-->
+                                                                                 text stream  (N_txt, D)
     timestep (B,) / frame_timestep (F,) --sinusoid + 3-layer MLP--> modulation e (.., 6D), shared by all blocks
     num_layers x VincieTransformerBlock: per stream RMSNorm + modulation -> joint attention over
         [video, text] of each sample (3-axis RoPE, block-causal mask optional) -> gated residual -> SwiGLU MLP
@@ -13,27 +14,40 @@ Data flow of one forward (shapes for a batch of B sessions in the packed native-
 Both streams stay packed (no padding) in every per-token layer. Full attention runs once per sample on its exact
 joint sequence, so a batch of different sessions costs what its samples cost; the block-causal layout pads the
 samples' joint sequences in attention only (its mask needs one batched call).
+
+RoPE positions: text token ``j`` of a sample at ``(j, j, j)``; a frame at time ``L + frame_index`` where ``L`` is the
+sample's whole text length in the full layout (official) and, in the block-causal layout, the number of the
+sample's text tokens of lower order than the frame, so a frame's position depends only on what precedes it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 from diffusers.loaders import PeftAdapterMixin
-from diffusers.models.attention import AttentionMixin, AttentionModuleMixin, FeedForward
-from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.attention import AttentionMixin, FeedForward
+from diffusers.models.cache_utils import CacheMixin
 from diffusers.models.embeddings import get_timestep_embedding
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import RMSNorm
 
-from ..assembly import default_frame_index, insert_turn_tokens, rope_position_ids
+from .attention_vincie import (
+    VincieAttention,
+    VincieContextCache,
+    VincieRotaryEmbedding,
+    _AttentionPlan,
+    _joint_positions,
+    block_causal_mask,
+    frame_text_offsets,
+    rope_positions,
+)
 
 ATTENTION_LAYOUTS = ("full", "block_causal")
 
@@ -42,244 +56,6 @@ def swiglu_hidden_size(hidden_size: int, mlp_ratio: float = 4.0) -> int:
     """Official SwiGLU width: ``2/3 * ratio * D`` rounded up to a multiple of 256 (6912 for D = 2560)."""
     return int(math.ceil(int(2 * hidden_size * mlp_ratio / 3) / 256) * 256)
 
-
-# =====================================================================================================
-#                                   Rotary embedding (mmrope3d)
-# =====================================================================================================
-
-
-class VincieRotaryEmbedding(nn.Module):
-    """3-axis rotary embedding: ``rope_dim // 3`` dims per axis (t, h, w), interleaved pairs.
-
-    Dims beyond ``3 * (rope_dim // 3)`` of each head are left unrotated (2 of 128 in the 3B model).
-    """
-
-    def __init__(self, rope_dim: int, theta: float = 10000.0):
-        super().__init__()
-        self.axis_dim, self.theta = rope_dim // 3, theta
-
-    def inverse_frequencies(self, device=None) -> torch.Tensor:
-        """``theta^(-2j/axis_dim)`` for ``j < axis_dim/2`` in float32 (the official ``freqs`` buffer)."""
-        exponent = torch.arange(0, self.axis_dim, 2, device=device)[: self.axis_dim // 2].float() / self.axis_dim
-        return 1.0 / (self.theta**exponent)
-
-    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``positions (N, 3)`` -> ``(cos, sin)`` of shape ``(N, 3 * axis_dim)`` in float32."""
-        angles = positions.float()[:, :, None] * self.inverse_frequencies(positions.device)  # (N, 3, axis_dim/2)
-        angles = angles.repeat_interleave(2, dim=-1).flatten(1)  # each frequency twice, interleaved
-        return angles.cos(), angles.sin()
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotates the first ``cos.shape[-1]`` dims of ``x (N, H, d)`` in interleaved pairs, in float32."""
-    rot = cos.shape[-1]
-    x_rot, x_pass = x[..., :rot].float(), x[..., rot:]
-    a, b = x_rot.unflatten(-1, (-1, 2)).unbind(-1)
-    rotated_half = torch.stack([-b, a], dim=-1).flatten(-2)
-    out = x_rot * cos[:, None] + rotated_half * sin[:, None]
-    return torch.cat([out.to(x.dtype), x_pass], dim=-1)
-
-
-# =====================================================================================================
-#                                 Attention plan (packing + masks)
-# =====================================================================================================
-
-
-@dataclass
-class VincieContextCache:
-    """Keys/values of a clean context encoded once with the block-causal layout (one entry per block).
-
-    Clean tokens never attend to noisy ones in that layout, so these keys/values are valid for every
-    sampling step of the frames generated after the context.
-    """
-
-    keys: list[torch.Tensor]  # per block (B, S_ctx, H, d), RoPE applied
-    values: list[torch.Tensor]
-    order: torch.Tensor  # (B, S_ctx) block-causal order of each cached token
-    valid: torch.Tensor  # (B, S_ctx) False for padding
-    text_lengths: torch.Tensor  # (B,) text length of each sample (RoPE offset of its frames)
-
-
-@dataclass
-class _AttentionPlan:
-    """Where each packed token sits in the padded joint sequence ``[video_b, text_b]`` and who may see whom."""
-
-    vid_index: torch.Tensor  # (N_vid,) flat index into (B * S)
-    txt_index: torch.Tensor  # (N_txt,)
-    batch_size: int
-    seq_len: int
-    mask: Optional[torch.Tensor]  # bool, (B, 1, 1, S_keys) key padding or (B, 1, S, S_keys); None = attend all
-    order: Optional[torch.Tensor] = None  # (B, S) for block-causal
-    valid: Optional[torch.Tensor] = None  # (B, S)
-    context: Optional[VincieContextCache] = None  # keys/values to prepend (cached context)
-    sink: Optional[VincieContextCache] = None  # collects keys/values when encoding a context
-    sample_bounds: Optional[list] = None  # full layout: per sample ((vid_start, vid_stop), (txt_start, txt_stop))
-
-    def to_padded(self, vid: torch.Tensor, txt: torch.Tensor) -> torch.Tensor:
-        """Scatters packed ``(N_vid, ...)`` and ``(N_txt, ...)`` into ``(B, S, ...)`` (zeros at padding)."""
-        if self.batch_size == 1:  # one sample: the joint sequence is just [video, text], no scatter needed
-            return torch.cat([vid, txt.to(vid.dtype)])[None]
-        out = vid.new_zeros(self.batch_size * self.seq_len, *vid.shape[1:])
-        out = out.index_copy(0, self.vid_index, vid).index_copy(0, self.txt_index, txt.to(vid.dtype))
-        return out.unflatten(0, (self.batch_size, self.seq_len))
-
-    def from_padded(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.batch_size == 1:
-            num_video = len(self.vid_index)
-            return x[0, :num_video], x[0, num_video:]
-        flat = x.flatten(0, 1)
-        return flat.index_select(0, self.vid_index), flat.index_select(0, self.txt_index)
-
-
-def _joint_positions(video_tokens: torch.Tensor, text_lengths: torch.Tensor, seq_len: int):
-    """Flat indices of the video and text tokens of each sample inside a ``(B, seq_len)`` layout."""
-    device = video_tokens.device
-    starts = torch.arange(len(video_tokens), device=device) * seq_len
-    vid_index = torch.cat([s + torch.arange(int(n), device=device) for s, n in zip(starts, video_tokens)])
-    txt_index = torch.cat(
-        [s + int(nv) + torch.arange(int(nt), device=device) for s, nv, nt in zip(starts, video_tokens, text_lengths)]
-    )
-    return vid_index, txt_index
-
-
-def block_causal_mask(
-    q_order: torch.Tensor,
-    q_noisy: torch.Tensor,
-    q_valid: torch.Tensor,
-    k_order: torch.Tensor,
-    k_noisy: torch.Tensor,
-    k_valid: torch.Tensor,
-) -> torch.Tensor:
-    """Boolean ``(B, 1, S_q, S_k)`` mask of the block-causal layout (True = may attend).
-
-    A clean token sees clean tokens of lower or equal order; a noisy token (a frame being denoised) sees clean
-    tokens of strictly lower order and the noisy tokens of its own frame; clean tokens never see noisy ones.
-    Padding queries see every key (their output is discarded; this only keeps softmax finite).
-    """
-    qo, ko = q_order[:, :, None], k_order[:, None, :]
-    qn, kn = q_noisy[:, :, None], k_noisy[:, None, :]
-    sees_clean = ~kn & ((ko < qo) | ((ko == qo) & ~qn))
-    sees_own_frame = kn & qn & (ko == qo)
-    allowed = (sees_clean | sees_own_frame) & k_valid[:, None, :]
-    return (allowed | ~q_valid[:, :, None])[:, None]
-
-
-# =====================================================================================================
-#                                             Attention
-# =====================================================================================================
-
-
-# Backends that apply an arbitrary boolean (B, 1, S_q, S_k) mask; the others only know key padding.
-_BLOCK_MASK_BACKENDS = ("native", "_native_math", "_native_efficient", "_native_cudnn")
-
-
-def _check_backend_supports_masks(backend) -> None:
-    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
-
-    name = (backend or _AttentionBackendRegistry.get_active_backend()[0]).value
-    if name not in _BLOCK_MASK_BACKENDS:
-        raise ValueError(
-            f"Attention backend {name!r} cannot apply the block-causal mask; use one of {_BLOCK_MASK_BACKENDS} "
-            "(`model.set_attention_backend('native')`) for block-causal models."
-        )
-
-
-class VincieAttnProcessor:
-    """Joint attention of the video and text streams through ``dispatch_attention_fn``.
-
-    ``qkv_dtype`` optionally casts q/k/v before the attention kernel and the result back (the official code
-    always uses ``torch.bfloat16`` there, for flash-attention); ``None`` keeps the activation dtype.
-    """
-
-    _attention_backend = None
-    _parallel_config = None
-
-    def __init__(self, qkv_dtype: Optional[torch.dtype] = None):
-        self.qkv_dtype = qkv_dtype
-
-    def __call__(self, attn: "VincieAttention", vid, txt, vid_rope, txt_rope, plan: _AttentionPlan):
-        vq, vk, vv = attn.project(vid, attn.video_stream, vid_rope)
-        tq, tk, tv = attn.project(txt, attn.text_stream, txt_rope)
-        if plan.sample_bounds is not None:
-            vid_out, txt_out = self._per_sample(vq, vk, vv, tq, tk, tv, plan.sample_bounds)
-        else:
-            vid_out, txt_out = self._padded(attn, vq, vk, vv, tq, tk, tv, plan)
-        return attn.video_stream.to_out(vid_out), attn.text_stream.to_out(txt_out)
-
-    def _attend(self, q, k, v, mask=None):
-        out_dtype = q.dtype
-        if self.qkv_dtype is not None:
-            q, k, v = q.to(self.qkv_dtype), k.to(self.qkv_dtype), v.to(self.qkv_dtype)
-        out = dispatch_attention_fn(q, k, v, attn_mask=mask, backend=self._attention_backend)
-        return out.to(out_dtype).flatten(2)  # (B, S, H*d)
-
-    def _per_sample(self, vq, vk, vv, tq, tk, tv, bounds):
-        """Full layout: one unmasked attention call per sample on its exact joint sequence (no padding at all,
-        and every backend applies, flash included)."""
-        vid_out, txt_out = [], []
-        for (v0, v1), (t0, t1) in bounds:
-            q, k, v = (torch.cat([a[v0:v1], b[t0:t1].to(a.dtype)])[None] for a, b in ((vq, tq), (vk, tk), (vv, tv)))
-            out = self._attend(q, k, v)[0]
-            vid_out.append(out[: v1 - v0])
-            txt_out.append(out[v1 - v0 :])
-        return torch.cat(vid_out), torch.cat(txt_out)
-
-    def _padded(self, attn, vq, vk, vv, tq, tk, tv, plan: _AttentionPlan):
-        """Block-causal layout: one masked call over the padded batch (plus cached context keys/values)."""
-        q, k, v = plan.to_padded(vq, tq), plan.to_padded(vk, tk), plan.to_padded(vv, tv)
-        if plan.sink is not None:
-            plan.sink.keys.append(k)
-            plan.sink.values.append(v)
-        mask = plan.mask
-        if plan.context is not None:
-            k = torch.cat([plan.context.keys[attn.layer_index].to(k.dtype), k], dim=1)
-            v = torch.cat([plan.context.values[attn.layer_index].to(v.dtype), v], dim=1)
-        _check_backend_supports_masks(self._attention_backend)
-        return plan.from_padded(self._attend(q, k, v, mask))
-
-
-class VincieAttentionStream(nn.Module):
-    """Projections of one stream (video, text, or both in shared blocks): q/k/v, per-head q/k RMSNorm, output."""
-
-    def __init__(self, dim: int, heads: int, head_dim: int, eps: float):
-        super().__init__()
-        inner = heads * head_dim
-        self.to_q = nn.Linear(dim, inner, bias=False)
-        self.to_k = nn.Linear(dim, inner, bias=False)
-        self.to_v = nn.Linear(dim, inner, bias=False)
-        self.norm_q = RMSNorm(head_dim, eps=eps)
-        self.norm_k = RMSNorm(head_dim, eps=eps)
-        self.to_out = nn.Linear(inner, dim, bias=True)
-
-
-class VincieAttention(nn.Module, AttentionModuleMixin):
-    """Joint multimodal attention: per-sample full (or block-causal) softmax attention over [video, text]."""
-
-    _default_processor_cls = VincieAttnProcessor
-    _available_processors = [VincieAttnProcessor]
-
-    def __init__(self, dim: int, heads: int, head_dim: int, eps: float, separate_text_weights: bool, layer_index: int):
-        super().__init__()
-        self.heads, self.head_dim, self.layer_index = heads, head_dim, layer_index
-        self.video_stream = VincieAttentionStream(dim, heads, head_dim, eps)
-        self.separate_text_weights = separate_text_weights
-        if separate_text_weights:
-            self.text_projections = VincieAttentionStream(dim, heads, head_dim, eps)
-        self.set_processor(self._default_processor_cls())
-
-    @property
-    def text_stream(self) -> VincieAttentionStream:
-        return self.text_projections if self.separate_text_weights else self.video_stream
-
-    def project(self, x: torch.Tensor, stream: VincieAttentionStream, rope: tuple[torch.Tensor, torch.Tensor]):
-        """``(N, D)`` -> q, k, v ``(N, H, d)`` with qk-norm and RoPE on q and k."""
-        q, k, v = (proj(x).unflatten(-1, (self.heads, self.head_dim)) for proj in (stream.to_q, stream.to_k, stream.to_v))
-        q = apply_rotary(stream.norm_q(q).to(x.dtype), *rope)
-        k = apply_rotary(stream.norm_k(k).to(x.dtype), *rope)
-        return q, k, v
-
-    def forward(self, vid, txt, vid_rope, txt_rope, plan: _AttentionPlan):
-        return self.processor(self, vid, txt, vid_rope, txt_rope, plan)
 
 
 # =====================================================================================================
@@ -319,7 +95,20 @@ class VincieTransformerBlock(nn.Module):
             self.ff_context = FeedForward(dim, inner_dim=mlp_hidden, activation_fn="swiglu", bias=False)
             self.scale_shift_table_context = nn.Parameter(torch.zeros(2, 3, dim))
 
-    def forward(self, vid, txt, vid_emb, txt_emb, vid_rope, txt_rope, plan: _AttentionPlan, is_last: bool = False):
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        vid_emb: torch.Tensor,
+        txt_emb: torch.Tensor,
+        vid_rope,
+        txt_rope,
+        plan: _AttentionPlan,
+        is_last: bool = False,
+    ):
+        """``(video (N_vid, D), text (N_txt, D))`` -> the same after one block (diffusers' block argument names, so
+        its cache hooks find the two streams)."""
+        vid, txt = hidden_states, encoder_hidden_states
         txt_ff = self.ff_context if self.separate_text_weights else self.ff
         txt_table = self.scale_shift_table_context if self.separate_text_weights else self.scale_shift_table
 
@@ -335,6 +124,13 @@ class VincieTransformerBlock(nn.Module):
         if not is_last:  # the text stream is discarded after the last block: skip its MLP (as the official code)
             txt = txt_ff(_modulate(self.norm(txt), txt_emb, txt_table, 1)) * _gate(txt_emb, txt_table, 1) + txt
         return vid, txt
+
+
+# diffusers' block caches (FirstBlockCache, ...) read the two streams by these output positions
+TransformerBlockRegistry.register(
+    model_class=VincieTransformerBlock,
+    metadata=TransformerBlockMetadata(return_hidden_states_index=0, return_encoder_hidden_states_index=1),
+)
 
 
 # =====================================================================================================
@@ -363,7 +159,7 @@ class VincieTimestepEmbedding(nn.Module):
 # =====================================================================================================
 
 
-class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixin):
+class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixin, CacheMixin):
     """The VINCIE diffusion transformer (official NaDiT ``mmdit`` with ``mm_full`` attention and ``mmrope3d``).
 
     Args:
@@ -441,13 +237,63 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
         self.norm_out_shift_scale = nn.Parameter(torch.zeros(2, dim))  # learned [shift, scale] of the output head
         self.proj_out = nn.Linear(dim, patch_size * patch_size * latent_channels)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """``ModelMixin.from_pretrained``, refusing a checkpoint that does not fill every weight of its config.
+
+        diffusers only warns about missing weights and leaves them on the meta device, where the first forward
+        fails deep inside; a config edited by hand (e.g. ``num_layers``) is caught here instead.
+        """
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        missing = [name for name, param in model.named_parameters() if param.is_meta]
+        if missing:
+            raise ValueError(
+                f"{pretrained_model_name_or_path}: the weights do not match the config ({len(missing)} parameters "
+                f"missing, e.g. {missing[:3]}); check `num_layers`, `num_mm_layers` and the sizes in config.json "
+                "against the checkpoint."
+            )
+        return model
+
+    # -------------------------------------------------------------------------------- initialisation
+
+    def initialize_weights(self, modulation_std: float = 0.0, generator: Optional[torch.Generator] = None) -> None:
+        """The initialisation of a model trained from scratch (and of the tiny test models).
+
+        Every linear and embedding layer gets PyTorch's default initialisation (Kaiming-uniform linears, N(0, 1)
+        turn embeddings), RMSNorm gains 1, and the learned modulation offsets (``scale_shift_table*`` and
+        ``norm_out_shift_scale``) zeros as in the official code, so the time embedding alone modulates every
+        block at the start. ``modulation_std > 0`` instead draws the offsets from N(0, std) around a unit
+        scale: random models then carry signal through every path (tests, benchmarks).
+        """
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)) or (isinstance(module, RMSNorm) and module.weight is not None):
+                if isinstance(module, RMSNorm):
+                    nn.init.ones_(module.weight)
+                else:
+                    module.reset_parameters()
+        with torch.no_grad():
+            for name, param in self.named_parameters():
+                if "scale_shift_table" not in name and "norm_out_shift_scale" not in name:
+                    continue
+                param.zero_()
+                if modulation_std > 0:
+                    param.normal_(0.0, modulation_std, generator=generator)
+                    unit_scale = torch.tensor([0.0, 1.0, 0.0]).view(1, 3, 1) if param.ndim == 3 else 0.0
+                    param.add_(unit_scale)
+
     # -------------------------------------------------------------------------------- text helpers
 
-    def build_session_text(self, segments: list[torch.Tensor], turn_ids=None) -> torch.Tensor:
-        """Inserts this model's turn tokens: ``[E[t_0], seg_0, E[t_1], seg_1, ...]`` (turn ids default 0..n-1)."""
-        if turn_ids is None:
-            turn_ids = range(len(segments))
-        return insert_turn_tokens(segments, list(turn_ids), self.turn_embedding.weight)
+    def fuse_turn_tokens(self, encoder_hidden_states: torch.Tensor, text_turn_ids: Optional[torch.Tensor]) -> torch.Tensor:
+        """Official ``seq_concat`` fusion: rows whose ``text_turn_ids`` entry is a turn ``k >= 0`` become ``E[k]``
+        (``diffusers_vincie.sequence.session_text`` leaves a placeholder there); ``None`` = already fused.
+
+        Called inside `forward` so that offload hooks see the turn table used like every other weight.
+        """
+        if text_turn_ids is None:
+            return encoder_hidden_states
+        turns = self.turn_embedding(text_turn_ids.clamp(min=0))
+        dtype = torch.promote_types(encoder_hidden_states.dtype, turns.dtype)
+        return torch.where((text_turn_ids >= 0)[:, None], turns.to(dtype), encoder_hidden_states.to(dtype))
 
     # -------------------------------------------------------------------------------- patches
 
@@ -548,7 +394,7 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
         if frame_order is None or (text_order is None and int(text_lengths_in_call.sum()) > 0):
             raise ValueError(
                 "The block-causal layout needs `frame_order` and `text_order` (see "
-                "`diffusers_vincie.assembly.interleaved_order`)."
+                "`diffusers_vincie.sequence.sequence_order`)."
             )
         if frame_is_noisy is None:
             frame_is_noisy = torch.zeros_like(frame_order, dtype=torch.bool)
@@ -571,7 +417,7 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
         if store_context:
             if bool(noisy.any()):
                 raise ValueError("A cached context must be clean: `frame_is_noisy` must be all False.")
-            sink = VincieContextCache([], [], order, valid, text_lengths_in_call)
+            sink = VincieContextCache([], [], order, valid, text_lengths_in_call, text_order.to(device))
         return _AttentionPlan(vid_index, txt_index, batch, seq_len, mask, order, valid, context, sink)
 
     # -------------------------------------------------------------------------------- modulation
@@ -606,6 +452,7 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
         frame_order: Optional[torch.Tensor] = None,
         text_order: Optional[torch.Tensor] = None,
         frame_is_noisy: Optional[torch.Tensor] = None,
+        text_turn_ids: Optional[torch.Tensor] = None,
         attention_layout: Optional[str] = None,
         context_cache: Optional[VincieContextCache] = None,
         return_context_cache: bool = False,
@@ -616,15 +463,17 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
         Args:
             hidden_states: ``(sum_b F_b*h_b*w_b, 2C+1)`` packed ``[noisy latent, condition latent, mask]``.
             video_shapes: ``(B, 3)`` rows ``(frames, h, w)`` of the latent grid of each sample.
-            encoder_hidden_states: ``(sum_b L_b, text_embed_dim)`` packed session text, turn tokens included
-                (see `build_session_text`); ``None`` with a ``context_cache`` (the text is in the cache).
+            encoder_hidden_states: ``(sum_b L_b, text_embed_dim)`` packed session text with one row per turn token
+                (`diffusers_vincie.sequence.session_text`); ``None`` with a ``context_cache`` (the text is in it).
             text_lengths: ``(B,)`` text length ``L_b`` of each sample (also with a cache: RoPE offset of frames).
             timestep: ``(B,)`` timesteps on the 0..1000 scale (text tokens, and frames without ``frame_timestep``).
             frame_timestep: ``(sum_b F_b,)`` optional per-frame timesteps (e.g. 0 for clean context frames).
             frame_index: ``(sum_b F_b,)`` temporal RoPE index of each frame; default ``0..F_b-1``.
             frame_order, text_order: block-causal order of each frame / text token
-                (`diffusers_vincie.assembly.interleaved_order`); block-causal layout only.
+                (`diffusers_vincie.sequence.sequence_order`); block-causal layout only.
             frame_is_noisy: ``(sum_b F_b,)`` bool, frames being denoised (block-causal layout only).
+            text_turn_ids: ``(sum_b L_b,)`` long, the turn of each turn-token row of ``encoder_hidden_states`` and -1
+                for instruction tokens; ``None`` when the turn embeddings are already fused in (official fixtures).
             attention_layout: ``"full"`` or ``"block_causal"``; default from the config.
             context_cache: keys/values of a clean context from `encode_context`; this call then holds only the
                 frames to generate (block-causal layout).
@@ -647,12 +496,21 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
         self._check_inputs(hidden_states, video_shapes, encoder_hidden_states, text_lengths, timestep, context_cache)
         if not torch.isfinite(hidden_states).all():
             raise ValueError("`hidden_states` contains NaN or Inf values.")
+        if text_turn_ids is not None:
+            if encoder_hidden_states is None or text_turn_ids.shape != encoder_hidden_states.shape[:1]:
+                raise ValueError("`text_turn_ids` must have one entry per row of `encoder_hidden_states`.")
+            if int(text_turn_ids.max()) >= self.config.max_turns:
+                raise ValueError(
+                    f"Turn id {int(text_turn_ids.max())} exceeds the turn-embedding table ({self.config.max_turns} "
+                    "turns); use at most `max_turns` instructions per session."
+                )
 
         patch_shapes = self._patch_shapes(video_shapes)
         tokens_per_frame = torch.repeat_interleave(patch_shapes[:, 1] * patch_shapes[:, 2], patch_shapes[:, 0])
         frames_total = int(video_shapes[:, 0].sum())
-        if frame_index is None:
-            frame_index = default_frame_index(video_shapes)
+        if frame_index is None:  # 0..F_b-1 in each sample
+            frame_starts = torch.repeat_interleave(video_shapes[:, 0].cumsum(0) - video_shapes[:, 0], video_shapes[:, 0])
+            frame_index = torch.arange(frames_total, device=device) - frame_starts
         for name, value in (("frame_timestep", frame_timestep), ("frame_index", frame_index), ("frame_order", frame_order)):
             if value is not None and value.shape != (frames_total,):
                 raise ValueError(f"`{name}` must have one entry per frame ({frames_total},); got {tuple(value.shape)}.")
@@ -660,7 +518,7 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
         # ---- embeddings
         vid = self.patch_embed(self._patchify(hidden_states.to(dtype), video_shapes))
         if context_cache is None:
-            txt = self.context_embedder(encoder_hidden_states.to(dtype))
+            txt = self.context_embedder(self.fuse_turn_tokens(encoder_hidden_states, text_turn_ids).to(dtype))
             text_in_call = text_lengths
         else:
             txt = vid.new_zeros(0, vid.shape[-1])
@@ -668,12 +526,20 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
 
         vid_emb, txt_emb = self._token_modulation(timestep, frame_timestep, patch_shapes, tokens_per_frame, text_in_call)
 
-        vid_pos, txt_pos = rope_position_ids(patch_shapes, text_lengths, frame_index.to(device), text_in_call)
-        vid_rope, txt_rope = self.rope(vid_pos), self.rope(txt_pos)
         plan = self._plan(
             layout, tokens_per_frame, patch_shapes, text_in_call, frame_order, text_order, frame_is_noisy,
             context_cache, return_context_cache,
         )
+        if layout == "full":
+            offsets = frame_text_offsets(video_shapes[:, 0], text_lengths)
+        elif context_cache is None:
+            offsets = frame_text_offsets(video_shapes[:, 0], text_lengths, frame_order.to(device), text_order.to(device))
+        else:
+            offsets = frame_text_offsets(
+                video_shapes[:, 0], context_cache.text_lengths, frame_order.to(device), context_cache.text_order
+            )
+        vid_pos, txt_pos = rope_positions(patch_shapes, offsets + frame_index.to(device), text_in_call)
+        vid_rope, txt_rope = self.rope(vid_pos), self.rope(txt_pos)
 
         # ---- blocks
         last = len(self.transformer_blocks) - 1
@@ -706,6 +572,7 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
         frame_order: torch.Tensor,
         text_order: torch.Tensor,
         frame_index: Optional[torch.Tensor] = None,
+        text_turn_ids: Optional[torch.Tensor] = None,
     ) -> VincieContextCache:
         """Encodes a clean context once (block-causal layout, t = 0) and returns its per-block keys/values.
 
@@ -722,6 +589,7 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
             frame_index=frame_index,
             frame_order=frame_order,
             text_order=text_order,
+            text_turn_ids=text_turn_ids,
             attention_layout="block_causal",
             return_context_cache=True,
         )

@@ -9,29 +9,41 @@ loop, spec 6.1). The per-turn work:
     target latent --VAE decode--> image
 
 `VincieEditingSession` (``pipe.start_session(image)``) keeps every encoded instruction and image, so a session
-never encodes anything twice; the plain ``__call__`` runs the same machinery for a list of instructions.
+never encodes anything twice; the plain ``__call__`` runs the same machinery for a list of instructions. The
+pipeline imports the session module, never the reverse. The text encoder can run apart: ``encode_prompt`` on a
+pipeline loaded with ``transformer=None, vae=None``, then ``prompt_embeds=`` on one loaded with
+``text_encoder=None, tokenizer=None``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
+import numpy as np
 import PIL.Image
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.pipeline_utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..assembly import FRAME, build_condition
 from ..models.transformer_vincie import VincieTransformer
+from ..sequence import FRAME_INDEX_MODES, Frame, format_turn_prompt, session_text
 from ..text_encoding import encode_prompts
 from .image_processing import postprocess
+from .inputs import (
+    FIDELITIES,
+    OUTPUT_TYPES,
+    POSTERIORS,
+    callback_outputs,
+    check_choice,
+    check_image,
+    check_int,
+    check_sampling,
+)
 from .lora import VincieLoraLoaderMixin
-from .sampling import CachedContextVelocity, FullAttentionVelocity, run_sampler, set_trailing_timesteps
-
-if TYPE_CHECKING:
-    from .session import VincieEditingSession
+from .sampling import Guidance, SamplerStep, sample_frame
+from .session import SessionFrame, SessionText, VincieEditingSession
 
 OFFICIAL_NEGATIVE_PROMPT = (
     "Worst quality, Normal quality, Low quality, Low res, Blurry, Jpeg artifacts, Grainy, text, logo, watermark, "
@@ -41,45 +53,19 @@ OFFICIAL_NEGATIVE_PROMPT = (
     "Nsfw, Uncensored, Cleavage, Nude, Nipples, Overexposed, Plain background, Grainy, Underexposed, "
     "Deformed structures"
 )
-OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-FRAME_KINDS = ("image", "current_mask", "next_mask")
-FRAME_INDEX_MODES = ("compact", "slots")
-FIDELITIES = ("exact", "official")
-POSTERIORS = ("sample", "mode")
 
 
 @dataclass
 class VincieInContextPipelineOutput(BaseOutput):
     """Args:
-    images: the edited image of every turn (PIL, numpy, tensor or latent per ``output_type``).
+    images: the edited images, turn by turn and candidate by candidate within a turn (``num_images_per_prompt``):
+        a list of PIL images, or one stacked array / tensor for "np" ``(N, H, W, 3)``, "pt" ``(N, 3, H, W)`` and
+        "latent" ``(N, h, w, C)``.
     masks: with chain-of-editing, the predicted ``(current, next)`` RoE mask images of every turn.
     """
 
-    images: list
+    images: Union[list, np.ndarray, torch.Tensor]
     masks: Optional[list] = None
-
-
-# =====================================================================================================
-#                                          Session items
-# =====================================================================================================
-
-
-@dataclass
-class SessionFrame:
-    """A frame of the session: an image or an RoE mask, with its latent (``(h, w, C)``, scaled)."""
-
-    latent: torch.Tensor
-    image: PIL.Image.Image
-    kind: str = "image"  # one of FRAME_KINDS
-
-
-@dataclass
-class SessionText:
-    """An instruction: its formatted prompt, encoder tokens ``(n, text_dim)`` and turn index."""
-
-    prompt: str
-    tokens: torch.Tensor
-    turn: int
 
 
 # =====================================================================================================
@@ -91,11 +77,11 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
     """Multi-turn in-context image editing (VINCIE).
 
     Args:
-        transformer: the `VincieTransformer`.
+        transformer: the `VincieTransformer` (``None`` for a pipeline that only encodes prompts).
         vae: a diffusers `AutoencoderKL` (its ``scaling_factor``/``shift_factor`` are applied), or ``None`` for
             pixel-space models whose "latents" are the images in [-1, 1] (the small models trained here).
         text_encoder: any transformers text model returning ``last_hidden_state`` (``Qwen2Model`` for the
-            official checkpoints, ``T5EncoderModel`` for ours).
+            official checkpoints, ``T5EncoderModel`` for ours); ``None`` to edit from ``prompt_embeds`` only.
         tokenizer: its tokenizer.
         scheduler: ``FlowMatchEulerDiscreteScheduler`` (official: ``shift=12``, trailing timesteps).
         default_negative_prompt: negative prompt used when ``negative_prompt`` is not given (the official one
@@ -104,35 +90,50 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
             ``0, 1, 2, ...`` in order (official); ``"slots"`` gives turn ``k`` fixed slots ``3k`` (image), ``3k + 1``
             (current-frame RoE mask) and ``3k + 2`` (next-frame mask), so a model trained with masks knows which
             kind of frame it is generating (the training script's ``--frame_index slots``).
+        default_resolution, default_num_inference_steps, default_guidance_scale: the model's native sampling
+            settings, used when a call leaves them out (official 256 / 50 / 7.5).
+        max_resolution: the largest ``resolution`` accepted (default 4x ``default_resolution``): attention memory
+            grows with the fourth power of the resolution, so a typo must not start a run that cannot finish.
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
-    _optional_components = ["vae"]
-    _callback_tensor_inputs = ["latents"]
+    _optional_components = ["transformer", "vae", "text_encoder", "tokenizer"]
+    _callback_tensor_inputs = ["latents", "noise_pred"]
 
     def __init__(
         self,
-        transformer: VincieTransformer,
+        transformer: Optional[VincieTransformer],
         vae: Optional[AutoencoderKL],
         text_encoder,
         tokenizer,
         scheduler: FlowMatchEulerDiscreteScheduler,
         default_negative_prompt: str = OFFICIAL_NEGATIVE_PROMPT,
         frame_index_mode: str = "compact",
+        default_resolution: int = 256,
+        default_num_inference_steps: int = 50,
+        default_guidance_scale: float = 7.5,
+        max_resolution: Optional[int] = None,
     ):
         super().__init__()
-        if frame_index_mode not in FRAME_INDEX_MODES:
-            raise ValueError(f"`frame_index_mode` must be one of {FRAME_INDEX_MODES}; got {frame_index_mode!r}.")
+        check_choice("frame_index_mode", frame_index_mode, FRAME_INDEX_MODES)
+        check_int("default_resolution", default_resolution, 1)
+        check_int("default_num_inference_steps", default_num_inference_steps, 1, 1000)
+        max_resolution = 4 * default_resolution if max_resolution is None else max_resolution
+        check_int("max_resolution", max_resolution, default_resolution)
         self.register_modules(
             transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler
         )
-        self.register_to_config(default_negative_prompt=default_negative_prompt, frame_index_mode=frame_index_mode)
-        if vae is not None and vae.config.latent_channels != transformer.config.latent_channels:
+        self.register_to_config(
+            default_negative_prompt=default_negative_prompt, frame_index_mode=frame_index_mode,
+            default_resolution=default_resolution, default_num_inference_steps=default_num_inference_steps,
+            default_guidance_scale=float(default_guidance_scale), max_resolution=max_resolution,
+        )
+        if transformer is not None and vae is not None and vae.config.latent_channels != transformer.config.latent_channels:
             raise ValueError(
                 f"VAE latent channels ({vae.config.latent_channels}) != transformer latent channels "
                 f"({transformer.config.latent_channels})."
             )
-        if vae is None and transformer.config.latent_channels != 3:
+        if transformer is not None and vae is None and transformer.config.latent_channels != 3:
             raise ValueError("Without a VAE (pixel space) the transformer must have latent_channels=3.")
 
     # ------------------------------------------------------------------------------------- properties
@@ -147,26 +148,78 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
     @property
     def size_multiple(self) -> int:
         """Images are cropped to multiples of this (VAE factor x patch size: 16 for the official model)."""
-        return self.spatial_factor * self.transformer.config.patch_size
+        return self.spatial_factor * self._require("transformer", "edit images").config.patch_size
 
     @property
     def block_causal(self) -> bool:
-        return self.transformer.config.attention_layout == "block_causal"
+        return self._require("transformer", "edit images").config.attention_layout == "block_causal"
+
+    @property
+    def guidance_scale(self) -> float:
+        """CFG scale of the running turn; a ``callback_on_step_end`` may set ``pipe._guidance_scale``."""
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale > 1.0
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
 
     @property
     def interrupt(self) -> bool:
         return getattr(self, "_interrupt", False)
 
+    def _require(self, component: str, task: str):
+        module = getattr(self, component, None)
+        if module is None:
+            raise ValueError(f"This pipeline was loaded with `{component}=None`; it cannot {task}.")
+        return module
+
     # ------------------------------------------------------------------------------------- text
 
-    def encode_prompt(self, prompts: list[str], max_sequence_length: int = 150) -> list[torch.Tensor]:
-        """Encodes each prompt on its own (official rules, spec 8.2): tokens + one end token, valid states only.
+    def encode_text(self, prompts: list[str], max_sequence_length: int = 150) -> list[torch.Tensor]:
+        """Encodes each (already templated) prompt on its own (official rules, spec 8.2): tokens + one end token,
+        valid states only. Returns one ``(n_i + 1, text_dim)`` tensor per prompt."""
+        encoder = self._require("text_encoder", "encode prompts (give `prompt_embeds`)")
+        tokenizer = self._require("tokenizer", "encode prompts (give `prompt_embeds`)")
+        states = encode_prompts(encoder, tokenizer, prompts, max_sequence_length, self._execution_device)
+        dtype = self.transformer.dtype if self.transformer is not None else encoder.dtype
+        return [s.to(dtype) for s in states]
+
+    def encode_prompt(
+        self,
+        prompt: Union[str, list[str]],
+        negative_prompt: Optional[str] = None,
+        do_classifier_free_guidance: bool = True,
+        use_prompt_template: bool = True,
+        camera_prefix: str = "",
+        max_sequence_length: int = 150,
+    ) -> tuple[list[torch.Tensor], Optional[torch.Tensor]]:
+        """Per-turn prompt embeddings, for ``prompt_embeds`` / ``negative_prompt_embeds`` of a later call.
+
+        Prompt ``k`` is templated for turn ``k`` exactly as ``__call__`` templates it, so embeddings made here
+        (e.g. on a pipeline loaded with ``transformer=None, vae=None``, on the CPU or another GPU) give the same
+        images as the prompts themselves.
 
         Returns:
-            One ``(n_i + 1, text_dim)`` tensor per prompt, in the transformer's dtype.
+            ``(prompt_embeds, negative_prompt_embeds)``: one ``(n_k + 1, text_dim)`` tensor per prompt, and the
+            negative prompt's (``default_negative_prompt`` when ``negative_prompt`` is None), or None without CFG.
         """
-        states = encode_prompts(self.text_encoder, self.tokenizer, prompts, max_sequence_length, self._execution_device)
-        return [s.to(self.transformer.dtype) for s in states]
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+            raise ValueError("`prompt` must be a non-empty instruction or a list of non-empty instructions.")
+        texts = [
+            format_turn_prompt(p, k, camera_prefix) if use_prompt_template else camera_prefix + p
+            for k, p in enumerate(prompts)
+        ]
+        embeds = self.encode_text(texts, max_sequence_length)
+        negative = None
+        if do_classifier_free_guidance:
+            text = self.config.default_negative_prompt if negative_prompt is None else negative_prompt
+            negative = self.encode_text([text], max_sequence_length)[0]
+        return embeds, negative
 
     # ------------------------------------------------------------------------------------- images
 
@@ -192,111 +245,87 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
 
     # ------------------------------------------------------------------------------------- one frame
 
-    def generate_frame(
+    def prepare_latents(
+        self, shape: tuple, generator: Optional[torch.Generator], latents: Optional[torch.Tensor], device
+    ) -> torch.Tensor:
+        """The initial noise of one frame: drawn from ``generator``, or the given ``latents`` checked."""
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        elif not isinstance(latents, torch.Tensor) or tuple(latents.shape) != shape:
+            got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+            raise ValueError(f"`latents` must be a tensor of shape {shape} for this turn; got {got}.")
+        elif not torch.isfinite(latents).all():
+            raise ValueError("`latents` contains NaN or Inf values.")
+        return latents.to(device, self.transformer.dtype)
+
+    def denoise(
         self,
         items: list,
+        target: Frame,
         negative_tokens: Optional[torch.Tensor],
-        guidance_scale: float,
+        guidance: Guidance,
         num_inference_steps: int,
         generator: Optional[torch.Generator] = None,
         latents: Optional[torch.Tensor] = None,
         callback_on_step_end: Optional[Callable] = None,
         callback_on_step_end_tensor_inputs: tuple = ("latents",),
-        target_kind: str = "image",
     ) -> torch.Tensor:
-        """Generates the frame that follows ``items`` (a list of `SessionFrame` / `SessionText`).
-
-        ``target_kind`` ("image", "current_mask" or "next_mask") only matters for ``frame_index_mode="slots"``.
-
-        Returns:
-            The new frame's latent ``(h, w, C)``.
-        """
+        """Generates the frame ``target`` that follows ``items`` (encoded `SessionFrame` / `SessionText` in session
+        order) with a progress bar, ``callback_on_step_end`` and ``interrupt``; returns its latent ``(h, w, C)``."""
         frames = [it for it in items if isinstance(it, SessionFrame)]
         texts = [it for it in items if isinstance(it, SessionText)]
         context = torch.stack([f.latent for f in frames])
-        n, h, w, c = context.shape
-        text = self.transformer.build_session_text([t.tokens for t in texts], [t.turn for t in texts])
-        negative = None if negative_tokens is None else self.transformer.build_session_text([negative_tokens], [0])
-        frame_index = self._frame_index([f.kind for f in frames] + [target_kind]).to(context.device)
+        text = session_text([t.tokens for t in texts], [t.turn for t in texts])
+        negative = None if negative_tokens is None else session_text([negative_tokens], [0])
+        noise = self.prepare_latents(self._frame_shape(len(frames), context.shape[1:]), generator, latents, context.device)
+        self._guidance_scale, self._num_timesteps = guidance.scale, num_inference_steps
 
-        if self.block_causal:
-            layout = [FRAME if isinstance(it, SessionFrame) else len(it.tokens) + 1 for it in items]
-            velocity = CachedContextVelocity(
-                self.transformer, context, layout, text, negative, guidance_scale, frame_index=frame_index
-            )
-            shape = (1, h, w, c)
-        else:
-            velocity = FullAttentionVelocity(
-                self.transformer, build_condition(context), text, negative, guidance_scale, frame_index=frame_index
-            )
-            shape = (n + 1, h, w, c)  # official: every frame of the session is integrated
-
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=context.device, dtype=torch.float32)
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"`latents` must have shape {shape} for this turn; got {tuple(latents.shape)}.")
-        elif not torch.isfinite(latents).all():
-            raise ValueError("`latents` contains NaN or Inf values.")
-        x = latents.to(context.device, self.transformer.dtype)
-
-        set_trailing_timesteps(self.scheduler, num_inference_steps, device=context.device)
-        self._num_timesteps = len(self.scheduler.timesteps)
-        with self.progress_bar(total=num_inference_steps) as progress:
-            x = self._denoise(x, velocity, progress, callback_on_step_end, callback_on_step_end_tensor_inputs)
-        return x[-1]
-
-    def _frame_index(self, kinds: list[str]) -> torch.Tensor:
-        """Temporal RoPE index of each frame of a session with these frame kinds (see ``frame_index_mode``)."""
-        if self.config.frame_index_mode == "compact":
-            return torch.arange(len(kinds))
-        slots, images = [], 0
-        for kind in kinds:
-            if kind not in FRAME_KINDS:
-                raise ValueError(f"Unknown frame kind {kind!r}; expected one of {FRAME_KINDS}.")
-            if kind == "image":
-                slots.append(3 * images)
-                images += 1
-            else:  # masks belong to the turn of the last image
-                slots.append(3 * (images - 1) + (1 if kind == "current_mask" else 2))
-        return torch.tensor(slots)
-
-    def _denoise(self, x, velocity, progress, callback, tensor_inputs):
-        def after_step(i, t, latents):
-            if callback is not None:
-                outputs = callback(self, i, t, {"latents": latents} if "latents" in tensor_inputs else {})
+        def on_step(step: SamplerStep) -> Optional[torch.Tensor]:
+            latents = step.latents
+            if callback_on_step_end is not None:
+                available = {"latents": latents, "noise_pred": step.prediction.velocity}
+                tensors = {name: available[name] for name in callback_on_step_end_tensor_inputs}
+                outputs = callback_outputs(callback_on_step_end(self, step.index, step.timestep, tensors))
                 latents = outputs.pop("latents", latents)
+                step.guidance.scale = float(self._guidance_scale)  # a callback may change the guidance
             return None if self.interrupt else latents
 
-        return run_sampler(self.scheduler, x, velocity, progress=progress, after_step=after_step)
+        with self.progress_bar(total=num_inference_steps) as progress:
+            return sample_frame(
+                self.transformer, self.scheduler, [it.item for it in items], context, text, negative, guidance,
+                num_inference_steps, noise, target, self.config.frame_index_mode, on_step=on_step, progress=progress,
+            )
+
+    def _frame_shape(self, num_context_frames: int, frame_shape) -> tuple:
+        """Shape of the latents a turn integrates: the new frame (block-causal) or every frame (official)."""
+        frames = 1 if self.block_causal else num_context_frames + 1
+        return (frames, *frame_shape)
 
     # ------------------------------------------------------------------------------------- checks
 
-    def check_inputs(self, images: list, prompts: list, output_type, fidelity, posterior, resolution, guidance_scale):
+    def check_inputs(self, images: list, num_prompts: int, output_type, fidelity, posterior, resolution) -> None:
+        """Arguments of a call (the per-turn sampling arguments are checked by the session's ``edit``)."""
+        self._require("transformer", "edit images")
         if not images:
             raise ValueError("`image` is required: give the source image (or several reference images).")
-        if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
-            raise ValueError("`prompt` must be a non-empty instruction or a list of non-empty instructions.")
-        if len(prompts) < len(images):
+        for i, image in enumerate(images):
+            check_image("image" if len(images) == 1 else f"image[{i}]", image)
+        if num_prompts < len(images):
             raise ValueError(
-                f"Got {len(images)} images but only {len(prompts)} prompts: the session needs one instruction per "
+                f"Got {len(images)} images but only {num_prompts} prompts: the session needs one instruction per "
                 "context image (turns = prompts - images + 1)."
             )
         max_turns = self.transformer.config.max_turns
-        if len(prompts) > max_turns:
-            raise ValueError(f"{len(prompts)} prompts exceed the model's turn table ({max_turns} turns).")
-        for name, value, allowed in (
-            ("output_type", output_type, OUTPUT_TYPES),
-            ("fidelity", fidelity, FIDELITIES),
-            ("posterior", posterior, POSTERIORS),
-        ):
-            if value not in allowed:
-                raise ValueError(f"`{name}` must be one of {allowed}; got {value!r}.")
+        if num_prompts > max_turns:
+            raise ValueError(f"{num_prompts} prompts exceed the model's turn table ({max_turns} turns).")
+        check_choice("output_type", output_type, OUTPUT_TYPES)
+        check_choice("fidelity", fidelity, FIDELITIES)
+        check_choice("posterior", posterior, POSTERIORS)
         if fidelity == "official" and self.vae is None:
             raise ValueError("`fidelity='official'` re-encodes outputs through the VAE; this pipeline has none.")
-        if resolution < self.size_multiple:
-            raise ValueError(f"`resolution` must be >= {self.size_multiple}; got {resolution}.")
-        if guidance_scale < 1.0:
-            raise ValueError(f"`guidance_scale` must be >= 1 (1 disables guidance); got {guidance_scale}.")
+        check_int("resolution", resolution, self.size_multiple, self.config.max_resolution,
+                  hint=f" (this model's native resolution is {self.config.default_resolution}; `max_resolution` in "
+                       "its config bounds it)")
 
     # ------------------------------------------------------------------------------------- call
 
@@ -306,13 +335,18 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
         image: Union[PIL.Image.Image, list, None] = None,
         prompt: Union[str, list[str], None] = None,
         negative_prompt: Optional[str] = None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 7.5,
-        generator: Optional[torch.Generator] = None,
+        prompt_embeds: Optional[list[torch.Tensor]] = None,
+        negative_prompt_embeds: Optional[torch.Tensor] = None,
+        num_images_per_prompt: int = 1,
+        num_inference_steps: Optional[int] = None,
+        guidance_scale: Optional[float] = None,
+        guidance_interval: float = 1.0,
+        guidance_rescale: float = 0.0,
+        generator: Union[torch.Generator, list[torch.Generator], None] = None,
         latents: Optional[Union[torch.Tensor, list[torch.Tensor]]] = None,
         output_type: str = "pil",
         return_dict: bool = True,
-        resolution: int = 256,
+        resolution: Optional[int] = None,
         use_prompt_template: bool = True,
         camera_prefix: str = "",
         posterior: str = "sample",
@@ -329,61 +363,94 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
                 ``use_prompt_template=False`` and ``<IMGk>`` prompts, spec 7).
             prompt: one instruction per turn (plus one per extra reference image).
             negative_prompt: CFG negative prompt; default the pipeline's ``default_negative_prompt``.
-            num_inference_steps: sampler steps (official 50).
-            guidance_scale: CFG scale (official 7.5; 1 disables the negative pass).
-            generator: torch generator for noise (and posterior samples).
+            prompt_embeds: instead of ``prompt``, one embedding per prompt from `encode_prompt`.
+            negative_prompt_embeds: instead of ``negative_prompt``, from `encode_prompt`.
+            num_images_per_prompt: candidates of each turn; the next turn continues from the first (use a session
+                and ``session.choose`` to continue from another).
+            num_inference_steps: sampler steps (default the pipeline's ``default_num_inference_steps``; official 50).
+            guidance_scale: CFG scale (default ``default_guidance_scale``; official 7.5; 1 skips the negative pass).
+            guidance_interval: fraction of the leading steps that are guided (official ``cfg.partial``, 1).
+            guidance_rescale: std rescaling of the guided velocity (official ``cfg.rescale``, 0).
+            generator: a torch generator for noise (and posterior samples), or one per candidate.
             latents: initial noise of each turn (tensor for one turn or a list), shape ``(frames, h, w, C)``.
             output_type: "pil", "np", "pt" or "latent".
             return_dict: return a `VincieInContextPipelineOutput` instead of a tuple.
-            resolution: images are resized to area ``resolution**2`` keeping the aspect ratio (official 256).
+            resolution: images are resized to area ``resolution**2`` keeping the aspect ratio (default the
+                pipeline's ``default_resolution``; official 256; at most ``max_resolution``).
             use_prompt_template: wrap instructions as "Based on <IMGk>, ... Output <IMGk+1>: " (official).
             camera_prefix: text put before every instruction (paper D.4, official ``CAMERA_PREFIX``).
             posterior: VAE posterior "sample" (official) or "mode" (deterministic).
             fidelity: "exact" keeps each output's latent as the next turn's context (no decode/encode drift);
                 "official" feeds outputs back through uint8 images, the official resize/crop and the VAE, as
-                the official code does (bf16 truncating post-processing, same seed state every turn).
+                the official loop does (bf16 truncating post-processing, same seed state every turn); the official
+                loop also re-encodes every earlier context image at each turn with a fresh posterior sample,
+                which this session does not repeat, so sampled posteriors differ from it.
             chain_of_editing: before each image, predict the current-frame then the next-frame RoE mask
                 (models trained with masks); the masks are returned in ``masks``.
             max_sequence_length: text tokens per prompt including the end token (official 150).
-            callback_on_step_end: ``fn(pipe, step, timestep, {name: tensor}) -> dict`` after each step;
-                returning ``{"latents": ...}`` replaces the latents.
-            callback_on_step_end_tensor_inputs: tensors passed to the callback (only "latents").
+            callback_on_step_end: ``fn(pipe, step, timestep, {name: tensor}) -> dict`` after each step of every
+                denoised frame (masks included); returning ``{"latents": ...}`` replaces the latents, and setting
+                ``pipe._guidance_scale`` changes the guidance of later steps.
+            callback_on_step_end_tensor_inputs: tensors passed to the callback ("latents", "noise_pred").
         """
         images = list(image) if isinstance(image, (list, tuple)) else ([] if image is None else [image])
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
-        self.check_inputs(images, prompts, output_type, fidelity, posterior, resolution, guidance_scale)
-        bad = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
-        if bad:
-            raise ValueError(f"`callback_on_step_end_tensor_inputs` may only hold {self._callback_tensor_inputs}; got {bad}.")
+        if prompt_embeds is not None:
+            if prompt is not None:
+                raise ValueError("Give either `prompt` or `prompt_embeds`, not both.")
+            embeds = [prompt_embeds] if isinstance(prompt_embeds, torch.Tensor) else list(prompt_embeds)
+            prompts = [None] * len(embeds)
+        else:
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
+            if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+                raise ValueError("`prompt` must be a non-empty instruction or a list of non-empty instructions.")
+            embeds = [None] * len(prompts)
+        resolution = self.config.default_resolution if resolution is None else resolution
+        self.check_inputs(images, len(prompts), output_type, fidelity, posterior, resolution)
+        check_sampling(  # once here too, so that a bad value stops the call before any image is encoded
+            self.config.default_num_inference_steps if num_inference_steps is None else num_inference_steps,
+            self.config.default_guidance_scale if guidance_scale is None else guidance_scale,
+            guidance_interval, guidance_rescale, num_images_per_prompt, generator, callback_on_step_end,
+            callback_on_step_end_tensor_inputs, self._callback_tensor_inputs,
+        )
         num_turns = len(prompts) - len(images) + 1
         turn_latents = latents if isinstance(latents, (list, tuple)) else [latents] + [None] * (num_turns - 1)
         if len(turn_latents) != num_turns:
             raise ValueError(f"`latents` must be one tensor per turn ({num_turns}); got {len(turn_latents)}.")
-        self._interrupt = False
 
         session = self.start_session(
             images, resolution=resolution, generator=generator, posterior=posterior,
             use_prompt_template=use_prompt_template, camera_prefix=camera_prefix,
             max_sequence_length=max_sequence_length,
         )
-        for prompt_text in prompts[: len(images) - 1]:  # prompts of the given images before the last one
-            session.add_instruction(prompt_text)
+        for k in range(len(images) - 1):  # prompts of the given images before the last one
+            session.add_instruction(prompts[k], prompt_embeds=embeds[k])
         generation = dict(
-            negative_prompt=negative_prompt, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            negative_prompt=negative_prompt, negative_prompt_embeds=negative_prompt_embeds,
+            num_images_per_prompt=num_images_per_prompt, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, guidance_interval=guidance_interval, guidance_rescale=guidance_rescale,
             generator=generator, fidelity=fidelity, chain_of_editing=chain_of_editing,
             callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=tuple(callback_on_step_end_tensor_inputs),
         )
         outputs, masks = [], []
-        for k, instruction in enumerate(prompts[len(images) - 1 :]):
-            session.edit(instruction, latents=turn_latents[k], **generation)
+        for k in range(len(images) - 1, len(prompts)):
+            session.edit(prompts[k], prompt_embeds=embeds[k], latents=turn_latents[k - len(images) + 1], **generation)
             turn = session.turns[-1]
-            if output_type in ("latent", "pil"):
-                outputs.append(turn.latent if output_type == "latent" else turn.image)  # decoded once, by the session
-            else:
-                outputs.append(postprocess(self.decode_latent(turn.latent), output_type))
+            for frame in turn.candidates:
+                if output_type == "latent":
+                    outputs.append(frame.latent)
+                elif output_type == "pil":
+                    outputs.append(frame.image)
+                else:  # decoded once, by the session
+                    outputs.append(postprocess(frame.pixels, output_type))
             masks.append(turn.masks)
+            if self.interrupt:  # an interrupt ends this call: no later turn runs
+                break
         self.maybe_free_model_hooks()
+        if output_type == "np":
+            outputs = np.stack(outputs)
+        elif output_type in ("pt", "latent"):
+            outputs = torch.stack(outputs)
         masks = masks if chain_of_editing else None
         if not return_dict:
             return (outputs, masks)
@@ -391,9 +458,8 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
 
     # ------------------------------------------------------------------------------------- sessions
 
-    def start_session(self, image, resolution: int = 256, **options) -> "VincieEditingSession":
+    def start_session(self, image, resolution: Optional[int] = None, **options) -> VincieEditingSession:
         """Starts an editing session on ``image`` (or a list of reference images); see `VincieEditingSession`."""
-        from .session import VincieEditingSession
-
         images = image if isinstance(image, (list, tuple)) else [image]
+        resolution = self.config.default_resolution if resolution is None else resolution
         return VincieEditingSession(self, images, resolution=resolution, **options)

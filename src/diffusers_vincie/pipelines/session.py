@@ -1,5 +1,9 @@
 """VincieEditingSession: an editing session with history, undo, branching and save/load.
 
+The session holds the encoded items of one sequence (`diffusers_vincie.sequence`: ``Frame`` / ``Text``) and runs
+each edit through its pipeline's stages (``encode_prompt`` -> ``prepare_latents`` -> ``denoise`` -> ``decode``).
+It knows the pipeline only through those methods: this module imports no pipeline, the pipeline imports it.
+
 Work already done is never redone: each instruction is text-encoded once and each image VAE-encoded once per
 session (outputs keep their generated latent in the default ``fidelity="exact"``; with
 ``fidelity="official"`` an output is decoded to uint8, resized and re-encoded exactly once, as the official
@@ -9,8 +13,10 @@ keys/values at every sampling step.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -21,23 +27,65 @@ import PIL.Image
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..assembly import format_turn_prompt
+from ..sequence import CURRENT_MASK, IMAGE, NEXT_MASK, Frame, Text, format_turn_prompt
 from .image_processing import mask_to_image, postprocess, postprocess_official, preprocess, to_rgb, transform_mask
-from .pipeline_vincie import SessionFrame, SessionText, VincieInContextPipeline
+from .inputs import FIDELITIES, POSTERIORS, check_choice, check_generator, check_image, check_int, check_sampling
+from .sampling import Guidance
 
 SESSION_FILE = "session.json"
 TENSORS_FILE = "session.safetensors"
+SESSION_VERSION = 2  # 2: each saved image carries its sha256, checked against its latent's entry on load
+SAFE_NAME = re.compile(r"[A-Za-z0-9_]+")
 PREDICT = "predict"
 
 
 @dataclass
-class SessionTurn:
-    """One edit: the instruction, its encoded text, the optional RoE mask frames and the output frame."""
+class SessionFrame:
+    """An encoded frame of the session: its item, latent (``(h, w, C)``, scaled) and image.
 
-    instruction: str
+    ``pixels`` keeps the decoded ``(3, H, W)`` output in [-1, 1] of a generated frame, so no frame is decoded twice.
+    """
+
+    item: Frame
+    latent: torch.Tensor
+    image: PIL.Image.Image
+    pixels: Optional[torch.Tensor] = None
+
+    @property
+    def kind(self) -> str:
+        return self.item.kind
+
+
+@dataclass
+class SessionText:
+    """An encoded instruction: its item, formatted prompt and encoder tokens ``(n, text_dim)``."""
+
+    item: Text
+    prompt: str
+    tokens: torch.Tensor
+
+    @property
+    def turn(self) -> int:
+        return self.item.turn
+
+
+@dataclass
+class SessionTurn:
+    """One edit: the instruction, its encoded text, the optional RoE mask frames and the output frame.
+
+    ``candidates`` holds every output of the turn (``num_images_per_prompt``); ``frame`` is the one the session
+    continues from (the first, or the one picked with `VincieEditingSession.choose`).
+    """
+
+    instruction: Optional[str]
     text: SessionText
     frame: SessionFrame
     mask_frames: list = field(default_factory=list)
+    candidates: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.candidates:
+            self.candidates = [self.frame]
 
     @property
     def image(self) -> PIL.Image.Image:
@@ -69,10 +117,10 @@ class VincieEditingSession:
 
     def __init__(
         self,
-        pipe: VincieInContextPipeline,
+        pipe: "VincieInContextPipeline",  # noqa: F821 (the pipeline imports this module, not the other way)
         images: list,
         resolution: int = 256,
-        generator: Optional[torch.Generator] = None,
+        generator: Union[torch.Generator, list, None] = None,
         posterior: str = "sample",
         use_prompt_template: bool = True,
         camera_prefix: str = "",
@@ -80,6 +128,12 @@ class VincieEditingSession:
     ):
         if not images or any(im is None for im in images):
             raise ValueError("A session needs a source image: `image` is missing.")
+        for i, image in enumerate(images):
+            check_image("image" if len(images) == 1 else f"image[{i}]", image)
+        check_int("resolution", resolution, pipe.size_multiple, pipe.config.max_resolution,
+                  hint=f" (this model's native resolution is {pipe.config.default_resolution})")
+        check_choice("posterior", posterior, POSTERIORS)
+        generator = check_generator(generator, len(generator) if isinstance(generator, (list, tuple)) else 1)[0]
         self.pipe = pipe
         self.resolution, self.posterior = resolution, posterior
         self.use_prompt_template, self.camera_prefix = use_prompt_template, camera_prefix
@@ -87,7 +141,7 @@ class VincieEditingSession:
         self.encode_calls = {"text": 0, "image": 0}  # encoder calls made by this session (see benchmarks)
         first = to_rgb(images[0])
         self.reference_size = first.size
-        self.sources = [self._encode_image(im, generator) for im in [first, *images[1:]]]
+        self.sources = [self._encode_image(im, Frame(IMAGE, i), generator) for i, im in enumerate([first, *images[1:]])]
         self.reference_texts: list[SessionText] = []
         self.turns: list[SessionTurn] = []
         self._text_cache: dict[str, torch.Tensor] = {}
@@ -116,49 +170,55 @@ class VincieEditingSession:
     def _next_turn_index(self) -> int:
         return len(self.reference_texts) + len(self.turns)
 
-    def _encode_image(self, image, generator=None, kind: str = "image") -> SessionFrame:
-        rgb = to_rgb(image, "image" if kind == "image" else "mask")
+    def _encode_image(self, image, item: Frame, generator=None) -> SessionFrame:
+        rgb = to_rgb(image, "image" if item.kind == IMAGE else "mask")
         pixels = preprocess(rgb, self.resolution, self.pipe.size_multiple, self.reference_size)
         self.encode_calls["image"] += 1
-        return SessionFrame(self.pipe.encode_image(pixels, generator, self.posterior), rgb, kind)
+        return SessionFrame(item, self.pipe.encode_image(pixels, generator, self.posterior), rgb)
 
-    def _text(self, instruction: str, turn: int, templated: bool) -> SessionText:
+    def _text(self, instruction: Optional[str], turn: int, templated: bool, embeds=None) -> SessionText:
+        if embeds is not None:  # encoded apart (`pipe.encode_prompt`); the prompt text is unknown here
+            if not isinstance(embeds, torch.Tensor) or embeds.ndim != 2 or embeds.shape[0] == 0:
+                raise ValueError("`prompt_embeds` must hold one (tokens, text_dim) tensor per prompt (`encode_prompt`).")
+            return SessionText(Text(turn), instruction or "", embeds.to(self.pipe._execution_device))
         if not isinstance(instruction, str) or not instruction.strip():
-            raise ValueError("`instruction` must be a non-empty string.")
+            raise ValueError("`instruction` must be a non-empty string (or give `prompt_embeds`).")
         prompt = format_turn_prompt(instruction, turn, self.camera_prefix) if templated else self.camera_prefix + instruction
-        if prompt not in self._text_cache:
-            self._text_cache[prompt] = self.pipe.encode_prompt([prompt], self.max_sequence_length)[0]
-            self.encode_calls["text"] += 1
-        return SessionText(prompt, self._text_cache[prompt], turn)
+        return SessionText(Text(turn), prompt, self._encoded(prompt))
 
-    def _negative(self, negative_prompt: Optional[str], guidance_scale: float) -> Optional[torch.Tensor]:
-        if guidance_scale == 1.0:
-            return None
-        prompt = self.pipe.config.default_negative_prompt if negative_prompt is None else negative_prompt
+    def _encoded(self, prompt: str) -> torch.Tensor:
         if prompt not in self._text_cache:
-            self._text_cache[prompt] = self.pipe.encode_prompt([prompt], self.max_sequence_length)[0]
+            self._text_cache[prompt] = self.pipe.encode_text([prompt], self.max_sequence_length)[0]
             self.encode_calls["text"] += 1
         return self._text_cache[prompt]
 
+    def _negative(self, negative_prompt: Optional[str], negative_embeds, guidance_scale: float) -> Optional[torch.Tensor]:
+        if guidance_scale == 1.0:
+            return None
+        if negative_embeds is not None:
+            return negative_embeds.to(self.pipe._execution_device)
+        return self._encoded(self.pipe.config.default_negative_prompt if negative_prompt is None else negative_prompt)
+
     # ------------------------------------------------------------------------------------- editing
 
-    def add_instruction(self, prompt: str) -> None:
+    def add_instruction(self, prompt: Optional[str], prompt_embeds: Optional[torch.Tensor] = None) -> None:
         """Adds the instruction that follows a given image other than the last (earlier turns given as images, as
         in the official loop, or reference prompts of composition mode with ``use_prompt_template=False``)."""
         if self.turns:
             raise ValueError("Reference prompts must be added before the first edit.")
         if len(self.reference_texts) >= len(self.sources) - 1:
             raise ValueError("Every reference image already has its prompt; the next prompt is an edit.")
-        self.reference_texts.append(self._text(prompt, self._next_turn_index(), templated=self.use_prompt_template))
+        turn = self._next_turn_index()
+        self.reference_texts.append(self._text(prompt, turn, self.use_prompt_template, prompt_embeds))
 
     @torch.no_grad()
     def edit(
         self,
-        instruction: str,
+        instruction: Optional[str] = None,
         negative_prompt: Optional[str] = None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 7.5,
-        generator: Optional[torch.Generator] = None,
+        num_inference_steps: Optional[int] = None,
+        guidance_scale: Optional[float] = None,
+        generator: Union[torch.Generator, list, None] = None,
         latents: Optional[torch.Tensor] = None,
         fidelity: str = "exact",
         chain_of_editing: bool = False,
@@ -166,18 +226,34 @@ class VincieEditingSession:
         next_mask: Union[None, str, PIL.Image.Image, Callable] = None,
         callback_on_step_end: Optional[Callable] = None,
         callback_on_step_end_tensor_inputs: tuple = ("latents",),
-    ) -> PIL.Image.Image:
-        """Runs one turn and returns its image.
+        prompt_embeds: Optional[torch.Tensor] = None,
+        negative_prompt_embeds: Optional[torch.Tensor] = None,
+        num_images_per_prompt: int = 1,
+        guidance_interval: float = 1.0,
+        guidance_rescale: float = 0.0,
+    ) -> Union[PIL.Image.Image, list]:
+        """Runs one turn and returns its image (a list of ``num_images_per_prompt`` candidates when > 1).
 
         Args:
-            instruction: the edit.
+            instruction: the edit (or ``prompt_embeds``: its embedding from ``pipe.encode_prompt``, templated for
+                this turn).
             chain_of_editing: predict the current-frame RoE mask, then the next-frame mask, then the image.
             current_mask: a user mask (RGB/L image or 2-D array, source size) of the region to edit in the current
                 image (controllable editing), or "predict".
             next_mask: the region in the next image: an image, "predict", or a callable mapping the current mask
                 image to it (drag editing, see `drag`).
-            Other arguments as in the pipeline's ``__call__``.
+            num_images_per_prompt: candidates of this turn (one generator each, or one shared); the session
+                continues from the first unless `choose` picks another.
+            Other arguments as in the pipeline's ``__call__`` (defaults: the pipeline's configured ones).
         """
+        config = self.pipe.config
+        num_inference_steps = config.default_num_inference_steps if num_inference_steps is None else num_inference_steps
+        guidance_scale = config.default_guidance_scale if guidance_scale is None else guidance_scale
+        generators = check_sampling(
+            num_inference_steps, guidance_scale, guidance_interval, guidance_rescale, num_images_per_prompt,
+            generator, callback_on_step_end, callback_on_step_end_tensor_inputs, self.pipe._callback_tensor_inputs,
+        )
+        check_choice("fidelity", fidelity, FIDELITIES)
         if self.pipe.block_causal and fidelity == "official":
             raise ValueError("`fidelity='official'` reproduces the official full-attention loop; this model is block-causal.")
         if len(self.reference_texts) != len(self.sources) - 1:
@@ -185,17 +261,25 @@ class VincieEditingSession:
                 f"{len(self.sources)} reference images need {len(self.sources) - 1} reference prompts before the first "
                 "edit (`add_instruction`)."
             )
-        text = self._text(instruction, self._next_turn_index(), templated=self.use_prompt_template)
-        if text.turn >= self.pipe.transformer.config.max_turns:
+        if prompt_embeds is not None and instruction is not None:
+            raise ValueError("Give either `instruction` or `prompt_embeds`, not both.")
+        turn = self._next_turn_index()
+        if turn >= self.pipe.transformer.config.max_turns:
             raise ValueError(f"The session reached the model's turn table ({self.pipe.transformer.config.max_turns} turns).")
-        negative = self._negative(negative_prompt, guidance_scale)
-        if fidelity == "official" and generator is not None:
-            if not hasattr(self, "_official_seed_state"):
-                self._official_seed_state = generator.get_state()
-            generator.set_state(self._official_seed_state)  # official: the same seed at every turn
+        text = self._text(instruction, turn, self.use_prompt_template, prompt_embeds)
+        negative = self._negative(negative_prompt, negative_prompt_embeds, guidance_scale)
+        if fidelity == "official":
+            for g in {id(g): g for g in generators if g is not None}.values():
+                if not hasattr(self, "_official_seed_states"):
+                    self._official_seed_states = {}
+                state = self._official_seed_states.setdefault(id(g), g.get_state())
+                g.set_state(state)  # official: the same seed at every turn
+        self.pipe._interrupt = False  # an interrupt ends only the edit (or call) in which it was raised
         sampling = dict(
-            negative_tokens=negative, guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
-            generator=generator,
+            negative_tokens=negative, guidance=Guidance(float(guidance_scale), guidance_interval, guidance_rescale),
+            num_inference_steps=num_inference_steps, generator=generators[0],
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
         )
         items = self.items + [text]
         mask_frames = []
@@ -203,37 +287,52 @@ class VincieEditingSession:
             current_mask = PREDICT
         if next_mask is None and current_mask is not None:
             next_mask = PREDICT  # chain of editing / controllable editing: the next-frame mask is predicted
-        for which, mask in (("current_mask", current_mask), ("next_mask", next_mask)):
+        for kind, mask in ((CURRENT_MASK, current_mask), (NEXT_MASK, next_mask)):
             if mask is None:
                 continue
             if callable(mask) and not isinstance(mask, (str, PIL.Image.Image)):
                 if not mask_frames:
-                    raise ValueError(f"`{which}` as a function needs a current mask to transform.")
+                    raise ValueError(f"`{kind}` as a function needs a current mask to transform.")
                 mask = mask(mask_frames[-1].image)
-            frame = self._mask_frame(mask, items + mask_frames, sampling, which)
-            mask_frames.append(frame)
+            mask_frames.append(self._mask_frame(mask, items + mask_frames, Frame(kind, text.turn), sampling))
 
-        latent = self.pipe.generate_frame(
-            items + mask_frames, latents=latents, callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, **sampling,
-        )
+        target = Frame(IMAGE, text.turn + 1)
+        candidates = []
+        for k, g in enumerate(generators):
+            if k and self.pipe.interrupt:
+                break
+            frame = self._generate(items + mask_frames, target, {**sampling, "generator": g}, latents if k == 0 else None)
+            if fidelity == "official":  # outputs re-enter through uint8 + resize + VAE, as the official loop does
+                reencoded = self._encode_image(postprocess_official(frame.pixels), target, g)
+                frame = SessionFrame(target, reencoded.latent, reencoded.image, frame.pixels)
+            candidates.append(frame)
+        self.turns.append(SessionTurn(instruction, text, candidates[0], mask_frames, candidates))
+        self.pipe.maybe_free_model_hooks()
+        images = [c.image for c in candidates]
+        return images if num_images_per_prompt > 1 else images[0]
+
+    def choose(self, candidate: int) -> PIL.Image.Image:
+        """Continues the session from candidate ``candidate`` of the last turn (``num_images_per_prompt``)."""
+        if not self.turns:
+            raise ValueError("Nothing to choose: the session has no edits.")
+        turn = self.turns[-1]
+        check_int("candidate", candidate, 0, len(turn.candidates) - 1)
+        turn.frame = turn.candidates[candidate]
+        return turn.frame.image
+
+    def _generate(self, items: list, target: Frame, sampling: dict, latents=None) -> SessionFrame:
+        """Samples ``target`` after ``items`` and decodes it once."""
+        latent = self.pipe.denoise(items, target, latents=latents, **sampling)
         pixels = self.pipe.decode_latent(latent)
-        if fidelity == "official":
-            image = postprocess_official(pixels)
-            frame = self._encode_image(image, generator)  # official: outputs re-enter through uint8 + resize + VAE
-        else:
-            frame = SessionFrame(latent, postprocess(pixels, "pil"))
-        self.turns.append(SessionTurn(instruction, text, frame, mask_frames))
-        return frame.image
+        return SessionFrame(target, latent, postprocess(pixels, "pil"), pixels)
 
-    def _mask_frame(self, mask, items: list, sampling: dict, which: str) -> SessionFrame:
-        """``which`` is "current_mask" or "next_mask" (the argument name and the frame kind)."""
+    def _mask_frame(self, mask, items: list, item: Frame, sampling: dict) -> SessionFrame:
+        """An RoE mask frame ``item``: predicted, or encoded from the user's mask."""
         if isinstance(mask, str):
             if mask != PREDICT:
-                raise ValueError(f"`{which}` must be an image, a 2-D array, a function or 'predict'; got {mask!r}.")
-            latent = self.pipe.generate_frame(items, target_kind=which, **sampling)
-            return SessionFrame(latent, postprocess(self.pipe.decode_latent(latent), "pil"), which)
-        return self._encode_image(mask_to_image(mask, self.reference_size, which), kind=which)
+                raise ValueError(f"`{item.kind}` must be an image, a 2-D array, a function or 'predict'; got {mask!r}.")
+            return self._generate(items, item, sampling)
+        return self._encode_image(mask_to_image(mask, self.reference_size, item.kind), item)
 
     def drag(self, instruction: str, translate=(0.0, 0.0), scale: float = 1.0, rotate: float = 0.0, current_mask=PREDICT, **kwargs):
         """Drag editing: the current RoE mask (given or predicted) is moved/scaled/rotated into the next-frame mask,
@@ -253,8 +352,7 @@ class VincieEditingSession:
 
     def branch(self, turn: int) -> "VincieEditingSession":
         """A new session that keeps turns ``1..turn`` (0 = only the source); this session is unchanged."""
-        if not 0 <= turn <= len(self.turns):
-            raise ValueError(f"`turn` must be in [0, {len(self.turns)}]; got {turn}.")
+        check_int("turn", turn, 0, len(self.turns))
         clone = object.__new__(VincieEditingSession)
         clone.__dict__.update(self.__dict__)
         clone.turns = list(self.turns[:turn])
@@ -265,13 +363,24 @@ class VincieEditingSession:
 
     # ------------------------------------------------------------------------------------- save / load
 
-    def save(self, folder: Union[str, os.PathLike]) -> Path:
-        """Writes images (PNG), tensors (safetensors) and ``session.json`` to ``folder`` atomically."""
+    def save(self, folder: Union[str, os.PathLike], overwrite: bool = False) -> Path:
+        """Writes images (PNG), tensors (safetensors) and ``session.json`` to ``folder`` atomically.
+
+        ``folder`` must be new or hold a saved session (which is replaced); anything else (a folder with other
+        files, a regular file) is refused unless ``overwrite=True``.
+        """
         folder = Path(folder)
+        if folder.exists() and not overwrite:
+            if not folder.is_dir():
+                raise FileExistsError(f"{folder} is a file, not a session folder; pass `overwrite=True` to replace it.")
+            if any(folder.iterdir()) and not (folder / SESSION_FILE).is_file():
+                raise FileExistsError(
+                    f"{folder} holds files that are not a saved session; choose a new folder or pass `overwrite=True`."
+                )
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         tensors, record = {}, {
-            "version": 1,
+            "version": SESSION_VERSION,
             "resolution": self.resolution,
             "posterior": self.posterior,
             "use_prompt_template": self.use_prompt_template,
@@ -286,60 +395,111 @@ class VincieEditingSession:
         def frame(f: SessionFrame, name: str) -> dict:
             f.image.save(tmp / f"{name}.png")
             tensors[f"{name}.latent"] = f.latent.float().contiguous()
-            return {"name": name, "kind": f.kind}
+            return {"name": name, "kind": f.kind, "sha256": _sha256(tmp / f"{name}.png")}
 
         def text(t: SessionText, name: str) -> dict:
             tensors[f"{name}.tokens"] = t.tokens.float().contiguous()
             return {"name": name, "prompt": t.prompt, "turn": t.turn}
 
-        record["sources"] = [frame(f, f"source_{i}") for i, f in enumerate(self.sources)]
-        record["reference_texts"] = [text(t, f"reference_text_{i}") for i, t in enumerate(self.reference_texts)]
-        for k, turn in enumerate(self.turns):
-            record["turns"].append(
-                {
-                    "instruction": turn.instruction,
-                    "text": text(turn.text, f"turn_{k + 1}_text"),
-                    "frame": frame(turn.frame, f"turn_{k + 1}"),
-                    "masks": [frame(m, f"turn_{k + 1}_mask_{j}") for j, m in enumerate(turn.mask_frames)],
-                }
-            )
-        save_file(tensors, tmp / TENSORS_FILE)
-        (tmp / SESSION_FILE).write_text(json.dumps(record, indent=2))
+        try:
+            record["sources"] = [frame(f, f"source_{i}") for i, f in enumerate(self.sources)]
+            record["reference_texts"] = [text(t, f"reference_text_{i}") for i, t in enumerate(self.reference_texts)]
+            for k, turn in enumerate(self.turns):
+                record["turns"].append(
+                    {
+                        "instruction": turn.instruction,
+                        "text": text(turn.text, f"turn_{k + 1}_text"),
+                        "frame": frame(turn.frame, f"turn_{k + 1}"),
+                        "masks": [frame(m, f"turn_{k + 1}_mask_{j}") for j, m in enumerate(turn.mask_frames)],
+                    }
+                )
+            save_file(tensors, tmp / TENSORS_FILE)
+            (tmp / SESSION_FILE).write_text(json.dumps(record, indent=2))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         old = folder.with_name(f".{folder.name}.old")
         if folder.exists():
             os.replace(folder, old)
         os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        elif old.exists():
+            old.unlink()
         return folder
 
     @classmethod
-    def load(cls, pipe: VincieInContextPipeline, folder: Union[str, os.PathLike]) -> "VincieEditingSession":
-        """Restores a saved session (no re-encoding: latents and text tokens are stored)."""
+    def load(cls, pipe: "VincieInContextPipeline", folder: Union[str, os.PathLike]) -> "VincieEditingSession":  # noqa: F821
+        """Restores a saved session (no re-encoding: latents and text tokens are stored), checking every file."""
         folder = Path(folder)
-        if not (folder / SESSION_FILE).is_file():
+        record_path, tensors_path = folder / SESSION_FILE, folder / TENSORS_FILE
+        if not record_path.is_file():
             raise FileNotFoundError(f"{folder} is not a saved session (no {SESSION_FILE}).")
-        record = json.loads((folder / SESSION_FILE).read_text())
-        tensors = load_file(folder / TENSORS_FILE)
+        try:
+            record = json.loads(record_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{record_path} is not valid JSON ({error}); the saved session is damaged.") from None
+        if not isinstance(record, dict) or record.get("version") not in (1, SESSION_VERSION):
+            version = record.get("version") if isinstance(record, dict) else None
+            raise ValueError(
+                f"{record_path} has session format version {version!r}; this version of diffusers-vincie reads "
+                f"versions 1 and {SESSION_VERSION}."
+            )
+        try:
+            tensors = load_file(tensors_path)
+        except Exception as error:  # safetensors reports a torn file in several ways
+            raise ValueError(f"{tensors_path} cannot be read ({error}); the saved session is damaged.") from None
         device, dtype = pipe._execution_device, pipe.transformer.dtype
+        latent_channels, text_dim = pipe.transformer.config.latent_channels, pipe.transformer.config.text_embed_dim
 
-        def frame(entry: dict) -> SessionFrame:
-            image = PIL.Image.open(folder / f"{entry['name']}.png").convert("RGB")
-            return SessionFrame(tensors[f"{entry['name']}.latent"].to(device, dtype), image, entry["kind"])
+        def tensor(name: str, suffix: str, width: int) -> torch.Tensor:
+            key = f"{name}.{suffix}"
+            if key not in tensors or tensors[key].ndim < 2 or tensors[key].shape[-1] != width:
+                raise ValueError(f"{tensors_path}: `{key}` is missing or not (..., {width}) for this pipeline.")
+            return tensors[key].to(device, dtype)
+
+        def entry_name(entry: dict) -> str:
+            name = entry.get("name") if isinstance(entry, dict) else None
+            if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+                raise ValueError(f"{record_path}: entry name {name!r} is not a plain file name of the session.")
+            return name
+
+        def frame(entry: dict, turn: int) -> SessionFrame:
+            name = entry_name(entry)
+            path = folder / f"{name}.png"
+            if "sha256" in entry and (not path.is_file() or _sha256(path) != entry["sha256"]):
+                raise ValueError(f"{path} is missing or differs from the image this session saved with its latent.")
+            try:
+                image = PIL.Image.open(path).convert("RGB")
+            except (OSError, PIL.UnidentifiedImageError) as error:
+                raise ValueError(f"{path} cannot be read as an image ({error}).") from None
+            return SessionFrame(Frame(entry.get("kind"), turn), tensor(name, "latent", latent_channels), image)
 
         def text(entry: dict) -> SessionText:
-            return SessionText(entry["prompt"], tensors[f"{entry['name']}.tokens"].to(device, dtype), entry["turn"])
+            name = entry_name(entry)
+            return SessionText(Text(int(entry["turn"])), entry["prompt"], tensor(name, "tokens", text_dim))
 
         session = object.__new__(cls)
         session.pipe = pipe
         for key in ("resolution", "posterior", "use_prompt_template", "camera_prefix", "max_sequence_length"):
+            if key not in record:
+                raise ValueError(f"{record_path} lacks `{key}`; the saved session is damaged.")
             setattr(session, key, record[key])
         session.reference_size = tuple(record["reference_size"])
-        session.sources = [frame(e) for e in record["sources"]]
+        session.sources = [frame(e, i) for i, e in enumerate(record["sources"])]
         session.reference_texts = [text(e) for e in record["reference_texts"]]
-        session.turns = [
-            SessionTurn(t["instruction"], text(t["text"]), frame(t["frame"]), [frame(m) for m in t["masks"]])
-            for t in record["turns"]
-        ]
+        session.turns = []
+        for t in record["turns"]:
+            instruction = text(t["text"])
+            masks = [frame(m, instruction.turn) for m in t["masks"]]  # masks belong to the edit's source turn
+            session.turns.append(SessionTurn(t["instruction"], instruction, frame(t["frame"], instruction.turn + 1), masks))
+        shapes = {tuple(f.latent.shape) for f in session.sources + [t.frame for t in session.turns]}
+        if len(shapes) != 1:
+            raise ValueError(f"{tensors_path}: the session's frame latents disagree in shape ({sorted(shapes)}).")
         session._text_cache = {t.prompt: t.tokens for t in session.reference_texts + [x.text for x in session.turns]}
         session.encode_calls = {"text": 0, "image": 0}
         return session
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

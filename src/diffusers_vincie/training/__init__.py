@@ -4,8 +4,8 @@ from .data import (
     PlannedSample,
     ResumableBatchSampler,
     SessionRowsDataset,
-    SessionSample,
-    SyntheticSessionsDataset,
+    ShapesSessionsDataset,
+    TrainingSession,
     collate_planned,
     encode_frames,
     encode_plan_frames,
@@ -13,7 +13,6 @@ from .data import (
 from .flow import add_noise, flow_velocity, sample_logit_normal, weighted_frame_mse
 from .sequences import (
     TASKS,
-    FrameItem,
     SampleTensors,
     SequenceConfig,
     SequencePlan,
@@ -24,11 +23,10 @@ from .sequences import (
     plan_sequence,
 )
 from .step import VincieTrainingModule, build_training_batch, padding_report, training_loss
-from .text import PromptEmbeddingCache, build_word_level_tokenizer, encode_prompts, session_prompts
+from .text import PromptEmbeddingCache, session_prompts
 
 __all__ = [
     "TASKS",
-    "FrameItem",
     "PlannedSample",
     "PromptEmbeddingCache",
     "ResumableBatchSampler",
@@ -36,20 +34,18 @@ __all__ = [
     "SequenceConfig",
     "SequencePlan",
     "SessionRowsDataset",
-    "SessionSample",
-    "SyntheticSessionsDataset",
+    "TrainingSession",
+    "ShapesSessionsDataset",
     "TrainingBatch",
     "VincieTrainingModule",
     "add_noise",
     "assemble_block_causal",
     "assemble_full_attention",
     "build_training_batch",
-    "build_word_level_tokenizer",
     "collate_planned",
     "collate_samples",
     "encode_frames",
     "encode_plan_frames",
-    "encode_prompts",
     "flow_velocity",
     "padding_report",
     "plan_sequence",

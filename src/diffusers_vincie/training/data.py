@@ -1,8 +1,8 @@
 """Training data: session sources, a resumable sharded batch order, and frame encoding.
 
-* :class:`SessionSample`: one session as arrays (frames, RoE masks, instructions), whatever its source.
+* :class:`TrainingSession`: one session as arrays (frames, RoE masks, instructions), whatever its source.
 * Sources: :class:`SessionRowsDataset` (a ``datasets.Dataset`` of ``SESSION_FEATURES`` rows, e.g. the parquet
-  output of ``dataset_scripts/build_sessions.py``) and :class:`SyntheticSessionsDataset` (sessions of the
+  output of ``dataset_scripts/build_sessions.py``) and :class:`ShapesSessionsDataset` (sessions of the
   synthetic shapes world drawn on the fly by seed: nothing is cached to disk).
 * :class:`ResumableBatchSampler`: the batch order is a pure function of ``(seed, micro-step, process)``, so a run
   resumed at micro-step ``s`` reads exactly the batches the uninterrupted run would have read; every item
@@ -21,7 +21,8 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..data.schema import SessionRecord, mask_to_array
-from .sequences import IMAGE, CURRENT_MASK, FrameItem, SequenceConfig, SequencePlan, plan_sequence
+from ..sequence import CURRENT_MASK, IMAGE, Frame
+from .sequences import SequenceConfig, SequencePlan, plan_sequence
 
 # =====================================================================================================
 #                                            Samples
@@ -29,7 +30,7 @@ from .sequences import IMAGE, CURRENT_MASK, FrameItem, SequenceConfig, SequenceP
 
 
 @dataclass
-class SessionSample:
+class TrainingSession:
     """One session as arrays (``n`` edits).
 
     Attributes:
@@ -51,7 +52,7 @@ class SessionSample:
         return len(self.instructions)
 
     @classmethod
-    def from_record(cls, record: SessionRecord, resolution: Optional[int] = None) -> "SessionSample":
+    def from_record(cls, record: SessionRecord, resolution: Optional[int] = None) -> "TrainingSession":
         """Arrays of a validated record; ``resolution`` resizes frames (bicubic) and masks (nearest) to a square."""
         size = (resolution, resolution) if resolution else record.size
         frames = np.stack([np.asarray(f.resize(size) if f.size != size else f) for f in record.frames])
@@ -61,7 +62,7 @@ class SessionSample:
             masks[name] = None if any(m is None for m in values) else np.stack([mask_to_array(m, size) for m in values])
         return cls(frames, list(record.instructions), masks["source_masks"], masks["target_masks"], record.session_id)
 
-    def frame_image(self, item: FrameItem, start: int) -> np.ndarray:
+    def frame_image(self, item: Frame, start: int) -> np.ndarray:
         """The ``(H, W, 3)`` float32 image in [-1, 1] of a sequence item (masks: +1 inside, -1 outside)."""
         turn = start + item.turn
         if item.kind == IMAGE:
@@ -76,7 +77,7 @@ class SessionSample:
 class PlannedSample:
     """A session with the sequence drawn from it and the micro-step it belongs to."""
 
-    sample: SessionSample
+    sample: TrainingSession
     plan: SequencePlan
     step: int
     index: int
@@ -84,7 +85,7 @@ class PlannedSample:
     def instructions(self) -> list[str]:
         return self.sample.instructions[self.plan.start : self.plan.start + self.plan.num_prompts]
 
-    def images(self) -> dict[FrameItem, np.ndarray]:
+    def images(self) -> dict[Frame, np.ndarray]:
         return {item: self.sample.frame_image(item, self.plan.start) for item in self.plan.frames}
 
 
@@ -109,7 +110,7 @@ class _PlanningDataset(Dataset):
     def __init__(self, config: SequenceConfig, seed: int, group_turns: bool = True):
         self.config, self.seed, self.group_turns = config, seed, group_turns
 
-    def session(self, index: int) -> SessionSample:
+    def session(self, index: int) -> TrainingSession:
         raise NotImplementedError
 
     def __getitem__(self, key: tuple[int, int]) -> PlannedSample:
@@ -148,12 +149,12 @@ class SessionRowsDataset(_PlanningDataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def session(self, index: int) -> SessionSample:
-        return SessionSample.from_record(SessionRecord.from_row(self.rows[int(index)]), self.resolution)
+    def session(self, index: int) -> TrainingSession:
+        return TrainingSession.from_record(SessionRecord.from_row(self.rows[int(index)]), self.resolution)
 
 
-class SyntheticSessionsDataset(_PlanningDataset):
-    """Sessions of a :class:`~diffusers_vincie.data.synthetic.SyntheticWorld`, drawn on the fly: index ``i`` is the
+class ShapesSessionsDataset(_PlanningDataset):
+    """Sessions of a :class:`~diffusers_vincie.data.shapes.world.ShapesWorld`, drawn on the fly: index ``i`` is the
     session of seed ``world_seed + i``.
 
     Args:
@@ -176,9 +177,9 @@ class SyntheticSessionsDataset(_PlanningDataset):
     def __len__(self) -> int:
         return self.num_sessions
 
-    def session(self, index: int) -> SessionSample:
+    def session(self, index: int) -> TrainingSession:
         s = self.world.sample_session(self.world_seed + int(index), num_turns=self.num_turns)
-        return SessionSample(
+        return TrainingSession(
             np.stack(s.frames), list(s.instructions), np.stack(s.source_masks), np.stack(s.target_masks),
             f"synthetic-{self.world_seed + int(index)}",
         )
@@ -259,8 +260,8 @@ def encode_frames(images: torch.Tensor, vae=None) -> torch.Tensor:
     return latents.permute(0, 2, 3, 1).float()
 
 
-def encode_plan_frames(samples: Sequence[PlannedSample], vae=None, device=None) -> list[dict[FrameItem, torch.Tensor]]:
-    """Encodes every frame each sample's plan needs; returns one ``FrameItem -> (h, w, C)`` dict per sample."""
+def encode_plan_frames(samples: Sequence[PlannedSample], vae=None, device=None) -> list[dict[Frame, torch.Tensor]]:
+    """Encodes every frame each sample's plan needs; returns one ``Frame -> (h, w, C)`` dict per sample."""
     out = []
     for s in samples:
         images = s.images()
@@ -275,8 +276,8 @@ __all__ = [
     "PlannedSample",
     "ResumableBatchSampler",
     "SessionRowsDataset",
-    "SessionSample",
-    "SyntheticSessionsDataset",
+    "TrainingSession",
+    "ShapesSessionsDataset",
     "collate_planned",
     "encode_frames",
     "encode_plan_frames",

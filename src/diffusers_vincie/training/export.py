@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
+
 def _subfolder(root: Optional[str], name: str) -> Optional[str]:
     if root is None:
         return None
@@ -67,6 +68,7 @@ def save_final_pipeline(
     scheduler_shift: float = 1.0,
     negative_prompt: str = "",
     frame_index: str = "compact",
+    sampling_defaults: Optional[dict] = None,
 ) -> Path:
     """Writes ``<output_dir>/pipeline`` atomically (temp folder then rename) and returns its path.
 
@@ -80,6 +82,8 @@ def save_final_pipeline(
         scheduler_shift: static shift of the saved ``FlowMatchEulerDiscreteScheduler``.
         negative_prompt: the unconditional text of training.
         frame_index: ``"compact"`` or ``"slots"``.
+        sampling_defaults: the model's native ``default_resolution`` / ``default_num_inference_steps`` /
+            ``default_guidance_scale`` (the pipeline's call defaults; official 256 / 50 / 7.5 when left out).
     """
     from ..pipelines import VincieInContextPipeline, official_scheduler
 
@@ -95,6 +99,7 @@ def save_final_pipeline(
         scheduler=official_scheduler(shift=scheduler_shift),
         default_negative_prompt=negative_prompt,
         frame_index_mode=frame_index,
+        **(sampling_defaults or {}),
     )
     pipe.save_pretrained(tmp, safe_serialization=True)
     if final.exists():

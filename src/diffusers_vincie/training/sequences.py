@@ -12,7 +12,7 @@ Two steps, both deterministic given a generator:
    masks are in (probability 0.8), the per-turn context dropout and the target frame(s) -> :class:`SequencePlan`.
 2. :func:`assemble_full_attention` / :func:`assemble_block_causal`: turn a plan plus encoded frames and text into
    one sample's transformer inputs, the velocity target and per-frame loss weights (:class:`SampleTensors`);
-   :func:`collate_samples` packs a list of them into a :class:`~diffusers_vincie.assembly.VincieSessionBatch`.
+   :func:`collate_samples` packs a list of them into a :class:`~diffusers_vincie.sequence.VincieSessionBatch`.
 
 Formulations (they match the inference of ``VincieInContextPipeline``):
 
@@ -22,33 +22,52 @@ Formulations (they match the inference of ``VincieInContextPipeline``):
   has a noisy copy with its own ``t`` and the order / RoPE index of the frame it denoises; the block-causal mask
   lets a target see only clean context of lower order, so all targets of a session train in one forward.
 
-Frame RoPE index (``frame_index``, see :func:`frame_indices`): ``"compact"`` numbers the context frames ``0..C-1``
-and gives a target the count of context frames before it (the official convention: the released checkpoints and
-``VincieInContextPipeline``); ``"slots"`` gives every item a fixed slot ``3k`` (``I_k``), ``3k+1`` (``Mc_k``),
-``3k+2`` (``Mn_k``). With masks in training, only slots tell the model *which kind* of frame to generate: in
-compact mode "``I_0, T_0``, generate index 1" is the next image when the masks are out and the current mask when
-they are in, so mask tasks blur the next-image task (see docs/training.md).
+Items, orders, frame RoPE indices, texts and positions come from :mod:`diffusers_vincie.sequence`, the module the
+pipeline builds its inputs with (``frame_index`` "compact" or "slots", see there). With masks in training, only
+slots tell the model *which kind* of frame to generate: in compact mode "``I_0, T_0``, generate index 1" is the
+next image when the masks are out and the current mask when they are in, so mask tasks blur the next-image task
+(see docs/training.md).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
-from ..assembly import VincieSessionBatch, build_condition, clean_context_frames, noisy_target_frames, pack_frames
+from ..sequence import (
+    CURRENT_MASK,
+    FRAME_INDEX_MODES,
+    IMAGE,
+    NEXT_MASK,
+    Frame,
+    Item,
+    PackedText,
+    VincieSessionBatch,
+    block_causal_layout,
+    build_condition,
+    clean_context_frames,
+    noisy_target_frames,
+    pack_frames,
+    pack_texts,
+    session_items,
+    session_text,
+    unconditional_items,
+)
 from .flow import add_noise, flow_velocity
 
 TASKS: tuple[str, ...] = ("next_image", "current_mask", "next_mask")
-FRAME_INDEX_MODES: tuple[str, ...] = ("compact", "slots")
 LAYOUTS: tuple[str, ...] = ("full", "block_causal")
 
-# Item kinds of a sequence; a task name is the kind of the frame it generates.
-IMAGE, CURRENT_MASK, NEXT_MASK = "image", "current_mask", "next_mask"
+# A task name is the kind of the frame it generates.
 _TASK_OF_KIND = {IMAGE: "next_image", CURRENT_MASK: "current_mask", NEXT_MASK: "next_mask"}
-_SLOT_OFFSET = {IMAGE: 0, CURRENT_MASK: 1, NEXT_MASK: 2}
+
+
+def frame_task(frame: Frame) -> str:
+    """The proxy task of generating ``frame``."""
+    return _TASK_OF_KIND[frame.kind]
 
 
 # =====================================================================================================
@@ -72,22 +91,32 @@ class SequenceConfig:
         task_weights: weight of each proxy task of :data:`TASKS`: the full layout draws the target's task with
             these probabilities (mask tasks only when the masks are in); the block-causal layout trains every
             frame of a task with weight > 0 and scales its loss by the weight.
-        frame_index: ``"compact"`` or ``"slots"`` (see the module docstring).
+        frame_index: ``"compact"`` or ``"slots"`` (see the module docstring); default ``"compact"`` for the full
+            layout (official) and ``"slots"`` for the block-causal one (mask-aware).
+
+    The training script derives its flags from these fields (``help`` metadata, types and defaults).
     """
 
-    layout: str = "full"
-    min_turns: int = 1
-    max_turns: int = 4
-    mask_probability: float = 0.8
-    drop_current_frame: float = 0.2
-    drop_current_mask: float = 0.7
-    drop_next_mask: float = 0.7
-    task_weights: dict[str, float] = field(default_factory=lambda: {task: 1.0 for task in TASKS})
-    frame_index: str = "compact"
+    layout: str = field(default="full", metadata={
+        "help": "'full' = released checkpoints' conditioning; 'block_causal' = multi-target pretraining.",
+        "choices": LAYOUTS, "flag": "attention_layout"})
+    min_turns: int = field(default=1, metadata={"help": "Fewest edits in a sequence."})
+    max_turns: int = field(default=4, metadata={"help": "Most edits in a sequence."})
+    mask_probability: float = field(default=0.8, metadata={"help": "P(RoE masks are in a sequence)."})
+    drop_current_frame: float = field(default=0.2, metadata={"help": "Per-turn context dropout of I_k."})
+    drop_current_mask: float = field(default=0.7, metadata={"help": "Per-turn context dropout of Mc_k."})
+    drop_next_mask: float = field(default=0.7, metadata={"help": "Per-turn context dropout of Mn_k."})
+    task_weights: dict[str, float] = field(default_factory=lambda: {task: 1.0 for task in TASKS}, metadata={
+        "help": f"Weights of the proxy tasks {','.join(TASKS)}, comma-separated (0 disables a task)."})
+    frame_index: Optional[str] = field(default=None, metadata={
+        "help": "Frame RoPE index: 'compact' (official) or 'slots' (3k+kind); default compact for full, slots for "
+                "block_causal.", "choices": FRAME_INDEX_MODES})
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
             raise ValueError(f"`layout` must be one of {LAYOUTS}, got {self.layout!r}.")
+        if self.frame_index is None:
+            self.frame_index = "compact" if self.layout == "full" else "slots"
         if self.frame_index not in FRAME_INDEX_MODES:
             raise ValueError(f"`frame_index` must be one of {FRAME_INDEX_MODES}, got {self.frame_index!r}.")
         if not 1 <= self.min_turns <= self.max_turns:
@@ -112,30 +141,6 @@ class SequenceConfig:
 # =====================================================================================================
 
 
-@dataclass(frozen=True)
-class FrameItem:
-    """One frame of a sequence.
-
-    Attributes:
-        kind: ``"image"`` (``I_turn``), ``"current_mask"`` (``Mc_turn``) or ``"next_mask"`` (``Mn_turn``).
-        turn: turn index relative to the sequence's first frame.
-        order: position of the item in the sequence (block-causal order).
-        slot: fixed RoPE slot ``3 * turn + {0, 1, 2}``.
-    """
-
-    kind: str
-    turn: int
-    order: int
-
-    @property
-    def slot(self) -> int:
-        return 3 * self.turn + _SLOT_OFFSET[self.kind]
-
-    @property
-    def task(self) -> str:
-        return _TASK_OF_KIND[self.kind]
-
-
 @dataclass
 class SequencePlan:
     """What one training example holds (see :func:`plan_sequence`).
@@ -144,42 +149,34 @@ class SequencePlan:
         start: session index of the sequence's first frame ``I_0``.
         num_turns: edits in the window (frames ``start .. start + num_turns`` of the session).
         with_masks: whether the RoE masks are part of the sequence.
+        items: the window's items in order (`diffusers_vincie.sequence.session_items`; turns relative to
+            ``start``); an item's order is its position here.
         context: clean frames given to the model, in order.
         targets: frames to generate, in order.
-        num_prompts: instructions in the sequence (``T_0 .. T_{num_prompts-1}``).
-        prompt_orders: order of each instruction.
         layout: the formulation the plan is for.
     """
 
     start: int
     num_turns: int
     with_masks: bool
-    context: list[FrameItem]
-    targets: list[FrameItem]
-    num_prompts: int
-    prompt_orders: list[int]
+    items: list[Item]
+    context: list[Frame]
+    targets: list[Frame]
     layout: str
 
     @property
-    def frames(self) -> list[FrameItem]:
+    def num_prompts(self) -> int:
+        """Instructions in the sequence (``T_0 .. T_{num_turns-1}``)."""
+        return self.num_turns
+
+    @property
+    def frames(self) -> list[Frame]:
         """Every distinct frame of the sequence (context and targets) in order."""
-        return sorted(set(self.context) | set(self.targets), key=lambda item: item.order)
+        wanted = set(self.context) | set(self.targets)
+        return [item for item in self.items if item in wanted]
 
-
-def session_items(num_turns: int, with_masks: bool) -> list:
-    """The ordered items of a window: ``FrameItem`` for frames and ``("text", k)`` for instruction ``k``.
-
-    ``I_0, T_0, [Mc_0, Mn_0,] I_1, T_1, ..., I_n``; an item's order is its position in this list.
-    """
-    kinds: list[tuple[str, int]] = []
-    for k in range(num_turns):
-        kinds += [(IMAGE, k), ("text", k)]
-        if with_masks:
-            kinds += [(CURRENT_MASK, k), (NEXT_MASK, k)]
-    kinds.append((IMAGE, num_turns))
-    return [
-        ("text", turn) if kind == "text" else FrameItem(kind, turn, order) for order, (kind, turn) in enumerate(kinds)
-    ]
+    def order(self, item: Item) -> int:
+        return self.items.index(item)
 
 
 def plan_sequence(
@@ -212,8 +209,8 @@ def plan_sequence(
     masks_drawn = bool(generator.random() < config.mask_probability)
     with_masks = has_masks and (masks_drawn if with_masks is None else bool(with_masks))
     items = session_items(num_turns, with_masks)
-    frames = [item for item in items if isinstance(item, FrameItem)]
-    prompt_orders = [items.index(("text", k)) for k in range(num_turns)]
+    frames = [item for item in items if isinstance(item, Frame)]
+    order = {item: i for i, item in enumerate(items)}
 
     # Targets.
     if config.layout == "full":
@@ -223,14 +220,14 @@ def plan_sequence(
         last = num_turns - 1
         target = next(
             f for f in frames
-            if f.task == task and f.turn == (last + 1 if task == "next_image" else last)
+            if frame_task(f) == task and f.turn == (last + 1 if task == "next_image" else last)
         )
         targets = [target]
         protected = {next(f for f in frames if f.kind == IMAGE and f.turn == last)}
     else:
         targets = [
             f for f in frames
-            if config.task_weights[f.task] > 0 and not (f.kind == IMAGE and f.turn == 0)
+            if config.task_weights[frame_task(f)] > 0 and not (f.kind == IMAGE and f.turn == 0)
         ]
         protected = set()
     protected.add(frames[0])  # I_0: every target keeps some image context
@@ -239,10 +236,10 @@ def plan_sequence(
     drop_probability = {
         IMAGE: config.drop_current_frame, CURRENT_MASK: config.drop_current_mask, NEXT_MASK: config.drop_next_mask
     }
-    last_order = max(t.order for t in targets)
+    last_order = max(order[t] for t in targets)
     context = []
     for frame in frames:
-        if frame.order >= last_order:
+        if order[frame] >= last_order:
             continue
         dropped = bool(generator.random() < drop_probability[frame.kind])
         if frame in protected or not dropped:
@@ -253,29 +250,11 @@ def plan_sequence(
         start=start,
         num_turns=num_turns,
         with_masks=with_masks,
+        items=items,
         context=context,
         targets=targets,
-        num_prompts=num_turns,
-        prompt_orders=prompt_orders,
         layout=config.layout,
     )
-
-
-def frame_indices(plan: SequencePlan, mode: str) -> dict[FrameItem, int]:
-    """RoPE temporal index of each frame of the plan.
-
-    ``"compact"``: clean context frames are numbered ``0..C-1`` in order and a target gets the number of context
-    frames before it (at inference: the generated frame's index is the number of frames in the context).
-    ``"slots"``: the fixed slot ``3 * turn + {0: image, 1: current mask, 2: next mask}``.
-    """
-    if mode not in FRAME_INDEX_MODES:
-        raise ValueError(f"`frame_index` must be one of {FRAME_INDEX_MODES}, got {mode!r}.")
-    if mode == "slots":
-        return {f: f.slot for f in plan.frames}
-    index = {f: i for i, f in enumerate(plan.context)}
-    for target in plan.targets:
-        index.setdefault(target, sum(c.order < target.order for c in plan.context))
-    return index
 
 
 # =====================================================================================================
@@ -294,9 +273,9 @@ class SampleTensors:
         frame_index: ``(F,)`` RoPE temporal index.
         frame_order: ``(F,)`` block-causal order.
         frame_is_noisy: ``(F,)`` bool.
-        text_segments: the sample's instruction embeddings, one ``(n_i, dim)`` per prompt (turn tokens added
-            by the model), or a single unconditional segment.
-        text_order: ``(sum_i (n_i + 1),)`` block-causal order of each text token (turn token included).
+        text: the sample's text (`diffusers_vincie.sequence.session_text`: its instructions, or the unconditional
+            text for CFG dropout).
+        text_order: ``(L,)`` block-causal order of each text token (turn token included).
         velocity: ``(F, h, w, C)`` regression target (``noise - x0``; zeros where the weight is 0).
         loss_weight: ``(F,)`` loss weight of each frame (0 for context).
     """
@@ -307,25 +286,27 @@ class SampleTensors:
     frame_index: torch.Tensor
     frame_order: torch.Tensor
     frame_is_noisy: torch.Tensor
-    text_segments: list[torch.Tensor]
+    text: PackedText
     text_order: torch.Tensor
     velocity: torch.Tensor
     loss_weight: torch.Tensor
 
 
-def _text_order(plan: SequencePlan, segments: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Order of every text token; a single segment for a multi-instruction plan is the unconditional text (CFG
-    dropout: one negative segment right after ``I_0``, as the pipeline's negative branch)."""
-    if len(segments) not in (plan.num_prompts, 1):
-        raise ValueError(
-            f"The plan has {plan.num_prompts} instructions but {len(segments)} text segments were given (give one "
-            "per instruction, or one unconditional segment)."
-        )
-    items = [int(seg.shape[0]) + 1 for seg in segments]  # + 1: the turn token inserted before each segment
-    return torch.cat([torch.full((n,), order, dtype=torch.long) for n, order in zip(items, plan.prompt_orders)])
+def sequence_text(plan: SequencePlan, segments: Sequence[torch.Tensor]) -> tuple[list[Item], PackedText]:
+    """The items and text a sample is trained on: its instructions, or, given a single segment for a
+    multi-instruction plan, the unconditional branch (CFG dropout, `unconditional_items`), as the pipeline's
+    negative pass sees it."""
+    if len(segments) == plan.num_prompts:
+        return plan.items, session_text(segments, list(range(plan.num_prompts)))
+    if len(segments) == 1:
+        return unconditional_items(plan.items), session_text(segments, [0])
+    raise ValueError(
+        f"The plan has {plan.num_prompts} instructions but {len(segments)} text segments were given (give one per "
+        "instruction, or one unconditional segment)."
+    )
 
 
-def _stack(latents: dict[FrameItem, torch.Tensor], frames: Sequence[FrameItem]) -> torch.Tensor:
+def _stack(latents: dict[Frame, torch.Tensor], frames: Sequence[Frame]) -> torch.Tensor:
     missing = [f for f in frames if f not in latents]
     if missing:
         raise KeyError(f"No encoded latent for frames {missing}; encode every frame of `plan.frames`.")
@@ -334,7 +315,7 @@ def _stack(latents: dict[FrameItem, torch.Tensor], frames: Sequence[FrameItem]) 
 
 def assemble_full_attention(
     plan: SequencePlan,
-    latents: dict[FrameItem, torch.Tensor],
+    latents: dict[Frame, torch.Tensor],
     segments: Sequence[torch.Tensor],
     t: torch.Tensor,
     noise: torch.Tensor,
@@ -357,23 +338,24 @@ def assemble_full_attention(
     num_targets = len(plan.targets)
     if frames[-num_targets:] != plan.targets or len(plan.context) + num_targets != len(frames):
         raise ValueError("A full-attention plan must be its context followed by its target(s).")
+    items, text = sequence_text(plan, segments)
+    layout = block_causal_layout(items, text.segment_lengths, plan.context, plan.targets, frame_index_mode)
     x_t = add_noise(x0, noise, t)
     cond = build_condition(x0[: len(plan.context)], num_targets=num_targets)
-    index = frame_indices(plan, frame_index_mode)
     n = len(frames)
     weight = torch.zeros(n)
     for i, f in enumerate(frames[-num_targets:], start=n - num_targets):
-        weight[i] = task_weights[f.task]
+        weight[i] = task_weights[frame_task(f)]
     timestep = (t * 1000.0).reshape(())
     return SampleTensors(
         video=pack_frames(x_t, cond).view(n, *x0.shape[1:3], -1),
         timestep=timestep,
         frame_timestep=timestep.expand(n).clone(),
-        frame_index=torch.tensor([index[f] for f in frames], dtype=torch.long),
-        frame_order=torch.tensor([f.order for f in frames], dtype=torch.long),
+        frame_index=torch.cat([layout.context_index, layout.target_index]),
+        frame_order=torch.cat([layout.context_order, layout.target_order]),
         frame_is_noisy=torch.zeros(n, dtype=torch.bool),
-        text_segments=list(segments),
-        text_order=_text_order(plan, segments),
+        text=text,
+        text_order=layout.text_order,
         velocity=flow_velocity(x0, noise) * (weight > 0).view(-1, 1, 1, 1),
         loss_weight=weight,
     )
@@ -381,7 +363,7 @@ def assemble_full_attention(
 
 def assemble_block_causal(
     plan: SequencePlan,
-    latents: dict[FrameItem, torch.Tensor],
+    latents: dict[Frame, torch.Tensor],
     segments: Sequence[torch.Tensor],
     t: torch.Tensor,
     noise: torch.Tensor,
@@ -399,7 +381,8 @@ def assemble_block_causal(
         task_weights: loss weight of each task.
         frame_index_mode: ``"compact"`` or ``"slots"``.
     """
-    index = frame_indices(plan, frame_index_mode)
+    items, text = sequence_text(plan, segments)
+    layout = block_causal_layout(items, text.segment_lengths, plan.context, plan.targets, frame_index_mode)
     clean = _stack(latents, plan.context) if plan.context else None
     x0 = _stack(latents, plan.targets)  # (T, h, w, C)
     t = t.reshape(-1)
@@ -410,20 +393,20 @@ def assemble_block_causal(
         )
     noisy = noisy_target_frames(add_noise(x0, noise, t))
     video = noisy if clean is None else torch.cat([clean_context_frames(clean), noisy])
-    frames = list(plan.context) + list(plan.targets)
     num_context = len(plan.context)
-    weight = torch.tensor([0.0] * num_context + [task_weights[f.task] for f in plan.targets])
-    velocity = torch.cat([torch.zeros_like(clean), flow_velocity(x0, noise)]) if clean is not None else \
-        flow_velocity(x0, noise)
+    weight = torch.tensor([0.0] * num_context + [task_weights[frame_task(f)] for f in plan.targets])
+    velocity = flow_velocity(x0, noise)
+    if clean is not None:
+        velocity = torch.cat([torch.zeros_like(clean), velocity])
     return SampleTensors(
         video=video,
         timestep=torch.zeros(()),
         frame_timestep=torch.cat([torch.zeros(num_context), t.float() * 1000.0]),
-        frame_index=torch.tensor([index[f] for f in frames], dtype=torch.long),
-        frame_order=torch.tensor([f.order for f in frames], dtype=torch.long),
+        frame_index=torch.cat([layout.context_index, layout.target_index]),
+        frame_order=torch.cat([layout.context_order, layout.target_order]),
         frame_is_noisy=torch.tensor([False] * num_context + [True] * len(plan.targets)),
-        text_segments=list(segments),
-        text_order=_text_order(plan, segments),
+        text=text,
+        text_order=layout.text_order,
         velocity=velocity,
         loss_weight=weight,
     )
@@ -431,11 +414,10 @@ def assemble_block_causal(
 
 @dataclass
 class TrainingBatch:
-    """A packed batch: model inputs, per-sample text segments, velocity targets and per-frame loss weights."""
+    """A packed batch: model inputs, velocity targets and per-frame loss weights."""
 
-    inputs: VincieSessionBatch  # encoder_hidden_states is filled by the model wrapper from `text_segments`
+    inputs: VincieSessionBatch
     timestep: torch.Tensor  # (B,)
-    text_segments: list[list[torch.Tensor]]
     velocity: torch.Tensor  # (sum F*h*w, C)
     loss_weight: torch.Tensor  # (sum F,)
     pixels_per_frame: torch.Tensor  # (sum F,) latent pixels of each frame
@@ -444,7 +426,6 @@ class TrainingBatch:
         return TrainingBatch(
             inputs=self.inputs.to(device),
             timestep=self.timestep.to(device),
-            text_segments=[[s.to(device) for s in segs] for segs in self.text_segments],
             velocity=self.velocity.to(device),
             loss_weight=self.loss_weight.to(device),
             pixels_per_frame=self.pixels_per_frame.to(device),
@@ -457,13 +438,14 @@ def collate_samples(samples: Sequence[SampleTensors]) -> TrainingBatch:
         raise ValueError("`samples` is empty; a batch needs at least one sample.")
     video = torch.cat([s.video.flatten(0, 2) for s in samples])
     video_shapes = torch.tensor([list(s.video.shape[:3]) for s in samples], dtype=torch.long)
-    text_lengths = torch.tensor([sum(int(x.shape[0]) + 1 for x in s.text_segments) for s in samples])
+    text, text_turn_ids, text_lengths = pack_texts([s.text for s in samples])
     pixels = torch.cat([torch.full((s.video.shape[0],), s.video.shape[1] * s.video.shape[2]) for s in samples])
     inputs = VincieSessionBatch(
         hidden_states=video,
         video_shapes=video_shapes,
-        encoder_hidden_states=torch.zeros(0),  # placeholder: built from `text_segments` inside the model wrapper
+        encoder_hidden_states=text,
         text_lengths=text_lengths,
+        text_turn_ids=text_turn_ids,
         frame_timestep=torch.cat([s.frame_timestep for s in samples]),
         frame_index=torch.cat([s.frame_index for s in samples]),
         frame_order=torch.cat([s.frame_order for s in samples]),
@@ -473,7 +455,6 @@ def collate_samples(samples: Sequence[SampleTensors]) -> TrainingBatch:
     return TrainingBatch(
         inputs=inputs,
         timestep=torch.stack([s.timestep for s in samples]),
-        text_segments=[s.text_segments for s in samples],
         velocity=torch.cat([s.velocity.flatten(0, 2) for s in samples]),
         loss_weight=torch.cat([s.loss_weight for s in samples]),
         pixels_per_frame=pixels,
@@ -484,7 +465,6 @@ __all__ = [
     "FRAME_INDEX_MODES",
     "LAYOUTS",
     "TASKS",
-    "FrameItem",
     "SampleTensors",
     "SequenceConfig",
     "SequencePlan",
@@ -492,7 +472,7 @@ __all__ = [
     "assemble_block_causal",
     "assemble_full_attention",
     "collate_samples",
-    "frame_indices",
+    "frame_task",
     "plan_sequence",
-    "session_items",
+    "sequence_text",
 ]

@@ -1,8 +1,7 @@
 """One training step's tensors: planned samples -> noised, packed batch -> model prediction -> loss.
 
-:class:`VincieTrainingModule` wraps the transformer so that the turn tokens are inserted *inside* ``forward``
-(``build_session_text`` reads the turn-embedding table): DDP, FSDP and DeepSpeed then see every trainable weight
-used in the wrapped forward.
+:class:`VincieTrainingModule` takes a whole :class:`TrainingBatch` in ``forward``, so DDP, FSDP and DeepSpeed wrap
+one module call per step (the transformer looks its turn tokens up inside its own ``forward``).
 """
 
 from __future__ import annotations
@@ -38,9 +37,7 @@ class VincieTrainingModule(nn.Module):
         self.attention_layout = attention_layout
 
     def forward(self, batch: TrainingBatch) -> torch.Tensor:
-        texts = [self.transformer.build_session_text(segments) for segments in batch.text_segments]
         inputs = batch.inputs.model_inputs()
-        inputs["encoder_hidden_states"] = torch.cat(texts)
         if self.attention_layout == "full":  # full attention: no order, one timestep per sample
             for name in ("frame_order", "text_order", "frame_is_noisy", "frame_timestep"):
                 inputs.pop(name, None)

@@ -2,9 +2,9 @@
 
 Follows the official recipe (spec section 8.2) with any ``transformers`` encoder (``T5EncoderModel`` for the small
 models, ``Qwen2Model`` for the released ones): each instruction is wrapped by
-:func:`~diffusers_vincie.assembly.format_turn_prompt`, tokenized alone without special tokens, followed by one end
-token, encoded, and only its valid positions are kept (:func:`~diffusers_vincie.assembly.select_valid_tokens`).
-The model adds the turn tokens (``VincieTransformer.build_session_text``).
+:func:`~diffusers_vincie.sequence.format_turn_prompt` and encoded by
+:func:`~diffusers_vincie.text_encoding.encode_prompts`, the pipeline's own rule. The model adds the turn tokens
+inside its ``forward`` (``diffusers_vincie.sequence.session_text``).
 
 The text encoder is frozen during training, so an embedding depends only on the prompt string:
 :class:`PromptEmbeddingCache` keeps them in memory (``--cache_text_embeddings``).
@@ -17,8 +17,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..assembly import format_turn_prompt
-from ..text_encoding import build_word_level_tokenizer, encode_prompts, end_token_id
+from ..sequence import format_turn_prompt
+from ..text_encoding import encode_prompts
 
 
 class PromptEmbeddingCache:
@@ -71,10 +71,4 @@ def session_prompts(
     return [format_turn_prompt(text, turn) for turn, text in enumerate(instructions)]
 
 
-__all__ = [
-    "PromptEmbeddingCache",
-    "build_word_level_tokenizer",
-    "encode_prompts",
-    "end_token_id",
-    "session_prompts",
-]
+__all__ = ["PromptEmbeddingCache", "session_prompts"]

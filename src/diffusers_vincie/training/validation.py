@@ -2,7 +2,9 @@
 
 Each row is one session: ground-truth frames ``I_0 .. I_n`` on the top half, and under each ``I_k`` (k >= 1) the
 model's sample of ``I_k`` from the ground-truth context ``I_0 .. I_{k-1}`` and instructions ``T_0 .. T_{k-1}``.
-Sampling runs on the pipeline's own sampler (``training.sampling``).
+Sampling runs on the pipeline's own sampler (``pipelines.sampling.sample_frame``) over the items of
+``diffusers_vincie.sequence``, so validation grids show exactly what ``VincieInContextPipeline`` would generate from
+the same context.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import numpy as np
 import PIL.Image
 import torch
 
+from ..pipelines.sampling import official_scheduler, sample_frame
+from ..sequence import IMAGE, Frame, session_items, session_text
 from .data import encode_frames
-from .sampling import sample_next_image
 from .text import session_prompts
 
 
@@ -37,15 +40,22 @@ def sample_frames(transformer, sample, text_cache, vae, layout: str, frame_index
     device = transformer.device
     images = torch.from_numpy(sample.frames.astype(np.float32) / 127.5 - 1.0).to(device)
     latents = encode_frames(images, vae)
+    if transformer.config.attention_layout != layout:
+        raise ValueError(f"The transformer's attention layout is {transformer.config.attention_layout!r}, not {layout!r}.")
     outputs = []
     for k in range(1, min(max_turns, sample.num_turns) + 1):
         instructions = sample.instructions[:k]
-        segments = text_cache(session_prompts(instructions), device=device)
-        negative = text_cache(session_prompts(instructions, drop=True, negative_prompt=negative_prompt), device=device)
-        out = sample_next_image(
-            transformer, latents[:k], segments, negative, layout=layout, frame_index_mode=frame_index_mode,
-            num_inference_steps=steps, guidance_scale=guidance_scale,
-            generator=torch.Generator().manual_seed(seed + k), shift=shift,
+        text = session_text(text_cache(session_prompts(instructions), device=device), list(range(k)))
+        negative = None
+        if guidance_scale > 1:
+            unconditional = session_prompts(instructions, drop=True, negative_prompt=negative_prompt)
+            negative = session_text(text_cache(unconditional, device=device), [0])
+        items = session_items(k)[:-1]  # I_0, T_0, ..., I_{k-1}, T_{k-1}; I_k is generated
+        num_frames = 1 if layout == "block_causal" else k + 1
+        noise = torch.randn((num_frames, *latents.shape[1:]), generator=torch.Generator().manual_seed(seed + k))
+        out = sample_frame(
+            transformer, official_scheduler(shift=shift), items, latents[:k], text, negative, guidance_scale,
+            steps, noise.to(device), Frame(IMAGE, k), frame_index_mode,
         )
         outputs.append(_to_uint8(out, vae))
     return outputs

@@ -129,7 +129,7 @@ def probe_video(path: str | Path) -> VideoInfo:
 # ------------------------------------------------------------------------------------------------
 
 
-def video_seed(video_id: str, seed: int) -> int:
+def frame_sampling_seed(video_id: str, seed: int) -> int:
     """A per-video seed that does not depend on which process handles the video (stable across runs)."""
     digest = hashlib.sha256(f"{seed}:{video_id}".encode()).digest()
     return int.from_bytes(digest[:8], "little")

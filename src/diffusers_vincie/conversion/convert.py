@@ -1,6 +1,6 @@
 """Convert an official VINCIE release (``dit.pth``, ``vae.pth``, ``llm14b/``) into a diffusers folder.
 
-    python -m diffusers_vincie.convert --official ckpt/VINCIE-3B --out VINCIE-3B-diffusers [--dtype fp32|bf16]
+    python -m diffusers_vincie.conversion --official ckpt/VINCIE-3B --out VINCIE-3B-diffusers [--dtype fp32|bf16]
         [--text-encoder-dtype bf16|fp32] [--push-to-hub user/VINCIE-3B-diffusers]
 
 The output loads with ``VincieInContextPipeline.from_pretrained(out)``: ``transformer/`` (VincieTransformer, config
@@ -27,9 +27,11 @@ import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-from .conversion.checkpoint import load_torch_state_dict
-from .conversion.dit import VINCIE_3B_CONFIG, load_official_dit
-from .conversion.qwen import (
+from ..models import VincieTransformer
+from ..pipelines import VincieInContextPipeline, official_scheduler
+from .checkpoint import load_torch_state_dict
+from .dit import VINCIE_3B_CONFIG, load_official_dit
+from .qwen import (
     PORTABLE_TOKENIZER_CLASS,
     QWEN_PATTERN,
     QWEN_SPECIAL_TOKENS,
@@ -37,9 +39,7 @@ from .conversion.qwen import (
     convert_qwen_tokenizer,
     read_tiktoken_ranks,
 )
-from .conversion.vae import VincieAutoencoderKL, convert_official_vae
-from .models import VincieTransformer
-from .pipelines import VincieInContextPipeline, official_scheduler
+from .vae import VincieAutoencoderKL, convert_official_vae
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -281,7 +281,7 @@ license: apache-2.0
 
 Diffusers-format conversion of the official VINCIE release `{record['source']}` (ByteDance-Seed, paper
 arXiv:2506.10941, "VINCIE: Unlocking In-context Image Editing from Video"), made with
-`python -m diffusers_vincie.convert` (package `diffusers-vincie`). No remote code, no pickles: every weight is a
+`python -m diffusers_vincie.conversion` (package `diffusers-vincie`). No remote code, no pickles: every weight is a
 safetensors file.
 
 ```python
@@ -348,7 +348,7 @@ def load_vae_config(path: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m diffusers_vincie.convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m diffusers_vincie.conversion", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--official", required=True, type=Path, help="official release folder (dit.pth, vae.pth, llm14b/)")
     parser.add_argument("--out", required=True, type=Path, help="output diffusers folder")
@@ -385,7 +385,3 @@ def main(argv: list[str] | None = None) -> int:
         push_to_hub(out, args.push_to_hub)
         print(f"pushed to https://huggingface.co/{args.push_to_hub}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -8,7 +8,7 @@ One interface, :class:`TransitionAnnotator`, two back-ends:
   model answers with a JSON object (:data:`ANNOTATION_KEYS`); malformed answers are retried with sampling
   and, after ``max_attempts``, the transition is rejected with a logged reason.
 * :class:`GroundTruthAnnotator`: reads the exact transitions that the synthetic video world
-  (:mod:`diffusers_vincie.data.synthetic`) writes next to each video, including exact masks.
+  (:mod:`diffusers_vincie.data.shapes.video`) writes next to each video, including exact masks.
 
 Annotators raise :class:`AnnotationRejected` for a transition they cannot annotate; the build pipeline then
 splits the session at that transition instead of failing the video.
@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from ..schema import STATIC_CAMERA
 from .frames import SampledFrame
-from .schema import STATIC_CAMERA
 
 logger = logging.getLogger(__name__)
 
@@ -360,7 +360,7 @@ class VLMAnnotator(TransitionAnnotator):
 
 
 class GroundTruthAnnotator(TransitionAnnotator):
-    """Annotates synthetic videos exactly from the JSON sidecar written by ``SyntheticWorld.render_video``.
+    """Annotates synthetic videos exactly from the JSON sidecar written by ``shapes.video.render_video``.
 
     Each sampled frame is matched to the key state whose hold interval contains it; a transition from key
     state ``k`` to ``k + 1`` gets that edit's instruction, camera motion and exact RoE masks (resized with
@@ -376,7 +376,7 @@ class GroundTruthAnnotator(TransitionAnnotator):
         self._cached: dict[str, Any] | None = None
 
     def _ground_truth(self, video_path: str) -> dict[str, Any]:
-        from .synthetic import read_ground_truth
+        from ..shapes.video import read_ground_truth
 
         if self._cached_path != video_path:
             try:

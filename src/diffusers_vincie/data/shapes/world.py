@@ -1,4 +1,4 @@
-"""A synthetic shapes world whose editing sessions are known exactly ("VINCIE-Shapes").
+"""The shapes world: scenes, edit ops and exactly known editing sessions ("VINCIE-Shapes").
 
 A scene is a background plus a few objects (circle / square / triangle, a size, a colour from a small palette)
 placed one per cell of a ``grid x grid`` lattice, seen through a camera that can pan by a few pixels. A session
@@ -10,35 +10,29 @@ the session, not only the last frame: "bring back the red circle" (restores a re
 Because every pixel is rendered from the scene state with hard edges (a pixel is inside a shape when its centre
 is), everything is exact: the frames, the region of editing (RoE) of each transition in its source and target
 frame (the pixels of the edited object before and after), the changed-pixel mask, and the object attributes
-that :func:`score_edit` checks a model's output against.
+that :func:`~diffusers_vincie.data.shapes.score.score_edit` checks a model's output against.
 
 Uses:
-- training on the fly: :meth:`SyntheticWorld.sample_session` (about 0.3-0.5 ms per 32x32 six-frame session on
+- training on the fly: :meth:`ShapesWorld.sample_session` (about 0.3-0.5 ms per 32x32 six-frame session on
   the project's 2-core CPU);
-- real videos with ground truth for the video -> sessions build pipeline: :meth:`SyntheticWorld.render_video`
-  writes an mp4 (smooth motion between held key states) plus a JSON sidecar read by :func:`read_ground_truth`;
-- benchmarks: :func:`score_edit` (changed-region IoU, right colour and shape, preservation of the rest).
+- real videos with ground truth for the video -> sessions build pipeline: :mod:`.video` writes an mp4 of a
+  session (smooth motion between held key states) plus a JSON sidecar;
+- benchmarks: :mod:`.score` (changed-region IoU, right colour and shape, preservation of the rest).
+
+This module needs only numpy (no ``datasets``, no ``av``), so training on the fly and demos run without the
+``data`` extra.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import math
-import os
 import random
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Sequence
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .schema import SessionRecord
-
-# The schema's ``STATIC_CAMERA``, repeated so that this module (training on the fly, demos) needs neither
-# ``datasets`` nor ``av``: those are only imported by ``to_record`` and ``render_video``.
-STATIC_CAMERA = "static"
+from ..schema import STATIC_CAMERA, SessionRecord
 
 __all__ = [
     "BACKGROUNDS",
@@ -47,17 +41,10 @@ __all__ = [
     "HISTORY_OPS",
     "SHAPES",
     "Edit",
-    "EditScore",
     "SceneObject",
     "SceneState",
-    "SyntheticSession",
-    "SyntheticWorld",
-    "decode_mask",
-    "encode_mask",
-    "make_synthetic_videos",
-    "read_ground_truth",
-    "score_edit",
-    "video_seed",
+    "ShapesSession",
+    "ShapesWorld",
 ]
 
 # =====================================================================================================
@@ -195,7 +182,7 @@ class Edit:
 
 
 @dataclass
-class SyntheticSession:
+class ShapesSession:
     """A sampled session with exact ground truth (``T`` = ``num_turns``, frames are ``T + 1``).
 
     Attributes:
@@ -220,7 +207,7 @@ class SyntheticSession:
     changed_masks: list[np.ndarray]
     states: list[SceneState]
     seed: int | None = None
-    world: "SyntheticWorld | None" = field(default=None, repr=False)
+    world: "ShapesWorld | None" = field(default=None, repr=False)
 
     @property
     def num_turns(self) -> int:
@@ -234,7 +221,7 @@ class SyntheticSession:
     def camera_motion(self) -> list[str]:
         return [edit.camera_motion for edit in self.edits]
 
-    def to_record(self, session_id: str | None = None, video_id: str | None = None) -> "SessionRecord":
+    def to_record(self, session_id: str | None = None, video_id: str | None = None) -> SessionRecord:
         """Returns the session as a :class:`~diffusers_vincie.data.schema.SessionRecord` (ground-truth annotator).
 
         Args:
@@ -242,8 +229,6 @@ class SyntheticSession:
             video_id: defaults to ``"synthetic-<seed>"``; required when the session was drawn from a generator
                 (no seed), so that ids stay unique.
         """
-        from .schema import SessionRecord
-
         if video_id is None:
             if self.seed is None:
                 raise ValueError("video_id: this session was drawn from a generator (no seed); pass a unique id.")
@@ -292,7 +277,7 @@ def _rasterize(shape: str, cx: float, cy: float, radius: float, height: int, wid
     return mask
 
 
-def _changed_pixels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def changed_pixels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Bool ``(H, W)``: pixels where two ``(H, W, 3)`` images differ (OR of channels; faster than ``any(-1)``)."""
     differs = a != b
     return differs[..., 0] | differs[..., 1] | differs[..., 2]
@@ -313,29 +298,11 @@ def _background(name: str, camera: tuple[float, float], height: int, width: int,
 
 
 # =====================================================================================================
-# Mask encoding for JSON sidecars
-# =====================================================================================================
-
-
-def encode_mask(mask: np.ndarray) -> dict[str, Any]:
-    """Encodes a bool ``(H, W)`` mask as ``{"shape": [H, W], "packbits": <base64>}`` for JSON."""
-    mask = np.asarray(mask, dtype=bool)
-    return {"shape": list(mask.shape), "packbits": base64.b64encode(np.packbits(mask, axis=None)).decode("ascii")}
-
-
-def decode_mask(encoded: dict[str, Any]) -> np.ndarray:
-    """Inverse of :func:`encode_mask`."""
-    height, width = encoded["shape"]
-    bits = np.frombuffer(base64.b64decode(encoded["packbits"]), dtype=np.uint8)
-    return np.unpackbits(bits, count=height * width).reshape(height, width).astype(bool)
-
-
-# =====================================================================================================
 # The world
 # =====================================================================================================
 
 
-class SyntheticWorld:
+class ShapesWorld:
     """Samples editing sessions of simple shapes with exact ground truth.
 
     Args:
@@ -431,7 +398,7 @@ class SyntheticWorld:
 
     @property
     def config(self) -> dict[str, Any]:
-        """Constructor arguments; ``SyntheticWorld(**world.config)`` rebuilds the same world."""
+        """Constructor arguments; ``ShapesWorld(**world.config)`` rebuilds the same world."""
         return {
             "resolution": self.resolution,
             "grid": self.grid,
@@ -521,10 +488,10 @@ class SyntheticWorld:
             pixels[self._footprint_and_indices(obj, state.camera, resolution)[1]] = _COLOUR_ARRAYS[obj.colour]
         return image
 
-    def _edit_masks(
+    def edit_masks(
         self, edit: Edit, before: SceneState, after: SceneState, resolution: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """RoE of a transition in its source and target frame (see :class:`SyntheticSession`)."""
+        """RoE of a transition in its source and target frame (see :class:`ShapesSession`)."""
         resolution = resolution or self.resolution
         empty = np.zeros((resolution, resolution), dtype=bool)
         if edit.op == "pan":
@@ -569,7 +536,7 @@ class SyntheticWorld:
 
     def sample_session(
         self, rng_or_seed: int | np.random.Generator | random.Random, num_turns: int = 5
-    ) -> SyntheticSession:
+    ) -> ShapesSession:
         """Samples a session of ``num_turns`` edits (``num_turns + 1`` frames), deterministic by seed.
 
         Args:
@@ -589,11 +556,11 @@ class SyntheticWorld:
         frames = [self.render(state) for state in states]
         source_masks, target_masks, changed_masks = [], [], []
         for t, edit in enumerate(edits):
-            source, target = self._edit_masks(edit, states[t], states[t + 1])
+            source, target = self.edit_masks(edit, states[t], states[t + 1])
             source_masks.append(source)
             target_masks.append(target)
-            changed_masks.append(_changed_pixels(frames[t], frames[t + 1]))
-        return SyntheticSession(
+            changed_masks.append(changed_pixels(frames[t], frames[t + 1]))
+        return ShapesSession(
             frames=frames,
             instructions=[edit.instruction for edit in edits],
             edits=edits,
@@ -618,7 +585,7 @@ class SyntheticWorld:
         Returns:
             A dict with ``frames`` uint8 ``(B, T + 1, H, W, 3)``; ``source_masks``, ``target_masks``,
             ``changed_masks`` bool ``(B, T, H, W)``; ``uses_history`` bool ``(B, T)``; ``instructions`` and
-            ``ops``: ``B`` lists of ``T`` strings; ``sessions``: the :class:`SyntheticSession` objects.
+            ``ops``: ``B`` lists of ``T`` strings; ``sessions``: the :class:`ShapesSession` objects.
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size: must be an int >= 1, got {batch_size!r}.")
@@ -776,10 +743,10 @@ class SyntheticWorld:
         return replace(state, camera=camera), edit
 
     # -------------------------------------------------------------------------------------------------
-    # Video
+    # Frames between key states (video)
     # -------------------------------------------------------------------------------------------------
 
-    def _render_between(self, before: SceneState, after: SceneState, t: float, resolution: int) -> np.ndarray:
+    def render_between(self, before: SceneState, after: SceneState, t: float, resolution: int) -> np.ndarray:
         """A frame between two key states (``0 < t < 1``): positions, sizes and camera interpolate, appearing
         objects grow from nothing, disappearing ones shrink, colours switch at half time."""
         scale = resolution / self.resolution
@@ -799,331 +766,3 @@ class SyntheticWorld:
             mask = _rasterize(a.shape, cx * scale, cy * scale, radius * scale, resolution, resolution)
             image[mask] = COLOURS[colour]
         return image
-
-    def render_video(
-        self,
-        session: SyntheticSession,
-        path: str | os.PathLike,
-        fps: int = 8,
-        seconds_per_turn: float = 1.0,
-        resolution: int | None = None,
-        transition_fraction: float = 0.5,
-        crf: int = 12,
-        video_id: str | None = None,
-    ) -> dict[str, Any]:
-        """Writes the session as an H.264 mp4 with a JSON ground-truth sidecar, both atomically.
-
-        Each key state is shown for ``seconds_per_turn`` seconds: the first ``transition_fraction`` of that time
-        animates from the previous state (nothing to animate for the first state), the rest holds the state
-        exactly. The sidecar (``<path>.json`` with the ``.mp4`` suffix replaced) holds the instructions, ops,
-        camera motion, exact RoE and changed masks at the video resolution (:func:`encode_mask`), the time of
-        each key state (middle of its hold) and its hold interval; read it with :func:`read_ground_truth`.
-
-        Args:
-            session: a session of this world.
-            path: output ``.mp4`` path; parent folders are created.
-            fps: frames per second.
-            seconds_per_turn: time each key state occupies in the video.
-            resolution: video side in pixels (even; default: the world resolution, rounded up to even).
-            transition_fraction: part of each turn spent animating, in ``[0, 1)``; the hold must keep >= 1 frame.
-            crf: H.264 quality (0 = best); low values keep palette colours close at key states.
-            video_id: id stored in the sidecar (default: the file stem).
-
-        Returns:
-            The ground-truth dict written to the sidecar.
-        """
-        import av  # optional dependency (extra "data")
-
-        path = Path(path)
-        if path.suffix != ".mp4":
-            raise ValueError(f"path: must end with .mp4, got {str(path)!r}.")
-        resolution = resolution or self.resolution + self.resolution % 2
-        if resolution % 2 or resolution < 16:
-            raise ValueError(f"resolution: must be an even number >= 16 (H.264 with yuv420p), got {resolution}.")
-        if not 0 <= transition_fraction < 1:
-            raise ValueError(f"transition_fraction: must lie in [0, 1), got {transition_fraction}.")
-        frames_per_turn = int(round(fps * seconds_per_turn))
-        transition_frames = int(round(transition_fraction * frames_per_turn))
-        hold_frames = frames_per_turn - transition_frames
-        if fps < 1 or hold_frames < 1:
-            raise ValueError(
-                f"fps/seconds_per_turn/transition_fraction: each state needs >= 1 held frame, got fps={fps}, "
-                f"seconds_per_turn={seconds_per_turn}, transition_fraction={transition_fraction}."
-            )
-
-        key_frames = [self.render(state, resolution) for state in session.states]
-        key_indices, hold_intervals = [], []
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.stem}.tmp{os.getpid()}.mp4")
-        container = av.open(str(temporary), mode="w", format="mp4")
-        try:
-            stream = container.add_stream("libx264", rate=fps)
-            stream.width = stream.height = resolution
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(crf), "preset": "veryfast"}
-            index = 0
-            for k, key_frame in enumerate(key_frames):
-                animated = transition_frames if k > 0 else 0
-                for f in range(animated):
-                    t = (f + 1) / (animated + 1)
-                    self._encode(container, stream, self._render_between(session.states[k - 1], session.states[k],
-                                                                          t, resolution))
-                    index += 1
-                held = frames_per_turn - animated
-                hold_intervals.append([index / fps, (index + held) / fps])
-                key_indices.append(index + held // 2)
-                for _ in range(held):
-                    self._encode(container, stream, key_frame)
-                    index += 1
-            for packet in stream.encode():
-                container.mux(packet)
-        except BaseException:
-            container.close()
-            temporary.unlink(missing_ok=True)
-            raise
-        container.close()
-
-        source_masks, target_masks = [], []
-        for t, edit in enumerate(session.edits):
-            source, target = self._edit_masks(edit, session.states[t], session.states[t + 1], resolution)
-            source_masks.append(encode_mask(source))
-            target_masks.append(encode_mask(target))
-        ground_truth = {
-            "format": "vincie-synthetic-video/1",
-            "video_id": video_id or path.stem,
-            "video_file": path.name,
-            "fps": fps,
-            "num_frames": index,
-            "width": resolution,
-            "height": resolution,
-            "seconds_per_turn": seconds_per_turn,
-            "seed": session.seed,
-            "world": self.config,
-            "key_frame_indices": key_indices,
-            "key_timestamps": [i / fps for i in key_indices],
-            "hold_intervals": hold_intervals,
-            "instructions": list(session.instructions),
-            "ops": session.ops,
-            "camera_motion": session.camera_motion,
-            "source_masks": source_masks,
-            "target_masks": target_masks,
-            "changed_masks": [
-                encode_mask(_changed_pixels(a, b)) for a, b in zip(key_frames, key_frames[1:])
-            ],
-            "states": [_state_to_json(state) for state in session.states],
-        }
-        sidecar = path.with_suffix(".json")
-        temporary_json = sidecar.with_name(f".{sidecar.stem}.tmp{os.getpid()}.json")
-        temporary_json.write_text(json.dumps(ground_truth))
-        os.replace(temporary, path)
-        os.replace(temporary_json, sidecar)
-        return ground_truth
-
-    @staticmethod
-    def _encode(container: Any, stream: Any, image: np.ndarray) -> None:
-        import av
-
-        for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")):
-            container.mux(packet)
-
-
-def video_seed(seed: int, index: int) -> int:
-    """The session seed of video ``index`` of a set drawn with ``seed`` (independent streams per video)."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def make_synthetic_videos(
-    output_dir: str | os.PathLike,
-    num_videos: int,
-    seed: int = 0,
-    world: SyntheticWorld | None = None,
-    num_turns: int = 5,
-    fps: int = 8,
-    seconds_per_turn: float = 1.0,
-    resolution: int | None = None,
-    transition_fraction: float = 0.5,
-    crf: int = 12,
-    progress: bool = True,
-) -> list[Path]:
-    """Writes ``num_videos`` synthetic clips ``synth_<index>.mp4`` with their ``.json`` ground-truth sidecars.
-
-    Deterministic by ``seed`` (video ``i`` is drawn with :func:`video_seed`), resumable: a video whose mp4 and
-    sidecar both exist is skipped (both are written atomically, so an interrupted run leaves no partial file).
-
-    Args:
-        output_dir: folder to write to (created).
-        num_videos: number of videos.
-        seed: base seed.
-        world: the world to draw from (default: ``SyntheticWorld(op_weights={"pan": 0.5})``, with camera pans).
-        num_turns, fps, seconds_per_turn, resolution, transition_fraction, crf: see
-            :meth:`SyntheticWorld.sample_session` and :meth:`SyntheticWorld.render_video`.
-        progress: show a tqdm progress bar.
-
-    Returns:
-        The mp4 paths, in index order.
-    """
-    from tqdm.auto import tqdm
-
-    if not isinstance(num_videos, int) or num_videos < 0:
-        raise ValueError(f"num_videos: must be an int >= 0, got {num_videos!r}.")
-    world = world or SyntheticWorld(op_weights={"pan": 0.5})
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    width = max(6, len(str(num_videos - 1)))
-    paths = []
-    for index in tqdm(range(num_videos), desc="synthetic videos", disable=not progress):
-        path = output_dir / f"synth_{index:0{width}d}.mp4"
-        paths.append(path)
-        if path.exists() and path.with_suffix(".json").exists():
-            continue
-        session = world.sample_session(video_seed(seed, index), num_turns=num_turns)
-        world.render_video(session, path, fps=fps, seconds_per_turn=seconds_per_turn, resolution=resolution,
-                           transition_fraction=transition_fraction, crf=crf)
-    return paths
-
-
-def _state_to_json(state: SceneState) -> dict[str, Any]:
-    return {
-        "background": state.background,
-        "camera": list(state.camera),
-        "objects": [asdict(obj) for obj in state.objects],
-        "removed": [asdict(obj) for obj in state.removed],
-    }
-
-
-def read_ground_truth(path: str | os.PathLike) -> dict[str, Any]:
-    """Reads the sidecar of :meth:`SyntheticWorld.render_video` (give the ``.json`` or the ``.mp4`` path).
-
-    Masks are decoded to bool ``(H, W)`` arrays; all other keys are as written (see ``render_video``).
-
-    Raises:
-        ValueError: when the file is not a synthetic-video sidecar.
-    """
-    path = Path(path)
-    if path.suffix == ".mp4":
-        path = path.with_suffix(".json")
-    data = json.loads(path.read_text())
-    if data.get("format") != "vincie-synthetic-video/1":
-        raise ValueError(f"path: {str(path)!r} is not a synthetic-video ground-truth sidecar (no matching 'format').")
-    for name in ("source_masks", "target_masks", "changed_masks"):
-        data[name] = [decode_mask(mask) for mask in data[name]]
-    return data
-
-
-# =====================================================================================================
-# Scoring an edit (ShapesBench)
-# =====================================================================================================
-
-
-@dataclass
-class EditScore:
-    """Success of one predicted turn against the ground truth.
-
-    Attributes:
-        op: the op kind of the turn.
-        uses_history: whether the instruction needs earlier turns (``"bring_back"``, ``"revert_colour"``).
-        changed_iou: IoU of the predicted changed region (pixels differing from the source by more than the
-            tolerance) with the true changed region (1 when both are empty).
-        object_score: for ops that leave an object: IoU, in the object's cell, of the pixels whose nearest palette
-            colour is the object's colour in the prediction and in the truth (right colour and shape there); for
-            "remove": fraction of the removed object's pixels that match the true target; for a pan: fraction of
-            all pixels that match the true target.
-        preserved: fraction of the pixels outside the true changed region within tolerance of the truth.
-        success: ``changed_iou >= iou_threshold and object_score >= iou_threshold and preserved >=
-            preserve_threshold``.
-    """
-
-    op: str
-    uses_history: bool
-    changed_iou: float
-    object_score: float
-    preserved: float
-    success: bool
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.count_nonzero(a | b)
-    return 1.0 if union == 0 else np.count_nonzero(a & b) / union
-
-
-def _close(a: np.ndarray, b: np.ndarray, tolerance: int) -> np.ndarray:
-    """Bool ``(H, W)``: every channel within ``tolerance``."""
-    return (np.abs(a.astype(np.int16) - b.astype(np.int16)) <= tolerance).all(axis=-1)
-
-
-def score_edit(
-    pred_rgb: np.ndarray,
-    session: SyntheticSession,
-    turn: int,
-    world: SyntheticWorld | None = None,
-    source_rgb: np.ndarray | None = None,
-    tolerance: int = 32,
-    iou_threshold: float = 0.5,
-    preserve_threshold: float = 0.95,
-) -> EditScore:
-    """Scores a predicted image for transition ``turn`` (``frames[turn] -> frames[turn + 1]``) of a session.
-
-    Args:
-        pred_rgb: uint8 ``(H, W, 3)`` prediction at the session's resolution.
-        session: the ground-truth session.
-        turn: transition index in ``[0, num_turns)``.
-        world: the world that sampled the session (default: ``session.world``).
-        source_rgb: the image the model edited (default: the true ``frames[turn]``; pass the model's previous
-            output when turns are chained).
-        tolerance: per-channel tolerance (0-255) for "unchanged" and "matches".
-        iou_threshold: minimum changed-region IoU and object score for success.
-        preserve_threshold: minimum preserved fraction for success.
-    """
-    world = world or session.world
-    if world is None:
-        raise ValueError("world: the session carries no world; pass the SyntheticWorld that sampled it.")
-    if not 0 <= turn < session.num_turns:
-        raise ValueError(f"turn: must lie in [0, {session.num_turns}), got {turn}.")
-    target = session.frames[turn + 1]
-    source = session.frames[turn] if source_rgb is None else np.asarray(source_rgb)
-    pred = np.asarray(pred_rgb)
-    if pred.dtype != np.uint8 or pred.shape != target.shape:
-        raise ValueError(
-            f"pred_rgb: expected a uint8 array of shape {target.shape}, got {pred.dtype} {pred.shape}; resize the "
-            "prediction to the session resolution and convert with `np.asarray(image.convert('RGB'))`."
-        )
-    if source.shape != target.shape:
-        raise ValueError(f"source_rgb: expected shape {target.shape}, got {source.shape}.")
-
-    true_changed = session.changed_masks[turn]
-    pred_changed = ~_close(pred, source, tolerance)
-    changed_iou = _iou(pred_changed, true_changed)
-    preserved_region = ~true_changed
-    matches = _close(pred, target, tolerance)
-    preserved = float(matches[preserved_region].mean()) if preserved_region.any() else 1.0
-
-    edit = session.edits[turn]
-    if edit.after is not None:
-        # Nearest palette colour of each pixel, compared in the cell of the object (slightly enlarged).
-        background_colours = [colour for name in world.backgrounds for colour in BACKGROUNDS[name][:2]]
-        palette = np.array([COLOURS[c] for c in world.colours] + background_colours, dtype=np.int32)  # (K, 3)
-        colour_index = world.colours.index(edit.after.colour)
-        window = _cell_window(world, edit.after, session.states[turn + 1].camera, target.shape[0])
-
-        def is_object_colour(image: np.ndarray) -> np.ndarray:
-            pixels = image[window].astype(np.int32)
-            distances = ((pixels[..., None, :] - palette) ** 2).sum(-1)
-            return distances.argmin(-1) == colour_index
-
-        object_score = _iou(is_object_colour(pred), is_object_colour(target))
-    elif edit.before is not None:
-        footprint = session.source_masks[turn]
-        object_score = float(matches[footprint].mean()) if footprint.any() else 1.0
-    else:
-        object_score = float(matches.mean())
-    success = changed_iou >= iou_threshold and object_score >= iou_threshold and preserved >= preserve_threshold
-    return EditScore(edit.op, edit.uses_history, float(changed_iou), float(object_score), preserved, bool(success))
-
-
-def _cell_window(world: SyntheticWorld, obj: SceneObject, camera: tuple[int, int], resolution: int) -> tuple:
-    """Slices of the object's cell seen through the camera, enlarged by one pixel and clipped to the frame."""
-    x0 = int(math.floor(obj.col * world.cell + camera[0])) - 1
-    y0 = int(math.floor(obj.row * world.cell + camera[1])) - 1
-    x1 = int(math.ceil((obj.col + 1) * world.cell + camera[0])) + 1
-    y1 = int(math.ceil((obj.row + 1) * world.cell + camera[1])) + 1
-    return slice(max(0, y0), min(resolution, y1)), slice(max(0, x0), min(resolution, x1))

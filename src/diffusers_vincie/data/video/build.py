@@ -40,6 +40,7 @@ import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
+from ..schema import SESSION_FEATURES, SessionRecord
 from .annotate import AnnotationRejected, Transition, TransitionAnnotation, TransitionAnnotator
 from .frames import (
     SAMPLING_STRATEGIES,
@@ -48,12 +49,11 @@ from .frames import (
     VideoDecodeError,
     decode_frames_at,
     detect_scene_cuts,
+    frame_sampling_seed,
     probe_video,
     sample_timestamps,
     split_at_cuts,
-    video_seed,
 )
-from .schema import SESSION_FEATURES, SessionRecord
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ DATA_DIR, MANIFEST_DIR, REJECTS_FILE, CARD_FILE = "data", "manifest", "rejects.j
 
 @dataclass
 class SamplingConfig:
-    """How key frames are chosen in each video (see :mod:`diffusers_vincie.data.frames`).
+    """How key frames are chosen in each video (see :mod:`diffusers_vincie.data.video.frames`).
 
     Args:
         strategy: ``"equal_interval"``, ``"fixed_count"`` or ``"hybrid"``.
@@ -175,7 +175,7 @@ def list_videos(inputs: Sequence[str | Path], extensions: Sequence[str] = VIDEO_
 def _clip_frame_times(duration: float, path: Path, video_id: str, config: SamplingConfig) -> list[list[float]]:
     """Sampling times of each clip (scene-cut segment) of the video; one list per clip."""
     cuts = detect_scene_cuts(path, threshold=config.scene_threshold) if config.scene_cuts else []
-    rng = np.random.default_rng(video_seed(video_id, config.seed))
+    rng = np.random.default_rng(frame_sampling_seed(video_id, config.seed))
     clips = []
     for start, end in split_at_cuts(duration, cuts):
         times = sample_timestamps(
@@ -211,10 +211,10 @@ def sessions_from_video(
     Args:
         path: The video file.
         video_id: Its id (prefix of the session ids ``"<video_id>/<k>"``).
-        annotator: Annotates each transition (see :mod:`diffusers_vincie.data.annotate`).
+        annotator: Annotates each transition (see :mod:`diffusers_vincie.data.video.annotate`).
         config: Frame sampling settings (default :class:`SamplingConfig`).
         region_masker: Object with ``mask(image, phrases) -> bool (H, W) array`` (e.g.
-            :class:`~diffusers_vincie.data.regions.RegionMasker`) used when the annotator gives no exact
+            :class:`~diffusers_vincie.data.video.regions.RegionMasker`) used when the annotator gives no exact
             masks; ``None`` stores unknown (null) masks in that case.
 
     Returns:
@@ -466,7 +466,7 @@ def write_dataset_card(output_dir: str | Path, *, description: str = "", extra: 
     )
     body = f"""# VINCIE editing sessions
 
-Multi-turn editing sessions mined from video with `diffusers_vincie.data.build`.
+Multi-turn editing sessions mined from video with `diffusers_vincie.data.video.build`.
 One row per session: key frames, one instruction per transition, the region-of-editing masks of each
 transition in its source and target frame, camera motion, video id, timestamps and annotator metadata
 (JSON). The schema is documented in `diffusers_vincie.data.schema`.

@@ -10,23 +10,16 @@ import pytest
 from conftest import REPO, load_script
 
 from diffusers_vincie.data.schema import SessionRecord, mask_to_array
-from diffusers_vincie.data.synthetic import (
-    COLOURS,
-    HISTORY_OPS,
-    OP_KINDS,
-    SyntheticWorld,
-    decode_mask,
-    encode_mask,
-    read_ground_truth,
-    score_edit,
-)
+from diffusers_vincie.data.shapes.score import score_edit
+from diffusers_vincie.data.shapes.video import decode_mask, encode_mask, read_ground_truth, render_video
+from diffusers_vincie.data.shapes.world import COLOURS, HISTORY_OPS, OP_KINDS, ShapesWorld
 
 ALL_OPS_WEIGHTS = {"pan": 1.0}
 
 
 @pytest.fixture(scope="module")
 def world():
-    return SyntheticWorld(resolution=32)
+    return ShapesWorld(resolution=32)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +33,7 @@ def sessions(world):
 
 
 def test_deterministic_by_seed(world):
-    a, b = world.sample_session(7), SyntheticWorld(resolution=32).sample_session(7)
+    a, b = world.sample_session(7), ShapesWorld(resolution=32).sample_session(7)
     assert a.instructions == b.instructions and a.ops == b.ops and a.seed == 7
     for x, y in zip(a.frames + a.source_masks + a.target_masks, b.frames + b.source_masks + b.target_masks):
         np.testing.assert_array_equal(x, y)
@@ -64,7 +57,7 @@ def test_shapes_and_types(sessions):
 
 def test_frames_are_exact_palette_renders(world, sessions):
     allowed = {tuple(c) for c in COLOURS.values()}
-    from diffusers_vincie.data.synthetic import BACKGROUNDS
+    from diffusers_vincie.data.shapes.world import BACKGROUNDS
 
     allowed |= {c for name in world.backgrounds for c in BACKGROUNDS[name][:2]}
     for session in sessions[:30]:
@@ -134,7 +127,7 @@ def test_history_ops_are_valid(sessions):
 
 
 def test_vocabulary_covers_every_instruction_and_pan(sessions):
-    world = SyntheticWorld(resolution=32, op_weights=ALL_OPS_WEIGHTS)
+    world = ShapesWorld(resolution=32, op_weights=ALL_OPS_WEIGHTS)
     vocabulary = set(world.vocabulary)
     pans = 0
     for seed in range(100):
@@ -190,7 +183,7 @@ def test_to_record(sessions):
     np.testing.assert_array_equal(np.asarray(record.frames[2]), session.frames[2])
     np.testing.assert_array_equal(mask_to_array(record.target_masks[1]), session.target_masks[1])
     assert record.session_id == f"synthetic-{session.seed}/0"
-    unseeded = SyntheticWorld().sample_session(np.random.default_rng(0), num_turns=1)
+    unseeded = ShapesWorld().sample_session(np.random.default_rng(0), num_turns=1)
     with pytest.raises(ValueError, match="video_id"):
         unseeded.to_record()
     assert unseeded.to_record(video_id="clip-7").session_id == "clip-7/0"
@@ -212,7 +205,7 @@ def test_to_record(sessions):
 )
 def test_bad_world_arguments(kwargs, argument):
     with pytest.raises(ValueError, match=argument):
-        SyntheticWorld(**kwargs)
+        ShapesWorld(**kwargs)
 
 
 def test_bad_sample_arguments(world):
@@ -220,13 +213,13 @@ def test_bad_sample_arguments(world):
         world.sample_session(0, num_turns=0)
     with pytest.raises(TypeError, match="rng_or_seed"):
         world.sample_session("seed")
-    only_removals = SyntheticWorld(op_weights={op: float(op == "remove") for op in OP_KINDS})
+    only_removals = ShapesWorld(op_weights={op: float(op == "remove") for op in OP_KINDS})
     with pytest.raises(RuntimeError, match="op_weights"):
         only_removals.sample_session(0, num_turns=4)  # at most 3 removals are possible
 
 
 def test_config_rebuilds_the_same_world(world):
-    clone = SyntheticWorld(**json.loads(json.dumps(world.config)))
+    clone = ShapesWorld(**json.loads(json.dumps(world.config)))
     assert clone.sample_session(11).instructions == world.sample_session(11).instructions
 
 
@@ -276,10 +269,10 @@ def test_mask_encoding_round_trip():
 
 
 def test_render_video(tmp_path):
-    world = SyntheticWorld(resolution=32, op_weights=ALL_OPS_WEIGHTS)
+    world = ShapesWorld(resolution=32, op_weights=ALL_OPS_WEIGHTS)
     session = next(s for s in (world.sample_session(seed, num_turns=3) for seed in range(50)) if "pan" in s.ops)
     path = tmp_path / "videos" / "clip.mp4"
-    ground_truth = world.render_video(session, path, fps=8, seconds_per_turn=1.0, resolution=64)
+    ground_truth = render_video(world, session, path, fps=8, seconds_per_turn=1.0, resolution=64)
     assert sorted(p.name for p in path.parent.iterdir()) == ["clip.json", "clip.mp4"]  # no temporary left
 
     with av.open(str(path)) as container:
@@ -312,11 +305,11 @@ def test_render_video(tmp_path):
 
 def test_render_video_bad_arguments(tmp_path, world, sessions):
     with pytest.raises(ValueError, match="path"):
-        world.render_video(sessions[0], tmp_path / "clip.avi")
+        render_video(world, sessions[0], tmp_path / "clip.avi")
     with pytest.raises(ValueError, match="resolution"):
-        world.render_video(sessions[0], tmp_path / "clip.mp4", resolution=33)
+        render_video(world, sessions[0], tmp_path / "clip.mp4", resolution=33)
     with pytest.raises(ValueError, match="held frame"):
-        world.render_video(sessions[0], tmp_path / "clip.mp4", fps=1, seconds_per_turn=1.0, transition_fraction=0.9)
+        render_video(world, sessions[0], tmp_path / "clip.mp4", fps=1, seconds_per_turn=1.0, transition_fraction=0.9)
     with pytest.raises(ValueError, match="not a synthetic-video"):
         (tmp_path / "other.json").write_text("{}")
         read_ground_truth(tmp_path / "other.json")
@@ -358,8 +351,8 @@ def test_synthetic_world_needs_neither_datasets_nor_av():
 
     code = (
         "import sys; sys.modules['datasets'] = None; sys.modules['av'] = None\n"
-        "from diffusers_vincie.data import SyntheticWorld, score_edit\n"
-        "s = SyntheticWorld().sample_session(0)\n"
+        "from diffusers_vincie.data import ShapesWorld, score_edit\n"
+        "s = ShapesWorld().sample_session(0)\n"
         "assert score_edit(s.frames[1], s, 0).success\n"
         "import diffusers_vincie.data as data\n"
         "try:\n    data.load_sessions\nexcept ImportError:\n    print('lazy ok')\n"
@@ -368,8 +361,3 @@ def test_synthetic_world_needs_neither_datasets_nor_av():
     assert result.returncode == 0, result.stderr
     assert "lazy ok" in result.stdout
 
-
-def test_static_camera_matches_the_schema():
-    from diffusers_vincie.data import schema, synthetic
-
-    assert synthetic.STATIC_CAMERA == schema.STATIC_CAMERA

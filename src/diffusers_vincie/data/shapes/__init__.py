@@ -1,0 +1,2 @@
+"""The shapes world (VINCIE-Shapes): exact synthetic editing sessions (:mod:`.world`), their videos with a
+ground-truth sidecar (:mod:`.video`, needs ``av``) and the exact scoring of an edit (:mod:`.score`)."""

@@ -1,0 +1,328 @@
+"""ShapesBench: the exact, offline multi-turn editing benchmark on sessions of the synthetic shapes world (no VLM).
+
+Sessions are drawn from :class:`~diffusers_vincie.data.shapes.world.ShapesWorld` (add, remove, move, recolour,
+resize, and the history edits "bring back ..." and "make ... the colour it was before"); session ``i`` uses seed
+``seed + i``. Every turn is scored by :func:`~diffusers_vincie.data.shapes.score.score_edit` against the exact
+ground truth: a turn succeeds when the changed region matches the true one (IoU >= 0.5), the right colour/shape is
+there (IoU >= 0.5) and >= 95% of the unchanged pixels are kept (per-channel tolerance 32).
+
+Protocols:
+
+* **chained** (MSE-Bench, :func:`score_chained`): each output is the next turn's input (and the scored source), a
+  session stops at its first failure;
+* **ground-truth context** (teacher forcing, :func:`run_ground_truth`): each turn edits the true previous frame,
+  with the true earlier frames and instructions as context or none.
+
+Two front ends run them, with :func:`summarize` as the one summary of the scores:
+
+* ``benchmarks/shapes_bench.py``: a pixel-space VINCIE pipeline in the modes of :data:`CHAINED_MODES` and
+  :data:`GROUND_TRUTH_MODES` (:func:`run_chained`, :func:`run_ground_truth`);
+* ``python -m diffusers_vincie.evaluation session-bench`` (:func:`run_session_bench`): any
+  :class:`~diffusers_vincie.evaluation.generate.Editor`, chained, with its outputs stored like MSE-Bench's (same
+  resumable naming) and the MSE-Bench report of :mod:`.report` over exact verdicts:
+  ``prompt_following = 10 * min(changed_iou, object_score)``, ``consistency = 10 * preserved``, so the table reads
+  like the VLM one; ``session_bench_turns.csv`` holds every turn's raw scores.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from tqdm.auto import tqdm
+
+from ..data.shapes.score import EditScore, score_edit
+from ..data.shapes.world import ShapesSession, ShapesWorld
+from .generate import Editor, generate_outputs
+from .judge import SessionJudgement, TurnVerdict
+from .report import summarize as summarize_turns
+from .report import write_report
+from .sessions import BenchmarkSession, output_path
+
+__all__ = [
+    "BENCH_SEED",
+    "CHAINED_MODES",
+    "GROUND_TRUTH_MODES",
+    "ChainedEditor",
+    "ExactVerdict",
+    "IdentityEditor",
+    "build_bench_sessions",
+    "cumulative_success",
+    "ground_truth_edit",
+    "rate",
+    "run_chained",
+    "run_ground_truth",
+    "run_session_bench",
+    "score_chained",
+    "summarize",
+]
+
+CHAINED_MODES = ("full", "no_context", "chain_of_editing", "copy")
+GROUND_TRUTH_MODES = ("full", "no_context")
+# Training draws seeds 0 .. 999,999; the held-out bench sessions start far from them.
+BENCH_SEED = 10_000_000
+
+
+def build_bench_sessions(num_sessions: int, num_turns: int = 5, seed: int = 0, image_size: int = 256,
+                         **world_kwargs: Any) -> list[ShapesSession]:
+    """Draw ``num_sessions`` synthetic sessions; session ``i`` uses seed ``seed + i`` (deterministic).
+
+    Args:
+        num_sessions: Number of sessions.
+        num_turns: Edits per session.
+        seed: Seed of the first session.
+        image_size: Side of the square frames (use the editor's working resolution).
+        world_kwargs: Other :class:`ShapesWorld` arguments (grid, colours, op_weights, ...).
+    """
+    if num_sessions < 1:
+        raise ValueError(f"`num_sessions` must be >= 1, got {num_sessions}.")
+    world = ShapesWorld(resolution=image_size, **world_kwargs)
+    return [world.sample_session(seed + i, num_turns=num_turns) for i in range(num_sessions)]
+
+
+# =====================================================================================================
+#                                               Protocols
+# =====================================================================================================
+
+# ``editor_of(index, session)`` returns the editor of one session: ``edit(source, turn) -> uint8 (H, W, 3)``.
+TurnEditor = Callable[[np.ndarray, int], np.ndarray]
+
+
+def score_chained(sessions: list[ShapesSession], editor_of: Callable[[int, ShapesSession], TurnEditor],
+                  desc: str | None = None) -> list[list[EditScore]]:
+    """Chained protocol: scores of the turns each session reached (the last one failed unless all succeeded)."""
+    results = []
+    for index, session in enumerate(tqdm(sessions, desc=desc, leave=False, disable=desc is None)):
+        edit = editor_of(index, session)
+        source, scores = session.frames[0], []
+        for turn in range(session.num_turns):
+            prediction = edit(source, turn)
+            score = score_edit(prediction, session, turn, source_rgb=source)
+            scores.append(score)
+            if not score.success:
+                break
+            source = prediction
+        results.append(scores)
+    return results
+
+
+def cumulative_success(results: list[list[EditScore]], num_turns: int) -> list[float]:
+    """Fraction of sessions whose turns ``1..k`` all succeeded, for ``k = 1..num_turns``."""
+    return [
+        float(np.mean([len(scores) > k and all(s.success for s in scores[: k + 1]) for scores in results]))
+        for k in range(num_turns)
+    ]
+
+
+def rate(scores: list[EditScore], keep: Callable[[EditScore], bool] = lambda s: True) -> dict[str, float]:
+    """Success rate (and count) of the scores that ``keep`` selects."""
+    chosen = [s for s in scores if keep(s)]
+    return {"success": float(np.mean([s.success for s in chosen])) if chosen else float("nan"), "n": len(chosen)}
+
+
+def _means(scores: list[EditScore]) -> dict[str, float]:
+    """Mean of each continuous score (success is all-or-nothing; these show how far a model is from it)."""
+    return {f"mean_{name}": float(np.mean([getattr(s, name) for s in scores]))
+            for name in ("changed_iou", "object_score", "preserved")}
+
+
+def summarize(chained: dict, ground_truth: dict, num_turns: int) -> dict[str, Any]:
+    """The numbers of the bench (JSON-able), from the scores of each chained and ground-truth mode."""
+    summary: dict[str, Any] = {"chained": {}, "ground_truth": {}}
+    for mode, results in chained.items():
+        flat = [s for scores in results for s in scores]
+        summary["chained"][mode] = {
+            "cumulative_success": cumulative_success(results, num_turns),
+            "history_turns_reached": rate(flat, lambda s: s.uses_history),
+            **_means(flat),
+        }
+    for mode, results in ground_truth.items():
+        flat = [s for scores in results for s in scores]
+        per_turn = [rate([scores[k] for scores in results])["success"] for k in range(num_turns)]
+        per_op = {op: rate(flat, lambda s, op=op: s.op == op) for op in sorted({s.op for s in flat})}
+        summary["ground_truth"][mode] = {
+            "per_turn_success": per_turn,
+            "all_turns": rate(flat),
+            "history_turns": rate(flat, lambda s: s.uses_history),
+            "other_turns": rate(flat, lambda s: not s.uses_history),
+            "per_op": per_op,
+            **_means(flat),
+        }
+    return summary
+
+
+# =====================================================================================================
+#                                     A VINCIE pipeline in each mode
+# =====================================================================================================
+
+
+def _rgb(image: PIL.Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"))
+
+
+def _size(session: ShapesSession) -> int:
+    return session.frames[0].shape[0]
+
+
+class ChainedEditor:
+    """Runs one session's turns in one of the chained modes; ``edit(source, k)`` returns turn ``k``'s output.
+
+    Modes: ``full``: full context (the default use: one ``VincieEditingSession``, context encoded once per turn);
+    ``no_context``: only the last image and the last instruction (a fresh session per turn);
+    ``chain_of_editing``: full context, predicting the current- then next-frame RoE masks before each image;
+    ``copy``: the copy-input baseline (the output is the input).
+
+    Args:
+        pipe: a pixel-space ``VincieInContextPipeline`` (``None`` for ``copy``).
+        mode: one of :data:`CHAINED_MODES`.
+        session: the ground-truth session (its instructions are used).
+        sampling: ``num_inference_steps`` / ``guidance_scale``.
+        seed: noise seed of the session.
+    """
+
+    def __init__(self, pipe, mode: str, session: ShapesSession, sampling: dict, seed: int):
+        self.pipe, self.mode, self.session, self.sampling = pipe, mode, session, sampling
+        self.generator = torch.Generator().manual_seed(seed)
+        self.editing = None
+        if mode in ("full", "chain_of_editing"):
+            self.editing = pipe.start_session(PIL.Image.fromarray(session.frames[0]), resolution=_size(session),
+                                              generator=self.generator)
+
+    def edit(self, source: np.ndarray, turn: int) -> np.ndarray:
+        instruction = self.session.instructions[turn]
+        if self.mode == "copy":
+            return source.copy()
+        if self.mode == "no_context":
+            fresh = self.pipe.start_session(PIL.Image.fromarray(source), resolution=_size(self.session),
+                                            generator=self.generator)
+            return _rgb(fresh.edit(instruction, generator=self.generator, **self.sampling))
+        return _rgb(self.editing.edit(instruction, generator=self.generator,
+                                      chain_of_editing=self.mode == "chain_of_editing", **self.sampling))
+
+
+def ground_truth_edit(pipe, session: ShapesSession, turn: int, mode: str, sampling: dict, seed: int) -> np.ndarray:
+    """Turn ``turn`` edited from the true ``frames[turn]``: with the true earlier frames and instructions as context
+    (``full``: the official loop's "earlier turns given as images") or alone (``no_context``)."""
+    generator = torch.Generator().manual_seed(seed)
+    if mode == "full":
+        images = [PIL.Image.fromarray(frame) for frame in session.frames[: turn + 1]]
+        editing = pipe.start_session(images, resolution=_size(session), generator=generator)
+        for instruction in session.instructions[:turn]:
+            editing.add_instruction(instruction)
+    else:
+        editing = pipe.start_session(PIL.Image.fromarray(session.frames[turn]), resolution=_size(session),
+                                     generator=generator)
+    return _rgb(editing.edit(session.instructions[turn], generator=generator, **sampling))
+
+
+def run_chained(pipe, sessions: list[ShapesSession], mode: str, sampling: dict) -> list[list[EditScore]]:
+    """The chained protocol with the pipeline in ``mode``; session ``i`` draws its noise from seed ``i``."""
+    return score_chained(sessions, lambda index, session: ChainedEditor(pipe, mode, session, sampling, index).edit,
+                         desc=f"chained {mode}")
+
+
+def run_ground_truth(pipe, sessions: list[ShapesSession], mode: str, sampling: dict) -> list[list[EditScore]]:
+    """Scores of every turn of every session, each edited from the true previous frame."""
+    return [
+        [score_edit(ground_truth_edit(pipe, session, turn, mode, sampling, seed=1000 * index + turn), session, turn)
+         for turn in range(session.num_turns)]
+        for index, session in enumerate(tqdm(sessions, desc=f"ground truth {mode}", leave=False))
+    ]
+
+
+# =====================================================================================================
+#                               Any editor, MSE-Bench outputs and report
+# =====================================================================================================
+
+
+@dataclass
+class ExactVerdict(TurnVerdict):
+    """A verdict whose success is decided by the exact scorer, not by a score threshold."""
+
+    passed: bool = False
+    op: str = ""
+
+    def success(self, threshold: float = 0.0) -> bool:
+        return self.passed
+
+
+class IdentityEditor:
+    """Baseline that returns the last image unchanged (the floor of the bench)."""
+
+    def __call__(self, images: list[PIL.Image.Image], instructions: list[str], seed: int) -> PIL.Image.Image:
+        return images[-1].copy()
+
+
+def _as_benchmark_session(index: int, session: ShapesSession) -> BenchmarkSession:
+    return BenchmarkSession(index=str(index), source=PIL.Image.fromarray(session.frames[0]),
+                       instructions=list(session.instructions), operations=session.ops)
+
+
+def _load_output(path: Path, size: int) -> np.ndarray:
+    with PIL.Image.open(path) as stored:
+        image = stored.convert("RGB")
+    if image.size != (size, size):
+        image = image.resize((size, size), PIL.Image.BICUBIC)
+    return np.asarray(image)
+
+
+def _stored_outputs(outputs_dir: str | os.PathLike) -> Callable[[int, ShapesSession], TurnEditor]:
+    """The editors of :func:`score_chained` that read the outputs ``generate_outputs`` stored (seed = index)."""
+
+    def editor_of(index: int, session: ShapesSession) -> TurnEditor:
+        return lambda source, turn: _load_output(output_path(outputs_dir, str(index), turn, index), _size(session))
+
+    return editor_of
+
+
+def run_session_bench(editor: Editor, report_dir: str | os.PathLike, num_sessions: int = 50, num_turns: int = 5,
+                      seed: int = 0, image_size: int = 256, title: str | None = None,
+                      **world_kwargs: Any) -> dict[str, Path]:
+    """Generate (resumable) and score the chained protocol with any editor, and write the MSE-Bench-style report.
+
+    Args:
+        editor: The editor under test (see :class:`~diffusers_vincie.evaluation.generate.Editor`).
+        report_dir: Folder of ``outputs/`` and of the report files ``session_bench.*``.
+        num_sessions: Number of sessions.
+        num_turns: Edits per session.
+        seed: Seed of the first session.
+        image_size: Side of the frames.
+        title: Title of the report.
+        world_kwargs: Other :class:`ShapesWorld` arguments.
+
+    Returns:
+        The written report paths (``csv``, ``markdown``, ``json``, ``plot``, ``turns``).
+    """
+    report_dir = Path(report_dir)
+    sessions = build_bench_sessions(num_sessions, num_turns, seed, image_size, **world_kwargs)
+    generate_outputs(editor, [_as_benchmark_session(i, s) for i, s in enumerate(sessions)], report_dir / "outputs",
+                     seed_offset=0)
+    results = score_chained(sessions, _stored_outputs(report_dir / "outputs"))
+    judgements = [
+        SessionJudgement(str(index), [
+            ExactVerdict(prompt_following=10 * min(score.changed_iou, score.object_score),
+                         consistency=10 * score.preserved, passed=score.success, op=score.op)
+            for score in scores
+        ])
+        for index, scores in enumerate(results)
+    ]
+    rows = [{"session": index, "turn": turn + 1, "op": score.op, "changed_iou": score.changed_iou,
+             "object_score": score.object_score, "preserved": score.preserved, "success": score.success}
+            for index, scores in enumerate(results) for turn, score in enumerate(scores)]
+    summary = summarize_turns(judgements, num_turns)
+    metadata = {"judge": "exact (score_edit)", "sessions": num_sessions, "turns": num_turns, "seed": seed,
+                "image_size": image_size}
+    paths = write_report(summary, report_dir, name="session_bench", title=title or "Session bench", metadata=metadata)
+    paths["turns"] = report_dir / "session_bench_turns.csv"
+    with open(paths["turns"], "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return paths

@@ -1,0 +1,106 @@
+"""Checks of the user-facing arguments of the pipeline and its sessions, run once per call or edit before any work.
+
+Each error names the argument and the fix. The pipeline's ``check_inputs`` and ``VincieEditingSession.edit`` share
+these, so the same bad value gets the same message on both paths.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional, Union
+
+import numpy as np
+import PIL.Image
+import torch
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+FIDELITIES = ("exact", "official")
+POSTERIORS = ("sample", "mode")
+
+
+def check_choice(name: str, value, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"`{name}` must be one of {allowed}; got {value!r}.")
+
+
+def check_real(name: str, value, minimum: float, maximum: float = math.inf, hint: str = "") -> float:
+    """A finite real number in ``[minimum, maximum]`` (bools and strings refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a number, got {type(value).__name__} {value!r}.{hint}")
+    value = float(value)
+    if not math.isfinite(value) or not minimum <= value <= maximum:
+        bound = f"in [{minimum:g}, {maximum:g}]" if math.isfinite(maximum) else f">= {minimum:g}"
+        raise ValueError(f"`{name}` must be a finite number {bound}; got {value}.{hint}")
+    return value
+
+
+def check_int(name: str, value, minimum: int, maximum: Optional[int] = None, hint: str = "") -> int:
+    """An integer in ``[minimum, maximum]`` (floats such as 2.5, bools and strings refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be an integer, got {type(value).__name__} {value!r}.{hint}")
+    value = int(value)
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+        raise ValueError(f"`{name}` must be an integer {bound}; got {value}.{hint}")
+    return value
+
+
+def check_generator(generator, num_candidates: int) -> list[Optional[torch.Generator]]:
+    """One generator (or ``None``) per candidate: a single generator serves every candidate in turn, a list must
+    give exactly one per candidate (diffusers' convention)."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != num_candidates:
+            raise ValueError(
+                f"`generator` is a list of {len(generator)} generators but {num_candidates} candidate(s) are asked "
+                "(`num_images_per_prompt`); give one generator per candidate, or a single generator."
+            )
+        for g in generator:
+            check_generator(g, 1)
+        return list(generator)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"`generator` must be a torch.Generator (e.g. torch.Generator().manual_seed(0)) or a list of them; got "
+            f"{type(generator).__name__} {generator!r}."
+        )
+    return [generator] * num_candidates
+
+
+def check_image(name: str, image) -> None:
+    """A PIL image, a ``(H, W[, C])`` array or a ``(C, H, W)`` tensor with finite values."""
+    if isinstance(image, PIL.Image.Image):
+        return
+    if isinstance(image, (np.ndarray, torch.Tensor)):
+        values = torch.as_tensor(np.asarray(image) if isinstance(image, np.ndarray) else image)
+        if values.is_floating_point() and not torch.isfinite(values).all():
+            raise ValueError(f"`{name}` contains NaN or Inf values; give finite pixel values.")
+        return
+    raise TypeError(f"`{name}` must be a PIL image, a numpy array or a torch tensor; got {type(image).__name__}.")
+
+
+def check_sampling(
+    num_inference_steps, guidance_scale, guidance_interval, guidance_rescale, num_images_per_prompt, generator,
+    callback_on_step_end, callback_on_step_end_tensor_inputs, allowed_tensor_inputs,
+) -> list[Optional[torch.Generator]]:
+    """The per-turn sampling arguments; returns the generator of each candidate."""
+    check_int("num_inference_steps", num_inference_steps, 1, 1000)
+    check_real("guidance_scale", guidance_scale, 1.0, hint=" (1 disables guidance)")
+    check_real("guidance_interval", guidance_interval, 0.0, 1.0, hint=" (fraction of the steps guided)")
+    check_real("guidance_rescale", guidance_rescale, 0.0, 1.0)
+    count = check_int("num_images_per_prompt", num_images_per_prompt, 1, 64)
+    if callback_on_step_end is not None and not callable(callback_on_step_end):
+        raise TypeError(f"`callback_on_step_end` must be callable; got {type(callback_on_step_end).__name__}.")
+    bad = set(callback_on_step_end_tensor_inputs) - set(allowed_tensor_inputs)
+    if bad:
+        raise ValueError(f"`callback_on_step_end_tensor_inputs` may only hold {allowed_tensor_inputs}; got {sorted(bad)}.")
+    return check_generator(generator, count)
+
+
+def callback_outputs(outputs: Union[dict, None]) -> dict:
+    """What ``callback_on_step_end`` returned: a dict (diffusers' convention), checked."""
+    if not isinstance(outputs, dict):
+        raise TypeError(
+            "`callback_on_step_end` must return a dict (e.g. `return callback_kwargs`), got "
+            f"{type(outputs).__name__}."
+        )
+    return outputs
