@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import statistics
 import sys
 import time
@@ -33,9 +33,9 @@ import PIL.Image
 import torch
 
 from diffusers_vincie import VincieInContextPipeline
-from diffusers_vincie.assembly import pack_sessions
 from diffusers_vincie.conversion.dit import VINCIE_3B_CONFIG
 from diffusers_vincie.pipelines.sampling import official_scheduler
+from diffusers_vincie.sequence import pack_sessions
 from diffusers_vincie.testing import tiny_text_encoder, tiny_tokenizer, tiny_transformer, tiny_vae
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -200,7 +200,7 @@ def offload_section(pipe, device, tiny):
                                            num_blocks_per_group=1)
             start = time.perf_counter()
             image = one_turn(pipe, resolution, steps, device)
-            result[name] = {"seconds": round(time.perf_counter() - start, 2),
+            result[name] = {"turn_seconds": round(time.perf_counter() - start, 2),
                             "max_abs_diff_0_255": float(np.abs(image - reference).max()),
                             "equal": bool(np.array_equal(image, reference))}
         except Exception as error:
@@ -248,7 +248,7 @@ def first_block_cache_section(pipe, device, tiny):
         fast = time.perf_counter() - start
     finally:
         pipe.transformer.disable_cache()
-    return {"threshold": 0.05, "seconds": round(plain, 2), "cached_seconds": round(fast, 2),
+    return {"threshold": 0.05, "uncached_seconds": round(plain, 4), "cached_seconds": round(fast, 4),
             "speedup": round(plain / fast, 3), "mean_abs_diff_0_255": float(np.abs(cached - reference).mean())}
 
 
@@ -268,7 +268,7 @@ def main() -> int:
     import transformers
 
     check.results["environment"] = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor()})",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {os.cpu_count()} cores",
         "torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }

@@ -105,9 +105,10 @@ class LoadedModel:
 
     @property
     def max_resolution(self) -> int:
-        """Largest area resolution whose frames stay within `MAX_FRAME_TOKENS` patches (a multiple of the patch)."""
+        """The model's own bound (``max_resolution`` in the pipeline config), or less: the largest resolution whose
+        frames stay within `MAX_FRAME_TOKENS` patches, so that one user's call stays short on a shared Space."""
         multiple = self.pipe.size_multiple
-        return max(multiple, int(MAX_FRAME_TOKENS**0.5) * multiple)
+        return min(self.pipe.config.max_resolution, max(multiple, int(MAX_FRAME_TOKENS**0.5) * multiple))
 
 
 def default_model_folder() -> Optional[Path]:
@@ -365,7 +366,7 @@ def branch_choices(state: Optional[EditorState]) -> gr.Dropdown:
     return gr.Dropdown(choices=choices, value=state.active)
 
 
-REGION_CANVAS_SIDE = 512
+REGION_CANVAS_SIDE = 256
 
 
 def region_canvas(image: Optional[PIL.Image.Image]) -> dict:

@@ -59,7 +59,7 @@ def test_int8_text_encoder_embeds_close_and_edits(saved_pipeline):
     transformer_weights = {type(m.weight) for m in quantized.transformer.modules() if isinstance(m, torch.nn.Linear)}
     assert transformer_weights == {torch.nn.Parameter}  # only the text encoder is quantized
 
-    for exact, approx in zip(reference.encode_prompt(PROMPTS), quantized.encode_prompt(PROMPTS)):
+    for exact, approx in zip(reference.encode_text(PROMPTS), quantized.encode_text(PROMPTS)):
         assert exact.shape == approx.shape
         cosine = torch.nn.functional.cosine_similarity(exact, approx, dim=-1)
         assert cosine.min() > 0.999, cosine

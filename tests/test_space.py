@@ -284,7 +284,8 @@ def test_a_call_past_the_time_limit_stops_and_keeps_the_session(app, model, monk
 
 
 def test_shipped_model_refuses_large_resolutions(app):
-    from diffusers_vincie.default_model import RESOLUTION as SHIPPED, load_default_pipeline
+    from diffusers_vincie.default_model import RESOLUTION as SHIPPED
+    from diffusers_vincie.default_model import load_default_pipeline
 
     model = app.LoadedModel(load_default_pipeline(), "VINCIE-Shapes", resolution=SHIPPED)
     assert SHIPPED < model.max_resolution == 128 < 1024
