@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from diffusers_vincie.utils.io import write_json_atomic
+
 
 def make_videos(folder: Path, count: int, resolution: int, turns: int, fps: int) -> None:
     from diffusers_vincie.data.shapes.video import render_video
@@ -131,7 +133,7 @@ def main() -> None:
     print(json.dumps(results, indent=2))
     print(f"build / decode-only = {results['build_over_decode']:.2f}x (goal <= 1.5x)")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        write_json_atomic(args.json, results)
 
 
 if __name__ == "__main__":

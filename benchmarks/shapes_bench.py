@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -47,6 +46,7 @@ from diffusers_vincie.evaluation.shapes_bench import (
     run_ground_truth,
     summarize,
 )
+from diffusers_vincie.utils.io import atomic_path, write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 WORLD_CONFIG = REPO / "training_scripts" / "configs" / "vincie_shapes_world.json"
@@ -151,10 +151,9 @@ def plot(summary: dict, path: Path, title: str) -> None:
     axes[1].legend()
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as temporary:
+        fig.savefig(temporary, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 _MEAN_SUFFIXES = ("_changed_iou", "_object_score", "_preserved")
@@ -191,7 +190,8 @@ def append_curve(curve: Path, label: str, summary: dict) -> None:
         ax.legend(fontsize=7)
     fig.suptitle("ShapesBench vs training steps")
     fig.tight_layout()
-    fig.savefig(curve.with_name("success_vs_steps.png"), dpi=100)
+    with atomic_path(curve.with_name("success_vs_steps.png")) as temporary:
+        fig.savefig(temporary, dpi=100)
     plt.close(fig)
 
 
@@ -253,9 +253,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     tables = markdown_tables(summary, args.num_sessions)
     for name, text in (("results.json", json.dumps(summary, indent=2)), ("results.md", tables)):
-        tmp = args.output_dir / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, args.output_dir / name)
+        write_text_atomic(args.output_dir / name, text)
     plot(summary, args.output_dir / "shapes_bench.png",
          f"ShapesBench, {args.num_sessions} sessions" + (f" ({args.label})" if args.label else ""))
     if args.curve is not None:

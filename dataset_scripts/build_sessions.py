@@ -23,11 +23,21 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from diffusers_vincie.data.video.annotate import GroundTruthAnnotator, TransitionAnnotator, VLMAnnotator
-from diffusers_vincie.data.video.build import SamplingConfig, build_sessions, distributed_state
+from diffusers_vincie.data.video.build import (
+    FRAME_FORMATS,
+    VIDEO_EXTENSIONS,
+    SamplingConfig,
+    build_sessions,
+    check_output_dir,
+    distributed_state,
+    list_videos,
+)
 from diffusers_vincie.data.video.frames import SAMPLING_STRATEGIES
 from diffusers_vincie.data.video.regions import DEFAULT_DETECTOR, DEFAULT_SEGMENTER, RegionMasker
+from diffusers_vincie.utils.cli import UsageError, run_cli
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -56,22 +66,48 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="frames as lossless PNG or JPEG q95 (faster to write); masks are always PNG")
     parser.add_argument("--encode-workers", type=int, default=2, help="threads encoding images in the background")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every rejected transition")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def sampling_config(args: argparse.Namespace) -> SamplingConfig:
+    """The checked arguments' sampling settings; raises :class:`UsageError` naming the flag, before any video is
+    opened or any model loaded."""
     if args.annotator == "vlm" and not args.vlm_model:
-        parser.error("--annotator vlm needs --vlm-model (e.g. Qwen/Qwen2.5-VL-7B-Instruct); "
-                     "use --annotator ground_truth for synthetic videos")
-    return args
+        raise UsageError("--annotator vlm needs --vlm-model (e.g. Qwen/Qwen2.5-VL-7B-Instruct); "
+                         "use --annotator ground_truth for synthetic videos")
+    for flag in ("max_attempts", "max_new_tokens", "vlm_batch_size", "shard_size", "encode_workers"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}.")
+    if args.frame_format not in FRAME_FORMATS:
+        raise UsageError(f"--frame-format must be one of {FRAME_FORMATS}, got {args.frame_format!r}.")
+    try:
+        config = SamplingConfig(
+            strategy=args.strategy, interval=args.interval, min_frames=args.min_frames, max_frames=args.max_frames,
+            seed=args.seed, scene_cuts=args.scene_cuts, scene_threshold=args.scene_threshold,
+            max_side=args.max_side,
+        )
+    except ValueError as error:  # its messages name the setting; the flag is the same word with dashes
+        raise UsageError(f"bad sampling flags (--interval, --min-frames, --max-frames, --scene-threshold, "
+                         f"--max-side): {error}") from error
+    try:
+        videos = list_videos(args.inputs)
+    except (FileNotFoundError, ValueError) as error:
+        raise UsageError(str(error)) from error
+    if not videos:
+        raise UsageError(f"inputs: no video files ({', '.join(VIDEO_EXTENSIONS)}) in {' '.join(args.inputs)}")
+    try:
+        check_output_dir(Path(args.output))
+    except ValueError as error:
+        raise UsageError(str(error).replace("output_dir:", "--output", 1)) from error
+    return config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    config = run_cli(lambda: sampling_config(args), "build_sessions.py")  # one line and exit 2 when bad
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     state = distributed_state()
     device = str(state.device)
-    config = SamplingConfig(
-        strategy=args.strategy, interval=args.interval, min_frames=args.min_frames, max_frames=args.max_frames,
-        seed=args.seed, scene_cuts=args.scene_cuts, scene_threshold=args.scene_threshold, max_side=args.max_side,
-    )
     annotator: TransitionAnnotator
     region_masker = None
     if args.annotator == "ground_truth":
@@ -91,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"{summary.sessions} sessions from {summary.videos} videos in {args.output} "
             f"({summary.processed} processed now, {summary.skipped} already done, "
-            f"{summary.rejected_videos} unreadable: see rejects.jsonl) in {summary.seconds:.1f}s"
+            f"{summary.rejected_videos} rejected: see rejects.jsonl) in {summary.seconds:.1f}s"
         )
     return 0
 

@@ -12,11 +12,12 @@ key-state timestamps; read it with ``diffusers_vincie.data.shapes.video.read_gro
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from diffusers_vincie.data.shapes.video import make_synthetic_videos
 from diffusers_vincie.data.shapes.world import ShapesWorld
+from diffusers_vincie.utils.cli import UsageError, check_number, run_cli
+from diffusers_vincie.utils.io import write_json_atomic
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,11 +38,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+_BOUNDS = {"num_videos": (1, None), "num_turns": (1, None), "world_resolution": (8, None), "resolution": (16, None),
+           "fps": (1, None), "seconds_per_turn": (0, None), "transition_fraction": (0, 1), "pan_weight": (0, None),
+           "max_objects": (1, None), "crf": (0, 51)}
+
+
+def build_world(args: argparse.Namespace) -> ShapesWorld:
+    """The checked flags' world; every problem is a :class:`UsageError` naming the flag, before any video."""
+    for name, (minimum, maximum) in _BOUNDS.items():
+        check_number(f"--{name.replace('_', '-')}", getattr(args, name), minimum, maximum)
+    if args.seconds_per_turn <= 0:
+        raise UsageError(f"--seconds-per-turn must be > 0, got {args.seconds_per_turn}.")
+    if args.resolution % 2:
+        raise UsageError(f"--resolution must be even (H.264 4:2:0), got {args.resolution}.")
+    if args.output_dir.exists() and not args.output_dir.is_dir():
+        raise UsageError(f"--output-dir {args.output_dir} is a file; give a folder.")
+    try:
+        return ShapesWorld(resolution=args.world_resolution, max_objects=args.max_objects,
+                              op_weights={"pan": args.pan_weight})
+    except ValueError as error:  # the world's own checks name its argument
+        raise UsageError(f"bad world flags: {error}") from error
+
+
 def main(argv: list[str] | None = None) -> list[Path]:
     args = parse_args(argv)
-    world = ShapesWorld(
-        resolution=args.world_resolution, max_objects=args.max_objects, op_weights={"pan": args.pan_weight}
-    )
+    world = run_cli(lambda: build_world(args), "make_synthetic_videos.py")
     paths = make_synthetic_videos(
         args.output_dir,
         args.num_videos,
@@ -55,7 +76,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         crf=args.crf,
         progress=not args.no_progress,
     )
-    (args.output_dir / "world.json").write_text(json.dumps(world.config, indent=2))
+    write_json_atomic(args.output_dir / "world.json", world.config)
     print(f"{len(paths)} videos in {args.output_dir}")
     return paths
 

@@ -41,3 +41,11 @@ def pipe():
     p = tiny_pipeline()
     p.set_progress_bar_config(disable=True)
     return p
+
+
+def one_error_line(err: str) -> str:
+    """The single ``<prog>: error: ...`` line of a command's stderr (asserted: no traceback, no second error); the
+    first heavy import of a process may log unrelated library warnings before it."""
+    lines = [line for line in err.strip().splitlines() if "error:" in line]
+    assert "Traceback" not in err and len(lines) == 1 and lines[0] == err.strip().splitlines()[-1], err
+    return lines[0]

@@ -320,10 +320,12 @@ def test_build_with_garbage_vlm_rejects_every_transition_without_crashing(tiny_v
     annotator = VLMAnnotator(*tiny_vlm, max_attempts=2, max_new_tokens=6)
     config = SamplingConfig(strategy="equal_interval", interval=1.0)
     summary = build_sessions([two_videos], tmp_path / "out", annotator, config=config, region_masker=tiny_region_masker)
-    assert (summary.videos, summary.rejected_videos, summary.sessions) == (3, 1, 0)
+    # a video none of whose transitions could be annotated is a reject (retried next run), like the unreadable one
+    assert (summary.videos, summary.rejected_videos, summary.sessions) == (3, 3, 0)
     manifest = read_manifest(tmp_path / "out")
     assert [manifest[f"clip{i}"]["rejected_transitions"] for i in range(2)] == [2, 2]
-    assert manifest["corrupt"]["status"] == "rejected"
+    assert all(manifest[name]["status"] == "rejected" for name in ("clip0", "clip1", "corrupt"))
+    assert "no transition could be annotated" in manifest["clip0"]["reason"]
 
 
 def test_build_with_vlm_and_regions_produces_sessions(tiny_vlm, tiny_region_masker, two_videos, monkeypatch):

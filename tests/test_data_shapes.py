@@ -324,7 +324,7 @@ def _load_cli():
     return load_script(REPO / "dataset_scripts" / "make_synthetic_videos.py", "make_synthetic_videos")
 
 
-def test_make_synthetic_videos_cli_is_deterministic_and_resumable(tmp_path):
+def test_make_synthetic_videos_cli_is_deterministic_and_resumable(tmp_path, capsys):
     cli = _load_cli()
     common = ["--num-videos", "3", "--seed", "4", "--num-turns", "2", "--resolution", "32", "--no-progress"]
     first = cli.main(["--output-dir", str(tmp_path / "a"), *common])
@@ -341,8 +341,10 @@ def test_make_synthetic_videos_cli_is_deterministic_and_resumable(tmp_path):
     cli.main(["--output-dir", str(tmp_path / "a"), *common])
     assert first[0].stat().st_mtime_ns == kept and first[1].exists()
     assert first[1].with_suffix(".json").read_text() == (tmp_path / "b" / "synth_000001.json").read_text()
-    with pytest.raises(ValueError, match="num_videos"):
+    with pytest.raises(SystemExit) as exit_info:  # one line, exit 2, nothing written
         cli.main(["--output-dir", str(tmp_path / "c"), "--num-videos", "-1"])
+    assert exit_info.value.code == 2 and "--num-videos" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
 
 
 def test_synthetic_world_needs_neither_datasets_nor_av():

@@ -270,15 +270,16 @@ def test_persistent_errors_are_bounded_and_reported(mse_fixture, tmp_path):
         fake.close()
 
 
-def test_missing_outputs_and_key_give_clear_errors(mse_fixture, tmp_path, monkeypatch):
+def test_missing_outputs_and_key_give_clear_errors(mse_fixture, tmp_path, monkeypatch, capsys):
     bench, outputs = mse_fixture
     (outputs / "2_turn1_rep0_seed2.png").unlink()
     client = JudgeClient("http://127.0.0.1:9/v1", "m", max_retries=0)
     with pytest.raises(FileNotFoundError, match="run `generate` first"):
         judge_benchmark(client, load_benchmark_sessions(bench), outputs, tmp_path / "cache", show_progress=False)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    with pytest.raises(SystemExit, match="OPENAI_API_KEY"):
-        main(["judge", "--dataset", str(bench), "--outputs", str(outputs), "--base-url", "https://api.openai.com/v1"])
+    assert main(["judge", "--dataset", str(bench), "--outputs", str(outputs),
+                 "--base-url", "https://api.openai.com/v1"]) == 2
+    assert "OPENAI_API_KEY" in capsys.readouterr().err
     with pytest.raises(ValueError, match="base_url"):
         JudgeClient("", "m")
 
@@ -325,7 +326,7 @@ def test_summarize_ignores_verdicts_after_a_failure_and_divides_by_all_sessions(
         summarize([], num_turns=3)
 
 
-def test_judge_published_results_dataset(mse_fixture, server, tmp_path):
+def test_judge_published_results_dataset(mse_fixture, server, tmp_path, capsys):
     """`--results-dataset` exports released outputs (turn_{t}_image columns) into --outputs, then judges them."""
     bench, _ = mse_fixture
     columns = {f"turn_{t}_image": [PIL.Image.new("RGB", (16, 12), (i, t, 9)) for i in range(4)] for t in range(NUM_TURNS)}
@@ -340,6 +341,6 @@ def test_judge_published_results_dataset(mse_fixture, server, tmp_path):
     rows = list(csv_rows(outputs / "judge-fake-judge" / "mse_bench.csv"))[1:]
     for row, expected in zip(rows, hand_summary()):
         assert [float(value) for value in row[1:]] == pytest.approx(expected, abs=5e-5)
-    with pytest.raises(SystemExit, match="--results-split"):
-        main(["judge", "--dataset", str(bench), "--outputs", str(outputs), "--results-dataset", "org/results",
-              "--base-url", server.base_url])
+    assert main(["judge", "--dataset", str(bench), "--outputs", str(outputs), "--results-dataset", "org/results",
+                 "--base-url", server.base_url]) == 2
+    assert "--results-split" in capsys.readouterr().err

@@ -75,7 +75,7 @@ def test_mixed_editor_matches_hand_computation_and_resumes(tmp_path):
     assert calls == [] and os.path.getmtime(tmp_path / "outputs" / "0_turn0_rep0_seed0.png") == mtime
 
 
-def test_session_bench_cli_with_an_importable_editor(tmp_path, monkeypatch):
+def test_session_bench_cli_with_an_importable_editor(tmp_path, monkeypatch, capsys):
     module = types.ModuleType("fake_editors_for_session_bench")
     module.Oracle = OracleEditor
     monkeypatch.setitem(sys.modules, module.__name__, module)
@@ -83,5 +83,5 @@ def test_session_bench_cli_with_an_importable_editor(tmp_path, monkeypatch):
                  "--num-turns", str(NUM_TURNS), "--image-size", str(SIZE), "--editor", f"{module.__name__}:Oracle"]) == 0
     assert read_csv(tmp_path / "session_bench.csv")[1][1] == "1.0000"
     assert (tmp_path / "session_bench_success.png").exists() and (tmp_path / "session_bench.md").exists()
-    with pytest.raises(SystemExit, match="module:callable"):
-        main(["session-bench", "--report-dir", str(tmp_path), "--editor", "no_colon_here"])
+    assert main(["session-bench", "--report-dir", str(tmp_path), "--editor", "no_colon_here"]) == 2
+    assert "module:callable" in capsys.readouterr().err

@@ -27,8 +27,10 @@ import json
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
+
+from diffusers_vincie.utils.cli import usage_exit
+from diffusers_vincie.utils.io import atomic_directory
 
 MAX_IMAGE_INDEX = 64  # <IMG0> .. <IMG63>: room for 31 turns with masks in slots
 
@@ -107,14 +109,20 @@ def build(output_dir: str | os.PathLike, world_config: dict, d_model: int = 64, 
         num_sessions: sessions drawn for the tokenizer's training text.
         seed: seed of those sessions (kept far below the evaluation seeds) and of the encoder weights.
     """
+    output_dir = Path(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_directory(output_dir, replace=True) as tmp:
+        _write_text_components(tmp, world_config, d_model, num_layers, vocab_size, num_sessions, seed)
+    return output_dir
+
+
+def _write_text_components(tmp: Path, world_config: dict, d_model: int, num_layers: int, vocab_size: int,
+                           num_sessions: int, seed: int) -> None:
     import torch
     from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
     from diffusers_vincie.data.shapes.world import ShapesWorld
 
-    output_dir = Path(output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".text.tmp", dir=output_dir.parent))
     world = ShapesWorld(**world_config)
     model_file = train_sentencepiece(instruction_corpus(world, num_sessions, 5, seed), tmp / "spm", vocab_size)
     tokenizer = T5Tokenizer(vocab=sentencepiece_vocab(model_file), extra_ids=0)
@@ -128,10 +136,6 @@ def build(output_dir: str | os.PathLike, world_config: dict, d_model: int = 64, 
     ))
     encoder.save_pretrained(tmp / "text_encoder")
     shutil.rmtree(tmp / "spm")
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    os.replace(tmp, output_dir)
-    return output_dir
 
 
 def main() -> None:
@@ -144,10 +148,18 @@ def main() -> None:
     parser.add_argument("--num_sessions", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    for flag in ("d_model", "num_layers", "vocab_size", "num_sessions"):
+        if getattr(args, flag) < 1:
+            usage_exit("build_shapes_text_encoder.py", f"--{flag} must be >= 1, got {getattr(args, flag)}.")
+    if args.d_model % 4:
+        usage_exit("build_shapes_text_encoder.py", f"--d_model must be a multiple of 4 (4 heads), got {args.d_model}.")
     world_config = {}
     if args.world_config:
         text = args.world_config
-        world_config = json.loads(Path(text).read_text() if os.path.isfile(text) else text)
+        try:
+            world_config = json.loads(Path(text).read_text() if os.path.isfile(text) else text)
+        except ValueError as error:
+            usage_exit("build_shapes_text_encoder.py", f"--world_config is neither a JSON file nor JSON: {error}")
     path = build(args.output_dir, world_config, args.d_model, args.num_layers, args.vocab_size,
                  args.num_sessions, args.seed)
     print(f"wrote {path}/tokenizer and {path}/text_encoder")

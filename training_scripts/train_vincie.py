@@ -27,6 +27,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import time
 import typing
 from pathlib import Path
@@ -54,14 +55,20 @@ from diffusers_vincie.training import (
 )
 from diffusers_vincie.training.checkpoints import (
     find_checkpoint,
+    load_checkpoint,
     rotate_checkpoints,
     save_checkpoint_atomically,
 )
 from diffusers_vincie.training.export import load_components, save_final_pipeline
 from diffusers_vincie.training.validation import log_validation
+from diffusers_vincie.utils.cli import UsageError, check_number, run_cli
+from diffusers_vincie.utils.io import write_text_atomic
 
 logger = get_logger(__name__)
 LOG_FILE = "train_log.jsonl"
+# What a run writes into --output_dir (deleted by --overwrite_output_dir; anything else there is left alone).
+RUN_OUTPUTS = ("checkpoint-*", ".checkpoint-*.tmp", LOG_FILE, "pipeline", "validation",
+               "pytorch_lora_weights.safetensors")
 
 
 # =====================================================================================================
@@ -159,13 +166,18 @@ def add_optimization_args(parser: argparse.ArgumentParser) -> None:
 
 def add_output_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("output")
-    group.add_argument("--output_dir", type=str, required=True)
+    group.add_argument("--output_dir", type=str, required=True,
+                       help="Run folder: must be empty or missing unless resuming or --overwrite_output_dir.")
+    group.add_argument("--overwrite_output_dir", action="store_true",
+                       help="Start over in a used --output_dir: deletes its checkpoints, log, validation grids and "
+                            "pipeline (other files stay).")
     group.add_argument("--logging_dir", type=str, default="logs")
     group.add_argument("--report_to", type=str, default="none", help='"tensorboard", "wandb" or "none".')
     group.add_argument("--checkpointing_steps", type=int, default=500)
     group.add_argument("--checkpoints_total_limit", type=int, default=None)
     group.add_argument("--resume_from_checkpoint", type=str, default=None,
-                       help='A checkpoint folder, or "latest" (no-op when the output dir has none).')
+                       help='A checkpoint folder, or "latest" (the newest complete one; a fresh start when the '
+                            'output dir has none).')
     group.add_argument("--validation_steps", type=int, default=0,
                        help="Sample validation grids every N steps (0: off).")
     group.add_argument("--num_validation_sessions", type=int, default=4)
@@ -186,16 +198,43 @@ def build_parser(description: str = __doc__.splitlines()[0]) -> argparse.Argumen
 def validate_args(args: argparse.Namespace) -> argparse.Namespace:
     """Checks flag combinations and fills layout-dependent defaults; errors name the flag and the fix."""
     if not args.synthetic_world and args.dataset_name is None:
-        raise ValueError("Give training data: --dataset_name <sessions dataset> or --synthetic_world.")
+        raise UsageError("Give training data: --dataset_name <sessions dataset> or --synthetic_world.")
     if args.synthetic_world and args.dataset_name is not None:
-        raise ValueError("--synthetic_world and --dataset_name are exclusive; pick one data source.")
+        raise UsageError("--synthetic_world and --dataset_name are exclusive; pick one data source.")
     if args.pretrained_model_name_or_path is None and args.transformer_config is None:
-        raise ValueError("Give a model: --pretrained_model_name_or_path <pipeline> or --transformer_config <json>.")
+        raise UsageError("Give a model: --pretrained_model_name_or_path <pipeline> or --transformer_config <json>.")
     if args.pretrained_model_name_or_path is None and args.text_encoder_name_or_path is None:
-        raise ValueError("Without --pretrained_model_name_or_path, --text_encoder_name_or_path is required.")
-    weights = [float(w) for w in args.task_weights.split(",")]
-    if len(weights) != len(TASKS):
-        raise ValueError(f"--task_weights needs {len(TASKS)} comma-separated numbers ({','.join(TASKS)}).")
+        raise UsageError("Without --pretrained_model_name_or_path, --text_encoder_name_or_path is required.")
+    if args.transformer_config is not None:
+        _check_json_object("--transformer_config", args.transformer_config, file_only=True)
+    if args.synthetic_world_config is not None:
+        _check_json_object("--synthetic_world_config", args.synthetic_world_config, file_only=False)
+    from diffusers.optimization import SchedulerType
+
+    schedulers = [kind.value for kind in SchedulerType]
+    if args.lr_scheduler not in schedulers:
+        raise UsageError(f"--lr_scheduler {args.lr_scheduler!r} is not one of {', '.join(schedulers)}.")
+    from accelerate.utils import LoggerType
+
+    trackers = ["none"] + [kind.value for kind in LoggerType]
+    if args.report_to not in trackers:
+        raise UsageError(f"--report_to {args.report_to!r} is not one of {', '.join(trackers)}.")
+    for flag in ("pretrained_model_name_or_path", "text_encoder_name_or_path", "tokenizer_name_or_path",
+                 "vae_name_or_path", "dataset_name"):
+        value = getattr(args, flag)
+        # a path (absolute or relative to here) must exist; anything else may be a Hub id, resolved when loaded
+        if value and value.startswith(("/", "./", "../", "~")) and not any(c in value for c in "*?[") \
+                and not os.path.exists(os.path.expanduser(value)):
+            raise UsageError(f"--{flag} {value} does not exist.")
+    check_pipeline_folder(args)
+    check_number_flags(args)
+    try:
+        weights = [float(w) for w in args.task_weights.split(",")]
+    except ValueError:
+        weights = []
+    if len(weights) != len(TASKS) or not all(w >= 0 for w in weights) or not any(w > 0 for w in weights):
+        raise UsageError(f"--task_weights needs {len(TASKS)} comma-separated numbers >= 0, not all 0 "
+                         f"({','.join(TASKS)}), got {args.task_weights!r}.")
     args.task_weight_dict = dict(zip(TASKS, weights))
     args.frame_index = sequence_config(args).frame_index  # the config's layout-dependent default
     if args.frame_index == "compact" and args.mask_probability > 0 and (weights[1] > 0 or weights[2] > 0):
@@ -204,10 +243,106 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
             "(see docs/training.md); use --frame_index slots, or --task_weights 1,0,0 / --mask_probability 0."
         )
     if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
-        raise ValueError("--checkpoints_total_limit must be >= 1 (or left out to keep every checkpoint).")
-    if args.gradient_accumulation_steps < 1 or args.train_batch_size < 1:
-        raise ValueError("--gradient_accumulation_steps and --train_batch_size must be >= 1.")
+        raise UsageError("--checkpoints_total_limit must be >= 1 (or left out to keep every checkpoint).")
+    check_output_dir(args)
     return args
+
+
+def check_pipeline_folder(args: argparse.Namespace) -> None:
+    """A local ``--pretrained_model_name_or_path`` holds what the run reads from it (checked before loading)."""
+    root = args.pretrained_model_name_or_path
+    if root is None or not os.path.isdir(root):
+        return  # missing local paths are refused below; anything else may be a Hub id
+    needed = [] if args.transformer_config else ["transformer"]
+    needed += [] if args.text_encoder_name_or_path else ["text_encoder"]
+    missing = [name for name in needed if not os.path.isdir(os.path.join(root, name))]
+    if missing:
+        raise UsageError(f"--pretrained_model_name_or_path {root} is not a pipeline folder: no "
+                         f"{', '.join(name + '/' for name in missing)} (give a saved VincieInContextPipeline folder).")
+
+
+def _check_json_object(flag: str, value: str, file_only: bool) -> None:
+    """``value`` is a JSON file (or, unless ``file_only``, a JSON string) holding an object."""
+    if file_only and not os.path.isfile(value):
+        raise UsageError(f"{flag} {value} is not a file (a JSON object of arguments).")
+    try:
+        parsed = json.loads(Path(value).read_text() if os.path.isfile(value) else value)
+    except ValueError as error:
+        raise UsageError(f"{flag} is not valid JSON ({error}); give a JSON file or a JSON object.") from error
+    if not isinstance(parsed, dict):
+        raise UsageError(f"{flag} must hold a JSON object of arguments, got {type(parsed).__name__}.")
+
+
+# (flag, minimum, maximum, minimum excluded); None: no bound
+_NUMBER_FLAGS = (
+    ("max_train_steps", 1, None, False), ("checkpointing_steps", 1, None, False),
+    ("train_batch_size", 1, None, False), ("gradient_accumulation_steps", 1, None, False),
+    ("learning_rate", 0, None, True), ("lr_warmup_steps", 0, None, False), ("max_grad_norm", 0, None, False),
+    ("adam_beta1", 0, 1, False), ("adam_beta2", 0, 1, False), ("adam_weight_decay", 0, None, False),
+    ("adam_epsilon", 0, None, True), ("ema_decay", 0, 1, False), ("validation_steps", 0, None, False),
+    ("num_validation_sessions", 1, None, False), ("validation_inference_steps", 1, None, False),
+    ("validation_guidance_scale", 0, None, False), ("scheduler_shift", 0, None, True),
+    ("resolution", 1, None, False), ("max_train_samples", 1, None, False), ("dataloader_num_workers", 0, None, False),
+    ("synthetic_num_sessions", 1, None, False), ("synthetic_num_turns", 1, None, False),
+    ("min_turns", 1, None, False), ("max_turns", 1, None, False), ("max_text_length", 2, None, False),
+    ("seed", 0, 2**32 - 1, False), ("synthetic_world_seed", 0, None, False),
+    ("mask_probability", 0, 1, False), ("drop_current_frame", 0, 1, False), ("drop_current_mask", 0, 1, False),
+    ("drop_next_mask", 0, 1, False), ("text_dropout", 0, 1, False), ("logit_std", 0, None, True),
+    ("logit_mean", None, None, False),
+)
+
+
+def check_number_flags(args: argparse.Namespace) -> None:
+    """Every numeric flag finite and in range (``--max_train_steps -5`` used to exit 0 with an untrained model)."""
+    for flag, minimum, maximum, strict in _NUMBER_FLAGS:
+        check_number(f"--{flag}", getattr(args, flag), minimum, maximum, strict_minimum=strict)
+    if args.min_turns > args.max_turns:
+        raise UsageError(f"--min_turns {args.min_turns} is above --max_turns {args.max_turns}.")
+
+
+def check_output_dir(args: argparse.Namespace) -> None:
+    """A fresh run never writes into another run's folder: it would replace some of its checkpoints, keep the
+    others (a later ``latest`` resume would mix two runs) and interleave the logs."""
+    output_dir = Path(args.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UsageError(f"--output_dir {output_dir} is a file; give a folder.")
+    if args.resume_from_checkpoint and args.overwrite_output_dir:
+        raise UsageError("--resume_from_checkpoint and --overwrite_output_dir are exclusive: continue the run or "
+                         "start it over.")
+    if args.resume_from_checkpoint or args.overwrite_output_dir or not output_dir.is_dir():
+        return
+    entries = sorted(p.name for p in output_dir.iterdir())
+    if entries:
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise UsageError(
+            f"--output_dir {output_dir} is not empty ({shown}); pass --resume_from_checkpoint latest to continue "
+            f"that run, --overwrite_output_dir to start over, or give an empty folder."
+        )
+
+
+def clear_run_outputs(output_dir: str) -> None:
+    """``--overwrite_output_dir``: deletes what an earlier run wrote (``RUN_OUTPUTS``; tracker logs stay, each run
+    writes its own event files)."""
+    for pattern in RUN_OUTPUTS:
+        for path in Path(output_dir).glob(pattern):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def truncate_log(output_dir: str, step: int) -> None:
+    """Keeps the log records of steps <= ``step`` (the resumed one; 0 for a fresh start), so that the log of a
+    resumed run has each step once; a torn last line (a kill mid-append) is dropped."""
+    path = Path(output_dir) / LOG_FILE
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line + "\n")
+    write_text_atomic(path, "".join(kept))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -221,7 +356,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def sequence_config(args) -> SequenceConfig:
     values = {f.name: getattr(args, _sequence_flag(f)) for f in dataclasses.fields(SequenceConfig)}
-    return SequenceConfig(**{**values, "task_weights": args.task_weight_dict})
+    try:
+        return SequenceConfig(**{**values, "task_weights": args.task_weight_dict})
+    except ValueError as error:  # its checks name the field; the flag has the same name
+        raise UsageError(f"bad sequence flags: {error}") from error
 
 
 def build_dataset(args, config: SequenceConfig):
@@ -256,14 +394,41 @@ def build_dataset(args, config: SequenceConfig):
                               group_turns=not args.no_group_turns)
 
 
+def load_data(args, num_processes: int) -> tuple[SequenceConfig, torch.utils.data.Dataset]:
+    """The sequence config and the dataset; a missing, bad or too small dataset is a :class:`UsageError`."""
+    config = sequence_config(args)
+    flag = "--synthetic_world_config" if args.synthetic_world else "--dataset_name"
+    try:
+        dataset = build_dataset(args, config)
+    except (FileNotFoundError, ValueError, TypeError) as error:
+        raise UsageError(f"{flag}: {type(error).__name__}: {error}") from error
+    if len(dataset) < args.train_batch_size * num_processes:
+        raise UsageError(f"{flag}: {len(dataset)} sessions, fewer than one global batch (--train_batch_size "
+                         f"{args.train_batch_size} x {num_processes} processes); lower --train_batch_size or add data.")
+    return config, dataset
+
+
 def build_transformer(args, components: dict) -> VincieTransformer:
+    """The model to train; its config's ``attention_layout`` is the trained one (the saved pipeline samples with it)."""
     if args.transformer_config:
         config = json.loads(Path(args.transformer_config).read_text())
         config = {k: v for k, v in config.items() if not k.startswith("_")}
-        transformer = VincieTransformer(**config)
+        if config.get("attention_layout", args.attention_layout) != args.attention_layout:
+            logger.warning(f"--attention_layout {args.attention_layout} overrides the config's "
+                           f"{config['attention_layout']!r}.")
+        try:
+            transformer = VincieTransformer(**{**config, "attention_layout": args.attention_layout})
+        except (TypeError, ValueError) as error:
+            raise UsageError(f"--transformer_config {args.transformer_config}: {error}") from error
         transformer.initialize_weights()  # the documented from-scratch initialisation
         return transformer
-    return components["transformer"]
+    transformer = components["transformer"]
+    if transformer.config.attention_layout != args.attention_layout:
+        raise UsageError(
+            f"--attention_layout {args.attention_layout}, but the pretrained transformer uses "
+            f"{transformer.config.attention_layout!r}; pass --attention_layout {transformer.config.attention_layout}."
+        )
+    return transformer
 
 
 def write_log(output_dir: str, record: dict) -> None:
@@ -303,15 +468,20 @@ def main(args: argparse.Namespace, lora=None) -> dict:
     set_seed(args.seed)
     if args.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
+    checkpoint = find_checkpoint(args.output_dir, args.resume_from_checkpoint)  # before any heavy work
     if accelerator.is_main_process:
+        if args.overwrite_output_dir:
+            clear_run_outputs(args.output_dir)
         os.makedirs(args.output_dir, exist_ok=True)
+
+    config, dataset = load_data(args, accelerator.num_processes)  # before the models: a bad dataset fails at once
 
     # ---- components
     components = load_components(args)
     text_encoder, tokenizer, vae = components["text_encoder"], components["tokenizer"], components["vae"]
     transformer = build_transformer(args, components)
     if vae is None and transformer.config.latent_channels != 3:
-        raise ValueError(
+        raise UsageError(
             f"Pixel-space training (no VAE) needs latent_channels=3, the transformer has "
             f"{transformer.config.latent_channels}; give --vae_name_or_path or fix the config."
         )
@@ -347,22 +517,17 @@ def main(args: argparse.Namespace, lora=None) -> dict:
     )
     module, optimizer, lr_scheduler = accelerator.prepare(module, optimizer, lr_scheduler)
     if ema is not None:
-        ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
+        ema.to(accelerator.device)  # saved as ema.safetensors by save_checkpoint_atomically (nothing pickled)
 
     # ---- resume
     global_step = 0
-    checkpoint = find_checkpoint(args.output_dir, args.resume_from_checkpoint)
     if checkpoint is not None:
         accelerator.print(f"Resuming from {checkpoint}")
-        accelerator.load_state(str(checkpoint))
-        global_step = int(checkpoint.name.split("-")[-1])
-    elif args.resume_from_checkpoint and args.resume_from_checkpoint != "latest":
-        raise FileNotFoundError(f"--resume_from_checkpoint {args.resume_from_checkpoint} does not exist.")
+        global_step = load_checkpoint(accelerator, checkpoint, ema)
+    if accelerator.is_main_process:
+        truncate_log(args.output_dir, global_step)
 
     # ---- data (the order depends only on the seed and the micro-step, so a resume continues it exactly)
-    config = sequence_config(args)
-    dataset = build_dataset(args, config)
     sampler = ResumableBatchSampler(
         len(dataset), args.train_batch_size, accelerator.num_processes, accelerator.process_index,
         seed=args.seed, start_step=global_step * args.gradient_accumulation_steps,
@@ -421,7 +586,7 @@ def main(args: argparse.Namespace, lora=None) -> dict:
         if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
             if accelerator.is_main_process and args.checkpoints_total_limit is not None:
                 rotate_checkpoints(args.output_dir, args.checkpoints_total_limit - 1)
-            save_checkpoint_atomically(accelerator, args.output_dir, global_step)
+            save_checkpoint_atomically(accelerator, args.output_dir, global_step, ema)
         if args.validation_steps and global_step % args.validation_steps == 0 and accelerator.is_main_process:
             log_validation(args, accelerator, transformer, ema, text_cache, vae, dataset, global_step)
         step_start = time.perf_counter()  # checkpointing and validation are not step time
@@ -446,4 +611,4 @@ def main(args: argparse.Namespace, lora=None) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_cli(lambda: main(parse_args()), "train_vincie.py")

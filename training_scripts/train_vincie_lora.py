@@ -28,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import train_vincie  # noqa: E402  (the shared training loop)
 
+from diffusers_vincie.utils.cli import UsageError, run_cli  # noqa: E402
+
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
 
@@ -49,9 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.set_defaults(learning_rate=1e-4, text_dropout=0.1)
     args = train_vincie.validate_args(parser.parse_args(argv))
     if args.lora_rank < 1:
-        raise ValueError(f"--lora_rank must be >= 1, got {args.lora_rank}.")
+        raise UsageError(f"--lora_rank must be >= 1, got {args.lora_rank}.")
     if not [m for m in args.lora_target_modules.split(",") if m.strip()]:
-        raise ValueError("--lora_target_modules is empty; name at least one module (e.g. to_q).")
+        raise UsageError("--lora_target_modules is empty; name at least one module (e.g. to_q).")
     return args
 
 
@@ -73,7 +75,7 @@ class LoraSetup:
         cast_training_params(transformer, dtype=torch.float32)  # adapters train in fp32 on a low-precision base
         trainable = sum(p.numel() for p in transformer.parameters() if p.requires_grad)
         if trainable == 0:
-            raise ValueError(f"--lora_target_modules {targets} matched no module of the transformer.")
+            raise UsageError(f"--lora_target_modules {targets} matched no module of the transformer.")
         return transformer
 
     def save(self, args, transformer) -> Path:
@@ -91,10 +93,10 @@ class LoraSetup:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.pretrained_model_name_or_path is None:
-        raise ValueError("LoRA fine-tuning needs --pretrained_model_name_or_path (the pipeline to adapt).")
+        raise UsageError("LoRA fine-tuning needs --pretrained_model_name_or_path (the pipeline to adapt).")
     os.makedirs(args.output_dir, exist_ok=True)
     return train_vincie.main(args, lora=LoraSetup())
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, "train_vincie_lora.py")

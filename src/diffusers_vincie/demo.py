@@ -29,6 +29,9 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 
+from .utils.cli import UsageError, check_number, usage_exit
+from .utils.io import atomic_path
+
 # Used with a user image when no instructions are given (a typical session of the synthetic world's vocabulary).
 USER_IMAGE_INSTRUCTIONS = (
     "add a big red circle at the top left",
@@ -80,9 +83,8 @@ def contact_sheet(rows: Sequence[Sequence[PIL.Image.Image]], captions: Sequence[
 
 
 def _save(image: PIL.Image.Image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    image.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as temporary:
+        image.save(temporary)
 
 
 # =====================================================================================================
@@ -127,7 +129,7 @@ def run_demo(output: str | os.PathLike, image: Optional[str] = None, instruction
         source = PIL.Image.open(image).convert("RGB").resize((RESOLUTION, RESOLUTION), PIL.Image.BICUBIC)
         instructions = list(instructions or USER_IMAGE_INSTRUCTIONS)
     if not instructions or any(not text.strip() for text in instructions):
-        raise ValueError("--instructions: give at least one non-empty instruction.")
+        raise UsageError("--instructions: give at least one non-empty instruction.")
 
     pipe = load_default_pipeline(model)
     generator = torch.Generator().manual_seed(seed)
@@ -173,8 +175,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--model", default=None, help="Pipeline folder (default: the shipped model).")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    run_demo(args.output, args.image, args.instructions, args.seed, args.steps, args.guidance_scale,
-             args.chain_of_editing, args.model)
+    try:
+        check_number("--steps", args.steps, 1)
+        check_number("--guidance_scale", args.guidance_scale, 0)
+        if Path(args.output).exists() and not Path(args.output).is_dir():
+            raise UsageError(f"--output {args.output} is a file; give a folder for the images.")
+        run_demo(args.output, args.image, args.instructions, args.seed, args.steps, args.guidance_scale,
+                 args.chain_of_editing, args.model)
+    except (UsageError, FileNotFoundError) as error:  # raised before the model is loaded, or naming the model
+        usage_exit(parser.prog, error)
 
 
 if __name__ == "__main__":

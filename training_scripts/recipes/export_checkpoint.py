@@ -31,21 +31,23 @@ def load_checkpoint_transformer(checkpoint: Path, transformer_config: dict, use_
 
     Args:
         checkpoint: ``checkpoint-<step>`` folder (``model.safetensors`` of the training module, and with EMA
-            ``custom_checkpoint_0.pkl``, the ``EMAModel`` state).
+            ``ema.safetensors``, the ``EMAModel`` state).
         transformer_config: the run's ``--transformer_config``.
         use_ema: load the EMA weights (fails when the run had no ``--use_ema``).
     """
     from diffusers_vincie.models.transformer_vincie import VincieTransformer
+    from diffusers_vincie.training.checkpoints import EMA_FILE, load_ema_shadow, refuse_pickled_objects
 
     transformer = VincieTransformer(**{k: v for k, v in transformer_config.items() if not k.startswith("_")})
     state = load_file(str(checkpoint / "model.safetensors"))
     state = {key.removeprefix("transformer."): value for key, value in state.items()}
     transformer.load_state_dict(state, strict=True)
     if use_ema:
-        ema_file = checkpoint / "custom_checkpoint_0.pkl"
+        refuse_pickled_objects(checkpoint)  # an earlier version's checkpoint: the error says how to convert it
+        ema_file = checkpoint / EMA_FILE
         if not ema_file.is_file():
             raise FileNotFoundError(f"{ema_file} is missing: the run has no EMA; pass --no_ema.")
-        shadow = torch.load(ema_file, map_location="cpu", weights_only=True)["shadow_params"]
+        shadow, _ = load_ema_shadow(ema_file)
         params = [p for p in transformer.parameters() if p.requires_grad]
         if len(shadow) != len(params):
             raise ValueError(f"EMA holds {len(shadow)} tensors, the transformer {len(params)} parameters.")
@@ -59,6 +61,7 @@ def export(run_dir: Path, checkpoint: str, output: Path, transformer_config: Pat
     """Writes the pipeline folder of ``checkpoint`` (a path, a step number or ``latest``) to ``output``."""
     from diffusers_vincie.training.checkpoints import find_checkpoint, list_checkpoints
     from diffusers_vincie.training.export import load_components, save_final_pipeline
+    from diffusers_vincie.utils.io import write_text_atomic
 
     if checkpoint.isdigit():
         checkpoint = f"checkpoint-{checkpoint}"
@@ -86,7 +89,7 @@ def export(run_dir: Path, checkpoint: str, output: Path, transformer_config: Pat
             shutil.rmtree(target)
         os.replace(item, target)
     shutil.rmtree(staging)
-    (output / "checkpoint.json").write_text(json.dumps({"checkpoint": path.name, "ema": use_ema}) + "\n")
+    write_text_atomic(output / "checkpoint.json", json.dumps({"checkpoint": path.name, "ema": use_ema}) + "\n")
     return output
 
 
@@ -98,7 +101,10 @@ def main() -> None:
     parser.add_argument("--transformer_config", type=Path, default=HERE / "vincie_shapes_transformer.json")
     parser.add_argument("--no_ema", action="store_true", help="Export the raw weights instead of the EMA.")
     args = parser.parse_args()
-    print(export(args.run_dir, args.checkpoint, args.output, args.transformer_config, not args.no_ema))
+    from diffusers_vincie.utils.cli import run_cli
+
+    print(run_cli(lambda: export(args.run_dir, args.checkpoint, args.output, args.transformer_config, not args.no_ema),
+                  "export_checkpoint.py", errors=(ValueError, FileNotFoundError)))
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the pickle holds objects other than tensors (refused by ``weights_only=True``), or is not a flat
-            mapping of string keys to tensors.
+        ValueError: the pickle holds objects other than tensors (refused by ``weights_only=True``), is not a flat
+            mapping of string keys to tensors, is truncated, or is in the legacy (pre-zip) format.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -40,6 +40,14 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"checkpoint {path!r} holds objects other than tensors and was refused (weights_only=True); "
             "re-save it as a plain state dict {name: tensor} with torch.save(model.state_dict(), path)"
         ) from error
+    except (RuntimeError, EOFError) as error:  # torch's zip reader and mmap refusals
+        if "mmap can only be used" in str(error):
+            reason = ("is empty or in the legacy (pre-zip) torch.save format, which cannot be memory-mapped; "
+                      "re-save it once with torch.save(torch.load(path, weights_only=True), path)")
+        else:
+            reason = (f"cannot be read ({str(error).splitlines()[0][:120]}): the file is truncated or corrupt; "
+                      "download it again")
+        raise ValueError(f"checkpoint {path!r} {reason}") from error
     return validate_state_dict(loaded, source=path)
 
 

@@ -17,8 +17,6 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
-import sys
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +27,8 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from ..models import VincieTransformer
 from ..pipelines import VincieInContextPipeline, official_scheduler
+from ..utils.cli import print_usage_error
+from ..utils.io import TEMPORARY_GLOBS, atomic_directory, write_text_atomic
 from .checkpoint import load_torch_state_dict
 from .dit import VINCIE_3B_CONFIG, load_official_dit
 from .qwen import (
@@ -79,6 +79,48 @@ def check_official_folder(official: Path) -> dict[str, Path]:
     return paths
 
 
+def check_out_folder(official: Path, out: Path) -> None:
+    """``--out`` must be a new folder, or one an earlier conversion wrote; never the release or a folder inside it
+    (the model card would replace the release's README)."""
+    official_resolved, out_resolved = official.resolve(), out.resolve()
+    if out_resolved == official_resolved or official_resolved in out_resolved.parents:
+        raise ValueError(f"--out {out} is (inside) --official {official}; give a separate output folder.")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder.")
+    if out.is_dir() and any(out.iterdir()):
+        ours = (out / "conversion.json").is_file() or any((out / name).is_dir() for name in COMPONENTS)
+        if not ours:
+            raise ValueError(f"--out {out} is a non-empty folder that no conversion wrote; give a new folder "
+                             "(its README.md and model_index.json would be replaced).")
+
+
+def check_inputs(paths: dict[str, Path], vae_config: dict | None) -> None:
+    """Opens every input before any component is converted, so a truncated, legacy-format or foreign file is an
+    error naming it instead of a failure after hours of work. Checkpoints are memory-mapped: only their indexes
+    and the few small tensors the checks need are read."""
+    from .dit import infer_transformer_config, load_official_state_dict
+    from .qwen import _source_files, qwen2_config_from_qwen
+    from .vae import vae_config_from_state_dict
+
+    try:
+        infer_transformer_config(load_official_state_dict(paths["dit"]))
+    except (KeyError, ValueError) as error:
+        raise ValueError(f"{paths['dit']}: {error}") from error
+    try:
+        vae_config_from_state_dict(load_torch_state_dict(paths["vae"]), vae_config)
+    except (KeyError, ValueError) as error:
+        raise ValueError(f"{paths['vae']}: {error}") from error
+    try:
+        qwen2_config_from_qwen(json.loads(paths["llm_config"].read_text()))
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{paths['llm_config']} is not a Qwen config ({type(error).__name__}: {error}).") from error
+    _source_files(paths["llm"])
+    try:
+        read_tiktoken_ranks(paths["tiktoken"])
+    except (UnicodeDecodeError, ValueError) as error:
+        raise ValueError(f"{paths['tiktoken']} is not a tiktoken vocabulary ({error}).") from error
+
+
 def sha256_of(path: Path, chunk_bytes: int = 16 << 20) -> str:
     """SHA-256 of a file, read in chunks (recorded in the model card for provenance)."""
     digest = hashlib.sha256()
@@ -103,10 +145,8 @@ def _write_component(out: Path, name: str, save: Callable[[Path], None]) -> bool
     if final.is_dir():
         print(f"{name}/ already converted, kept (delete it to convert it again)")
         return False
-    temporary = out / f".{name}.partial"
-    shutil.rmtree(temporary, ignore_errors=True)
-    save(temporary)
-    os.replace(temporary, final)
+    with atomic_directory(final) as temporary:
+        save(temporary)
     return True
 
 
@@ -161,6 +201,8 @@ def convert_official_release(
     """
     official, out = Path(official), Path(out)
     paths = check_official_folder(official)
+    check_out_folder(official, out)
+    check_inputs(paths, vae_config)
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
 
@@ -235,7 +277,7 @@ def write_model_index(out: Path) -> None:
     index_path = out / "model_index.json"
     index = json.loads(index_path.read_text())
     index["tokenizer"] = ["transformers", PORTABLE_TOKENIZER_CLASS]  # loadable with transformers 4 and 5
-    index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(index_path, json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -267,7 +309,7 @@ def write_model_card(
     record = json.loads(previous.read_text()) if previous.is_file() else {"notes": []}
     record["notes"] = list(dict.fromkeys(record["notes"] + notes))  # keep notes of components from earlier runs
     record.update({"source": str(official.resolve().name), "sha256": digests or record.get("sha256", {})})
-    previous.write_text(json.dumps(record, indent=2) + "\n")
+    write_text_atomic(previous, json.dumps(record, indent=2) + "\n")
     checks = "\n".join(f"- {note}" for note in record["notes"])
     hashes = "\n".join(f"- `{name}.pth`: sha256 `{digest}`" for name, digest in record["sha256"].items()) or "- (not hashed)"
     card = f"""---
@@ -314,7 +356,7 @@ official VAE's posterior and decoder outputs (max abs error 1e-4 in float32) wit
 Qwen converter reproduces an independent first-generation Qwen forward; the DiT converter reproduces the official
 NaDiT outputs (`python -m diffusers_vincie.parity`).
 """
-    (out / "README.md").write_text(card)
+    write_text_atomic(out / "README.md", card)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -327,7 +369,7 @@ def push_to_hub(out: Path, repo_id: str) -> None:
 
     api = HfApi()
     api.create_repo(repo_id, exist_ok=True)
-    api.upload_folder(folder_path=out, repo_id=repo_id, ignore_patterns=[".*.partial/*", "*.partial"])
+    api.upload_folder(folder_path=out, repo_id=repo_id, ignore_patterns=list(TEMPORARY_GLOBS))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -378,8 +420,7 @@ def main(argv: list[str] | None = None) -> int:
             repo_id=args.push_to_hub,
         )
     except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return print_usage_error(parser.prog, error)
     print(f"wrote {out}; load it with VincieInContextPipeline.from_pretrained({str(out)!r})")
     if args.push_to_hub:
         push_to_hub(out, args.push_to_hub)

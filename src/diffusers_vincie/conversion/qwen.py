@@ -34,6 +34,8 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2Model
 from transformers.convert_slow_tokenizer import TikTokenConverter
 
+from ..utils.io import commit, temporary_sibling, write_json_atomic
+
 # QWenTokenizer's pre-tokenisation pattern and special tokens, in id order after the BPE ranks.
 QWEN_PATTERN = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
@@ -196,7 +198,7 @@ class StreamingSafetensorsWriter:
     """Write a safetensors file tensor by tensor, given every name, shape and dtype up front.
 
     The header (which needs all offsets) is written first; each tensor's bytes follow in the planned order, so only
-    one tensor is ever held. The file appears under its final name only when complete (``os.replace``).
+    one tensor is ever held. The file appears under its final name only when complete (``utils.io.commit``).
 
     Args:
         path: final file path.
@@ -207,7 +209,7 @@ class StreamingSafetensorsWriter:
     def __init__(self, path: Path, entries: list[tuple[str, tuple[int, ...]]], dtype: torch.dtype):
         self.path = path
         self.dtype = dtype
-        self._temporary = path.with_name(path.name + ".partial")
+        self._temporary = temporary_sibling(path)
         self._pending = list(entries)
         item_size = torch.empty((), dtype=dtype).element_size()
         header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
@@ -231,10 +233,8 @@ class StreamingSafetensorsWriter:
     def close(self) -> None:
         if self._pending:
             raise RuntimeError(f"{len(self._pending)} tensors of {self.path.name} were never written")
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
         self._handle.close()
-        os.replace(self._temporary, self.path)
+        commit(self._temporary, self.path)
 
 
 def _shard_is_complete(path: Path, names: list[str]) -> bool:
@@ -334,15 +334,9 @@ def convert_qwen_checkpoint(
     total_size = sum(
         int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size() for shape in expected.values()
     )
-    _write_json_atomically(index_path, {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))})
+    write_json_atomic(index_path, {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))})
     config.save_pretrained(output_dir)
     return config
-
-
-def _write_json_atomically(path: Path, payload: Mapping[str, Any]) -> None:
-    temporary = path.with_name(path.name + ".partial")
-    temporary.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(temporary, path)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -429,4 +423,4 @@ PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 def _record_portable_tokenizer_class(config_path: Path) -> None:
     config = json.loads(config_path.read_text())
     config["tokenizer_class"] = PORTABLE_TOKENIZER_CLASS
-    _write_json_atomically(config_path, config)
+    write_json_atomic(config_path, config)

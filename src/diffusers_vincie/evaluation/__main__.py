@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..utils.cli import UsageError, check_number, print_usage_error
+from ..utils.io import write_text_atomic
 from .judge import DEFAULT_JUDGE_MODEL, DEFAULT_SUCCESS_THRESHOLD
 
 __all__ = ["build_parser", "main"]
@@ -73,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--max-retries", type=int, default=5, help="retries of a request after HTTP 429/5xx/timeouts")
     judge.add_argument("--max-attempts", type=int, default=5, help="replies asked per turn until one parses")
     judge.add_argument("--backoff-seconds", type=float, default=2.0, help="first backoff, doubled at every retry")
-    judge.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    judge.add_argument("--timeout", type=float, default=120.0,
+                       help="total deadline of one request in seconds (connect to last byte)")
     judge.add_argument("--extra-body", default=None, help='JSON merged into every request, e.g. \'{"temperature": 0}\'')
     judge.add_argument("--title", default=None, help="report title (default: the outputs folder name)")
     judge.add_argument("--results-dataset", default=None,
@@ -116,14 +119,29 @@ def build_parser() -> argparse.ArgumentParser:
 # =====================================================================================================
 
 
+def load_sessions(args: argparse.Namespace) -> Any:
+    """The ``--dataset`` sessions; a missing or unusable dataset is a :class:`UsageError` naming it."""
+    from .sessions import load_benchmark_sessions
+
+    try:
+        return load_benchmark_sessions(args.dataset, split=args.split, limit=args.limit)
+    except (FileNotFoundError, ValueError) as error:
+        raise UsageError(f"--dataset {args.dataset}: {error}") from error
+
+
 def build_editor(args: argparse.Namespace) -> Any:
     """The editor of ``--pipeline`` (a DiffusionPipeline folder) or ``--editor module:attr``."""
     if args.editor:
         module_name, _, attribute = args.editor.partition(":")
         if not attribute:
-            raise SystemExit(f"--editor {args.editor!r} must look like 'package.module:callable'.")
-        editor = getattr(importlib.import_module(module_name), attribute)
+            raise UsageError(f"--editor {args.editor!r} must look like 'package.module:callable'.")
+        try:
+            editor = getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError) as error:
+            raise UsageError(f"--editor {args.editor!r}: {error}") from error
         return editor() if inspect.isclass(editor) else editor
+    if args.pipeline.startswith(("/", "./", "../", "~")) and not Path(args.pipeline).expanduser().is_dir():
+        raise UsageError(f"--pipeline {args.pipeline} is not a folder (a saved pipeline or a Hub id).")
 
     import torch
 
@@ -132,9 +150,9 @@ def build_editor(args: argparse.Namespace) -> Any:
     try:
         call_kwargs = json.loads(args.pipeline_kwargs) if args.pipeline_kwargs else {}
     except json.JSONDecodeError as error:
-        raise SystemExit(f"--pipeline-kwargs is not valid JSON: {error}") from None
+        raise UsageError(f"--pipeline-kwargs is not valid JSON: {error}") from None
     if not isinstance(call_kwargs, dict):
-        raise SystemExit(f"--pipeline-kwargs must be a JSON object, got {args.pipeline_kwargs!r}.")
+        raise UsageError(f"--pipeline-kwargs must be a JSON object, got {args.pipeline_kwargs!r}.")
     call_kwargs.update({key: value for key, value in (("num_inference_steps", args.num_inference_steps),
                                                       ("guidance_scale", args.guidance_scale)) if value is not None})
     device = args.device or str(process_state().device)
@@ -144,9 +162,10 @@ def build_editor(args: argparse.Namespace) -> Any:
 
 def run_generate(args: argparse.Namespace) -> int:
     from .generate import generate_outputs
-    from .sessions import load_benchmark_sessions
 
-    sessions = load_benchmark_sessions(args.dataset, split=args.split, limit=args.limit)
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        raise UsageError(f"--output-dir {args.output_dir} is a file; give a folder for the outputs.")
+    sessions = load_sessions(args)
     summary = generate_outputs(build_editor(args), sessions, args.output_dir, seed_offset=args.seed_offset,
                                max_turns=args.max_turns)
     print(f"generate: {summary.sessions_generated} session(s) generated, {summary.sessions_skipped} skipped, "
@@ -157,17 +176,18 @@ def run_generate(args: argparse.Namespace) -> int:
 def run_judge(args: argparse.Namespace) -> int:
     from .judge import JudgeClient, judge_benchmark
     from .report import summarize, write_report
-    from .sessions import load_benchmark_sessions
 
     api_key = os.environ.get(args.api_key_env)
     if not api_key and "api.openai.com" in args.base_url:
-        raise SystemExit(f"No API key: set the environment variable {args.api_key_env} (or --api-key-env NAME).")
+        raise UsageError(f"No API key: set the environment variable {args.api_key_env} (or --api-key-env NAME).")
     try:
         extra_body = json.loads(args.extra_body) if args.extra_body else None
     except json.JSONDecodeError as error:
-        raise SystemExit(f"--extra-body is not valid JSON: {error}") from None
+        raise UsageError(f"--extra-body is not valid JSON: {error}") from None
+    if extra_body is not None and not isinstance(extra_body, dict):
+        raise UsageError(f"--extra-body must be a JSON object, got {type(extra_body).__name__}.")
     report_dir = Path(args.report_dir or Path(args.outputs) / f"judge-{re.sub(r'[^A-Za-z0-9._-]+', '_', args.model)}")
-    sessions = load_benchmark_sessions(args.dataset, split=args.split, limit=args.limit)
+    sessions = load_sessions(args)
     if args.results_dataset:
         export_published_outputs(args, sessions)
     client = JudgeClient(args.base_url, args.model, api_key, timeout=args.timeout, max_retries=args.max_retries,
@@ -201,7 +221,7 @@ def export_published_outputs(args: argparse.Namespace, sessions: Any) -> None:
     if source.is_file() and source.suffix == ".parquet":
         results = datasets.load_dataset("parquet", data_files=str(source), split="train")
     elif not args.results_split:
-        raise SystemExit("--results-dataset needs --results-split (the model name: one split of the results dataset).")
+        raise UsageError("--results-dataset needs --results-split (the model name: one split of the results dataset).")
     else:
         results = datasets.load_dataset(args.results_dataset, split=args.results_split)
     written = export_results_dataset(results, sessions, args.outputs, seed_offset=args.seed_offset)
@@ -210,9 +230,7 @@ def export_published_outputs(args: argparse.Namespace, sessions: Any) -> None:
 
 def run_metrics(args: argparse.Namespace) -> int:
     from .magicbrush import METRIC_NAMES, evaluate_magicbrush
-    from .sessions import load_benchmark_sessions
-
-    sessions = load_benchmark_sessions(args.dataset, split=args.split, limit=args.limit)
+    sessions = load_sessions(args)
     captions_path = Path(args.captions) if args.captions else Path(args.dataset) / "global_descriptions.json"
     captions = json.loads(captions_path.read_text()) if captions_path.is_file() else None
     if args.metrics is None:
@@ -221,13 +239,19 @@ def run_metrics(args: argparse.Namespace) -> int:
             print("metrics: no captions (--captions global_descriptions.json), so clip-t is skipped")
     else:
         names = [name.strip() for name in args.metrics.split(",") if name.strip()]
+        unknown = sorted(set(names) - set(METRIC_NAMES)) or ([] if names else ["(none)"])
+        if unknown:
+            raise UsageError(f"--metrics: unknown {unknown}; choose from {', '.join(METRIC_NAMES)}.")
+    if not all(session.references for session in sessions):
+        raise UsageError(f"--dataset {args.dataset} has no reference images: the metrics need a MagicBrush-format "
+                         "dataset (source, target per turn).")
     results = evaluate_magicbrush(
         sessions, args.outputs, metrics=names,
         captions=captions, clip_model=args.clip_model, dino_model=args.dino_model, device=args.device,
         batch_size=args.batch_size, seed_offset=args.seed_offset, max_turns=args.max_turns,
     )
     output_json = Path(args.output_json or Path(args.outputs) / "magicbrush_metrics.json")
-    output_json.write_text(json.dumps(results, indent=2))
+    write_text_atomic(output_json, json.dumps(results, indent=2))
     for setting in ("final_turn", "all_turn"):
         print(setting + ": " + ", ".join(f"{name}={value:.4f}" for name, value in results[setting].items()))
     print(f"results: {output_json}")
@@ -243,11 +267,38 @@ def run_session_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# flag -> (minimum, maximum, minimum excluded); checked when the command has the flag and it is given
+_NUMBER_FLAGS = {
+    "limit": (1, None, False), "max_turns": (1, None, False), "threshold": (0, 10, False),
+    "num_workers": (1, None, False), "max_retries": (0, None, False), "max_attempts": (1, None, False),
+    "backoff_seconds": (0, None, False), "timeout": (0, None, True), "num_inference_steps": (1, None, False),
+    "guidance_scale": (0, None, False), "batch_size": (1, None, False), "num_sessions": (1, None, False),
+    "num_turns": (1, None, False), "image_size": (8, None, False),
+}
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every numeric flag finite and in range, before any dataset or model is loaded (``--threshold nan`` used to
+    report 0 % success with exit status 0)."""
+    for name, (minimum, maximum, strict) in _NUMBER_FLAGS.items():
+        check_number(f"--{name.replace('_', '-')}", getattr(args, name, None), minimum, maximum, strict)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     command = {"generate": run_generate, "judge": run_judge, "metrics": run_metrics,
                "session-bench": run_session_bench}[args.command]
-    return command(args)
+    from .judge import JudgeError
+
+    try:
+        check_arguments(args)
+        return command(args)
+    except (UsageError, FileNotFoundError) as error:  # a bad flag, or an input that is not there
+        return print_usage_error(f"{parser.prog} {args.command}", error)
+    except JudgeError as error:  # the endpoint failed for good: no traceback, the message says what to do
+        print(f"{parser.prog} {args.command}: {' '.join(str(error).split())}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

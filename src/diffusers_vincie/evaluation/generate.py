@@ -11,9 +11,9 @@ Distributed: under ``accelerate launch`` the sessions are split across processes
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import PIL.Image
 from tqdm.auto import tqdm
 
+from ..utils.io import atomic_write
 from .sessions import BenchmarkSession, output_path, session_seed
 
 __all__ = [
@@ -33,6 +34,8 @@ __all__ = [
     "process_state",
     "save_image_atomic",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 def process_state() -> Any:
@@ -118,15 +121,17 @@ class GenerationSummary:
 
 def save_image_atomic(image: PIL.Image.Image, path: Path) -> None:
     """Write a PNG through a temporary file in the same folder, so a killed run never leaves a half file."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png.tmp")
+    with atomic_write(path, "wb") as stream:
+        image.save(stream, format="PNG")
+
+
+def read_output(path: Path) -> PIL.Image.Image | None:
+    """The RGB image of an output file, or ``None`` when it cannot be decoded (truncated, not an image)."""
     try:
-        with os.fdopen(handle, "wb") as stream:
-            image.save(stream, format="PNG")
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+        with PIL.Image.open(path) as stored:
+            return stored.convert("RGB")
+    except (OSError, SyntaxError, ValueError):  # UnidentifiedImageError and "image file is truncated" are OSErrors
+        return None
 
 
 def _generate_session(
@@ -136,12 +141,16 @@ def _generate_session(
     num_turns = session.num_turns if max_turns is None else min(max_turns, session.num_turns)
     history = [session.source]
     written = 0
+    regenerate = False  # once a turn is redone, the later turns saw another history: redo them too
     for turn in range(num_turns):
         path = output_path(output_dir, session.index, turn, seed)
-        if path.exists():  # resume: read the earlier output back, as the official loop does
-            with PIL.Image.open(path) as stored:
-                history.append(stored.convert("RGB"))
+        stored = None if regenerate or not path.exists() else read_output(path)
+        if stored is not None:  # resume: read the earlier output back, as the official loop does
+            history.append(stored)
             continue
+        if path.exists() and not regenerate:
+            logger.warning("%s is unreadable (truncated or not an image): generating it again", path)
+        regenerate = regenerate or path.exists()
         edited = editor(list(history), session.instructions[: turn + 1], seed)
         if not isinstance(edited, PIL.Image.Image):
             raise TypeError(f"The editor must return a PIL image, got {type(edited).__name__} (session {session.index}).")

@@ -22,9 +22,10 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import re
-import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -35,6 +36,9 @@ from typing import Any
 import PIL.Image
 from tqdm.auto import tqdm
 
+from ..utils.cli import UsageError, check_number
+from ..utils.io import write_json_atomic
+from .generate import read_output
 from .sessions import BenchmarkSession, output_path, session_seed
 
 __all__ = [
@@ -174,7 +178,8 @@ class JudgeClient:
             Ollama, LiteLLM, ...).
         model: Model name sent in every request.
         api_key: Bearer token (omitted when ``None``, e.g. for a local server).
-        timeout: Seconds per HTTP request.
+        timeout: Total deadline of one HTTP request in seconds, from connecting to the last byte of the reply
+            (httpx's own timeouts bound each read, so a server trickling bytes could hold a request forever).
         max_retries: Retries of one request after a transient failure (so ``max_retries + 1`` tries at most).
         backoff_seconds: First backoff; doubles at every retry, capped by ``max_backoff_seconds``.
         extra_body: Extra fields of every request (``temperature``, ``max_tokens``, ``reasoning_effort``...).
@@ -199,6 +204,8 @@ class JudgeClient:
             raise ValueError("`base_url` is empty: pass --base-url or set OPENAI_BASE_URL (e.g. https://api.openai.com/v1).")
         if max_retries < 0:
             raise ValueError(f"`max_retries` must be >= 0, got {max_retries}.")
+        if not (math.isfinite(timeout) and timeout > 0):
+            raise ValueError(f"`timeout` must be a number of seconds > 0, got {timeout}.")
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.max_retries = max_retries
@@ -206,6 +213,7 @@ class JudgeClient:
         self.max_backoff_seconds = max_backoff_seconds
         self.extra_body = dict(extra_body or {})
         self.sleep = sleep
+        self.timeout = timeout
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(timeout=timeout, headers=headers)
 
@@ -215,6 +223,40 @@ class JudgeClient:
     def backoff(self, attempt: int) -> None:
         """Sleep before retry number ``attempt`` (0-based)."""
         self.sleep(min(self.max_backoff_seconds, self.backoff_seconds * 2**attempt))
+
+    def post(self, body: dict[str, Any]) -> Any:
+        """POSTs ``body`` and returns the whole response, or raises ``httpx.TimeoutException`` once ``timeout``
+        seconds have passed since the call, whatever the server does.
+
+        The request runs on a daemon thread that reads the reply chunk by chunk and gives up at the first chunk
+        after the deadline; the caller stops waiting at the deadline itself.
+        """
+        import httpx
+
+        deadline = time.monotonic() + self.timeout
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                with self._http.stream("POST", self.url, json=body) as response:
+                    chunks = []
+                    for chunk in response.iter_raw():  # raw: the Response built below decodes it once
+                        if time.monotonic() > deadline:
+                            return
+                        chunks.append(chunk)
+                    outcome["response"] = httpx.Response(response.status_code, headers=response.headers,
+                                                         content=b"".join(chunks), request=response.request)
+            except Exception as error:  # handed to the caller's thread
+                outcome["error"] = error
+
+        worker = threading.Thread(target=run, name="judge-request", daemon=True)
+        worker.start()
+        worker.join(max(0.0, deadline - time.monotonic()))
+        if "error" in outcome:
+            raise outcome["error"]
+        if "response" not in outcome:
+            raise httpx.TimeoutException(f"no complete reply within --timeout {self.timeout:g}s")
+        return outcome["response"]
 
     def complete(self, prompt: str, image_urls: Sequence[str]) -> str:
         """Send one user message (text, then images) and return the text of the first choice."""
@@ -228,7 +270,7 @@ class JudgeClient:
             if attempt:
                 self.backoff(attempt - 1)
             try:
-                response = self._http.post(self.url, json=body)
+                response = self.post(body)
             except httpx.TransportError as error:  # connection refused, timeouts, resets
                 failure = f"{type(error).__name__}: {error}"
                 logger.warning("judge request failed (%s), try %d/%d", failure, attempt + 1, self.max_retries + 1)
@@ -289,13 +331,6 @@ def _read_cache(path: Path, model: str) -> dict[str, Any]:
     return record.get("turns", {}) if record.get("judge_model") == model else {}
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w") as stream:
-        json.dump(data, stream, indent=2, ensure_ascii=False)
-    os.replace(temporary, path)
-
-
 def judge_session(
     client: JudgeClient,
     session: BenchmarkSession,
@@ -317,6 +352,10 @@ def judge_session(
     missing = [str(path) for path in output_files if not path.exists()]
     if missing:
         raise FileNotFoundError(f"session {session.index}: missing outputs {missing}; run `generate` first.")
+    unreadable = [str(path) for path in output_files if read_output(path) is None]
+    if unreadable:
+        raise UsageError(f"session {session.index}: unreadable outputs {unreadable} (truncated or not images); "
+                         "run `generate` again, it regenerates them.")
     output_bytes = [path.read_bytes() for path in output_files]
     urls: list[str] = []  # built on the first turn that is not cached
 
@@ -338,7 +377,7 @@ def judge_session(
             verdict = _judge_turn(client, session.instructions[: turn + 1], image_urls(turn + 2), max_attempts)
             turns[key] = entry = {"output_sha256": digest, **asdict(verdict)}
             if cache_path:
-                _write_json_atomic(cache_path, {"index": session.index, "judge_model": client.model, "turns": turns})
+                write_json_atomic(cache_path, {"index": session.index, "judge_model": client.model, "turns": turns})
         verdict = TurnVerdict(entry["prompt_following"], entry["consistency"], entry.get("reason", ""))
         verdicts.append(verdict)
         if not verdict.success(threshold):
@@ -374,7 +413,9 @@ def judge_benchmark(
 
     Raises:
         JudgeError: some sessions could not be judged; the others are cached, rerun to resume.
+        UsageError: ``threshold`` is not a number in [0, 10] (``nan`` would fail every turn silently).
     """
+    check_number("threshold", threshold, 0, 10)
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
 

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..utils.io import atomic_path, atomic_write, write_text_atomic
 from .judge import DEFAULT_SUCCESS_THRESHOLD, SessionJudgement
 
 __all__ = ["TurnSummary", "summarize", "write_report"]
@@ -100,7 +101,7 @@ def write_report(
     paths = {kind: output_dir / f"{name}{suffix}" for kind, suffix in
              [("csv", ".csv"), ("markdown", ".md"), ("json", ".json"), ("plot", "_success.png")]}
 
-    with open(paths["csv"], "w", newline="") as stream:
+    with atomic_write(paths["csv"], newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow(CSV_HEADER)
         for row in summary:
@@ -113,9 +114,10 @@ def write_report(
               "|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {row.turn} | {100 * row.success_rate:.1f}% | {row.prompt_following:.3f} | "
               f"{row.consistency:.3f} | {row.overall:.3f} | {row.num_judged} |" for row in summary]
-    paths["markdown"].write_text("\n".join(lines) + "\n")
+    write_text_atomic(paths["markdown"], "\n".join(lines) + "\n")
 
-    paths["json"].write_text(json.dumps({"metadata": metadata, "turns": [asdict(row) for row in summary]}, indent=2))
+    write_text_atomic(paths["json"], json.dumps({"metadata": metadata, "turns": [asdict(row) for row in summary]},
+                                                indent=2))
     _plot_success(summary, paths["plot"], title)
     return paths
 
@@ -136,5 +138,6 @@ def _plot_success(summary: Sequence[TurnSummary], path: Path, title: str) -> Non
     axis.set_title(title)
     axis.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(path)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary)
     plt.close(figure)

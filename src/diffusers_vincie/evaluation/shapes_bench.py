@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from ..data.shapes.score import EditScore, score_edit
 from ..data.shapes.world import ShapesSession, ShapesWorld
+from ..utils.io import atomic_write
 from .generate import Editor, generate_outputs
 from .judge import SessionJudgement, TurnVerdict
 from .report import summarize as summarize_turns
@@ -321,7 +322,7 @@ def run_session_bench(editor: Editor, report_dir: str | os.PathLike, num_session
                 "image_size": image_size}
     paths = write_report(summary, report_dir, name="session_bench", title=title or "Session bench", metadata=metadata)
     paths["turns"] = report_dir / "session_bench_turns.csv"
-    with open(paths["turns"], "w", newline="") as stream:
+    with atomic_write(paths["turns"], newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)

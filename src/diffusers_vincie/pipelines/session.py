@@ -17,8 +17,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -28,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..sequence import CURRENT_MASK, IMAGE, NEXT_MASK, Frame, Text, format_turn_prompt
+from ..utils.io import atomic_directory
 from .image_processing import mask_to_image, postprocess, postprocess_official, preprocess, to_rgb, transform_mask
 from .inputs import FIDELITIES, POSTERIORS, check_choice, check_generator, check_image, check_int, check_sampling
 from .sampling import Guidance
@@ -377,9 +376,7 @@ class VincieEditingSession:
                 raise FileExistsError(
                     f"{folder} holds files that are not a saved session; choose a new folder or pass `overwrite=True`."
                 )
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        tensors, record = {}, {
+        record = {
             "version": SESSION_VERSION,
             "resolution": self.resolution,
             "posterior": self.posterior,
@@ -391,17 +388,18 @@ class VincieEditingSession:
             "reference_texts": [],
             "turns": [],
         }
+        tensors = {}
+        with atomic_directory(folder, replace=True) as tmp:  # replaced only once the new session is complete
 
-        def frame(f: SessionFrame, name: str) -> dict:
-            f.image.save(tmp / f"{name}.png")
-            tensors[f"{name}.latent"] = f.latent.float().contiguous()
-            return {"name": name, "kind": f.kind, "sha256": _sha256(tmp / f"{name}.png")}
+            def frame(f: SessionFrame, name: str) -> dict:
+                f.image.save(tmp / f"{name}.png")
+                tensors[f"{name}.latent"] = f.latent.float().contiguous()
+                return {"name": name, "kind": f.kind, "sha256": _sha256(tmp / f"{name}.png")}
 
-        def text(t: SessionText, name: str) -> dict:
-            tensors[f"{name}.tokens"] = t.tokens.float().contiguous()
-            return {"name": name, "prompt": t.prompt, "turn": t.turn}
+            def text(t: SessionText, name: str) -> dict:
+                tensors[f"{name}.tokens"] = t.tokens.float().contiguous()
+                return {"name": name, "prompt": t.prompt, "turn": t.turn}
 
-        try:
             record["sources"] = [frame(f, f"source_{i}") for i, f in enumerate(self.sources)]
             record["reference_texts"] = [text(t, f"reference_text_{i}") for i, t in enumerate(self.reference_texts)]
             for k, turn in enumerate(self.turns):
@@ -415,17 +413,6 @@ class VincieEditingSession:
                 )
             save_file(tensors, tmp / TENSORS_FILE)
             (tmp / SESSION_FILE).write_text(json.dumps(record, indent=2))
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        old = folder.with_name(f".{folder.name}.old")
-        if folder.exists():
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        elif old.exists():
-            old.unlink()
         return folder
 
     @classmethod

@@ -7,10 +7,11 @@ it; without a VAE the pipeline runs in pixel space (images in [-1, 1] are the la
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Optional
+
+from ..utils.cli import UsageError
+from ..utils.io import atomic_directory
 
 
 def _subfolder(root: Optional[str], name: str) -> Optional[str]:
@@ -31,7 +32,7 @@ def load_components(args) -> dict:
     root = args.pretrained_model_name_or_path
     text_path = args.text_encoder_name_or_path or _subfolder(root, "text_encoder")
     if text_path is None:
-        raise ValueError("No text encoder: pass --text_encoder_name_or_path or a pipeline with a text_encoder/ folder.")
+        raise UsageError("No text encoder: pass --text_encoder_name_or_path or a pipeline with a text_encoder/ folder.")
     tokenizer_path = args.tokenizer_name_or_path or _subfolder(root, "tokenizer") or text_path
     components = {
         "text_encoder": _load_text_encoder(text_path),
@@ -88,9 +89,6 @@ def save_final_pipeline(
     from ..pipelines import VincieInContextPipeline, official_scheduler
 
     final = Path(output_dir) / "pipeline"
-    tmp = Path(output_dir) / ".pipeline.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     pipe = VincieInContextPipeline(
         transformer=transformer,
         vae=components.get("vae"),
@@ -101,10 +99,8 @@ def save_final_pipeline(
         frame_index_mode=frame_index,
         **(sampling_defaults or {}),
     )
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    with atomic_directory(final, replace=True) as temporary:  # this run's own folder: a resumed run rewrites it
+        pipe.save_pretrained(temporary, safe_serialization=True)
     return final
 
 

@@ -19,6 +19,7 @@ import torch
 
 from ..pipelines.sampling import official_scheduler, sample_frame
 from ..sequence import IMAGE, Frame, session_items, session_text
+from ..utils.io import atomic_path
 from .data import encode_frames
 from .text import session_prompts
 
@@ -71,9 +72,8 @@ def save_grid(rows: list[list[np.ndarray]], path: str | os.PathLike) -> Path:
             grid[i * h : (i + 1) * h, j * w : (j + 1) * w] = image
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    PIL.Image.fromarray(grid).save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as temporary:
+        PIL.Image.fromarray(grid).save(temporary)
     return path
 
 

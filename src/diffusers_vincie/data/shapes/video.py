@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ...utils.io import commit, temporary_sibling
 from .world import SceneState, ShapesSession, ShapesWorld, changed_pixels
 
 __all__ = [
@@ -106,7 +107,7 @@ def render_video(
     key_frames = [world.render(state, resolution) for state in session.states]
     key_indices, hold_intervals = [], []
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.tmp{os.getpid()}.mp4")
+    temporary = temporary_sibling(path)
     container = av.open(str(temporary), mode="w", format="mp4")
     try:
         stream = container.add_stream("libx264", rate=fps)
@@ -165,10 +166,10 @@ def render_video(
         "states": [_state_to_json(state) for state in session.states],
     }
     sidecar = path.with_suffix(".json")
-    temporary_json = sidecar.with_name(f".{sidecar.stem}.tmp{os.getpid()}.json")
+    temporary_json = temporary_sibling(sidecar)
     temporary_json.write_text(json.dumps(ground_truth))
-    os.replace(temporary, path)
-    os.replace(temporary_json, sidecar)
+    commit(temporary, path)  # a crash before the next line leaves a sidecar-less video: a build reject, retried
+    commit(temporary_json, sidecar)
     return ground_truth
 
 

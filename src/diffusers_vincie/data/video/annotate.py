@@ -406,6 +406,14 @@ class GroundTruthAnnotator(TransitionAnnotator):
 
     def annotate(self, transition: Transition) -> TransitionAnnotation:
         truth = self._ground_truth(transition.video_path)
+        try:
+            return self._annotate(truth, transition)
+        except (KeyError, TypeError, IndexError, ValueError) as error:  # a sidecar edited or written by another tool
+            raise AnnotationRejected(
+                f"corrupt ground-truth sidecar for {transition.video_path}: {type(error).__name__}: {error}"
+            ) from error
+
+    def _annotate(self, truth: dict[str, Any], transition: Transition) -> TransitionAnnotation:
         source_state, target_state = self._key_state(truth, transition.source), self._key_state(truth, transition.target)
         if target_state != source_state + 1:
             raise AnnotationRejected(

@@ -7,7 +7,7 @@ streaming=True)`` work as is)::
       README.md                      dataset card, ``configs:`` YAML pointing at data/*.parquet + features
       data/train-<run>-r<rank>-<n>.parquet   shards of SESSION_FEATURES rows, images embedded as PNG bytes
       manifest/rank-<rank>.jsonl     one line per finished video (done or rejected), appended per process
-      rejects.jsonl                  unreadable videos with the reason (merged from the manifests)
+      rejects.jsonl                  rejected videos with the reason (merged from the manifests)
 
 Scale and robustness:
 
@@ -17,8 +17,10 @@ Scale and robustness:
 * Resumable: a video is in a manifest only after the shard holding all its sessions was atomically
   renamed into ``data/``. On start, shards that no manifest references (a kill between the two steps)
   are deleted and their videos redone, so a rerun never duplicates or loses sessions.
-* Unreadable videos are skipped and listed in ``rejects.jsonl``; transitions an annotator rejects split
-  the session at that transition.
+  A manifest line torn by a kill mid-append is dropped on start (its shard is then an orphan, redone).
+* A video that gives no session (unreadable, truncated, too short, or with no annotatable transition, e.g. a
+  missing or corrupt ground-truth sidecar) is rejected: listed in ``rejects.jsonl`` with the reason and retried
+  by the next run. Transitions an annotator rejects split the session at that transition.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import os
 import time
 import uuid
@@ -40,6 +43,7 @@ import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
+from ...utils.io import atomic_path, write_text_atomic
 from ..schema import SESSION_FEATURES, SessionRecord
 from .annotate import AnnotationRejected, Transition, TransitionAnnotation, TransitionAnnotator
 from .frames import (
@@ -97,6 +101,10 @@ class SamplingConfig:
             raise ValueError(
                 f"need 2 <= min_frames <= max_frames, got min_frames={self.min_frames}, max_frames={self.max_frames}"
             )
+        if not (math.isfinite(self.interval) and self.interval > 0):
+            raise ValueError(f"interval must be a number of seconds > 0, got interval={self.interval}")
+        if not 0 <= self.scene_threshold <= 1:
+            raise ValueError(f"scene_threshold must be in [0, 1], got scene_threshold={self.scene_threshold}")
         if self.max_side is not None and self.max_side < 16:
             raise ValueError(f"max_side must be >= 16 pixels or None, got max_side={self.max_side}")
 
@@ -109,7 +117,7 @@ class VideoResult:
         video_id: Id of the video.
         sessions: The sessions built from it (possibly none).
         rejected_transitions: Reasons of the transitions the annotator rejected.
-        error: Why the whole video was rejected (unreadable), else ``None``.
+        error: Why the whole video was rejected (no session from it), else ``None``.
     """
 
     video_id: str
@@ -218,8 +226,9 @@ def sessions_from_video(
             masks; ``None`` stores unknown (null) masks in that case.
 
     Returns:
-        A :class:`VideoResult`; an unreadable video gives ``error`` set and no sessions (never raises
-        :class:`VideoDecodeError`).
+        A :class:`VideoResult`; a video that gives no session (unreadable, truncated, too short, or no transition
+        could be annotated, e.g. a missing ground-truth sidecar) has ``error`` set, so that the build records it as
+        a reject and retries it on the next run (never raises :class:`VideoDecodeError`).
     """
     config = config or SamplingConfig()
     path = Path(path)
@@ -230,6 +239,10 @@ def sessions_from_video(
         decoded = decode_frames_at(path, [t for clip in clips for t in clip], max_side=config.max_side)
     except VideoDecodeError as error:
         result.error = error.reason
+        return result
+    if not clips:
+        result.error = (f"too short: no clip of {config.min_frames}+ frames in {info.duration:.2f}s "
+                        f"(strategy {config.strategy}, interval {config.interval}s)")
         return result
 
     offset = 0
@@ -252,6 +265,10 @@ def sessions_from_video(
                 _make_session(f"{video_id}/{len(result.sessions)}", video_id, run_frames, run_annotations,
                               annotator, config, region_masker)
             )
+    if not result.sessions and result.rejected_transitions:
+        reasons = sorted(set(result.rejected_transitions))
+        result.error = (f"no transition could be annotated ({len(result.rejected_transitions)} rejected): "
+                        + "; ".join(reasons[:3]))
     return result
 
 
@@ -304,27 +321,46 @@ def _make_session(
 # ------------------------------------------------------------------------------------------------
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    entries = []
-    for line in path.read_text().splitlines():
-        try:
-            entries.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line torn by a kill: its video is simply redone
-    return entries
+def _manifest_record(line: str) -> dict[str, Any] | None:
+    """One manifest line, or ``None`` for a line torn by a kill mid-append (its videos are simply redone)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    videos = record.get("videos") if isinstance(record, dict) else None
+    if not isinstance(videos, list) or not all(isinstance(v, dict) and "video_id" in v for v in videos):
+        return None
+    return record
+
+
+def _repair_manifests(output_dir: Path) -> int:
+    """Drops torn lines from the manifests (a crash mid-append leaves the last one without its newline, and the
+    next append would be glued onto it); returns how many were dropped."""
+    dropped = 0
+    for path in sorted((output_dir / MANIFEST_DIR).glob("*.jsonl")):
+        text = path.read_text()
+        lines = text.splitlines()
+        kept = [line for line in lines if _manifest_record(line) is not None]
+        if len(kept) != len(lines) or (text and not text.endswith("\n")):
+            dropped += len(lines) - len(kept)
+            write_text_atomic(path, "".join(line + "\n" for line in kept))
+    return dropped
 
 
 def read_manifest(output_dir: str | Path) -> dict[str, dict[str, Any]]:
     """Finished videos of an output folder, ``{video_id: entry}``, from all processes' manifests.
 
     Each manifest line records one shard and all the videos whose sessions it holds (or one video without
-    rows), so a line torn by a kill loses the whole shard, never part of it.
+    rows), so a line torn by a kill loses the whole shard, never part of it. A video is ``"done"`` (never
+    redone) or ``"rejected"`` (retried by the next run, which may then finish it, in any process's manifest).
     """
     entries: dict[str, dict[str, Any]] = {}
     for path in sorted((Path(output_dir) / MANIFEST_DIR).glob("*.jsonl")):
-        for line in _read_jsonl(path):
-            for entry in line["videos"]:
-                entries[entry["video_id"]] = {**entry, "shard": line["shard"]}
+        for line in path.read_text().splitlines():
+            record = _manifest_record(line)
+            for entry in record["videos"] if record is not None else ():
+                if entries.get(entry["video_id"], {}).get("status") != "done":
+                    entries[entry["video_id"]] = {**entry, "shard": record["shard"]}
     return entries
 
 
@@ -368,7 +404,7 @@ def _encode_session(session: SessionRecord, frame_format: str = "png", jpeg_qual
 
 
 def _write_shard_atomically(rows: list[dict[str, Any]], path: Path, row_group_size: int = 16) -> None:
-    """Writes encoded rows as one parquet file through a temp name and ``os.replace``.
+    """Writes encoded rows as one parquet file atomically.
 
     The schema carries the ``huggingface`` features metadata, so ``datasets`` decodes the image columns;
     small row groups keep streaming reads fine-grained.
@@ -378,9 +414,8 @@ def _write_shard_atomically(rows: list[dict[str, Any]], path: Path, row_group_si
 
     table = pa.Table.from_pydict({name: [row[name] for row in rows] for name in SESSION_FEATURES},
                                  schema=SESSION_FEATURES.arrow_schema)
-    temporary = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, temporary, row_group_size=row_group_size)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        pq.write_table(table, temporary, row_group_size=row_group_size)
 
 
 class _ShardWriter:
@@ -446,8 +481,10 @@ def write_dataset_card(output_dir: str | Path, *, description: str = "", extra: 
     same name).
     """
     output_dir = Path(output_dir)
+    import pyarrow.parquet as pq
+
     shards = sorted((output_dir / DATA_DIR).glob("*.parquet"))
-    num_sessions = sum(entry.get("sessions", 0) for entry in read_manifest(output_dir).values())
+    num_sessions = sum(pq.read_metadata(shard).num_rows for shard in shards)  # the rows on disk, whatever happened
     dataset_size = sum(shard.stat().st_size for shard in shards)
     header = {
         "configs": [{
@@ -491,19 +528,15 @@ sessions = load_dataset("{output_dir.name}", split="train")            # or stre
 ```
 """
     card = output_dir / CARD_FILE
-    temporary = card.with_name(f".{CARD_FILE}.tmp")
-    temporary.write_text("---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n\n" + body)
-    os.replace(temporary, card)
+    write_text_atomic(card, "---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n\n" + body)
     return card
 
 
 def _write_rejects(output_dir: Path) -> int:
     rejects = [entry for entry in read_manifest(output_dir).values() if entry.get("status") == "rejected"]
-    temporary = output_dir / f".{REJECTS_FILE}.tmp"
-    temporary.write_text("".join(
+    write_text_atomic(output_dir / REJECTS_FILE, "".join(
         json.dumps({"video_id": e["video_id"], "path": e["path"], "reason": e["reason"]}) + "\n" for e in rejects
     ))
-    os.replace(temporary, output_dir / REJECTS_FILE)
     return len(rejects)
 
 
@@ -524,6 +557,19 @@ def distributed_state() -> Any:
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
+def check_output_dir(output_dir: Path) -> None:
+    """The output is a new folder or a build's own (it has ``manifest/``): the card would replace a ``README.md``.
+
+    Raises:
+        ValueError: ``output_dir`` is a file, or a non-empty folder that no build wrote.
+    """
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"output_dir: {output_dir} is a file; give a dataset folder to create or resume.")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not (output_dir / MANIFEST_DIR).is_dir():
+        raise ValueError(f"output_dir: {output_dir} is a non-empty folder that no build wrote (no {MANIFEST_DIR}/); "
+                         "give a new folder (its README.md would be replaced by the dataset card).")
+
+
 @dataclass
 class BuildSummary:
     """Counts of one build call, over all processes (read back from the manifests).
@@ -532,7 +578,7 @@ class BuildSummary:
         videos: Videos in the input.
         skipped: Videos already finished by an earlier run (resumed).
         processed: Videos finished by this run (done or rejected).
-        rejected_videos: Unreadable videos in the whole output folder.
+        rejected_videos: Rejected videos in the whole output folder (retried by the next run).
         sessions: Sessions in the whole output folder.
         seconds: Wall time of this call.
     """
@@ -582,9 +628,10 @@ def build_sessions(
     if frame_format not in FRAME_FORMATS:
         raise ValueError(f"frame_format={frame_format!r} is not supported; use one of {FRAME_FORMATS}")
     config = config or SamplingConfig()
+    output_dir = Path(output_dir)
+    check_output_dir(output_dir)
     state = distributed_state()
     started = time.perf_counter()
-    output_dir = Path(output_dir)
     videos = list_videos(inputs)
     if not videos:
         raise ValueError(f"inputs: no video files ({', '.join(VIDEO_EXTENSIONS)}) found in {[str(i) for i in inputs]}")
@@ -592,11 +639,14 @@ def build_sessions(
     if state.is_main_process:
         (output_dir / DATA_DIR).mkdir(parents=True, exist_ok=True)
         (output_dir / MANIFEST_DIR).mkdir(parents=True, exist_ok=True)
+        if dropped := _repair_manifests(output_dir):
+            logger.warning("dropped %d torn manifest line(s) left by an interrupted run (their videos are redone)",
+                           dropped)
         for name in _remove_orphan_shards(output_dir):
             logger.warning("removed shard %s left by an interrupted run (its videos are redone)", name)
     state.wait_for_everyone()
     finished = read_manifest(output_dir)
-    pending = [(video_id, path) for video_id, path in videos if video_id not in finished]
+    pending = [(video_id, path) for video_id, path in videos if finished.get(video_id, {}).get("status") != "done"]
     state.wait_for_everyone()  # every process has read the manifests before anyone appends to them
 
     writer = _ShardWriter(output_dir, state.process_index, shard_size, encode_workers, frame_format)
@@ -608,7 +658,7 @@ def build_sessions(
             for video_id, path in progress:
                 result = sessions_from_video(path, video_id, annotator, config, region_masker)
                 if result.error is not None:
-                    logger.warning("skipping unreadable video %s: %s", path, result.error)
+                    logger.warning("rejected video %s (retried next run): %s", path, result.error)
                 writer.add(path, result)
                 progress.set_postfix(sessions=len(result.sessions), refresh=False)
                 if on_video_done is not None:

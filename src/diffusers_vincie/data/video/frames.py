@@ -228,6 +228,10 @@ def _decode_until(
     return latest
 
 
+#: How far before a target time a stream may end (the last frame of a well-formed file) before it counts as cut.
+END_TOLERANCE_SECONDS = 0.5
+
+
 def decode_frames_at(
     path: str | Path,
     timestamps: Sequence[float],
@@ -249,7 +253,8 @@ def decode_frames_at(
             than decoding forward.
 
     Raises:
-        VideoDecodeError: When the file cannot be opened or no frame can be decoded near a target.
+        VideoDecodeError: When the file cannot be opened, no frame can be decoded near a target, or the frames
+            end well before a target (a truncated file whose header states a longer duration).
     """
     targets = sorted(float(t) for t in timestamps)
     frames: list[SampledFrame] = []
@@ -277,6 +282,12 @@ def decode_frames_at(
                     latest = _decode_until(decoded, threshold, latest)
                 if latest is None:
                     raise VideoDecodeError(path, f"no frame could be decoded near t={target:.3f}s")
+                if float(latest.time) < target - max(END_TOLERANCE_SECONDS, 3 / fps):
+                    # a faststart file cut short: the header promises frames the data no longer holds
+                    raise VideoDecodeError(
+                        path, f"truncated: the frames end at t={float(latest.time) - start:.2f}s, before "
+                        f"t={target - start:.2f}s within the duration its header states"
+                    )
                 # `latest` is the first frame at/after the target, or the last frame at end of stream
                 image = _to_image(latest, max_side)
                 time = float(latest.time) - start

@@ -1,0 +1,166 @@
+"""Atomic writes: a file or folder appears under its final name only once it is complete.
+
+Everything the project writes for a user (images, JSON, parquet shards, safetensors, pipeline folders, training
+checkpoints) goes through these helpers, so a crash or ``kill -9`` leaves either the old content or the new one,
+never a half-written file under the real name. Temporaries are hidden siblings (``.<name>.<token>.tmp<suffix>``) in
+the same folder, so the final ``os.replace`` is a rename on one file system.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+# Globs (fnmatch, as ``huggingface_hub`` uses them) that match every temporary of this module, in a folder or below.
+TEMPORARY_GLOBS = (".*.tmp*", "*/.*.tmp*")
+
+
+def temporary_sibling(path: str | os.PathLike) -> Path:
+    """A fresh hidden name next to ``path`` that keeps its suffix (writers that pick a format by extension, e.g.
+    ``PIL.Image.save``, still see ``.png``)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:  # some file systems do not open folders; the rename is still atomic
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def commit(temporary: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Flushes the finished file ``temporary`` to disk and renames it onto ``path`` (atomic on POSIX)."""
+    temporary, path = Path(temporary), Path(path)
+    if temporary.is_file():
+        with open(temporary, "rb+") as stream:
+            os.fsync(stream.fileno())
+    os.replace(temporary, path)
+    _fsync_folder(path.parent)
+    return path
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields a temporary path for a writer that takes a file name; on success it replaces ``path``, on error it
+    is removed and ``path`` is left as it was.
+
+    Example::
+
+        with atomic_path("grid.png") as temporary:
+            image.save(temporary)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = temporary_sibling(path)
+    try:
+        yield temporary
+        if not temporary.exists():
+            raise FileNotFoundError(f"nothing was written to {temporary} (the temporary of {path})")
+        commit(temporary, path)
+    except BaseException:
+        _remove(temporary)
+        raise
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8",
+                 newline: str | None = None) -> Iterator[IO[Any]]:
+    """``open(path, mode)`` whose content appears under ``path`` only when the block finishes without error.
+
+    Args:
+        path: final file.
+        mode: ``"w"`` (text) or ``"wb"`` (bytes).
+        encoding: text encoding (ignored in binary mode).
+        newline: as for ``open`` (``""`` for the ``csv`` module).
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write mode must be 'w' or 'wb', got {mode!r}.")
+    text = "b" not in mode
+    with atomic_path(path) as temporary, open(temporary, mode, encoding=encoding if text else None,
+                                              newline=newline if text else None) as stream:
+        yield stream
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Writes ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_write(path) as stream:
+        stream.write(text)
+    return Path(path)
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any, indent: int | None = 2) -> Path:
+    """Writes ``data`` as JSON (UTF-8, non-ASCII kept, trailing newline) to ``path`` atomically."""
+    return write_text_atomic(path, json.dumps(data, indent=indent, ensure_ascii=False) + "\n")
+
+
+def commit_directory(temporary: str | os.PathLike, path: str | os.PathLike, replace: bool = False) -> Path:
+    """Renames the finished folder ``temporary`` onto ``path``; an existing ``path`` is replaced only when
+    ``replace`` (moved aside first, deleted once the new folder is in place), else ``FileExistsError``."""
+    temporary, path = Path(temporary), Path(path)
+    old = None
+    if path.exists():
+        if not replace:
+            raise FileExistsError(f"{path} already exists; remove it or ask for it to be replaced.")
+        old = temporary_sibling(path)
+        os.replace(path, old)
+    os.replace(temporary, path)
+    _fsync_folder(path.parent)
+    if old is not None:
+        _remove(old)
+    return path
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
+    """Yields an empty temporary folder; on success it becomes ``path``.
+
+    Args:
+        path: final folder.
+        replace: an existing ``path`` is replaced only when ``True``; otherwise an existing ``path`` raises
+            ``FileExistsError`` before any work.
+    """
+    path = Path(path)
+    if path.exists() and not replace:
+        raise FileExistsError(f"{path} already exists; remove it or ask for it to be replaced.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = temporary_sibling(path)
+    temporary.mkdir()
+    try:
+        yield temporary
+        commit_directory(temporary, path, replace=replace)
+    except BaseException:
+        _remove(temporary)
+        raise
+
+
+__all__ = [
+    "TEMPORARY_GLOBS",
+    "atomic_directory",
+    "atomic_path",
+    "atomic_write",
+    "commit",
+    "commit_directory",
+    "temporary_sibling",
+    "write_json_atomic",
+    "write_text_atomic",
+]
