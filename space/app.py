@@ -35,7 +35,6 @@ import PIL.ImageOps
 import torch
 
 from diffusers_vincie import VincieEditingSession, VincieInContextPipeline
-from diffusers_vincie.pipelines.image_processing import transform_mask
 from diffusers_vincie.pipelines.session import PREDICT
 
 HERE = Path(__file__).resolve().parent
@@ -503,12 +502,8 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
             size = session.reference_size
             translate = (float(move_x) / 100 * size[0], float(move_y) / 100 * size[1])
             mask = drawn_mask(region, size)  # none drawn: the model predicts the region
-
-            def moved(current: PIL.Image.Image) -> PIL.Image.Image:
-                # a predicted mask comes at the working resolution; the session wants masks at the source size
-                return transform_mask(current.resize(size, PIL.Image.NEAREST), translate, float(scale), float(rotate))
-
-            session.edit(instruction, current_mask=PREDICT if mask is None else mask, next_mask=moved, **sampling)
+            session.drag(instruction, translate, float(scale), float(rotate),
+                         current_mask=PREDICT if mask is None else mask, **sampling)
 
         return run_turn(image, instruction, steps, guidance, seed, resolution, state, negative_prompt, turn)
 
