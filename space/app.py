@@ -6,17 +6,21 @@ Run locally with ``python space/app.py`` (http://127.0.0.1:7860). The model is c
     (unset)                           the package's embedded default model, when the package ships one
     VINCIE_SPACE_TINY=1 / fallback    a tiny *random* pipeline (tests; the UI says so in a banner)
 
-Every browser tab (and every `gradio_client.Client`) owns its editing session through `gr.State`: the sessions of
+and placed on the GPU by `VINCIE_SPACE_OFFLOAD` (``none``, ``model`` or ``sequential`` CPU offload; see README.md for
+which hardware needs which). Every browser tab (and every `gradio_client.Client`) owns its editing session through `gr.State`: the sessions of
 two users never meet. Sampling runs through a queue with a concurrency limit; uploads are validated (file type,
-pixel count) and instructions too (length), with messages that say how to fix the input.
+pixel count) and so are instructions (length) and settings (steps, seed, and a resolution bounded by the model's
+patch grid), with messages that say how to fix the input.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import threading
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,6 +35,7 @@ import PIL.ImageOps
 import torch
 
 from diffusers_vincie import VincieEditingSession, VincieInContextPipeline
+from diffusers_vincie.pipelines.session import PREDICT
 
 HERE = Path(__file__).resolve().parent
 
@@ -45,6 +50,15 @@ MAX_INSTRUCTION_CHARS = 400
 MAX_REFERENCES = 6  # official multi-concept recipe: six reference images
 SAMPLER_CONCURRENCY = 1  # the pipeline keeps scheduler state: one sampling call at a time
 QUEUE_SIZE = int(os.environ.get("VINCIE_SPACE_QUEUE_SIZE", "32"))
+# Bounds on one call's work, so one user's call keeps the others waiting for a bounded time: sampler steps, and
+# tokens per frame (the resolution bound follows from the model's patch grid: 1024 tokens is 512 px on VINCIE-3B,
+# whose frames are cut into 16 px patches, and 128 px on the 4 px patches of the shipped 32 px model).
+MAX_STEPS = int(os.environ.get("VINCIE_SPACE_MAX_STEPS", "50"))
+MAX_FRAME_TOKENS = int(os.environ.get("VINCIE_SPACE_MAX_FRAME_TOKENS", "1024"))
+MAX_CALL_SECONDS = float(os.environ.get("VINCIE_SPACE_MAX_CALL_SECONDS", "120"))  # one call's hold on the sampler
+MAX_SEED = 2**32 - 1
+MAX_STORY_TURNS = 8
+OFFLOAD_MODES = ("none", "model", "sequential")
 
 
 # =====================================================================================================
@@ -75,6 +89,7 @@ class LoadedModel:
         guidance: default guidance scale.
         resolution: default area resolution for this model.
         examples: ``[file in space/examples, instruction]`` pairs shown under the source image.
+        offload: how the pipeline is placed: "none" (moved to the device), "model" or "sequential" CPU offload.
     """
 
     pipe: VincieInContextPipeline
@@ -85,6 +100,14 @@ class LoadedModel:
     guidance: float = 7.5
     resolution: int = 256
     examples: list = field(default_factory=lambda: PHOTO_EXAMPLES)
+    offload: str = "none"
+
+    @property
+    def max_resolution(self) -> int:
+        """The model's own bound (``max_resolution`` in the pipeline config), or less: the largest resolution whose
+        frames stay within `MAX_FRAME_TOKENS` patches, so that one user's call stays short on a shared Space."""
+        multiple = self.pipe.size_multiple
+        return min(self.pipe.config.max_resolution, max(multiple, int(MAX_FRAME_TOKENS**0.5) * multiple))
 
 
 def default_model_folder() -> Optional[Path]:
@@ -97,7 +120,11 @@ def default_model_folder() -> Optional[Path]:
 
 
 def load_model() -> LoadedModel:
-    """Picks the model from the environment: `VINCIE_MODEL`, else the embedded default, else a tiny random one."""
+    """Picks the model from the environment: `VINCIE_MODEL`, else the embedded default, else a tiny random one;
+    places it as `VINCIE_SPACE_OFFLOAD` says."""
+    offload = os.environ.get("VINCIE_SPACE_OFFLOAD", "none").strip().lower() or "none"
+    if offload not in OFFLOAD_MODES:
+        raise ValueError(f"VINCIE_SPACE_OFFLOAD must be one of {', '.join(OFFLOAD_MODES)}; got {offload!r}.")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     checkpoint = os.environ.get("VINCIE_MODEL", "").strip()
     if checkpoint:
@@ -123,8 +150,23 @@ def load_model() -> LoadedModel:
         reason = "`VINCIE_SPACE_TINY=1`" if os.environ.get("VINCIE_SPACE_TINY") == "1" else "no default model shipped"
         model = LoadedModel(tiny_pipeline(), "tiny random pipeline", is_random=True, note=reason, steps=4,
                             resolution=64, examples=SHAPES_EXAMPLES)
-    model.pipe.to(device)
+    place(model, device, offload)
     return model
+
+
+def place(model: LoadedModel, device: str, offload: str) -> None:
+    """Moves the pipeline to ``device``, or installs diffusers' CPU offload hooks (GPU only: on a CPU machine the
+    weights already live where offloading would keep them, so the switch is noted in the banner and ignored)."""
+    if offload != "none" and device != "cuda":
+        model.note = f"{model.note} (VINCIE_SPACE_OFFLOAD={offload} ignored: no GPU.)".strip()
+        offload = "none"
+    if offload == "model":
+        model.pipe.enable_model_cpu_offload()
+    elif offload == "sequential":
+        model.pipe.enable_sequential_cpu_offload()
+    else:
+        model.pipe.to(device)
+    model.offload = offload
 
 
 # =====================================================================================================
@@ -190,6 +232,68 @@ def check_instruction(text: Optional[str], what: str = "instruction") -> str:
     if len(text) > MAX_INSTRUCTION_CHARS:
         raise gr.Error(f"The {what} has {len(text)} characters; keep it under {MAX_INSTRUCTION_CHARS}.")
     return text
+
+
+def check_settings(model: LoadedModel, steps, seed, resolution=None) -> tuple[int, int, Optional[int]]:
+    """Sampler settings as ints, each checked against its bound (API clients can send any number)."""
+    checked = []
+    for name, value, low, high in (
+        ("Steps", steps, 1, MAX_STEPS),
+        ("Seed", seed, 0, MAX_SEED),
+        ("Resolution", resolution, model.pipe.size_multiple, model.max_resolution),
+    ):
+        if value is None and name == "Resolution":
+            checked.append(None)
+            continue
+        number = float(value) if isinstance(value, (int, float)) else float("nan")
+        if not (low <= number <= high and number == int(number)):
+            raise gr.Error(f"{name} must be a whole number from {low} to {high}; got {value}. Pick one in that range.")
+        checked.append(int(number))
+    return tuple(checked)
+
+
+def call_deadline() -> Callable:
+    """A sampler step callback that stops the call once it has run `MAX_CALL_SECONDS`: with one sampling call at a
+    time, this bounds how long one user's call keeps everyone else waiting. A stopped edit leaves the session as
+    it was (a turn is added only when its image is done)."""
+    stop = time.monotonic() + MAX_CALL_SECONDS
+
+    def check(pipe, step, timestep, tensors: dict) -> dict:
+        if time.monotonic() > stop:
+            raise gr.Error(
+                f"This call ran past the limit of {MAX_CALL_SECONDS:.0f} s per call (other users are waiting) and was "
+                "stopped; use fewer steps, a lower resolution, or restore an earlier turn."
+            )
+        return tensors
+
+    return check
+
+
+def drawn_mask(region: Optional[dict], size: tuple[int, int]) -> Optional[PIL.Image.Image]:
+    """The region the user painted in the editor (any opaque stroke), as a mask of the session's source size
+    ``size``; None when nothing is painted."""
+    painted = np.zeros((size[1], size[0]), dtype=bool)
+    for layer in (region or {}).get("layers") or ():
+        if layer.width * layer.height > MAX_PIXELS:
+            raise gr.Error(too_many_pixels("the drawn region", layer.width, layer.height))
+        alpha = layer.convert("RGBA").getchannel("A").resize(size, PIL.Image.NEAREST)
+        painted |= np.asarray(alpha) > 0
+    return PIL.Image.fromarray(painted.astype(np.uint8) * 255) if painted.any() else None
+
+
+def named_bounds(component):
+    """``component`` (a Slider or Number) whose out-of-range error names it: Gradio checks the bounds of API input
+    itself, but its message ("Value 1e+30 is greater than maximum value ...") does not say which field."""
+    default_preprocess = component.preprocess
+
+    def preprocess(payload):
+        try:
+            return default_preprocess(payload)
+        except gr.Error as error:
+            raise gr.Error(f"{component.label}: {error.message} Pick a value in that range.") from None
+
+    component.preprocess = preprocess
+    return component
 
 
 def checked_image(**kwargs) -> gr.Image:
@@ -261,6 +365,23 @@ def branch_choices(state: Optional[EditorState]) -> gr.Dropdown:
     return gr.Dropdown(choices=choices, value=state.active)
 
 
+REGION_CANVAS_SIDE = 256
+
+
+def region_canvas(image: Optional[PIL.Image.Image]) -> dict:
+    """The region editor's value: ``image`` (the image the next edit changes) to paint on, no strokes yet.
+
+    The image is enlarged by a whole factor of at least 2 (to about `REGION_CANVAS_SIDE` px): small outputs are
+    easier to paint on, and the editor's file differs from the result's. Gradio names cached images by their
+    content and rewrites the file for every output that holds it, so the same image in two components makes the
+    browser read a file while it is rewritten, and the editor stops loading.
+    """
+    if image is not None:
+        factor = max(2, math.ceil(REGION_CANVAS_SIDE / max(image.size)))
+        image = image.resize((image.width * factor, image.height * factor), PIL.Image.NEAREST)
+    return {"background": image, "layers": [], "composite": image}
+
+
 def render(state: Optional[EditorState], note: str = "") -> tuple:
     """Values of ``[state, result, history, masks, branch, turn, status]`` for ``state``."""
     if state is None:
@@ -269,6 +390,11 @@ def render(state: Optional[EditorState], note: str = "") -> tuple:
     turns = len(session.turns)
     status = f"Branch {state.active + 1} of {len(state.branches)} · {plural(turns, 'turn')}. {note}".strip()
     return state, session.history[-1][1], history_items(session), mask_items(session), branch_choices(state), turns, status
+
+
+def current_canvas(state: Optional[EditorState]) -> dict:
+    """The region editor's value after a change of ``state``: the image the next edit changes, no strokes."""
+    return region_canvas(state.session.history[-1][1] if state is not None else None)
 
 
 @contextmanager
@@ -310,20 +436,27 @@ def write_session_zip(session: VincieEditingSession, path: Path, model_name: str
 
 EXAMPLES_DIR = HERE / "examples"
 CSS = """
-#result img, #source img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
-#history img, #masks img { image-rendering: pixelated; }
+#result img, #source img, #story img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
+#history img, #masks img, #region canvas { image-rendering: pixelated; }
 #history .grid-container, #masks .grid-container { --grid-cols: 6 !important; }
 """  # small outputs stay crisp; the galleries keep thumbnails small however few turns there are
 
 
 def build_demo(model: LoadedModel) -> gr.Blocks:
-    """The Blocks app for ``model``; its API names are edit, undo, restore, switch_branch, reset, download, compose."""
+    """The Blocks app for ``model``; its API names are edit, drag, undo, restore, switch_branch, reset, download,
+    story and compose."""
     pipe = model.pipe
     pipe.set_progress_bar_config(disable=False, leave=False)
     download_dir = Path(tempfile.mkdtemp(prefix="vincie-space-"))  # one zip per browser session, overwritten
 
-    def generator(seed: float) -> torch.Generator:
-        return torch.Generator().manual_seed(int(seed))
+    def generator(seed: int) -> torch.Generator:
+        return torch.Generator().manual_seed(seed)
+
+    def negative(text: Optional[str]) -> str:
+        text = (text or "").strip()
+        if len(text) > MAX_INSTRUCTION_CHARS * 4:
+            raise gr.Error(f"The negative prompt has {len(text)} characters; keep it under {MAX_INSTRUCTION_CHARS * 4}.")
+        return text
 
     def edit_seconds(image, instruction, steps, guidance, seed, resolution, chain, state, *rest, **options) -> int:
         """ZeroGPU calls this with the handler's own arguments (progress tracker included) to size the GPU slot."""
@@ -331,24 +464,48 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
         passes = (2 if guidance != 1 else 1) * (3 if chain else 1)
         return gpu_seconds(steps, frames, resolution, passes)
 
-    @on_gpu(duration=edit_seconds)
-    def edit(image, instruction, steps, guidance, seed, resolution, chain, state, progress=gr.Progress(track_tqdm=True)):
+    def run_turn(image, instruction, steps, guidance, seed, resolution, state, negative_prompt, turn: Callable):
+        """Checks the inputs, starts a session when needed, then runs ``turn(session, sampling)`` for one turn."""
         instruction = check_instruction(instruction)
+        steps, seed, resolution = check_settings(model, steps, seed, resolution)
+        sampling = dict(num_inference_steps=steps, guidance_scale=float(guidance), generator=generator(seed),
+                        negative_prompt=negative(negative_prompt), callback_on_step_end=call_deadline())
         if image is None and state is None:
             raise gr.Error("Upload an image (or pick an example) to start a session.")
         note = ""
         if state is None or (image is not None and not same_source(state.session, image)):
             note = "" if state is None else "A new source image started a new session."
-            state = EditorState([pipe.start_session(image, resolution=int(resolution), generator=generator(seed))])
+            state = EditorState([pipe.start_session(image, resolution=resolution, generator=generator(seed))])
         with claimed(state):
             try:
-                state.session.edit(
-                    instruction, num_inference_steps=int(steps), guidance_scale=float(guidance),
-                    generator=generator(seed), chain_of_editing=bool(chain),
-                )
-            except ValueError as error:  # e.g. the model's turn table is full
+                turn(state.session, sampling)
+            except ValueError as error:  # e.g. the model's turn table is full, or an empty mask to drag
                 raise gr.Error(f"{error} Restore an earlier turn or reset the session.") from None
         return render(state, note)
+
+    @on_gpu(duration=edit_seconds)
+    def edit(image, instruction, steps, guidance, seed, resolution, chain, state, negative_prompt=None, region=None,
+             progress=gr.Progress(track_tqdm=True)):
+        def turn(session, sampling):
+            mask = drawn_mask(region, session.reference_size)  # controllable editing: the user's region
+            session.edit(instruction, chain_of_editing=bool(chain), current_mask=mask, **sampling)
+
+        return run_turn(image, instruction, steps, guidance, seed, resolution, state, negative_prompt, turn)
+
+    def drag_seconds(image, instruction, steps, guidance, seed, resolution, state, *rest, **options) -> int:
+        return edit_seconds(image, instruction, steps, guidance, seed, resolution, True, state)
+
+    @on_gpu(duration=drag_seconds)
+    def drag(image, instruction, steps, guidance, seed, resolution, state, negative_prompt=None, region=None,
+             move_x=0.0, move_y=0.0, scale=1.0, rotate=0.0, progress=gr.Progress(track_tqdm=True)):
+        def turn(session, sampling):
+            size = session.reference_size
+            translate = (float(move_x) / 100 * size[0], float(move_y) / 100 * size[1])
+            mask = drawn_mask(region, size)  # none drawn: the model predicts the region
+            session.drag(instruction, translate, float(scale), float(rotate),
+                         current_mask=PREDICT if mask is None else mask, **sampling)
+
+        return run_turn(image, instruction, steps, guidance, seed, resolution, state, negative_prompt, turn)
 
     def undo(state):
         with claimed(state):
@@ -379,20 +536,53 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
     def reset():
         return render(None, "Session cleared.")
 
+    def new_source(image, state):
+        """A new upload: paint the region on it, unless it is the source of the session being edited."""
+        if image is None or (state is not None and same_source(state.session, image)):
+            return gr.skip()
+        return region_canvas(image)
+
     def download(state, request: gr.Request):
         name = f"vincie-session-{request.session_hash or 'api'}.zip" if request else "vincie-session.zip"
         with claimed(state):
             return str(write_session_zip(state.session, download_dir / name, model.name))
 
+    def story_lines(text: Optional[str]) -> list:
+        lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+        limit = min(MAX_STORY_TURNS, pipe.transformer.config.max_turns - 1)
+        if not 1 <= len(lines) <= limit:
+            raise gr.Error(f"Write between 1 and {limit} instructions, one per line (got {len(lines)}).")
+        return [check_instruction(line) for line in lines]
+
+    def story_seconds(image, text, steps, guidance, seed, resolution, *rest, **options) -> int:
+        turns = len([line for line in (text or "").splitlines() if line.strip()])
+        per_turn = [gpu_seconds(steps, k + 2, resolution, 2 if guidance != 1 else 1) for k in range(turns)]
+        return int(min(GPU_SECONDS_MAX, sum(per_turn)))
+
+    @on_gpu(duration=story_seconds)
+    def story(image, text, steps, guidance, seed, resolution, negative_prompt=None, progress=gr.Progress(track_tqdm=True)):
+        lines = story_lines(text)
+        steps, seed, resolution = check_settings(model, steps, seed, resolution)
+        if image is None:
+            raise gr.Error("Upload the story's first image.")
+        session = pipe.start_session(image, resolution=resolution, generator=generator(seed))
+        deadline = call_deadline()  # for the whole story
+        for line in lines:  # one session: every frame sees the earlier frames and instructions
+            session.edit(line, num_inference_steps=steps, guidance_scale=float(guidance), generator=generator(seed),
+                         negative_prompt=negative(negative_prompt), callback_on_step_end=deadline)
+        return history_items(session)
+
     def compose_seconds(files, prompt, steps, guidance, seed, resolution, *rest, **options) -> int:
         return gpu_seconds(steps, len(files or ()) + 1, resolution, 2 if guidance != 1 else 1)
 
     @on_gpu(duration=compose_seconds)
-    def compose(files, prompt, steps, guidance, seed, resolution, progress=gr.Progress(track_tqdm=True)):
+    def compose(files, prompt, steps, guidance, seed, resolution, negative_prompt=None,
+                progress=gr.Progress(track_tqdm=True)):
         files = list(files or [])
         limit = min(MAX_REFERENCES, pipe.transformer.config.max_turns - 1)
         if not 2 <= len(files) <= limit:
             raise gr.Error(f"Upload between 2 and {limit} reference images (got {len(files)}).")
+        steps, seed, resolution = check_settings(model, steps, seed, resolution)
         images = [open_user_image(f if isinstance(f, str) else f.name) for f in files]
         prompt = check_instruction(prompt, "description")
         if "<IMG" not in prompt:  # official recipe: "Based on <IMG0>, <IMG1>, ... Output <IMGn>: description"
@@ -400,8 +590,9 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
             prompt = f"Based on {refs}. Output <IMG{len(images)}>: {prompt}"
         prompts = [f"<IMG{k}>: " for k in range(1, len(images))] + [prompt]
         output = pipe(
-            images, prompts, use_prompt_template=False, num_inference_steps=int(steps), guidance_scale=float(guidance),
-            generator=generator(seed), resolution=int(resolution),
+            images, prompts, use_prompt_template=False, num_inference_steps=steps, guidance_scale=float(guidance),
+            generator=generator(seed), resolution=resolution, negative_prompt=negative(negative_prompt),
+            callback_on_step_end=call_deadline(),
         )
         return output.images[0]
 
@@ -433,14 +624,37 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
                         edit_button = gr.Button("Edit", variant="primary", elem_id="edit")
                         undo_button = gr.Button("Undo", elem_id="undo")
                         reset_button = gr.Button("Reset", elem_id="reset")
-                    with gr.Accordion("Advanced settings", open=False):
-                        steps = gr.Slider(1, 100, value=model.steps, step=1, label="Steps")
-                        guidance = gr.Slider(1.0, 15.0, value=model.guidance, step=0.5, label="Guidance scale (1 = no CFG)")
-                        seed = gr.Number(0, precision=0, minimum=0, label="Seed")
-                        resolution = gr.Slider(32, 1024, value=model.resolution, step=32, label="Resolution (area, applies to a new session)")
+                    with gr.Accordion("Advanced settings", open=False, elem_id="advanced"):
+                        steps = named_bounds(gr.Slider(1, MAX_STEPS, value=min(model.steps, MAX_STEPS), step=1, label="Steps"))
+                        guidance = named_bounds(gr.Slider(1.0, 15.0, value=model.guidance, step=0.5, label="Guidance scale (1 = no CFG)"))
+                        negative_prompt = gr.Textbox(pipe.config.default_negative_prompt, label="Negative prompt (used when guidance > 1)", lines=2, max_length=MAX_INSTRUCTION_CHARS * 4, elem_id="negative")
+                        seed = named_bounds(gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed"))
+                        resolution = named_bounds(gr.Slider(
+                            pipe.size_multiple, model.max_resolution, value=min(model.resolution, model.max_resolution),
+                            step=pipe.size_multiple, label=f"Resolution (area, applies to a new session; at most {model.max_resolution} for this model)",
+                        ))
                 with gr.Column():
                     result = gr.Image(label="Result", type="pil", interactive=False, format="png", height=420, elem_id="result")
                     status = gr.Markdown("Upload an image and type an instruction.", label="status", elem_id="status")
+                    with gr.Accordion("Region: paint where to edit, or what to drag", open=False, elem_id="region-panel"):
+                        gr.Markdown(
+                            "*Edit* changes only the painted region (controllable editing). *Drag* moves the painted "
+                            "region (or, with nothing painted, the region the model predicts) as set below and "
+                            "regenerates the image."
+                        )
+                        region = gr.ImageEditor(
+                            type="pil", sources=(), transforms=(), layers=False, format="png", height=300,
+                            brush=gr.Brush(colors=["#ff3366"], color_mode="fixed", default_size=24),
+                            label="Paint on the image the next edit changes (nothing painted: the whole image)",
+                            elem_id="region",
+                        )
+                        with gr.Row():
+                            move_x = named_bounds(gr.Slider(-100, 100, value=0, step=1, label="Move right (% of the width)", elem_id="move-x"))
+                            move_y = named_bounds(gr.Slider(-100, 100, value=0, step=1, label="Move down (% of the height)", elem_id="move-y"))
+                        with gr.Row():
+                            drag_scale = named_bounds(gr.Slider(0.25, 4.0, value=1.0, step=0.05, label="Scale"))
+                            drag_rotate = named_bounds(gr.Slider(-180, 180, value=0, step=5, label="Rotate (degrees, counter-clockwise)"))
+                        drag_button = gr.Button("Drag", elem_id="drag")
             history = gr.Gallery(
                 label="Session history (click a turn, then restore it)", columns=8, height=200, object_fit="contain",
                 allow_preview=False, format="png", elem_id="history",
@@ -452,39 +666,62 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
                 download_button = gr.Button("Download session (.zip)")
             with gr.Row():
                 masks = gr.Gallery(
-                    label="Chain of editing: predicted regions (current, next) per turn", columns=6, height=160,
+                    label="Regions (current, next) per turn: predicted or painted", columns=6, height=160,
                     object_fit="contain", format="png", elem_id="masks", scale=3,
                 )
                 session_zip = gr.File(label="Session zip", interactive=False, height=160, scale=1)
 
-        with gr.Tab("Multi-concept"):
+        with gr.Tab("Story", elem_id="story-tab"):
+            gr.Markdown(
+                f"A first image and up to {min(MAX_STORY_TURNS, pipe.transformer.config.max_turns - 1)} instructions, one "
+                "per line: each frame is generated from the previous frames and instructions (one session). Steps, "
+                "guidance, seed, negative prompt and resolution come from the Edit tab's advanced settings."
+            )
+            with gr.Row():
+                story_image = checked_image(label="First image", sources=["upload", "clipboard"], height=260, elem_id="story-source")
+                story_text = gr.Textbox(label="Instructions, one per line", lines=6, max_length=(MAX_INSTRUCTION_CHARS + 1) * MAX_STORY_TURNS, elem_id="story-text", placeholder="the camera pans left\na bird lands on the fence")
+            story_button = gr.Button("Tell the story", variant="primary", elem_id="story-run")
+            story_gallery = gr.Gallery(label="Story", columns=8, height=220, object_fit="contain", allow_preview=False, format="png", elem_id="story")
+
+        with gr.Tab("Multi-concept", elem_id="compose-tab"):
             gr.Markdown(
                 "Upload 2 to 6 reference images and describe the picture to compose. Refer to them as `<IMG0>`, "
                 "`<IMG1>`, ... (a plain description is wrapped as `Based on <IMG0>, <IMG1>. Output <IMG2>: ...`). "
-                "Steps, guidance, seed and resolution come from the Edit tab's advanced settings."
+                "Steps, guidance, seed, negative prompt and resolution come from the Edit tab's advanced settings."
             )
             with gr.Row():
-                references = gr.File(label="Reference images", file_count="multiple", file_types=list(ALLOWED_SUFFIXES), type="filepath")
-                composed = gr.Image(label="Composition", type="pil", interactive=False, format="png")
-            compose_prompt = gr.Textbox(label="Description", placeholder="Based on <IMG0>, <IMG1>. Output <IMG2>: the cat wearing the hat", max_length=MAX_INSTRUCTION_CHARS)
-            compose_button = gr.Button("Compose", variant="primary")
+                references = gr.File(label="Reference images", file_count="multiple", file_types=list(ALLOWED_SUFFIXES), type="filepath", elem_id="references")
+                composed = gr.Image(label="Composition", type="pil", interactive=False, format="png", elem_id="composed")
+            compose_prompt = gr.Textbox(label="Description", placeholder="Based on <IMG0>, <IMG1>. Output <IMG2>: the cat wearing the hat", max_length=MAX_INSTRUCTION_CHARS, elem_id="compose-prompt")
+            compose_button = gr.Button("Compose", variant="primary", elem_id="compose")
 
         views = [state, result, history, masks, branch, turn, status]
-        edit_inputs = [image, instruction, steps, guidance, seed, resolution, chain, state]
+        settings = [steps, guidance, seed, resolution]
+        edit_inputs = [image, instruction, *settings, chain, state, negative_prompt, region]
+        drag_inputs = [image, instruction, *settings, state, negative_prompt, region, move_x, move_y, drag_scale, drag_rotate]
         sampling = dict(concurrency_id="sampler", concurrency_limit=SAMPLER_CONCURRENCY)  # one group for all samplers
-        edit_button.click(edit, edit_inputs, views, api_name="edit", **sampling)
-        instruction.submit(edit, edit_inputs, views, api_visibility="private", **sampling)
-        undo_button.click(undo, [state], views, api_name="undo", concurrency_limit=None)
-        restore_button.click(restore, [turn, state], views, api_name="restore", concurrency_limit=None)
-        branch.input(switch_branch, [branch, state], views, api_name="switch_branch", concurrency_limit=None)
-        reset_button.click(reset, None, views, api_name="reset", concurrency_limit=None)
-        download_button.click(download, [state], [session_zip], api_name="download", concurrency_limit=None)
-        history.select(selected_turn, None, [turn], api_visibility="private", concurrency_limit=None)
+        quick = dict(concurrency_limit=None)  # handlers that do not call the model
+        # The region editor is refreshed by a follow-up event of its own: an ImageEditor that is both an input and
+        # an output of one event stops updating in the browser (Gradio 6).
+        repaint = dict(fn=current_canvas, inputs=[state], outputs=[region], api_visibility="private", **quick)
+        edit_button.click(edit, edit_inputs, views, api_name="edit", **sampling).success(**repaint)
+        instruction.submit(edit, edit_inputs, views, api_visibility="private", **sampling).success(**repaint)
+        drag_button.click(drag, drag_inputs, views, api_name="drag", **sampling).success(**repaint)
+        undo_button.click(undo, [state], views, api_name="undo", **quick).success(**repaint)
+        restore_button.click(restore, [turn, state], views, api_name="restore", **quick).success(**repaint)
+        branch.input(switch_branch, [branch, state], views, api_name="switch_branch", **quick).success(**repaint)
+        reset_button.click(reset, None, views, api_name="reset", **quick).success(**repaint)
+        download_button.click(download, [state], [session_zip], api_name="download", **quick)
+        history.select(selected_turn, None, [turn], api_visibility="private", **quick)
+        image.change(new_source, [image, state], [region], api_visibility="private", **quick)
+        story_button.click(
+            story, [story_image, story_text, *settings, negative_prompt], [story_gallery], api_name="story", **sampling
+        )
         compose_button.click(
-            compose, [references, compose_prompt, steps, guidance, seed, resolution], [composed], api_name="compose",
+            compose, [references, compose_prompt, *settings, negative_prompt], [composed], api_name="compose",
             **sampling,
         )
-    demo.queue(max_size=QUEUE_SIZE)
+    demo.queue(max_size=QUEUE_SIZE)  # the sampling events have their own limit (one at a time), the rest none
     return demo
 
 

@@ -326,3 +326,19 @@ def test_callbacks_fire_for_mask_frames_and_each_frame_is_decoded_once(image, mo
     frees.clear()
     session.edit("remove it", num_inference_steps=1)
     assert frees == [1]  # a session edit frees the model hooks too
+
+
+def test_drag_moves_a_predicted_mask_and_user_masks_are_seeded(image):
+    p = tiny_pipeline(frame_index_mode="slots")
+    p.set_progress_bar_config(disable=True)
+    session = p.start_session(image, resolution=32, generator=torch.Generator().manual_seed(0))
+    session.drag("move it left", translate=(-4, 0), num_inference_steps=1, generator=torch.Generator().manual_seed(1))
+    assert len(session.turns[0].mask_frames) == 2  # predicted current mask, dragged next mask
+    mask = np.zeros((40, 56), bool)
+    mask[5:20, 10:30] = True
+    latents = []
+    for _ in range(2):
+        s = p.start_session(image, resolution=32, generator=torch.Generator().manual_seed(0))
+        s.edit("remove it", current_mask=mask, num_inference_steps=1, generator=torch.Generator().manual_seed(3))
+        latents.append(s.turns[0].mask_frames[0].latent)
+    torch.testing.assert_close(latents[0], latents[1])  # the user's mask is encoded with the edit's generator

@@ -79,12 +79,12 @@ def captions(history) -> list:
     return [item["caption"] for item in history]
 
 
-def direct_session_images(pipe, image_path, instructions, seed=0) -> list:
+def direct_session_images(pipe, image_path, instructions, seed=0, **options) -> list:
     """What the app should return: the same session run on the pipeline itself, seeded as the app seeds it."""
     session = pipe.start_session(PIL.Image.open(image_path).convert("RGB"), resolution=RESOLUTION,
                                  generator=torch.Generator().manual_seed(seed))
     return [np.asarray(session.edit(i, num_inference_steps=STEPS, guidance_scale=7.5,
-                                    generator=torch.Generator().manual_seed(seed))) for i in instructions]
+                                    generator=torch.Generator().manual_seed(seed), **options)) for i in instructions]
 
 
 # =====================================================================================================
@@ -162,6 +162,158 @@ def test_parallel_clients_keep_separate_sessions(url):
         np.testing.assert_array_equal(pixels(history[0]["image"]), pixels(path))
 
 
+def painted_layer(path, tmp_path, box=(0.2, 0.2, 0.6, 0.7)) -> tuple:
+    """A region editor stroke layer (RGBA, transparent outside ``box``, given as fractions of the image) over
+    ``path``'s image, saved as a PNG, and the mask the session should get (source size)."""
+    size = PIL.Image.open(path).size
+    left, top, right, bottom = (round(f * n) for f, n in zip(box, size * 2))
+    layer = PIL.Image.new("RGBA", size, (0, 0, 0, 0))
+    layer.paste((255, 51, 102, 255), (left, top, right, bottom))
+    layer.save(tmp_path / "layer.png")
+    mask = PIL.Image.new("L", size, 0)
+    mask.paste(255, (left, top, right, bottom))
+    return tmp_path / "layer.png", mask
+
+
+def region_payload(background, layer) -> dict:
+    from gradio_client import handle_file
+
+    return {"background": handle_file(str(background)), "layers": [handle_file(str(layer))], "composite": None}
+
+
+def test_painted_region_drag_and_negative_prompt(url, model, tmp_path):
+    from gradio_client import handle_file
+
+    from diffusers_vincie.pipelines.image_processing import transform_mask
+
+    c = client(url)
+    layer, mask = painted_layer(HOUSE, tmp_path)
+    painted = np.asarray(mask) > 127
+
+    result, history, masks, _, _, _ = c.predict(
+        handle_file(str(HOUSE)), "make it blue", STEPS, 7.5, 0, RESOLUTION, False, "blurry", region_payload(HOUSE, layer),
+        api_name="/edit")
+    assert [m["caption"] for m in masks] == ["1 · current region", "1 · next region"]
+    np.testing.assert_array_equal(pixels(masks[0]["image"])[..., 0] > 127, painted)  # the session got the painted mask
+
+    result, history, masks, _, turn, _ = c.predict(
+        None, "move it right", STEPS, 7.5, 0, RESOLUTION, "blurry", region_payload(HOUSE, layer), 25, -10, 1.5, 30,
+        api_name="/drag")
+    width, height = mask.size
+    moved = transform_mask(mask.convert("RGB"), (0.25 * width, -0.1 * height), 1.5, 30)
+    np.testing.assert_array_equal(pixels(masks[2]["image"])[..., 0] > 127, painted)
+    np.testing.assert_array_equal(pixels(masks[3]["image"]), np.asarray(moved))  # the next region is the moved one
+    assert turn == 2 and captions(history)[-1] == "2 · move it right" and pixels(result).shape == pixels(history[1]["image"]).shape
+
+    _, _, masks, _, _, _ = c.predict(None, "move it left", STEPS, 7.5, 0, RESOLUTION, "", None, -20, 0, 1.0, 0,
+                                        api_name="/drag")  # nothing painted: the model predicts the region
+    assert [m["caption"] for m in masks][-2:] == ["3 · current region", "3 · next region"]
+    with pytest.raises(Exception, match="Scale: Value 0.0 is less than minimum value 0.25"):
+        c.predict(None, "move it", STEPS, 7.5, 0, RESOLUTION, "", None, 0, 0, 0.0, 0, api_name="/drag")
+
+    plain = c.predict(handle_file(str(SHAPES)), "add a red circle", STEPS, 7.5, 0, RESOLUTION, False, "", None, api_name="/edit")
+    other = client(url).predict(handle_file(str(SHAPES)), "add a red circle", STEPS, 7.5, 0, RESOLUTION, False,
+                                "blurry, low quality", None, api_name="/edit")
+    expected = direct_session_images(model.pipe, SHAPES, ["add a red circle"], negative_prompt="blurry, low quality")
+    np.testing.assert_array_equal(pixels(other[0]), expected[0])  # the negative prompt reaches the sampler
+    assert not np.array_equal(pixels(plain[0]), pixels(other[0]))
+
+
+def test_region_canvas_shows_the_latest_image_enlarged(app, model):
+    session = model.pipe.start_session(PIL.Image.open(HOUSE), resolution=RESOLUTION)
+    session.edit("add a red circle", num_inference_steps=1)
+    canvas = app.current_canvas(app.EditorState([session]))
+    latest = session.history[-1][1]
+    factor = canvas["background"].width // latest.width
+    assert factor >= 2 and canvas["background"].size == (latest.width * factor, latest.height * factor)
+    np.testing.assert_array_equal(np.asarray(canvas["background"])[::factor, ::factor], np.asarray(latest))
+    assert canvas["layers"] == [] and app.current_canvas(None)["background"] is None
+
+
+def test_story_runs_one_session(url, model):
+    from gradio_client import handle_file
+
+    lines = ["add a red circle", "make it bigger", "move it left"]
+    gallery = client(url).predict(handle_file(str(HOUSE)), "\n".join(lines) + "\n\n", STEPS, 7.5, 3, RESOLUTION, "",
+                                  api_name="/story")
+    assert captions(gallery) == ["0 · source"] + [f"{k} · {line}" for k, line in enumerate(lines, start=1)]
+    expected = direct_session_images(model.pipe, HOUSE, lines, seed=3, negative_prompt="")
+    for item, image in zip(gallery[1:], expected):
+        np.testing.assert_array_equal(pixels(item["image"]), image)
+    with pytest.raises(Exception, match="between 1 and 7 instructions"):
+        client(url).predict(handle_file(str(HOUSE)), "\n".join(["add a red circle"] * 8), STEPS, 7.5, 0, RESOLUTION,
+                            "", api_name="/story")
+
+
+def test_settings_are_bounded_with_clear_messages(url, app, model):
+    from gradio_client import handle_file
+
+    c = client(url)
+    assert model.max_resolution == 32 * model.pipe.size_multiple  # 1024 patches per frame
+    for args, message in (  # Gradio checks the components' bounds; the app names the field
+        ((STEPS, 7.5, 1e30, RESOLUTION), r"Seed: Value 1e\+30 is greater than maximum value 4294967295"),
+        ((STEPS, 7.5, -1, RESOLUTION), "Seed: Value -1 is less than minimum value 0"),
+        ((app.MAX_STEPS + 1, 7.5, 0, RESOLUTION), f"Steps: Value {app.MAX_STEPS + 1} is greater than maximum value {app.MAX_STEPS}"),
+        ((2.5, 7.5, 0, RESOLUTION), "Steps must be a whole number from 1 to"),
+        ((STEPS, 7.5, 0, 1024), rf"Resolution \(.*at most {model.max_resolution} for this model\): Value 1024 is greater"),
+    ):
+        with pytest.raises(Exception, match=message):
+            c.predict(handle_file(str(HOUSE)), "add a red circle", *args, False, api_name="/edit")
+    with pytest.raises(Exception, match="Resolution .*Value 4096 is greater"):
+        c.predict(handle_file(str(HOUSE)), "a story", STEPS, 7.5, 0, 4096, "", api_name="/story")
+    edit_fn = next(f.fn for f in app.build_demo(model).fns.values() if f.api_name == "edit")
+    with pytest.raises(app.gr.Error, match="Resolution must be a whole number from 4 to 128; got 1024"):
+        edit_fn(PIL.Image.open(HOUSE), "add a red circle", STEPS, 7.5, 0, 1024, False, None)  # direct calls too
+
+
+def test_a_call_past_the_time_limit_stops_and_keeps_the_session(app, model, monkeypatch):
+    import gradio as gr
+
+    handlers = {f.api_name: f.fn for f in app.build_demo(model).fns.values() if f.api_name}
+    image = PIL.Image.open(HOUSE)
+    state = handlers["edit"](image, "add a red circle", STEPS, 7.5, 0, RESOLUTION, False, None)[0]
+    monkeypatch.setattr(app, "MAX_CALL_SECONDS", -1.0)  # every call is already late at its first step
+    for name, args in (("edit", (None, "make it bigger", STEPS, 7.5, 0, RESOLUTION, False, state)),
+                       ("drag", (None, "move it", STEPS, 7.5, 0, RESOLUTION, state)),
+                       ("story", (image, "add a red circle", STEPS, 7.5, 0, RESOLUTION)),
+                       ("compose", ([str(HOUSE), str(SHAPES)], "both", STEPS, 7.5, 0, RESOLUTION))):
+        with pytest.raises(gr.Error, match="ran past the limit of -1 s per call"):
+            handlers[name](*args)
+    assert [t.instruction for t in state.session.turns] == ["add a red circle"]  # nothing half-done was kept
+    assert not state.busy.locked()
+
+
+def test_shipped_model_refuses_large_resolutions(app):
+    from diffusers_vincie.default_model import RESOLUTION as SHIPPED
+    from diffusers_vincie.default_model import load_default_pipeline
+
+    model = app.LoadedModel(load_default_pipeline(), "VINCIE-Shapes", resolution=SHIPPED)
+    assert SHIPPED < model.max_resolution == 128 < 1024
+    with pytest.raises(app.gr.Error, match="Resolution must be a whole number from 4 to 128; got 1024"):
+        app.check_settings(model, 10, 0, 1024)
+
+
+def test_offload_switch(app, model, monkeypatch):
+    from diffusers_vincie.testing import tiny_pipeline
+
+    monkeypatch.setenv("VINCIE_SPACE_TINY", "1")
+    monkeypatch.setenv("VINCIE_SPACE_OFFLOAD", "model")
+    loaded = app.load_model()  # no GPU here: the switch is harmless, and the banner says it was ignored
+    assert loaded.offload == "none" and "VINCIE_SPACE_OFFLOAD=model ignored: no GPU" in loaded.note
+    assert {p.device.type for p in loaded.pipe.transformer.parameters()} == {"cpu"}
+    monkeypatch.setenv("VINCIE_SPACE_OFFLOAD", "disk")
+    with pytest.raises(ValueError, match="VINCIE_SPACE_OFFLOAD must be one of none, model, sequential; got 'disk'"):
+        app.load_model()
+
+    calls = []  # on a GPU machine each mode installs its diffusers hooks (run for real by benchmarks/gpu_check.sh)
+    for offload, method in (("model", "enable_model_cpu_offload"), ("sequential", "enable_sequential_cpu_offload")):
+        target = app.LoadedModel(tiny_pipeline(), "tiny")
+        monkeypatch.setattr(target.pipe, method, lambda: calls.append(offload), raising=False)
+        app.place(target, "cuda", offload)
+        assert target.offload == offload
+    assert calls == ["model", "sequential"]
+
+
 def test_compose_multi_concept(url):
     from gradio_client import handle_file
 
@@ -232,15 +384,46 @@ def test_bad_input_gets_friendly_errors(url, app, tmp_path):
         c.predict(api_name="/undo")
 
 
-def test_server_paths_are_not_reachable(url):
+def raw_edit(url, image, region=None) -> str:
+    """One `/edit` call over plain HTTP (no gradio_client, which would upload local files itself): the event
+    stream's text."""
+    import httpx
+
+    data = [image, "add a red circle", STEPS, 7.5, 0, RESOLUTION, False, None, "", region]
+    event = httpx.post(f"{url}gradio_api/call/edit", json={"data": data}, timeout=10)
+    return httpx.get(f"{url}gradio_api/call/edit/{event.json()['event_id']}", timeout=60).text
+
+
+def file_data(path, name="photo.png") -> dict:
+    return {"path": str(path), "meta": {"_type": "gradio.FileData"}, "orig_name": name}
+
+
+def test_server_paths_are_not_reachable(url, app, tmp_path, monkeypatch):
     import httpx
 
     secret = str(REPO / "setup.cfg")
     assert httpx.get(f"{url}gradio_api/file={secret}", timeout=10).status_code == 403
-    file_data = {"path": secret, "meta": {"_type": "gradio.FileData"}, "orig_name": "setup.png"}
-    event = httpx.post(f"{url}gradio_api/call/edit", json={"data": [file_data, "x", STEPS, 7.5, 0, 64, False]}, timeout=10)
-    stream = httpx.get(f"{url}gradio_api/call/edit/{event.json()['event_id']}", timeout=30).text
+    stream = raw_edit(url, file_data(secret, "setup.png"))
     assert "event: error" in stream and "configparser" not in stream and "install_requires" not in stream
+
+    opened = []  # every file the app itself opened as an upload
+    original = app.open_user_image
+    monkeypatch.setattr(app, "open_user_image", lambda path, name=None: opened.append(path) or original(path, name))
+    outside = tmp_path / "private.png"  # a real PNG on the server, outside Gradio's upload folder
+    PIL.Image.new("RGB", (48, 40), "red").save(outside)
+    with outside.open("rb") as f:
+        uploaded = httpx.post(f"{url}gradio_api/upload", files={"files": ("private.png", f, "image/png")}, timeout=10).json()[0]
+    assert "event: complete" in raw_edit(url, file_data(uploaded))  # the same image, uploaded: a normal edit
+    assert opened == [uploaded]
+
+    own_stroke = file_data(uploaded, "layer.png")
+    assert "event: complete" in raw_edit(url, file_data(uploaded), {"background": own_stroke, "layers": [own_stroke], "composite": own_stroke})
+    for path in (outside, HOUSE):  # HOUSE is served as an example, but only through its cached copy
+        assert httpx.get(f"{url}gradio_api/file={path}", timeout=10).status_code == 403
+        assert "event: error" in raw_edit(url, file_data(path))
+        stroke = file_data(path, "layer.png")  # the region editor's images obey the same rule
+        assert "event: error" in raw_edit(url, file_data(uploaded), {"background": stroke, "layers": [stroke], "composite": stroke})
+    assert set(opened) == {uploaded}  # the files outside were refused before the app opened them
 
 
 # =====================================================================================================
@@ -298,7 +481,7 @@ def test_gpu_duration_grows_with_turns(app, model, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=gpu))
     app.build_demo(model)
-    assert set(durations) == {"edit", "compose"}
+    assert set(durations) == {"edit", "drag", "story", "compose"}
     assert not (SPACE / "app.pyi").exists()  # building the app writes nothing next to it
     session = model.pipe.start_session(PIL.Image.open(HOUSE), resolution=RESOLUTION)
     seconds = []
@@ -310,8 +493,8 @@ def test_gpu_duration_grows_with_turns(app, model, monkeypatch):
 
 def test_sampling_events_share_one_concurrency_slot(app, model):
     demo = app.build_demo(model)
-    samplers = [f for f in demo.fns.values() if getattr(f.fn, "__name__", "") in ("edit", "compose")]
-    assert len(samplers) == 3  # edit button, Enter in the instruction box, compose
+    samplers = [f for f in demo.fns.values() if getattr(f.fn, "__name__", "") in ("edit", "drag", "story", "compose")]
+    assert len(samplers) == 5  # edit button, Enter in the instruction box, drag, story, compose
     assert {(f.concurrency_id, f.concurrency_limit) for f in samplers} == {("sampler", 1)}
 
 

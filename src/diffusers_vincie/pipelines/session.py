@@ -6,8 +6,8 @@ It knows the pipeline only through those methods: this module imports no pipelin
 
 Work already done is never redone: each instruction is text-encoded once and each image VAE-encoded once per
 session (outputs keep their generated latent in the default ``fidelity="exact"``; with
-``fidelity="official"`` an output is decoded to uint8, resized and re-encoded exactly once, as the official
-generator does at every turn). Block-causal models also encode the context once per turn and reuse its
+``fidelity="official"`` an output is decoded to uint8, resized and re-encoded once, like the official loop,
+which however re-encodes every context image again at each turn with an unseeded posterior). Block-causal models also encode the context once per turn and reuse its
 keys/values at every sampling step.
 """
 
@@ -292,7 +292,8 @@ class VincieEditingSession:
             if callable(mask) and not isinstance(mask, (str, PIL.Image.Image)):
                 if not mask_frames:
                     raise ValueError(f"`{kind}` as a function needs a current mask to transform.")
-                mask = mask(mask_frames[-1].image)
+                # the function sees the current mask at the source image's size (drag offsets are source pixels)
+                mask = mask(mask_frames[-1].image.resize(self.reference_size, PIL.Image.NEAREST))
             mask_frames.append(self._mask_frame(mask, items + mask_frames, Frame(kind, text.turn), sampling))
 
         target = Frame(IMAGE, text.turn + 1)
@@ -331,7 +332,8 @@ class VincieEditingSession:
             if mask != PREDICT:
                 raise ValueError(f"`{item.kind}` must be an image, a 2-D array, a function or 'predict'; got {mask!r}.")
             return self._generate(items, item, sampling)
-        return self._encode_image(mask_to_image(mask, self.reference_size, item.kind), item)
+        image = mask_to_image(mask, self.reference_size, item.kind)
+        return self._encode_image(image, item, sampling["generator"])  # seeded like the rest of the edit
 
     def drag(self, instruction: str, translate=(0.0, 0.0), scale: float = 1.0, rotate: float = 0.0, current_mask=PREDICT, **kwargs):
         """Drag editing: the current RoE mask (given or predicted) is moved/scaled/rotated into the next-frame mask,
