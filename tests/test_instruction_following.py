@@ -12,7 +12,6 @@ import pytest
 import torch
 from conftest import REPO, load_script
 
-from diffusers_vincie.sequence import format_turn_prompt
 from diffusers_vincie.data.shapes.world import ShapesWorld
 from diffusers_vincie.evaluation.instruction_sensitivity import (
     SENSITIVITY_SEED,
@@ -22,6 +21,7 @@ from diffusers_vincie.evaluation.instruction_sensitivity import (
     swap_op,
     swap_word,
 )
+from diffusers_vincie.sequence import format_turn_prompt
 from diffusers_vincie.text_encoding import build_word_level_tokenizer, encode_prompts
 from diffusers_vincie.training.flow import (
     sample_logit_normal,
