@@ -41,7 +41,7 @@ def load_checkpoint_transformer(checkpoint: Path, transformer_config: dict, use_
         use_ema: load the EMA weights (fails when the run had no ``--use_ema``).
     """
     from diffusers_vincie.models.transformer_vincie import VincieTransformer
-    from diffusers_vincie.training.checkpoints import EMA_FILE, load_ema_shadow, refuse_pickled_objects
+    from diffusers_vincie.training.checkpoints import EMA_FILE, refuse_pickled_objects
 
     transformer = VincieTransformer(**{k: v for k, v in transformer_config.items() if not k.startswith("_")})
     state = load_file(str(checkpoint / "model.safetensors"))
@@ -49,23 +49,29 @@ def load_checkpoint_transformer(checkpoint: Path, transformer_config: dict, use_
     transformer.load_state_dict(state, strict=True)
     if use_ema:
         refuse_pickled_objects(checkpoint)  # an earlier version's checkpoint: the error says how to convert it
-        ema_file = checkpoint / EMA_FILE
-        if not ema_file.is_file():
-            raise FileNotFoundError(f"{ema_file} is missing: the run has no EMA; pass --no_ema.")
-        shadow, _ = load_ema_shadow(ema_file)
-        params = [p for p in transformer.parameters() if p.requires_grad]
-        if len(shadow) != len(params):
-            raise ValueError(f"EMA holds {len(shadow)} tensors, the transformer {len(params)} parameters.")
-        with torch.no_grad():
-            for param, value in zip(params, shadow):
-                param.copy_(value)
+        copy_ema_weights(checkpoint / EMA_FILE, transformer, "transformer")
     return transformer.eval()
+
+
+def copy_ema_weights(ema_file: Path, module, name: str) -> None:
+    """Copies the EMA shadow weights of ``ema_file`` into ``module``'s trainable parameters (in order)."""
+    from diffusers_vincie.training.checkpoints import load_ema_shadow
+
+    if not ema_file.is_file():
+        raise FileNotFoundError(f"{ema_file} is missing: the run has no EMA of its {name}; pass --no_ema.")
+    shadow, _ = load_ema_shadow(ema_file)
+    params = [p for p in module.parameters() if p.requires_grad]
+    if len(shadow) != len(params):
+        raise ValueError(f"{ema_file} holds {len(shadow)} tensors, the {name} {len(params)} trainable parameters.")
+    with torch.no_grad():
+        for param, value in zip(params, shadow):
+            param.copy_(value)
 
 
 def load_checkpoint_text_encoder(checkpoint: Path, text_encoder, use_ema: bool = True) -> bool:
     """Loads a trained text encoder's weights (EMA with ``use_ema``) from ``checkpoint`` into ``text_encoder``;
     ``False`` (nothing loaded) when the run kept its text encoder frozen."""
-    from diffusers_vincie.training.checkpoints import TEXT_EMA_FILE, load_ema_shadow
+    from diffusers_vincie.training.checkpoints import TEXT_EMA_FILE
 
     weights = checkpoint / "model_1.safetensors"
     if not weights.is_file():
@@ -74,16 +80,7 @@ def load_checkpoint_text_encoder(checkpoint: Path, text_encoder, use_ema: bool =
     if unexpected or any(not key.endswith("embed_tokens.weight") for key in missing):  # tied to shared.weight
         raise ValueError(f"{weights} does not fit the text encoder: missing {missing}, unexpected {unexpected}.")
     if use_ema:
-        ema_file = checkpoint / TEXT_EMA_FILE
-        if not ema_file.is_file():
-            raise FileNotFoundError(f"{ema_file} is missing: the run has no text-encoder EMA; pass --no_ema.")
-        shadow, _ = load_ema_shadow(ema_file)
-        params = [p for p in text_encoder.parameters() if p.requires_grad]
-        if len(shadow) != len(params):
-            raise ValueError(f"Text EMA holds {len(shadow)} tensors, the text encoder {len(params)} parameters.")
-        with torch.no_grad():
-            for param, value in zip(params, shadow):
-                param.copy_(value)
+        copy_ema_weights(checkpoint / TEXT_EMA_FILE, text_encoder, "text encoder")
     text_encoder.eval()
     return True
 
