@@ -170,10 +170,6 @@ class PackedText:
     def __len__(self) -> int:
         return int(self.states.shape[0])
 
-    def to(self, device=None, dtype=None) -> "PackedText":
-        ids = None if self.turn_ids is None else self.turn_ids.to(device)
-        return PackedText(self.states.to(device=device, dtype=dtype), ids, self.segment_lengths)
-
 
 def session_text(segments: Sequence[torch.Tensor], turns: Sequence[int]) -> PackedText:
     """One sample's text ``[E[t_0], seg_0, E[t_1], seg_1, ...]`` (official ``seq_concat`` fusion) as model inputs.
