@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import one_error_line
 from safetensors.torch import load_file
-from test_convert_official import FIXTURES, VAE_CONFIG, _write_tiny_llm, needs_fixtures
+from test_convert_official import FIXTURES, VAE_CONFIG, needs_fixtures, write_official_release
 
 from diffusers_vincie.conversion.convert import main
 
@@ -21,11 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def release(tmp_path: Path) -> Path:
-    folder = tmp_path / "VINCIE-tiny"
-    folder.mkdir()
-    torch.save(load_file(FIXTURES / "dit_official.safetensors"), folder / "dit.pth")
-    torch.save(load_file(FIXTURES / "vae_official.safetensors"), folder / "vae.pth")
-    _write_tiny_llm(folder / "llm14b")
+    folder = write_official_release(tmp_path / "VINCIE-tiny")
     (folder / "README.md").write_text("the release's own card")
     return folder
 

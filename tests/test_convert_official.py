@@ -54,15 +54,18 @@ def _write_tiny_llm(folder: Path) -> None:
     save_file({k: v.bfloat16() for k, v in state.items()}, folder / "model-00001-of-00001.safetensors")
 
 
-@pytest.fixture
-def official_folder(tmp_path: Path) -> Path:
+def write_official_release(folder: Path) -> Path:
     """The fixture DiT and VAE saved as .pth the way the official loaders read them, plus a tiny llm14b/."""
-    folder = tmp_path / "VINCIE-tiny"
     folder.mkdir()
     torch.save(load_file(FIXTURES / "dit_official.safetensors"), folder / "dit.pth")
     torch.save(load_file(FIXTURES / "vae_official.safetensors"), folder / "vae.pth")
     _write_tiny_llm(folder / "llm14b")
     return folder
+
+
+@pytest.fixture
+def official_folder(tmp_path: Path) -> Path:
+    return write_official_release(tmp_path / "VINCIE-tiny")
 
 
 # ----------------------------------------------------------------------------------------------------------------------

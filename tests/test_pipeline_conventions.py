@@ -93,9 +93,8 @@ def test_guidance_interval_and_rescale(pipe, image):
     assert not torch.equal(half, base) and not torch.equal(half, unguided)
     rescaled = pipe(image, PROMPTS[0], guidance_scale=4.0, guidance_rescale=0.7, **_kwargs()).images
     assert not torch.equal(rescaled, base)
-    # the defaults reproduce the official CFG (every step guided, no rescale)
-    assert torch.equal(pipe(image, PROMPTS[0], guidance_scale=4.0, guidance_interval=1.0, guidance_rescale=0.0,
-                            **_kwargs()).images, base)
+    # that the defaults (interval 1, rescale 0) reproduce the official CFG is checked on the official sampler
+    # fixture by the parity suite
 
 
 def test_stacked_outputs_and_pil_lists(pipe, image):

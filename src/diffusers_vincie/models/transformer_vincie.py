@@ -532,12 +532,9 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
         )
         if layout == "full":
             offsets = frame_text_offsets(video_shapes[:, 0], text_lengths)
-        elif context_cache is None:
-            offsets = frame_text_offsets(video_shapes[:, 0], text_lengths, frame_order.to(device), text_order.to(device))
-        else:
-            offsets = frame_text_offsets(
-                video_shapes[:, 0], context_cache.text_lengths, frame_order.to(device), context_cache.text_order
-            )
+        else:  # the text before each frame: in this call, or in the cached context
+            text = (text_lengths, text_order) if context_cache is None else (context_cache.text_lengths, context_cache.text_order)
+            offsets = frame_text_offsets(video_shapes[:, 0], text[0], frame_order.to(device), text[1].to(device))
         vid_pos, txt_pos = rope_positions(patch_shapes, offsets + frame_index.to(device), text_in_call)
         vid_rope, txt_rope = self.rope(vid_pos), self.rope(txt_pos)
 

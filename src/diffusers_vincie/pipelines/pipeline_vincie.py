@@ -42,7 +42,7 @@ from .inputs import (
     check_sampling,
 )
 from .lora import VincieLoraLoaderMixin
-from .sampling import Guidance, SamplerStep, sample_frame
+from .sampling import Guidance, SamplerStep, frame_latent_shape, sample_frame
 from .session import SessionFrame, SessionText, VincieEditingSession
 
 OFFICIAL_NEGATIVE_PROMPT = (
@@ -277,7 +277,8 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
         context = torch.stack([f.latent for f in frames])
         text = session_text([t.tokens for t in texts], [t.turn for t in texts])
         negative = None if negative_tokens is None else session_text([negative_tokens], [0])
-        noise = self.prepare_latents(self._frame_shape(len(frames), context.shape[1:]), generator, latents, context.device)
+        shape = frame_latent_shape(self.transformer, len(frames), context.shape[1:])
+        noise = self.prepare_latents(shape, generator, latents, context.device)
         self._guidance_scale, self._num_timesteps = guidance.scale, num_inference_steps
 
         def on_step(step: SamplerStep) -> Optional[torch.Tensor]:
@@ -295,11 +296,6 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
                 self.transformer, self.scheduler, [it.item for it in items], context, text, negative, guidance,
                 num_inference_steps, noise, target, self.config.frame_index_mode, on_step=on_step, progress=progress,
             )
-
-    def _frame_shape(self, num_context_frames: int, frame_shape) -> tuple:
-        """Shape of the latents a turn integrates: the new frame (block-causal) or every frame (official)."""
-        frames = 1 if self.block_causal else num_context_frames + 1
-        return (frames, *frame_shape)
 
     # ------------------------------------------------------------------------------------- checks
 

@@ -134,10 +134,6 @@ class FullAttentionVelocity:
     negative_text: Optional[PackedText]
     frame_index: Optional[torch.Tensor] = None
 
-    def __post_init__(self):
-        if self.transformer.is_cache_enabled:  # a new frame: the block cache starts afresh
-            self.transformer._reset_stateful_cache()
-
     def __call__(self, x: torch.Tensor, t: torch.Tensor, scale: float = 1.0, rescale: float = 0.0) -> GuidedPrediction:
         guided = self.negative_text is not None and scale != 1.0
         texts = [self.text, self.negative_text] if guided else [self.text]
@@ -185,8 +181,6 @@ class CachedContextVelocity:
     branches: list = field(init=False)
 
     def __post_init__(self):
-        if self.transformer.is_cache_enabled:  # a new frame: the block cache starts afresh
-            self.transformer._reset_stateful_cache()
         self.branches = [self._encode(self.items, self.text, "cond")]
         if self.negative_text is not None:
             self.branches.append(self._encode(unconditional_items(self.items), self.negative_text, "uncond"))
@@ -241,6 +235,12 @@ class CachedContextVelocity:
         ).sample.view(1, h, w, -1)
 
 
+def frame_latent_shape(transformer: VincieTransformer, num_context_frames: int, frame_shape: Sequence[int]) -> tuple:
+    """Shape of the latents a turn integrates: the new frame alone (block-causal) or every frame (official)."""
+    frames = 1 if transformer.config.attention_layout == "block_causal" else num_context_frames + 1
+    return (frames, *frame_shape)
+
+
 def frame_velocity(
     transformer: VincieTransformer,
     items: Sequence[Item],
@@ -256,17 +256,20 @@ def frame_velocity(
     ``(N + 1, h, w, C)`` in the official full layout (every frame of the session is integrated).
     """
     frames = [item for item in items if isinstance(item, Frame)]
-    n, h, w, c = context_latents.shape
+    n = context_latents.shape[0]
     if len(frames) != n:
         raise ValueError(f"{len(frames)} frames among the items but {n} context latents; give one latent per frame.")
+    if transformer.is_cache_enabled:  # a new frame: the block cache starts afresh (its shapes change per frame)
+        transformer._reset_stateful_cache()
+    shape = frame_latent_shape(transformer, n, context_latents.shape[1:])
     if transformer.config.attention_layout == "block_causal":
         velocity = CachedContextVelocity(
             transformer, list(items), context_latents, text, negative_text, target, frame_index_mode
         )
-        return velocity, (1, h, w, c)
+        return velocity, shape
     frame_index = frame_indices([*frames, target], frame_index_mode).to(context_latents.device)
     velocity = FullAttentionVelocity(transformer, build_condition(context_latents), text, negative_text, frame_index)
-    return velocity, (n + 1, h, w, c)
+    return velocity, shape
 
 
 # =====================================================================================================

@@ -267,12 +267,11 @@ class VincieEditingSession:
             raise ValueError(f"The session reached the model's turn table ({self.pipe.transformer.config.max_turns} turns).")
         text = self._text(instruction, turn, self.use_prompt_template, prompt_embeds)
         negative = self._negative(negative_prompt, negative_prompt_embeds, guidance_scale)
-        if fidelity == "official":
-            for g in {id(g): g for g in generators if g is not None}.values():
-                if not hasattr(self, "_official_seed_states"):
-                    self._official_seed_states = {}
-                state = self._official_seed_states.setdefault(id(g), g.get_state())
-                g.set_state(state)  # official: the same seed at every turn
+        if fidelity == "official":  # official: every turn starts from the first turn's seed state, per candidate
+            states = self.__dict__.setdefault("_official_seed_states", {})
+            for k, g in enumerate(generators):
+                if g is not None:
+                    g.set_state(states.setdefault(k, g.get_state()))
         self.pipe._interrupt = False  # an interrupt ends only the edit (or call) in which it was raised
         sampling = dict(
             negative_tokens=negative, guidance=Guidance(float(guidance_scale), guidance_interval, guidance_rescale),

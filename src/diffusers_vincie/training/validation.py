@@ -87,14 +87,8 @@ def log_validation(args, accelerator, transformer, ema, text_cache, vae, dataset
 
     With EMA the EMA weights are used (and the training weights restored afterwards).
     """
-    params = [p for p in transformer.parameters() if p.requires_grad]
-    if ema is not None:
-        ema.store(params)
-        ema.copy_to(params)
-    was_training = transformer.training
-    transformer.eval()
     rows = []
-    try:
+    with _averaged_weights(transformer, ema):
         for index in range(min(args.num_validation_sessions, len(dataset))):
             sample = dataset.session(index)
             predictions = sample_frames(
@@ -105,10 +99,6 @@ def log_validation(args, accelerator, transformer, ema, text_cache, vae, dataset
             truth = list(sample.frames[: len(predictions) + 1])
             rows.append(truth)
             rows.append([np.zeros_like(truth[0])] + predictions)
-    finally:
-        if ema is not None:
-            ema.restore(params)
-        transformer.train(was_training)
     path = save_grid(rows, Path(args.output_dir) / "validation" / f"step-{step}.png")
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
