@@ -174,9 +174,12 @@ def main() -> None:
     parser.add_argument("--num_sessions", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    for flag in ("d_model", "num_layers", "vocab_size", "num_sessions"):
+    for flag in ("d_model", "vocab_size", "num_sessions"):
         if getattr(args, flag) < 1:
             usage_exit("build_shapes_text_encoder.py", f"--{flag} must be >= 1, got {getattr(args, flag)}.")
+    if args.num_layers < 0:
+        usage_exit("build_shapes_text_encoder.py",
+                   f"--num_layers must be >= 0 (0: learned word embeddings), got {args.num_layers}.")
     if args.d_model % 4:
         usage_exit("build_shapes_text_encoder.py", f"--d_model must be a multiple of 4 (4 heads), got {args.d_model}.")
     world_config = {}
