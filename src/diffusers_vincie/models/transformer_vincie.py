@@ -57,6 +57,17 @@ def swiglu_hidden_size(hidden_size: int, mlp_ratio: float = 4.0) -> int:
     return int(math.ceil(int(2 * hidden_size * mlp_ratio / 3) / 256) * 256)
 
 
+def modulation_offsets(shape: tuple, std: Optional[float] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Learned modulation offsets as the official ``AdaSingle`` initialises them: shifts and gates ~ N(0, std),
+    scales ~ 1 + N(0, std), with ``std = D ** -0.5`` by default. The forward has no ``1 +`` on the scale, so the
+    offset carries the unit. ``shape`` ends in ``(slots, D)`` with the scale at slot 1 (``(2, 3, D)`` block
+    tables: slot 0/1/2 = shift/scale/gate; ``(2, D)`` output head: shift, scale)."""
+    std = shape[-1] ** -0.5 if std is None else std
+    offsets = torch.randn(shape, generator=generator) * std
+    offsets.select(-2, 1).add_(1.0)
+    return offsets
+
+
 
 # =====================================================================================================
 #                                          Transformer block
@@ -90,10 +101,10 @@ class VincieTransformerBlock(nn.Module):
         self.norm = RMSNorm(dim, eps=eps, elementwise_affine=False)
         self.attn = VincieAttention(dim, heads, head_dim, eps, separate_text_weights, layer_index=index)
         self.ff = FeedForward(dim, inner_dim=mlp_hidden, activation_fn="swiglu", bias=False)
-        self.scale_shift_table = nn.Parameter(torch.zeros(2, 3, dim))
+        self.scale_shift_table = nn.Parameter(modulation_offsets((2, 3, dim)))
         if separate_text_weights:
             self.ff_context = FeedForward(dim, inner_dim=mlp_hidden, activation_fn="swiglu", bias=False)
-            self.scale_shift_table_context = nn.Parameter(torch.zeros(2, 3, dim))
+            self.scale_shift_table_context = nn.Parameter(modulation_offsets((2, 3, dim)))
 
     def forward(
         self,
@@ -234,7 +245,7 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
             for i in range(num_layers)
         )
         self.norm_out = RMSNorm(dim, eps=norm_eps)
-        self.norm_out_shift_scale = nn.Parameter(torch.zeros(2, dim))  # learned [shift, scale] of the output head
+        self.norm_out_shift_scale = nn.Parameter(modulation_offsets((2, dim)))  # learned [shift, scale], output head
         self.proj_out = nn.Linear(dim, patch_size * patch_size * latent_channels)
 
     @classmethod
@@ -256,14 +267,15 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
 
     # -------------------------------------------------------------------------------- initialisation
 
-    def initialize_weights(self, modulation_std: float = 0.0, generator: Optional[torch.Generator] = None) -> None:
+    def initialize_weights(self, modulation_std: Optional[float] = None, generator: Optional[torch.Generator] = None) -> None:
         """The initialisation of a model trained from scratch (and of the tiny test models).
 
         Every linear and embedding layer gets PyTorch's default initialisation (Kaiming-uniform linears, N(0, 1)
         turn embeddings), RMSNorm gains 1, and the learned modulation offsets (``scale_shift_table*`` and
-        ``norm_out_shift_scale``) zeros as in the official code, so the time embedding alone modulates every
-        block at the start. ``modulation_std > 0`` instead draws the offsets from N(0, std) around a unit
-        scale: random models then carry signal through every path (tests, benchmarks).
+        ``norm_out_shift_scale``) are drawn as the official ``AdaSingle`` draws them (`modulation_offsets`:
+        N(0, 1/D) shifts and gates, 1 + N(0, 1/D) scales), which is also what ``__init__`` gives.
+        ``modulation_std`` replaces the 1/sqrt(D) spread (the tests' random models use 0.2, so that every path
+        carries signal).
         """
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)) or (isinstance(module, RMSNorm) and module.weight is not None):
@@ -273,13 +285,8 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
                     module.reset_parameters()
         with torch.no_grad():
             for name, param in self.named_parameters():
-                if "scale_shift_table" not in name and "norm_out_shift_scale" not in name:
-                    continue
-                param.zero_()
-                if modulation_std > 0:
-                    param.normal_(0.0, modulation_std, generator=generator)
-                    unit_scale = torch.tensor([0.0, 1.0, 0.0]).view(1, 3, 1) if param.ndim == 3 else 0.0
-                    param.add_(unit_scale)
+                if "scale_shift_table" in name or "norm_out_shift_scale" in name:
+                    param.copy_(modulation_offsets(tuple(param.shape), modulation_std, generator))
 
     # -------------------------------------------------------------------------------- text helpers
 

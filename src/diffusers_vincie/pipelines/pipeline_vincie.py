@@ -168,6 +168,12 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
         return self._num_timesteps
 
     @property
+    def current_timestep(self) -> Optional[torch.Tensor]:
+        """Timestep of the step being denoised, ``None`` outside the step loop (read by diffusers' cache hooks
+        such as PyramidAttentionBroadcast and FasterCache)."""
+        return getattr(self, "_current_timestep", None)
+
+    @property
     def interrupt(self) -> bool:
         return getattr(self, "_interrupt", False)
 
@@ -214,12 +220,13 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
             format_turn_prompt(p, k, camera_prefix) if use_prompt_template else camera_prefix + p
             for k, p in enumerate(prompts)
         ]
-        embeds = self.encode_text(texts, max_sequence_length)
-        negative = None
+        prompt_embeds = self.encode_text(texts, max_sequence_length)
+        negative_prompt_embeds = None
         if do_classifier_free_guidance:
             text = self.config.default_negative_prompt if negative_prompt is None else negative_prompt
-            negative = self.encode_text([text], max_sequence_length)[0]
-        return embeds, negative
+            negative_prompt_embeds = self.encode_text([text], max_sequence_length)[0]
+        # returned under the names of `__call__`'s arguments (diffusers' convention, read by its pipeline tests)
+        return prompt_embeds, negative_prompt_embeds
 
     # ------------------------------------------------------------------------------------- images
 
@@ -291,11 +298,18 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
                 step.guidance.scale = float(self._guidance_scale)  # a callback may change the guidance
             return None if self.interrupt else latents
 
-        with self.progress_bar(total=num_inference_steps) as progress:
-            return sample_frame(
-                self.transformer, self.scheduler, [it.item for it in items], context, text, negative, guidance,
-                num_inference_steps, noise, target, self.config.frame_index_mode, on_step=on_step, progress=progress,
-            )
+        def on_step_begin(index: int, timestep: torch.Tensor) -> None:
+            self._current_timestep = timestep
+
+        try:
+            with self.progress_bar(total=num_inference_steps) as progress:
+                return sample_frame(
+                    self.transformer, self.scheduler, [it.item for it in items], context, text, negative, guidance,
+                    num_inference_steps, noise, target, self.config.frame_index_mode, on_step=on_step,
+                    progress=progress, on_step_begin=on_step_begin,
+                )
+        finally:
+            self._current_timestep = None
 
     # ------------------------------------------------------------------------------------- checks
 

@@ -284,15 +284,19 @@ def run_sampler(
     guidance: Union[Guidance, float] = 1.0,
     on_step: Optional[StepCallback] = None,
     progress=None,
+    on_step_begin: Optional[Callable[[int, torch.Tensor], None]] = None,
 ) -> torch.Tensor:
     """Integrates ``x`` over ``scheduler.timesteps`` (set beforehand).
 
     ``on_step(SamplerStep)`` runs after each step and returns the latents to continue from (pipeline callbacks may
     replace them, or change the guidance of later steps), or ``None`` to stop after this step (interrupt).
+    ``on_step_begin(index, timestep)`` runs before each step's model call (the pipeline's ``current_timestep``).
     """
     guidance = guidance if isinstance(guidance, Guidance) else Guidance(float(guidance))
     timesteps = scheduler.timesteps
     for i, t in enumerate(timesteps):
+        if on_step_begin is not None:
+            on_step_begin(i, t)
         prediction = velocity(x, t, guidance.scale_at(i, len(timesteps)), guidance.rescale)
         x_next = scheduler.step(prediction.velocity.float(), t, x.float(), return_dict=False)[0].to(x.dtype)
         if progress is not None:
@@ -320,6 +324,7 @@ def sample_frame(
     frame_index_mode: str = "compact",
     on_step: Optional[StepCallback] = None,
     progress=None,
+    on_step_begin: Optional[Callable[[int, torch.Tensor], None]] = None,
 ) -> torch.Tensor:
     """Generates the frame ``target`` that follows ``items`` from ``noise``; returns its latent ``(h, w, C)``.
 
@@ -333,11 +338,11 @@ def sample_frame(
         noise: initial latents of the shape `frame_velocity` integrates for this layout.
         target: the frame to generate (default an image).
         frame_index_mode: ``"compact"`` or ``"slots"``.
-        on_step: see `run_sampler`.
+        on_step, on_step_begin: see `run_sampler`.
         progress: a progress bar with ``update()``.
     """
     velocity, shape = frame_velocity(transformer, items, context_latents, text, negative_text, target, frame_index_mode)
     if tuple(noise.shape) != shape:
         raise ValueError(f"`latents` must have shape {shape} for this turn; got {tuple(noise.shape)}.")
     set_trailing_timesteps(scheduler, num_inference_steps, device=noise.device)
-    return run_sampler(scheduler, noise, velocity, guidance, on_step, progress)[-1]
+    return run_sampler(scheduler, noise, velocity, guidance, on_step, progress, on_step_begin)[-1]

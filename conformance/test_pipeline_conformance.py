@@ -1,0 +1,76 @@
+"""diffusers' `PipelineTesterMixin` run on `VincieInContextPipeline` with tiny components (CPU).
+
+A call edits one session: ``image`` is the source image, ``prompt`` one instruction per turn. There is no batch
+axis, so ``batch_params`` is empty and the mixin tests that build batches are excluded in conftest.py.
+"""
+
+from __future__ import annotations
+
+import unittest
+
+import diffusers.pipelines
+import numpy as np
+import PIL.Image
+import torch
+from tests.pipelines.pipeline_params import TEXT_GUIDED_IMAGE_VARIATION_PARAMS, TEXT_TO_IMAGE_CALLBACK_CFG_PARAMS
+from tests.pipelines.test_pipelines_common import (
+    FasterCacheTesterMixin,
+    FirstBlockCacheTesterMixin,
+    MagCacheTesterMixin,
+    PipelineTesterMixin,
+    PyramidAttentionBroadcastTesterMixin,
+    TaylorSeerCacheTesterMixin,
+)
+
+from diffusers_vincie import VincieInContextPipeline
+
+# `test_encode_prompt_works_in_isolation` reads the names `encode_prompt` returns from its source, looking the
+# class up on `diffusers.pipelines` (written for pipelines inside diffusers); an out-of-tree pipeline is found there
+# once registered.
+setattr(diffusers.pipelines, VincieInContextPipeline.__name__, VincieInContextPipeline)
+from diffusers_vincie.pipelines.sampling import official_scheduler
+from diffusers_vincie.testing import tiny_text_encoder, tiny_tokenizer, tiny_transformer, tiny_vae
+
+
+class VincieInContextPipelineConformanceTests(
+    PipelineTesterMixin,
+    FirstBlockCacheTesterMixin,
+    TaylorSeerCacheTesterMixin,
+    MagCacheTesterMixin,
+    PyramidAttentionBroadcastTesterMixin,
+    FasterCacheTesterMixin,
+    unittest.TestCase,
+):
+    pipeline_class = VincieInContextPipeline
+    # the image size is set by `resolution` (area-preserving, the aspect ratio of the input), not height/width
+    params = (TEXT_GUIDED_IMAGE_VARIATION_PARAMS - {"height", "width"}) | {"resolution"}
+    batch_params = frozenset()  # one session per call: `prompt` and `image` are not batch axes
+    callback_cfg_params = TEXT_TO_IMAGE_CALLBACK_CFG_PARAMS
+    test_xformers_attention = False
+    test_attention_slicing = False  # attention runs through diffusers' dispatcher; there is no sliced processor
+    test_layerwise_casting = True
+    test_group_offloading = True
+
+    def get_dummy_components(self, num_layers: int = 2):
+        tokenizer = tiny_tokenizer()
+        text_encoder = tiny_text_encoder(len(tokenizer))
+        return {
+            "transformer": tiny_transformer(4, text_encoder.config.d_model, num_layers=num_layers),
+            "vae": tiny_vae(4),
+            "text_encoder": text_encoder,
+            "tokenizer": tokenizer,
+            "scheduler": official_scheduler(),
+        }
+
+    def get_dummy_inputs(self, device, seed=0):
+        image = PIL.Image.fromarray((np.random.RandomState(seed).rand(32, 32, 3) * 255).astype(np.uint8))
+        generator_device = "cpu" if str(device).startswith("mps") else device
+        return {
+            "image": image,
+            "prompt": "add a red circle",
+            "generator": torch.Generator(device=generator_device).manual_seed(seed),
+            "num_inference_steps": 2,
+            "guidance_scale": 5.0,
+            "resolution": 32,
+            "output_type": "np",
+        }
