@@ -23,13 +23,13 @@ from tests.pipelines.test_pipelines_common import (
 )
 
 from diffusers_vincie import VincieInContextPipeline
+from diffusers_vincie.pipelines.sampling import official_scheduler
+from diffusers_vincie.testing import tiny_text_encoder, tiny_tokenizer, tiny_transformer, tiny_vae
 
 # `test_encode_prompt_works_in_isolation` reads the names `encode_prompt` returns from its source, looking the
 # class up on `diffusers.pipelines` (written for pipelines inside diffusers); an out-of-tree pipeline is found there
 # once registered.
 setattr(diffusers.pipelines, VincieInContextPipeline.__name__, VincieInContextPipeline)
-from diffusers_vincie.pipelines.sampling import official_scheduler
-from diffusers_vincie.testing import tiny_text_encoder, tiny_tokenizer, tiny_transformer, tiny_vae
 
 
 class VincieInContextPipelineConformanceTests(

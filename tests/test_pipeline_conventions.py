@@ -126,6 +126,45 @@ def test_fuse_qkv_projections_is_a_clear_no_op(pipe):
     assert not any("to_qkv" in name for name, _ in pipe.transformer.named_modules())
 
 
+def test_encode_prompt_returns_the_call_argument_names():
+    """diffusers' pipeline tests read `encode_prompt`'s return names from its source and pass them to `__call__`."""
+    import ast
+    import inspect
+    import textwrap
+
+    from diffusers.utils.source_code_parsing_utils import ReturnNameVisitor
+
+    visitor = ReturnNameVisitor()
+    visitor.visit(ast.parse(textwrap.dedent(inspect.getsource(VincieInContextPipeline.encode_prompt))))
+    assert visitor.return_names == ["prompt_embeds", "negative_prompt_embeds"]
+    assert set(visitor.return_names) <= set(inspect.signature(VincieInContextPipeline.__call__).parameters)
+
+
+def test_current_timestep_during_the_step_loop(pipe, image):
+    """`current_timestep` is the timestep of the step being denoised (what PAB / FasterCache hooks read), else None."""
+    from diffusers import PyramidAttentionBroadcastConfig
+
+    seen = []
+    hook = pipe.transformer.register_forward_pre_hook(lambda m, a: seen.append(pipe.current_timestep))
+    try:
+        pipe(image, PROMPTS, **_kwargs(num_inference_steps=3, guidance_scale=1.0))
+    finally:
+        hook.remove()
+    assert pipe.current_timestep is None
+    assert len(seen) == 6 and all(t is not None for t in seen)  # 2 turns x 3 steps, one forward each (no CFG)
+    assert [float(t) for t in seen[:3]] == [float(t) for t in pipe.scheduler.timesteps]
+    pipe.transformer.enable_cache(PyramidAttentionBroadcastConfig(
+        spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(0, 1000),
+        spatial_attention_block_identifiers=["transformer_blocks"],
+        current_timestep_callback=lambda: pipe.current_timestep,
+    ))
+    try:
+        cached = pipe(image, PROMPTS, **_kwargs(num_inference_steps=3)).images
+    finally:
+        pipe.transformer.disable_cache()
+    assert torch.isfinite(cached).all()
+
+
 @pytest.mark.parametrize("layout", ["full", "block_causal"])
 def test_first_block_cache(image, layout):
     from diffusers import FirstBlockCacheConfig

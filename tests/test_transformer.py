@@ -66,6 +66,26 @@ def test_save_load_round_trip(model, tmp_path):
     assert (tmp_path / "diffusion_pytorch_model.safetensors").is_file()
 
 
+def test_modulation_offsets_start_as_the_official_adasingle():
+    """``__init__`` and ``initialize_weights()`` draw the learned offsets as the official ``AdaSingle``: N(0, 1/D)
+    shifts and gates, 1 + N(0, 1/D) scales (the forward has no ``1 +``). With zeros (an earlier bug) a fresh model
+    scaled every block input by the small time embedding alone, and diffusers' LoRA mixin saw no LoRA effect."""
+    dim = 256
+    for model in (VincieTransformer(hidden_size=dim, num_attention_heads=2, attention_head_dim=128, num_layers=2,
+                                    num_mm_layers=1, text_embed_dim=32, rope_dim=12, mlp_hidden_size=64),):
+        for init in ("__init__", "initialize_weights"):
+            if init == "initialize_weights":
+                model.initialize_weights(generator=torch.Generator().manual_seed(1))
+            blocks = model.transformer_blocks
+            tables = [blocks[0].scale_shift_table, blocks[0].scale_shift_table_context, blocks[1].scale_shift_table]
+            for table in tables:  # (layer, slot = shift/scale/gate, D)
+                for slot, unit in ((0, 0.0), (1, 1.0), (2, 0.0)):
+                    values = table[:, slot].detach()
+                    assert abs(values.mean() - unit) < 0.05 and abs(values.std() - dim**-0.5) < 0.01, (init, slot)
+            head = model.norm_out_shift_scale.detach()  # (shift, scale) of the output head
+            assert abs(head[0].mean()) < 0.05 and abs(head[1].mean() - 1.0) < 0.05, init
+
+
 def test_gradient_checkpointing_gives_equal_gradients():
     sess = [_session(2, 4, 4, 5), _session(1, 4, 6, 3, seed=4)]
     grads = []
