@@ -17,6 +17,7 @@ from tests.pipelines.test_pipelines_common import (
     FasterCacheTesterMixin,
     FirstBlockCacheTesterMixin,
     MagCacheTesterMixin,
+    PipelineLatentTesterMixin,
     PipelineTesterMixin,
     PyramidAttentionBroadcastTesterMixin,
     TaylorSeerCacheTesterMixin,
@@ -34,6 +35,7 @@ setattr(diffusers.pipelines, VincieInContextPipeline.__name__, VincieInContextPi
 
 class VincieInContextPipelineConformanceTests(
     PipelineTesterMixin,
+    PipelineLatentTesterMixin,
     FirstBlockCacheTesterMixin,
     TaylorSeerCacheTesterMixin,
     MagCacheTesterMixin,
@@ -46,8 +48,8 @@ class VincieInContextPipelineConformanceTests(
     params = (TEXT_GUIDED_IMAGE_VARIATION_PARAMS - {"height", "width"}) | {"resolution"}
     batch_params = frozenset()  # one session per call: `prompt` and `image` are not batch axes
     callback_cfg_params = TEXT_TO_IMAGE_CALLBACK_CFG_PARAMS
-    test_xformers_attention = False
-    test_attention_slicing = False  # attention runs through diffusers' dispatcher; there is no sliced processor
+    image_params = frozenset({"image"})  # PIL, numpy or torch images give the same edit
+    image_latents_params = frozenset()  # `image` takes pictures, never VAE latents
     test_layerwise_casting = True
     test_group_offloading = True
 

@@ -165,6 +165,31 @@ def test_current_timestep_during_the_step_loop(pipe, image):
     assert torch.isfinite(cached).all()
 
 
+def test_image_stacks_in_the_diffusers_layout_and_other_vaes(pipe, image):
+    """A numpy (N, H, W, 3) / torch (N, 3, H, W) stack is N images (diffusers' batched image layout), and a VAE
+    without ``latent_dist`` or ``shift_factor`` in its config (``AutoencoderTiny``) works as the VAE."""
+    from diffusers import AutoencoderTiny
+
+    from diffusers_vincie.testing import tiny_text_encoder, tiny_tokenizer, tiny_transformer
+
+    reference = pipe(image, PROMPTS[0], **_kwargs()).images
+    array = np.asarray(image, dtype=np.float32)[None] / 255.0
+    for stack in (array, torch.from_numpy(array).permute(0, 3, 1, 2)):
+        torch.testing.assert_close(pipe(stack, PROMPTS[0], **_kwargs()).images, reference, atol=1e-5, rtol=0)
+    two = pipe(np.concatenate([array, array]), PROMPTS, use_prompt_template=False, **_kwargs()).images
+    assert two.shape[0] == 1  # two reference images, one instruction each: one generated turn
+    tokenizer = tiny_tokenizer()
+    encoder = tiny_text_encoder(len(tokenizer))
+    torch.manual_seed(0)
+    tiny_vae = AutoencoderTiny(encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
+                               num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1), latent_channels=4)
+    other = VincieInContextPipeline(tiny_transformer(4, encoder.config.d_model), tiny_vae, encoder, tokenizer,
+                                    pipe.scheduler)
+    other.set_progress_bar_config(disable=True)
+    out = other(image, PROMPTS[0], **_kwargs(output_type="np")).images
+    assert out.shape == (1, 32, 32, 3) and np.isfinite(out).all()
+
+
 @pytest.mark.parametrize("layout", ["full", "block_causal"])
 def test_first_block_cache(image, layout):
     from diffusers import FirstBlockCacheConfig

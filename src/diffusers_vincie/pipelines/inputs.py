@@ -66,6 +66,16 @@ def check_generator(generator, num_candidates: int) -> list[Optional[torch.Gener
     return [generator] * num_candidates
 
 
+def as_image_list(image) -> list:
+    """The images of ``image``: a list or tuple as given, a 4-D stack in diffusers' batched layout (torch
+    ``(N, 3, H, W)``, numpy ``(N, H, W, 3)``) as its N images, ``None`` as none, anything else as one image."""
+    if isinstance(image, (list, tuple)):
+        return list(image)
+    if isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim == 4:
+        return list(image.unbind(0) if isinstance(image, torch.Tensor) else image)
+    return [] if image is None else [image]
+
+
 def check_image(name: str, image) -> None:
     """A PIL image, a ``(H, W[, C])`` array or a ``(C, H, W)`` tensor with finite values."""
     if isinstance(image, PIL.Image.Image):

@@ -25,6 +25,7 @@ import PIL.Image
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.pipeline_utils import BaseOutput
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..models.transformer_vincie import VincieTransformer
@@ -35,6 +36,7 @@ from .inputs import (
     FIDELITIES,
     OUTPUT_TYPES,
     POSTERIORS,
+    as_image_list,
     callback_outputs,
     check_choice,
     check_image,
@@ -78,7 +80,8 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
 
     Args:
         transformer: the `VincieTransformer` (``None`` for a pipeline that only encodes prompts).
-        vae: a diffusers `AutoencoderKL` (its ``scaling_factor``/``shift_factor`` are applied), or ``None`` for
+        vae: a diffusers `AutoencoderKL` (or another diffusers VAE: ``AutoencoderTiny``, ...; its
+            ``scaling_factor``/``shift_factor`` are applied), or ``None`` for
             pixel-space models whose "latents" are the images in [-1, 1] (the small models trained here).
         text_encoder: any transformers text model returning ``last_hidden_state`` (``Qwen2Model`` for the
             official checkpoints, ``T5EncoderModel`` for ours); ``None`` to edit from ``prompt_embeds`` only.
@@ -237,17 +240,20 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
         device, dtype = self._execution_device, self.transformer.dtype
         if self.vae is None:
             return pixels.permute(1, 2, 0).to(device, dtype)
-        dist = self.vae.encode(pixels[None].to(device, self.vae.dtype)).latent_dist
-        z = dist.mode() if posterior == "mode" else dist.sample(generator)
-        shift = self.vae.config.shift_factor or 0.0
-        return ((z - shift) * self.vae.config.scaling_factor)[0].permute(1, 2, 0).to(dtype)
+        encoded = self.vae.encode(pixels[None].to(device, self.vae.dtype))
+        z = retrieve_latents(encoded, generator, "argmax" if posterior == "mode" else "sample")
+        return ((z - self._vae_shift) * self.vae.config.scaling_factor)[0].permute(1, 2, 0).to(dtype)
+
+    @property
+    def _vae_shift(self) -> float:
+        """The VAE's latent shift (``shift_factor``; VAEs without one, e.g. ``AutoencoderTiny``, have none)."""
+        return getattr(self.vae.config, "shift_factor", None) or 0.0
 
     def decode_latent(self, latent: torch.Tensor) -> torch.Tensor:
         """Scaled channel-last ``(h, w, C)`` -> ``(3, H, W)`` in [-1, 1] (one frame at a time, as official)."""
         if self.vae is None:
             return latent.permute(2, 0, 1).float()
-        shift = self.vae.config.shift_factor or 0.0
-        z = latent.permute(2, 0, 1)[None].to(self.vae.dtype) / self.vae.config.scaling_factor + shift
+        z = latent.permute(2, 0, 1)[None].to(self.vae.dtype) / self.vae.config.scaling_factor + self._vae_shift
         return self.vae.decode(z).sample[0].float()
 
     # ------------------------------------------------------------------------------------- one frame
@@ -342,7 +348,7 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
     @torch.no_grad()
     def __call__(
         self,
-        image: Union[PIL.Image.Image, list, None] = None,
+        image: Union[PIL.Image.Image, np.ndarray, torch.Tensor, list, None] = None,
         prompt: Union[str, list[str], None] = None,
         negative_prompt: Optional[str] = None,
         prompt_embeds: Optional[list[torch.Tensor]] = None,
@@ -370,7 +376,9 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
 
         Args:
             image: the source image, or several reference images (multi-concept composition: use
-                ``use_prompt_template=False`` and ``<IMGk>`` prompts, spec 7).
+                ``use_prompt_template=False`` and ``<IMGk>`` prompts, spec 7): a PIL image, a numpy ``(H, W, 3)``
+                or torch ``(3, H, W)`` image, a list of them, or a stack in diffusers' batched layout (numpy
+                ``(N, H, W, 3)``, torch ``(N, 3, H, W)``) read as N images.
             prompt: one instruction per turn (plus one per extra reference image).
             negative_prompt: CFG negative prompt; default the pipeline's ``default_negative_prompt``.
             prompt_embeds: instead of ``prompt``, one embedding per prompt from `encode_prompt`.
@@ -403,7 +411,7 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
                 ``pipe._guidance_scale`` changes the guidance of later steps.
             callback_on_step_end_tensor_inputs: tensors passed to the callback ("latents", "noise_pred").
         """
-        images = list(image) if isinstance(image, (list, tuple)) else ([] if image is None else [image])
+        images = as_image_list(image)
         if prompt_embeds is not None:
             if prompt is not None:
                 raise ValueError("Give either `prompt` or `prompt_embeds`, not both.")
@@ -470,6 +478,6 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
 
     def start_session(self, image, resolution: Optional[int] = None, **options) -> VincieEditingSession:
         """Starts an editing session on ``image`` (or a list of reference images); see `VincieEditingSession`."""
-        images = image if isinstance(image, (list, tuple)) else [image]
+        images = as_image_list(image)
         resolution = self.config.default_resolution if resolution is None else resolution
         return VincieEditingSession(self, images, resolution=resolution, **options)
