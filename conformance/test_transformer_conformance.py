@@ -1,7 +1,8 @@
 """diffusers' model tester mixins run on `VincieTransformer` with a tiny config (CPU).
 
-The mixins that need an accelerator (torch.compile, model-level memory/offload to GPU, attention backends
-beyond native) carry diffusers' own skip marks and report as skipped on a CPU-only machine.
+The mixins that need an accelerator (torch.compile, memory/offload, training, attention backends beyond native)
+carry diffusers' own skip marks and report as skipped on a CPU-only machine; the same run on a CUDA machine
+runs them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from tests.models.testing_utils import (
     BaseModelTesterConfig,
     FasterCacheTesterMixin,
     FirstBlockCacheTesterMixin,
+    LayerwiseCastingTesterMixin,
     LoraTesterMixin,
     MagCacheTesterMixin,
     MemoryTesterMixin,
@@ -20,6 +22,7 @@ from tests.models.testing_utils import (
     PyramidAttentionBroadcastTesterMixin,
     TaylorSeerCacheTesterMixin,
     TorchCompileTesterMixin,
+    TrainingTesterMixin,
 )
 
 from diffusers_vincie import VincieTransformer
@@ -36,8 +39,13 @@ class VincieTransformerTesterConfig(BaseModelTesterConfig):
         return VincieTransformer
 
     @property
+    def main_input_name(self):
+        return "hidden_states"
+
+    @property
     def output_shape(self):
-        return (sum(f * h * w for (f, h, w), _ in SESSIONS), LATENT_CHANNELS)
+        # the mixins' per-item shape after the leading axis, which is here the packed latent-pixel axis
+        return (LATENT_CHANNELS,)
 
     def get_init_dict(self):
         return dict(
@@ -66,6 +74,12 @@ class TestVincieTransformer(VincieTransformerTesterConfig, ModelTesterMixin):
 
 class TestVincieTransformerMemory(VincieTransformerTesterConfig, MemoryTesterMixin):
     pass
+
+
+class TestVincieTransformerTraining(VincieTransformerTesterConfig, TrainingTesterMixin):
+    def test_gradient_checkpointing_is_applied(self):
+        # the mixin's own test, given the modules that must carry the flag (it skips without them)
+        super().test_gradient_checkpointing_is_applied(expected_set={"VincieTransformer"})
 
 
 class TestVincieTransformerLora(VincieTransformerTesterConfig, LoraTesterMixin):
@@ -101,4 +115,8 @@ class TestVincieTransformerPyramidAttentionBroadcast(VincieTransformerTesterConf
 
 
 class TestVincieTransformerFasterCache(VincieTransformerTesterConfig, FasterCacheTesterMixin):
+    pass
+
+
+class TestVincieTransformerLayerwiseCasting(VincieTransformerTesterConfig, LayerwiseCastingTesterMixin):
     pass
