@@ -241,11 +241,14 @@ def test_bad_inputs_give_clear_errors(model):
         model(flat, shapes, text, torch.tensor([2, 3]), t)
     with pytest.raises(ValueError, match="describe"):
         model(flat[:-1], shapes, text, lengths, t)
-    with pytest.raises(ValueError, match="NaN"):
-        model(flat * float("nan"), shapes, text, lengths, t)
+    with pytest.raises(ValueError, match="NaN"):  # value checks live apart from forward (they sync the host)
+        model.check_input_values(flat * float("nan"))
     packed = session_text([text[:2]] * 3, [0, 1, 8])
     with pytest.raises(ValueError, match="turn-embedding table"):
-        model(flat, shapes, packed.states, torch.tensor([len(packed)]), t, text_turn_ids=packed.turn_ids)
+        model.check_input_values(flat, packed.turn_ids)
+    model.check_input_values(flat, session_text([text[:2]] * 3, [0, 1, 2]).turn_ids)  # in range: no error
+    with pytest.raises(ValueError, match="video_shapes"):
+        model(flat, [[2, 4]], text, lengths, t)
     with pytest.raises(ValueError, match="one entry per row"):
         model(flat, shapes, text, lengths, t, text_turn_ids=packed.turn_ids)
     with pytest.raises(ValueError, match="one text per sample"):

@@ -70,7 +70,10 @@ class _Recorder:
     def __init__(self, model: VincieTransformer):
         self.values: dict[str, torch.Tensor] = {}
         hooks = [
-            model.time_embed.register_forward_hook(self._store("inter.emb")),
+            # (N, 2, 3, D) [layer, slot, channel] -> the official interleaved (N, 6D), index 6c + 3*layer + slot
+            model.time_embed.register_forward_hook(
+                lambda module, args, output: self.values.__setitem__("inter.emb", output.permute(0, 3, 1, 2).flatten(1))
+            ),
             model.patch_embed.register_forward_hook(self._store("inter.vid_in")),
             model.context_embedder.register_forward_hook(self._store("inter.txt_in")),
             model.proj_out.register_forward_pre_hook(lambda m, args: self.values.__setitem__("inter.vid_out_ada", args[0])),

@@ -54,11 +54,36 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat([out.to(x.dtype), x_pass], dim=-1)
 
 
+def as_ints(values) -> tuple[int, ...]:
+    """Python ints of a 1-D tensor or sequence. A tensor costs one host sync: callers in a sampling loop pass
+    lists (geometry is known on the host), which keeps `VincieTransformer.forward` free of syncs."""
+    return tuple(int(v) for v in (values.tolist() if isinstance(values, torch.Tensor) else values))
+
+
+def as_shape_rows(values) -> tuple[tuple[int, int, int], ...]:
+    """``(frames, h, w)`` rows as Python ints, from a ``(B, 3)`` tensor or a sequence of triples."""
+    rows = values.tolist() if isinstance(values, torch.Tensor) else values
+    return tuple((int(f), int(h), int(w)) for f, h, w in rows)
+
+
+def sample_ids(counts: tuple[int, ...], device=None) -> torch.Tensor:
+    """``(sum counts,)`` index of the sample each packed row belongs to."""
+    return torch.cat([torch.full((n,), i, dtype=torch.long, device=device) for i, n in enumerate(counts)])
+
+
+def repeat_rows(x: torch.Tensor, counts: tuple[int, ...]) -> torch.Tensor:
+    """Row ``i`` of ``x`` repeated ``counts[i]`` times, with sizes known on the host (no data-dependent shape)."""
+    if len(set(counts)) == 1:
+        return x.repeat_interleave(counts[0], dim=0)
+    return torch.cat([row.expand(n, *row.shape[1:]) for row, n in zip(x.split(1), counts)])
+
+
 def frame_text_offsets(
-    frames_per_sample: torch.Tensor,
-    text_lengths: torch.Tensor,
+    frames_per_sample,
+    text_lengths,
     frame_order: Optional[torch.Tensor] = None,
     text_order: Optional[torch.Tensor] = None,
+    device=None,
 ) -> torch.Tensor:
     """Text tokens before each frame on the RoPE time axis, ``(sum F,)``.
 
@@ -66,38 +91,31 @@ def frame_text_offsets(
     a frame counts only its sample's text tokens of lower order, so its position depends only on what precedes it:
     the same frame gets the same position in a multi-target training sequence and at cached inference.
     """
-    per_sample_total = torch.repeat_interleave(text_lengths, frames_per_sample)
+    frames, lengths = as_ints(frames_per_sample), as_ints(text_lengths)
     if frame_order is None:
-        return per_sample_total
-    batch = torch.arange(len(frames_per_sample), device=frames_per_sample.device)
-    frame_sample = torch.repeat_interleave(batch, frames_per_sample)
-    text_sample = torch.repeat_interleave(batch, text_lengths)
+        return torch.tensor([n for n, f in zip(lengths, frames) for _ in range(f)], dtype=torch.long, device=device)
+    frame_sample = sample_ids(frames, frame_order.device)
+    text_sample = sample_ids(lengths, frame_order.device)
     before = (text_sample[None, :] == frame_sample[:, None]) & (text_order[None, :] < frame_order[:, None])
     return before.sum(-1)
 
 
-def rope_positions(
-    patch_shapes: torch.Tensor, frame_time: torch.Tensor, text_lengths_in_call: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_positions(patch_shapes, frame_time: torch.Tensor, text_lengths_in_call) -> tuple[torch.Tensor, torch.Tensor]:
     """3-axis RoPE positions (``mmrope3d``): ``(video_pos (N_vid, 3), text_pos (N_txt, 3))`` in float32.
 
     Video token of frame ``f``, patch row ``y``, column ``x`` sits at ``(frame_time[f], y, x)``; text token ``j`` of a
     sample (among the text tokens present in this call) at ``(j, j, j)``.
     """
-    device = patch_shapes.device
-    frames, heights, widths = patch_shapes.unbind(-1)
-    frame_heights = torch.repeat_interleave(heights, frames)
-    frame_widths = torch.repeat_interleave(widths, frames)
-    tokens_per_frame = frame_heights * frame_widths
-    frame_starts = torch.cumsum(tokens_per_frame, 0) - tokens_per_frame
-    token_frame = torch.repeat_interleave(torch.arange(len(tokens_per_frame), device=device), tokens_per_frame)
-    local = torch.arange(len(token_frame), device=device) - frame_starts[token_frame]
-    width = frame_widths[token_frame]
-    vid_pos = torch.stack([frame_time.to(device)[token_frame], local // width, local % width], -1)
-    text_starts = torch.cumsum(text_lengths_in_call, 0) - text_lengths_in_call
-    text_sample = torch.repeat_interleave(torch.arange(len(text_lengths_in_call), device=device), text_lengths_in_call)
-    text_local = torch.arange(len(text_sample), device=device) - text_starts[text_sample]
-    return vid_pos.float(), text_local[:, None].expand(-1, 3).float()
+    device = frame_time.device
+    video, first_frame = [], 0
+    for frames, height, width in as_shape_rows(patch_shapes):
+        rows = torch.arange(height, device=device).repeat_interleave(width).repeat(frames)
+        cols = torch.arange(width, device=device).repeat(height * frames)
+        times = frame_time[first_frame : first_frame + frames].repeat_interleave(height * width)
+        video.append(torch.stack([times.float(), rows.float(), cols.float()], -1))
+        first_frame += frames
+    text = torch.cat([torch.arange(n, device=device) for n in as_ints(text_lengths_in_call)])
+    return torch.cat(video), text[:, None].expand(-1, 3).float()
 
 
 # =====================================================================================================
@@ -117,7 +135,7 @@ class VincieContextCache:
     values: list[torch.Tensor]
     order: torch.Tensor  # (B, S_ctx) block-causal order of each cached token
     valid: torch.Tensor  # (B, S_ctx) False for padding
-    text_lengths: torch.Tensor  # (B,) text tokens of each sample
+    text_lengths: tuple[int, ...]  # text tokens of each sample
     text_order: torch.Tensor  # (sum text_lengths,) block-causal order of each text token (RoPE offsets of frames)
 
 
@@ -152,15 +170,14 @@ class _AttentionPlan:
         return flat.index_select(0, self.vid_index), flat.index_select(0, self.txt_index)
 
 
-def _joint_positions(video_tokens: torch.Tensor, text_lengths: torch.Tensor, seq_len: int):
+def _joint_positions(video_tokens: tuple[int, ...], text_lengths: tuple[int, ...], seq_len: int, device=None):
     """Flat indices of the video and text tokens of each sample inside a ``(B, seq_len)`` layout."""
-    device = video_tokens.device
-    starts = torch.arange(len(video_tokens), device=device) * seq_len
-    vid_index = torch.cat([s + torch.arange(int(n), device=device) for s, n in zip(starts, video_tokens)])
-    txt_index = torch.cat(
-        [s + int(nv) + torch.arange(int(nt), device=device) for s, nv, nt in zip(starts, video_tokens, text_lengths)]
-    )
-    return vid_index, txt_index
+    vid_index, txt_index = [], []
+    for sample, (num_video, num_text) in enumerate(zip(video_tokens, text_lengths)):
+        start = sample * seq_len
+        vid_index.append(torch.arange(start, start + num_video, device=device))
+        txt_index.append(torch.arange(start + num_video, start + num_video + num_text, device=device))
+    return torch.cat(vid_index), torch.cat(txt_index)
 
 
 def block_causal_mask(

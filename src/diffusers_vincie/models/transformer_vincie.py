@@ -23,7 +23,7 @@ sample's text tokens of lower order than the frame, so a frame's position depend
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -44,8 +44,11 @@ from .attention_vincie import (
     VincieRotaryEmbedding,
     _AttentionPlan,
     _joint_positions,
+    as_ints,
+    as_shape_rows,
     block_causal_mask,
     frame_text_offsets,
+    repeat_rows,
     rope_positions,
 )
 
@@ -75,14 +78,14 @@ def modulation_offsets(shape: tuple, std: Optional[float] = None, generator: Opt
 
 
 def _modulate(x: torch.Tensor, emb: torch.Tensor, table: torch.Tensor, layer: int) -> torch.Tensor:
-    """``x * (scale_e + scale) + (shift_e + shift)`` with ``emb (N, D, 2, 3)`` and ``table (2, 3, D)``."""
-    shift = emb[:, :, layer, 0] + table[layer, 0]
-    scale = emb[:, :, layer, 1] + table[layer, 1]
+    """``x * (scale_e + scale) + (shift_e + shift)`` with ``emb (N, 2, 3, D)`` and ``table (2, 3, D)``."""
+    shift = emb[:, layer, 0] + table[layer, 0]
+    scale = emb[:, layer, 1] + table[layer, 1]
     return x * scale + shift
 
 
 def _gate(emb: torch.Tensor, table: torch.Tensor, layer: int) -> torch.Tensor:
-    return emb[:, :, layer, 2] + table[layer, 2]
+    return emb[:, layer, 2] + table[layer, 2]
 
 
 class VincieTransformerBlock(nn.Module):
@@ -149,15 +152,46 @@ TransformerBlockRegistry.register(
 # =====================================================================================================
 
 
+class VincieModulationLinear(nn.Module):
+    """The last time-embedding layer, ``D -> 6D``, returning ``(N, 2, 3, D)`` = ``[token, layer, slot, channel]``.
+
+    The weights keep the official layout (output row ``6c + 3*layer + slot``, interleaved), so checkpoints convert
+    as they are; the rows are reordered inside `forward` (a ``6D x D`` copy per call) so that every modulation
+    vector comes out of the matmul contiguous along the channels. Reading the interleaved output with stride 6
+    instead made torch 2.13's CPU inductor miscompile the fused output head (`tests/test_compile.py`), and unit
+    strides are what every block's elementwise kernels want anyway. Not an ``nn.Linear``: a LoRA on it would
+    add an update in the official row order to an output in this order.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(6 * dim, dim))
+        self.bias = nn.Parameter(torch.empty(6 * dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``nn.Linear``'s default initialisation (Kaiming-uniform weight, uniform bias)."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        bound = 1 / math.sqrt(self.weight.shape[1])
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dim = self.weight.shape[1]
+        weight = self.weight.view(dim, 2, 3, dim).permute(1, 2, 0, 3).reshape(6 * dim, dim)
+        bias = self.bias.view(dim, 2, 3).permute(1, 2, 0).reshape(6 * dim)
+        return F.linear(x, weight, bias).view(-1, 2, 3, dim)
+
+
 class VincieTimestepEmbedding(nn.Module):
-    """Sinusoid (sin first, timesteps on the 0..1000 scale) -> Linear -> SiLU -> Linear -> SiLU -> Linear(6D)."""
+    """Sinusoid (sin first, timesteps on the 0..1000 scale) -> Linear -> SiLU -> Linear -> SiLU -> Linear(6D),
+    returned as ``(N, 2, 3, D)`` modulation vectors (`VincieModulationLinear`)."""
 
     def __init__(self, dim: int, frequency_dim: int = 256):
         super().__init__()
         self.frequency_dim = frequency_dim
         self.linear_1 = nn.Linear(frequency_dim, dim)
         self.linear_2 = nn.Linear(dim, dim)
-        self.linear_3 = nn.Linear(dim, 6 * dim)
+        self.linear_3 = VincieModulationLinear(dim)
 
     def forward(self, timestep: torch.Tensor) -> torch.Tensor:
         freq = get_timestep_embedding(timestep.float(), self.frequency_dim, flip_sin_to_cos=False, downscale_freq_shift=0)
@@ -278,7 +312,9 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
         carries signal).
         """
         for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)) or (isinstance(module, RMSNorm) and module.weight is not None):
+            if isinstance(module, (nn.Linear, nn.Embedding, VincieModulationLinear)) or (
+                isinstance(module, RMSNorm) and module.weight is not None
+            ):
                 if isinstance(module, RMSNorm):
                     nn.init.ones_(module.weight)
                 else:
@@ -304,30 +340,26 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
 
     # -------------------------------------------------------------------------------- patches
 
-    def _patchify(self, hidden_states: torch.Tensor, video_shapes: torch.Tensor) -> torch.Tensor:
+    def _patchify(self, hidden_states: torch.Tensor, shapes: tuple) -> torch.Tensor:
         p = self.config.patch_size
         out = []
-        for x, (f, h, w) in zip(hidden_states.split(video_shapes.prod(-1).tolist()), video_shapes.tolist()):
+        for x, (f, h, w) in zip(hidden_states.split([f * h * w for f, h, w in shapes]), shapes):
             x = x.view(f, h // p, p, w // p, p, -1).permute(0, 1, 3, 2, 4, 5)  # (f, h/p, w/p, dy, dx, c)
             out.append(x.reshape(f * (h // p) * (w // p), -1))
         return torch.cat(out)
 
-    def _unpatchify(self, tokens: torch.Tensor, video_shapes: torch.Tensor) -> torch.Tensor:
+    def _unpatchify(self, tokens: torch.Tensor, patch_shapes: tuple) -> torch.Tensor:
         p, c = self.config.patch_size, self.config.latent_channels
-        patch_shapes = self._patch_shapes(video_shapes)
         out = []
-        for x, (f, h, w) in zip(tokens.split(patch_shapes.prod(-1).tolist()), patch_shapes.tolist()):
+        for x, (f, h, w) in zip(tokens.split([f * h * w for f, h, w in patch_shapes]), patch_shapes):
             x = x.view(f, h, w, p, p, c).permute(0, 1, 3, 2, 4, 5)  # (f, h, dy, w, dx, c)
             out.append(x.reshape(f * h * p * w * p, c))
         return torch.cat(out)
 
-    def _patch_shapes(self, video_shapes: torch.Tensor) -> torch.Tensor:
-        p = self.config.patch_size
-        return video_shapes // video_shapes.new_tensor([1, p, p])
-
     # -------------------------------------------------------------------------------- validation
 
     def _check_inputs(self, hidden_states, video_shapes, encoder_hidden_states, text_lengths, timestep, context):
+        """Structural checks on shapes and host-side sizes only (no host sync; see `check_input_values`)."""
         cfg = self.config
         in_channels = 2 * cfg.latent_channels + 1
         if hidden_states.ndim != 2 or hidden_states.shape[-1] != in_channels:
@@ -335,21 +367,26 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
                 f"`hidden_states` must be packed latent pixels (N, {in_channels}) = (N, 2*latent_channels+1); "
                 f"got {tuple(hidden_states.shape)}."
             )
-        if video_shapes.ndim != 2 or video_shapes.shape[1] != 3:
-            raise ValueError(f"`video_shapes` must be (batch, 3) rows of (frames, h, w); got {tuple(video_shapes.shape)}.")
-        if int(video_shapes.prod(-1).sum()) != hidden_states.shape[0]:
+        if isinstance(video_shapes, torch.Tensor):
+            well_formed = video_shapes.ndim == 2 and video_shapes.shape[1] == 3
+        else:
+            well_formed = all(len(row) == 3 for row in video_shapes)
+        if not well_formed or len(video_shapes) == 0:
+            shape = tuple(video_shapes.shape) if isinstance(video_shapes, torch.Tensor) else video_shapes
+            raise ValueError(f"`video_shapes` must be (batch, 3) rows of (frames, h, w); got {shape}.")
+        shapes, lengths = as_shape_rows(video_shapes), as_ints(text_lengths)
+        pixels = sum(f * h * w for f, h, w in shapes)
+        if pixels != hidden_states.shape[0]:
             raise ValueError(
-                f"`video_shapes` describe {int(video_shapes.prod(-1).sum())} latent pixels but `hidden_states` has "
-                f"{hidden_states.shape[0]} rows."
+                f"`video_shapes` describe {pixels} latent pixels but `hidden_states` has {hidden_states.shape[0]} rows."
             )
-        if (video_shapes[:, 1:] % cfg.patch_size).any() or (video_shapes <= 0).any():
+        if any(h % cfg.patch_size or w % cfg.patch_size or min(f, h, w) <= 0 for f, h, w in shapes):
             raise ValueError(
-                f"Latent sizes {video_shapes[:, 1:].tolist()} must be positive multiples of patch_size={cfg.patch_size} "
-                "(images must be multiples of 16 pixels for an 8x VAE)."
+                f"Latent sizes {[[h, w] for _, h, w in shapes]} must be positive multiples of patch_size="
+                f"{cfg.patch_size} (images must be multiples of 16 pixels for an 8x VAE)."
             )
-        batch = video_shapes.shape[0]
-        if text_lengths.shape != (batch,):
-            raise ValueError(f"`text_lengths` must have one entry per sample ({batch}); got {tuple(text_lengths.shape)}.")
+        if len(lengths) != len(shapes):
+            raise ValueError(f"`text_lengths` must have one entry per sample ({len(shapes)}); got {len(lengths)}.")
         if context is None:
             if encoder_hidden_states is None or encoder_hidden_states.ndim != 2:
                 raise ValueError("`encoder_hidden_states` must be packed text (N_txt, text_embed_dim).")
@@ -358,60 +395,74 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
                     f"`encoder_hidden_states` width {encoder_hidden_states.shape[-1]} != text_embed_dim "
                     f"{cfg.text_embed_dim}."
                 )
-            if (text_lengths <= 0).any() or int(text_lengths.sum()) != encoder_hidden_states.shape[0]:
+            if min(lengths) <= 0 or sum(lengths) != encoder_hidden_states.shape[0]:
                 raise ValueError(
-                    f"`text_lengths` {text_lengths.tolist()} must be positive and sum to the "
+                    f"`text_lengths` {list(lengths)} must be positive and sum to the "
                     f"{encoder_hidden_states.shape[0]} rows of `encoder_hidden_states` (every sample needs text)."
                 )
-        if timestep.shape != (batch,):
-            raise ValueError(f"`timestep` must have one value per sample ({batch},); got {tuple(timestep.shape)}.")
+        if timestep.shape not in ((len(shapes),), (1,)):
+            raise ValueError(
+                f"`timestep` must have one value per sample ({len(shapes)},) or one shared value; got "
+                f"{tuple(timestep.shape)}."
+            )
+        return shapes, lengths
+
+    def check_input_values(self, hidden_states: torch.Tensor, text_turn_ids: Optional[torch.Tensor] = None) -> None:
+        """Checks that read tensor values (NaN/Inf inputs, turn ids beyond the turn table).
+
+        They cost a host sync, so `forward` does not run them: callers check once per batch or turn, outside any
+        sampling loop (the training step does; the pipeline checks its images, latents and turn count itself).
+        """
+        if not torch.isfinite(hidden_states).all():
+            raise ValueError("`hidden_states` contains NaN or Inf values.")
+        if text_turn_ids is not None and text_turn_ids.numel() and int(text_turn_ids.max()) >= self.config.max_turns:
+            raise ValueError(
+                f"Turn id {int(text_turn_ids.max())} exceeds the turn-embedding table ({self.config.max_turns} "
+                "turns); use at most `max_turns` instructions per session."
+            )
 
     # -------------------------------------------------------------------------------- attention plan
 
     def _plan(
         self,
         layout: str,
-        vid_tokens_per_frame: torch.Tensor,
-        patch_shapes: torch.Tensor,
-        text_lengths_in_call: torch.Tensor,
+        tokens_per_frame: tuple[int, ...],
+        video_tokens: tuple[int, ...],
+        text_lengths_in_call: tuple[int, ...],
         frame_order,
         text_order,
         frame_is_noisy,
         context: Optional[VincieContextCache],
         store_context: bool,
+        device,
     ) -> _AttentionPlan:
-        device = patch_shapes.device
-        video_tokens = patch_shapes.prod(-1)
-        lengths = video_tokens + text_lengths_in_call
-        batch, seq_len = len(lengths), int(lengths.max())
-        vid_index, txt_index = _joint_positions(video_tokens, text_lengths_in_call, seq_len)
-        valid = torch.zeros(batch * seq_len, dtype=torch.bool, device=device)
-        valid[vid_index] = True
-        valid[txt_index] = True
-        valid = valid.view(batch, seq_len)
+        lengths = [nv + nt for nv, nt in zip(video_tokens, text_lengths_in_call)]
+        batch, seq_len = len(lengths), max(lengths)
+        vid_index, txt_index = _joint_positions(video_tokens, text_lengths_in_call, seq_len, device)
 
         if layout == "full":
-            vid_stops, txt_stops = video_tokens.cumsum(0).tolist(), text_lengths_in_call.cumsum(0).tolist()
-            bounds = [
-                ((vs - int(nv), vs), (ts - int(nt), ts))
-                for vs, ts, nv, nt in zip(vid_stops, txt_stops, video_tokens, text_lengths_in_call)
-            ]
+            bounds, vid_start, txt_start = [], 0, 0
+            for num_video, num_text in zip(video_tokens, text_lengths_in_call):
+                bounds.append(((vid_start, vid_start + num_video), (txt_start, txt_start + num_text)))
+                vid_start, txt_start = vid_start + num_video, txt_start + num_text
             return _AttentionPlan(vid_index, txt_index, batch, seq_len, None, sample_bounds=bounds)
 
-        if frame_order is None or (text_order is None and int(text_lengths_in_call.sum()) > 0):
+        if frame_order is None or (text_order is None and sum(text_lengths_in_call) > 0):
             raise ValueError(
                 "The block-causal layout needs `frame_order` and `text_order` (see "
                 "`diffusers_vincie.sequence.sequence_order`)."
             )
-        if frame_is_noisy is None:
-            frame_is_noisy = torch.zeros_like(frame_order, dtype=torch.bool)
-        token_order = torch.repeat_interleave(frame_order.to(device), vid_tokens_per_frame)
-        token_noisy = torch.repeat_interleave(frame_is_noisy.to(device).bool(), vid_tokens_per_frame)
-        text_order = text_order if text_order is not None else token_order.new_zeros(0)
-        order = token_order.new_zeros(batch * seq_len)
-        order[vid_index], order[txt_index] = token_order, text_order.to(device)
+        if store_context and frame_is_noisy is not None and bool(frame_is_noisy.any()):  # once per context, not per step
+            raise ValueError("A cached context must be clean: `frame_is_noisy` must be all False.")
+        # the joint sequence of sample b is [video_b, text_b] from position 0: the rest is padding
+        valid = torch.arange(seq_len, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]
+        order = torch.zeros(batch * seq_len, dtype=torch.long, device=device)
+        order[vid_index] = repeat_rows(frame_order.to(device), tokens_per_frame)
+        if text_order is not None:
+            order[txt_index] = text_order.to(device)
         noisy = torch.zeros(batch * seq_len, dtype=torch.bool, device=device)
-        noisy[vid_index] = token_noisy
+        if frame_is_noisy is not None:
+            noisy[vid_index] = repeat_rows(frame_is_noisy.to(device).bool(), tokens_per_frame)
         order, noisy = order.view(batch, seq_len), noisy.view(batch, seq_len)
 
         k_order, k_noisy, k_valid = order, noisy, valid
@@ -422,37 +473,36 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
         mask = block_causal_mask(order, noisy, valid, k_order, k_noisy, k_valid)
         sink = None
         if store_context:
-            if bool(noisy.any()):
-                raise ValueError("A cached context must be clean: `frame_is_noisy` must be all False.")
-            sink = VincieContextCache([], [], order, valid, text_lengths_in_call, text_order.to(device))
+            text_order = text_order.to(device) if text_order is not None else order.new_zeros(0)
+            sink = VincieContextCache([], [], order, valid, text_lengths_in_call, text_order)
         return _AttentionPlan(vid_index, txt_index, batch, seq_len, mask, order, valid, context, sink)
 
     # -------------------------------------------------------------------------------- modulation
 
-    def _token_modulation(self, timestep, frame_timestep, patch_shapes, tokens_per_frame, text_in_call):
-        """Time embedding of every video and text token as ``(N, D, 2, 3)`` (official interleaved layout:
-        flat index ``6c + 3*layer + slot``), or ``(1, D, 2, 3)`` broadcast to all tokens when every token shares
-        one timestep (inference, CFG batches), which saves materialising ``N x 6D`` tensors."""
-        times = timestep if frame_timestep is None else torch.cat([timestep, frame_timestep.to(timestep)])
-        if bool((times == times[0]).all()):
-            shared = self.time_embed(times[:1]).unflatten(-1, (-1, 2, 3))
-            return shared, shared
-        sample_emb = self.time_embed(timestep)  # (B, 6D)
+    def _token_modulation(self, timestep, frame_timestep, video_tokens, tokens_per_frame, text_in_call):
+        """Time embedding of every video and text token as ``(N, 2, 3, D)`` = ``[token, layer, slot, channel]``.
+
+        One shared timestep (shape ``(1,)``) and no per-frame timesteps give one ``(1, 2, 3, D)`` row broadcast to
+        every token (inference, CFG batches): no ``N x 6D`` tensor. The rule reads shapes only, never values (no
+        host sync)."""
+
+        def per_token(emb: torch.Tensor, counts: tuple[int, ...]) -> torch.Tensor:
+            return emb if emb.shape[0] == 1 else repeat_rows(emb, counts)
+
+        sample_emb = self.time_embed(timestep)  # (B or 1, 2, 3, D)
+        txt_emb = per_token(sample_emb, text_in_call)
         if frame_timestep is None:
-            vid_emb = torch.repeat_interleave(sample_emb, patch_shapes.prod(-1), dim=0)
-        else:
-            vid_emb = torch.repeat_interleave(self.time_embed(frame_timestep.to(timestep)), tokens_per_frame, dim=0)
-        txt_emb = torch.repeat_interleave(sample_emb, text_in_call, dim=0)
-        return vid_emb.unflatten(-1, (-1, 2, 3)), txt_emb.unflatten(-1, (-1, 2, 3))
+            return per_token(sample_emb, video_tokens), txt_emb
+        return per_token(self.time_embed(frame_timestep.to(timestep)), tokens_per_frame), txt_emb
 
     # -------------------------------------------------------------------------------- forward
 
     def forward(
         self,
         hidden_states: torch.Tensor,
-        video_shapes: torch.Tensor,
+        video_shapes: Union[torch.Tensor, Sequence[Sequence[int]]],
         encoder_hidden_states: Optional[torch.Tensor],
-        text_lengths: torch.Tensor,
+        text_lengths: Union[torch.Tensor, Sequence[int]],
         timestep: torch.Tensor,
         frame_timestep: Optional[torch.Tensor] = None,
         frame_index: Optional[torch.Tensor] = None,
@@ -469,11 +519,14 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
 
         Args:
             hidden_states: ``(sum_b F_b*h_b*w_b, 2C+1)`` packed ``[noisy latent, condition latent, mask]``.
-            video_shapes: ``(B, 3)`` rows ``(frames, h, w)`` of the latent grid of each sample.
+            video_shapes: ``(B, 3)`` rows ``(frames, h, w)`` of the latent grid of each sample, as Python ints
+                (no host sync: use this in a sampling loop and under ``torch.compile``) or a long tensor.
             encoder_hidden_states: ``(sum_b L_b, text_embed_dim)`` packed session text with one row per turn token
                 (`diffusers_vincie.sequence.session_text`); ``None`` with a ``context_cache`` (the text is in it).
-            text_lengths: ``(B,)`` text length ``L_b`` of each sample (also with a cache: RoPE offset of frames).
-            timestep: ``(B,)`` timesteps on the 0..1000 scale (text tokens, and frames without ``frame_timestep``).
+            text_lengths: ``(B,)`` text length ``L_b`` of each sample, Python ints or a tensor (with a cache: the
+                cache's ``text_lengths``).
+            timestep: ``(B,)`` timesteps on the 0..1000 scale (text tokens, and frames without ``frame_timestep``),
+                or ``(1,)`` shared by every sample.
             frame_timestep: ``(sum_b F_b,)`` optional per-frame timesteps (e.g. 0 for clean context frames).
             frame_index: ``(sum_b F_b,)`` temporal RoPE index of each frame; default ``0..F_b-1``.
             frame_order, text_order: block-causal order of each frame / text token
@@ -487,6 +540,8 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
             return_context_cache: used by `encode_context`.
             return_dict: return a `Transformer2DModelOutput` instead of a tuple.
 
+        Checks here read shapes and sizes only; value checks (NaN inputs, turn ids) are `check_input_values`.
+
         Returns:
             ``sample`` of shape ``(sum_b F_b*h_b*w_b, C)``.
         """
@@ -496,52 +551,49 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
         if (context_cache is not None or return_context_cache) and layout != "block_causal":
             raise ValueError("A context cache needs the block-causal layout (in the full layout context sees the target).")
         device, dtype = self.patch_embed.weight.device, self.patch_embed.weight.dtype
-        video_shapes, text_lengths = video_shapes.to(device), text_lengths.to(device)
         timestep = torch.as_tensor(timestep, device=device).float().reshape(-1)
-        if timestep.numel() == 1 and video_shapes.shape[0] > 1:
-            timestep = timestep.expand(video_shapes.shape[0])
-        self._check_inputs(hidden_states, video_shapes, encoder_hidden_states, text_lengths, timestep, context_cache)
-        if not torch.isfinite(hidden_states).all():
-            raise ValueError("`hidden_states` contains NaN or Inf values.")
-        if text_turn_ids is not None:
-            if encoder_hidden_states is None or text_turn_ids.shape != encoder_hidden_states.shape[:1]:
-                raise ValueError("`text_turn_ids` must have one entry per row of `encoder_hidden_states`.")
-            if int(text_turn_ids.max()) >= self.config.max_turns:
-                raise ValueError(
-                    f"Turn id {int(text_turn_ids.max())} exceeds the turn-embedding table ({self.config.max_turns} "
-                    "turns); use at most `max_turns` instructions per session."
-                )
+        shapes, lengths = self._check_inputs(
+            hidden_states, video_shapes, encoder_hidden_states, text_lengths, timestep, context_cache
+        )
+        if text_turn_ids is not None and (
+            encoder_hidden_states is None or text_turn_ids.shape != encoder_hidden_states.shape[:1]
+        ):
+            raise ValueError("`text_turn_ids` must have one entry per row of `encoder_hidden_states`.")
 
-        patch_shapes = self._patch_shapes(video_shapes)
-        tokens_per_frame = torch.repeat_interleave(patch_shapes[:, 1] * patch_shapes[:, 2], patch_shapes[:, 0])
-        frames_total = int(video_shapes[:, 0].sum())
+        p = self.config.patch_size
+        patch_shapes = tuple((f, h // p, w // p) for f, h, w in shapes)
+        frames = tuple(f for f, _, _ in shapes)
+        video_tokens = tuple(f * h * w for f, h, w in patch_shapes)
+        tokens_per_frame = tuple(h * w for f, h, w in patch_shapes for _ in range(f))
         if frame_index is None:  # 0..F_b-1 in each sample
-            frame_starts = torch.repeat_interleave(video_shapes[:, 0].cumsum(0) - video_shapes[:, 0], video_shapes[:, 0])
-            frame_index = torch.arange(frames_total, device=device) - frame_starts
+            frame_index = torch.cat([torch.arange(f, device=device) for f in frames])
         for name, value in (("frame_timestep", frame_timestep), ("frame_index", frame_index), ("frame_order", frame_order)):
-            if value is not None and value.shape != (frames_total,):
-                raise ValueError(f"`{name}` must have one entry per frame ({frames_total},); got {tuple(value.shape)}.")
+            if value is not None and value.shape != (sum(frames),):
+                raise ValueError(f"`{name}` must have one entry per frame ({sum(frames)},); got {tuple(value.shape)}.")
 
         # ---- embeddings
-        vid = self.patch_embed(self._patchify(hidden_states.to(dtype), video_shapes))
+        vid = self.patch_embed(self._patchify(hidden_states.to(dtype), shapes))
         if context_cache is None:
             txt = self.context_embedder(self.fuse_turn_tokens(encoder_hidden_states, text_turn_ids).to(dtype))
-            text_in_call = text_lengths
+            text_in_call = lengths
         else:
             txt = vid.new_zeros(0, vid.shape[-1])
-            text_in_call = torch.zeros_like(text_lengths)
+            text_in_call = (0,) * len(lengths)
 
-        vid_emb, txt_emb = self._token_modulation(timestep, frame_timestep, patch_shapes, tokens_per_frame, text_in_call)
+        vid_emb, txt_emb = self._token_modulation(timestep, frame_timestep, video_tokens, tokens_per_frame, text_in_call)
 
         plan = self._plan(
-            layout, tokens_per_frame, patch_shapes, text_in_call, frame_order, text_order, frame_is_noisy,
-            context_cache, return_context_cache,
+            layout, tokens_per_frame, video_tokens, text_in_call, frame_order, text_order, frame_is_noisy,
+            context_cache, return_context_cache, device,
         )
         if layout == "full":
-            offsets = frame_text_offsets(video_shapes[:, 0], text_lengths)
+            offsets = frame_text_offsets(frames, lengths, device=device)
         else:  # the text before each frame: in this call, or in the cached context
-            text = (text_lengths, text_order) if context_cache is None else (context_cache.text_lengths, context_cache.text_order)
-            offsets = frame_text_offsets(video_shapes[:, 0], text[0], frame_order.to(device), text[1].to(device))
+            if context_cache is None:
+                text_before = (lengths, text_order if text_order is not None else frame_order.new_zeros(0))
+            else:
+                text_before = (context_cache.text_lengths, context_cache.text_order)
+            offsets = frame_text_offsets(frames, text_before[0], frame_order.to(device), text_before[1].to(device))
         vid_pos, txt_pos = rope_positions(patch_shapes, offsets + frame_index.to(device), text_in_call)
         vid_rope, txt_rope = self.rope(vid_pos), self.rope(txt_pos)
 
@@ -558,10 +610,10 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
             return plan.sink
 
         # ---- output head: RMSNorm, then the blocks' *attention* shift/scale slots + learned offsets (official)
-        shift = vid_emb[:, :, 0, 0] + self.norm_out_shift_scale[0]
-        scale = vid_emb[:, :, 0, 1] + self.norm_out_shift_scale[1]
+        shift = vid_emb[:, 0, 0] + self.norm_out_shift_scale[0]
+        scale = vid_emb[:, 0, 1] + self.norm_out_shift_scale[1]
         vid = self.norm_out(vid).to(dtype) * scale + shift
-        sample = self._unpatchify(self.proj_out(vid), video_shapes)
+        sample = self._unpatchify(self.proj_out(vid), patch_shapes)
         if not return_dict:
             return (sample,)
         return Transformer2DModelOutput(sample=sample)
@@ -583,13 +635,12 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
         Pass the result as ``context_cache`` to `forward` together with only the frames to generate; their
         output equals the uncached block-causal forward of the whole sequence.
         """
-        batch = video_shapes.shape[0]
         return self.forward(
             hidden_states,
             video_shapes,
             encoder_hidden_states,
             text_lengths,
-            timestep=torch.zeros(batch, device=video_shapes.device),
+            timestep=torch.zeros(1, device=hidden_states.device),
             frame_index=frame_index,
             frame_order=frame_order,
             text_order=text_order,

@@ -143,13 +143,13 @@ class FullAttentionVelocity:
         return _guide(out[0], out[1] if guided else None, scale, rescale)
 
     def _forward(self, x, t, texts, turn_ids):
-        batch, device = len(texts), x.device
+        batch = len(texts)
         return self.transformer(
             pack_frames(x, self.cond).repeat(batch, 1),
-            torch.tensor([list(x.shape[:3])], device=device).repeat(batch, 1),
+            [list(x.shape[:3])] * batch,  # host-side sizes: no sync in the step loop
             torch.cat([s.states for s in texts]),
-            torch.tensor([len(s) for s in texts], device=device),
-            t.reshape(1).expand(batch),
+            [len(s) for s in texts],
+            t.reshape(1),  # one timestep shared by both branches
             frame_index=None if self.frame_index is None else self.frame_index.repeat(batch),
             text_turn_ids=turn_ids,
         ).sample.view(batch, *x.shape[:3], -1)
@@ -200,9 +200,9 @@ class CachedContextVelocity:
         device = self.context_latents.device
         return self.transformer.encode_context(
             clean_context_frames(self.context_latents).flatten(0, 2),
-            torch.tensor([[n, h, w]], device=device),
+            [[n, h, w]],
             text.states,
-            torch.tensor([len(text)], device=device),
+            [len(text)],
             layout.context_order.to(device),
             layout.text_order.to(device),
             frame_index=layout.context_index.to(device),
@@ -222,7 +222,7 @@ class CachedContextVelocity:
         device = x.device
         return self.transformer(
             noisy_target_frames(x).flatten(0, 2),
-            torch.tensor([[1, h, w]], device=device),
+            [[1, h, w]],  # host-side sizes: no sync in the step loop
             None,
             cache.text_lengths,
             torch.zeros(1, device=device),

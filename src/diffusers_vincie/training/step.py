@@ -41,6 +41,7 @@ class VincieTrainingModule(nn.Module):
         if self.attention_layout == "full":  # full attention: no order, one timestep per sample
             for name in ("frame_order", "text_order", "frame_is_noisy", "frame_timestep"):
                 inputs.pop(name, None)
+        self.transformer.check_input_values(inputs["hidden_states"], inputs.get("text_turn_ids"))
         return self.transformer(
             **inputs, timestep=batch.timestep, attention_layout=self.attention_layout
         ).sample
