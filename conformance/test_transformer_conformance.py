@@ -1,6 +1,6 @@
 """diffusers' model tester mixins run on `VincieTransformer` with a tiny config (CPU).
 
-The mixins that need an accelerator (torch.compile, memory/offload, training, attention backends beyond native)
+The mixins that need an accelerator (torch.compile, memory/offload, attention backends beyond native, fp16)
 carry diffusers' own skip marks and report as skipped on a CPU-only machine; the same run on a CUDA machine
 runs them.
 """
