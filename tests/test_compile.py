@@ -54,9 +54,15 @@ def test_fullgraph_compile_has_no_recompiles_across_steps_and_matches_eager(layo
     assert not torch.equal(fast[0], fast[-1])  # the steps really differ (t is an input, not a constant)
 
 
-def test_regional_compile_targets_the_repeated_block():
-    model = tiny_transformer(latent_channels=3, text_embed_dim=16, patch_size=2)
+def test_regional_compile_of_the_repeated_block_matches_eager():
+    torch._dynamo.reset()
+    model = tiny_transformer(latent_channels=3, text_embed_dim=16, patch_size=2, attention_layout="block_causal")
     assert model._repeated_blocks == ["VincieTransformerBlock"]
-    model.compile_repeated_blocks(fullgraph=True)  # diffusers' regional compilation of every block
-    compiled = [block for block in model.transformer_blocks if hasattr(block, "_compiled_call_impl")]
-    assert len(compiled) == len(model.transformer_blocks)
+    x = torch.randn(1, 8, 8, 3, generator=torch.Generator().manual_seed(3))
+    steps = torch.tensor([900.0, 300.0])
+    with torch.no_grad():
+        eager = _velocities(model, model, False, steps, x)
+        model.compile_repeated_blocks(fullgraph=True)  # diffusers' regional compilation: each block on its own
+        assert all(getattr(block, "_compiled_call_impl", None) for block in model.transformer_blocks)
+        regional = _velocities(model, model, False, steps, x)
+    torch.testing.assert_close(regional, eager, atol=1e-5, rtol=1e-5)
