@@ -21,11 +21,6 @@ _FASTER_CACHE = (
     "packed (sum F*h*w, C) latent pixels, with no batch or spatial axes"
 )
 EXCLUDED = {
-    # --- one call, several optional roles: each optional component can be left out for some use, not all at once
-    "test_save_load_optional_components": "sets every `_optional_components` entry to None for one call; ours "
-    "are optional for loading (`vae`: pixel-space models; `text_encoder`/`tokenizer`: editing from `prompt_embeds`; "
-    "`transformer`: an encoder-only pipeline), a call needs the transformer (diffusers overrides this test for Wan, "
-    "whose `transformer` is optional in the same way)",
     "test_inference_batch_consistent": _BATCH + " (it batches `prompt` and `image` into lists)",
     "test_inference_batch_single_identical": _BATCH + " (it batches `prompt` and `image` into lists)",
     "test_num_images_per_prompt": _BATCH + " (it repeats `prompt` as a batch of 2; candidates per turn are "
