@@ -84,6 +84,10 @@ def test_modulation_offsets_start_as_the_official_adasingle():
                     assert abs(values.mean() - unit) < 0.05 and abs(values.std() - dim**-0.5) < 0.01, (init, slot)
             head = model.norm_out_shift_scale.detach()  # (shift, scale) of the output head
             assert abs(head[0].mean()) < 0.05 and abs(head[1].mean() - 1.0) < 0.05, init
+        model.initialize_weights(zero_modulation=True)  # the pre-2026-12-01 init of the issue-13 ablations
+        offsets = [p for n, p in model.named_parameters() if "scale_shift_table" in n or "norm_out_shift_scale" in n]
+        assert len(offsets) == 4 and all(not p.any() for p in offsets)
+        assert model.proj_out.weight.abs().sum() > 0  # only the offsets are zero
 
 
 def test_gradient_checkpointing_gives_equal_gradients():

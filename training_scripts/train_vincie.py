@@ -87,6 +87,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                        help="Pipeline folder (transformer/, text_encoder/, tokenizer/, optional vae/) to start from.")
     group.add_argument("--transformer_config", type=str, default=None,
                        help="JSON config of a VincieTransformer trained from scratch (overrides the pipeline's).")
+    group.add_argument("--zero_modulation_init", action="store_true",
+                       help="From scratch: every modulation offset starts at 0, scales included (the initialisation "
+                            "before 2026-12-01, for the issue-13 ablations); default: the official AdaSingle draw.")
     group.add_argument("--text_encoder_name_or_path", type=str, default=None,
                        help="transformers text encoder folder (default: <pretrained>/text_encoder).")
     group.add_argument("--tokenizer_name_or_path", type=str, default=None,
@@ -448,7 +451,7 @@ def build_transformer(args, components: dict) -> VincieTransformer:
             transformer = VincieTransformer(**{**config, "attention_layout": args.attention_layout})
         except (TypeError, ValueError) as error:
             raise UsageError(f"--transformer_config {args.transformer_config}: {error}") from error
-        transformer.initialize_weights()  # the documented from-scratch initialisation
+        transformer.initialize_weights(zero_modulation=args.zero_modulation_init)  # the documented initialisation
         return transformer
     transformer = components["transformer"]
     if transformer.config.attention_layout != args.attention_layout:

@@ -301,7 +301,12 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
 
     # -------------------------------------------------------------------------------- initialisation
 
-    def initialize_weights(self, modulation_std: Optional[float] = None, generator: Optional[torch.Generator] = None) -> None:
+    def initialize_weights(
+        self,
+        modulation_std: Optional[float] = None,
+        generator: Optional[torch.Generator] = None,
+        zero_modulation: bool = False,
+    ) -> None:
         """The initialisation of a model trained from scratch (and of the tiny test models).
 
         Every linear and embedding layer gets PyTorch's default initialisation (Kaiming-uniform linears, N(0, 1)
@@ -309,7 +314,8 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
         ``norm_out_shift_scale``) are drawn as the official ``AdaSingle`` draws them (`modulation_offsets`:
         N(0, 1/D) shifts and gates, 1 + N(0, 1/D) scales), which is also what ``__init__`` gives.
         ``modulation_std`` replaces the 1/sqrt(D) spread (the tests' random models use 0.2, so that every path
-        carries signal).
+        carries signal). ``zero_modulation`` starts every offset at 0, scales included: this project's
+        initialisation before 2026-12-01, kept so that the issue-13 ablations started from it stay reproducible.
         """
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding, VincieModulationLinear)) or (
@@ -321,7 +327,9 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
                     module.reset_parameters()
         with torch.no_grad():
             for name, param in self.named_parameters():
-                if "scale_shift_table" in name or "norm_out_shift_scale" in name:
+                if ("scale_shift_table" in name or "norm_out_shift_scale" in name) and zero_modulation:
+                    param.zero_()
+                elif "scale_shift_table" in name or "norm_out_shift_scale" in name:
                     param.copy_(modulation_offsets(tuple(param.shape), modulation_std, generator))
 
     # -------------------------------------------------------------------------------- text helpers
