@@ -9,7 +9,7 @@ frame sits on the RoPE time axis after the text that precedes it (`frame_text_of
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -79,8 +79,8 @@ def repeat_rows(x: torch.Tensor, counts: tuple[int, ...]) -> torch.Tensor:
 
 
 def frame_text_offsets(
-    frames_per_sample,
-    text_lengths,
+    frames_per_sample: Union[torch.Tensor, Sequence[int]],
+    text_lengths: Union[torch.Tensor, Sequence[int]],
     frame_order: Optional[torch.Tensor] = None,
     text_order: Optional[torch.Tensor] = None,
     device=None,
@@ -100,7 +100,11 @@ def frame_text_offsets(
     return before.sum(-1)
 
 
-def rope_positions(patch_shapes, frame_time: torch.Tensor, text_lengths_in_call) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_positions(
+    patch_shapes: Union[torch.Tensor, Sequence[Sequence[int]]],
+    frame_time: torch.Tensor,
+    text_lengths_in_call: Union[torch.Tensor, Sequence[int]],
+) -> tuple[torch.Tensor, torch.Tensor]:
     """3-axis RoPE positions (``mmrope3d``): ``(video_pos (N_vid, 3), text_pos (N_txt, 3))`` in float32.
 
     Video token of frame ``f``, patch row ``y``, column ``x`` sits at ``(frame_time[f], y, x)``; text token ``j`` of a
