@@ -36,8 +36,8 @@ def _velocities(transformer, model, guided: bool, steps: torch.Tensor, x: torch.
     return torch.stack(outs)
 
 
-@pytest.mark.parametrize("layout, guided", [("block_causal", True), ("full", True)])
-def test_fullgraph_compile_has_no_recompiles_across_steps_and_matches_eager(layout, guided):
+@pytest.mark.parametrize("layout", ["block_causal", "full"])
+def test_fullgraph_compile_has_no_recompiles_across_steps_and_matches_eager(layout):
     torch._dynamo.reset()
     model = tiny_transformer(latent_channels=3, text_embed_dim=16, patch_size=2, attention_layout=layout)
     compiled = torch.compile(model, fullgraph=True)
@@ -46,8 +46,8 @@ def test_fullgraph_compile_has_no_recompiles_across_steps_and_matches_eager(layo
     x = torch.randn(frames, 8, 8, 3, generator=torch.Generator().manual_seed(3))
     try:
         with torch.no_grad():
-            fast = _velocities(compiled, model, guided, steps, x)
-            eager = _velocities(model, model, guided, steps, x)
+            fast = _velocities(compiled, model, True, steps, x)  # with CFG: both branches per step
+            eager = _velocities(model, model, True, steps, x)
     finally:
         torch.compiler.set_stance("default")
     torch.testing.assert_close(fast, eager, atol=1e-5, rtol=1e-5)

@@ -77,7 +77,7 @@ def build_word_level_tokenizer(vocabulary: Sequence[str], strip_template: bool =
         strip_template: the tokenizer's normalizer removes the template's boilerplate (``"Based on <IMGk>, "``,
             ``". Output <IMGk+1>: "``), so a templated prompt becomes the instruction's words only. The saved
             ``tokenizer.json`` carries the rule, so a pipeline loading the tokenizer needs no change; the turn
-            tokens of ``VincieTransformer.build_session_text`` still tell the model which turn a prompt is.
+            tokens of ``diffusers_vincie.sequence.session_text`` still tell the model which turn a prompt is.
     """
     from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast

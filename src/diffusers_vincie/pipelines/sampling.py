@@ -189,7 +189,6 @@ class CachedContextVelocity:
         frames = [item for item in items if isinstance(item, Frame)]
         layout = block_causal_layout([*items, self.target], text.segment_lengths, frames, [self.target],
                                      self.frame_index_mode)
-        n, h, w, _ = self.context_latents.shape
         device = self.context_latents.device
         with _cache_context(self.transformer, f"context_{branch}"):  # one cache state per token layout
             cache = self._encode_context(layout, text)
