@@ -1,0 +1,38 @@
+"""The issue-13 curriculum recipe end to end at a toy length: text side, phase 1, export, phase 2, pipeline."""
+
+import json
+import os
+import subprocess
+
+import torch
+from conftest import REPO
+from safetensors.torch import load_file
+
+RECIPE = REPO / "training_scripts" / "recipes" / "vincie_shapes_curriculum.sh"
+
+
+def test_curriculum_recipe_runs_both_phases(tmp_path):
+    env = dict(os.environ, PHASE1_STEPS="2", PHASE2_STEPS="2", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    run = tmp_path / "run"
+    result = subprocess.run(["bash", str(RECIPE), str(run), "--train_batch_size", "2", "--checkpointing_steps", "2"],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    config = json.loads((run / "phase2" / "pipeline" / "transformer" / "config.json").read_text())
+    assert config["num_mm_layers"] == config["num_layers"] == 4  # all-MM
+    text_config = json.loads((run / "phase1" / "text" / "text_encoder" / "config.json").read_text())
+    assert text_config["num_layers"] == 0  # learned word embeddings
+    assert json.loads((run / "phase1_export" / "checkpoint.json").read_text())["checkpoint"] == "checkpoint-2"
+
+    # phase 2 starts from phase 1's export and trains it further (the transformer and the word embeddings)
+    start = load_file(run / "phase1_export" / "transformer" / "diffusion_pytorch_model.safetensors")
+    end = load_file(run / "phase2" / "pipeline" / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert start.keys() == end.keys()
+    assert any(not torch.equal(start[k], end[k]) for k in start)
+    phase2_log = [json.loads(line) for line in (run / "phase2" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in phase2_log] == [1, 2]
+
+    from diffusers_vincie import VincieInContextPipeline
+
+    pipe = VincieInContextPipeline.from_pretrained(run / "phase2" / "pipeline")
+    assert pipe.block_causal and pipe.transformer.config.num_mm_layers == 4
