@@ -9,9 +9,8 @@
 #    tokenizer; the tokenizer drops the template's boilerplate ("Based on <IMGk>, ... Output <IMGk+1>: ").
 # 2. phase 1 (RUN_DIR/phase1): from scratch, 4 MM blocks (vincie_shapes_allmm_transformer.json), next image only
 #    (no mask frames), batch 16 sessions from world seed 1,000,000, AdamW lr 1e-3 constant after 200 warm-up
-#    steps, EMA 0.999, modulation offsets started at zero (the init the study measured). With the recipe's mask
-#    tasks from step 0 the same model stayed text-blind (arm M); without them it reads the colour word by step
-#    1,000.
+#    steps, EMA 0.999, modulation offsets started at zero (the init the study measured). Without the mask tasks
+#    it reads the colour word by step 1,000; with them from step 0 (arm M) it was still text-blind there.
 # 3. phase 1's EMA weights are exported to RUN_DIR/phase1_export and phase 2 (RUN_DIR/phase2) continues them on new
 #    sessions (world seed 4,000,000) with all three tasks (next image, current- and next-frame RoE masks), so
 #    chain-of-editing works. Mask frames are in a sequence with probability 0.1: with the recipe's 0.25 (arm C) the
