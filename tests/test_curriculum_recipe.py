@@ -36,3 +36,9 @@ def test_curriculum_recipe_runs_both_phases(tmp_path):
 
     pipe = VincieInContextPipeline.from_pretrained(run / "phase2" / "pipeline")
     assert pipe.block_causal and pipe.transformer.config.num_mm_layers == 4
+
+    # a longer phase 1 later: its export of step 2 is kept, not replaced, and the recipe says so (exit 2)
+    longer = subprocess.run(["bash", str(RECIPE), str(run), "--train_batch_size", "2", "--checkpointing_steps", "2"],
+                            env=dict(env, PHASE1_STEPS="3"), capture_output=True, text=True, timeout=600)
+    assert longer.returncode == 2 and "phase1_export is not phase 1's step 3" in longer.stderr, longer.stderr[-3000:]
+    assert json.loads((run / "phase1_export" / "checkpoint.json").read_text())["checkpoint"] == "checkpoint-2"

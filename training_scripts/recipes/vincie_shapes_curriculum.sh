@@ -43,6 +43,13 @@ bash "$HERE/vincie_shapes.sh" "$RUN_DIR/phase1" "${COMMON[@]}" \
   --task_weights 1,0,0 --mask_probability 0 --lr_warmup_steps 200 \
   --synthetic_world_seed 1000000 --seed 1 --max_train_steps "$PHASE1_STEPS" "$@"
 
+# phase 2 starts from the export of phase 1's last step; an export of another step (PHASE1_STEPS changed) is kept,
+# not replaced: move it away to export the new step.
+if [ -f "$RUN_DIR/phase1_export/checkpoint.json" ] &&
+   ! grep -q "\"checkpoint-$PHASE1_STEPS\"" "$RUN_DIR/phase1_export/checkpoint.json"; then
+  echo "vincie_shapes_curriculum.sh: $RUN_DIR/phase1_export is not phase 1's step $PHASE1_STEPS; move it away to re-export" >&2
+  exit 2
+fi
 if [ ! -f "$RUN_DIR/phase1_export/model_index.json" ]; then
   python "$HERE/export_checkpoint.py" --run_dir "$RUN_DIR/phase1" --checkpoint "$PHASE1_STEPS" \
     --output "$RUN_DIR/phase1_export" --transformer_config "$HERE/vincie_shapes_allmm_transformer.json"

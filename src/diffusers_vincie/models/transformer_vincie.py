@@ -327,9 +327,11 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
                     module.reset_parameters()
         with torch.no_grad():
             for name, param in self.named_parameters():
-                if ("scale_shift_table" in name or "norm_out_shift_scale" in name) and zero_modulation:
+                if "scale_shift_table" not in name and "norm_out_shift_scale" not in name:
+                    continue
+                if zero_modulation:
                     param.zero_()
-                elif "scale_shift_table" in name or "norm_out_shift_scale" in name:
+                else:
                     param.copy_(modulation_offsets(tuple(param.shape), modulation_std, generator))
 
     # -------------------------------------------------------------------------------- text helpers
