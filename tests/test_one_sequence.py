@@ -26,9 +26,13 @@ def _latents(items, seed=0) -> dict:
     return {item: torch.rand(16, 16, 3, generator=g) * 2 - 1 for item in items if isinstance(item, Frame)}
 
 
-@pytest.mark.parametrize("with_masks, mode", [(False, "slots"), (True, "slots"), (False, "compact")])
-def test_training_and_pipeline_give_the_same_inputs_and_velocity_for_every_target(with_masks, mode):
-    pipe = tiny_pipeline(pixel_space=True, attention_layout="block_causal", frame_index_mode=mode)
+@pytest.mark.parametrize("with_masks, mode, text_rope_mode", [
+    (False, "slots", "diagonal"), (True, "slots", "diagonal"), (False, "compact", "diagonal"),
+    (True, "slots", "per_turn"), (False, "compact", "per_turn"),
+])
+def test_training_and_pipeline_give_the_same_inputs_and_velocity_for_every_target(with_masks, mode, text_rope_mode):
+    pipe = tiny_pipeline(pixel_space=True, attention_layout="block_causal", frame_index_mode=mode,
+                         text_rope_mode=text_rope_mode)
     transformer = pipe.transformer
     turns = len(INSTRUCTIONS)
     config = SequenceConfig(layout="block_causal", min_turns=turns, max_turns=turns,

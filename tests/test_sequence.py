@@ -7,7 +7,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from diffusers_vincie.models.attention_vincie import frame_text_offsets, rope_positions
+from diffusers_vincie.models.attention_vincie import frame_text_offsets, per_turn_text_positions, rope_positions
 from diffusers_vincie.sequence import (
     CURRENT_MASK,
     IMAGE,
@@ -72,6 +72,26 @@ def test_block_causal_frame_positions_count_only_preceding_text():
     offsets = frame_text_offsets(torch.tensor([3]), torch.tensor([5]), frame_order, text_order)
     assert offsets.tolist() == [0, 3, 5]
     assert frame_text_offsets(torch.tensor([3]), torch.tensor([5])).tolist() == [5, 5, 5]  # official full layout
+
+
+def test_per_turn_text_positions_restart_the_grid_at_every_instruction():
+    """I_0 T_0(3) I_1 T_1(2) I_2 (slots 0, 3, 6), packed with a one-turn sample I_0 T_0(2) I_1."""
+    frame_order, text_order = sequence_order(session_items(2), [3, 2])
+    other_frames, other_text = sequence_order(session_items(1), [2])
+    frame_time = torch.cat([frame_text_offsets(torch.tensor([3]), torch.tensor([5]), frame_order, text_order)
+                            + torch.tensor([0, 3, 6]), torch.tensor([0, 5])])
+    assert frame_time.tolist() == [0, 6, 11, 0, 5]
+    txt = per_turn_text_positions([3, 2], [5, 2], frame_time, torch.cat([frame_order, other_frames]),
+                                  torch.cat([text_order, other_text]))
+    # T_0: the official (j, j, j); T_1: after I_1 (time 6) on the time axis, its own grid offsets 0, 1
+    assert txt.tolist() == [[0, 0, 0], [1, 1, 1], [2, 2, 2], [6, 0, 0], [7, 1, 1], [0, 0, 0], [1, 1, 1]]
+
+
+def test_per_turn_text_positions_need_the_block_causal_layout():
+    with pytest.raises(ValueError, match="block_causal"):
+        tiny_transformer(3, 16, attention_layout="full", text_rope_mode="per_turn")
+    with pytest.raises(ValueError, match="text_rope_mode"):
+        tiny_transformer(3, 16, attention_layout="block_causal", text_rope_mode="spiral")
 
 
 def test_sequence_items_and_order():

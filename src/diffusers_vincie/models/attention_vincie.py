@@ -122,6 +122,35 @@ def rope_positions(
     return torch.cat(video), text[:, None].expand(-1, 3).float()
 
 
+def per_turn_text_positions(
+    frames_per_sample: Union[torch.Tensor, Sequence[int]],
+    text_lengths: Union[torch.Tensor, Sequence[int]],
+    frame_time: torch.Tensor,
+    frame_order: torch.Tensor,
+    text_order: torch.Tensor,
+) -> torch.Tensor:
+    """Text RoPE positions of the ``"per_turn"`` rule (block-causal layout), ``(sum L, 3)`` in float32.
+
+    Token ``i`` of an instruction sits at ``(t + i, i, i)``, where ``t`` is the RoPE time of the latest frame before
+    the instruction (0 if none; a noisy target has its clean frame's time, so either may count). Under the official
+    ``(j, j, j)`` rule the instruction of turn ``k`` sits at spatial offsets that grow with the text before it, so
+    the words that name a place ("at the top left") meet the target's patch grid at another relative position at
+    every depth; here they meet it at the same one, and the instruction still follows its turn's image in time.
+    A sample's first instruction keeps ``(j, j, j)``.
+    """
+    frames, lengths = as_ints(frames_per_sample), as_ints(text_lengths)
+    device = frame_time.device
+    frame_sample, text_sample = sample_ids(frames, device), sample_ids(lengths, device)
+    before = (frame_sample[None, :] == text_sample[:, None]) & (frame_order[None, :] < text_order[:, None])
+    start = torch.where(before, frame_time[None, :].float(), torch.zeros((), device=device)).amax(-1)
+    # index of each token inside its instruction: tokens of one instruction share a sample and an order
+    first = torch.ones_like(text_order, dtype=torch.bool)
+    first[1:] = (text_order[1:] != text_order[:-1]) | (text_sample[1:] != text_sample[:-1])
+    run_start = torch.cummax(torch.where(first, torch.arange(len(text_order), device=device), 0), 0).values
+    within = (torch.arange(len(text_order), device=device) - run_start).float()
+    return torch.stack([start + within, within, within], -1)
+
+
 # =====================================================================================================
 #                                 Attention plan (packing + masks)
 # =====================================================================================================

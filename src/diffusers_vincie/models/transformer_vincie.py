@@ -48,11 +48,13 @@ from .attention_vincie import (
     as_shape_rows,
     block_causal_mask,
     frame_text_offsets,
+    per_turn_text_positions,
     repeat_rows,
     rope_positions,
 )
 
 ATTENTION_LAYOUTS = ("full", "block_causal")
+TEXT_ROPE_MODES = ("diagonal", "per_turn")
 
 
 def swiglu_hidden_size(hidden_size: int, mlp_ratio: float = 4.0) -> int:
@@ -228,6 +230,11 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
             released checkpoints) or ``"block_causal"`` (causal across blocks, bidirectional inside a block,
             clean context never sees noisy frames; enables per-frame timesteps, multi-target training and
             cached context at inference).
+        text_rope_mode (`str`, defaults to `"diagonal"`): RoPE positions of the text tokens. ``"diagonal"``: token
+            ``j`` of a sample at ``(j, j, j)`` (official). ``"per_turn"`` (block-causal layout only): token ``i`` of
+            an instruction at ``(t + i, i, i)``, ``t`` the time of the clean frame before it, so that every turn's
+            instruction meets the image grid at the same relative positions
+            (`diffusers_vincie.models.attention_vincie.per_turn_text_positions`).
     """
 
     _supports_gradient_checkpointing = True
@@ -252,10 +259,16 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
         norm_eps: float = 1e-5,
         max_turns: int = 64,
         attention_layout: str = "full",
+        text_rope_mode: str = "diagonal",
     ):
         super().__init__()
         if attention_layout not in ATTENTION_LAYOUTS:
             raise ValueError(f"`attention_layout` must be one of {ATTENTION_LAYOUTS}, got {attention_layout!r}.")
+        if text_rope_mode not in TEXT_ROPE_MODES:
+            raise ValueError(f"`text_rope_mode` must be one of {TEXT_ROPE_MODES}, got {text_rope_mode!r}.")
+        if text_rope_mode == "per_turn" and attention_layout != "block_causal":
+            raise ValueError('`text_rope_mode="per_turn"` needs `attention_layout="block_causal"` (in the full layout '
+                             "all text precedes all frames and keeps the official positions).")
         if rope_dim > attention_head_dim or rope_dim // 3 % 2:
             raise ValueError(
                 f"`rope_dim` ({rope_dim}) must be <= `attention_head_dim` ({attention_head_dim}) and give an even "
@@ -558,6 +571,9 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
         layout = attention_layout or self.config.attention_layout
         if layout not in ATTENTION_LAYOUTS:
             raise ValueError(f"`attention_layout` must be one of {ATTENTION_LAYOUTS}, got {layout!r}.")
+        if self.config.text_rope_mode == "per_turn" and layout != "block_causal":
+            raise ValueError('This model was built with `text_rope_mode="per_turn"`, which needs the block-causal layout; '
+                             f"got `attention_layout={layout!r}`.")
         if (context_cache is not None or return_context_cache) and layout != "block_causal":
             raise ValueError("A context cache needs the block-causal layout (in the full layout context sees the target).")
         device, dtype = self.patch_embed.weight.device, self.patch_embed.weight.dtype
@@ -604,7 +620,11 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
             else:
                 text_before = (context_cache.text_lengths, context_cache.text_order)
             offsets = frame_text_offsets(frames, text_before[0], frame_order.to(device), text_before[1].to(device))
-        vid_pos, txt_pos = rope_positions(patch_shapes, offsets + frame_index.to(device), text_in_call)
+        frame_time = offsets + frame_index.to(device)
+        vid_pos, txt_pos = rope_positions(patch_shapes, frame_time, text_in_call)
+        if self.config.text_rope_mode == "per_turn" and sum(text_in_call):
+            txt_pos = per_turn_text_positions(frames, text_in_call, frame_time, frame_order.to(device),
+                                              text_order.to(device))
         vid_rope, txt_rope = self.rope(vid_pos), self.rope(txt_pos)
 
         # ---- blocks
