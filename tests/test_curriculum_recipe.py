@@ -1,4 +1,5 @@
-"""The issue-13 curriculum recipe end to end at a toy length: text side, phase 1, export, phase 2, pipeline."""
+"""The issue-13 curriculum recipe end to end at a toy length: text side, phase 1, export, phase 2, export with the
+per-turn text positions, phase 3, pipeline."""
 
 import json
 import os
@@ -9,17 +10,21 @@ from conftest import REPO
 from safetensors.torch import load_file
 
 RECIPE = REPO / "training_scripts" / "recipes" / "vincie_shapes_curriculum.sh"
+FLAGS = ["--train_batch_size", "2", "--checkpointing_steps", "2", "--lr_warmup_steps", "1"]
 
 
-def test_curriculum_recipe_runs_both_phases(tmp_path):
-    env = dict(os.environ, PHASE1_STEPS="2", PHASE2_STEPS="2", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+def test_curriculum_recipe_runs_every_phase(tmp_path):
+    env = dict(os.environ, PHASE1_STEPS="2", PHASE2_STEPS="2", PHASE3_STEPS="2", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     run = tmp_path / "run"
-    result = subprocess.run(["bash", str(RECIPE), str(run), "--train_batch_size", "2", "--checkpointing_steps", "2"],
+    result = subprocess.run(["bash", str(RECIPE), str(run), *FLAGS],
                             env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
 
-    config = json.loads((run / "phase2" / "pipeline" / "transformer" / "config.json").read_text())
+    config = json.loads((run / "phase3" / "pipeline" / "transformer" / "config.json").read_text())
     assert config["num_mm_layers"] == config["num_layers"] == 4  # all-MM
+    assert config["text_rope_mode"] == "per_turn"
+    phase2_config = json.loads((run / "phase2" / "pipeline" / "transformer" / "config.json").read_text())
+    assert phase2_config.get("text_rope_mode", "diagonal") == "diagonal"
     text_config = json.loads((run / "phase1" / "text" / "text_encoder" / "config.json").read_text())
     assert text_config["num_layers"] == 0  # learned word embeddings
     assert json.loads((run / "phase1_export" / "checkpoint.json").read_text())["checkpoint"] == "checkpoint-2"
@@ -32,13 +37,23 @@ def test_curriculum_recipe_runs_both_phases(tmp_path):
     phase2_log = [json.loads(line) for line in (run / "phase2" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in phase2_log] == [1, 2]
 
+    # phase 3 starts from phase 2's export and decays the lr to 0 (cosine)
+    assert json.loads((run / "phase3_init" / "checkpoint.json").read_text())["checkpoint"] == "checkpoint-2"
+    start = load_file(run / "phase3_init" / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(start[k], end[k]) for k in start)  # phase 2's last weights, unchanged by the export
+    final = load_file(run / "phase3" / "pipeline" / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert any(not torch.equal(start[k], final[k]) for k in start)
+    phase3_log = [json.loads(line) for line in (run / "phase3" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in phase3_log] == [1, 2] and phase3_log[-1]["lr"] < phase3_log[0]["lr"]
+    assert phase2_log[-1]["lr"] == phase2_log[0]["lr"]  # phase 2: constant
+
     from diffusers_vincie import VincieInContextPipeline
 
-    pipe = VincieInContextPipeline.from_pretrained(run / "phase2" / "pipeline")
-    assert pipe.block_causal and pipe.transformer.config.num_mm_layers == 4
+    pipe = VincieInContextPipeline.from_pretrained(run / "phase3" / "pipeline")
+    assert pipe.block_causal and pipe.transformer.config.text_rope_mode == "per_turn"
 
     # a longer phase 1 later: its export of step 2 is kept, not replaced, and the recipe says so (exit 2)
-    longer = subprocess.run(["bash", str(RECIPE), str(run), "--train_batch_size", "2", "--checkpointing_steps", "2"],
+    longer = subprocess.run(["bash", str(RECIPE), str(run), *FLAGS],
                             env=dict(env, PHASE1_STEPS="3"), capture_output=True, text=True, timeout=600)
-    assert longer.returncode == 2 and "phase1_export is not phase 1's step 3" in longer.stderr, longer.stderr[-3000:]
+    assert longer.returncode == 2 and "phase1_export is not phase1's step 3" in longer.stderr, longer.stderr[-3000:]
     assert json.loads((run / "phase1_export" / "checkpoint.json").read_text())["checkpoint"] == "checkpoint-2"

@@ -14,11 +14,17 @@
 # 3. phase 1's EMA weights are exported to RUN_DIR/phase1_export and phase 2 (RUN_DIR/phase2) continues them on new
 #    sessions (world seed 4,000,000) with all three tasks (next image, current- and next-frame RoE masks), so
 #    chain-of-editing works. Mask frames are in a sequence with probability 0.1: with the recipe's 0.25 (arm C) the
-#    next-image quality fell further and recovered slower (arm C2). The pipeline is RUN_DIR/phase2/pipeline.
+#    next-image quality fell further and recovered slower (arm C2).
+# 4. phase 2's EMA weights are exported to RUN_DIR/phase3_init with the per-turn text positions
+#    (vincie_shapes_allmm_per_turn_transformer.json: text_rope_mode "per_turn", so an instruction's place words meet
+#    the image grid at the same offsets at every turn; under the official (j, j, j) positions "add" placed the new
+#    object right in a session's first turn and wrong later). Phase 3 (RUN_DIR/phase3) continues them on new
+#    sessions (world seed 5,000,000) with phase 2's tasks and a cosine decay of the lr to 0. The pipeline is
+#    RUN_DIR/phase3/pipeline.
 #
-# PHASE1_STEPS (default 5000) and PHASE2_STEPS (default 2500) set the lengths (the shipped model: arm E = phase 1,
-# arm C3 = phase 2). Re-running the same command resumes
-# whichever phase is unfinished from its latest checkpoint (every 250 steps); the extra flags go to both phases
+# PHASE1_STEPS (default 5000), PHASE2_STEPS (default 2500) and PHASE3_STEPS (default 5000) set the lengths (the
+# shipped model: arm E = phase 1, arm C3 = phase 2, arm C5 = phase 3). Re-running the same command resumes
+# whichever phase is unfinished from its latest checkpoint (every 250 steps); the extra flags go to every phase
 # (e.g. --mixed_precision bf16 --train_batch_size 128 --dataloader_num_workers 8 on a GPU).
 set -euo pipefail
 RUN_DIR=${1:-runs/vincie_shapes_curriculum}
@@ -28,6 +34,7 @@ ROOT=$(cd "$HERE/../.." && pwd)
 export HF_HUB_OFFLINE=1
 PHASE1_STEPS=${PHASE1_STEPS:-5000}
 PHASE2_STEPS=${PHASE2_STEPS:-2500}
+PHASE3_STEPS=${PHASE3_STEPS:-5000}
 COMMON=(--train_text_encoder --train_batch_size 16 --learning_rate 1e-3 --lr_scheduler constant_with_warmup
         --ema_decay 0.999 --checkpointing_steps 250 --checkpoints_total_limit 8 --sensitivity_steps 250)
 
@@ -43,18 +50,25 @@ bash "$HERE/vincie_shapes.sh" "$RUN_DIR/phase1" "${COMMON[@]}" \
   --task_weights 1,0,0 --mask_probability 0 --lr_warmup_steps 200 \
   --synthetic_world_seed 1000000 --seed 1 --max_train_steps "$PHASE1_STEPS" "$@"
 
-# phase 2 starts from the export of phase 1's last step; an export of another step (PHASE1_STEPS changed) is kept,
-# not replaced: move it away to export the new step.
-if [ -f "$RUN_DIR/phase1_export/checkpoint.json" ] &&
-   ! grep -q "\"checkpoint-$PHASE1_STEPS\"" "$RUN_DIR/phase1_export/checkpoint.json"; then
-  echo "vincie_shapes_curriculum.sh: $RUN_DIR/phase1_export is not phase 1's step $PHASE1_STEPS; move it away to re-export" >&2
-  exit 2
-fi
-if [ ! -f "$RUN_DIR/phase1_export/model_index.json" ]; then
-  python "$HERE/export_checkpoint.py" --run_dir "$RUN_DIR/phase1" --checkpoint "$PHASE1_STEPS" \
-    --output "$RUN_DIR/phase1_export" --transformer_config "$HERE/vincie_shapes_allmm_transformer.json"
-fi
+# export PHASE STEP OUT CONFIG [TEXT_DIR]: the EMA weights of the phase's last step, the start of the next phase. An
+# export of another step (a *_STEPS changed) is kept, not replaced: move it away to export the new step.
+export_phase() {
+  if [ -f "$RUN_DIR/$3/checkpoint.json" ] && ! grep -q "\"checkpoint-$2\"" "$RUN_DIR/$3/checkpoint.json"; then
+    echo "vincie_shapes_curriculum.sh: $RUN_DIR/$3 is not $1's step $2; move it away to re-export" >&2
+    exit 2
+  fi
+  if [ ! -f "$RUN_DIR/$3/model_index.json" ]; then
+    python "$HERE/export_checkpoint.py" --run_dir "$RUN_DIR/$1" --checkpoint "$2" --output "$RUN_DIR/$3" \
+      --transformer_config "$HERE/$4" ${5:+--text_dir "$5"}
+  fi
+}
 
+export_phase phase1 "$PHASE1_STEPS" phase1_export vincie_shapes_allmm_transformer.json
 INIT_FROM="$RUN_DIR/phase1_export" bash "$HERE/vincie_shapes.sh" "$RUN_DIR/phase2" "${COMMON[@]}" \
   --mask_probability 0.1 --lr_warmup_steps 100 --synthetic_world_seed 4000000 --seed 4 \
   --max_train_steps "$PHASE2_STEPS" "$@"
+
+export_phase phase2 "$PHASE2_STEPS" phase3_init vincie_shapes_allmm_per_turn_transformer.json "$RUN_DIR/phase1_export"
+INIT_FROM="$RUN_DIR/phase3_init" bash "$HERE/vincie_shapes.sh" "$RUN_DIR/phase3" "${COMMON[@]}" \
+  --mask_probability 0.1 --lr_scheduler cosine --lr_warmup_steps 100 --synthetic_world_seed 5000000 --seed 5 \
+  --max_train_steps "$PHASE3_STEPS" "$@"
