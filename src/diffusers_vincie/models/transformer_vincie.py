@@ -232,7 +232,7 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
             cached context at inference).
         text_rope_mode (`str`, defaults to `"diagonal"`): RoPE positions of the text tokens. ``"diagonal"``: token
             ``j`` of a sample at ``(j, j, j)`` (official). ``"per_turn"`` (block-causal layout only): token ``i`` of
-            an instruction at ``(t + i, i, i)``, ``t`` the time of the clean frame before it, so that every turn's
+            an instruction at ``(t + i, i, i)``, ``t`` the time of the frame before it, so that every turn's
             instruction meets the image grid at the same relative positions
             (`diffusers_vincie.models.attention_vincie.per_turn_text_positions`).
     """
