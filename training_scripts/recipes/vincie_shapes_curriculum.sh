@@ -24,8 +24,9 @@
 #
 # PHASE1_STEPS (default 5000), PHASE2_STEPS (default 2500) and PHASE3_STEPS (default 5000) set the lengths (the
 # shipped model: arm E = phase 1, arm C3 = phase 2, arm C5 = phase 3 at its step 4,500: export --checkpoint 4500).
-# Re-running the same command resumes whichever phase is unfinished from its latest checkpoint (every 250 steps); the extra flags go to every phase
-# (e.g. --mixed_precision bf16 --train_batch_size 128 --dataloader_num_workers 8 on a GPU).
+# Re-running the same command resumes whichever phase is unfinished from its latest checkpoint (every 250 steps);
+# the extra flags go to every phase (e.g. --mixed_precision bf16 --train_batch_size 128 --dataloader_num_workers 8
+# on a GPU).
 set -euo pipefail
 RUN_DIR=${1:-runs/vincie_shapes_curriculum}
 shift || true
