@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from diffusers_vincie.default_model import load_default_pipeline
+from diffusers_vincie.default_model import DEFAULT_SAMPLING, load_default_pipeline
 from diffusers_vincie.evaluation.instruction_sensitivity import (
     SENSITIVITY_SEED,
     instruction_sensitivity,
@@ -39,8 +39,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num_sessions", type=int, default=20)
     parser.add_argument("--seed", type=int, default=SENSITIVITY_SEED, help="Seed of session 0 (held out).")
     parser.add_argument("--world_config", type=Path, default=WORLD_CONFIG, help="ShapesWorld JSON of training.")
-    parser.add_argument("--num_inference_steps", type=int, default=10)
-    parser.add_argument("--guidance_scale", type=float, default=1.0)
+    parser.add_argument("--num_inference_steps", type=int, default=DEFAULT_SAMPLING["num_inference_steps"])
+    parser.add_argument("--guidance_scale", type=float, default=DEFAULT_SAMPLING["guidance_scale"],
+                        help="CFG scale (default: the shipped model's; 1 skips the negative pass).")
     parser.add_argument("--threshold", type=int, default=32, help="Per-channel change that counts a pixel.")
     parser.add_argument("--output", type=Path, default=None, help="Write the result as JSON here too.")
     args = parser.parse_args(argv)

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from diffusers_vincie.data.shapes.world import ShapesSession
-from diffusers_vincie.default_model import load_default_pipeline
+from diffusers_vincie.default_model import DEFAULT_SAMPLING, load_default_pipeline
 from diffusers_vincie.evaluation.shapes_bench import (
     BENCH_SEED,
     CHAINED_MODES,
@@ -209,8 +209,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--modes", default=",".join(CHAINED_MODES), help=f"Chained modes, from {CHAINED_MODES}.")
     parser.add_argument("--ground_truth_modes", default=",".join(GROUND_TRUTH_MODES),
                         help="Ground-truth-context modes ('' to skip).")
-    parser.add_argument("--num_inference_steps", type=int, default=10)
-    parser.add_argument("--guidance_scale", type=float, default=1.0)
+    parser.add_argument("--num_inference_steps", type=int, default=DEFAULT_SAMPLING["num_inference_steps"])
+    parser.add_argument("--guidance_scale", type=float, default=DEFAULT_SAMPLING["guidance_scale"],
+                        help="CFG scale (default: the shipped model's; 1 skips the negative pass).")
     parser.add_argument("--output_dir", type=Path, default=Path("runs/shapes_bench"))
     parser.add_argument("--label", default=None, help="Name of this run (training step for --curve).")
     parser.add_argument("--curve", type=Path, default=None, help="JSONL file to append a success-vs-steps point to.")
@@ -246,7 +247,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
                         for protocol, runs in (("chained", chained), ("ground_truth", ground_truth))
                         for mode, results in runs.items()}
     if args.context_cache_timing:
-        summary["context_cache"] = measure_context_cache(pipe, sessions[: args.context_cache_timing], sampling)
+        # Timed without CFG: the recomputing variant has no negative pass.
+        timing_sampling = dict(sampling, guidance_scale=1.0)
+        summary["context_cache"] = measure_context_cache(pipe, sessions[: args.context_cache_timing], timing_sampling)
     summary["config"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     summary["seconds"] = time.perf_counter() - start
 

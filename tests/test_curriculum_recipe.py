@@ -48,9 +48,13 @@ def test_curriculum_recipe_runs_every_phase(tmp_path):
     assert phase2_log[-1]["lr"] == phase2_log[0]["lr"]  # phase 2: constant
 
     from diffusers_vincie import VincieInContextPipeline
+    from diffusers_vincie.default_model import DEFAULT_SAMPLING
 
     pipe = VincieInContextPipeline.from_pretrained(run / "phase3" / "pipeline")
     assert pipe.block_causal and pipe.transformer.config.text_rope_mode == "per_turn"
+    # the recipe's pipeline samples as the shipped one does (guidance 2, 10 steps)
+    assert pipe.config.default_guidance_scale == DEFAULT_SAMPLING["guidance_scale"]
+    assert pipe.config.default_num_inference_steps == DEFAULT_SAMPLING["num_inference_steps"]
 
     # a longer phase 1 later: its export of step 2 is kept, not replaced, and the recipe says so (exit 2)
     longer = subprocess.run(["bash", str(RECIPE), str(run), *FLAGS],

@@ -29,6 +29,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 
+from .default_model import DEFAULT_SAMPLING
 from .utils.cli import UsageError, check_number, usage_exit
 from .utils.io import atomic_path
 
@@ -93,7 +94,8 @@ def _save(image: PIL.Image.Image, path: Path) -> None:
 
 
 def run_demo(output: str | os.PathLike, image: Optional[str] = None, instructions: Optional[Sequence[str]] = None,
-             seed: int = 0, num_inference_steps: int = 10, guidance_scale: float = 1.0,
+             seed: int = 0, num_inference_steps: int = DEFAULT_SAMPLING["num_inference_steps"],
+             guidance_scale: float = DEFAULT_SAMPLING["guidance_scale"],
              chain_of_editing: bool = False, model: Optional[str] = None) -> dict:
     """Runs the session and writes its images; returns ``{"images", "sheet", "scores", "seconds"}``.
 
@@ -169,8 +171,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--instructions", nargs="+", default=None, help="One instruction per turn.")
     parser.add_argument("--output", required=True, help="Folder for the turn images and the contact sheet.")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=10, help="Sampler steps per image.")
-    parser.add_argument("--guidance_scale", type=float, default=1.0)
+    parser.add_argument("--steps", type=int, default=DEFAULT_SAMPLING["num_inference_steps"],
+                        help="Sampler steps per image.")
+    parser.add_argument("--guidance_scale", type=float, default=DEFAULT_SAMPLING["guidance_scale"],
+                        help="CFG scale (default: the shipped model's; 1 skips the negative pass).")
     parser.add_argument("--chain_of_editing", action="store_true", help="Predict the RoE masks before each image.")
     parser.add_argument("--model", default=None, help="Pipeline folder (default: the shipped model).")
     args = parser.parse_args(argv)

@@ -9,7 +9,8 @@ The training script writes the final pipeline only at its last step; this export
 
 The folder gets the same layout and config as the training script's own export (``save_final_pipeline``):
 ``default_negative_prompt`` = the training negative prompt, ``frame_index_mode`` = the training frame index, and
-the recipe's sampling defaults (32 px, 10 steps, no CFG) as the pipeline's call defaults.
+the shipped sampling defaults (``diffusers_vincie.default_model``: 32 px, 10 steps, guidance 2) as the pipeline's call
+defaults.
 
 The text side comes from ``--text_dir`` (``text_encoder/`` and ``tokenizer/``; default ``<run_dir>/text``, the
 recipe's own; for a run started with ``INIT_FROM`` give that pipeline folder). A run with ``--train_text_encoder``
@@ -88,6 +89,7 @@ def load_checkpoint_text_encoder(checkpoint: Path, text_encoder, use_ema: bool =
 def export(run_dir: Path, checkpoint: str, output: Path, transformer_config: Path, use_ema: bool = True,
            text_dir: Path | None = None, scheduler_shift: float = 1.0) -> Path:
     """Writes the pipeline folder of ``checkpoint`` (a path, a step number or ``latest``) to ``output``."""
+    from diffusers_vincie.default_model import DEFAULT_SAMPLING, RESOLUTION
     from diffusers_vincie.training.checkpoints import find_checkpoint, list_checkpoints
     from diffusers_vincie.training.export import load_components, save_final_pipeline
     from diffusers_vincie.utils.io import write_text_atomic
@@ -111,7 +113,9 @@ def export(run_dir: Path, checkpoint: str, output: Path, transformer_config: Pat
         shutil.rmtree(staging)
     folder = save_final_pipeline(
         str(staging), transformer, components, scheduler_shift=scheduler_shift, negative_prompt="", frame_index="slots",
-        sampling_defaults=dict(default_resolution=32, default_num_inference_steps=10, default_guidance_scale=1.0),
+        sampling_defaults=dict(default_resolution=RESOLUTION,
+                               default_num_inference_steps=DEFAULT_SAMPLING["num_inference_steps"],
+                               default_guidance_scale=DEFAULT_SAMPLING["guidance_scale"]),
     )
     output.mkdir(parents=True, exist_ok=True)
     for item in folder.iterdir():  # replace only the pipeline's own entries (the target may hold other files)

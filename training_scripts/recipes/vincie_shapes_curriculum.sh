@@ -20,10 +20,11 @@
 #    the image grid at the same offsets at every turn; under the official (j, j, j) positions "add" placed the new
 #    object right in a session's first turn and wrong later). Phase 3 (RUN_DIR/phase3) continues them on new
 #    sessions (world seed 5,000,000) with phase 2's tasks and a cosine decay of the lr to 0. The pipeline is
-#    RUN_DIR/phase3/pipeline.
+#    RUN_DIR/phase3/pipeline, whose call defaults sample with guidance 2 (--validation_guidance_scale; the shipped
+#    DEFAULT_SAMPLING, chosen on validation sessions).
 #
 # PHASE1_STEPS (default 5000), PHASE2_STEPS (default 2500) and PHASE3_STEPS (default 5000) set the lengths (the
-# shipped model: arm E = phase 1, arm C3 = phase 2, arm C5 = phase 3 at its step 4,500: export --checkpoint 4500).
+# shipped model: arm E = phase 1, arm C3 = phase 2, arm C5 = phase 3; all at these defaults, so RUN_DIR/phase3/pipeline).
 # Re-running the same command resumes whichever phase is unfinished from its latest checkpoint (every 250 steps);
 # the extra flags go to every phase (e.g. --mixed_precision bf16 --train_batch_size 128 --dataloader_num_workers 8
 # on a GPU).
@@ -72,4 +73,4 @@ INIT_FROM="$RUN_DIR/phase1_export" bash "$HERE/vincie_shapes.sh" "$RUN_DIR/phase
 export_phase phase2 "$PHASE2_STEPS" phase3_init vincie_shapes_allmm_per_turn_transformer.json "$RUN_DIR/phase1_export"
 INIT_FROM="$RUN_DIR/phase3_init" bash "$HERE/vincie_shapes.sh" "$RUN_DIR/phase3" "${COMMON[@]}" \
   --mask_probability 0.1 --lr_scheduler cosine --lr_warmup_steps 100 --synthetic_world_seed 5000000 --seed 5 \
-  --max_train_steps "$PHASE3_STEPS" "$@"
+  --max_train_steps "$PHASE3_STEPS" --validation_guidance_scale 2 "$@"

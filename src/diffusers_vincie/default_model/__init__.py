@@ -6,7 +6,7 @@ The pipeline folder next to this file (``model_index.json``, ``transformer/``, `
     from diffusers_vincie.default_model import DEFAULT_MODEL, load_default_pipeline
 
     pipe = load_default_pipeline()                      # or VincieInContextPipeline.from_pretrained(DEFAULT_MODEL)
-    session = pipe.start_session(image)                 # the model's own defaults: 32 px, 10 steps, no CFG
+    session = pipe.start_session(image)                 # the model's own defaults: 32 px, 10 steps, CFG 2
     session.edit("remove the red circle")
 
 It edits 32x32 images of the synthetic shapes world (``diffusers_vincie.data.shapes.world.ShapesWorld``) with
@@ -24,8 +24,10 @@ DEFAULT_MODEL: str = str(Path(__file__).resolve().parent)
 RESOLUTION: int = 32
 """Working resolution of the model (the synthetic world's): images are resized to ``RESOLUTION**2`` pixels."""
 
-DEFAULT_SAMPLING: dict[str, Any] = {"num_inference_steps": 10, "guidance_scale": 1.0}
-"""Sampler settings the shipped numbers were measured with; also the pipeline's configured call defaults."""
+DEFAULT_SAMPLING: dict[str, Any] = {"num_inference_steps": 10, "guidance_scale": 2.0}
+"""Sampler settings the shipped numbers were measured with; also the pipeline's configured call defaults (the
+benchmarks', the demo's, the Space's and export_checkpoint.py's). Guidance 2 was chosen on validation sessions
+(docs/default_model.md, "Guidance on the phase-3 model")."""
 
 
 def load_default_pipeline(model: Optional[str] = None, **kwargs: Any):
