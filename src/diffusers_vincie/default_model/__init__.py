@@ -27,7 +27,7 @@ RESOLUTION: int = 32
 DEFAULT_SAMPLING: dict[str, Any] = {"num_inference_steps": 10, "guidance_scale": 2.0}
 """Sampler settings the shipped numbers were measured with; also the pipeline's configured call defaults (the
 benchmarks', the demo's, the Space's and export_checkpoint.py's). Guidance 2 was chosen on validation sessions
-(docs/default_model.md, "Guidance on the phase-3 model")."""
+(docs/default_model.md, "Move, a longer phase 3 and guidance")."""
 
 
 def load_default_pipeline(model: Optional[str] = None, **kwargs: Any):
