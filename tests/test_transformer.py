@@ -329,3 +329,23 @@ def test_block_causal_refuses_backends_without_masks():
             clean_context_frames(latents).flatten(0, 2), torch.tensor([[3, 4, 4]]), text, torch.tensor([len(text)]),
             torch.zeros(1), frame_order=frame_order, text_order=text_order,
         )
+
+
+def test_spatial_rope_theta_changes_only_the_spatial_axes():
+    """``spatial_rope_theta`` gives the (h, w) axes their own RoPE base; unset, every axis keeps ``rope_theta``
+    (the official frequencies), and the time axis keeps it either way."""
+    from diffusers_vincie.models.attention_vincie import VincieRotaryEmbedding
+
+    official = VincieRotaryEmbedding(12, 10000.0).inverse_frequencies()
+    assert torch.equal(official[0], official[1]) and torch.equal(official[1], official[2])
+    torch.testing.assert_close(official[0], 1.0 / 10000.0 ** (torch.arange(0, 4, 2).float() / 4))
+    spatial = VincieRotaryEmbedding(12, 10000.0, spatial_theta=30.0).inverse_frequencies()
+    assert torch.equal(spatial[0], official[0])
+    torch.testing.assert_close(spatial[1:], (1.0 / 30.0 ** (torch.arange(0, 4, 2).float() / 4)).expand(2, -1))
+
+    sess = [_session(2, 4, 4, 5)]
+    base, spatial_model = tiny_transformer(), tiny_transformer(spatial_rope_theta=30.0)
+    assert spatial_model.config.spatial_rope_theta == 30.0 and base.config.spatial_rope_theta is None
+    # same weights, different spatial frequencies: a different velocity (the rotation is really applied)
+    spatial_model.load_state_dict(base.state_dict())
+    assert not torch.allclose(_run(base, sess, [500.0])[0], _run(spatial_model, sess, [500.0])[0], atol=1e-4)

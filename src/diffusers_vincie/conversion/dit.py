@@ -211,7 +211,7 @@ def load_official_dit(
 
 def _check_rope_buffers(state: Mapping[str, torch.Tensor], config: Mapping) -> None:
     """The official ``freqs`` buffers are deterministic; refuse a checkpoint whose values differ from ours."""
-    expected = VincieRotaryEmbedding(config["rope_dim"], config["rope_theta"]).inverse_frequencies()
+    expected = VincieRotaryEmbedding(config["rope_dim"], config["rope_theta"]).inverse_frequencies()[0]
     for key, value in state.items():
         if key.endswith("attn.rope.rope.freqs") and not torch.allclose(value.float(), expected, rtol=1e-3):
             raise ValueError(f"`{key}` does not hold the standard RoPE frequencies for rope_dim={config['rope_dim']}.")

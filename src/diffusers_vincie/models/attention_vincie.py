@@ -25,17 +25,21 @@ from diffusers.models.normalization import RMSNorm
 class VincieRotaryEmbedding(nn.Module):
     """3-axis rotary embedding: ``rope_dim // 3`` dims per axis (t, h, w), interleaved pairs.
 
-    Dims beyond ``3 * (rope_dim // 3)`` of each head are left unrotated (2 of 128 in the 3B model).
+    Dims beyond ``3 * (rope_dim // 3)`` of each head are left unrotated (2 of 128 in the 3B model). The time axis
+    uses base ``theta``; the two spatial axes use ``spatial_theta`` (default ``theta``, as in the official model).
     """
 
-    def __init__(self, rope_dim: int, theta: float = 10000.0):
+    def __init__(self, rope_dim: int, theta: float = 10000.0, spatial_theta: Optional[float] = None):
         super().__init__()
         self.axis_dim, self.theta = rope_dim // 3, theta
+        self.spatial_theta = theta if spatial_theta is None else spatial_theta
 
     def inverse_frequencies(self, device=None) -> torch.Tensor:
-        """``theta^(-2j/axis_dim)`` for ``j < axis_dim/2`` in float32 (the official ``freqs`` buffer)."""
+        """``base^(-2j/axis_dim)`` for ``j < axis_dim/2`` in float32, ``(3, axis_dim/2)`` for the axes (t, h, w)
+        (each row the official ``freqs`` buffer when the bases agree)."""
         exponent = torch.arange(0, self.axis_dim, 2, device=device)[: self.axis_dim // 2].float() / self.axis_dim
-        return 1.0 / (self.theta**exponent)
+        bases = torch.tensor([self.theta, self.spatial_theta, self.spatial_theta], device=device)[:, None]
+        return 1.0 / (bases**exponent)
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``positions (N, 3)`` -> ``(cos, sin)`` of shape ``(N, 3 * axis_dim)`` in float32."""

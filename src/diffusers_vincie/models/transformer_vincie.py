@@ -223,7 +223,10 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
         mlp_hidden_size (`int`, *optional*): SwiGLU width; default the official rule (``2/3 * 4 * D`` rounded up
             to a multiple of 256, i.e. 6912 for D = 2560).
         rope_dim (`int`, defaults to 128): head dims given to RoPE; ``rope_dim // 3`` per axis (t, h, w).
-        rope_theta (`float`, defaults to 10000.0): RoPE base.
+        rope_theta (`float`, defaults to 10000.0): RoPE base (of every axis unless `spatial_rope_theta` is set).
+        spatial_rope_theta (`float`, *optional*): RoPE base of the two spatial axes (h, w); default `rope_theta`
+            (official). A small base gives a small patch grid more frequencies that tell positions apart: at base
+            10,000 and 5 frequencies per axis only two turn by more than 0.2 rad across 8 patches.
         norm_eps (`float`, defaults to 1e-5): epsilon of every RMSNorm.
         max_turns (`int`, defaults to 64): rows of the turn-index embedding table (max prompts per session).
         attention_layout (`str`, defaults to `"full"`): ``"full"`` (bidirectional over the whole session; the
@@ -260,6 +263,7 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
         max_turns: int = 64,
         attention_layout: str = "full",
         text_rope_mode: str = "diagonal",
+        spatial_rope_theta: Optional[float] = None,
     ):
         super().__init__()
         if attention_layout not in ATTENTION_LAYOUTS:
@@ -283,7 +287,7 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
         self.context_embedder = nn.Linear(text_embed_dim, dim)
         self.time_embed = VincieTimestepEmbedding(dim)
         self.turn_embedding = nn.Embedding(max_turns, text_embed_dim)
-        self.rope = VincieRotaryEmbedding(rope_dim, rope_theta)
+        self.rope = VincieRotaryEmbedding(rope_dim, rope_theta, spatial_rope_theta)
         mlp_hidden = mlp_hidden_size or swiglu_hidden_size(dim)
         self.transformer_blocks = nn.ModuleList(
             VincieTransformerBlock(
