@@ -39,11 +39,12 @@ def main() -> int:
         print("move_probe.py: --num_moves must be >= 1", file=sys.stderr)
         return 2
 
+    from shapes_bench import WORLD_CONFIG
+
     from diffusers_vincie.data.shapes.score import score_edit
     from diffusers_vincie.data.shapes.world import ShapesWorld
     from diffusers_vincie.default_model import DEFAULT_SAMPLING, load_default_pipeline
     from diffusers_vincie.evaluation.shapes_bench import ground_truth_edit
-    from shapes_bench import WORLD_CONFIG
 
     pipe = load_default_pipeline(args.model)
     sampling = dict(DEFAULT_SAMPLING)
