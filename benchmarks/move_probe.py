@@ -33,10 +33,13 @@ def main() -> int:
     parser.add_argument("--num_moves", type=int, default=60, help="Move turns to probe.")
     parser.add_argument("--seed", type=int, default=PROBE_SEED, help="Seed of the first probe session.")
     parser.add_argument("--guidance_scale", type=float, default=None, help="Default: the shipped sampling.")
+    parser.add_argument("--num_inference_steps", type=int, default=None,
+                        help="Default: the shipped sampling. 1 probes the one-step prediction from pure noise (x0 at "
+                             "t = 1, the mean the model expects), i.e. what it knows before the noise picks a cell.")
     parser.add_argument("--output", default=None, help="Optional JSON file for the counts.")
     args = parser.parse_args()
-    if args.num_moves < 1:
-        print("move_probe.py: --num_moves must be >= 1", file=sys.stderr)
+    if args.num_moves < 1 or (args.num_inference_steps is not None and args.num_inference_steps < 1):
+        print("move_probe.py: --num_moves and --num_inference_steps must be >= 1", file=sys.stderr)
         return 2
 
     from shapes_bench import WORLD_CONFIG
@@ -50,6 +53,8 @@ def main() -> int:
     sampling = dict(DEFAULT_SAMPLING)
     if args.guidance_scale is not None:
         sampling["guidance_scale"] = args.guidance_scale
+    if args.num_inference_steps is not None:
+        sampling["num_inference_steps"] = args.num_inference_steps
     config = json.loads(WORLD_CONFIG.read_text())
     world = ShapesWorld(**{**config, "op_weights": {**config.get("op_weights", {}), "move": 3.0}})
 
