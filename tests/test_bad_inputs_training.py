@@ -309,6 +309,8 @@ def test_overwrite_output_dir_starts_over_without_mixing_runs(components, run_co
         (["--synthetic_world_config", "{bad"], "--synthetic_world_config"),
         (["--synthetic_world_config", "[1, 2]"], "--synthetic_world_config"),
         (["--lr_scheduler", "cosinus"], "--lr_scheduler"),
+        (["--lr_decay_steps", "0"], "--lr_decay_steps"),
+        (["--max_train_steps", "4", "--lr_decay_steps", "3"], "--lr_decay_steps"),
         (["--adam_beta2", "1.5"], "--adam_beta2"),
         (["--scheduler_shift", "0"], "--scheduler_shift"),
         (["--report_to", "tensorbored"], "--report_to"),

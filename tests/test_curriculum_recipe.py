@@ -1,5 +1,5 @@
 """The issue-13 curriculum recipe end to end at a toy length: text side, phase 1, export, phase 2, export with the
-per-turn text positions, phase 3, pipeline."""
+per-turn text positions, phase 3, phase 4 (high-noise training times, a move-heavy world), pipeline."""
 
 import json
 import os
@@ -14,7 +14,8 @@ FLAGS = ["--train_batch_size", "2", "--checkpointing_steps", "2", "--lr_warmup_s
 
 
 def test_curriculum_recipe_runs_every_phase(tmp_path):
-    env = dict(os.environ, PHASE1_STEPS="2", PHASE2_STEPS="2", PHASE3_STEPS="2", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    env = dict(os.environ, PHASE1_STEPS="2", PHASE2_STEPS="2", PHASE3_STEPS="2", PHASE4_STEPS="2",
+               PHASE4_DECAY_STEPS="4", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     run = tmp_path / "run"
     result = subprocess.run(["bash", str(RECIPE), str(run), *FLAGS],
                             env=env, capture_output=True, text=True, timeout=600)
@@ -47,10 +48,18 @@ def test_curriculum_recipe_runs_every_phase(tmp_path):
     assert [r["step"] for r in phase3_log] == [1, 2] and phase3_log[-1]["lr"] < phase3_log[0]["lr"]
     assert phase2_log[-1]["lr"] == phase2_log[0]["lr"]  # phase 2: constant
 
+    # phase 4 starts from phase 3's pipeline and stops half-way down its cosine (2 of 4 steps: the lr is still up)
+    phase3_final = final
+    final = load_file(run / "phase4" / "pipeline" / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert any(not torch.equal(phase3_final[k], final[k]) for k in final)
+    phase4_log = [json.loads(line) for line in (run / "phase4" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in phase4_log] == [1, 2]
+    assert phase4_log[-1]["lr"] > 0.5 * phase4_log[0]["lr"] > 0 and phase4_log[-1]["lr"] > 2 * phase3_log[-1]["lr"]
+
     from diffusers_vincie import VincieInContextPipeline
     from diffusers_vincie.default_model import DEFAULT_SAMPLING
 
-    pipe = VincieInContextPipeline.from_pretrained(run / "phase3" / "pipeline")
+    pipe = VincieInContextPipeline.from_pretrained(run / "phase4" / "pipeline")
     assert pipe.block_causal and pipe.transformer.config.text_rope_mode == "per_turn"
     # the recipe's pipeline samples as the shipped one does (guidance 2, 10 steps)
     assert pipe.config.default_guidance_scale == DEFAULT_SAMPLING["guidance_scale"]

@@ -15,10 +15,11 @@ from diffusers_vincie.sequence import format_turn_prompt
 
 MAX_SHIPPED_BYTES = 25 * 2**20
 
-# Held-out sessions (seeds from 30,000,000: outside training's 1,000,000-1,999,999, 4,000,000-4,999,999 and
-# 5,000,000-5,999,999, ShapesBench's 10,000,000+ and the instruction-sensitivity sessions' 20,000,000+) whose first
-# edit has a visible instructed region: (seed, op of turn 1). The shipped model (2026-12-01, the curriculum's three
-# phases, guidance 2) changes the instructed region of 76 of the first 80 such turn-1 edits this way; these are the
+# Held-out sessions (seeds from 30,000,000: outside training's 1,000,000-1,999,999, 4,000,000-4,999,999,
+# 5,000,000-5,999,999 and 6,000,000-6,999,999, ShapesBench's 10,000,000+ and the instruction-sensitivity sessions'
+# 20,000,000+) whose first edit has a visible instructed region: (seed, op of turn 1). The shipped model (2026-12-02,
+# the curriculum's four phases, guidance 2) changes the instructed region of 77 of the first 80 such turn-1 edits
+# this way (the one before it: 76, the same cases); these are the
 # first clear case (inside > 60 and > 5x outside) of each op, so a broken load, config or sampler (noise everywhere,
 # or a copy) fails here. The op is checked so a change of the world fails too.
 CASES = ((30_000_019, "remove"), (30_000_017, "recolour"), (30_000_009, "move"), (30_000_000, "resize"),

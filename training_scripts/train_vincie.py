@@ -171,6 +171,9 @@ def add_optimization_args(parser: argparse.ArgumentParser) -> None:
                        help='One of "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", '
                             '"constant_with_warmup".')
     group.add_argument("--lr_warmup_steps", type=int, default=0)
+    group.add_argument("--lr_decay_steps", type=int, default=None,
+                       help="Length of the LR schedule (default --max_train_steps); larger stops a run part-way "
+                            "down its decay, e.g. the shipped model's phase 4 (step 1,500 of a 3,000-step cosine).")
     group.add_argument("--adam_beta1", type=float, default=0.9)
     group.add_argument("--adam_beta2", type=float, default=0.999)
     group.add_argument("--adam_weight_decay", type=float, default=0.0)
@@ -320,6 +323,7 @@ _NUMBER_FLAGS = (
     ("drop_next_mask", 0, 1, False), ("text_dropout", 0, 1, False), ("logit_std", 0, None, True),
     ("logit_mean", None, None, False), ("timestep_shift", 0, None, True), ("mode_scale", -1, 2 / (math.pi - 2), False),
     ("sensitivity_steps", 0, None, False), ("num_sensitivity_sessions", 1, None, False),
+    ("lr_decay_steps", 1, None, False),
 )
 
 
@@ -329,6 +333,9 @@ def check_number_flags(args: argparse.Namespace) -> None:
         check_number(f"--{flag}", getattr(args, flag), minimum, maximum, strict_minimum=strict)
     if args.min_turns > args.max_turns:
         raise UsageError(f"--min_turns {args.min_turns} is above --max_turns {args.max_turns}.")
+    if args.lr_decay_steps is not None and args.lr_decay_steps < args.max_train_steps:
+        raise UsageError(f"--lr_decay_steps {args.lr_decay_steps} is below --max_train_steps {args.max_train_steps} "
+                         "(past its end a cosine schedule rises again); give at least --max_train_steps.")
 
 
 def check_output_dir(args: argparse.Namespace) -> None:
@@ -556,7 +563,7 @@ def main(args: argparse.Namespace, lora=None) -> dict:
     lr_scheduler = get_scheduler(
         args.lr_scheduler, optimizer=optimizer,
         num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=args.max_train_steps * accelerator.num_processes,
+        num_training_steps=(args.lr_decay_steps or args.max_train_steps) * accelerator.num_processes,
     )
     if args.train_text_encoder:  # prepared so that checkpoints hold its weights (model_1.safetensors)
         module, text_encoder, optimizer, lr_scheduler = accelerator.prepare(

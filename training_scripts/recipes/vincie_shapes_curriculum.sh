@@ -22,9 +22,14 @@
 #    sessions (world seed 5,000,000) with phase 2's tasks and a cosine decay of the lr to 0. The pipeline is
 #    RUN_DIR/phase3/pipeline, whose call defaults sample with guidance 2 (--validation_guidance_scale; the shipped
 #    DEFAULT_SAMPLING, chosen on validation sessions).
+# 5. phase 4 (RUN_DIR/phase4) continues phase 3's pipeline on new sessions (world seed 6,000,000) with training times
+#    shifted to the high-noise end (--timestep_shift 3: t -> 3t / (1 + 2t), where a sampler starting at t = 1 decides
+#    where an object goes) and "move" three times as frequent (vincie_shapes_world_move3.json: 43% of the edits),
+#    lr 5e-4 on a cosine over PHASE4_DECAY_STEPS, stopped after PHASE4_STEPS. The pipeline is RUN_DIR/phase4/pipeline.
 #
-# PHASE1_STEPS (default 5000), PHASE2_STEPS (default 2500) and PHASE3_STEPS (default 5000) set the lengths (the
-# shipped model: arm E = phase 1, arm C3 = phase 2, arm C5 = phase 3; all at these defaults, so RUN_DIR/phase3/pipeline).
+# PHASE1_STEPS (default 5000), PHASE2_STEPS (default 2500), PHASE3_STEPS (default 5000), PHASE4_STEPS (default 1500)
+# and PHASE4_DECAY_STEPS (default 3000) set the lengths (the shipped model: arm E = phase 1, arm C3 = phase 2, arm
+# C5 = phase 3, arm P5c = phase 4; all at these defaults, so RUN_DIR/phase4/pipeline).
 # Re-running the same command resumes whichever phase is unfinished from its latest checkpoint (every 250 steps);
 # the extra flags go to every phase (e.g. --mixed_precision bf16 --train_batch_size 128 --dataloader_num_workers 8
 # on a GPU).
@@ -37,6 +42,8 @@ export HF_HUB_OFFLINE=1
 PHASE1_STEPS=${PHASE1_STEPS:-5000}
 PHASE2_STEPS=${PHASE2_STEPS:-2500}
 PHASE3_STEPS=${PHASE3_STEPS:-5000}
+PHASE4_STEPS=${PHASE4_STEPS:-1500}
+PHASE4_DECAY_STEPS=${PHASE4_DECAY_STEPS:-3000}
 COMMON=(--train_text_encoder --train_batch_size 16 --learning_rate 1e-3 --lr_scheduler constant_with_warmup
         --ema_decay 0.999 --checkpointing_steps 250 --checkpoints_total_limit 8 --sensitivity_steps 250)
 
@@ -74,3 +81,9 @@ export_phase phase2 "$PHASE2_STEPS" phase3_init vincie_shapes_allmm_per_turn_tra
 INIT_FROM="$RUN_DIR/phase3_init" bash "$HERE/vincie_shapes.sh" "$RUN_DIR/phase3" "${COMMON[@]}" \
   --mask_probability 0.1 --lr_scheduler cosine --lr_warmup_steps 100 --synthetic_world_seed 5000000 --seed 5 \
   --max_train_steps "$PHASE3_STEPS" --validation_guidance_scale 2 "$@"
+
+INIT_FROM="$RUN_DIR/phase3/pipeline" bash "$HERE/vincie_shapes.sh" "$RUN_DIR/phase4" "${COMMON[@]}" \
+  --learning_rate 5e-4 --mask_probability 0.1 --lr_scheduler cosine --lr_warmup_steps 100 --timestep_shift 3 \
+  --synthetic_world_config "$ROOT/training_scripts/configs/vincie_shapes_world_move3.json" \
+  --synthetic_world_seed 6000000 --seed 6 --max_train_steps "$PHASE4_STEPS" --lr_decay_steps "$PHASE4_DECAY_STEPS" \
+  --validation_guidance_scale 2 "$@"
