@@ -70,7 +70,7 @@ OFFLOAD_MODES = ("none", "model", "sequential")
 # instruction: what the default model knows. Photos with open-vocabulary edits suit a converted VINCIE checkpoint.
 SHAPES_EXAMPLES = [
     ["scene_1.png", "make the yellow square smaller"],
-    ["scene_2.png", "move the purple square down"],
+    ["scene_2.png", "add a big red circle at the bottom right"],
     ["scene_3.png", "change the red square to blue"],
 ]
 PHOTO_EXAMPLES = [["house.png", "add a red hat on the roof"], ["shapes.png", "change the blue circle to a green star"]]
