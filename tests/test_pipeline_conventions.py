@@ -26,6 +26,9 @@ def _kwargs(**extra):
 
 def test_text_encoded_apart_gives_identical_images(pipe, image, tmp_path):
     reference = pipe(image, PROMPTS, **_kwargs()).images
+    # the same weights in memory: embeddings from encode_prompt give exactly the images of the prompts
+    assert torch.equal(pipe(image, prompt_embeds=pipe.encode_prompt(PROMPTS)[0],
+                            negative_prompt_embeds=pipe.encode_prompt(PROMPTS)[1], **_kwargs()).images, reference)
     pipe.save_pretrained(tmp_path / "p")
     encoder_only = DiffusionPipeline.from_pretrained(tmp_path / "p", transformer=None, vae=None)
     prompt_embeds, negative = encoder_only.encode_prompt(PROMPTS)
@@ -33,7 +36,9 @@ def test_text_encoded_apart_gives_identical_images(pipe, image, tmp_path):
     editor.set_progress_bar_config(disable=True)
     assert editor.text_encoder is None and encoder_only.transformer is None
     out = editor(image, prompt_embeds=prompt_embeds, negative_prompt_embeds=negative, **_kwargs()).images
-    assert torch.equal(out, reference)
+    # reloaded weights are bitwise equal, but on some CPUs (an AMD EPYC here) the kernels round differently for
+    # tensors at other addresses (4e-6 measured); a wrong template or turn index changes the images by far more
+    torch.testing.assert_close(out, reference, atol=2e-5, rtol=0)
     with pytest.raises(ValueError, match="text_encoder=None"):
         editor(image, PROMPTS, **_kwargs())
     with pytest.raises(ValueError, match="transformer=None"):

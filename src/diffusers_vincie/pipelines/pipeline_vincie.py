@@ -223,7 +223,9 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
             format_turn_prompt(p, k, camera_prefix) if use_prompt_template else camera_prefix + p
             for k, p in enumerate(prompts)
         ]
-        prompt_embeds = self.encode_text(texts, max_sequence_length)
+        # one text per encoder call, as the session encodes them: a padded batch gives the same values only up to
+        # rounding on some CPUs (3e-6 seen on an AMD EPYC), and these embeddings must give the same images exactly
+        prompt_embeds = [self.encode_text([text], max_sequence_length)[0] for text in texts]
         negative_prompt_embeds = None
         if do_classifier_free_guidance:
             text = self.config.default_negative_prompt if negative_prompt is None else negative_prompt
