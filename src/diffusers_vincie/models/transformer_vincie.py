@@ -225,8 +225,8 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
         rope_dim (`int`, defaults to 128): head dims given to RoPE; ``rope_dim // 3`` per axis (t, h, w).
         rope_theta (`float`, defaults to 10000.0): RoPE base (of every axis unless `spatial_rope_theta` is set).
         spatial_rope_theta (`float`, *optional*): RoPE base of the two spatial axes (h, w); default `rope_theta`
-            (official). A small base gives a small patch grid more frequencies that tell positions apart: at base
-            10,000 and 5 frequencies per axis only two turn by more than 0.2 rad across 8 patches.
+            (official). A small base gives a small patch grid more frequencies that tell positions apart (the default
+            model, 5 frequencies per axis over 8 patches: at base 10,000 only two turn by more than 0.2 rad).
         norm_eps (`float`, defaults to 1e-5): epsilon of every RMSNorm.
         max_turns (`int`, defaults to 64): rows of the turn-index embedding table (max prompts per session).
         attention_layout (`str`, defaults to `"full"`): ``"full"`` (bidirectional over the whole session; the
