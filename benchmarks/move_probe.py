@@ -1,6 +1,7 @@
 """Where does a model draw the object it is told to move? (issue 13: "move" is the op the default model fails.)
 
-Held-out sessions from the training world with "move" made frequent; every move turn is edited once from its
+Held-out sessions of phase 4's training world (``vincie_shapes_world_move3.json``: the training world with "move"
+three times as frequent); every move turn is edited once from its
 ground-truth context. The output is compared with the scene re-rendered with the moved object in each cell it could
 occupy (the instructed cell, its old cell, every other free cell); the closest rendering names where the model put
 it. A model that reads the direction word puts it in the instructed cell; one that only knows "move the X" picks a
@@ -17,11 +18,13 @@ import os
 import sys
 from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+WORLD_CONFIG = Path(__file__).resolve().parents[1] / "training_scripts" / "configs" / "vincie_shapes_world_move3.json"
 
 # Far from training (0 .. 7,999,999 in the recipes) and from ShapesBench (10,000,000 + i).
 PROBE_SEED = 31_000_000
@@ -42,12 +45,11 @@ def main() -> int:
         print("move_probe.py: --num_moves and --num_inference_steps must be >= 1", file=sys.stderr)
         return 2
 
-    from shapes_bench import WORLD_CONFIG
-
     from diffusers_vincie.data.shapes.score import score_edit
     from diffusers_vincie.data.shapes.world import ShapesWorld
     from diffusers_vincie.default_model import DEFAULT_SAMPLING, load_default_pipeline
     from diffusers_vincie.evaluation.shapes_bench import ground_truth_edit
+    from diffusers_vincie.utils.io import write_text_atomic
 
     pipe = load_default_pipeline(args.model)
     sampling = dict(DEFAULT_SAMPLING)
@@ -55,15 +57,16 @@ def main() -> int:
         sampling["guidance_scale"] = args.guidance_scale
     if args.num_inference_steps is not None:
         sampling["num_inference_steps"] = args.num_inference_steps
-    config = json.loads(WORLD_CONFIG.read_text())
-    world = ShapesWorld(**{**config, "op_weights": {**config.get("op_weights", {}), "move": 3.0}})
+    world = ShapesWorld(**json.loads(WORLD_CONFIG.read_text()))
 
     counts, successes, probed, index = Counter(), 0, 0, 0
     while probed < args.num_moves:
         session = world.sample_session(args.seed + index, num_turns=5)
         index += 1
         for turn, edit in enumerate(session.edits):
-            if edit.op != "move" or probed >= args.num_moves:
+            if probed == args.num_moves:
+                break
+            if edit.op != "move":
                 continue
             output = ground_truth_edit(pipe, session, turn, "full", sampling, seed=1000 * index + turn)
             successes += score_edit(output, session, turn).success
@@ -84,8 +87,7 @@ def main() -> int:
               "sampling": sampling, **{k: counts[k] for k in ("instructed", "stayed", "elsewhere")}}
     print(json.dumps(result))
     if args.output:
-        with open(args.output, "w") as f:
-            json.dump(result, f, indent=2)
+        write_text_atomic(args.output, json.dumps(result, indent=2))
     return 0
 
 

@@ -49,9 +49,8 @@ def test_curriculum_recipe_runs_every_phase(tmp_path):
     assert phase2_log[-1]["lr"] == phase2_log[0]["lr"]  # phase 2: constant
 
     # phase 4 starts from phase 3's pipeline and stops half-way down its cosine (2 of 4 steps: the lr is still up)
-    phase3_final = final
-    final = load_file(run / "phase4" / "pipeline" / "transformer" / "diffusion_pytorch_model.safetensors")
-    assert any(not torch.equal(phase3_final[k], final[k]) for k in final)
+    phase4_final = load_file(run / "phase4" / "pipeline" / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert any(not torch.equal(final[k], phase4_final[k]) for k in final)
     phase4_log = [json.loads(line) for line in (run / "phase4" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in phase4_log] == [1, 2]
     assert phase4_log[-1]["lr"] > 0.5 * phase4_log[0]["lr"] > 0 and phase4_log[-1]["lr"] > 2 * phase3_log[-1]["lr"]
@@ -70,3 +69,12 @@ def test_curriculum_recipe_runs_every_phase(tmp_path):
                             env=dict(env, PHASE1_STEPS="3"), capture_output=True, text=True, timeout=600)
     assert longer.returncode == 2 and "phase1_export is not phase1's step 3" in longer.stderr, longer.stderr[-3000:]
     assert json.loads((run / "phase1_export" / "checkpoint.json").read_text())["checkpoint"] == "checkpoint-2"
+
+
+def test_phase4_world_is_the_training_world_with_more_moves():
+    """``vincie_shapes_world_move3.json`` repeats the training world's config; it may differ only in its op weights."""
+    configs = REPO / "training_scripts" / "configs"
+    base = json.loads((configs / "vincie_shapes_world.json").read_text())
+    move3 = json.loads((configs / "vincie_shapes_world_move3.json").read_text())
+    assert move3.pop("op_weights") == {"move": 3.0}
+    assert move3 == base

@@ -27,8 +27,9 @@ def _kwargs(**extra):
 def test_text_encoded_apart_gives_identical_images(pipe, image, tmp_path):
     reference = pipe(image, PROMPTS, **_kwargs()).images
     # the same weights in memory: embeddings from encode_prompt give exactly the images of the prompts
-    assert torch.equal(pipe(image, prompt_embeds=pipe.encode_prompt(PROMPTS)[0],
-                            negative_prompt_embeds=pipe.encode_prompt(PROMPTS)[1], **_kwargs()).images, reference)
+    in_memory, in_memory_negative = pipe.encode_prompt(PROMPTS)
+    assert torch.equal(pipe(image, prompt_embeds=in_memory, negative_prompt_embeds=in_memory_negative,
+                            **_kwargs()).images, reference)
     pipe.save_pretrained(tmp_path / "p")
     encoder_only = DiffusionPipeline.from_pretrained(tmp_path / "p", transformer=None, vae=None)
     prompt_embeds, negative = encoder_only.encode_prompt(PROMPTS)
