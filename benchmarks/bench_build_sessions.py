@@ -58,8 +58,9 @@ def build_once(folder: Path, output: Path, config, shard_size: int, frame_format
     from diffusers_vincie.data.video.build import build_sessions
 
     shutil.rmtree(output, ignore_errors=True)
-    return build_sessions([folder], output, GroundTruthAnnotator(), config=config, shard_size=shard_size,
-                          frame_format=frame_format)
+    return build_sessions(
+        [folder], output, GroundTruthAnnotator(), config=config, shard_size=shard_size, frame_format=frame_format
+    )
 
 
 def stream_rows(output: Path, cache_dir: Path) -> int:

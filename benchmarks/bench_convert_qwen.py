@@ -62,26 +62,44 @@ def write_synthetic_qwen(folder: Path, layers: int, vocab: int) -> tuple[int, in
     """Write a bf16 QWen folder, one shard per layer; returns (total bytes, largest tensor bytes)."""
     folder.mkdir(parents=True, exist_ok=True)
     config = {
-        "model_type": "qwen", "hidden_size": HIDDEN, "num_attention_heads": HEADS, "num_hidden_layers": layers,
-        "intermediate_size": 2 * INTERMEDIATE, "kv_channels": HIDDEN // HEADS, "vocab_size": vocab,
-        "layer_norm_epsilon": 1e-6, "rotary_emb_base": 10000, "rotary_pct": 1.0, "no_bias": True,
+        "model_type": "qwen",
+        "hidden_size": HIDDEN,
+        "num_attention_heads": HEADS,
+        "num_hidden_layers": layers,
+        "intermediate_size": 2 * INTERMEDIATE,
+        "kv_channels": HIDDEN // HEADS,
+        "vocab_size": vocab,
+        "layer_norm_epsilon": 1e-6,
+        "rotary_emb_base": 10000,
+        "rotary_pct": 1.0,
+        "no_bias": True,
     }
     (folder / "config.json").write_text(json.dumps(config))
 
     def rand(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, dtype=torch.bfloat16)
 
-    shards = [{"transformer.wte.weight": rand(vocab, HIDDEN), "transformer.ln_f.weight": rand(HIDDEN),
-               "lm_head.weight": rand(vocab, HIDDEN)}]
+    shards = [
+        {
+            "transformer.wte.weight": rand(vocab, HIDDEN),
+            "transformer.ln_f.weight": rand(HIDDEN),
+            "lm_head.weight": rand(vocab, HIDDEN),
+        }
+    ]
     for i in range(layers):
         p = f"transformer.h.{i}."
-        shards.append({
-            p + "ln_1.weight": rand(HIDDEN), p + "ln_2.weight": rand(HIDDEN),
-            p + "attn.c_attn.weight": rand(3 * HIDDEN, HIDDEN), p + "attn.c_attn.bias": rand(3 * HIDDEN),
-            p + "attn.c_proj.weight": rand(HIDDEN, HIDDEN),
-            p + "mlp.w1.weight": rand(INTERMEDIATE, HIDDEN), p + "mlp.w2.weight": rand(INTERMEDIATE, HIDDEN),
-            p + "mlp.c_proj.weight": rand(HIDDEN, INTERMEDIATE),
-        })
+        shards.append(
+            {
+                p + "ln_1.weight": rand(HIDDEN),
+                p + "ln_2.weight": rand(HIDDEN),
+                p + "attn.c_attn.weight": rand(3 * HIDDEN, HIDDEN),
+                p + "attn.c_attn.bias": rand(3 * HIDDEN),
+                p + "attn.c_proj.weight": rand(HIDDEN, HIDDEN),
+                p + "mlp.w1.weight": rand(INTERMEDIATE, HIDDEN),
+                p + "mlp.w2.weight": rand(INTERMEDIATE, HIDDEN),
+                p + "mlp.c_proj.weight": rand(HIDDEN, INTERMEDIATE),
+            }
+        )
     total, largest = 0, 0
     for index, shard in enumerate(shards, start=1):
         save_file(shard, folder / f"model-{index:05d}-of-{len(shards):05d}.safetensors")
@@ -92,8 +110,9 @@ def write_synthetic_qwen(folder: Path, layers: int, vocab: int) -> tuple[int, in
 
 
 def run_child(mode: str, source: Path, out: Path, dtype: str) -> dict:
-    result = subprocess.run([sys.executable, "-c", CHILD, mode, str(source), str(out), dtype],
-                            check=True, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, mode, str(source), str(out), dtype], check=True, capture_output=True, text=True
+    )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -108,18 +127,24 @@ def main() -> None:
         tmp_path = Path(tmp)
         start = time.perf_counter()
         total, largest = write_synthetic_qwen(tmp_path / "llm14b", args.layers, args.vocab)
-        print(f"synthetic checkpoint: {args.layers} layers, vocab {args.vocab}, {total / mib:.0f} MiB bf16, "
-              f"largest tensor {largest / mib:.0f} MiB (written in {time.perf_counter() - start:.1f}s)")
+        print(
+            f"synthetic checkpoint: {args.layers} layers, vocab {args.vocab}, {total / mib:.0f} MiB bf16, "
+            f"largest tensor {largest / mib:.0f} MiB (written in {time.perf_counter() - start:.1f}s)"
+        )
         results = {}
         for mode in ("streaming", "naive"):
             results[mode] = run_child(mode, tmp_path / "llm14b", tmp_path / f"out-{mode}", args.dtype)
             r = results[mode]
-            print(f"{mode:9s}: peak RSS {r['peak_kb'] / 1024:7.0f} MiB, after imports {r['after_imports_kb'] / 1024:5.0f}"
-                  f" MiB, conversion adds {(r['peak_kb'] - r['after_imports_kb']) / 1024:6.0f} MiB, {r['seconds']:.1f}s")
+            print(
+                f"{mode:9s}: peak RSS {r['peak_kb'] / 1024:7.0f} MiB, after imports {r['after_imports_kb'] / 1024:5.0f}"
+                f" MiB, conversion adds {(r['peak_kb'] - r['after_imports_kb']) / 1024:6.0f} MiB, {r['seconds']:.1f}s"
+            )
         added = {mode: (r["peak_kb"] - r["after_imports_kb"]) * 1024 for mode, r in results.items()}
-        print(f"streaming added memory / checkpoint size: {added['streaming'] / total:.2f}; "
-              f"/ largest tensor: {added['streaming'] / largest:.2f}; "
-              f"naive / streaming added memory: {added['naive'] / max(added['streaming'], 1):.1f}x")
+        print(
+            f"streaming added memory / checkpoint size: {added['streaming'] / total:.2f}; "
+            f"/ largest tensor: {added['streaming'] / largest:.2f}; "
+            f"naive / streaming added memory: {added['naive'] / max(added['streaming'], 1):.1f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -35,7 +35,9 @@ from diffusers_vincie.evaluation.shapes_bench import (
 
 
 class _InstantJudge(BaseHTTPRequestHandler):
-    reply = json.dumps({"choices": [{"message": {"content": '{"reason": "ok", "prompt_following": 9, "consistency": 9}'}}]}).encode()
+    reply = json.dumps(
+        {"choices": [{"message": {"content": '{"reason": "ok", "prompt_following": 9, "consistency": 9}'}}]}
+    ).encode()
 
     def log_message(self, *args):
         pass
@@ -63,8 +65,10 @@ def bench_session_bench(num_sessions: int, num_turns: int, size: int) -> None:
             paths = run_session_bench(editor, folder, num_sessions, num_turns, image_size=size)
             elapsed = time.perf_counter() - start
             rows = [line.split(",") for line in paths["csv"].read_text().splitlines()[1:]]
-            print(f"  {name:8s} success per turn {[row[1] for row in rows]}  total {elapsed:.2f} s "
-                  f"({1000 * elapsed / (num_sessions * num_turns):.1f} ms per generated turn, scoring included)")
+            print(
+                f"  {name:8s} success per turn {[row[1] for row in rows]}  total {elapsed:.2f} s "
+                f"({1000 * elapsed / (num_sessions * num_turns):.1f} ms per generated turn, scoring included)"
+            )
 
 
 def bench_judge_overhead(num_sessions: int, num_turns: int, size: int) -> None:
@@ -76,13 +80,20 @@ def bench_judge_overhead(num_sessions: int, num_turns: int, size: int) -> None:
         outputs.mkdir()
         sessions = []
         for i in range(num_sessions):
-            sessions.append(BenchmarkSession(str(i), PIL.Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)),
-                                        [f"edit {t}" for t in range(num_turns)]))
+            sessions.append(
+                BenchmarkSession(
+                    str(i),
+                    PIL.Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)),
+                    [f"edit {t}" for t in range(num_turns)],
+                )
+            )
             for t in range(num_turns):
                 image = PIL.Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
                 image.save(outputs / output_filename(str(i), t, i))
         client = JudgeClient(f"http://127.0.0.1:{server.server_address[1]}/v1", "stub")
-        print(f"judge overhead: {num_sessions} sessions x {num_turns} turns, {size}x{size} noise PNGs, instant stub server")
+        print(
+            f"judge overhead: {num_sessions} sessions x {num_turns} turns, {size}x{size} noise PNGs, instant stub server"
+        )
         timings = {}
         for workers in (1, 8):
             cache = Path(folder) / f"cache-{workers}"
@@ -90,7 +101,9 @@ def bench_judge_overhead(num_sessions: int, num_turns: int, size: int) -> None:
             judge_benchmark(client, sessions, outputs, cache, num_workers=workers, show_progress=False)
             timings[workers] = time.perf_counter() - start
             requests = num_sessions * num_turns
-            print(f"  {workers} worker(s): {timings[workers]:.2f} s, {1000 * timings[workers] / requests:.1f} ms per request")
+            print(
+                f"  {workers} worker(s): {timings[workers]:.2f} s, {1000 * timings[workers] / requests:.1f} ms per request"
+            )
             start = time.perf_counter()
             judge_benchmark(client, sessions, outputs, cache, num_workers=workers, show_progress=False)
             print(f"    cached rerun: {time.perf_counter() - start:.2f} s (0 requests)")

@@ -50,8 +50,13 @@ class Counters:
 def official_style(pipe, image, steps, resolution, generator):
     outputs = []
     for k in range(len(INSTRUCTIONS)):
-        result = pipe([image, *outputs], INSTRUCTIONS[: k + 1], num_inference_steps=steps, resolution=resolution,
-                      generator=generator).images[-1]
+        result = pipe(
+            [image, *outputs],
+            INSTRUCTIONS[: k + 1],
+            num_inference_steps=steps,
+            resolution=resolution,
+            generator=generator,
+        ).images[-1]
         outputs.append(result)
     return outputs
 

@@ -65,8 +65,10 @@ def measure(args, components: Path, precision: str) -> dict:
     transformer = VincieTransformer(**json.loads((CONFIG / "vincie_shapes_transformer.json").read_text()))
     module = VincieTrainingModule(transformer, args.layout).train()
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
-    text = PromptEmbeddingCache(T5EncoderModel.from_pretrained(components / "text_encoder").eval(),
-                                AutoTokenizer.from_pretrained(components / "tokenizer"))
+    text = PromptEmbeddingCache(
+        T5EncoderModel.from_pretrained(components / "text_encoder").eval(),
+        AutoTokenizer.from_pretrained(components / "tokenizer"),
+    )
     data = iter(make_loader(args, config, group_turns=True))
     tokens = data_time = total = 0.0
     patch = transformer.config.patch_size
@@ -117,14 +119,18 @@ def main():
             components = write_tiny_components(tmp, text_embed_dim=64)
             results = {p: measure(args, components, p) for p in ("fp32", "bf16")}
         for precision, r in results.items():
-            print(f"{precision:>5}: {r['tokens_per_s']:8.0f} tokens/s  {r['step_s'] * 1000:7.1f} ms/step  "
-                  f"data share {100 * r['data_share']:.1f}%")
+            print(
+                f"{precision:>5}: {r['tokens_per_s']:8.0f} tokens/s  {r['step_s'] * 1000:7.1f} ms/step  "
+                f"data share {100 * r['data_share']:.1f}%"
+            )
         print(f"bf16 / fp32 throughput: {results['bf16']['tokens_per_s'] / results['fp32']['tokens_per_s']:.2f}x")
     grouped, ungrouped = padding(args, True), padding(args, False)
-    print(f"attention padding waste: {100 * grouped['attention_padding_waste']:.1f}% with turns and masks drawn per "
-          "batch, "
-          f"{100 * ungrouped['attention_padding_waste']:.1f}% per sample; per-token layers (packed): 0.0%; "
-          f"a padded (B, max_len) layout would waste the per-sample figure in every layer")
+    print(
+        f"attention padding waste: {100 * grouped['attention_padding_waste']:.1f}% with turns and masks drawn per "
+        "batch, "
+        f"{100 * ungrouped['attention_padding_waste']:.1f}% per sample; per-token layers (packed): 0.0%; "
+        f"a padded (B, max_len) layout would waste the per-sample figure in every layer"
+    )
 
 
 if __name__ == "__main__":

@@ -20,8 +20,15 @@ from diffusers_vincie.models import VincieTransformer
 from diffusers_vincie.sequence import pack_sessions
 
 CONFIG = dict(
-    latent_channels=16, hidden_size=1024, num_attention_heads=16, attention_head_dim=64, num_layers=4,
-    num_mm_layers=2, text_embed_dim=1024, rope_dim=48, max_turns=16,
+    latent_channels=16,
+    hidden_size=1024,
+    num_attention_heads=16,
+    attention_head_dim=64,
+    num_layers=4,
+    num_mm_layers=2,
+    text_embed_dim=1024,
+    rope_dim=48,
+    max_turns=16,
 )
 
 
@@ -101,8 +108,10 @@ def main() -> None:
     )
     seconds_batch = bench_forward(model, mixed, torch.float32, args.repeats)
     seconds_single = sum(bench_forward(model, [s], torch.float32, args.repeats) for s in mixed)
-    print(f"mixed batch fp32: batched {seconds_batch * 1e3:.1f} ms vs one by one {seconds_single * 1e3:.1f} ms "
-          f"(measured overhead of batching {seconds_batch / seconds_single:.2f}x)")
+    print(
+        f"mixed batch fp32: batched {seconds_batch * 1e3:.1f} ms vs one by one {seconds_single * 1e3:.1f} ms "
+        f"(measured overhead of batching {seconds_batch / seconds_single:.2f}x)"
+    )
 
 
 def _padded_flops(model, vids, txts, seq) -> float:

@@ -101,10 +101,16 @@ def build_pipeline(tiny: bool, device: torch.device, dtype: torch.dtype) -> Vinc
         from transformers import Qwen2Config, Qwen2Model
 
         with torch.device(device):  # random weights made on the GPU: seconds, not minutes
-            encoder = Qwen2Model(Qwen2Config(
-                vocab_size=len(tokenizer), hidden_size=5120, intermediate_size=13696, num_hidden_layers=2,
-                num_attention_heads=40, num_key_value_heads=40,
-            )).eval()
+            encoder = Qwen2Model(
+                Qwen2Config(
+                    vocab_size=len(tokenizer),
+                    hidden_size=5120,
+                    intermediate_size=13696,
+                    num_hidden_layers=2,
+                    num_attention_heads=40,
+                    num_key_value_heads=40,
+                )
+            ).eval()
             config = {k: v for k, v in VINCIE_3B_CONFIG.items() if k not in ("latent_channels", "text_embed_dim")}
             transformer = tiny_transformer(16, 5120, **config)  # 3B sizes, modulation offsets random too
             autoencoder = vae(**VAE_3B).eval()
@@ -144,8 +150,11 @@ def forward_inputs(pipe, frames: int, resolution: int, device, dtype):
 def forward_section(pipe, device, dtype, tiny):
     resolution = 64 if tiny else 256
     inputs, flops = forward_inputs(pipe, 5, resolution, device, dtype)
-    peak = next((v for k, v in BF16_DENSE_PEAK.items() if k in torch.cuda.get_device_name(device)), None) \
-        if device.type == "cuda" else None
+    peak = (
+        next((v for k, v in BF16_DENSE_PEAK.items() if k in torch.cuda.get_device_name(device)), None)
+        if device.type == "cuda"
+        else None
+    )
     result = {"frames": 5, "resolution": resolution, "tflop_per_forward": round(flops / 1e12, 4), "backends": {}}
     for backend in BACKENDS:
         try:
@@ -173,7 +182,9 @@ def sessions_section(pipe, device, tiny):
         turns = []
         for instruction in INSTRUCTIONS:
             start = time.perf_counter()
-            session.edit(instruction, num_inference_steps=2 if tiny else 20, generator=torch.Generator().manual_seed(1))
+            session.edit(
+                instruction, num_inference_steps=2 if tiny else 20, generator=torch.Generator().manual_seed(1)
+            )
             synchronize(device)
             turns.append(round(time.perf_counter() - start, 3))
         entry = {"steps": 2 if tiny else 20, "seconds_per_turn": turns}
@@ -198,13 +209,16 @@ def offload_section(pipe, device, tiny):
             else:
                 pipe.to("cpu")
                 for component in (pipe.transformer, pipe.vae, pipe.text_encoder):
-                    apply_group_offloading(component, onload_device=device, offload_type="block_level",
-                                           num_blocks_per_group=1)
+                    apply_group_offloading(
+                        component, onload_device=device, offload_type="block_level", num_blocks_per_group=1
+                    )
             start = time.perf_counter()
             image = one_turn(pipe, resolution, steps, device)
-            result[name] = {"turn_seconds": round(time.perf_counter() - start, 2),
-                            "max_abs_diff_0_255": float(np.abs(image - reference).max()),
-                            "equal": bool(np.array_equal(image, reference))}
+            result[name] = {
+                "turn_seconds": round(time.perf_counter() - start, 2),
+                "max_abs_diff_0_255": float(np.abs(image - reference).max()),
+                "equal": bool(np.array_equal(image, reference)),
+            }
         except Exception as error:
             result[name] = f"failed: {type(error).__name__}: {str(error)[:300]}"
         finally:
@@ -227,9 +241,14 @@ def compile_section(pipe, device, dtype, tiny):
         compile_seconds = time.perf_counter() - start
         fast = timed(lambda: compiled(*inputs), device, 2 if tiny else 10)
         difference = (compiled(*inputs).sample.float() - model(*inputs).sample.float()).abs().max().item()
-    return {"backend": backend, "eager_ms": round(eager * 1e3, 2), "compiled_ms": round(fast * 1e3, 2),
-            "speedup": round(eager / fast, 3), "compile_seconds": round(compile_seconds, 1),
-            "max_abs_diff": difference}
+    return {
+        "backend": backend,
+        "eager_ms": round(eager * 1e3, 2),
+        "compiled_ms": round(fast * 1e3, 2),
+        "speedup": round(eager / fast, 3),
+        "compile_seconds": round(compile_seconds, 1),
+        "max_abs_diff": difference,
+    }
 
 
 def first_block_cache_section(pipe, device, tiny):
@@ -250,8 +269,13 @@ def first_block_cache_section(pipe, device, tiny):
         fast = time.perf_counter() - start
     finally:
         pipe.transformer.disable_cache()
-    return {"threshold": 0.05, "uncached_seconds": round(plain, 4), "cached_seconds": round(fast, 4),
-            "speedup": round(plain / fast, 3), "mean_abs_diff_0_255": float(np.abs(cached - reference).mean())}
+    return {
+        "threshold": 0.05,
+        "uncached_seconds": round(plain, 4),
+        "cached_seconds": round(fast, 4),
+        "speedup": round(plain / fast, 3),
+        "mean_abs_diff_0_255": float(np.abs(cached - reference).mean()),
+    }
 
 
 def main() -> int:
@@ -271,7 +295,9 @@ def main() -> int:
 
     check.results["environment"] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {os.cpu_count()} cores",
-        "torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     pipe = build_pipeline(args.tiny, device, dtype)

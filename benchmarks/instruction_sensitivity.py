@@ -40,8 +40,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=SENSITIVITY_SEED, help="Seed of session 0 (held out).")
     parser.add_argument("--world_config", type=Path, default=WORLD_CONFIG, help="ShapesWorld JSON of training.")
     parser.add_argument("--num_inference_steps", type=int, default=DEFAULT_SAMPLING["num_inference_steps"])
-    parser.add_argument("--guidance_scale", type=float, default=DEFAULT_SAMPLING["guidance_scale"],
-                        help="CFG scale (default: the shipped model's; 1 skips the negative pass).")
+    parser.add_argument(
+        "--guidance_scale",
+        type=float,
+        default=DEFAULT_SAMPLING["guidance_scale"],
+        help="CFG scale (default: the shipped model's; 1 skips the negative pass).",
+    )
     parser.add_argument("--threshold", type=int, default=32, help="Per-channel change that counts a pixel.")
     parser.add_argument("--output", type=Path, default=None, help="Write the result as JSON here too.")
     args = parser.parse_args(argv)
@@ -56,7 +60,9 @@ def main(argv: list[str] | None = None) -> dict:
     pipe = load_default_pipeline(args.model)
     start = time.perf_counter()
     result = instruction_sensitivity(
-        pipe, sessions, colours=world.get("colours", ("red", "green", "blue", "yellow", "purple")),
+        pipe,
+        sessions,
+        colours=world.get("colours", ("red", "green", "blue", "yellow", "purple")),
         shapes=world.get("shapes", ("circle", "square", "triangle")),
         sampling={"num_inference_steps": args.num_inference_steps, "guidance_scale": args.guidance_scale},
         threshold=args.threshold,
@@ -68,9 +74,11 @@ def main(argv: list[str] | None = None) -> dict:
         tmp = args.output.with_name(f".{args.output.name}.tmp")
         tmp.write_text(json.dumps(result, indent=2))
         os.replace(tmp, args.output)
-    print("| swap | colour | shape | op | noise seed |\n|---|---|---|---|---|\n"
-          f"| changed pixels (> {args.threshold}) | {result['colour']:.4f} | {result['shape']:.4f} | "
-          f"{result['op']:.4f} | {result['noise']:.4f} |")
+    print(
+        "| swap | colour | shape | op | noise seed |\n|---|---|---|---|---|\n"
+        f"| changed pixels (> {args.threshold}) | {result['colour']:.4f} | {result['shape']:.4f} | "
+        f"{result['op']:.4f} | {result['noise']:.4f} |"
+    )
     print(f"{args.num_sessions} sessions, {result['seconds']:.0f} s")
     return result
 

@@ -52,7 +52,9 @@ def count(model: str, name: str, source: str, module: nn.Module) -> Component:
     linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
     leaves = [m for m in module.modules() if not list(m.children())]
     return Component(
-        model, name, source,
+        model,
+        name,
+        source,
         parameters=sum(p.numel() for p in module.parameters()),
         linear_weights=sum(m.weight.numel() for m in linears),
         linear_rows=sum(m.out_features for m in linears),
@@ -61,19 +63,33 @@ def count(model: str, name: str, source: str, module: nn.Module) -> Component:
 
 
 # Official VINCIE-3B text encoder (llm14b/config.json, spec section 8: first-generation Qwen-14B).
-QWEN_14B = {"hidden_size": 5120, "num_attention_heads": 40, "num_hidden_layers": 40, "intermediate_size": 27392,
-            "vocab_size": 152064}
+QWEN_14B = {
+    "hidden_size": 5120,
+    "num_attention_heads": 40,
+    "num_hidden_layers": 40,
+    "intermediate_size": 27392,
+    "vocab_size": 152064,
+}
 # Official VINCIE-3B VAE on one frame as a 2D AutoencoderKL (models/vae/s8_c16_t4_inflation_sd3.yaml, spec 9).
 VAE_3B = dict(latent_channels=16, block_out_channels=(128, 256, 512, 512))
 # VINCIE-7B (configs/generate_7b.yaml of the official repository): a different model family, not converted by this
 # package yet: a 3584-wide MM-DiT with 32 heads of 128, 12 separate-weight layers, patch 1 over a 48-channel,
 # 16x VAE (models/ae/t4_s16_c48.yaml), a two-layer MLP text projection, and Flan-UL2's T5 encoder (4096 wide,
 # 32 layers, 16 heads of 256, gated-SiLU FFN of 16384, vocabulary 32128, as in the UL2 paper) instead of Qwen.
-DIT_7B = dict(latent_channels=48, hidden_size=3584, num_attention_heads=32, attention_head_dim=128, num_mm_layers=12,
-              text_embed_dim=4096, patch_size=1, rope_dim=120)
+DIT_7B = dict(
+    latent_channels=48,
+    hidden_size=3584,
+    num_attention_heads=32,
+    attention_head_dim=128,
+    num_mm_layers=12,
+    text_embed_dim=4096,
+    patch_size=1,
+    rope_dim=120,
+)
 VAE_7B = dict(latent_channels=48, block_out_channels=(128, 256, 384, 512, 768))
-UL2_ENCODER = dict(vocab_size=32128, d_model=4096, d_kv=256, d_ff=16384, num_layers=32, num_heads=16,
-                   feed_forward_proj="gated-silu")
+UL2_ENCODER = dict(
+    vocab_size=32128, d_model=4096, d_kv=256, d_ff=16384, num_layers=32, num_heads=16, feed_forward_proj="gated-silu"
+)
 
 
 def vae(latent_channels: int, block_out_channels: tuple) -> nn.Module:
@@ -81,9 +97,16 @@ def vae(latent_channels: int, block_out_channels: tuple) -> nn.Module:
 
     blocks = len(block_out_channels)
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=latent_channels, block_out_channels=block_out_channels,
-        down_block_types=("DownEncoderBlock2D",) * blocks, up_block_types=("UpDecoderBlock2D",) * blocks,
-        layers_per_block=2, norm_num_groups=32, use_quant_conv=False, use_post_quant_conv=False,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=latent_channels,
+        block_out_channels=block_out_channels,
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
+        layers_per_block=2,
+        norm_num_groups=32,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
     )
 
 

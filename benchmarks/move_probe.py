@@ -36,9 +36,13 @@ def main() -> int:
     parser.add_argument("--num_moves", type=int, default=60, help="Move turns to probe.")
     parser.add_argument("--seed", type=int, default=PROBE_SEED, help="Seed of the first probe session.")
     parser.add_argument("--guidance_scale", type=float, default=None, help="Default: the shipped sampling.")
-    parser.add_argument("--num_inference_steps", type=int, default=None,
-                        help="Default: the shipped sampling. 1 probes the one-step prediction from pure noise (x0 at "
-                             "t = 1, the mean the model expects), i.e. what it knows before the noise picks a cell.")
+    parser.add_argument(
+        "--num_inference_steps",
+        type=int,
+        default=None,
+        help="Default: the shipped sampling. 1 probes the one-step prediction from pure noise (x0 at "
+        "t = 1, the mean the model expects), i.e. what it knows before the noise picks a cell.",
+    )
     parser.add_argument("--output", default=None, help="Optional JSON file for the counts.")
     args = parser.parse_args()
     if args.num_moves < 1 or (args.num_inference_steps is not None and args.num_inference_steps < 1):
@@ -79,12 +83,22 @@ def main() -> int:
                 rendering = world.render(replace(before, objects=tuple(others) + (moved,)))
                 errors[row, col] = float(np.abs(rendering.astype(float) - output.astype(float)).mean())
             cell = min(errors, key=errors.get)
-            place = ("instructed" if cell == (edit.after.row, edit.after.col)
-                     else "stayed" if cell == (edit.before.row, edit.before.col) else "elsewhere")
+            place = (
+                "instructed"
+                if cell == (edit.after.row, edit.after.col)
+                else "stayed"
+                if cell == (edit.before.row, edit.before.col)
+                else "elsewhere"
+            )
             counts[place] += 1
             probed += 1
-    result = {"model": args.model or "default", "moves": probed, "success": successes / probed,
-              "sampling": sampling, **{k: counts[k] for k in ("instructed", "stayed", "elsewhere")}}
+    result = {
+        "model": args.model or "default",
+        "moves": probed,
+        "success": successes / probed,
+        "sampling": sampling,
+        **{k: counts[k] for k in ("instructed", "stayed", "elsewhere")},
+    }
     print(json.dumps(result))
     if args.output:
         write_text_atomic(args.output, json.dumps(result, indent=2))

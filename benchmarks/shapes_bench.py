@@ -86,9 +86,15 @@ def measure_context_cache(pipe, sessions: list[ShapesSession], sampling: dict, r
     finally:
         sampling_module.CachedContextVelocity = original
     difference = max(int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max()) for a, b in zip(cached, recomputed))
-    return {"cached_s_per_session": cached_seconds, "recomputed_s_per_session": recomputed_seconds,
-            "speedup": recomputed_seconds / cached_seconds, "max_output_difference": difference,
-            "sessions": len(sessions), "threads": torch.get_num_threads(), "guidance_scale": 1.0}
+    return {
+        "cached_s_per_session": cached_seconds,
+        "recomputed_s_per_session": recomputed_seconds,
+        "speedup": recomputed_seconds / cached_seconds,
+        "max_output_difference": difference,
+        "sessions": len(sessions),
+        "threads": torch.get_num_threads(),
+        "guidance_scale": 1.0,
+    }
 
 
 # =====================================================================================================
@@ -98,36 +104,70 @@ def measure_context_cache(pipe, sessions: list[ShapesSession], sampling: dict, r
 
 def markdown_tables(summary: dict, num_sessions: int) -> str:
     turns = len(next(iter(summary["chained"].values()))["cumulative_success"]) if summary["chained"] else 0
-    lines = [f"Chained turns (MSE-Bench protocol, stop at first failure), {num_sessions} sessions: fraction of "
-             "sessions with turns 1..k all successful.", "",
-             "| mode | " + " | ".join(f"turn {k + 1}" for k in range(turns)) + " | history turns reached (success/n) |",
-             "|---|" + "---|" * (turns + 1)]
+    lines = [
+        f"Chained turns (MSE-Bench protocol, stop at first failure), {num_sessions} sessions: fraction of "
+        "sessions with turns 1..k all successful.",
+        "",
+        "| mode | " + " | ".join(f"turn {k + 1}" for k in range(turns)) + " | history turns reached (success/n) |",
+        "|---|" + "---|" * (turns + 1),
+    ]
     for mode, row in summary["chained"].items():
         history = row["history_turns_reached"]
-        lines.append(f"| {mode} | " + " | ".join(f"{v:.3f}" for v in row["cumulative_success"])
-                     + f" | {history['success']:.3f} / {history['n']} |")
+        lines.append(
+            f"| {mode} | "
+            + " | ".join(f"{v:.3f}" for v in row["cumulative_success"])
+            + f" | {history['success']:.3f} / {history['n']} |"
+        )
     if summary["ground_truth"]:
-        lines += ["", "Ground-truth context (each turn edits the true previous frame): per-turn success.", "",
-                  "| context | " + " | ".join(f"turn {k + 1}" for k in range(turns))
-                  + " | all turns | history-dependent turns | other turns |",
-                  "|---|" + "---|" * (turns + 3)]
+        lines += [
+            "",
+            "Ground-truth context (each turn edits the true previous frame): per-turn success.",
+            "",
+            "| context | "
+            + " | ".join(f"turn {k + 1}" for k in range(turns))
+            + " | all turns | history-dependent turns | other turns |",
+            "|---|" + "---|" * (turns + 3),
+        ]
         for mode, row in summary["ground_truth"].items():
-            lines.append(f"| {mode} | " + " | ".join(f"{v:.3f}" for v in row["per_turn_success"])
-                         + "".join(f" | {row[k]['success']:.3f} (n={row[k]['n']})"
-                                   for k in ("all_turns", "history_turns", "other_turns")) + " |")
-        lines += ["", "Ground-truth context, mean scores (success needs changed-region IoU >= 0.5, object >= 0.5 and "
-                  "preserved >= 0.95 in the same turn):", "",
-                  "| context | changed-region IoU | object score | preserved |", "|---|---|---|---|"]
+            lines.append(
+                f"| {mode} | "
+                + " | ".join(f"{v:.3f}" for v in row["per_turn_success"])
+                + "".join(
+                    f" | {row[k]['success']:.3f} (n={row[k]['n']})"
+                    for k in ("all_turns", "history_turns", "other_turns")
+                )
+                + " |"
+            )
+        lines += [
+            "",
+            "Ground-truth context, mean scores (success needs changed-region IoU >= 0.5, object >= 0.5 and "
+            "preserved >= 0.95 in the same turn):",
+            "",
+            "| context | changed-region IoU | object score | preserved |",
+            "|---|---|---|---|",
+        ]
         for mode, row in summary["ground_truth"].items():
-            lines.append(f"| {mode} | {row['mean_changed_iou']:.3f} | {row['mean_object_score']:.3f} | "
-                         f"{row['mean_preserved']:.3f} |")
+            lines.append(
+                f"| {mode} | {row['mean_changed_iou']:.3f} | {row['mean_object_score']:.3f} | "
+                f"{row['mean_preserved']:.3f} |"
+            )
         ops = sorted({op for row in summary["ground_truth"].values() for op in row["per_op"]})
-        lines += ["", "Ground-truth context, success per op:", "",
-                  "| context | " + " | ".join(ops) + " |", "|---|" + "---|" * len(ops)]
+        lines += [
+            "",
+            "Ground-truth context, success per op:",
+            "",
+            "| context | " + " | ".join(ops) + " |",
+            "|---|" + "---|" * len(ops),
+        ]
         for mode, row in summary["ground_truth"].items():
-            lines.append(f"| {mode} | " + " | ".join(
-                f"{row['per_op'][op]['success']:.2f} (n={row['per_op'][op]['n']})" if op in row["per_op"] else "-"
-                for op in ops) + " |")
+            lines.append(
+                f"| {mode} | "
+                + " | ".join(
+                    f"{row['per_op'][op]['success']:.2f} (n={row['per_op'][op]['n']})" if op in row["per_op"] else "-"
+                    for op in ops
+                )
+                + " |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -164,8 +204,9 @@ def append_curve(curve: Path, label: str, summary: dict) -> None:
     """Appends one point of the success-vs-training-steps curve and re-plots it beside the file."""
     point = {"label": label}
     if "full" in summary["chained"]:
-        point["full_turn1"], point["full_turn5"] = (summary["chained"]["full"]["cumulative_success"][i]
-                                                    for i in (0, -1))
+        point["full_turn1"], point["full_turn5"] = (
+            summary["chained"]["full"]["cumulative_success"][i] for i in (0, -1)
+        )
     for mode, row in summary["ground_truth"].items():
         point[f"gt_{mode}_all"] = row["all_turns"]["success"]
         point[f"gt_{mode}_history"] = row["history_turns"]["success"]
@@ -182,9 +223,10 @@ def append_curve(curve: Path, label: str, summary: dict) -> None:
     steps = [float(p["label"]) for p in points]
     keys = sorted({k for p in points for k in p} - {"label"})
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, chosen, title in ((axes[0], [k for k in keys if not k.endswith(_MEAN_SUFFIXES)],
-                               "success"),
-                              (axes[1], [k for k in keys if k.endswith(_MEAN_SUFFIXES)], "mean scores (ground truth)")):
+    for ax, chosen, title in (
+        (axes[0], [k for k in keys if not k.endswith(_MEAN_SUFFIXES)], "success"),
+        (axes[1], [k for k in keys if k.endswith(_MEAN_SUFFIXES)], "mean scores (ground truth)"),
+    ):
         for key in chosen:
             ax.plot(steps, [p.get(key, float("nan")) for p in points], marker="o", label=key)
         ax.set(xlabel="training steps", title=title, ylim=(0, 1))
@@ -208,16 +250,25 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--num_turns", type=int, default=5)
     parser.add_argument("--seed", type=int, default=BENCH_SEED, help="Seed of session 0 (held out from training).")
     parser.add_argument("--modes", default=",".join(CHAINED_MODES), help=f"Chained modes, from {CHAINED_MODES}.")
-    parser.add_argument("--ground_truth_modes", default=",".join(GROUND_TRUTH_MODES),
-                        help="Ground-truth-context modes ('' to skip).")
+    parser.add_argument(
+        "--ground_truth_modes", default=",".join(GROUND_TRUTH_MODES), help="Ground-truth-context modes ('' to skip)."
+    )
     parser.add_argument("--num_inference_steps", type=int, default=DEFAULT_SAMPLING["num_inference_steps"])
-    parser.add_argument("--guidance_scale", type=float, default=DEFAULT_SAMPLING["guidance_scale"],
-                        help="CFG scale (default: the shipped model's; 1 skips the negative pass).")
+    parser.add_argument(
+        "--guidance_scale",
+        type=float,
+        default=DEFAULT_SAMPLING["guidance_scale"],
+        help="CFG scale (default: the shipped model's; 1 skips the negative pass).",
+    )
     parser.add_argument("--output_dir", type=Path, default=Path("runs/shapes_bench"))
     parser.add_argument("--label", default=None, help="Name of this run (training step for --curve).")
     parser.add_argument("--curve", type=Path, default=None, help="JSONL file to append a success-vs-steps point to.")
-    parser.add_argument("--context_cache_timing", type=int, default=0,
-                        help="Also time N sessions with the context cache vs recomputing the context each step.")
+    parser.add_argument(
+        "--context_cache_timing",
+        type=int,
+        default=0,
+        help="Also time N sessions with the context cache vs recomputing the context each step.",
+    )
     args = parser.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]
     gt_modes = [m for m in args.ground_truth_modes.split(",") if m]
@@ -244,9 +295,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
     chained = {mode: run_chained(pipe, sessions, mode, sampling) for mode in modes}
     ground_truth = {mode: run_ground_truth(pipe, sessions, mode, sampling) for mode in gt_modes}
     summary = summarize(chained, ground_truth, args.num_turns)
-    summary["turns"] = {f"{protocol}/{mode}": [[asdict(score) for score in scores] for scores in results]
-                        for protocol, runs in (("chained", chained), ("ground_truth", ground_truth))
-                        for mode, results in runs.items()}
+    summary["turns"] = {
+        f"{protocol}/{mode}": [[asdict(score) for score in scores] for scores in results]
+        for protocol, runs in (("chained", chained), ("ground_truth", ground_truth))
+        for mode, results in runs.items()
+    }
     if args.context_cache_timing:
         summary["context_cache"] = measure_context_cache(pipe, sessions[: args.context_cache_timing], sampling)
     summary["config"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
@@ -256,8 +309,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
     tables = markdown_tables(summary, args.num_sessions)
     for name, text in (("results.json", json.dumps(summary, indent=2)), ("results.md", tables)):
         write_text_atomic(args.output_dir / name, text)
-    plot(summary, args.output_dir / "shapes_bench.png",
-         f"ShapesBench, {args.num_sessions} sessions" + (f" ({args.label})" if args.label else ""))
+    plot(
+        summary,
+        args.output_dir / "shapes_bench.png",
+        f"ShapesBench, {args.num_sessions} sessions" + (f" ({args.label})" if args.label else ""),
+    )
     if args.curve is not None:
         append_curve(args.curve, args.label or "0", summary)
     print(tables)

@@ -40,8 +40,10 @@ def pytest_collection_modifyitems(config, items):
             seen.add(name)
             item.add_marker(pytest.mark.skip(reason=f"EXCLUDED: {EXCLUDED[name]}"))
     unknown = set(EXCLUDED) - seen
-    whole_run = not config.option.keyword and not config.option.markexpr and all(
-        arg.rstrip("/").endswith("conformance") for arg in config.args
+    whole_run = (
+        not config.option.keyword
+        and not config.option.markexpr
+        and all(arg.rstrip("/").endswith("conformance") for arg in config.args)
     )
     if unknown and whole_run:  # an exclusion that matches nothing is stale: say so instead of keeping it
         raise pytest.UsageError(f"conformance/conftest.py: EXCLUDED names no collected test: {sorted(unknown)}")

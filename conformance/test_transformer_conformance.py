@@ -49,8 +49,15 @@ class VincieTransformerTesterConfig(BaseModelTesterConfig):
 
     def get_init_dict(self):
         return dict(
-            latent_channels=LATENT_CHANNELS, hidden_size=32, num_attention_heads=2, attention_head_dim=16,
-            num_layers=2, num_mm_layers=1, text_embed_dim=TEXT_DIM, rope_dim=12, max_turns=8,
+            latent_channels=LATENT_CHANNELS,
+            hidden_size=32,
+            num_attention_heads=2,
+            attention_head_dim=16,
+            num_layers=2,
+            num_mm_layers=1,
+            text_embed_dim=TEXT_DIM,
+            rope_dim=12,
+            max_turns=8,
         )
 
     def get_dummy_inputs(self):
@@ -58,13 +65,19 @@ class VincieTransformerTesterConfig(BaseModelTesterConfig):
         videos, texts, turn_ids = [], [], []
         for shape, turn_lengths in SESSIONS:
             videos.append(torch.randn(*shape, 2 * LATENT_CHANNELS + 1, generator=g))
-            text = session_text([torch.randn(n, TEXT_DIM, generator=g) for n in turn_lengths], range(len(turn_lengths)))
+            text = session_text(
+                [torch.randn(n, TEXT_DIM, generator=g) for n in turn_lengths], range(len(turn_lengths))
+            )
             texts.append(text.states)
             turn_ids.append(text.turn_ids)
         hidden_states, video_shapes, encoder_hidden_states, text_lengths = pack_sessions(videos, texts)
         return dict(
-            hidden_states=hidden_states, video_shapes=video_shapes, encoder_hidden_states=encoder_hidden_states,
-            text_lengths=text_lengths, timestep=torch.tensor([500.0, 250.0]), text_turn_ids=torch.cat(turn_ids),
+            hidden_states=hidden_states,
+            video_shapes=video_shapes,
+            encoder_hidden_states=encoder_hidden_states,
+            text_lengths=text_lengths,
+            timestep=torch.tensor([500.0, 250.0]),
+            text_turn_ids=torch.cat(turn_ids),
         )
 
 
@@ -110,7 +123,9 @@ class TestVincieTransformerMagCache(VincieTransformerTesterConfig, MagCacheTeste
     pass
 
 
-class TestVincieTransformerPyramidAttentionBroadcast(VincieTransformerTesterConfig, PyramidAttentionBroadcastTesterMixin):
+class TestVincieTransformerPyramidAttentionBroadcast(
+    VincieTransformerTesterConfig, PyramidAttentionBroadcastTesterMixin
+):
     pass
 
 

@@ -44,15 +44,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", help="video files, folders (recursive) and .txt lists of videos")
     parser.add_argument("--output", required=True, help="dataset folder to create or resume")
-    parser.add_argument("--annotator", choices=("ground_truth", "vlm"), default="vlm",
-                        help="ground_truth: synthetic-video sidecars; vlm: a transformers chat model")
+    parser.add_argument(
+        "--annotator",
+        choices=("ground_truth", "vlm"),
+        default="vlm",
+        help="ground_truth: synthetic-video sidecars; vlm: a transformers chat model",
+    )
     parser.add_argument("--vlm-model", default=None, help="image-text-to-text model for --annotator vlm")
     parser.add_argument("--max-attempts", type=int, default=3, help="VLM tries per transition before rejecting it")
     parser.add_argument("--max-new-tokens", type=int, default=512, help="VLM generation budget per try")
     parser.add_argument("--vlm-batch-size", type=int, default=8, help="transitions per VLM generate call")
     parser.add_argument("--detector", default=DEFAULT_DETECTOR, help="GroundingDINO checkpoint for RoE masks")
     parser.add_argument("--segmenter", default=DEFAULT_SEGMENTER, help="SAM2 checkpoint for RoE masks")
-    parser.add_argument("--no-regions", action="store_true", help="store null masks instead of running GroundingDINO+SAM2")
+    parser.add_argument(
+        "--no-regions", action="store_true", help="store null masks instead of running GroundingDINO+SAM2"
+    )
     parser.add_argument("--strategy", choices=SAMPLING_STRATEGIES, default="hybrid", help="frame sampling strategy")
     parser.add_argument("--interval", type=float, default=3.0, help="seconds between frames (equal_interval, hybrid)")
     parser.add_argument("--min-frames", type=int, default=2, help="fewest frames per session")
@@ -62,8 +68,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scene-threshold", type=float, default=0.3, help="thumbnail difference counted as a cut")
     parser.add_argument("--max-side", type=int, default=None, help="downscale frames larger than this (pixels)")
     parser.add_argument("--shard-size", type=int, default=64, help="sessions per parquet shard")
-    parser.add_argument("--frame-format", choices=("png", "jpeg"), default="png",
-                        help="frames as lossless PNG or JPEG q95 (faster to write); masks are always PNG")
+    parser.add_argument(
+        "--frame-format",
+        choices=("png", "jpeg"),
+        default="png",
+        help="frames as lossless PNG or JPEG q95 (faster to write); masks are always PNG",
+    )
     parser.add_argument("--encode-workers", type=int, default=2, help="threads encoding images in the background")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every rejected transition")
     return parser.parse_args(argv)
@@ -73,8 +83,10 @@ def sampling_config(args: argparse.Namespace) -> SamplingConfig:
     """The checked arguments' sampling settings; raises :class:`UsageError` naming the flag, before any video is
     opened or any model loaded."""
     if args.annotator == "vlm" and not args.vlm_model:
-        raise UsageError("--annotator vlm needs --vlm-model (e.g. Qwen/Qwen2.5-VL-7B-Instruct); "
-                         "use --annotator ground_truth for synthetic videos")
+        raise UsageError(
+            "--annotator vlm needs --vlm-model (e.g. Qwen/Qwen2.5-VL-7B-Instruct); "
+            "use --annotator ground_truth for synthetic videos"
+        )
     for flag in ("max_attempts", "max_new_tokens", "vlm_batch_size", "shard_size", "encode_workers"):
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}.")
@@ -82,13 +94,19 @@ def sampling_config(args: argparse.Namespace) -> SamplingConfig:
         raise UsageError(f"--frame-format must be one of {FRAME_FORMATS}, got {args.frame_format!r}.")
     try:
         config = SamplingConfig(
-            strategy=args.strategy, interval=args.interval, min_frames=args.min_frames, max_frames=args.max_frames,
-            seed=args.seed, scene_cuts=args.scene_cuts, scene_threshold=args.scene_threshold,
+            strategy=args.strategy,
+            interval=args.interval,
+            min_frames=args.min_frames,
+            max_frames=args.max_frames,
+            seed=args.seed,
+            scene_cuts=args.scene_cuts,
+            scene_threshold=args.scene_threshold,
             max_side=args.max_side,
         )
     except ValueError as error:  # its messages name the setting; the flag is the same word with dashes
-        raise UsageError(f"bad sampling flags (--interval, --min-frames, --max-frames, --scene-threshold, "
-                         f"--max-side): {error}") from error
+        raise UsageError(
+            f"bad sampling flags (--interval, --min-frames, --max-frames, --scene-threshold, --max-side): {error}"
+        ) from error
     try:
         videos = list_videos(args.inputs)
     except (FileNotFoundError, ValueError) as error:
@@ -114,14 +132,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         annotator = GroundTruthAnnotator()  # exact masks: no region models needed
     else:
         annotator = VLMAnnotator.from_pretrained(
-            args.vlm_model, device=device, max_attempts=args.max_attempts, max_new_tokens=args.max_new_tokens,
+            args.vlm_model,
+            device=device,
+            max_attempts=args.max_attempts,
+            max_new_tokens=args.max_new_tokens,
             batch_size=args.vlm_batch_size,
         )
         if not args.no_regions:
             region_masker = RegionMasker.from_pretrained(args.detector, args.segmenter, device=device)
     summary = build_sessions(
-        args.inputs, args.output, annotator, config=config, region_masker=region_masker, shard_size=args.shard_size,
-        encode_workers=args.encode_workers, frame_format=args.frame_format,
+        args.inputs,
+        args.output,
+        annotator,
+        config=config,
+        region_masker=region_masker,
+        shard_size=args.shard_size,
+        encode_workers=args.encode_workers,
+        frame_format=args.frame_format,
     )
     if state.is_main_process:
         print(

@@ -38,9 +38,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-_BOUNDS = {"num_videos": (1, None), "num_turns": (1, None), "world_resolution": (8, None), "resolution": (16, None),
-           "fps": (1, None), "seconds_per_turn": (0, None), "transition_fraction": (0, 1), "pan_weight": (0, None),
-           "max_objects": (1, None), "crf": (0, 51)}
+_BOUNDS = {
+    "num_videos": (1, None),
+    "num_turns": (1, None),
+    "world_resolution": (8, None),
+    "resolution": (16, None),
+    "fps": (1, None),
+    "seconds_per_turn": (0, None),
+    "transition_fraction": (0, 1),
+    "pan_weight": (0, None),
+    "max_objects": (1, None),
+    "crf": (0, 51),
+}
 
 
 def build_world(args: argparse.Namespace) -> ShapesWorld:
@@ -54,8 +63,9 @@ def build_world(args: argparse.Namespace) -> ShapesWorld:
     if args.output_dir.exists() and not args.output_dir.is_dir():
         raise UsageError(f"--output-dir {args.output_dir} is a file; give a folder.")
     try:
-        return ShapesWorld(resolution=args.world_resolution, max_objects=args.max_objects,
-                              op_weights={"pan": args.pan_weight})
+        return ShapesWorld(
+            resolution=args.world_resolution, max_objects=args.max_objects, op_weights={"pan": args.pan_weight}
+        )
     except ValueError as error:  # the world's own checks name its argument
         raise UsageError(f"bad world flags: {error}") from error
 

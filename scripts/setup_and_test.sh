@@ -14,6 +14,7 @@ python -m pip install --quiet -e ".[test]" --constraint <(echo "torch==2.13.0")
 bash scripts/install_chromium.sh  # Debian's chromium for the Space's real-browser test
 python -m pip install --quiet "ruff==0.17.6"
 python -m ruff check .  # lint as diffusers (pyproject.toml [tool.ruff])
+python -m ruff format --check .  # formatted as diffusers (ruff format, line length 119)
 
 if [ ! -f "$VINCIE_OFFICIAL_FIXTURES/dit_official.safetensors" ]; then
     echo "ERROR: official parity fixtures not found at $VINCIE_OFFICIAL_FIXTURES" >&2

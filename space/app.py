@@ -138,18 +138,28 @@ def load_model() -> LoadedModel:
         )
 
         model = LoadedModel(
-            load_default_pipeline(), "VINCIE-Shapes, the default model shipped with diffusers-vincie",
+            load_default_pipeline(),
+            "VINCIE-Shapes, the default model shipped with diffusers-vincie",
             note=f"It edits {RESOLUTION}x{RESOLUTION} scenes of a synthetic shapes world with that world's "
             "instructions (try the examples); set `VINCIE_MODEL` to a converted VINCIE checkpoint for photos.",
-            steps=DEFAULT_SAMPLING["num_inference_steps"], guidance=DEFAULT_SAMPLING["guidance_scale"],
-            resolution=RESOLUTION, examples=SHAPES_EXAMPLES,
+            steps=DEFAULT_SAMPLING["num_inference_steps"],
+            guidance=DEFAULT_SAMPLING["guidance_scale"],
+            resolution=RESOLUTION,
+            examples=SHAPES_EXAMPLES,
         )
     else:
         from diffusers_vincie.testing import tiny_pipeline
 
         reason = "`VINCIE_SPACE_TINY=1`" if os.environ.get("VINCIE_SPACE_TINY") == "1" else "no default model shipped"
-        model = LoadedModel(tiny_pipeline(), "tiny random pipeline", is_random=True, note=reason, steps=4,
-                            resolution=64, examples=SHAPES_EXAMPLES)
+        model = LoadedModel(
+            tiny_pipeline(),
+            "tiny random pipeline",
+            is_random=True,
+            note=reason,
+            steps=4,
+            resolution=64,
+            examples=SHAPES_EXAMPLES,
+        )
     place(model, device, offload)
     return model
 
@@ -342,7 +352,10 @@ def same_source(session: VincieEditingSession, image: PIL.Image.Image) -> bool:
 
 def history_items(session: VincieEditingSession) -> list:
     """Gallery items ``(image, caption)``: the source, then one per turn."""
-    return [(image, "0 · source" if k == 0 else f"{k} · {instruction}") for k, (instruction, image) in enumerate(session.history)]
+    return [
+        (image, "0 · source" if k == 0 else f"{k} · {instruction}")
+        for k, (instruction, image) in enumerate(session.history)
+    ]
 
 
 def mask_items(session: VincieEditingSession) -> list:
@@ -389,7 +402,15 @@ def render(state: Optional[EditorState], note: str = "") -> tuple:
     session = state.session
     turns = len(session.turns)
     status = f"Branch {state.active + 1} of {len(state.branches)} · {plural(turns, 'turn')}. {note}".strip()
-    return state, session.history[-1][1], history_items(session), mask_items(session), branch_choices(state), turns, status
+    return (
+        state,
+        session.history[-1][1],
+        history_items(session),
+        mask_items(session),
+        branch_choices(state),
+        turns,
+        status,
+    )
 
 
 def current_canvas(state: Optional[EditorState]) -> dict:
@@ -424,7 +445,9 @@ def write_session_zip(session: VincieEditingSession, path: Path, model_name: str
         add(session.sources[0].image, "source.png")
         for k, turn in enumerate(session.turns, start=1):
             masks = [add(m, f"turn_{k}_mask_{w}.png") for w, m in zip(("current", "next"), turn.masks or ())]
-            record["turns"].append({"turn": k, "instruction": turn.instruction, "image": add(turn.image, f"turn_{k}.png"), "masks": masks})
+            record["turns"].append(
+                {"turn": k, "instruction": turn.instruction, "image": add(turn.image, f"turn_{k}.png"), "masks": masks}
+            )
         archive.writestr("session.json", json.dumps(record, indent=2))
     os.replace(tmp, path)
     return path
@@ -455,7 +478,9 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
     def negative(text: Optional[str]) -> str:
         text = (text or "").strip()
         if len(text) > MAX_INSTRUCTION_CHARS * 4:
-            raise gr.Error(f"The negative prompt has {len(text)} characters; keep it under {MAX_INSTRUCTION_CHARS * 4}.")
+            raise gr.Error(
+                f"The negative prompt has {len(text)} characters; keep it under {MAX_INSTRUCTION_CHARS * 4}."
+            )
         return text
 
     def edit_seconds(image, instruction, steps, guidance, seed, resolution, chain, state, *rest, **options) -> int:
@@ -468,8 +493,13 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
         """Checks the inputs, starts a session when needed, then runs ``turn(session, sampling)`` for one turn."""
         instruction = check_instruction(instruction)
         steps, seed, resolution = check_settings(model, steps, seed, resolution)
-        sampling = dict(num_inference_steps=steps, guidance_scale=float(guidance), generator=generator(seed),
-                        negative_prompt=negative(negative_prompt), callback_on_step_end=call_deadline())
+        sampling = dict(
+            num_inference_steps=steps,
+            guidance_scale=float(guidance),
+            generator=generator(seed),
+            negative_prompt=negative(negative_prompt),
+            callback_on_step_end=call_deadline(),
+        )
         if image is None and state is None:
             raise gr.Error("Upload an image (or pick an example) to start a session.")
         note = ""
@@ -484,8 +514,19 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
         return render(state, note)
 
     @on_gpu(duration=edit_seconds)
-    def edit(image, instruction, steps, guidance, seed, resolution, chain, state, negative_prompt=None, region=None,
-             progress=gr.Progress(track_tqdm=True)):
+    def edit(
+        image,
+        instruction,
+        steps,
+        guidance,
+        seed,
+        resolution,
+        chain,
+        state,
+        negative_prompt=None,
+        region=None,
+        progress=gr.Progress(track_tqdm=True),
+    ):
         def turn(session, sampling):
             mask = drawn_mask(region, session.reference_size)  # controllable editing: the user's region
             session.edit(instruction, chain_of_editing=bool(chain), current_mask=mask, **sampling)
@@ -496,14 +537,34 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
         return edit_seconds(image, instruction, steps, guidance, seed, resolution, True, state)
 
     @on_gpu(duration=drag_seconds)
-    def drag(image, instruction, steps, guidance, seed, resolution, state, negative_prompt=None, region=None,
-             move_x=0.0, move_y=0.0, scale=1.0, rotate=0.0, progress=gr.Progress(track_tqdm=True)):
+    def drag(
+        image,
+        instruction,
+        steps,
+        guidance,
+        seed,
+        resolution,
+        state,
+        negative_prompt=None,
+        region=None,
+        move_x=0.0,
+        move_y=0.0,
+        scale=1.0,
+        rotate=0.0,
+        progress=gr.Progress(track_tqdm=True),
+    ):
         def turn(session, sampling):
             size = session.reference_size
             translate = (float(move_x) / 100 * size[0], float(move_y) / 100 * size[1])
             mask = drawn_mask(region, size)  # none drawn: the model predicts the region
-            session.drag(instruction, translate, float(scale), float(rotate),
-                         current_mask=PREDICT if mask is None else mask, **sampling)
+            session.drag(
+                instruction,
+                translate,
+                float(scale),
+                float(rotate),
+                current_mask=PREDICT if mask is None else mask,
+                **sampling,
+            )
 
         return run_turn(image, instruction, steps, guidance, seed, resolution, state, negative_prompt, turn)
 
@@ -560,7 +621,9 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
         return int(min(GPU_SECONDS_MAX, sum(per_turn)))
 
     @on_gpu(duration=story_seconds)
-    def story(image, text, steps, guidance, seed, resolution, negative_prompt=None, progress=gr.Progress(track_tqdm=True)):
+    def story(
+        image, text, steps, guidance, seed, resolution, negative_prompt=None, progress=gr.Progress(track_tqdm=True)
+    ):
         lines = story_lines(text)
         steps, seed, resolution = check_settings(model, steps, seed, resolution)
         if image is None:
@@ -568,16 +631,23 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
         session = pipe.start_session(image, resolution=resolution, generator=generator(seed))
         deadline = call_deadline()  # for the whole story
         for line in lines:  # one session: every frame sees the earlier frames and instructions
-            session.edit(line, num_inference_steps=steps, guidance_scale=float(guidance), generator=generator(seed),
-                         negative_prompt=negative(negative_prompt), callback_on_step_end=deadline)
+            session.edit(
+                line,
+                num_inference_steps=steps,
+                guidance_scale=float(guidance),
+                generator=generator(seed),
+                negative_prompt=negative(negative_prompt),
+                callback_on_step_end=deadline,
+            )
         return history_items(session)
 
     def compose_seconds(files, prompt, steps, guidance, seed, resolution, *rest, **options) -> int:
         return gpu_seconds(steps, len(files or ()) + 1, resolution, 2 if guidance != 1 else 1)
 
     @on_gpu(duration=compose_seconds)
-    def compose(files, prompt, steps, guidance, seed, resolution, negative_prompt=None,
-                progress=gr.Progress(track_tqdm=True)):
+    def compose(
+        files, prompt, steps, guidance, seed, resolution, negative_prompt=None, progress=gr.Progress(track_tqdm=True)
+    ):
         files = list(files or [])
         limit = min(MAX_REFERENCES, pipe.transformer.config.max_turns - 1)
         if not 2 <= len(files) <= limit:
@@ -590,8 +660,14 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
             prompt = f"Based on {refs}. Output <IMG{len(images)}>: {prompt}"
         prompts = [f"<IMG{k}>: " for k in range(1, len(images))] + [prompt]
         output = pipe(
-            images, prompts, use_prompt_template=False, num_inference_steps=steps, guidance_scale=float(guidance),
-            generator=generator(seed), resolution=resolution, negative_prompt=negative(negative_prompt),
+            images,
+            prompts,
+            use_prompt_template=False,
+            num_inference_steps=steps,
+            guidance_scale=float(guidance),
+            generator=generator(seed),
+            resolution=resolution,
+            negative_prompt=negative(negative_prompt),
             callback_on_step_end=call_deadline(),
         )
         return output.images[0]
@@ -613,51 +689,102 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
         with gr.Tab("Edit"):
             with gr.Row():
                 with gr.Column():
-                    image = checked_image(label="Source image", sources=["upload", "clipboard"], height=300, elem_id="source")
-                    instruction = gr.Textbox(label="Instruction", placeholder=f"e.g. {model.examples[0][1]}", max_length=MAX_INSTRUCTION_CHARS, elem_id="instruction")
+                    image = checked_image(
+                        label="Source image", sources=["upload", "clipboard"], height=300, elem_id="source"
+                    )
+                    instruction = gr.Textbox(
+                        label="Instruction",
+                        placeholder=f"e.g. {model.examples[0][1]}",
+                        max_length=MAX_INSTRUCTION_CHARS,
+                        elem_id="instruction",
+                    )
                     gr.Examples(
-                        [[str(EXAMPLES_DIR / name), text] for name, text in model.examples], inputs=[image, instruction],
+                        [[str(EXAMPLES_DIR / name), text] for name, text in model.examples],
+                        inputs=[image, instruction],
                         label="Examples",
                     )
-                    chain = gr.Checkbox(False, label="Chain of editing: predict the regions to edit first (shown below)", elem_id="chain")
+                    chain = gr.Checkbox(
+                        False,
+                        label="Chain of editing: predict the regions to edit first (shown below)",
+                        elem_id="chain",
+                    )
                     with gr.Row():
                         edit_button = gr.Button("Edit", variant="primary", elem_id="edit")
                         undo_button = gr.Button("Undo", elem_id="undo")
                         reset_button = gr.Button("Reset", elem_id="reset")
                     with gr.Accordion("Advanced settings", open=False, elem_id="advanced"):
-                        steps = named_bounds(gr.Slider(1, MAX_STEPS, value=min(model.steps, MAX_STEPS), step=1, label="Steps"))
-                        guidance = named_bounds(gr.Slider(1.0, 15.0, value=model.guidance, step=0.5, label="Guidance scale (1 = no CFG)"))
-                        negative_prompt = gr.Textbox(pipe.config.default_negative_prompt, label="Negative prompt (used when guidance > 1)", lines=2, max_length=MAX_INSTRUCTION_CHARS * 4, elem_id="negative")
+                        steps = named_bounds(
+                            gr.Slider(1, MAX_STEPS, value=min(model.steps, MAX_STEPS), step=1, label="Steps")
+                        )
+                        guidance = named_bounds(
+                            gr.Slider(1.0, 15.0, value=model.guidance, step=0.5, label="Guidance scale (1 = no CFG)")
+                        )
+                        negative_prompt = gr.Textbox(
+                            pipe.config.default_negative_prompt,
+                            label="Negative prompt (used when guidance > 1)",
+                            lines=2,
+                            max_length=MAX_INSTRUCTION_CHARS * 4,
+                            elem_id="negative",
+                        )
                         seed = named_bounds(gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed"))
-                        resolution = named_bounds(gr.Slider(
-                            pipe.size_multiple, model.max_resolution, value=min(model.resolution, model.max_resolution),
-                            step=pipe.size_multiple, label=f"Resolution (area, applies to a new session; at most {model.max_resolution} for this model)",
-                        ))
+                        resolution = named_bounds(
+                            gr.Slider(
+                                pipe.size_multiple,
+                                model.max_resolution,
+                                value=min(model.resolution, model.max_resolution),
+                                step=pipe.size_multiple,
+                                label=f"Resolution (area, applies to a new session; at most {model.max_resolution} for this model)",
+                            )
+                        )
                 with gr.Column():
-                    result = gr.Image(label="Result", type="pil", interactive=False, format="png", height=420, elem_id="result")
+                    result = gr.Image(
+                        label="Result", type="pil", interactive=False, format="png", height=420, elem_id="result"
+                    )
                     status = gr.Markdown("Upload an image and type an instruction.", label="status", elem_id="status")
-                    with gr.Accordion("Region: paint where to edit, or what to drag", open=False, elem_id="region-panel"):
+                    with gr.Accordion(
+                        "Region: paint where to edit, or what to drag", open=False, elem_id="region-panel"
+                    ):
                         gr.Markdown(
                             "*Edit* changes only the painted region (controllable editing). *Drag* moves the painted "
                             "region (or, with nothing painted, the region the model predicts) as set below and "
                             "regenerates the image."
                         )
                         region = gr.ImageEditor(
-                            type="pil", sources=(), transforms=(), layers=False, format="png", height=300,
+                            type="pil",
+                            sources=(),
+                            transforms=(),
+                            layers=False,
+                            format="png",
+                            height=300,
                             brush=gr.Brush(colors=["#ff3366"], color_mode="fixed", default_size=24),
                             label="Paint on the image the next edit changes (nothing painted: the whole image)",
                             elem_id="region",
                         )
                         with gr.Row():
-                            move_x = named_bounds(gr.Slider(-100, 100, value=0, step=1, label="Move right (% of the width)", elem_id="move-x"))
-                            move_y = named_bounds(gr.Slider(-100, 100, value=0, step=1, label="Move down (% of the height)", elem_id="move-y"))
+                            move_x = named_bounds(
+                                gr.Slider(
+                                    -100, 100, value=0, step=1, label="Move right (% of the width)", elem_id="move-x"
+                                )
+                            )
+                            move_y = named_bounds(
+                                gr.Slider(
+                                    -100, 100, value=0, step=1, label="Move down (% of the height)", elem_id="move-y"
+                                )
+                            )
                         with gr.Row():
                             drag_scale = named_bounds(gr.Slider(0.25, 4.0, value=1.0, step=0.05, label="Scale"))
-                            drag_rotate = named_bounds(gr.Slider(-180, 180, value=0, step=5, label="Rotate (degrees, counter-clockwise)"))
+                            drag_rotate = named_bounds(
+                                gr.Slider(-180, 180, value=0, step=5, label="Rotate (degrees, counter-clockwise)")
+                            )
                         drag_button = gr.Button("Drag", elem_id="drag")
             history = gr.Gallery(
-                label="Session history (click a turn, then restore it)", columns=8, height=200, object_fit="contain",
-                allow_preview=False, format="png", elem_id="history",
+                label="Session history (click a turn, then restore it)",
+                columns=8,
+                height=200,
+                object_fit="contain",
+                allow_preview=False,
+                format="png",
+                elem_id="history",
             )
             with gr.Row():
                 turn = gr.Number(0, precision=0, minimum=0, label="Turn", elem_id="turn")
@@ -666,8 +793,13 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
                 download_button = gr.Button("Download session (.zip)")
             with gr.Row():
                 masks = gr.Gallery(
-                    label="Regions (current, next) per turn: predicted or painted", columns=6, height=160,
-                    object_fit="contain", format="png", elem_id="masks", scale=3,
+                    label="Regions (current, next) per turn: predicted or painted",
+                    columns=6,
+                    height=160,
+                    object_fit="contain",
+                    format="png",
+                    elem_id="masks",
+                    scale=3,
                 )
                 session_zip = gr.File(label="Session zip", interactive=False, height=160, scale=1)
 
@@ -678,10 +810,26 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
                 "guidance, seed, negative prompt and resolution come from the Edit tab's advanced settings."
             )
             with gr.Row():
-                story_image = checked_image(label="First image", sources=["upload", "clipboard"], height=260, elem_id="story-source")
-                story_text = gr.Textbox(label="Instructions, one per line", lines=6, max_length=(MAX_INSTRUCTION_CHARS + 1) * MAX_STORY_TURNS, elem_id="story-text", placeholder="the camera pans left\na bird lands on the fence")
+                story_image = checked_image(
+                    label="First image", sources=["upload", "clipboard"], height=260, elem_id="story-source"
+                )
+                story_text = gr.Textbox(
+                    label="Instructions, one per line",
+                    lines=6,
+                    max_length=(MAX_INSTRUCTION_CHARS + 1) * MAX_STORY_TURNS,
+                    elem_id="story-text",
+                    placeholder="the camera pans left\na bird lands on the fence",
+                )
             story_button = gr.Button("Tell the story", variant="primary", elem_id="story-run")
-            story_gallery = gr.Gallery(label="Story", columns=8, height=220, object_fit="contain", allow_preview=False, format="png", elem_id="story")
+            story_gallery = gr.Gallery(
+                label="Story",
+                columns=8,
+                height=220,
+                object_fit="contain",
+                allow_preview=False,
+                format="png",
+                elem_id="story",
+            )
 
         with gr.Tab("Multi-concept", elem_id="compose-tab"):
             gr.Markdown(
@@ -690,15 +838,39 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
                 "Steps, guidance, seed, negative prompt and resolution come from the Edit tab's advanced settings."
             )
             with gr.Row():
-                references = gr.File(label="Reference images", file_count="multiple", file_types=list(ALLOWED_SUFFIXES), type="filepath", elem_id="references")
-                composed = gr.Image(label="Composition", type="pil", interactive=False, format="png", elem_id="composed")
-            compose_prompt = gr.Textbox(label="Description", placeholder="Based on <IMG0>, <IMG1>. Output <IMG2>: the cat wearing the hat", max_length=MAX_INSTRUCTION_CHARS, elem_id="compose-prompt")
+                references = gr.File(
+                    label="Reference images",
+                    file_count="multiple",
+                    file_types=list(ALLOWED_SUFFIXES),
+                    type="filepath",
+                    elem_id="references",
+                )
+                composed = gr.Image(
+                    label="Composition", type="pil", interactive=False, format="png", elem_id="composed"
+                )
+            compose_prompt = gr.Textbox(
+                label="Description",
+                placeholder="Based on <IMG0>, <IMG1>. Output <IMG2>: the cat wearing the hat",
+                max_length=MAX_INSTRUCTION_CHARS,
+                elem_id="compose-prompt",
+            )
             compose_button = gr.Button("Compose", variant="primary", elem_id="compose")
 
         views = [state, result, history, masks, branch, turn, status]
         settings = [steps, guidance, seed, resolution]
         edit_inputs = [image, instruction, *settings, chain, state, negative_prompt, region]
-        drag_inputs = [image, instruction, *settings, state, negative_prompt, region, move_x, move_y, drag_scale, drag_rotate]
+        drag_inputs = [
+            image,
+            instruction,
+            *settings,
+            state,
+            negative_prompt,
+            region,
+            move_x,
+            move_y,
+            drag_scale,
+            drag_rotate,
+        ]
         sampling = dict(concurrency_id="sampler", concurrency_limit=SAMPLER_CONCURRENCY)  # one group for all samplers
         quick = dict(concurrency_limit=None)  # handlers that do not call the model
         # The region editor is refreshed by a follow-up event of its own: an ImageEditor that is both an input and
@@ -718,7 +890,10 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
             story, [story_image, story_text, *settings, negative_prompt], [story_gallery], api_name="story", **sampling
         )
         compose_button.click(
-            compose, [references, compose_prompt, *settings, negative_prompt], [composed], api_name="compose",
+            compose,
+            [references, compose_prompt, *settings, negative_prompt],
+            [composed],
+            api_name="compose",
             **sampling,
         )
     demo.queue(max_size=QUEUE_SIZE)  # the sampling events have their own limit (one at a time), the rest none

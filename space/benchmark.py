@@ -50,8 +50,11 @@ def main() -> None:
 
     def direct() -> float:
         start = time.perf_counter()
-        session = model.pipe.start_session(PIL.Image.open(image_path).convert("RGB"), resolution=args.resolution,
-                                           generator=torch.Generator().manual_seed(0))
+        session = model.pipe.start_session(
+            PIL.Image.open(image_path).convert("RGB"),
+            resolution=args.resolution,
+            generator=torch.Generator().manual_seed(0),
+        )
         for instruction in instructions:
             session.edit(instruction, num_inference_steps=args.steps, generator=torch.Generator().manual_seed(0))
         return time.perf_counter() - start
@@ -79,7 +82,9 @@ def main() -> None:
     def per_turn(seconds: float) -> float:
         return seconds / args.turns
 
-    print(f"model: {model.name}; {args.turns} turns, {args.steps} steps, resolution {args.resolution}; best of {args.sessions}")
+    print(
+        f"model: {model.name}; {args.turns} turns, {args.steps} steps, resolution {args.resolution}; best of {args.sessions}"
+    )
     print(f"direct session : {per_turn(direct_s):.3f} s/turn")
     print(f"gradio_client  : {per_turn(api_s):.3f} s/turn")
     print(f"ratio api/direct: {api_s / direct_s:.2f}x (overhead {per_turn(api_s - direct_s) * 1000:.0f} ms/turn)")

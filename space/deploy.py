@@ -35,7 +35,9 @@ def upload_plan(space_dir: Path = SPACE_DIR, package_dir: Path = PACKAGE_DIR) ->
         if example.is_file():
             plan[f"examples/{example.name}"] = example
     if not (package_dir / "__init__.py").is_file():
-        raise FileNotFoundError(f"{package_dir} is not the diffusers_vincie package; pass the checkout's src/ package.")
+        raise FileNotFoundError(
+            f"{package_dir} is not the diffusers_vincie package; pass the checkout's src/ package."
+        )
     for path in sorted(package_dir.rglob("*")):
         relative = path.relative_to(package_dir)
         if path.is_file() and not set(relative.parts) & set(SKIPPED_PARTS) and path.suffix not in SKIPPED_SUFFIXES:
@@ -72,8 +74,11 @@ def deploy(repo_id: str, dry_run: bool = False, private: bool = False, token: Op
     api.create_repo(repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="vincie-space-upload-") as folder:
         api.upload_folder(
-            repo_id=repo_id, repo_type="space", folder_path=stage(plan, Path(folder)),
-            commit_message="Update the VINCIE Space", delete_patterns=STALE_PATTERNS,
+            repo_id=repo_id,
+            repo_type="space",
+            folder_path=stage(plan, Path(folder)),
+            commit_message="Update the VINCIE Space",
+            delete_patterns=STALE_PATTERNS,
         )
     return list(plan)
 

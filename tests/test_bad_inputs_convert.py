@@ -106,17 +106,45 @@ def test_out_that_is_a_file_is_refused(release, tmp_path, capsys):
 
 def test_missing_vae_config_is_one_line(tmp_path, capsys):
     (tmp_path / "release").mkdir()
-    assert main(["--official", str(tmp_path / "release"), "--out", str(tmp_path / "out"),
-                 "--vae-config", str(tmp_path / "missing.json")]) == 2
+    assert (
+        main(
+            [
+                "--official",
+                str(tmp_path / "release"),
+                "--out",
+                str(tmp_path / "out"),
+                "--vae-config",
+                str(tmp_path / "missing.json"),
+            ]
+        )
+        == 2
+    )
     line = one_error_line(capsys.readouterr().err)
     assert "--vae-config" in line, line
 
 
 def test_the_module_cli_prints_one_line_and_exits_2(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-m", "diffusers_vincie.conversion", "--official", str(tmp_path / "none"),
-                             "--out", str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=120)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "diffusers_vincie.conversion",
+            "--official",
+            str(tmp_path / "none"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("python -m diffusers_vincie.conversion: error: --official") and "snapshot_download" in last

@@ -136,8 +136,7 @@ def test_a_video_too_short_for_two_frames_is_a_reject(tmp_path):
     path.parent.mkdir()
     _faststart_counter_video(path, seconds=1)
     out = tmp_path / "out"
-    build_sessions([path], out, GroundTruthAnnotator(), config=SamplingConfig(strategy="equal_interval",
-                                                                              interval=3.0))
+    build_sessions([path], out, GroundTruthAnnotator(), config=SamplingConfig(strategy="equal_interval", interval=3.0))
     assert "too short" in _rejects(out)["short"]
 
 
@@ -226,7 +225,7 @@ def test_bad_build_inputs_are_one_line_and_exit_2(tmp_path, videos, capsys, bad_
         _cli().main([inputs, "--output", str(out), "--annotator", "ground_truth"])
     assert exit_info.value.code == 2
     line = one_error_line(capsys.readouterr().err)
-    assert ("inputs" in line or "--output" in line), line
+    assert "inputs" in line or "--output" in line, line
     if bad_input == "output is a file":
         assert out.read_text() == "mine"
     elif bad_input != "missing" and bad_input != "empty folder":

@@ -134,8 +134,18 @@ def test_a_bad_client_timeout_is_a_clear_error(timeout):
     ],
 )
 def test_bad_judge_numbers_are_one_line_before_any_work(tmp_path, capsys, flag, value):
-    code = main(["judge", "--dataset", str(tmp_path / "not-loaded"), "--outputs", str(tmp_path / "outputs"),
-                 "--base-url", "http://127.0.0.1:9/v1", f"{flag}={value}"])
+    code = main(
+        [
+            "judge",
+            "--dataset",
+            str(tmp_path / "not-loaded"),
+            "--outputs",
+            str(tmp_path / "outputs"),
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+            f"{flag}={value}",
+        ]
+    )
     assert code == 2
     line = one_error_line(capsys.readouterr().err)
     assert flag in line, line
@@ -144,8 +154,22 @@ def test_bad_judge_numbers_are_one_line_before_any_work(tmp_path, capsys, flag, 
 
 @pytest.mark.parametrize("body", ["[1, 2]", "{bad"])
 def test_a_bad_extra_body_is_one_line(tmp_path, capsys, body):
-    assert main(["judge", "--dataset", str(tmp_path), "--outputs", str(tmp_path), "--base-url",
-                 "http://127.0.0.1:9/v1", "--extra-body", body]) == 2
+    assert (
+        main(
+            [
+                "judge",
+                "--dataset",
+                str(tmp_path),
+                "--outputs",
+                str(tmp_path),
+                "--base-url",
+                "http://127.0.0.1:9/v1",
+                "--extra-body",
+                body,
+            ]
+        )
+        == 2
+    )
     assert "--extra-body" in one_error_line(capsys.readouterr().err)
 
 
@@ -156,16 +180,41 @@ def test_threshold_nan_in_the_library_is_a_clear_error(tmp_path):
 
 
 def test_a_missing_dataset_is_one_line(tmp_path, capsys):
-    assert main(["judge", "--dataset", str(tmp_path / "missing"), "--outputs", str(tmp_path),
-                 "--base-url", "http://127.0.0.1:9/v1"]) == 2
+    assert (
+        main(
+            [
+                "judge",
+                "--dataset",
+                str(tmp_path / "missing"),
+                "--outputs",
+                str(tmp_path),
+                "--base-url",
+                "http://127.0.0.1:9/v1",
+            ]
+        )
+        == 2
+    )
     line = one_error_line(capsys.readouterr().err)
     assert "missing" in line, line
 
 
 @pytest.mark.parametrize("args", [["--num-inference-steps", "0"], ["--guidance-scale", "nan"]])
 def test_bad_generate_numbers_are_one_line(tmp_path, capsys, args):
-    assert main(["generate", "--dataset", str(tmp_path / "x"), "--editor", "os:getcwd", "--output-dir",
-                 str(tmp_path / "out"), *args]) == 2
+    assert (
+        main(
+            [
+                "generate",
+                "--dataset",
+                str(tmp_path / "x"),
+                "--editor",
+                "os:getcwd",
+                "--output-dir",
+                str(tmp_path / "out"),
+                *args,
+            ]
+        )
+        == 2
+    )
     line = one_error_line(capsys.readouterr().err)
     assert args[0] in line, line
 
@@ -177,9 +226,14 @@ def test_bad_generate_numbers_are_one_line(tmp_path, capsys, args):
 
 def _bench(tmp_path, num_turns: int = 3):
     features = Features({"image": Image(), "index": Value("int64"), "context": List(Value("string"))})
-    Dataset.from_dict({"image": [PIL.Image.new("RGB", (16, 16), (40, 0, 0))], "index": [0],
-                       "context": [[f"t{t + 1}" for t in range(num_turns)]]},
-                      features=features).to_parquet(str(tmp_path / "bench.parquet"))
+    Dataset.from_dict(
+        {
+            "image": [PIL.Image.new("RGB", (16, 16), (40, 0, 0))],
+            "index": [0],
+            "context": [[f"t{t + 1}" for t in range(num_turns)]],
+        },
+        features=features,
+    ).to_parquet(str(tmp_path / "bench.parquet"))
     return load_benchmark_sessions(tmp_path / "bench.parquet")
 
 
@@ -205,8 +259,19 @@ def test_judge_names_a_truncated_output_instead_of_a_decoder_traceback(tmp_path,
     out = tmp_path / "out"
     generate_outputs(_brighter, sessions, out, show_progress=False)
     (out / "0_turn1_rep0_seed0.png").write_bytes(b"\x89PNG\r\n\x1a\n")
-    code = main(["judge", "--dataset", str(tmp_path / "bench.parquet"), "--outputs", str(out),
-                 "--base-url", "http://127.0.0.1:9/v1", "--max-retries", "0"])
+    code = main(
+        [
+            "judge",
+            "--dataset",
+            str(tmp_path / "bench.parquet"),
+            "--outputs",
+            str(out),
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+            "--max-retries",
+            "0",
+        ]
+    )
     assert code == 2
     line = one_error_line(capsys.readouterr().err)
     assert "0_turn1_rep0_seed0.png" in line and "run `generate` again" in line
@@ -234,6 +299,18 @@ def test_bad_evaluation_inputs_are_one_line(tmp_path, capsys, command, words):
 
 def test_a_dataset_of_the_wrong_format_is_one_line(tmp_path, capsys):
     (tmp_path / "bench.txt").write_text("not a dataset")
-    assert main(["generate", "--dataset", str(tmp_path / "bench.txt"), "--editor", "os:getcwd",
-                 "--output-dir", str(tmp_path / "out")]) == 2
+    assert (
+        main(
+            [
+                "generate",
+                "--dataset",
+                str(tmp_path / "bench.txt"),
+                "--editor",
+                "os:getcwd",
+                "--output-dir",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
     assert "--dataset" in one_error_line(capsys.readouterr().err)

@@ -140,9 +140,14 @@ def test_save_never_destroys_other_files(saved, tmp_path):
     [
         (lambda f: (f / "session.json").write_text('{"version": 2, "resol'), "session.json is not valid JSON"),
         (lambda f: _edit_record(f, version=99), "format version 99"),
-        (lambda f: (f / "session.safetensors").write_bytes((f / "session.safetensors").read_bytes()[:100]),
-         "session.safetensors cannot be read"),
-        (lambda f: PIL.Image.new("RGB", (32, 32), (9, 9, 9)).save(f / "turn_1.png"), "turn_1.png is missing or differs"),
+        (
+            lambda f: (f / "session.safetensors").write_bytes((f / "session.safetensors").read_bytes()[:100]),
+            "session.safetensors cannot be read",
+        ),
+        (
+            lambda f: PIL.Image.new("RGB", (32, 32), (9, 9, 9)).save(f / "turn_1.png"),
+            "turn_1.png is missing or differs",
+        ),
         (lambda f: _edit_record(f, name="../../etc/passwd"), "not a plain file name"),
         (lambda f: _edit_record(f, drop="resolution"), "lacks `resolution`"),
     ],

@@ -65,8 +65,11 @@ def test_make_synthetic_videos_bad_flags(tmp_path, capsys, extra, word):
 
 @pytest.mark.parametrize(
     "extra, word",
-    [(["--d_model", "0"], "--d_model"), (["--d_model", "30"], "--d_model"),
-     (["--world_config", "{bad"], "--world_config")],
+    [
+        (["--d_model", "0"], "--d_model"),
+        (["--d_model", "30"], "--d_model"),
+        (["--world_config", "{bad"], "--world_config"),
+    ],
 )
 def test_build_shapes_text_encoder_bad_flags(tmp_path, capsys, monkeypatch, extra, word):
     cli = load_script(REPO / "training_scripts" / "build_shapes_text_encoder.py", "build_shapes_text_encoder")
@@ -82,15 +85,23 @@ def test_export_of_a_legacy_checkpoint_names_the_migration(tmp_path, capsys, mon
     checkpoint.mkdir(parents=True)
     torch.save({"shadow_params": []}, checkpoint / "custom_checkpoint_0.pkl")
     cli = load_script(REPO / "training_scripts" / "recipes" / "export_checkpoint.py", "export_checkpoint")
-    monkeypatch.setattr(sys, "argv", ["export_checkpoint.py", "--run_dir", str(tmp_path / "run"),
-                                      "--output", str(tmp_path / "pipeline")])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["export_checkpoint.py", "--run_dir", str(tmp_path / "run"), "--output", str(tmp_path / "pipeline")],
+    )
     _one_line_exit_2(cli.main, capsys, "custom_checkpoint_0.pkl", "--migrate")
     assert not (tmp_path / "pipeline").exists()
 
 
-@pytest.mark.parametrize("extra, word", [(["--lora_rank", "0"], "--lora_rank"),
-                                         (["--lora_target_modules", " , "], "--lora_target_modules"),
-                                         (["--empty-pipeline"], "is not a pipeline folder: no transformer/")])
+@pytest.mark.parametrize(
+    "extra, word",
+    [
+        (["--lora_rank", "0"], "--lora_rank"),
+        (["--lora_target_modules", " , "], "--lora_target_modules"),
+        (["--empty-pipeline"], "is not a pipeline folder: no transformer/"),
+    ],
+)
 def test_lora_training_bad_flags(tmp_path, extra, word):
     from diffusers_vincie.utils.cli import UsageError
 
@@ -104,5 +115,13 @@ def test_lora_training_bad_flags(tmp_path, extra, word):
         (pipeline / "transformer").mkdir()
         (pipeline / "text_encoder").mkdir()
     with pytest.raises(UsageError, match=word):
-        lora.parse_args(["--pretrained_model_name_or_path", str(pipeline), "--synthetic_world",
-                         "--output_dir", str(tmp_path / "run"), *extra])
+        lora.parse_args(
+            [
+                "--pretrained_model_name_or_path",
+                str(pipeline),
+                "--synthetic_world",
+                "--output_dir",
+                str(tmp_path / "run"),
+                *extra,
+            ]
+        )

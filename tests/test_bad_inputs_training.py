@@ -16,8 +16,13 @@ from conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "training_scripts"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-       "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+}
 
 
 def _train_module():
@@ -67,14 +72,40 @@ def components(tmp_path_factory) -> Path:
 
 def _args(components: Path, out: Path, *extra: str) -> list[str]:
     return [
-        "--transformer_config", str(components / "transformer.json"),
-        "--text_encoder_name_or_path", str(components / "text_encoder"),
-        "--tokenizer_name_or_path", str(components / "tokenizer"),
-        "--output_dir", str(out), "--train_batch_size", "2", "--seed", "0",
-        "--synthetic_world", "--resolution", "16", "--synthetic_world_config", '{"grid": 2}',
-        "--synthetic_num_sessions", "8", "--synthetic_num_turns", "2", "--attention_layout", "block_causal",
-        "--max_train_steps", "4", "--checkpointing_steps", "2", "--use_ema", "--no_save_pipeline",
-        "--lr_scheduler", "constant", "--learning_rate", "1e-3", *extra,
+        "--transformer_config",
+        str(components / "transformer.json"),
+        "--text_encoder_name_or_path",
+        str(components / "text_encoder"),
+        "--tokenizer_name_or_path",
+        str(components / "tokenizer"),
+        "--output_dir",
+        str(out),
+        "--train_batch_size",
+        "2",
+        "--seed",
+        "0",
+        "--synthetic_world",
+        "--resolution",
+        "16",
+        "--synthetic_world_config",
+        '{"grid": 2}',
+        "--synthetic_num_sessions",
+        "8",
+        "--synthetic_num_turns",
+        "2",
+        "--attention_layout",
+        "block_causal",
+        "--max_train_steps",
+        "4",
+        "--checkpointing_steps",
+        "2",
+        "--use_ema",
+        "--no_save_pipeline",
+        "--lr_scheduler",
+        "constant",
+        "--learning_rate",
+        "1e-3",
+        *extra,
     ]
 
 
@@ -127,7 +158,9 @@ def test_checkpoints_are_safetensors_and_json_with_a_completeness_marker(finishe
     assert not list(finished_run.glob(".checkpoint-*"))
 
 
-@pytest.mark.parametrize("victim", ["custom_checkpoint_0.pkl", "optimizer.bin", "scheduler.bin", "random_states_0.pkl"])
+@pytest.mark.parametrize(
+    "victim", ["custom_checkpoint_0.pkl", "optimizer.bin", "scheduler.bin", "random_states_0.pkl"]
+)
 def test_a_marker_writing_pickle_in_a_checkpoint_never_runs(components, run_copy, tmp_path, victim):
     """The repro of the issue (a pickled EMA replaced by code), and the same for each file accelerate loads with
     torch.load: resuming runs none of them and the error names the file."""
@@ -141,8 +174,9 @@ def test_a_marker_writing_pickle_in_a_checkpoint_never_runs(components, run_copy
         _run(components, run_copy, "--resume_from_checkpoint", "latest", "--max_train_steps", "6")
     assert not marker.exists()
     message = str(error.value)
-    assert "checkpoint-4" in message and (victim in message or "weights_only" in message.lower()
-                                          or "unpickl" in message.lower()), message
+    assert "checkpoint-4" in message and (
+        victim in message or "weights_only" in message.lower() or "unpickl" in message.lower()
+    ), message
 
 
 def test_a_marker_writing_model_bin_instead_of_safetensors_never_runs(components, run_copy, tmp_path):
@@ -339,14 +373,17 @@ def test_output_dir_that_is_a_file_is_a_clear_error(components, tmp_path):
 
 def test_the_cli_prints_one_line_and_exits_2_before_any_work(components, tmp_path):
     out = tmp_path / "run"
-    result = subprocess.run([sys.executable, str(SCRIPTS / "train_vincie.py"),
-                             *_args(components, out, "--max_train_steps", "-5")],
-                            env=ENV, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPTS / "train_vincie.py"), *_args(components, out, "--max_train_steps", "-5")],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr  # (the environment may log unrelated library warnings first)
     assert result.stderr.strip().splitlines()[-1] == "train_vincie.py: error: --max_train_steps must be >= 1, got -5."
     assert not out.exists()  # nothing written, no pipeline saved
-
 
 
 @pytest.mark.parametrize(
@@ -399,5 +436,7 @@ def test_the_trained_layout_is_the_saved_one(components, tmp_path):
     assert json.loads((components / "transformer.json").read_text()).get("attention_layout", "full") == "full"
     assert train.build_transformer(args, {}).config.attention_layout == "block_causal"
     args.transformer_config = None
-    with pytest.raises(UsageError, match="--attention_layout block_causal, but the pretrained transformer uses 'full'"):
+    with pytest.raises(
+        UsageError, match="--attention_layout block_causal, but the pretrained transformer uses 'full'"
+    ):
         train.build_transformer(args, {"transformer": tiny_transformer(latent_channels=3, text_embed_dim=16)})

@@ -36,18 +36,31 @@ def _write_tiny_llm(folder: Path) -> None:
     )
     vocab, heads, ffn = 512, 4, 64
     config = {
-        "model_type": "qwen", "hidden_size": TEXT_DIM, "num_attention_heads": heads, "num_hidden_layers": 1,
-        "intermediate_size": 2 * ffn, "kv_channels": TEXT_DIM // heads, "vocab_size": vocab,
-        "layer_norm_epsilon": 1e-6, "rotary_emb_base": 10000, "rotary_pct": 1.0, "no_bias": True,
+        "model_type": "qwen",
+        "hidden_size": TEXT_DIM,
+        "num_attention_heads": heads,
+        "num_hidden_layers": 1,
+        "intermediate_size": 2 * ffn,
+        "kv_channels": TEXT_DIM // heads,
+        "vocab_size": vocab,
+        "layer_norm_epsilon": 1e-6,
+        "rotary_emb_base": 10000,
+        "rotary_pct": 1.0,
+        "no_bias": True,
     }
     (folder / "config.json").write_text(json.dumps(config))
     generator = torch.Generator().manual_seed(0)
     shapes = {
-        "transformer.wte.weight": (vocab, TEXT_DIM), "transformer.ln_f.weight": (TEXT_DIM,),
-        "transformer.h.0.ln_1.weight": (TEXT_DIM,), "transformer.h.0.ln_2.weight": (TEXT_DIM,),
-        "transformer.h.0.attn.c_attn.weight": (3 * TEXT_DIM, TEXT_DIM), "transformer.h.0.attn.c_attn.bias": (3 * TEXT_DIM,),
-        "transformer.h.0.attn.c_proj.weight": (TEXT_DIM, TEXT_DIM), "transformer.h.0.mlp.w1.weight": (ffn, TEXT_DIM),
-        "transformer.h.0.mlp.w2.weight": (ffn, TEXT_DIM), "transformer.h.0.mlp.c_proj.weight": (TEXT_DIM, ffn),
+        "transformer.wte.weight": (vocab, TEXT_DIM),
+        "transformer.ln_f.weight": (TEXT_DIM,),
+        "transformer.h.0.ln_1.weight": (TEXT_DIM,),
+        "transformer.h.0.ln_2.weight": (TEXT_DIM,),
+        "transformer.h.0.attn.c_attn.weight": (3 * TEXT_DIM, TEXT_DIM),
+        "transformer.h.0.attn.c_attn.bias": (3 * TEXT_DIM,),
+        "transformer.h.0.attn.c_proj.weight": (TEXT_DIM, TEXT_DIM),
+        "transformer.h.0.mlp.w1.weight": (ffn, TEXT_DIM),
+        "transformer.h.0.mlp.w2.weight": (ffn, TEXT_DIM),
+        "transformer.h.0.mlp.c_proj.weight": (TEXT_DIM, ffn),
         "lm_head.weight": (vocab, TEXT_DIM),
     }
     state = {name: torch.randn(*shape, generator=generator) * 0.1 for name, shape in shapes.items()}
@@ -117,8 +130,14 @@ def test_converts_end_to_end_and_pipeline_runs(official_folder: Path, tmp_path: 
     from PIL import Image
 
     pil = Image.fromarray(((image.permute(1, 2, 0) + 1) * 127.5).to(torch.uint8).numpy())
-    result = pipe(image=pil, prompt=["make the sky red"], num_inference_steps=2, resolution=32, output_type="pt",
-                  generator=torch.Generator().manual_seed(0))
+    result = pipe(
+        image=pil,
+        prompt=["make the sky red"],
+        num_inference_steps=2,
+        resolution=32,
+        output_type="pt",
+        generator=torch.Generator().manual_seed(0),
+    )
     frames = result.images
     assert torch.isfinite(torch.as_tensor(frames[0] if isinstance(frames, list) else frames)).all()
 
@@ -144,7 +163,9 @@ def test_converted_folder_loads_after_plain_package_import(official_folder: Path
     out = tmp_path / "diffusers"
     assert main(["--official", str(official_folder), "--out", str(out), "--no-hash", *VAE_CONFIG]) == 0
     result = subprocess.run(
-        [sys.executable, "-c", LOAD_IN_FRESH_PROCESS, str(out)], capture_output=True, text=True,
+        [sys.executable, "-c", LOAD_IN_FRESH_PROCESS, str(out)],
+        capture_output=True,
+        text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -152,8 +173,12 @@ def test_converted_folder_loads_after_plain_package_import(official_folder: Path
 
 
 def test_documented_command_is_the_conversion_package() -> None:
-    result = subprocess.run([sys.executable, "-m", "diffusers_vincie.conversion", "--help"], capture_output=True,
-                            text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    result = subprocess.run(
+        [sys.executable, "-m", "diffusers_vincie.conversion", "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("usage: python -m diffusers_vincie.conversion ")
 

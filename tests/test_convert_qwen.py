@@ -242,7 +242,10 @@ def test_bf16_output_and_resume(tmp_path: Path) -> None:
     out = tmp_path / "text_encoder"
     convert_qwen_checkpoint(source, out, dtype=torch.bfloat16, show_progress=False)
     index = json.loads((out / "model.safetensors.index.json").read_text())
-    assert set(index["weight_map"].values()) == {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"}
+    assert set(index["weight_map"].values()) == {
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    }
     assert "lm_head.weight" not in index["weight_map"]
     first = out / "model-00001-of-00002.safetensors"
     stamp = first.stat().st_mtime_ns

@@ -144,8 +144,9 @@ def test_non_identity_upscale_conv_uses_depth_to_space_and_reloads(tmp_path: Pat
 def test_dropping_upscale_conv_breaks_parity() -> None:
     """The fixture's upscale_conv is random, so the stock nearest up-sampler must NOT reproduce it."""
     vae = convert_official_vae(_official_state_dict(), _fixture_vae_config())
-    stock = AutoencoderKL(**{k: v for k, v in vae.config.items() if not k.startswith("_")
-                             and k != "depth_to_space_upsamplers"})
+    stock = AutoencoderKL(
+        **{k: v for k, v in vae.config.items() if not k.startswith("_") and k != "depth_to_space_upsamplers"}
+    )
     stock_state = {k: v for k, v in vae.state_dict().items() if "upscale_conv" not in k}
     stock.load_state_dict(stock_state)
     expected = load_file(FIXTURES / "vae_io.safetensors")["decoded"][:, :, 0]

@@ -14,11 +14,20 @@ FLAGS = ["--train_batch_size", "2", "--checkpointing_steps", "2", "--lr_warmup_s
 
 
 def test_curriculum_recipe_runs_every_phase(tmp_path):
-    env = dict(os.environ, PHASE1_STEPS="2", PHASE2_STEPS="2", PHASE3_STEPS="2", PHASE4_STEPS="2",
-               PHASE4_DECAY_STEPS="4", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    env = dict(
+        os.environ,
+        PHASE1_STEPS="2",
+        PHASE2_STEPS="2",
+        PHASE3_STEPS="2",
+        PHASE4_STEPS="2",
+        PHASE4_DECAY_STEPS="4",
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+    )
     run = tmp_path / "run"
-    result = subprocess.run(["bash", str(RECIPE), str(run), *FLAGS],
-                            env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        ["bash", str(RECIPE), str(run), *FLAGS], env=env, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
     config = json.loads((run / "phase3" / "pipeline" / "transformer" / "config.json").read_text())
@@ -65,8 +74,13 @@ def test_curriculum_recipe_runs_every_phase(tmp_path):
     assert pipe.config.default_num_inference_steps == DEFAULT_SAMPLING["num_inference_steps"]
 
     # a longer phase 1 later: its export of step 2 is kept, not replaced, and the recipe says so (exit 2)
-    longer = subprocess.run(["bash", str(RECIPE), str(run), *FLAGS],
-                            env=dict(env, PHASE1_STEPS="3"), capture_output=True, text=True, timeout=600)
+    longer = subprocess.run(
+        ["bash", str(RECIPE), str(run), *FLAGS],
+        env=dict(env, PHASE1_STEPS="3"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert longer.returncode == 2 and "phase1_export is not phase1's step 3" in longer.stderr, longer.stderr[-3000:]
     assert json.loads((run / "phase1_export" / "checkpoint.json").read_text())["checkpoint"] == "checkpoint-2"
 

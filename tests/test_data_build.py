@@ -44,7 +44,9 @@ GT_SAMPLING = SamplingConfig(strategy="equal_interval", interval=1.0)  # one fra
 # ================================================================================================
 
 
-def write_counter_video(path: Path, num_frames: int = 40, fps: int = 8, gop: int = 8, cut_at: int | None = None) -> None:
+def write_counter_video(
+    path: Path, num_frames: int = 40, fps: int = 8, gop: int = 8, cut_at: int | None = None
+) -> None:
     """64x64 H.264 video whose frame i has grey level 6 * i (or white after ``cut_at``)."""
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
@@ -91,7 +93,10 @@ def rows_by_id(folder: Path) -> dict[str, dict]:
 def comparable(row: dict) -> tuple:
     """Content of a row without the annotator JSON order or image object identity."""
     return (
-        row["video_id"], tuple(row["instructions"]), tuple(row["timestamps"]), tuple(row["camera_motion"]),
+        row["video_id"],
+        tuple(row["instructions"]),
+        tuple(row["timestamps"]),
+        tuple(row["camera_motion"]),
         tuple(np.asarray(f).tobytes() for f in row["frames"]),
         tuple(np.asarray(m).tobytes() for m in row["source_masks"] + row["target_masks"]),
     )
@@ -111,13 +116,19 @@ def test_sample_timestamps_strategies():
     assert sample_timestamps(0, 10, strategy="hybrid", interval=3) == [2.0, 5.0, 8.0]
     assert len(sample_timestamps(0, 60, strategy="hybrid", interval=3)) == 6
     assert sample_timestamps(0, 4, strategy="hybrid", interval=3) == [1.0, 3.0]
-    for bad, match in (({"strategy": "random"}, "strategy"), ({"min_frames": 1}, "min_frames"), ({"interval": 0}, "interval")):
+    for bad, match in (
+        ({"strategy": "random"}, "strategy"),
+        ({"min_frames": 1}, "min_frames"),
+        ({"interval": 0}, "interval"),
+    ):
         with pytest.raises(ValueError, match=match):
             sample_timestamps(0, 10, **bad)
 
 
 # MPEG-TS starts after 0 s and has no seek index (with one key frame, every seek lands nowhere)
-@pytest.mark.parametrize("name, gop", [("counter.mp4", 8), ("counter.mp4", 250), ("counter.ts", 8), ("counter.ts", 250)])
+@pytest.mark.parametrize(
+    "name, gop", [("counter.mp4", 8), ("counter.mp4", 250), ("counter.ts", 8), ("counter.ts", 250)]
+)
 def test_decode_frames_at_seeks_to_the_right_frames(tmp_path, name, gop):
     path = tmp_path / name
     write_counter_video(path, num_frames=40, fps=8, gop=gop)
@@ -148,7 +159,9 @@ class FrameIndexAnnotator(TransitionAnnotator):
     name = "frame_index"
 
     def annotate(self, transition: Transition) -> TransitionAnnotation:
-        return TransitionAnnotation(f"go from frame {transition.source.frame_index} to {transition.target.frame_index}")
+        return TransitionAnnotation(
+            f"go from frame {transition.source.frame_index} to {transition.target.frame_index}"
+        )
 
 
 def test_sessions_never_span_a_scene_cut(tmp_path):
@@ -181,7 +194,9 @@ def test_list_videos_files_folders_and_lists(tmp_path):
     (tmp_path / "list.txt").write_text("# my videos\nthree.webm\n\n")
     found = list_videos([tmp_path / "a", tmp_path / "list.txt"])
     assert [(video_id, path.name) for video_id, path in found] == [
-        ("one", "one.mp4"), ("sub/two", "two.MKV"), ("three", "three.webm")
+        ("one", "one.mp4"),
+        ("sub/two", "two.MKV"),
+        ("three", "three.webm"),
     ]
     with pytest.raises(FileNotFoundError, match="missing"):
         list_videos([tmp_path / "missing"])
@@ -210,7 +225,9 @@ def test_build_with_ground_truth_matches_the_simulator(tmp_path, synthetic_folde
     corrupt.parent.mkdir()
     corrupt.write_bytes(b"this is not an mp4" * 20)
     out = tmp_path / "sessions"
-    summary = build_sessions([synthetic_folder, corrupt], out, GroundTruthAnnotator(), config=GT_SAMPLING, shard_size=2)
+    summary = build_sessions(
+        [synthetic_folder, corrupt], out, GroundTruthAnnotator(), config=GT_SAMPLING, shard_size=2
+    )
     assert (summary.videos, summary.processed, summary.rejected_videos, summary.sessions) == (4, 4, 1, 3)
 
     rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
@@ -243,7 +260,9 @@ def test_ground_truth_rejects_transitions_off_key_states(tmp_path, synthetic_fol
     # session is split there, and every kept transition is still exactly one ground-truth edit
     out = tmp_path / "sessions"
     config = SamplingConfig(strategy="fixed_count", min_frames=3, max_frames=3, seed=1)
-    result = build_module.sessions_from_video(synthetic_folder / "video0.mp4", "video0", GroundTruthAnnotator(), config)
+    result = build_module.sessions_from_video(
+        synthetic_folder / "video0.mp4", "video0", GroundTruthAnnotator(), config
+    )
     # 3 frames at 5/6, 2.5 and 25/6 s: key state 0, key state 2 (two edits apart), then mid-animation
     assert result.sessions == [] and len(result.rejected_transitions) == 2
     assert "key states 0 and 2" in result.rejected_transitions[0]
@@ -254,7 +273,9 @@ def test_ground_truth_rejects_transitions_off_key_states(tmp_path, synthetic_fol
 
 def test_long_runs_are_split_into_sessions_of_max_frames(tmp_path, synthetic_folder):
     config = SamplingConfig(strategy="equal_interval", interval=1.0, max_frames=3)
-    result = build_module.sessions_from_video(synthetic_folder / "video1.mp4", "video1", GroundTruthAnnotator(), config)
+    result = build_module.sessions_from_video(
+        synthetic_folder / "video1.mp4", "video1", GroundTruthAnnotator(), config
+    )
     truth = read_ground_truth(synthetic_folder / "video1.json")
     assert [s.session_id for s in result.sessions] == ["video1/0", "video1/1"]
     assert [s.instructions for s in result.sessions] == [truth["instructions"][:2], truth["instructions"][2:]]
@@ -283,8 +304,14 @@ def test_resume_after_a_crash_has_no_duplicate_or_lost_sessions(tmp_path):
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        build_sessions([tmp_path / "videos"], out, GroundTruthAnnotator(), config=GT_SAMPLING, shard_size=1,
-                       on_video_done=crash_after_two)
+        build_sessions(
+            [tmp_path / "videos"],
+            out,
+            GroundTruthAnnotator(),
+            config=GT_SAMPLING,
+            shard_size=1,
+            on_video_done=crash_after_two,
+        )
     assert sorted(read_manifest(out)) == sorted(done)
     summary = build_sessions([tmp_path / "videos"], out, GroundTruthAnnotator(), config=GT_SAMPLING, shard_size=1)
     assert (summary.skipped, summary.processed, summary.sessions) == (2, 3, len(videos))
@@ -316,8 +343,14 @@ def test_resume_after_sigkill_mid_run(tmp_path):
     make_synthetic_videos(tmp_path / "videos", count=5, num_turns=2)
     out = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    killed = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(tmp_path / "videos"), str(out)], env=env,
-                            capture_output=True, text=True, timeout=300, check=False)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_SCRIPT, str(tmp_path / "videos"), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert sorted(read_manifest(out)) == ["video0", "video1"]  # only the first shard (2 videos) was recorded
     summary = build_sessions([tmp_path / "videos"], out, GroundTruthAnnotator(), config=GT_SAMPLING)
@@ -356,7 +389,9 @@ def test_shard_written_but_not_recorded_is_discarded_and_redone(tmp_path, monkey
 def test_load_dataset_round_trip_of_every_feature(tmp_path, synthetic_folder):
     out = tmp_path / "sessions"
     build_sessions([synthetic_folder / "video2.mp4"], out, GroundTruthAnnotator(), config=GT_SAMPLING)
-    direct = build_module.sessions_from_video(synthetic_folder / "video2.mp4", "video2", GroundTruthAnnotator(), GT_SAMPLING)
+    direct = build_module.sessions_from_video(
+        synthetic_folder / "video2.mp4", "video2", GroundTruthAnnotator(), GT_SAMPLING
+    )
     expected = direct.sessions[0].to_row()
 
     dataset = load_dataset(str(out), split="train", cache_dir=str(tmp_path / "hf_cache"))
@@ -367,7 +402,9 @@ def test_load_dataset_round_trip_of_every_feature(tmp_path, synthetic_folder):
         for name in ("session_id", "video_id", "timestamps", "instructions", "camera_motion", "annotator"):
             assert row[name] == expected[name], name
         for name in ("frames", "source_masks", "target_masks"):
-            assert [np.asarray(image).tolist() for image in row[name]] == [np.asarray(i).tolist() for i in expected[name]]
+            assert [np.asarray(image).tolist() for image in row[name]] == [
+                np.asarray(i).tolist() for i in expected[name]
+            ]
         record = SessionRecord.from_row(row)
         assert record.num_turns == 4 and record.annotator["name"] == "ground_truth"
     # the package's loader reads the folder as is
@@ -389,8 +426,22 @@ def load_cli():
 def test_cli_builds_a_loadable_dataset_and_explains_bad_arguments(tmp_path, synthetic_folder, capsys):
     cli = load_cli()
     out = tmp_path / "cli"
-    assert cli.main([str(synthetic_folder), "--output", str(out), "--annotator", "ground_truth",
-                     "--strategy", "equal_interval", "--interval", "1.0"]) == 0
+    assert (
+        cli.main(
+            [
+                str(synthetic_folder),
+                "--output",
+                str(out),
+                "--annotator",
+                "ground_truth",
+                "--strategy",
+                "equal_interval",
+                "--interval",
+                "1.0",
+            ]
+        )
+        == 0
+    )
     assert "3 sessions from 3 videos" in capsys.readouterr().out
     assert sorted(rows_by_id(out)) == ["video0/0", "video1/0", "video2/0"]
     with pytest.raises(SystemExit):
@@ -410,10 +461,32 @@ def test_two_accelerate_processes_build_the_same_rows_as_one(tmp_path, synthetic
     config = SamplingConfig(strategy="hybrid", interval=1.0)
     build_sessions([synthetic_folder], single, GroundTruthAnnotator(), config=config)
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-        str(REPO / "dataset_scripts" / "build_sessions.py"), str(synthetic_folder), "--output", str(double),
-        "--annotator", "ground_truth", "--strategy", "hybrid", "--interval", "1.0", "--shard-size", "1",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        str(REPO / "dataset_scripts" / "build_sessions.py"),
+        str(synthetic_folder),
+        "--output",
+        str(double),
+        "--annotator",
+        "ground_truth",
+        "--strategy",
+        "hybrid",
+        "--interval",
+        "1.0",
+        "--shard-size",
+        "1",
     ]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
@@ -432,12 +505,16 @@ def test_jpeg_frames_and_bad_build_arguments(tmp_path, synthetic_folder):
     png, jpeg = rows_by_id(tmp_path / "png")["video0/0"], rows_by_id(tmp_path / "jpeg")["video0/0"]
     assert [f.format for f in png["frames"]] == ["PNG"] * 5 and [f.format for f in jpeg["frames"]] == ["JPEG"] * 5
     assert [m.format for m in jpeg["source_masks"]] == ["PNG"] * 4  # masks stay lossless
-    assert png["source_masks"] and all(np.array_equal(np.asarray(a), np.asarray(b))
-                                       for a, b in zip(png["source_masks"], jpeg["source_masks"]))
+    assert png["source_masks"] and all(
+        np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(png["source_masks"], jpeg["source_masks"])
+    )
     for a, b in zip(png["frames"], jpeg["frames"]):
         assert np.abs(np.asarray(a).astype(int) - np.asarray(b).astype(int)).mean() < 2
-    for bad, match in (({"shard_size": 0}, "shard_size"), ({"encode_workers": 0}, "encode_workers"),
-                       ({"frame_format": "gif"}, "frame_format")):
+    for bad, match in (
+        ({"shard_size": 0}, "shard_size"),
+        ({"encode_workers": 0}, "encode_workers"),
+        ({"frame_format": "gif"}, "frame_format"),
+    ):
         with pytest.raises(ValueError, match=match):
             build_sessions([video], tmp_path / "bad", GroundTruthAnnotator(), **bad)
     (tmp_path / "empty").mkdir()

@@ -71,7 +71,9 @@ def test_parse_annotation_accepts_thinking_then_json():
     assert (annotation.source_objects, annotation.target_objects) == (["red circle"], ["blue circle"])
     assert annotation.camera_motion == "static"  # "none" normalized
     assert annotation.details["differences"] == ["the circle turned blue"]
-    single = parse_annotation(json.dumps({**VALID_ANSWER, "source_objects": "red circle", "camera_motion": "Pan Left"}))
+    single = parse_annotation(
+        json.dumps({**VALID_ANSWER, "source_objects": "red circle", "camera_motion": "Pan Left"})
+    )
     assert single.source_objects == ["red circle"] and single.camera_motion == "pan left"
 
 
@@ -79,7 +81,7 @@ def test_parse_annotation_accepts_thinking_then_json():
     "text, reason",
     [
         ("the red circle became blue", "no JSON object"),
-        ("{\"instruction\": \"make it blue\"", "no JSON object"),  # truncated generation
+        ('{"instruction": "make it blue"', "no JSON object"),  # truncated generation
         (json.dumps({k: v for k, v in VALID_ANSWER.items() if k != "camera_motion"}), "missing key"),
         (json.dumps({**VALID_ANSWER, "instruction": "  "}), "non-empty"),
         (json.dumps({**VALID_ANSWER, "target_objects": [1, 2]}), "list of strings"),
@@ -95,8 +97,16 @@ def test_parse_annotation_rejects_malformed_output(text, reason):
 # Tiny models built in code
 # ================================================================================================
 
-SPECIAL_TOKENS = ["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                  "<|image_pad|>", "<|video_pad|>"]
+SPECIAL_TOKENS = [
+    "<unk>",
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
     "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
@@ -114,28 +124,57 @@ class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
 
 @pytest.fixture(scope="module")
 def tiny_vlm():
-    words = ["{", "}", ":", ",", "[", "]", '"instruction"', "red", "circle", "blue", "static"] + [f"w{i}" for i in range(40)]
+    words = ["{", "}", ":", ",", "[", "]", '"instruction"', "red", "circle", "blue", "static"] + [
+        f"w{i}" for i in range(40)
+    ]
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + words)}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     backend.decoder = decoders.WordPiece()
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="<unk>", eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        tokenizer_object=backend,
+        unk_token="<unk>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
         additional_special_tokens=SPECIAL_TOKENS[2:],
     )
     image_processor = Qwen2VLImageProcessorPil(size={"shortest_edge": 28 * 28, "longest_edge": 112 * 112})
-    processor = ImageOnlyQwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE)
-    text_config = dict(
-        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=1, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}, max_position_embeddings=512,
-        bos_token_id=vocab["<|endoftext|>"], eos_token_id=vocab["<|im_end|>"], pad_token_id=vocab["<|endoftext|>"],
+    processor = ImageOnlyQwen2VLProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE
     )
-    vision_config = dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=14,
-                         spatial_merge_size=2, temporal_patch_size=2, in_chans=3)
+    text_config = dict(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+        max_position_embeddings=512,
+        bos_token_id=vocab["<|endoftext|>"],
+        eos_token_id=vocab["<|im_end|>"],
+        pad_token_id=vocab["<|endoftext|>"],
+    )
+    vision_config = dict(
+        depth=1,
+        embed_dim=32,
+        hidden_size=32,
+        num_heads=2,
+        mlp_ratio=2,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        in_chans=3,
+    )
     config = Qwen2VLConfig(
-        text_config=text_config, vision_config=vision_config, image_token_id=vocab["<|image_pad|>"],
-        video_token_id=vocab["<|video_pad|>"], vision_start_token_id=vocab["<|vision_start|>"],
-        vision_end_token_id=vocab["<|vision_end|>"], eos_token_id=vocab["<|im_end|>"], pad_token_id=vocab["<|endoftext|>"],
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_id=vocab["<|image_pad|>"],
+        video_token_id=vocab["<|video_pad|>"],
+        vision_start_token_id=vocab["<|vision_start|>"],
+        vision_end_token_id=vocab["<|vision_end|>"],
+        eos_token_id=vocab["<|im_end|>"],
+        pad_token_id=vocab["<|endoftext|>"],
     )
     torch.manual_seed(0)
     return Qwen2VLForConditionalGeneration(config).eval(), processor
@@ -153,13 +192,17 @@ class TinySam2ImageProcessor(ImageProcessingMixin):
     def __call__(self, images, segmentation_maps=None, return_tensors=None, **kwargs):
         images = images if isinstance(images, list) else [images]
         side = self.size["height"]
-        pixels = np.stack([np.asarray(i.convert("RGB").resize((side, side), Image.BILINEAR), np.float32) / 255 for i in images])
+        pixels = np.stack(
+            [np.asarray(i.convert("RGB").resize((side, side), Image.BILINEAR), np.float32) / 255 for i in images]
+        )
         pixels = (pixels - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225], np.float32)
         data = {"pixel_values": pixels.transpose(0, 3, 1, 2), "original_sizes": [[i.height, i.width] for i in images]}
         return BatchFeature(data, tensor_type=return_tensors)
 
     def post_process_masks(self, masks, original_sizes, mask_threshold=0.0, binarize=True, *args, **kwargs):
-        resized = [F.interpolate(m.float(), [int(s) for s in size], mode="bilinear") for m, size in zip(masks, original_sizes)]
+        resized = [
+            F.interpolate(m.float(), [int(s) for s in size], mode="bilinear") for m, size in zip(masks, original_sizes)
+        ]
         return [m > mask_threshold if binarize else m for m in resized]
 
 
@@ -173,40 +216,75 @@ def tiny_region_masker(tmp_path_factory):
         tokenizer=BertTokenizerFast(vocab_file=str(vocab_file)),
     )
     detector_config = GroundingDinoConfig(
-        backbone_config=SwinConfig(image_size=128, patch_size=4, embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
-                                   window_size=2, out_features=["stage2", "stage3", "stage4"]),
-        text_config=BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                               intermediate_size=32, max_position_embeddings=64),
-        d_model=32, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
-        encoder_attention_heads=2, decoder_attention_heads=2, num_queries=10, encoder_n_points=2, decoder_n_points=2,
+        backbone_config=SwinConfig(
+            image_size=128,
+            patch_size=4,
+            embed_dim=8,
+            depths=[1, 1, 1, 1],
+            num_heads=[1, 1, 1, 1],
+            window_size=2,
+            out_features=["stage2", "stage3", "stage4"],
+        ),
+        text_config=BertConfig(
+            vocab_size=len(words),
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=64,
+        ),
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        num_queries=10,
+        encoder_n_points=2,
+        decoder_n_points=2,
         max_text_len=32,
     )
     segmenter_config = Sam2Config(
         vision_config=Sam2VisionConfig(
             backbone_config=Sam2HieraDetConfig(
-                hidden_size=8, image_size=[64, 64], blocks_per_stage=[1, 1, 2, 1], embed_dim_per_stage=[8, 16, 32, 64],
-                num_attention_heads_per_stage=[1, 1, 1, 1], window_size_per_stage=[2, 2, 2, 1],
-                global_attention_blocks=[3], window_positional_embedding_background_size=[2, 2],
+                hidden_size=8,
+                image_size=[64, 64],
+                blocks_per_stage=[1, 1, 2, 1],
+                embed_dim_per_stage=[8, 16, 32, 64],
+                num_attention_heads_per_stage=[1, 1, 1, 1],
+                window_size_per_stage=[2, 2, 2, 1],
+                global_attention_blocks=[3],
+                window_positional_embedding_background_size=[2, 2],
             ),
-            backbone_channel_list=[64, 32, 16, 8], backbone_feature_sizes=[[16, 16], [8, 8], [4, 4]], fpn_hidden_size=16,
+            backbone_channel_list=[64, 32, 16, 8],
+            backbone_feature_sizes=[[16, 16], [8, 8], [4, 4]],
+            fpn_hidden_size=16,
         ),
         prompt_encoder_config=dict(hidden_size=16, image_size=64, patch_size=16, mask_input_channels=4),
-        mask_decoder_config=dict(hidden_size=16, mlp_dim=32, num_hidden_layers=1, num_attention_heads=2,
-                                 iou_head_hidden_dim=16),
+        mask_decoder_config=dict(
+            hidden_size=16, mlp_dim=32, num_hidden_layers=1, num_attention_heads=2, iou_head_hidden_dim=16
+        ),
     )
     torch.manual_seed(0)
     return RegionMasker(
-        GroundingDinoForObjectDetection(detector_config).eval(), detector_processor,
-        Sam2Model(segmenter_config).eval(), Sam2Processor(image_processor=TinySam2ImageProcessor()),
-        box_threshold=0.0, text_threshold=0.0,  # random scores: keep every box so SAM2 really runs
-        detector_id="tiny-grounding-dino", segmenter_id="tiny-sam2",
+        GroundingDinoForObjectDetection(detector_config).eval(),
+        detector_processor,
+        Sam2Model(segmenter_config).eval(),
+        Sam2Processor(image_processor=TinySam2ImageProcessor()),
+        box_threshold=0.0,
+        text_threshold=0.0,  # random scores: keep every box so SAM2 really runs
+        detector_id="tiny-grounding-dino",
+        segmenter_id="tiny-sam2",
     )
 
 
 def make_transition(size: int = 64) -> Transition:
     rng = np.random.default_rng(0)
-    frames = [SampledFrame(Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)), t, int(t * 8))
-              for t in (0.5, 1.5)]
+    frames = [
+        SampledFrame(Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)), t, int(t * 8))
+        for t in (0.5, 1.5)
+    ]
     return Transition("unused.mp4", "clip", frames[0], frames[1])
 
 
@@ -241,8 +319,10 @@ def test_vlm_garbage_is_retried_then_rejected_with_a_logged_reason(tiny_vlm, cap
 
     model.generate = counting_generate
     try:
-        with caplog.at_level(logging.INFO, logger="diffusers_vincie.data.video.annotate"), \
-                pytest.raises(AnnotationRejected, match="after 3 attempt"):
+        with (
+            caplog.at_level(logging.INFO, logger="diffusers_vincie.data.video.annotate"),
+            pytest.raises(AnnotationRejected, match="after 3 attempt"),
+        ):
             annotator.annotate(make_transition())
     finally:
         del model.generate
@@ -315,11 +395,14 @@ def two_videos(tmp_path_factory):
     return folder
 
 
-def test_build_with_garbage_vlm_rejects_every_transition_without_crashing(tiny_vlm, tiny_region_masker, two_videos,
-                                                                          tmp_path):
+def test_build_with_garbage_vlm_rejects_every_transition_without_crashing(
+    tiny_vlm, tiny_region_masker, two_videos, tmp_path
+):
     annotator = VLMAnnotator(*tiny_vlm, max_attempts=2, max_new_tokens=6)
     config = SamplingConfig(strategy="equal_interval", interval=1.0)
-    summary = build_sessions([two_videos], tmp_path / "out", annotator, config=config, region_masker=tiny_region_masker)
+    summary = build_sessions(
+        [two_videos], tmp_path / "out", annotator, config=config, region_masker=tiny_region_masker
+    )
     # a video none of whose transitions could be annotated is a reject (retried next run), like the unreadable one
     assert (summary.videos, summary.rejected_videos, summary.sessions) == (3, 3, 0)
     manifest = read_manifest(tmp_path / "out")

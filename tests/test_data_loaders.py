@@ -117,7 +117,11 @@ def test_from_row_missing_column():
 
 def _assert_same(a: SessionRecord, b: SessionRecord) -> None:
     assert (a.session_id, a.video_id, a.instructions, a.timestamps, a.camera_motion) == (
-        b.session_id, b.video_id, b.instructions, b.timestamps, b.camera_motion
+        b.session_id,
+        b.video_id,
+        b.instructions,
+        b.timestamps,
+        b.camera_motion,
     )
     for x, y in zip(a.frames, b.frames):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -181,10 +185,27 @@ def test_vincie10m_adapter_default_and_custom_columns(tmp_path):
         frame.save(tmp_path / f"f{i}.png")
     mask = np.zeros((8, 8), np.uint8)
     mask[2:4, 2:4] = 255
-    custom = [{"clip": "v1", "paths": ["f0.png", "f1.png"], "prompts": json.dumps(["add"]), "t": [0.5, 2.0],
-               "m0": [PIL.Image.fromarray(mask)], "m1": [None], "cam": ["pan left"]}]
-    columns = Vincie10MColumns(frames="paths", instructions="prompts", session_id=None, video_id="clip",
-                               timestamps="t", source_masks="m0", target_masks="m1", camera_motion="cam")
+    custom = [
+        {
+            "clip": "v1",
+            "paths": ["f0.png", "f1.png"],
+            "prompts": json.dumps(["add"]),
+            "t": [0.5, 2.0],
+            "m0": [PIL.Image.fromarray(mask)],
+            "m1": [None],
+            "cam": ["pan left"],
+        }
+    ]
+    columns = Vincie10MColumns(
+        frames="paths",
+        instructions="prompts",
+        session_id=None,
+        video_id="clip",
+        timestamps="t",
+        source_masks="m0",
+        target_masks="m1",
+        camera_motion="cam",
+    )
     (record,) = Vincie10MAdapter(custom, columns=columns, image_root=tmp_path, image_size=(4, 4))
     assert record.session_id == "v1/0" and record.video_id == "v1" and record.size == (4, 4)
     assert record.timestamps == [0.5, 2.0] and record.camera_motion == ["pan left"]
@@ -192,8 +213,10 @@ def test_vincie10m_adapter_default_and_custom_columns(tmp_path):
 
 
 def test_vincie10m_adapter_errors():
-    rows = [{"id": "a", "images": _frames(3), "instructions": ["only one"]},
-            {"id": "b", "images": _frames(2), "instructions": ["ok"]}]
+    rows = [
+        {"id": "a", "images": _frames(3), "instructions": ["only one"]},
+        {"id": "b", "images": _frames(2), "instructions": ["ok"]},
+    ]
     with pytest.raises(ValueError, match="Vincie10MColumns"):
         Vincie10MAdapter(Dataset.from_list(rows), columns=Vincie10MColumns(frames="frames"))
     with pytest.raises(SessionValidationError, match="instructions"):
@@ -229,9 +252,16 @@ def _magicbrush_rows():
         for turn in range(1, len(images)):
             mask = np.zeros((8, 8), np.uint8)
             mask[:turn, :] = 255
-            rows.append({"img_id": session_id, "turn_index": turn, "source_img": images[turn - 1],
-                         "mask_img": PIL.Image.fromarray(mask), "instruction": f"{session_id} edit {turn} ",
-                         "target_img": images[turn]})
+            rows.append(
+                {
+                    "img_id": session_id,
+                    "turn_index": turn,
+                    "source_img": images[turn - 1],
+                    "mask_img": PIL.Image.fromarray(mask),
+                    "instruction": f"{session_id} edit {turn} ",
+                    "target_img": images[turn],
+                }
+            )
     return frames, rows
 
 

@@ -362,4 +362,3 @@ def test_synthetic_world_needs_neither_datasets_nor_av():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "lazy ok" in result.stdout
-

@@ -22,8 +22,13 @@ MAX_SHIPPED_BYTES = 25 * 2**20
 # this way (the one before it: 76, the same cases); these are the
 # first clear case (inside > 60 and > 5x outside) of each op, so a broken load, config or sampler (noise everywhere,
 # or a copy) fails here. The op is checked so a change of the world fails too.
-CASES = ((30_000_019, "remove"), (30_000_017, "recolour"), (30_000_009, "move"), (30_000_000, "resize"),
-         (30_000_002, "add"))
+CASES = (
+    (30_000_019, "remove"),
+    (30_000_017, "recolour"),
+    (30_000_009, "move"),
+    (30_000_000, "resize"),
+    (30_000_002, "add"),
+)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +90,10 @@ def test_demo_writes_turns_and_contact_sheet(tmp_path):
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["contact_sheet.png", "turn_0_source.png"] + [f"turn_{k}.png" for k in range(1, 6)]
     assert PIL.Image.open(tmp_path / "turn_3.png").size == (RESOLUTION, RESOLUTION)
-    assert PIL.Image.open(tmp_path / "contact_sheet.png").size == (6 * CELL, CAPTION_HEIGHT + 2 * CELL)  # model + truth
+    assert PIL.Image.open(tmp_path / "contact_sheet.png").size == (
+        6 * CELL,
+        CAPTION_HEIGHT + 2 * CELL,
+    )  # model + truth
     assert len(result["scores"]) == 5
 
 
@@ -94,8 +102,12 @@ def test_demo_user_image_and_bad_input(tmp_path):
 
     image = tmp_path / "mine.png"
     PIL.Image.fromarray(np.full((48, 64, 3), 200, np.uint8)).save(image)
-    result = run_demo(tmp_path / "out", image=str(image), instructions=["add a big red circle at the top left"],
-                      num_inference_steps=2)
+    result = run_demo(
+        tmp_path / "out",
+        image=str(image),
+        instructions=["add a big red circle at the top left"],
+        num_inference_steps=2,
+    )
     assert len(result["images"]) == 1 and result["scores"] == []
     with pytest.raises(FileNotFoundError, match="--image"):
         run_demo(tmp_path / "out", image=str(tmp_path / "missing.png"))
@@ -113,7 +125,16 @@ def test_shapes_bench_runs_end_to_end(tmp_path):
     torch.set_num_threads(1)
     bench = load_script(REPO / "benchmarks" / "shapes_bench.py", "shapes_bench")
     curve = tmp_path / "curve.jsonl"
-    common = ["--num_sessions", "2", "--num_inference_steps", "2", "--output_dir", str(tmp_path), "--curve", str(curve)]
+    common = [
+        "--num_sessions",
+        "2",
+        "--num_inference_steps",
+        "2",
+        "--output_dir",
+        str(tmp_path),
+        "--curve",
+        str(curve),
+    ]
     summary = bench.main(common + ["--modes", "full,copy", "--ground_truth_modes", "full", "--label", "7"])
     assert summary["chained"]["copy"]["cumulative_success"] == [0.0] * 5  # every turn changes some pixels
     assert len(summary["turns"]["ground_truth/full"]) == 2

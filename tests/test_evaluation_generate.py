@@ -27,7 +27,12 @@ def solid(color: tuple[int, int, int], size: tuple[int, int] = (24, 16)) -> PIL.
 def tiny_mse_bench(num_sessions: int = 3, num_turns: int = 3) -> Dataset:
     """A tiny MSE-Bench-format dataset: one row per session."""
     features = Features(
-        {"image": Image(), "index": Value("int64"), "context": List(Value("string")), "operation": List(Value("string"))}
+        {
+            "image": Image(),
+            "index": Value("int64"),
+            "context": List(Value("string")),
+            "operation": List(Value("string")),
+        }
     )
     return Dataset.from_dict(
         {
@@ -80,8 +85,15 @@ def test_load_sessions_groups_magicbrush_turns():
             "target_img": [solid((11, 0, 0)), solid((12, 0, 0)), solid((13, 0, 0)), solid((14, 0, 0))],
             "instruction": ["7b", "5a", "7a", "5b"],
         },
-        features=Features({"img_id": Value("string"), "turn_index": Value("int32"), "source_img": Image(),
-                           "target_img": Image(), "instruction": Value("string")}),
+        features=Features(
+            {
+                "img_id": Value("string"),
+                "turn_index": Value("int32"),
+                "source_img": Image(),
+                "target_img": Image(),
+                "instruction": Value("string"),
+            }
+        ),
     )
     sessions = load_benchmark_sessions(rows)
     assert [s.index for s in sessions] == ["7", "5"]
@@ -120,7 +132,11 @@ def test_generate_feeds_history_and_names_outputs(tmp_path):
     # Session 1, turn t: history [source, out_0..out_{t-1}], instructions 1..t+1, seed 100 + index.
     calls = editor.calls[3:]
     assert [c[0] for c in calls] == [1, 2, 3]
-    assert [c[1] for c in calls] == [["s1-t1 edit"], ["s1-t1 edit", "s1-t2 edit"], ["s1-t1 edit", "s1-t2 edit", "s1-t3 edit"]]
+    assert [c[1] for c in calls] == [
+        ["s1-t1 edit"],
+        ["s1-t1 edit", "s1-t2 edit"],
+        ["s1-t1 edit", "s1-t2 edit", "s1-t3 edit"],
+    ]
     assert {c[2] for c in calls} == {101}
     # The history holds the PNGs written to disk: source (10, 20, 30) brightened by 10 per turn.
     last_history = calls[2][3]
@@ -150,7 +166,9 @@ def test_generate_resumes_and_skips_finished_sessions(tmp_path):
 def test_generate_rejects_bad_editor_output_and_max_turns(tmp_path):
     sessions = load_benchmark_sessions(tiny_mse_bench(num_sessions=1))
     with pytest.raises(TypeError, match="must return a PIL image"):
-        generate_outputs(lambda images, instructions, seed: np.zeros((4, 4, 3)), sessions, tmp_path, show_progress=False)
+        generate_outputs(
+            lambda images, instructions, seed: np.zeros((4, 4, 3)), sessions, tmp_path, show_progress=False
+        )
     with pytest.raises(ValueError, match="max_turns"):
         generate_outputs(RecordingEditor(), sessions, tmp_path, max_turns=0, show_progress=False)
     summary = generate_outputs(RecordingEditor(), sessions, tmp_path, max_turns=2, show_progress=False)
@@ -176,8 +194,17 @@ def test_pipeline_editor_calls_pipeline_with_history_and_takes_last_image():
 
 
 def test_load_sessions_reads_the_unzipped_magicbrush_test_folder(tmp_path):
-    sessions_json = {"42": [{"input": "42-input.png", "mask": "42-mask1.png", "output": "42-output1.png", "instruction": "add a cat"},
-                            {"input": "42-output1.png", "mask": "42-mask2.png", "output": "42-output2.png", "instruction": "make it red"}]}
+    sessions_json = {
+        "42": [
+            {"input": "42-input.png", "mask": "42-mask1.png", "output": "42-output1.png", "instruction": "add a cat"},
+            {
+                "input": "42-output1.png",
+                "mask": "42-mask2.png",
+                "output": "42-output2.png",
+                "instruction": "make it red",
+            },
+        ]
+    }
     (tmp_path / "edit_sessions.json").write_text(__import__("json").dumps(sessions_json))
     images = tmp_path / "images" / "42"
     images.mkdir(parents=True)
@@ -206,9 +233,23 @@ def test_generate_splits_sessions_across_torchrun_processes(tmp_path):
         "    return images[-1]\n"
     )
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "diffusers_vincie.evaluation", "generate", "--dataset", str(tmp_path / "bench.parquet"),
-               "--editor", "rank_editor:editor", "--output-dir", str(tmp_path / "out")]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "diffusers_vincie.evaluation",
+        "generate",
+        "--dataset",
+        str(tmp_path / "bench.parquet"),
+        "--editor",
+        "rank_editor:editor",
+        "--output-dir",
+        str(tmp_path / "out"),
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     calls = [sorted((tmp_path / f"calls_{rank}.txt").read_text().split()) for rank in (0, 1)]
@@ -223,12 +264,29 @@ def test_generate_cli_with_a_saved_vincie_pipeline(tmp_path, capsys):
 
     tiny_pipeline().save_pretrained(str(tmp_path / "pipeline"))
     tiny_mse_bench(num_sessions=2, num_turns=2).to_parquet(str(tmp_path / "bench.parquet"))
-    arguments = ["generate", "--dataset", str(tmp_path / "bench.parquet"), "--pipeline", str(tmp_path / "pipeline"),
-                 "--output-dir", str(tmp_path / "out"), "--device", "cpu", "--num-inference-steps", "2",
-                 "--pipeline-kwargs", '{"resolution": 32}']
+    arguments = [
+        "generate",
+        "--dataset",
+        str(tmp_path / "bench.parquet"),
+        "--pipeline",
+        str(tmp_path / "pipeline"),
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--device",
+        "cpu",
+        "--num-inference-steps",
+        "2",
+        "--pipeline-kwargs",
+        '{"resolution": 32}',
+    ]
     assert main(arguments) == 0
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert names == ["0_turn0_rep0_seed0.png", "0_turn1_rep0_seed0.png", "1_turn0_rep0_seed1.png", "1_turn1_rep0_seed1.png"]
+    assert names == [
+        "0_turn0_rep0_seed0.png",
+        "0_turn1_rep0_seed0.png",
+        "1_turn0_rep0_seed1.png",
+        "1_turn1_rep0_seed1.png",
+    ]
     first, second = (PIL.Image.open(tmp_path / "out" / name) for name in names[2:])
     assert first.mode == second.mode == "RGB" and first.size == second.size  # the pipeline's working size
     mtimes = [os.path.getmtime(tmp_path / "out" / name) for name in names]

@@ -47,7 +47,10 @@ SCRIPT = {
     (0, 1): [verdict_json(8, 9)],
     (0, 2): [500, verdict_json(7, 7)],  # transient server error, then success
     (0, 3): [verdict_json(9, 5)],  # fails: consistency 5
-    (1, 1): ["The edit looks fine to me.", "```json\n" + verdict_json(6, 9) + "\n```"],  # no JSON, then fenced; 6 fails
+    (1, 1): [
+        "The edit looks fine to me.",
+        "```json\n" + verdict_json(6, 9) + "\n```",
+    ],  # no JSON, then fenced; 6 fails
     (1, 2): [verdict_json(9, 9)],  # only asked when the threshold is lowered to 5
     (1, 3): [verdict_json(6, 6)],
     (2, 1): [429, "Sure! {'reason': 'ok', 'prompt_following': 10, 'consistency': 8} Hope it helps."],
@@ -94,8 +97,17 @@ class FakeJudgeServer:
         images = [part["image_url"]["url"] for part in content[1:]]
         first = PIL.Image.open(io.BytesIO(base64.b64decode(images[0].split(",", 1)[1])))
         with self.lock:
-            self.requests.append({"key": key, "path": path, "auth": authorization, "model": body["model"],
-                                  "num_images": len(images), "first_size": first.size, "body": body})
+            self.requests.append(
+                {
+                    "key": key,
+                    "path": path,
+                    "auth": authorization,
+                    "model": body["model"],
+                    "num_images": len(images),
+                    "first_size": first.size,
+                    "body": body,
+                }
+            )
             replies = self.script.get(key)
             reply = replies.pop(0) if replies else 400
         if isinstance(reply, int):
@@ -143,7 +155,12 @@ def hand_summary(threshold_6=True):
     n = 4
     return [
         # turn 1: s0 (8, 9) ok, s1 (6, 9) fail, s2 (10, 8) ok, s3 (3, 2) fail
-        (2 / n, (8 + 6 + 10 + 3) / n, (9 + 9 + 8 + 2) / n, (math.sqrt(72) + math.sqrt(54) + math.sqrt(80) + math.sqrt(6)) / n),
+        (
+            2 / n,
+            (8 + 6 + 10 + 3) / n,
+            (9 + 9 + 8 + 2) / n,
+            (math.sqrt(72) + math.sqrt(54) + math.sqrt(80) + math.sqrt(6)) / n,
+        ),
         # turn 2: s0 (7, 7) ok, s2 (7, 10) ok
         (2 / n, (7 + 7) / n, (7 + 10) / n, (7 + math.sqrt(70)) / n),
         # turn 3: s0 (9, 5) fail, s2 (8, 8) ok
@@ -152,10 +169,32 @@ def hand_summary(threshold_6=True):
 
 
 def run_cli(bench, outputs, report_dir, server, *extra):
-    return main(["judge", "--dataset", str(bench), "--outputs", str(outputs), "--report-dir", str(report_dir),
-                 "--base-url", server.base_url, "--model", "fake-judge", "--api-key-env", "FAKE_JUDGE_KEY",
-                 "--backoff-seconds", "0", "--max-retries", "2", "--max-attempts", "3", "--num-workers", "3",
-                 *extra])
+    return main(
+        [
+            "judge",
+            "--dataset",
+            str(bench),
+            "--outputs",
+            str(outputs),
+            "--report-dir",
+            str(report_dir),
+            "--base-url",
+            server.base_url,
+            "--model",
+            "fake-judge",
+            "--api-key-env",
+            "FAKE_JUDGE_KEY",
+            "--backoff-seconds",
+            "0",
+            "--max-retries",
+            "2",
+            "--max-attempts",
+            "3",
+            "--num-workers",
+            "3",
+            *extra,
+        ]
+    )
 
 
 # -----------------------------------------------------------------------------------------------------
@@ -178,7 +217,10 @@ def test_judge_matches_hand_computation_retries_and_cache(mse_fixture, server, t
         assert request["auth"] == "Bearer test-key" and request["model"] == "fake-judge"
         assert request["num_images"] == request["key"][1] + 1  # [source, out_1..out_K]
         assert request["first_size"] == (16, 12)  # the source is resized to the turn-1 output
-        assert all(part["image_url"]["url"].startswith("data:image/png;base64,") for part in request["body"]["messages"][0]["content"][1:])
+        assert all(
+            part["image_url"]["url"].startswith("data:image/png;base64,")
+            for part in request["body"]["messages"][0]["content"][1:]
+        )
 
     rows = list(csv_rows(report_dir / "mse_bench.csv"))
     assert rows[0] == ["Turn", "Success Rate", "Prompt Following", "Consistency", "Overall"]
@@ -240,8 +282,9 @@ def test_persistent_errors_are_bounded_and_reported(mse_fixture, tmp_path):
 
     fake = FakeJudgeServer({(0, 1): [503, 503, 503, 503]})
     try:
-        client = JudgeClient(fake.base_url, "m", max_retries=2, backoff_seconds=0.5, max_backoff_seconds=0.75,
-                             sleep=sleeps.append)
+        client = JudgeClient(
+            fake.base_url, "m", max_retries=2, backoff_seconds=0.5, max_backoff_seconds=0.75, sleep=sleeps.append
+        )
         with pytest.raises(JudgeError, match="failed 3 times"):
             judge_benchmark(client, sessions, outputs, tmp_path / "c1", show_progress=False)
         assert len(fake.requests) == 3 and sleeps == [0.5, 0.75]  # exponential, capped
@@ -277,8 +320,10 @@ def test_missing_outputs_and_key_give_clear_errors(mse_fixture, tmp_path, monkey
     with pytest.raises(FileNotFoundError, match="run `generate` first"):
         judge_benchmark(client, load_benchmark_sessions(bench), outputs, tmp_path / "cache", show_progress=False)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    assert main(["judge", "--dataset", str(bench), "--outputs", str(outputs),
-                 "--base-url", "https://api.openai.com/v1"]) == 2
+    assert (
+        main(["judge", "--dataset", str(bench), "--outputs", str(outputs), "--base-url", "https://api.openai.com/v1"])
+        == 2
+    )
     assert "OPENAI_API_KEY" in capsys.readouterr().err
     with pytest.raises(ValueError, match="base_url"):
         JudgeClient("", "m")
@@ -293,7 +338,7 @@ def test_missing_outputs_and_key_give_clear_errors(mse_fixture, tmp_path, monkey
     "reply, expected",
     [
         ('{"reason": "r", "prompt_following": 7, "consistency": 8}', (7, 8)),
-        ("```json\n{\"reason\": \"r\", \"prompt_following\": 9, \"consistency\": 3}\n```", (9, 3)),
+        ('```json\n{"reason": "r", "prompt_following": 9, "consistency": 3}\n```', (9, 3)),
         ("```\n{'reason': 'it\\'s fine', 'prompt_following': 10, 'consistency': 0}\n```", (10, 0)),
         ('Here you go: {"reason": "a {b}", "prompt_following": "6", "consistency": 7.5} done', (6, 7.5)),
     ],
@@ -305,8 +350,15 @@ def test_parse_judge_reply_accepts_fences_literals_and_noise(reply, expected):
 
 @pytest.mark.parametrize(
     "reply",
-    ["", None, "no json here", '{"reason": "r", "prompt_following": 7}', '{"prompt_following": 11, "consistency": 3}',
-     '{"prompt_following": "high", "consistency": 3}', "[1, 2]"],
+    [
+        "",
+        None,
+        "no json here",
+        '{"reason": "r", "prompt_following": 7}',
+        '{"prompt_following": 11, "consistency": 3}',
+        '{"prompt_following": "high", "consistency": 3}',
+        "[1, 2]",
+    ],
 )
 def test_parse_judge_reply_rejects_invalid(reply):
     with pytest.raises(JudgeReplyError):
@@ -329,18 +381,58 @@ def test_summarize_ignores_verdicts_after_a_failure_and_divides_by_all_sessions(
 def test_judge_published_results_dataset(mse_fixture, server, tmp_path, capsys):
     """`--results-dataset` exports released outputs (turn_{t}_image columns) into --outputs, then judges them."""
     bench, _ = mse_fixture
-    columns = {f"turn_{t}_image": [PIL.Image.new("RGB", (16, 12), (i, t, 9)) for i in range(4)] for t in range(NUM_TURNS)}
-    Dataset.from_dict(columns, features=Features({name: Image() for name in columns})).to_parquet(str(tmp_path / "results.parquet"))
+    columns = {
+        f"turn_{t}_image": [PIL.Image.new("RGB", (16, 12), (i, t, 9)) for i in range(4)] for t in range(NUM_TURNS)
+    }
+    Dataset.from_dict(columns, features=Features({name: Image() for name in columns})).to_parquet(
+        str(tmp_path / "results.parquet")
+    )
     outputs = tmp_path / "published"
-    assert main(["judge", "--dataset", str(bench), "--outputs", str(outputs), "--results-dataset",
-                 str(tmp_path / "results.parquet"), "--base-url", server.base_url, "--model", "fake-judge",
-                 "--api-key-env", "NO_KEY_NEEDED", "--backoff-seconds", "0", "--num-workers", "2"]) == 0
+    assert (
+        main(
+            [
+                "judge",
+                "--dataset",
+                str(bench),
+                "--outputs",
+                str(outputs),
+                "--results-dataset",
+                str(tmp_path / "results.parquet"),
+                "--base-url",
+                server.base_url,
+                "--model",
+                "fake-judge",
+                "--api-key-env",
+                "NO_KEY_NEEDED",
+                "--backoff-seconds",
+                "0",
+                "--num-workers",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in outputs.glob("*.png")) == sorted(
-        f"{i}_turn{t}_rep0_seed{i}.png" for i in range(4) for t in range(NUM_TURNS))
+        f"{i}_turn{t}_rep0_seed{i}.png" for i in range(4) for t in range(NUM_TURNS)
+    )
     assert PIL.Image.open(outputs / "2_turn1_rep0_seed2.png").getpixel((0, 0)) == (2, 1, 9)
     rows = list(csv_rows(outputs / "judge-fake-judge" / "mse_bench.csv"))[1:]
     for row, expected in zip(rows, hand_summary()):
         assert [float(value) for value in row[1:]] == pytest.approx(expected, abs=5e-5)
-    assert main(["judge", "--dataset", str(bench), "--outputs", str(outputs), "--results-dataset", "org/results",
-                 "--base-url", server.base_url]) == 2
+    assert (
+        main(
+            [
+                "judge",
+                "--dataset",
+                str(bench),
+                "--outputs",
+                str(outputs),
+                "--results-dataset",
+                "org/results",
+                "--base-url",
+                server.base_url,
+            ]
+        )
+        == 2
+    )
     assert "--results-split" in capsys.readouterr().err

@@ -46,17 +46,32 @@ def tiny_models(tmp_path_factory):
     letters = list(string.ascii_lowercase)
     vocab = ["<|startoftext|>", "<|endoftext|>"] + letters + [c + "</w>" for c in letters]
     clip_config = CLIPConfig(
-        text_config={"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
-                     "num_attention_heads": 4, "max_position_embeddings": 16, "bos_token_id": 0, "eos_token_id": 1,
-                     "pad_token_id": 1},
-        vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 37,
-                       "num_hidden_layers": 2, "num_attention_heads": 4},
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 16,
+            "bos_token_id": 0,
+            "eos_token_id": 1,
+            "pad_token_id": 1,
+        },
+        vision_config={
+            "image_size": 32,
+            "patch_size": 8,
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+        },
         projection_dim=16,
     )
     CLIPModel(clip_config).save_pretrained(root / "clip")
     CLIPTokenizer(vocab={token: i for i, token in enumerate(vocab)}, merges=[]).save_pretrained(root / "clip")
-    vit_config = ViTConfig(image_size=32, patch_size=8, hidden_size=24, num_hidden_layers=2, num_attention_heads=4,
-                           intermediate_size=37)
+    vit_config = ViTConfig(
+        image_size=32, patch_size=8, hidden_size=24, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37
+    )
     ViTModel(vit_config, add_pooling_layer=False).save_pretrained(root / "dino")
     return str(root / "clip"), str(root / "dino")
 
@@ -121,15 +136,24 @@ def magicbrush_dataset(tmp_path):
             rows["source_img"].append(noise(100 + turn))
             rows["target_img"].append(solid(10 * turn, (40, 36)))
             rows["instruction"].append(f"edit {turn}")
-    features = Features({"img_id": Value("string"), "turn_index": Value("int32"), "source_img": Image(),
-                         "target_img": Image(), "instruction": Value("string")})
+    features = Features(
+        {
+            "img_id": Value("string"),
+            "turn_index": Value("int32"),
+            "source_img": Image(),
+            "target_img": Image(),
+            "instruction": Value("string"),
+        }
+    )
     Dataset.from_dict(rows, features=features).to_parquet(str(tmp_path / "magicbrush.parquet"))
     outputs = tmp_path / "outputs"
     outputs.mkdir()
     for img_id, turns in (("11", 2), ("12", 3)):
         for turn in range(turns):
             solid(10 * (turn + 1) + 51, (20, 18)).save(outputs / f"{img_id}_turn{turn}_rep0_seed{img_id}.png")
-    captions = {img_id: {f"{img_id}-output{t}.png": f"caption {'abc'[t - 1]}" for t in range(1, 4)} for img_id in ("11", "12")}
+    captions = {
+        img_id: {f"{img_id}-output{t}.png": f"caption {'abc'[t - 1]}" for t in range(1, 4)} for img_id in ("11", "12")
+    }
     (tmp_path / "captions.json").write_text(json.dumps(captions))
     return tmp_path / "magicbrush.parquet", outputs, tmp_path / "captions.json"
 
@@ -137,8 +161,26 @@ def magicbrush_dataset(tmp_path):
 def test_metrics_cli_final_all_and_per_turn(tmp_path, tiny_models):
     clip_path, dino_path = tiny_models
     dataset, outputs, captions = magicbrush_dataset(tmp_path)
-    assert main(["metrics", "--dataset", str(dataset), "--outputs", str(outputs), "--captions", str(captions),
-                 "--clip-model", clip_path, "--dino-model", dino_path, "--batch-size", "2"]) == 0
+    assert (
+        main(
+            [
+                "metrics",
+                "--dataset",
+                str(dataset),
+                "--outputs",
+                str(outputs),
+                "--captions",
+                str(captions),
+                "--clip-model",
+                clip_path,
+                "--dino-model",
+                dino_path,
+                "--batch-size",
+                "2",
+            ]
+        )
+        == 0
+    )
     results = json.loads((outputs / "magicbrush_metrics.json").read_text())
     assert (results["num_sessions"], results["num_pairs"]) == (2, 5)
     # Every output is its reference + 51 grey levels: L1 = 51/255 in every setting, L2 its square.
@@ -187,15 +229,20 @@ def test_evaluate_modules_load_offline_and_agree_with_the_library(tiny_models):
     assert l1 == pytest.approx(np.mean([l1_distance(p, r) for p, r in zip(predictions, references)]), abs=1e-9)
     assert l2 == pytest.approx(np.mean([l2_distance(p, r) for p, r in zip(predictions, references)]), abs=1e-9)
 
-    clip_i = evaluate.load(metric_path("clip_i")).compute(predictions=predictions, references=references,
-                                                           model_name_or_path=clip_path)["clip_i"]
+    clip_i = evaluate.load(metric_path("clip_i")).compute(
+        predictions=predictions, references=references, model_name_or_path=clip_path
+    )["clip_i"]
     clip = ClipScorer(clip_path)
-    expected = torch.nn.functional.cosine_similarity(clip.image_features(predictions), clip.image_features(references)).mean()
+    expected = torch.nn.functional.cosine_similarity(
+        clip.image_features(predictions), clip.image_features(references)
+    ).mean()
     assert clip_i == pytest.approx(expected.item(), abs=1e-5)
-    clip_t = evaluate.load(metric_path("clip_t")).compute(predictions=predictions, references=["a cat", "a dog"],
-                                                           model_name_or_path=clip_path)["clip_t"]
-    dino = evaluate.load(metric_path("dino")).compute(predictions=predictions, references=references,
-                                                       model_name_or_path=dino_path)["dino"]
+    clip_t = evaluate.load(metric_path("clip_t")).compute(
+        predictions=predictions, references=["a cat", "a dog"], model_name_or_path=clip_path
+    )["clip_t"]
+    dino = evaluate.load(metric_path("dino")).compute(
+        predictions=predictions, references=references, model_name_or_path=dino_path
+    )["dino"]
     assert -1 <= clip_t <= 1 and -1 <= dino <= 1
     with pytest.raises(ValueError, match="Unknown metric module"):
         metric_path("fid")
@@ -206,7 +253,23 @@ def test_metrics_cli_skips_clip_t_without_captions(tmp_path, tiny_models, capsys
     clip_path, dino_path = tiny_models
     dataset, outputs, _ = magicbrush_dataset(tmp_path)
     output_json = tmp_path / "results.json"
-    assert main(["metrics", "--dataset", str(dataset), "--outputs", str(outputs), "--clip-model", clip_path,
-                 "--dino-model", dino_path, "--output-json", str(output_json)]) == 0
+    assert (
+        main(
+            [
+                "metrics",
+                "--dataset",
+                str(dataset),
+                "--outputs",
+                str(outputs),
+                "--clip-model",
+                clip_path,
+                "--dino-model",
+                dino_path,
+                "--output-json",
+                str(output_json),
+            ]
+        )
+        == 0
+    )
     assert "clip-t is skipped" in capsys.readouterr().out
     assert sorted(json.loads(output_json.read_text())["final_turn"]) == ["clip-i", "dino", "l1", "l2"]

@@ -79,8 +79,24 @@ def test_session_bench_cli_with_an_importable_editor(tmp_path, monkeypatch, caps
     module = types.ModuleType("fake_editors_for_session_bench")
     module.Oracle = OracleEditor
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    assert main(["session-bench", "--report-dir", str(tmp_path), "--num-sessions", str(NUM_SESSIONS),
-                 "--num-turns", str(NUM_TURNS), "--image-size", str(SIZE), "--editor", f"{module.__name__}:Oracle"]) == 0
+    assert (
+        main(
+            [
+                "session-bench",
+                "--report-dir",
+                str(tmp_path),
+                "--num-sessions",
+                str(NUM_SESSIONS),
+                "--num-turns",
+                str(NUM_TURNS),
+                "--image-size",
+                str(SIZE),
+                "--editor",
+                f"{module.__name__}:Oracle",
+            ]
+        )
+        == 0
+    )
     assert read_csv(tmp_path / "session_bench.csv")[1][1] == "1.0000"
     assert (tmp_path / "session_bench_success.png").exists() and (tmp_path / "session_bench.md").exists()
     assert main(["session-bench", "--report-dir", str(tmp_path), "--editor", "no_colon_here"]) == 2

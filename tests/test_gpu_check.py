@@ -18,8 +18,9 @@ def test_script_is_valid_bash_and_refuses_unknown_arguments():
 
 
 def test_wheels_folder_is_git_ignored():
-    ignored = subprocess.run(["git", "check-ignore", "wheels/diffusers-0.0.0-py3-none-any.whl"], cwd=REPO,
-                             capture_output=True, text=True)
+    ignored = subprocess.run(
+        ["git", "check-ignore", "wheels/diffusers-0.0.0-py3-none-any.whl"], cwd=REPO, capture_output=True, text=True
+    )
     assert ignored.returncode == 0
 
 

@@ -87,8 +87,9 @@ def _learned_embeddings(vocab_size: int, dim: int = 8):
     from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(0)
-    return T5EncoderModel(T5Config(vocab_size=vocab_size, d_model=dim, d_kv=4, d_ff=16, num_layers=0,
-                                   num_heads=2, dropout_rate=0.0))
+    return T5EncoderModel(
+        T5Config(vocab_size=vocab_size, d_model=dim, d_kv=4, d_ff=16, num_layers=0, num_heads=2, dropout_rate=0.0)
+    )
 
 
 def test_encode_prompts_has_gradients_only_for_an_encoder_in_training():
@@ -121,8 +122,15 @@ def test_build_shapes_text_encoder_writes_learned_word_embeddings(tmp_path):
     from transformers import AutoTokenizer, T5EncoderModel
 
     build = _script("training_scripts/build_shapes_text_encoder.py", "build_shapes_text_encoder")
-    build.build(tmp_path / "text", {"resolution": 16}, d_model=8, num_layers=0, tokenizer_kind="word_level",
-                strip_template=True, dropout_rate=0.0)
+    build.build(
+        tmp_path / "text",
+        {"resolution": 16},
+        d_model=8,
+        num_layers=0,
+        tokenizer_kind="word_level",
+        strip_template=True,
+        dropout_rate=0.0,
+    )
     encoder = T5EncoderModel.from_pretrained(tmp_path / "text" / "text_encoder")
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "text" / "tokenizer")
     assert encoder.config.num_layers == 0 and encoder.config.vocab_size == len(tokenizer)
@@ -171,16 +179,23 @@ def _tiny_pipeline(transformer=None):
 
     tokenizer = build_word_level_tokenizer(ShapesWorld().vocabulary)
     torch.manual_seed(0)
-    encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=8, d_ff=32, num_layers=1,
-                                      num_heads=2)).eval()
+    encoder = T5EncoderModel(
+        T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)
+    ).eval()
     if transformer is None:
         transformer = VincieTransformer(**tiny_transformer_config(attention_layout="block_causal"))
         with torch.no_grad():
             for p in transformer.parameters():
                 p.add_(0.05 * torch.randn_like(p))
-    pipe = VincieInContextPipeline(transformer=transformer.eval(), vae=None, text_encoder=encoder,
-                                   tokenizer=tokenizer, scheduler=official_scheduler(), default_negative_prompt="",
-                                   frame_index_mode="slots")
+    pipe = VincieInContextPipeline(
+        transformer=transformer.eval(),
+        vae=None,
+        text_encoder=encoder,
+        tokenizer=tokenizer,
+        scheduler=official_scheduler(),
+        default_negative_prompt="",
+        frame_index_mode="slots",
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -209,10 +224,11 @@ def test_word_swaps():
 def test_sensitivity_runs_on_a_tiny_random_pipeline():
     sessions = sensitivity_sessions(3, resolution=16, grid=2)
     assert [s.frames[0].shape for s in sessions] == [(16, 16, 3)] * 3
-    assert sessions[0].instructions == ShapesWorld(resolution=16, grid=2).sample_session(
-        SENSITIVITY_SEED, num_turns=1).instructions
-    result = instruction_sensitivity(_tiny_pipeline(), sessions, COLOURS, SHAPES,
-                                     sampling={"num_inference_steps": 2})
+    assert (
+        sessions[0].instructions
+        == ShapesWorld(resolution=16, grid=2).sample_session(SENSITIVITY_SEED, num_turns=1).instructions
+    )
+    result = instruction_sensitivity(_tiny_pipeline(), sessions, COLOURS, SHAPES, sampling={"num_inference_steps": 2})
     for name in ("colour", "shape", "op", "noise"):
         assert math.isnan(result[name]) or 0.0 <= result[name] <= 1.0, (name, result)
     assert result["counts"]["noise"] == 3
@@ -225,8 +241,20 @@ def test_sensitivity_cli_on_a_saved_tiny_pipeline(tmp_path):
     world = tmp_path / "world.json"
     world.write_text(json.dumps({"resolution": 16, "grid": 2}))
     bench = load_script(REPO / "benchmarks" / "instruction_sensitivity.py", "instruction_sensitivity_bench")
-    result = bench.main(["--model", str(tmp_path / "pipe"), "--num_sessions", "2", "--world_config", str(world),
-                         "--num_inference_steps", "2", "--output", str(tmp_path / "s.json")])
+    result = bench.main(
+        [
+            "--model",
+            str(tmp_path / "pipe"),
+            "--num_sessions",
+            "2",
+            "--world_config",
+            str(world),
+            "--num_inference_steps",
+            "2",
+            "--output",
+            str(tmp_path / "s.json"),
+        ]
+    )
     assert json.loads((tmp_path / "s.json").read_text())["noise"] == result["noise"]
     with pytest.raises(SystemExit) as error:
         bench.main(["--num_sessions", "0"])
@@ -248,20 +276,62 @@ def test_training_the_text_encoder_with_high_noise_times_resumes_and_exports(tmp
 
     components = write_tiny_components(tmp_path / "components")
     build = _script("training_scripts/build_shapes_text_encoder.py", "build_shapes_text_encoder")
-    build.build(tmp_path / "text", {"resolution": 16, "grid": 2}, d_model=16, num_layers=0,
-                tokenizer_kind="word_level", strip_template=True, dropout_rate=0.0)
+    build.build(
+        tmp_path / "text",
+        {"resolution": 16, "grid": 2},
+        d_model=16,
+        num_layers=0,
+        tokenizer_kind="word_level",
+        strip_template=True,
+        dropout_rate=0.0,
+    )
     train = _script("training_scripts/train_vincie.py", "train_vincie")
     out = tmp_path / "run"
     flags = [
-        "--transformer_config", str(components / "transformer.json"),
-        "--text_encoder_name_or_path", str(tmp_path / "text" / "text_encoder"),
-        "--tokenizer_name_or_path", str(tmp_path / "text" / "tokenizer"), "--vae_name_or_path", "none",
-        "--output_dir", str(out), "--train_batch_size", "2", "--seed", "0", "--synthetic_world",
-        "--synthetic_world_config", '{"grid": 2}', "--resolution", "16", "--synthetic_num_turns", "2",
-        "--attention_layout", "block_causal", "--train_text_encoder", "--text_encoder_learning_rate", "1e-2",
-        "--timestep_sampling", "uniform", "--timestep_shift", "3", "--cache_text_embeddings", "--use_ema",
-        "--checkpointing_steps", "2", "--sensitivity_steps", "2", "--num_sensitivity_sessions", "2",
-        "--validation_inference_steps", "2", "--resume_from_checkpoint", "latest", "--learning_rate", "1e-3",
+        "--transformer_config",
+        str(components / "transformer.json"),
+        "--text_encoder_name_or_path",
+        str(tmp_path / "text" / "text_encoder"),
+        "--tokenizer_name_or_path",
+        str(tmp_path / "text" / "tokenizer"),
+        "--vae_name_or_path",
+        "none",
+        "--output_dir",
+        str(out),
+        "--train_batch_size",
+        "2",
+        "--seed",
+        "0",
+        "--synthetic_world",
+        "--synthetic_world_config",
+        '{"grid": 2}',
+        "--resolution",
+        "16",
+        "--synthetic_num_turns",
+        "2",
+        "--attention_layout",
+        "block_causal",
+        "--train_text_encoder",
+        "--text_encoder_learning_rate",
+        "1e-2",
+        "--timestep_sampling",
+        "uniform",
+        "--timestep_shift",
+        "3",
+        "--cache_text_embeddings",
+        "--use_ema",
+        "--checkpointing_steps",
+        "2",
+        "--sensitivity_steps",
+        "2",
+        "--num_sensitivity_sessions",
+        "2",
+        "--validation_inference_steps",
+        "2",
+        "--resume_from_checkpoint",
+        "latest",
+        "--learning_rate",
+        "1e-3",
     ]
     _reset_accelerate()
     train.main(train.parse_args(flags + ["--max_train_steps", "2"]))
@@ -276,8 +346,9 @@ def test_training_the_text_encoder_with_high_noise_times_resumes_and_exports(tmp
     assert (final - initial).abs().max() > 1e-4 and (in_checkpoint - initial).abs().max() > 1e-4
 
     export = _script("training_scripts/recipes/export_checkpoint.py", "export_checkpoint")
-    exported = export.export(out, "4", tmp_path / "exported", components / "transformer.json",
-                             text_dir=tmp_path / "text")
+    exported = export.export(
+        out, "4", tmp_path / "exported", components / "transformer.json", text_dir=tmp_path / "text"
+    )
     shipped = load_file(str(exported / "text_encoder" / "model.safetensors"))["shared.weight"]
     assert torch.allclose(shipped, final)  # both the EMA of the text encoder at step 4
     assert json.loads((exported / "checkpoint.json").read_text())["trained_text_encoder"] is True
@@ -288,8 +359,15 @@ def test_new_flags_fail_with_the_flag_named(tmp_path):
 
     components = write_tiny_components(tmp_path / "components")
     train = _script("training_scripts/train_vincie.py", "train_vincie")
-    base = ["--transformer_config", str(components / "transformer.json"), "--text_encoder_name_or_path",
-            str(components / "text_encoder"), "--output_dir", str(tmp_path / "run"), "--synthetic_world"]
+    base = [
+        "--transformer_config",
+        str(components / "transformer.json"),
+        "--text_encoder_name_or_path",
+        str(components / "text_encoder"),
+        "--output_dir",
+        str(tmp_path / "run"),
+        "--synthetic_world",
+    ]
     with pytest.raises(ValueError, match="--timestep_shift"):
         train.parse_args(base + ["--timestep_shift", "0"])
     with pytest.raises(ValueError, match="--train_text_encoder"):

@@ -37,8 +37,9 @@ def test_3b_vae_matches_the_official_keys_on_one_frame(rows):
     temporal taps folded, less the depth-to-space up-samplers that the stock 2D VAE replaces when they are the
     identity (converting.md)."""
     keys = json.loads((REFERENCE / "official-vae-keys.json").read_text())
-    folded = sum(math.prod(s[:2] + s[3:]) if len(s) == 5 else math.prod(s) for n, s in keys.items()
-                 if "upscale_conv" not in n)
+    folded = sum(
+        math.prod(s[:2] + s[3:]) if len(s) == 5 else math.prod(s) for n, s in keys.items() if "upscale_conv" not in n
+    )
     assert rows["VINCIE-3B", "VAE (2D, one frame)"].parameters == folded
 
 

@@ -26,20 +26,33 @@ def _latents(items, seed=0) -> dict:
     return {item: torch.rand(16, 16, 3, generator=g) * 2 - 1 for item in items if isinstance(item, Frame)}
 
 
-@pytest.mark.parametrize("with_masks, mode, text_rope_mode", [
-    (False, "slots", "diagonal"), (True, "slots", "diagonal"), (False, "compact", "diagonal"),
-    (True, "slots", "per_turn"), (False, "compact", "per_turn"),
-])
+@pytest.mark.parametrize(
+    "with_masks, mode, text_rope_mode",
+    [
+        (False, "slots", "diagonal"),
+        (True, "slots", "diagonal"),
+        (False, "compact", "diagonal"),
+        (True, "slots", "per_turn"),
+        (False, "compact", "per_turn"),
+    ],
+)
 def test_training_and_pipeline_give_the_same_inputs_and_velocity_for_every_target(with_masks, mode, text_rope_mode):
-    pipe = tiny_pipeline(pixel_space=True, attention_layout="block_causal", frame_index_mode=mode,
-                         text_rope_mode=text_rope_mode)
+    pipe = tiny_pipeline(
+        pixel_space=True, attention_layout="block_causal", frame_index_mode=mode, text_rope_mode=text_rope_mode
+    )
     transformer = pipe.transformer
     turns = len(INSTRUCTIONS)
-    config = SequenceConfig(layout="block_causal", min_turns=turns, max_turns=turns,
-                            mask_probability=float(with_masks), drop_current_frame=0.0, drop_current_mask=0.0,
-                            drop_next_mask=0.0, frame_index=mode,
-                            task_weights={"next_image": 1.0, "current_mask": float(with_masks),
-                                          "next_mask": float(with_masks)})
+    config = SequenceConfig(
+        layout="block_causal",
+        min_turns=turns,
+        max_turns=turns,
+        mask_probability=float(with_masks),
+        drop_current_frame=0.0,
+        drop_current_mask=0.0,
+        drop_next_mask=0.0,
+        frame_index=mode,
+        task_weights={"next_image": 1.0, "current_mask": float(with_masks), "next_mask": float(with_masks)},
+    )
     plan = plan_sequence(turns, True, config, np.random.default_rng(0))
     assert plan.with_masks == with_masks and plan.items == session_items(turns, with_masks)
     latents = _latents(plan.items)
@@ -83,8 +96,13 @@ def test_training_and_pipeline_give_the_same_inputs_and_velocity_for_every_targe
 @pytest.mark.parametrize("offload_type", ["leaf_level", "block_level"])
 def test_group_offload_to_disk_gives_the_same_images(offload_type, tmp_path):
     image = PIL.Image.fromarray((np.random.RandomState(0).rand(32, 32, 3) * 255).astype(np.uint8))
-    kwargs = dict(num_inference_steps=2, resolution=32, output_type="latent", posterior="mode",
-                  generator=torch.Generator().manual_seed(0))
+    kwargs = dict(
+        num_inference_steps=2,
+        resolution=32,
+        output_type="latent",
+        posterior="mode",
+        generator=torch.Generator().manual_seed(0),
+    )
     plain = tiny_pipeline()
     plain.set_progress_bar_config(disable=True)
     reference = plain(image, ["add a red circle", "make it bigger"], **kwargs).images

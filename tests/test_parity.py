@@ -24,8 +24,17 @@ def test_every_check_passes(checks):
 def test_every_fixture_family_is_checked(checks):
     names = " ".join(c.name for c in checks)
     for needed in (
-        "forward_session out", "forward_session inter.block3.txt", "out_neg", "out_cfg", "forward_batch out",
-        "bf16 q/k/v", "step3.x_t", "final latent", "timesteps 50 shift 12", "vae decode", "packed text",
+        "forward_session out",
+        "forward_session inter.block3.txt",
+        "out_neg",
+        "out_cfg",
+        "forward_batch out",
+        "bf16 q/k/v",
+        "step3.x_t",
+        "final latent",
+        "timesteps 50 shift 12",
+        "vae decode",
+        "packed text",
     ):
         assert needed in names, needed
 
@@ -43,7 +52,8 @@ def test_verifier_detects_a_wrong_output(official_fixtures, tmp_path, capsys):
 def test_cli_exit_status(official_fixtures):
     result = subprocess.run(
         [sys.executable, "-m", "diffusers_vincie.parity", str(official_fixtures), "--only", "forward"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert " 0 failed" in result.stdout

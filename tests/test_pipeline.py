@@ -29,11 +29,21 @@ def test_official_negative_prompt_matches_fixture(official_fixtures):
 
 
 def test_multi_turn_call_returns_every_turn(pipe, image):
-    out = pipe(image, ["add a red circle", "make it bigger", "move it left"], num_inference_steps=STEPS,
-               resolution=32, generator=_gen())
+    out = pipe(
+        image,
+        ["add a red circle", "make it bigger", "move it left"],
+        num_inference_steps=STEPS,
+        resolution=32,
+        generator=_gen(),
+    )
     assert len(out.images) == 3 and all(im.size == (36, 24) for im in out.images)
-    again = pipe(image, ["add a red circle", "make it bigger", "move it left"], num_inference_steps=STEPS,
-                 resolution=32, generator=_gen())
+    again = pipe(
+        image,
+        ["add a red circle", "make it bigger", "move it left"],
+        num_inference_steps=STEPS,
+        resolution=32,
+        generator=_gen(),
+    )
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(out.images, again.images))
     for output_type, kind in (("np", np.ndarray), ("pt", torch.Tensor), ("latent", torch.Tensor)):
         images = pipe(image, "add a red circle", num_inference_steps=2, resolution=32, output_type=output_type).images
@@ -43,18 +53,31 @@ def test_multi_turn_call_returns_every_turn(pipe, image):
 def test_turn_conditions_on_history(pipe, image):
     """Turn 2's output depends on instruction 1 (history), with identical noise for turn 2."""
     noise = [torch.randn(2, 12, 18, 4, generator=_gen(1)), torch.randn(3, 12, 18, 4, generator=_gen(2))]
-    a = pipe(image, ["add a red circle", "make it bigger"], latents=noise, num_inference_steps=STEPS, resolution=32,
-             output_type="latent").images
-    b = pipe(image, ["remove the blue square", "make it bigger"], latents=noise, num_inference_steps=STEPS,
-             resolution=32, output_type="latent").images
+    a = pipe(
+        image,
+        ["add a red circle", "make it bigger"],
+        latents=noise,
+        num_inference_steps=STEPS,
+        resolution=32,
+        output_type="latent",
+    ).images
+    b = pipe(
+        image,
+        ["remove the blue square", "make it bigger"],
+        latents=noise,
+        num_inference_steps=STEPS,
+        resolution=32,
+        output_type="latent",
+    ).images
     assert (a[1] - b[1]).abs().max() > 1e-4
 
 
 def test_session_matches_call_and_encodes_each_thing_once(pipe, image):
     prompts = ["add a red circle", "make it bigger", "move it left"]
     noise = [torch.randn(k + 2, 12, 18, 4, generator=_gen(k)) for k in range(3)]
-    call = pipe(image, prompts, latents=noise, num_inference_steps=STEPS, resolution=32, output_type="latent",
-                posterior="mode").images
+    call = pipe(
+        image, prompts, latents=noise, num_inference_steps=STEPS, resolution=32, output_type="latent", posterior="mode"
+    ).images
     session = pipe.start_session(image, resolution=32, posterior="mode")
     for k, p in enumerate(prompts):
         session.edit(p, latents=noise[k], num_inference_steps=STEPS)
@@ -138,8 +161,14 @@ def test_callback_and_interrupt(pipe, image):
         seen.append(step)
         return {"latents": kwargs["latents"] * 0}
 
-    out = pipe(image, "add a red circle", num_inference_steps=3, resolution=32, callback_on_step_end=callback,
-               output_type="latent")
+    out = pipe(
+        image,
+        "add a red circle",
+        num_inference_steps=3,
+        resolution=32,
+        callback_on_step_end=callback,
+        output_type="latent",
+    )
     assert seen == [0, 1, 2]
     assert out.images[0].abs().max() == 0
 
@@ -152,10 +181,24 @@ def test_save_pretrained_round_trip_and_diffusion_pipeline(pipe, image, tmp_path
     assert isinstance(loaded, VincieInContextPipeline)
     loaded.set_progress_bar_config(disable=True)
     noise = torch.randn(2, 12, 18, 4, generator=_gen())
-    a = pipe(image, "add a red circle", latents=noise, num_inference_steps=2, resolution=32, output_type="latent",
-             posterior="mode").images[0]
-    b = loaded(image, "add a red circle", latents=noise, num_inference_steps=2, resolution=32, output_type="latent",
-               posterior="mode").images[0]
+    a = pipe(
+        image,
+        "add a red circle",
+        latents=noise,
+        num_inference_steps=2,
+        resolution=32,
+        output_type="latent",
+        posterior="mode",
+    ).images[0]
+    b = loaded(
+        image,
+        "add a red circle",
+        latents=noise,
+        num_inference_steps=2,
+        resolution=32,
+        output_type="latent",
+        posterior="mode",
+    ).images[0]
     torch.testing.assert_close(a, b)
 
 
@@ -189,7 +232,9 @@ def test_offloading_runs(image):
     assert len(r(image, "add a red circle", num_inference_steps=2, resolution=32).images) == 1
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="accelerate's sequential offload needs an accelerator device")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="accelerate's sequential offload needs an accelerator device"
+)
 def test_sequential_offload_runs(image):
     q = tiny_pipeline()
     q.set_progress_bar_config(disable=True)
@@ -288,8 +333,13 @@ def test_interrupt_ends_only_its_own_edit_or_call(pipe, image):
         return kwargs
 
     try:
-        out = pipe(image, ["add a red circle", "make it bigger"], num_inference_steps=4, resolution=32,
-                   callback_on_step_end=stop)
+        out = pipe(
+            image,
+            ["add a red circle", "make it bigger"],
+            num_inference_steps=4,
+            resolution=32,
+            callback_on_step_end=stop,
+        )
         assert len(calls) == 1 and len(out.images) == 1  # the call ends: no later step, no later turn
         session = pipe.start_session(image, resolution=32)
         session.edit("add a red circle", num_inference_steps=4, callback_on_step_end=stop)
@@ -317,8 +367,15 @@ def test_callbacks_fire_for_mask_frames_and_each_frame_is_decoded_once(image, mo
     monkeypatch.setattr(p.vae, "decode", lambda *a, **k: decodes.append(1) or decode(*a, **k))
     free = p.maybe_free_model_hooks
     monkeypatch.setattr(p, "maybe_free_model_hooks", lambda: frees.append(1) or free())
-    out = p(image, ["remove it", "add a red circle"], chain_of_editing=True, num_inference_steps=2, resolution=32,
-            output_type="np", callback_on_step_end=record)
+    out = p(
+        image,
+        ["remove it", "add a red circle"],
+        chain_of_editing=True,
+        num_inference_steps=2,
+        resolution=32,
+        output_type="np",
+        callback_on_step_end=record,
+    )
     assert [step for step, _ in seen] == [0, 1] * 6  # current mask, next mask, image; two turns
     assert len(decodes) == 6  # every denoised frame decoded once, none again for the np output
     assert isinstance(out.images[0], np.ndarray)

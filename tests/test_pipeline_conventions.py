@@ -19,8 +19,13 @@ def image():
 
 
 def _kwargs(**extra):
-    kwargs = dict(num_inference_steps=2, resolution=32, posterior="mode", output_type="latent",
-                  generator=torch.Generator().manual_seed(0))
+    kwargs = dict(
+        num_inference_steps=2,
+        resolution=32,
+        posterior="mode",
+        output_type="latent",
+        generator=torch.Generator().manual_seed(0),
+    )
     return {**kwargs, **extra}
 
 
@@ -28,8 +33,9 @@ def test_text_encoded_apart_gives_identical_images(pipe, image, tmp_path):
     reference = pipe(image, PROMPTS, **_kwargs()).images
     # the same weights in memory: embeddings from encode_prompt give exactly the images of the prompts
     in_memory, in_memory_negative = pipe.encode_prompt(PROMPTS)
-    assert torch.equal(pipe(image, prompt_embeds=in_memory, negative_prompt_embeds=in_memory_negative,
-                            **_kwargs()).images, reference)
+    assert torch.equal(
+        pipe(image, prompt_embeds=in_memory, negative_prompt_embeds=in_memory_negative, **_kwargs()).images, reference
+    )
     pipe.save_pretrained(tmp_path / "p")
     encoder_only = DiffusionPipeline.from_pretrained(tmp_path / "p", transformer=None, vae=None)
     prompt_embeds, negative = encoder_only.encode_prompt(PROMPTS)
@@ -65,8 +71,14 @@ def test_candidates_per_turn_and_continuing_from_any(pipe, image):
     single.edit(PROMPTS[1], num_inference_steps=2, generator=torch.Generator().manual_seed(1))
     assert np.array_equal(np.asarray(continued), np.asarray(single.images[-1]))  # continued from candidate 1
     with pytest.raises(ValueError, match="one generator per candidate"):
-        pipe(image, PROMPTS, num_images_per_prompt=3, generator=[torch.Generator()] * 2, num_inference_steps=1,
-             resolution=32)
+        pipe(
+            image,
+            PROMPTS,
+            num_images_per_prompt=3,
+            generator=[torch.Generator()] * 2,
+            num_inference_steps=1,
+            resolution=32,
+        )
     with pytest.raises(ValueError, match="candidate"):
         session.choose(5)
 
@@ -82,8 +94,14 @@ def test_callback_reads_and_changes_guidance(pipe, image):
     calls = []
     hook = pipe.transformer.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
     try:
-        pipe(image, PROMPTS[0], guidance_scale=5.0, callback_on_step_end=callback,
-             callback_on_step_end_tensor_inputs=["latents", "noise_pred"], **_kwargs(num_inference_steps=3))
+        pipe(
+            image,
+            PROMPTS[0],
+            guidance_scale=5.0,
+            callback_on_step_end=callback,
+            callback_on_step_end_tensor_inputs=["latents", "noise_pred"],
+            **_kwargs(num_inference_steps=3),
+        )
     finally:
         hook.remove()
     assert seen[0] == (5.0, 3, True, ("latents", "noise_pred")) and seen[1][0] == 1.0
@@ -94,7 +112,9 @@ def test_callback_reads_and_changes_guidance(pipe, image):
 def test_guidance_interval_and_rescale(pipe, image):
     base = pipe(image, PROMPTS[0], guidance_scale=4.0, **_kwargs()).images
     unguided = pipe(image, PROMPTS[0], guidance_scale=1.0, **_kwargs()).images
-    assert torch.equal(pipe(image, PROMPTS[0], guidance_scale=4.0, guidance_interval=0.0, **_kwargs()).images, unguided)
+    assert torch.equal(
+        pipe(image, PROMPTS[0], guidance_scale=4.0, guidance_interval=0.0, **_kwargs()).images, unguided
+    )
     half = pipe(image, PROMPTS[0], guidance_scale=4.0, guidance_interval=0.5, **_kwargs()).images
     assert not torch.equal(half, base) and not torch.equal(half, unguided)
     rescaled = pipe(image, PROMPTS[0], guidance_scale=4.0, guidance_rescale=0.7, **_kwargs()).images
@@ -159,11 +179,14 @@ def test_current_timestep_during_the_step_loop(pipe, image):
     assert pipe.current_timestep is None
     assert len(seen) == 6 and all(t is not None for t in seen)  # 2 turns x 3 steps, one forward each (no CFG)
     assert [float(t) for t in seen[:3]] == [float(t) for t in pipe.scheduler.timesteps]
-    pipe.transformer.enable_cache(PyramidAttentionBroadcastConfig(
-        spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(0, 1000),
-        spatial_attention_block_identifiers=["transformer_blocks"],
-        current_timestep_callback=lambda: pipe.current_timestep,
-    ))
+    pipe.transformer.enable_cache(
+        PyramidAttentionBroadcastConfig(
+            spatial_attention_block_skip_range=2,
+            spatial_attention_timestep_skip_range=(0, 1000),
+            spatial_attention_block_identifiers=["transformer_blocks"],
+            current_timestep_callback=lambda: pipe.current_timestep,
+        )
+    )
     try:
         cached = pipe(image, PROMPTS, **_kwargs(num_inference_steps=3)).images
     finally:
@@ -187,10 +210,16 @@ def test_image_stacks_in_the_diffusers_layout_and_other_vaes(pipe, image):
     tokenizer = tiny_tokenizer()
     encoder = tiny_text_encoder(len(tokenizer))
     torch.manual_seed(0)
-    tiny_vae = AutoencoderTiny(encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
-                               num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1), latent_channels=4)
-    other = VincieInContextPipeline(tiny_transformer(4, encoder.config.d_model), tiny_vae, encoder, tokenizer,
-                                    pipe.scheduler)
+    tiny_vae = AutoencoderTiny(
+        encoder_block_out_channels=(8, 8),
+        decoder_block_out_channels=(8, 8),
+        num_encoder_blocks=(1, 1),
+        num_decoder_blocks=(1, 1),
+        latent_channels=4,
+    )
+    other = VincieInContextPipeline(
+        tiny_transformer(4, encoder.config.d_model), tiny_vae, encoder, tokenizer, pipe.scheduler
+    )
     other.set_progress_bar_config(disable=True)
     out = other(image, PROMPTS[0], **_kwargs(output_type="np")).images
     assert out.shape == (1, 32, 32, 3) and np.isfinite(out).all()

@@ -25,8 +25,14 @@ def saved_pipeline(tmp_path_factory):
 
     tokenizer = tiny_tokenizer()
     torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+    )
     encoder = Qwen2Model(config).eval()
     pipe = VincieInContextPipeline(tiny_transformer(4, 64), tiny_vae(4), encoder, tokenizer, official_scheduler())
     folder = tmp_path_factory.mktemp("qwen_pipeline")
@@ -67,8 +73,9 @@ def test_int8_text_encoder_embeds_close_and_edits(saved_pipeline):
         assert not torch.equal(exact, approx)  # int8 rounding changed them: the quantized path really ran
 
     def first_turn(pipe, instruction):
-        session = pipe.start_session(PIL.Image.new("RGB", (32, 32), "white"), resolution=32,
-                                     generator=torch.Generator().manual_seed(0))
+        session = pipe.start_session(
+            PIL.Image.new("RGB", (32, 32), "white"), resolution=32, generator=torch.Generator().manual_seed(0)
+        )
         image = session.edit(instruction, num_inference_steps=3, generator=torch.Generator().manual_seed(1))
         return np.asarray(image, dtype=np.float32)
 

@@ -78,11 +78,17 @@ def test_per_turn_text_positions_restart_the_grid_at_every_instruction():
     """I_0 T_0(3) I_1 T_1(2) I_2 (slots 0, 3, 6), packed with a one-turn sample I_0 T_0(2) I_1."""
     frame_order, text_order = sequence_order(session_items(2), [3, 2])
     other_frames, other_text = sequence_order(session_items(1), [2])
-    frame_time = torch.cat([frame_text_offsets(torch.tensor([3]), torch.tensor([5]), frame_order, text_order)
-                            + torch.tensor([0, 3, 6]), torch.tensor([0, 5])])
+    frame_time = torch.cat(
+        [
+            frame_text_offsets(torch.tensor([3]), torch.tensor([5]), frame_order, text_order)
+            + torch.tensor([0, 3, 6]),
+            torch.tensor([0, 5]),
+        ]
+    )
     assert frame_time.tolist() == [0, 6, 11, 0, 5]
-    txt = per_turn_text_positions([3, 2], [5, 2], frame_time, torch.cat([frame_order, other_frames]),
-                                  torch.cat([text_order, other_text]))
+    txt = per_turn_text_positions(
+        [3, 2], [5, 2], frame_time, torch.cat([frame_order, other_frames]), torch.cat([text_order, other_text])
+    )
     # T_0: the official (j, j, j); T_1: after I_1 (time 6) on the time axis, its own grid offsets 0, 1
     assert txt.tolist() == [[0, 0, 0], [1, 1, 1], [2, 2, 2], [6, 0, 0], [7, 1, 1], [0, 0, 0], [1, 1, 1]]
 

@@ -52,8 +52,13 @@ def model(app):
 def url(app, model):
     demo = app.build_demo(model)
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                max_file_size=app.MAX_UPLOAD_SIZE)
+    demo.launch(
+        server_name="127.0.0.1",
+        server_port=port,
+        prevent_thread_lock=True,
+        quiet=True,
+        max_file_size=app.MAX_UPLOAD_SIZE,
+    )
     yield f"http://127.0.0.1:{port}/"
     demo.close()
 
@@ -81,10 +86,21 @@ def captions(history) -> list:
 
 def direct_session_images(pipe, image_path, instructions, seed=0, **options) -> list:
     """What the app should return: the same session run on the pipeline itself, seeded as the app seeds it."""
-    session = pipe.start_session(PIL.Image.open(image_path).convert("RGB"), resolution=RESOLUTION,
-                                 generator=torch.Generator().manual_seed(seed))
-    return [np.asarray(session.edit(i, num_inference_steps=STEPS, guidance_scale=7.5,
-                                    generator=torch.Generator().manual_seed(seed), **options)) for i in instructions]
+    session = pipe.start_session(
+        PIL.Image.open(image_path).convert("RGB"), resolution=RESOLUTION, generator=torch.Generator().manual_seed(seed)
+    )
+    return [
+        np.asarray(
+            session.edit(
+                i,
+                num_inference_steps=STEPS,
+                guidance_scale=7.5,
+                generator=torch.Generator().manual_seed(seed),
+                **options,
+            )
+        )
+        for i in instructions
+    ]
 
 
 # =====================================================================================================
@@ -191,29 +207,67 @@ def test_painted_region_drag_and_negative_prompt(url, model, tmp_path):
     painted = np.asarray(mask) > 127
 
     result, history, masks, _, _, _ = c.predict(
-        handle_file(str(HOUSE)), "make it blue", STEPS, 7.5, 0, RESOLUTION, False, "blurry", region_payload(HOUSE, layer),
-        api_name="/edit")
+        handle_file(str(HOUSE)),
+        "make it blue",
+        STEPS,
+        7.5,
+        0,
+        RESOLUTION,
+        False,
+        "blurry",
+        region_payload(HOUSE, layer),
+        api_name="/edit",
+    )
     assert [m["caption"] for m in masks] == ["1 · current region", "1 · next region"]
     np.testing.assert_array_equal(pixels(masks[0]["image"])[..., 0] > 127, painted)  # the session got the painted mask
 
     result, history, masks, _, turn, _ = c.predict(
-        None, "move it right", STEPS, 7.5, 0, RESOLUTION, "blurry", region_payload(HOUSE, layer), 25, -10, 1.5, 30,
-        api_name="/drag")
+        None,
+        "move it right",
+        STEPS,
+        7.5,
+        0,
+        RESOLUTION,
+        "blurry",
+        region_payload(HOUSE, layer),
+        25,
+        -10,
+        1.5,
+        30,
+        api_name="/drag",
+    )
     width, height = mask.size
     moved = transform_mask(mask.convert("RGB"), (0.25 * width, -0.1 * height), 1.5, 30)
     np.testing.assert_array_equal(pixels(masks[2]["image"])[..., 0] > 127, painted)
     np.testing.assert_array_equal(pixels(masks[3]["image"]), np.asarray(moved))  # the next region is the moved one
-    assert turn == 2 and captions(history)[-1] == "2 · move it right" and pixels(result).shape == pixels(history[1]["image"]).shape
+    assert (
+        turn == 2
+        and captions(history)[-1] == "2 · move it right"
+        and pixels(result).shape == pixels(history[1]["image"]).shape
+    )
 
-    _, _, masks, _, _, _ = c.predict(None, "move it left", STEPS, 7.5, 0, RESOLUTION, "", None, -20, 0, 1.0, 0,
-                                        api_name="/drag")  # nothing painted: the model predicts the region
+    _, _, masks, _, _, _ = c.predict(
+        None, "move it left", STEPS, 7.5, 0, RESOLUTION, "", None, -20, 0, 1.0, 0, api_name="/drag"
+    )  # nothing painted: the model predicts the region
     assert [m["caption"] for m in masks][-2:] == ["3 · current region", "3 · next region"]
     with pytest.raises(Exception, match="Scale: Value 0.0 is less than minimum value 0.25"):
         c.predict(None, "move it", STEPS, 7.5, 0, RESOLUTION, "", None, 0, 0, 0.0, 0, api_name="/drag")
 
-    plain = c.predict(handle_file(str(SHAPES)), "add a red circle", STEPS, 7.5, 0, RESOLUTION, False, "", None, api_name="/edit")
-    other = client(url).predict(handle_file(str(SHAPES)), "add a red circle", STEPS, 7.5, 0, RESOLUTION, False,
-                                "blurry, low quality", None, api_name="/edit")
+    plain = c.predict(
+        handle_file(str(SHAPES)), "add a red circle", STEPS, 7.5, 0, RESOLUTION, False, "", None, api_name="/edit"
+    )
+    other = client(url).predict(
+        handle_file(str(SHAPES)),
+        "add a red circle",
+        STEPS,
+        7.5,
+        0,
+        RESOLUTION,
+        False,
+        "blurry, low quality",
+        None,
+        api_name="/edit",
+    )
     expected = direct_session_images(model.pipe, SHAPES, ["add a red circle"], negative_prompt="blurry, low quality")
     np.testing.assert_array_equal(pixels(other[0]), expected[0])  # the negative prompt reaches the sampler
     assert not np.array_equal(pixels(plain[0]), pixels(other[0]))
@@ -234,15 +288,24 @@ def test_story_runs_one_session(url, model):
     from gradio_client import handle_file
 
     lines = ["add a red circle", "make it bigger", "move it left"]
-    gallery = client(url).predict(handle_file(str(HOUSE)), "\n".join(lines) + "\n\n", STEPS, 7.5, 3, RESOLUTION, "",
-                                  api_name="/story")
+    gallery = client(url).predict(
+        handle_file(str(HOUSE)), "\n".join(lines) + "\n\n", STEPS, 7.5, 3, RESOLUTION, "", api_name="/story"
+    )
     assert captions(gallery) == ["0 · source"] + [f"{k} · {line}" for k, line in enumerate(lines, start=1)]
     expected = direct_session_images(model.pipe, HOUSE, lines, seed=3, negative_prompt="")
     for item, image in zip(gallery[1:], expected):
         np.testing.assert_array_equal(pixels(item["image"]), image)
     with pytest.raises(Exception, match="between 1 and 7 instructions"):
-        client(url).predict(handle_file(str(HOUSE)), "\n".join(["add a red circle"] * 8), STEPS, 7.5, 0, RESOLUTION,
-                            "", api_name="/story")
+        client(url).predict(
+            handle_file(str(HOUSE)),
+            "\n".join(["add a red circle"] * 8),
+            STEPS,
+            7.5,
+            0,
+            RESOLUTION,
+            "",
+            api_name="/story",
+        )
 
 
 def test_settings_are_bounded_with_clear_messages(url, app, model):
@@ -253,9 +316,15 @@ def test_settings_are_bounded_with_clear_messages(url, app, model):
     for args, message in (  # Gradio checks the components' bounds; the app names the field
         ((STEPS, 7.5, 1e30, RESOLUTION), r"Seed: Value 1e\+30 is greater than maximum value 4294967295"),
         ((STEPS, 7.5, -1, RESOLUTION), "Seed: Value -1 is less than minimum value 0"),
-        ((app.MAX_STEPS + 1, 7.5, 0, RESOLUTION), f"Steps: Value {app.MAX_STEPS + 1} is greater than maximum value {app.MAX_STEPS}"),
+        (
+            (app.MAX_STEPS + 1, 7.5, 0, RESOLUTION),
+            f"Steps: Value {app.MAX_STEPS + 1} is greater than maximum value {app.MAX_STEPS}",
+        ),
         ((2.5, 7.5, 0, RESOLUTION), "Steps must be a whole number from 1 to"),
-        ((STEPS, 7.5, 0, 1024), rf"Resolution \(.*at most {model.max_resolution} for this model\): Value 1024 is greater"),
+        (
+            (STEPS, 7.5, 0, 1024),
+            rf"Resolution \(.*at most {model.max_resolution} for this model\): Value 1024 is greater",
+        ),
     ):
         with pytest.raises(Exception, match=message):
             c.predict(handle_file(str(HOUSE)), "add a red circle", *args, False, api_name="/edit")
@@ -273,10 +342,12 @@ def test_a_call_past_the_time_limit_stops_and_keeps_the_session(app, model, monk
     image = PIL.Image.open(HOUSE)
     state = handlers["edit"](image, "add a red circle", STEPS, 7.5, 0, RESOLUTION, False, None)[0]
     monkeypatch.setattr(app, "MAX_CALL_SECONDS", -1.0)  # every call is already late at its first step
-    for name, args in (("edit", (None, "make it bigger", STEPS, 7.5, 0, RESOLUTION, False, state)),
-                       ("drag", (None, "move it", STEPS, 7.5, 0, RESOLUTION, state)),
-                       ("story", (image, "add a red circle", STEPS, 7.5, 0, RESOLUTION)),
-                       ("compose", ([str(HOUSE), str(SHAPES)], "both", STEPS, 7.5, 0, RESOLUTION))):
+    for name, args in (
+        ("edit", (None, "make it bigger", STEPS, 7.5, 0, RESOLUTION, False, state)),
+        ("drag", (None, "move it", STEPS, 7.5, 0, RESOLUTION, state)),
+        ("story", (image, "add a red circle", STEPS, 7.5, 0, RESOLUTION)),
+        ("compose", ([str(HOUSE), str(SHAPES)], "both", STEPS, 7.5, 0, RESOLUTION)),
+    ):
         with pytest.raises(gr.Error, match="ran past the limit of -1 s per call"):
             handlers[name](*args)
     assert [t.instruction for t in state.session.turns] == ["add a red circle"]  # nothing half-done was kept
@@ -318,8 +389,15 @@ def test_compose_multi_concept(url):
     from gradio_client import handle_file
 
     c = client(url)
-    composed = c.predict([handle_file(str(HOUSE)), handle_file(str(SHAPES))], "the house with the shapes",
-                         STEPS, 7.5, 0, RESOLUTION, api_name="/compose")
+    composed = c.predict(
+        [handle_file(str(HOUSE)), handle_file(str(SHAPES))],
+        "the house with the shapes",
+        STEPS,
+        7.5,
+        0,
+        RESOLUTION,
+        api_name="/compose",
+    )
     assert pixels(composed).ndim == 3
     with pytest.raises(Exception, match="between 2 and"):
         c.predict([handle_file(str(HOUSE))], "the house", STEPS, 7.5, 0, RESOLUTION, api_name="/compose")
@@ -412,17 +490,23 @@ def test_server_paths_are_not_reachable(url, app, tmp_path, monkeypatch):
     outside = tmp_path / "private.png"  # a real PNG on the server, outside Gradio's upload folder
     PIL.Image.new("RGB", (48, 40), "red").save(outside)
     with outside.open("rb") as f:
-        uploaded = httpx.post(f"{url}gradio_api/upload", files={"files": ("private.png", f, "image/png")}, timeout=10).json()[0]
+        uploaded = httpx.post(
+            f"{url}gradio_api/upload", files={"files": ("private.png", f, "image/png")}, timeout=10
+        ).json()[0]
     assert "event: complete" in raw_edit(url, file_data(uploaded))  # the same image, uploaded: a normal edit
     assert opened == [uploaded]
 
     own_stroke = file_data(uploaded, "layer.png")
-    assert "event: complete" in raw_edit(url, file_data(uploaded), {"background": own_stroke, "layers": [own_stroke], "composite": own_stroke})
+    assert "event: complete" in raw_edit(
+        url, file_data(uploaded), {"background": own_stroke, "layers": [own_stroke], "composite": own_stroke}
+    )
     for path in (outside, HOUSE):  # HOUSE is served as an example, but only through its cached copy
         assert httpx.get(f"{url}gradio_api/file={path}", timeout=10).status_code == 403
         assert "event: error" in raw_edit(url, file_data(path))
         stroke = file_data(path, "layer.png")  # the region editor's images obey the same rule
-        assert "event: error" in raw_edit(url, file_data(uploaded), {"background": stroke, "layers": [stroke], "composite": stroke})
+        assert "event: error" in raw_edit(
+            url, file_data(uploaded), {"background": stroke, "layers": [stroke], "composite": stroke}
+        )
     assert set(opened) == {uploaded}  # the files outside were refused before the app opened them
 
 
@@ -460,10 +544,13 @@ def test_embedded_default_model_is_the_default(app, monkeypatch, tmp_path):
     loaded = app.load_model()
     assert not loaded.is_random and "default model" in loaded.name
     assert (loaded.resolution, loaded.steps, loaded.guidance) == (
-        default_model.RESOLUTION, default_model.DEFAULT_SAMPLING["num_inference_steps"],
+        default_model.RESOLUTION,
+        default_model.DEFAULT_SAMPLING["num_inference_steps"],
         default_model.DEFAULT_SAMPLING["guidance_scale"],
     )
-    assert loaded.examples == app.SHAPES_EXAMPLES and all((SPACE / "examples" / f).is_file() for f, _ in loaded.examples)
+    assert loaded.examples == app.SHAPES_EXAMPLES and all(
+        (SPACE / "examples" / f).is_file() for f, _ in loaded.examples
+    )
 
 
 def test_gpu_duration_grows_with_turns(app, model, monkeypatch):
@@ -501,12 +588,24 @@ def test_sampling_events_share_one_concurrency_slot(app, model):
 def test_deploy_dry_run_lists_exactly_the_uploaded_files(monkeypatch):
     deploy = load_space_module("deploy")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, str(SPACE / "deploy.py"), "--repo-id", "someone/vincie", "--dry-run"],
-                         capture_output=True, text=True, env=env, timeout=60, check=True).stdout.splitlines()
+    out = subprocess.run(
+        [sys.executable, str(SPACE / "deploy.py"), "--repo-id", "someone/vincie", "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
+    ).stdout.splitlines()
     files = out[1:]
     assert out[0] == f"Would upload {len(files)} files to https://huggingface.co/spaces/someone/vincie:"
-    assert {"app.py", "README.md", "requirements.txt", "examples/house.png", "diffusers_vincie/__init__.py",
-            "diffusers_vincie/pipelines/session.py"} <= set(files)
+    assert {
+        "app.py",
+        "README.md",
+        "requirements.txt",
+        "examples/house.png",
+        "diffusers_vincie/__init__.py",
+        "diffusers_vincie/pipelines/session.py",
+    } <= set(files)
     assert not [f for f in files if "__pycache__" in f or f.endswith(".pyc")]
 
     calls = {}
@@ -519,25 +618,43 @@ def test_deploy_dry_run_lists_exactly_the_uploaded_files(monkeypatch):
             calls["create_repo"] = (repo_id, kwargs)
 
         def upload_folder(self, folder_path, **kwargs):
-            calls["uploaded"] = sorted(p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*") if p.is_file())
+            calls["uploaded"] = sorted(
+                p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*") if p.is_file()
+            )
             calls["upload_folder"] = kwargs
 
     import huggingface_hub
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     assert deploy.deploy("someone/vincie") == files
-    assert calls["create_repo"] == ("someone/vincie", {"repo_type": "space", "space_sdk": "gradio", "private": False, "exist_ok": True})
+    assert calls["create_repo"] == (
+        "someone/vincie",
+        {"repo_type": "space", "space_sdk": "gradio", "private": False, "exist_ok": True},
+    )
     assert calls["uploaded"] == files and calls["upload_folder"]["repo_type"] == "space"
 
-    bad = subprocess.run([sys.executable, str(SPACE / "deploy.py"), "--repo-id", "no-slash", "--dry-run"],
-                         capture_output=True, text=True, env=env, timeout=60, check=False)
+    bad = subprocess.run(
+        [sys.executable, str(SPACE / "deploy.py"), "--repo-id", "no-slash", "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
     assert bad.returncode == 2 and "must look like USER/NAME" in bad.stderr
 
 
 def test_space_metadata_and_requirements():
     readme = (SPACE / "README.md").read_text()
     front = readme.split("---")[1]
-    for key in ("sdk: gradio", "app_file: app.py", "python_version:", "sdk_version: 6.", "suggested_hardware:", "models:"):
+    for key in (
+        "sdk: gradio",
+        "app_file: app.py",
+        "python_version:",
+        "sdk_version: 6.",
+        "suggested_hardware:",
+        "models:",
+    ):
         assert key in front
     import gradio
 
@@ -545,7 +662,14 @@ def test_space_metadata_and_requirements():
     assert sdk_major == gradio.__version__.split(".")[0]  # the Space runs the gradio major the tests ran
     setup = configparser.ConfigParser()
     setup.read(REPO / "setup.cfg")
-    needed = {re.split(r"[<>=!\s]", line.strip())[0].lower() for line in setup["options"]["install_requires"].splitlines() if line.strip()}
-    listed = {re.split(r"[<>=!\s]", line)[0].lower() for line in (SPACE / "requirements.txt").read_text().splitlines()
-              if line.strip() and not line.startswith("#")}
+    needed = {
+        re.split(r"[<>=!\s]", line.strip())[0].lower()
+        for line in setup["options"]["install_requires"].splitlines()
+        if line.strip()
+    }
+    listed = {
+        re.split(r"[<>=!\s]", line)[0].lower()
+        for line in (SPACE / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     assert needed <= listed, f"space/requirements.txt misses {needed - listed}"

@@ -50,22 +50,48 @@ def sessions(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
     data_scripts = ROOT / "dataset_scripts"
     _load_script("make_synthetic_videos", data_scripts).main(
-        ["--output-dir", str(root / "videos"), "--num-videos", "4", "--num-turns", "3", "--resolution", "16",
-         "--no-progress"]
+        [
+            "--output-dir",
+            str(root / "videos"),
+            "--num-videos",
+            "4",
+            "--num-turns",
+            "3",
+            "--resolution",
+            "16",
+            "--no-progress",
+        ]
     )
     _load_script("build_sessions", data_scripts).main(
-        [str(root / "videos"), "--output", str(root / "sessions"), "--annotator", "ground_truth",
-         "--strategy", "equal_interval", "--interval", "1.0"]
+        [
+            str(root / "videos"),
+            "--output",
+            str(root / "sessions"),
+            "--annotator",
+            "ground_truth",
+            "--strategy",
+            "equal_interval",
+            "--interval",
+            "1.0",
+        ]
     )
     return root / "sessions"
 
 
 def _common(components: Path, out: Path) -> list[str]:
     return [
-        "--transformer_config", str(components / "transformer.json"),
-        "--text_encoder_name_or_path", str(components / "text_encoder"),
-        "--tokenizer_name_or_path", str(components / "tokenizer"),
-        "--output_dir", str(out), "--train_batch_size", "2", "--seed", "0",
+        "--transformer_config",
+        str(components / "transformer.json"),
+        "--text_encoder_name_or_path",
+        str(components / "text_encoder"),
+        "--tokenizer_name_or_path",
+        str(components / "tokenizer"),
+        "--output_dir",
+        str(out),
+        "--train_batch_size",
+        "2",
+        "--seed",
+        "0",
     ]
 
 
@@ -80,13 +106,38 @@ def trained_pipeline(components, sessions, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("full")
     train = _load_script("train_vincie")
     _reset_accelerate()
-    result = train.main(train.parse_args(_common(components, out) + [
-        "--dataset_name", str(sessions), "--attention_layout", "full", "--max_train_steps", "3",
-        "--checkpointing_steps", "2", "--checkpoints_total_limit", "1", "--validation_steps", "3",
-        "--num_validation_sessions", "2", "--validation_inference_steps", "2", "--use_ema",
-        "--mixed_precision", "bf16", "--gradient_checkpointing", "--cache_text_embeddings",
-        "--lr_scheduler", "cosine", "--lr_warmup_steps", "1",
-    ]))
+    result = train.main(
+        train.parse_args(
+            _common(components, out)
+            + [
+                "--dataset_name",
+                str(sessions),
+                "--attention_layout",
+                "full",
+                "--max_train_steps",
+                "3",
+                "--checkpointing_steps",
+                "2",
+                "--checkpoints_total_limit",
+                "1",
+                "--validation_steps",
+                "3",
+                "--num_validation_sessions",
+                "2",
+                "--validation_inference_steps",
+                "2",
+                "--use_ema",
+                "--mixed_precision",
+                "bf16",
+                "--gradient_checkpointing",
+                "--cache_text_embeddings",
+                "--lr_scheduler",
+                "cosine",
+                "--lr_warmup_steps",
+                "1",
+            ]
+        )
+    )
     assert result["global_step"] == 3 and np.isfinite(result["last_loss"])
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"]  # total limit 1
     assert not list(out.glob(".checkpoint-*"))  # no temporary folder left
@@ -102,20 +153,50 @@ def test_full_layout_run_saves_a_loadable_pipeline(trained_pipeline):
     assert pipe.vae is None and pipe.transformer.config.latent_channels == 3
     assert pipe.config.default_negative_prompt == ""
     image = PIL.Image.fromarray(np.full((16, 16, 3), 200, np.uint8))
-    out = pipe(image, ["remove the red circle"], num_inference_steps=2, guidance_scale=2.0, resolution=16,
-               output_type="np", generator=torch.Generator().manual_seed(0))
+    out = pipe(
+        image,
+        ["remove the red circle"],
+        num_inference_steps=2,
+        guidance_scale=2.0,
+        resolution=16,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    )
     assert np.asarray(out.images[0]).shape[:2] == (16, 16)
 
 
 def test_loss_decreases_when_overfitting_a_few_sessions(components, tmp_path):
     train = _load_script("train_vincie")
     _reset_accelerate()
-    train.main(train.parse_args(_common(components, tmp_path) + [
-        "--synthetic_world", "--resolution", "16", "--synthetic_world_config", '{"grid": 2}',
-        "--synthetic_num_sessions", "2", "--synthetic_num_turns", "2", "--attention_layout", "block_causal",
-        "--max_train_steps", "80", "--learning_rate", "3e-3", "--text_dropout", "0", "--checkpointing_steps",
-        "1000", "--no_save_pipeline", "--lr_scheduler", "constant",
-    ]))
+    train.main(
+        train.parse_args(
+            _common(components, tmp_path)
+            + [
+                "--synthetic_world",
+                "--resolution",
+                "16",
+                "--synthetic_world_config",
+                '{"grid": 2}',
+                "--synthetic_num_sessions",
+                "2",
+                "--synthetic_num_turns",
+                "2",
+                "--attention_layout",
+                "block_causal",
+                "--max_train_steps",
+                "80",
+                "--learning_rate",
+                "3e-3",
+                "--text_dropout",
+                "0",
+                "--checkpointing_steps",
+                "1000",
+                "--no_save_pipeline",
+                "--lr_scheduler",
+                "constant",
+            ]
+        )
+    )
     losses = [r["loss"] for r in _losses(tmp_path)]
     first, last = np.mean(losses[:10]), np.mean(losses[-10:])
     assert last < 0.6 * first, (first, last)
@@ -126,12 +207,32 @@ def test_lora_sft_weights_load_into_the_pipeline_and_change_its_output(trained_p
 
     lora = _load_script("train_vincie_lora")
     _reset_accelerate()
-    lora.main([
-        "--pretrained_model_name_or_path", str(trained_pipeline), "--dataset_name", str(sessions),
-        "--output_dir", str(tmp_path), "--train_batch_size", "2", "--max_train_steps", "3",
-        "--learning_rate", "5e-2", "--lora_rank", "4", "--base_dtype", "bf16", "--attention_layout", "full",
-        "--mask_probability", "0", "--checkpointing_steps", "1000",
-    ])
+    lora.main(
+        [
+            "--pretrained_model_name_or_path",
+            str(trained_pipeline),
+            "--dataset_name",
+            str(sessions),
+            "--output_dir",
+            str(tmp_path),
+            "--train_batch_size",
+            "2",
+            "--max_train_steps",
+            "3",
+            "--learning_rate",
+            "5e-2",
+            "--lora_rank",
+            "4",
+            "--base_dtype",
+            "bf16",
+            "--attention_layout",
+            "full",
+            "--mask_probability",
+            "0",
+            "--checkpointing_steps",
+            "1000",
+        ]
+    )
     weights = tmp_path / "pytorch_lora_weights.safetensors"
     assert weights.is_file()
     from safetensors.torch import load_file
@@ -143,8 +244,15 @@ def test_lora_sft_weights_load_into_the_pipeline_and_change_its_output(trained_p
     image = PIL.Image.fromarray(np.full((16, 16, 3), 90, np.uint8))
 
     def run():
-        return pipe(image, ["move the red circle left"], num_inference_steps=2, guidance_scale=1.0, resolution=16,
-                    output_type="np", generator=torch.Generator().manual_seed(0)).images[0]
+        return pipe(
+            image,
+            ["move the red circle left"],
+            num_inference_steps=2,
+            guidance_scale=1.0,
+            resolution=16,
+            output_type="np",
+            generator=torch.Generator().manual_seed(0),
+        ).images[0]
 
     before = np.asarray(run(), dtype=np.float32)
     pipe.load_lora_weights(tmp_path)
@@ -173,13 +281,37 @@ def test_bad_flags_name_the_flag(components, tmp_path, extra, match):
 
 
 def _resume_args(components: Path, out: Path, steps: int) -> list[str]:
-    return [sys.executable, str(SCRIPTS / "train_vincie.py")] + _common(components, out) + [
-        "--synthetic_world", "--resolution", "16", "--synthetic_world_config", '{"grid": 2}',
-        "--synthetic_num_sessions", "50", "--synthetic_num_turns", "3", "--attention_layout", "block_causal",
-        "--max_train_steps", str(steps), "--checkpointing_steps", "2", "--gradient_accumulation_steps", "2",
-        "--lr_scheduler", "constant", "--learning_rate", "2e-3", "--use_ema", "--no_save_pipeline",
-        "--resume_from_checkpoint", "latest",
-    ]
+    return (
+        [sys.executable, str(SCRIPTS / "train_vincie.py")]
+        + _common(components, out)
+        + [
+            "--synthetic_world",
+            "--resolution",
+            "16",
+            "--synthetic_world_config",
+            '{"grid": 2}',
+            "--synthetic_num_sessions",
+            "50",
+            "--synthetic_num_turns",
+            "3",
+            "--attention_layout",
+            "block_causal",
+            "--max_train_steps",
+            str(steps),
+            "--checkpointing_steps",
+            "2",
+            "--gradient_accumulation_steps",
+            "2",
+            "--lr_scheduler",
+            "constant",
+            "--learning_rate",
+            "2e-3",
+            "--use_ema",
+            "--no_save_pipeline",
+            "--resume_from_checkpoint",
+            "latest",
+        ]
+    )
 
 
 def test_hard_kill_then_resume_reproduces_the_uninterrupted_losses(components, tmp_path):
@@ -189,8 +321,9 @@ def test_hard_kill_then_resume_reproduces_the_uninterrupted_losses(components, t
     assert sorted(expected) == list(range(1, 9))
 
     # a long run, SIGKILLed once it has logged step 5 (checkpoint-4 is complete by then)
-    proc = subprocess.Popen(_resume_args(components, killed, 1000), env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _resume_args(components, killed, 1000), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 240
     log = killed / "train_log.jsonl"
     while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 5):
@@ -210,17 +343,43 @@ def test_hard_kill_then_resume_reproduces_the_uninterrupted_losses(components, t
 
 def _launch_two_processes(script: str) -> list[str]:
     return [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPTS / script),
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(SCRIPTS / script),
     ]
 
 
 def test_two_cpu_processes_with_accelerate_launch(components, sessions, tmp_path):
     """Both scripts under `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2` (gloo)."""
-    cmd = _launch_two_processes("train_vincie.py") + _common(components, tmp_path) + [
-        "--dataset_name", str(sessions), "--attention_layout", "block_causal", "--max_train_steps", "2",
-        "--train_batch_size", "1", "--checkpointing_steps", "1", "--checkpoints_total_limit", "1", "--use_ema",
-    ]
+    cmd = (
+        _launch_two_processes("train_vincie.py")
+        + _common(components, tmp_path)
+        + [
+            "--dataset_name",
+            str(sessions),
+            "--attention_layout",
+            "block_causal",
+            "--max_train_steps",
+            "2",
+            "--train_batch_size",
+            "1",
+            "--checkpointing_steps",
+            "1",
+            "--checkpoints_total_limit",
+            "1",
+            "--use_ema",
+        ]
+    )
     result = subprocess.run(cmd, env={**ENV, "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert [r["step"] for r in _losses(tmp_path)] == [1, 2]  # one log line per step (main process only)
@@ -231,9 +390,22 @@ def test_two_cpu_processes_with_accelerate_launch(components, sessions, tmp_path
 
     lora_dir = tmp_path / "lora"
     cmd = _launch_two_processes("train_vincie_lora.py") + [
-        "--pretrained_model_name_or_path", str(tmp_path / "pipeline"), "--dataset_name", str(sessions),
-        "--output_dir", str(lora_dir), "--train_batch_size", "1", "--max_train_steps", "1", "--lora_rank", "2",
-        "--attention_layout", "block_causal", "--checkpointing_steps", "100",
+        "--pretrained_model_name_or_path",
+        str(tmp_path / "pipeline"),
+        "--dataset_name",
+        str(sessions),
+        "--output_dir",
+        str(lora_dir),
+        "--train_batch_size",
+        "1",
+        "--max_train_steps",
+        "1",
+        "--lora_rank",
+        "2",
+        "--attention_layout",
+        "block_causal",
+        "--checkpointing_steps",
+        "100",
     ]
     result = subprocess.run(cmd, env={**ENV, "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -250,9 +422,15 @@ def test_pairwise_edit_data_trains_through_the_adapter(components, tmp_path):
     for seed in range(2):
         session = world.sample_session(seed, num_turns=2)
         for turn, text in enumerate(session.instructions):
-            rows.append({"img_id": f"s{seed}", "turn_index": turn + 1, "instruction": text,
-                         "source_img": PIL.Image.fromarray(session.frames[turn]),
-                         "target_img": PIL.Image.fromarray(session.frames[turn + 1])})
+            rows.append(
+                {
+                    "img_id": f"s{seed}",
+                    "turn_index": turn + 1,
+                    "instruction": text,
+                    "source_img": PIL.Image.fromarray(session.frames[turn]),
+                    "target_img": PIL.Image.fromarray(session.frames[turn + 1]),
+                }
+            )
     data = tmp_path / "pairs"
     dataset = Dataset.from_list(rows).cast_column("source_img", Image()).cast_column("target_img", Image())
     data.mkdir()
@@ -261,8 +439,22 @@ def test_pairwise_edit_data_trains_through_the_adapter(components, tmp_path):
     train = _load_script("train_vincie")
     _reset_accelerate()
     out = tmp_path / "run"
-    result = train.main(train.parse_args(_common(components, out) + [
-        "--dataset_name", str(data), "--dataset_format", "pairwise", "--attention_layout", "full",
-        "--max_train_steps", "1", "--checkpointing_steps", "100", "--no_save_pipeline",
-    ]))
+    result = train.main(
+        train.parse_args(
+            _common(components, out)
+            + [
+                "--dataset_name",
+                str(data),
+                "--dataset_format",
+                "pairwise",
+                "--attention_layout",
+                "full",
+                "--max_train_steps",
+                "1",
+                "--checkpointing_steps",
+                "100",
+                "--no_save_pipeline",
+            ]
+        )
+    )
     assert result["global_step"] == 1 and np.isfinite(result["last_loss"])

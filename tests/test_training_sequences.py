@@ -41,8 +41,9 @@ def text_cache():
 
     tokenizer = build_word_level_tokenizer(WORLD.vocabulary)
     torch.manual_seed(0)
-    encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=8, d_ff=32, num_layers=1,
-                                      num_heads=2)).eval()
+    encoder = T5EncoderModel(
+        T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)
+    ).eval()
     return PromptEmbeddingCache(encoder, tokenizer)
 
 
@@ -65,8 +66,15 @@ def test_session_items_order_chain_of_editing():
     items = session_items(2, with_masks=True)
     names = [(i.kind, i.turn) if isinstance(i, Frame) else ("text", i.turn) for i in items]
     assert names == [
-        ("image", 0), ("text", 0), ("current_mask", 0), ("next_mask", 0),
-        ("image", 1), ("text", 1), ("current_mask", 1), ("next_mask", 1), ("image", 2),
+        ("image", 0),
+        ("text", 0),
+        ("current_mask", 0),
+        ("next_mask", 0),
+        ("image", 1),
+        ("text", 1),
+        ("current_mask", 1),
+        ("next_mask", 1),
+        ("image", 2),
     ]
 
 
@@ -90,8 +98,15 @@ def test_full_plan_has_one_target_last_and_keeps_its_source():
 
 
 def test_mask_probability_and_dropout_rates():
-    config = SequenceConfig(layout="block_causal", min_turns=4, max_turns=4, mask_probability=0.8,
-                            drop_current_frame=0.2, drop_current_mask=0.7, drop_next_mask=0.7)
+    config = SequenceConfig(
+        layout="block_causal",
+        min_turns=4,
+        max_turns=4,
+        mask_probability=0.8,
+        drop_current_frame=0.2,
+        drop_current_mask=0.7,
+        drop_next_mask=0.7,
+    )
     plans = [plan_sequence(4, True, config, _rng(seed)) for seed in range(600)]
     with_masks = np.mean([p.with_masks for p in plans])
     assert 0.74 < with_masks < 0.86
@@ -111,11 +126,21 @@ def test_mask_probability_and_dropout_rates():
 
 
 def test_block_causal_plan_trains_every_frame_of_enabled_tasks():
-    config = SequenceConfig(layout="block_causal", min_turns=3, max_turns=3, mask_probability=1.0,
-                            task_weights={"next_image": 1.0, "current_mask": 0.0, "next_mask": 0.5})
+    config = SequenceConfig(
+        layout="block_causal",
+        min_turns=3,
+        max_turns=3,
+        mask_probability=1.0,
+        task_weights={"next_image": 1.0, "current_mask": 0.0, "next_mask": 0.5},
+    )
     plan = plan_sequence(3, True, config, _rng())
     assert [(t.kind, t.turn) for t in plan.targets] == [
-        ("next_mask", 0), ("image", 1), ("next_mask", 1), ("image", 2), ("next_mask", 2), ("image", 3)
+        ("next_mask", 0),
+        ("image", 1),
+        ("next_mask", 1),
+        ("image", 2),
+        ("next_mask", 2),
+        ("image", 3),
     ]
     assert max(plan.order(c) for c in plan.context) < plan.order(plan.targets[-1])
 
@@ -149,8 +174,15 @@ def test_sequence_config_errors_name_the_argument(kwargs, match):
 
 
 def test_frame_indices_compact_counts_context_before_each_target():
-    config = SequenceConfig(layout="block_causal", min_turns=2, max_turns=2, mask_probability=1.0,
-                            drop_current_frame=0.0, drop_current_mask=1.0, drop_next_mask=1.0)
+    config = SequenceConfig(
+        layout="block_causal",
+        min_turns=2,
+        max_turns=2,
+        mask_probability=1.0,
+        drop_current_frame=0.0,
+        drop_current_mask=1.0,
+        drop_next_mask=1.0,
+    )
     plan = plan_sequence(2, True, config, _rng())
 
     def indices(mode):
@@ -205,8 +237,11 @@ def _batch(layout, text_cache, config_kwargs=None, seed=0, index=0):
     config = SequenceConfig(layout=layout, **(config_kwargs or {}))
     dataset = ShapesSessionsDataset(WORLD, 10, 3, config)
     planned = [dataset[(index, 0)]]
-    return planned, config, build_training_batch(planned, encode_plan_frames(planned), text_cache, config, seed=seed,
-                                                 text_dropout=0.0)
+    return (
+        planned,
+        config,
+        build_training_batch(planned, encode_plan_frames(planned), text_cache, config, seed=seed, text_dropout=0.0),
+    )
 
 
 def test_full_attention_batch_follows_the_official_condition(text_cache):
@@ -249,9 +284,11 @@ def test_block_causal_no_leakage(text_cache):
     leaves that target's prediction and loss unchanged; perturbing earlier context changes it."""
     module = VincieTrainingModule(_model(), "block_causal")
     planned, config, batch = _batch(
-        "block_causal", text_cache,
-        dict(min_turns=3, max_turns=3, mask_probability=1.0, drop_current_frame=0, drop_current_mask=0,
-             drop_next_mask=0),
+        "block_causal",
+        text_cache,
+        dict(
+            min_turns=3, max_turns=3, mask_probability=1.0, drop_current_frame=0, drop_current_mask=0, drop_next_mask=0
+        ),
     )
     plan = planned[0].plan
     n_ctx = len(plan.context)

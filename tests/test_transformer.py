@@ -62,7 +62,9 @@ def test_save_load_round_trip(model, tmp_path):
     loaded = VincieTransformer.from_pretrained(tmp_path).eval()
     sess = [_session(2, 4, 4, 5)]
     torch.testing.assert_close(_run(loaded, sess, [100.0])[0], _run(model, sess, [100.0])[0], atol=1e-6, rtol=0)
-    assert {k: loaded.config[k] for k in model.config if not k.startswith("_")} == {k: v for k, v in model.config.items() if not k.startswith("_")}
+    assert {k: loaded.config[k] for k in model.config if not k.startswith("_")} == {
+        k: v for k, v in model.config.items() if not k.startswith("_")
+    }
     assert (tmp_path / "diffusion_pytorch_model.safetensors").is_file()
 
 
@@ -71,8 +73,18 @@ def test_modulation_offsets_start_as_the_official_adasingle():
     shifts and gates, 1 + N(0, 1/D) scales (the forward has no ``1 +``). With zeros (an earlier bug) a fresh model
     scaled every block input by the small time embedding alone, and diffusers' LoRA mixin saw no LoRA effect."""
     dim = 256
-    for model in (VincieTransformer(hidden_size=dim, num_attention_heads=2, attention_head_dim=128, num_layers=2,
-                                    num_mm_layers=1, text_embed_dim=32, rope_dim=12, mlp_hidden_size=64),):
+    for model in (
+        VincieTransformer(
+            hidden_size=dim,
+            num_attention_heads=2,
+            attention_head_dim=128,
+            num_layers=2,
+            num_mm_layers=1,
+            text_embed_dim=32,
+            rope_dim=12,
+            mlp_hidden_size=64,
+        ),
+    ):
         for init in ("__init__", "initialize_weights"):
             if init == "initialize_weights":
                 model.initialize_weights(generator=torch.Generator().manual_seed(1))
@@ -111,7 +123,9 @@ def test_lora_add_save_load(model, tmp_path):
     m = tiny_transformer()
     sess = [_session(2, 4, 4, 5)]
     base, _ = _run(m, sess, [400.0])
-    m.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v", "to_out"]))
+    m.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v", "to_out"])
+    )
     with_lora, _ = _run(m, sess, [400.0])
     assert (with_lora - base).abs().max() > 1e-4
     from peft.utils import get_peft_model_state_dict
@@ -170,8 +184,13 @@ def test_block_causal_mask_really_blocks():
 
     def run(fr, txt):
         return model(
-            fr.flatten(0, 2), torch.tensor([[f, h, w]]), txt, torch.tensor([len(txt)]), torch.zeros(1),
-            frame_order=frame_order, text_order=text_order,
+            fr.flatten(0, 2),
+            torch.tensor([[f, h, w]]),
+            txt,
+            torch.tensor([len(txt)]),
+            torch.zeros(1),
+            frame_order=frame_order,
+            text_order=text_order,
         ).sample
 
     base = run(frames, text)
@@ -188,7 +207,11 @@ def test_block_causal_mask_really_blocks():
     assert (out[2 * per_frame :] - base[2 * per_frame :]).abs().max() > 1e-3
     # the full layout of the same model does see later frames
     full = model(
-        later.flatten(0, 2), torch.tensor([[f, h, w]]), text, torch.tensor([len(text)]), torch.zeros(1),
+        later.flatten(0, 2),
+        torch.tensor([[f, h, w]]),
+        text,
+        torch.tensor([len(text)]),
+        torch.zeros(1),
         attention_layout="full",
     ).sample
     assert (full[:per_frame] - base[:per_frame]).abs().max() > 1e-4
@@ -203,26 +226,49 @@ def test_cached_context_equals_uncached_and_multi_target():
     # one sequence: clean frames 0, 1 and the noisy copy of frame 2 (per-frame timesteps)
     frames = torch.cat([clean_context_frames(latents[:2]), noisy_target_frames(x_t)])
     full = model(
-        frames.flatten(0, 2), torch.tensor([[3, h, w]]), text, torch.tensor([len(text)]), torch.zeros(1),
-        frame_timestep=torch.tensor([0.0, 0.0, 600.0]), frame_order=frame_order, text_order=text_order,
+        frames.flatten(0, 2),
+        torch.tensor([[3, h, w]]),
+        text,
+        torch.tensor([len(text)]),
+        torch.zeros(1),
+        frame_timestep=torch.tensor([0.0, 0.0, 600.0]),
+        frame_order=frame_order,
+        text_order=text_order,
         frame_is_noisy=torch.tensor([False, False, True]),
     ).sample
     cache = model.encode_context(
-        clean_context_frames(latents[:2]).flatten(0, 2), torch.tensor([[2, h, w]]), text, torch.tensor([len(text)]),
-        frame_order[:2], text_order,
+        clean_context_frames(latents[:2]).flatten(0, 2),
+        torch.tensor([[2, h, w]]),
+        text,
+        torch.tensor([len(text)]),
+        frame_order[:2],
+        text_order,
     )
     target = model(
-        noisy_target_frames(x_t).flatten(0, 2), torch.tensor([[1, h, w]]), None, torch.tensor([len(text)]),
-        torch.zeros(1), frame_timestep=torch.tensor([600.0]), frame_index=torch.tensor([2]),
-        frame_order=frame_order[2:], frame_is_noisy=torch.tensor([True]), context_cache=cache,
+        noisy_target_frames(x_t).flatten(0, 2),
+        torch.tensor([[1, h, w]]),
+        None,
+        torch.tensor([len(text)]),
+        torch.zeros(1),
+        frame_timestep=torch.tensor([600.0]),
+        frame_index=torch.tensor([2]),
+        frame_order=frame_order[2:],
+        frame_is_noisy=torch.tensor([True]),
+        context_cache=cache,
     ).sample
     torch.testing.assert_close(target, full[2 * h * w :], atol=1e-5, rtol=0)
     # multi-target: add a clean copy of frame 2 (context for later turns); the noisy copy must not see it
     frames_mt = torch.cat([clean_context_frames(latents), noisy_target_frames(x_t)])
     multi = model(
-        frames_mt.flatten(0, 2), torch.tensor([[4, h, w]]), text, torch.tensor([len(text)]), torch.zeros(1),
-        frame_timestep=torch.tensor([0.0, 0.0, 0.0, 600.0]), frame_index=torch.tensor([0, 1, 2, 2]),
-        frame_order=torch.cat([frame_order, frame_order[2:]]), text_order=text_order,
+        frames_mt.flatten(0, 2),
+        torch.tensor([[4, h, w]]),
+        text,
+        torch.tensor([len(text)]),
+        torch.zeros(1),
+        frame_timestep=torch.tensor([0.0, 0.0, 0.0, 600.0]),
+        frame_index=torch.tensor([0, 1, 2, 2]),
+        frame_order=torch.cat([frame_order, frame_order[2:]]),
+        text_order=text_order,
         frame_is_noisy=torch.tensor([False, False, False, True]),
     ).sample
     torch.testing.assert_close(multi[3 * h * w :], full[2 * h * w :], atol=1e-5, rtol=0)
@@ -326,8 +372,13 @@ def test_block_causal_refuses_backends_without_masks():
             m.processor._attention_backend = AttentionBackendName("flash_varlen")  # not installable on CPU
     with pytest.raises(ValueError, match="cannot apply the block-causal mask"):
         model(
-            clean_context_frames(latents).flatten(0, 2), torch.tensor([[3, 4, 4]]), text, torch.tensor([len(text)]),
-            torch.zeros(1), frame_order=frame_order, text_order=text_order,
+            clean_context_frames(latents).flatten(0, 2),
+            torch.tensor([[3, 4, 4]]),
+            text,
+            torch.tensor([len(text)]),
+            torch.zeros(1),
+            frame_order=frame_order,
+            text_order=text_order,
         )
 
 

@@ -78,7 +78,10 @@ def train_sentencepiece(lines: list[str], output_dir: Path, vocab_size: int) -> 
         vocab_size=vocab_size,
         hard_vocab_limit=False,  # the world has fewer distinct pieces than a round vocab size
         character_coverage=1.0,
-        pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
         user_defined_symbols=[f"<IMG{i}>" for i in range(MAX_IMAGE_INDEX)],
         split_digits=False,
         num_threads=1,
@@ -101,9 +104,18 @@ def sentencepiece_vocab(model_file: Path) -> list[tuple[str, float]]:
 # =====================================================================================================
 
 
-def build(output_dir: str | os.PathLike, world_config: dict, d_model: int = 64, num_layers: int = 2,
-          vocab_size: int = 256, num_sessions: int = 3000, seed: int = 0, tokenizer_kind: str = "bpe",
-          strip_template: bool = False, dropout_rate: float = 0.1) -> Path:
+def build(
+    output_dir: str | os.PathLike,
+    world_config: dict,
+    d_model: int = 64,
+    num_layers: int = 2,
+    vocab_size: int = 256,
+    num_sessions: int = 3000,
+    seed: int = 0,
+    tokenizer_kind: str = "bpe",
+    strip_template: bool = False,
+    dropout_rate: float = 0.1,
+) -> Path:
     """Writes ``tokenizer/`` and ``text_encoder/`` under ``output_dir`` (atomically); returns ``output_dir``.
 
     Args:
@@ -127,14 +139,33 @@ def build(output_dir: str | os.PathLike, world_config: dict, d_model: int = 64, 
     output_dir = Path(output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     with atomic_directory(output_dir, replace=True) as tmp:
-        _write_text_components(tmp, world_config, d_model, num_layers, vocab_size, num_sessions, seed,
-                               tokenizer_kind, strip_template, dropout_rate)
+        _write_text_components(
+            tmp,
+            world_config,
+            d_model,
+            num_layers,
+            vocab_size,
+            num_sessions,
+            seed,
+            tokenizer_kind,
+            strip_template,
+            dropout_rate,
+        )
     return output_dir
 
 
-def _write_text_components(tmp: Path, world_config: dict, d_model: int, num_layers: int, vocab_size: int,
-                           num_sessions: int, seed: int, tokenizer_kind: str, strip_template: bool,
-                           dropout_rate: float) -> None:
+def _write_text_components(
+    tmp: Path,
+    world_config: dict,
+    d_model: int,
+    num_layers: int,
+    vocab_size: int,
+    num_sessions: int,
+    seed: int,
+    tokenizer_kind: str,
+    strip_template: bool,
+    dropout_rate: float,
+) -> None:
     import torch
     from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
@@ -152,11 +183,20 @@ def _write_text_components(tmp: Path, world_config: dict, d_model: int, num_laye
     tokenizer.save_pretrained(tmp / "tokenizer")
 
     torch.manual_seed(seed)
-    encoder = T5EncoderModel(T5Config(
-        vocab_size=len(tokenizer), d_model=d_model, d_kv=d_model // 4, d_ff=2 * d_model, num_layers=num_layers,
-        num_heads=4, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        decoder_start_token_id=tokenizer.pad_token_id, dropout_rate=dropout_rate,
-    ))
+    encoder = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer),
+            d_model=d_model,
+            d_kv=d_model // 4,
+            d_ff=2 * d_model,
+            num_layers=num_layers,
+            num_heads=4,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.pad_token_id,
+            dropout_rate=dropout_rate,
+        )
+    )
     encoder.save_pretrained(tmp / "text_encoder")
 
 
@@ -167,8 +207,11 @@ def main() -> None:
     parser.add_argument("--d_model", type=int, default=64, help="Must equal the transformer's text_embed_dim.")
     parser.add_argument("--num_layers", type=int, default=2, help="0: learned word embeddings (train them).")
     parser.add_argument("--tokenizer", choices=("bpe", "word_level"), default="bpe")
-    parser.add_argument("--strip_template", action="store_true",
-                        help="Word-level tokenizer only: drop the prompt template's boilerplate.")
+    parser.add_argument(
+        "--strip_template",
+        action="store_true",
+        help="Word-level tokenizer only: drop the prompt template's boilerplate.",
+    )
     parser.add_argument("--dropout_rate", type=float, default=0.1, help="Encoder dropout (only while trained).")
     parser.add_argument("--vocab_size", type=int, default=256)
     parser.add_argument("--num_sessions", type=int, default=3000)
@@ -178,8 +221,10 @@ def main() -> None:
         if getattr(args, flag) < 1:
             usage_exit("build_shapes_text_encoder.py", f"--{flag} must be >= 1, got {getattr(args, flag)}.")
     if args.num_layers < 0:
-        usage_exit("build_shapes_text_encoder.py",
-                   f"--num_layers must be >= 0 (0: learned word embeddings), got {args.num_layers}.")
+        usage_exit(
+            "build_shapes_text_encoder.py",
+            f"--num_layers must be >= 0 (0: learned word embeddings), got {args.num_layers}.",
+        )
     if args.d_model % 4:
         usage_exit("build_shapes_text_encoder.py", f"--d_model must be a multiple of 4 (4 heads), got {args.d_model}.")
     world_config = {}
@@ -189,8 +234,18 @@ def main() -> None:
             world_config = json.loads(Path(text).read_text() if os.path.isfile(text) else text)
         except ValueError as error:
             usage_exit("build_shapes_text_encoder.py", f"--world_config is neither a JSON file nor JSON: {error}")
-    path = build(args.output_dir, world_config, args.d_model, args.num_layers, args.vocab_size,
-                 args.num_sessions, args.seed, args.tokenizer, args.strip_template, args.dropout_rate)
+    path = build(
+        args.output_dir,
+        world_config,
+        args.d_model,
+        args.num_layers,
+        args.vocab_size,
+        args.num_sessions,
+        args.seed,
+        args.tokenizer,
+        args.strip_template,
+        args.dropout_rate,
+    )
     print(f"wrote {path}/tokenizer and {path}/text_encoder")
 
 

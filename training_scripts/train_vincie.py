@@ -72,8 +72,14 @@ from diffusers_vincie.utils.io import write_text_atomic
 logger = get_logger(__name__)
 LOG_FILE = "train_log.jsonl"
 # What a run writes into --output_dir (deleted by --overwrite_output_dir; anything else there is left alone).
-RUN_OUTPUTS = ("checkpoint-*", ".checkpoint-*.tmp", LOG_FILE, "pipeline", "validation",
-               "pytorch_lora_weights.safetensors")
+RUN_OUTPUTS = (
+    "checkpoint-*",
+    ".checkpoint-*.tmp",
+    LOG_FILE,
+    "pipeline",
+    "validation",
+    "pytorch_lora_weights.safetensors",
+)
 
 
 # =====================================================================================================
@@ -83,43 +89,92 @@ RUN_OUTPUTS = ("checkpoint-*", ".checkpoint-*.tmp", LOG_FILE, "pipeline", "valid
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--pretrained_model_name_or_path", type=str, default=None,
-                       help="Pipeline folder (transformer/, text_encoder/, tokenizer/, optional vae/) to start from.")
-    group.add_argument("--transformer_config", type=str, default=None,
-                       help="JSON config of a VincieTransformer trained from scratch (overrides the pipeline's).")
-    group.add_argument("--zero_modulation_init", action="store_true",
-                       help="From scratch: every modulation offset starts at 0, scales included (the initialisation "
-                            "before 2026-12-01, for the issue-13 ablations); default: the official AdaSingle draw.")
-    group.add_argument("--text_encoder_name_or_path", type=str, default=None,
-                       help="transformers text encoder folder (default: <pretrained>/text_encoder).")
-    group.add_argument("--tokenizer_name_or_path", type=str, default=None,
-                       help="Tokenizer folder (default: <pretrained>/tokenizer, else the text encoder folder).")
-    group.add_argument("--vae_name_or_path", type=str, default=None,
-                       help="AutoencoderKL folder (default: <pretrained>/vae if present); 'none' = pixel space.")
-    group.add_argument("--train_text_encoder", action="store_true",
-                       help="Train the text encoder with the transformer (one process; default: frozen). Its "
-                            "embeddings then change, so --cache_text_embeddings is ignored.")
-    group.add_argument("--text_encoder_learning_rate", type=float, default=None,
-                       help="Learning rate of the text encoder with --train_text_encoder (default: --learning_rate).")
+    group.add_argument(
+        "--pretrained_model_name_or_path",
+        type=str,
+        default=None,
+        help="Pipeline folder (transformer/, text_encoder/, tokenizer/, optional vae/) to start from.",
+    )
+    group.add_argument(
+        "--transformer_config",
+        type=str,
+        default=None,
+        help="JSON config of a VincieTransformer trained from scratch (overrides the pipeline's).",
+    )
+    group.add_argument(
+        "--zero_modulation_init",
+        action="store_true",
+        help="From scratch: every modulation offset starts at 0, scales included (the initialisation "
+        "before 2026-12-01, for the issue-13 ablations); default: the official AdaSingle draw.",
+    )
+    group.add_argument(
+        "--text_encoder_name_or_path",
+        type=str,
+        default=None,
+        help="transformers text encoder folder (default: <pretrained>/text_encoder).",
+    )
+    group.add_argument(
+        "--tokenizer_name_or_path",
+        type=str,
+        default=None,
+        help="Tokenizer folder (default: <pretrained>/tokenizer, else the text encoder folder).",
+    )
+    group.add_argument(
+        "--vae_name_or_path",
+        type=str,
+        default=None,
+        help="AutoencoderKL folder (default: <pretrained>/vae if present); 'none' = pixel space.",
+    )
+    group.add_argument(
+        "--train_text_encoder",
+        action="store_true",
+        help="Train the text encoder with the transformer (one process; default: frozen). Its "
+        "embeddings then change, so --cache_text_embeddings is ignored.",
+    )
+    group.add_argument(
+        "--text_encoder_learning_rate",
+        type=float,
+        default=None,
+        help="Learning rate of the text encoder with --train_text_encoder (default: --learning_rate).",
+    )
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
-    group.add_argument("--dataset_name", type=str, default=None,
-                       help="Sessions dataset: a folder of the build pipeline, a parquet glob or a dataset name.")
+    group.add_argument(
+        "--dataset_name",
+        type=str,
+        default=None,
+        help="Sessions dataset: a folder of the build pipeline, a parquet glob or a dataset name.",
+    )
     group.add_argument("--dataset_split", type=str, default="train")
-    group.add_argument("--dataset_format", choices=("sessions", "pairwise", "vincie10m"), default="sessions",
-                       help="'sessions' = SESSION_FEATURES rows (build_sessions.py output); 'pairwise' = one row "
-                            "per edit turn (MagicBrush columns); 'vincie10m' = VINCIE-10M rows.")
+    group.add_argument(
+        "--dataset_format",
+        choices=("sessions", "pairwise", "vincie10m"),
+        default="sessions",
+        help="'sessions' = SESSION_FEATURES rows (build_sessions.py output); 'pairwise' = one row "
+        "per edit turn (MagicBrush columns); 'vincie10m' = VINCIE-10M rows.",
+    )
     group.add_argument("--max_train_samples", type=int, default=None, help="Use only the first N sessions.")
-    group.add_argument("--synthetic_world", action="store_true",
-                       help="Train on sessions of the synthetic shapes world drawn on the fly (no dataset on disk).")
-    group.add_argument("--synthetic_world_config", type=str, default=None,
-                       help="JSON file or string of ShapesWorld arguments (resolution defaults to --resolution).")
+    group.add_argument(
+        "--synthetic_world",
+        action="store_true",
+        help="Train on sessions of the synthetic shapes world drawn on the fly (no dataset on disk).",
+    )
+    group.add_argument(
+        "--synthetic_world_config",
+        type=str,
+        default=None,
+        help="JSON file or string of ShapesWorld arguments (resolution defaults to --resolution).",
+    )
     group.add_argument("--synthetic_num_sessions", type=int, default=1_000_000)
     group.add_argument("--synthetic_num_turns", type=int, default=4)
-    group.add_argument("--synthetic_world_seed", type=int, default=0,
-                       help="Seed of synthetic session 0 (keep evaluation sessions outside the training range).")
+    group.add_argument(
+        "--synthetic_world_seed",
+        type=int,
+        default=0,
+        help="Seed of synthetic session 0 (keep evaluation sessions outside the training range).",
+    )
     group.add_argument("--resolution", type=int, default=None, help="Square frame size (resize); default: as stored.")
     group.add_argument("--dataloader_num_workers", type=int, default=0)
 
@@ -138,24 +193,43 @@ def add_sequence_args(parser: argparse.ArgumentParser) -> None:
             continue
         kind = types[f.name]
         kind = str if kind == typing.Optional[str] else kind
-        group.add_argument(f"--{_sequence_flag(f)}", type=kind, default=f.default, choices=f.metadata.get("choices"),
-                           help=f.metadata["help"])
-    group.add_argument("--no_group_turns", action="store_true",
-                       help="Draw the number of turns per sample instead of per micro-step (more attention padding).")
+        group.add_argument(
+            f"--{_sequence_flag(f)}",
+            type=kind,
+            default=f.default,
+            choices=f.metadata.get("choices"),
+            help=f.metadata["help"],
+        )
+    group.add_argument(
+        "--no_group_turns",
+        action="store_true",
+        help="Draw the number of turns per sample instead of per micro-step (more attention padding).",
+    )
     group.add_argument("--max_text_length", type=int, default=150)
-    group.add_argument("--cache_text_embeddings", action="store_true",
-                       help="Keep prompt embeddings in memory (frozen text encoder; ignored with --train_text_encoder).")
+    group.add_argument(
+        "--cache_text_embeddings",
+        action="store_true",
+        help="Keep prompt embeddings in memory (frozen text encoder; ignored with --train_text_encoder).",
+    )
     group.add_argument("--text_dropout", type=float, default=0.1, help="P(instructions -> negative prompt), for CFG.")
     group.add_argument("--negative_prompt", type=str, default="", help="Text of dropped instructions.")
-    group.add_argument("--timestep_sampling", choices=TIMESTEP_SAMPLINGS, default="logit_normal",
-                       help="Training time distribution: 'logit_normal' (official, --logit_mean/--logit_std), "
-                            "'uniform' or 'mode' (--mode_scale < 0: heavier ends); see training/flow.py.")
+    group.add_argument(
+        "--timestep_sampling",
+        choices=TIMESTEP_SAMPLINGS,
+        default="logit_normal",
+        help="Training time distribution: 'logit_normal' (official, --logit_mean/--logit_std), "
+        "'uniform' or 'mode' (--mode_scale < 0: heavier ends); see training/flow.py.",
+    )
     group.add_argument("--logit_mean", type=float, default=0.0)
     group.add_argument("--logit_std", type=float, default=1.0)
     group.add_argument("--mode_scale", type=float, default=-0.5, help="Scale of --timestep_sampling mode.")
-    group.add_argument("--timestep_shift", type=float, default=1.0,
-                       help="Shift of the training times, s t / (1 + (s - 1) t); > 1 trains more at high noise, "
-                            "where a sampler starting at t = 1 decides an edit's content (1: none).")
+    group.add_argument(
+        "--timestep_shift",
+        type=float,
+        default=1.0,
+        help="Shift of the training times, s t / (1 + (s - 1) t); > 1 trains more at high noise, "
+        "where a sampler starting at t = 1 decides an edit's content (1: none).",
+    )
 
 
 def add_optimization_args(parser: argparse.ArgumentParser) -> None:
@@ -165,15 +239,23 @@ def add_optimization_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--gradient_accumulation_steps", type=int, default=1)
     group.add_argument("--gradient_checkpointing", action="store_true")
     group.add_argument("--learning_rate", type=float, default=1e-4)
-    group.add_argument("--scale_lr", action="store_true",
-                       help="Multiply the LR by accumulation steps x batch size x processes.")
-    group.add_argument("--lr_scheduler", type=str, default="constant_with_warmup",
-                       help='One of "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", '
-                            '"constant_with_warmup".')
+    group.add_argument(
+        "--scale_lr", action="store_true", help="Multiply the LR by accumulation steps x batch size x processes."
+    )
+    group.add_argument(
+        "--lr_scheduler",
+        type=str,
+        default="constant_with_warmup",
+        help='One of "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup".',
+    )
     group.add_argument("--lr_warmup_steps", type=int, default=0)
-    group.add_argument("--lr_decay_steps", type=int, default=None,
-                       help="Length of the LR schedule (default --max_train_steps); larger stops a run part-way "
-                            "down its decay, e.g. the shipped model's phase 4 (step 1,500 of a 3,000-step cosine).")
+    group.add_argument(
+        "--lr_decay_steps",
+        type=int,
+        default=None,
+        help="Length of the LR schedule (default --max_train_steps); larger stops a run part-way "
+        "down its decay, e.g. the shipped model's phase 4 (step 1,500 of a 3,000-step cosine).",
+    )
     group.add_argument("--adam_beta1", type=float, default=0.9)
     group.add_argument("--adam_beta2", type=float, default=0.999)
     group.add_argument("--adam_weight_decay", type=float, default=0.0)
@@ -181,37 +263,60 @@ def add_optimization_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max_grad_norm", type=float, default=1.0)
     group.add_argument("--use_ema", action="store_true", help="Keep an EMA of the weights (saved as the final model).")
     group.add_argument("--ema_decay", type=float, default=0.999)
-    group.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
-                       help="Overrides the accelerate config; bf16 autocast also runs on CPU (fast with AMX).")
+    group.add_argument(
+        "--mixed_precision",
+        choices=("no", "fp16", "bf16"),
+        default=None,
+        help="Overrides the accelerate config; bf16 autocast also runs on CPU (fast with AMX).",
+    )
     group.add_argument("--allow_tf32", action="store_true")
     group.add_argument("--seed", type=int, default=0)
 
 
 def add_output_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("output")
-    group.add_argument("--output_dir", type=str, required=True,
-                       help="Run folder: must be empty or missing unless resuming or --overwrite_output_dir.")
-    group.add_argument("--overwrite_output_dir", action="store_true",
-                       help="Start over in a used --output_dir: deletes its checkpoints, log, validation grids and "
-                            "pipeline (other files stay).")
+    group.add_argument(
+        "--output_dir",
+        type=str,
+        required=True,
+        help="Run folder: must be empty or missing unless resuming or --overwrite_output_dir.",
+    )
+    group.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="Start over in a used --output_dir: deletes its checkpoints, log, validation grids and "
+        "pipeline (other files stay).",
+    )
     group.add_argument("--logging_dir", type=str, default="logs")
     group.add_argument("--report_to", type=str, default="none", help='"tensorboard", "wandb" or "none".')
     group.add_argument("--checkpointing_steps", type=int, default=500)
     group.add_argument("--checkpoints_total_limit", type=int, default=None)
-    group.add_argument("--resume_from_checkpoint", type=str, default=None,
-                       help='A checkpoint folder, or "latest" (the newest complete one; a fresh start when the '
-                            'output dir has none).')
-    group.add_argument("--validation_steps", type=int, default=0,
-                       help="Sample validation grids every N steps (0: off).")
+    group.add_argument(
+        "--resume_from_checkpoint",
+        type=str,
+        default=None,
+        help='A checkpoint folder, or "latest" (the newest complete one; a fresh start when the output dir has none).',
+    )
+    group.add_argument(
+        "--validation_steps", type=int, default=0, help="Sample validation grids every N steps (0: off)."
+    )
     group.add_argument("--num_validation_sessions", type=int, default=4)
     group.add_argument("--validation_inference_steps", type=int, default=10)
     group.add_argument("--validation_guidance_scale", type=float, default=1.0)
-    group.add_argument("--sensitivity_steps", type=int, default=0,
-                       help="With --synthetic_world, measure instruction sensitivity every N steps into "
-                            "<output_dir>/sensitivity.jsonl (0: off; ~15 s for 20 sessions at 32 px).")
+    group.add_argument(
+        "--sensitivity_steps",
+        type=int,
+        default=0,
+        help="With --synthetic_world, measure instruction sensitivity every N steps into "
+        "<output_dir>/sensitivity.jsonl (0: off; ~15 s for 20 sessions at 32 px).",
+    )
     group.add_argument("--num_sensitivity_sessions", type=int, default=20)
-    group.add_argument("--scheduler_shift", type=float, default=1.0,
-                       help="shift of the FlowMatchEulerDiscreteScheduler saved with the final pipeline.")
+    group.add_argument(
+        "--scheduler_shift",
+        type=float,
+        default=1.0,
+        help="shift of the FlowMatchEulerDiscreteScheduler saved with the final pipeline.",
+    )
     group.add_argument("--no_save_pipeline", action="store_true", help="Skip the final pipeline folder.")
 
 
@@ -246,12 +351,21 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
     trackers = ["none"] + [kind.value for kind in LoggerType]
     if args.report_to not in trackers:
         raise UsageError(f"--report_to {args.report_to!r} is not one of {', '.join(trackers)}.")
-    for flag in ("pretrained_model_name_or_path", "text_encoder_name_or_path", "tokenizer_name_or_path",
-                 "vae_name_or_path", "dataset_name"):
+    for flag in (
+        "pretrained_model_name_or_path",
+        "text_encoder_name_or_path",
+        "tokenizer_name_or_path",
+        "vae_name_or_path",
+        "dataset_name",
+    ):
         value = getattr(args, flag)
         # a path (absolute or relative to here) must exist; anything else may be a Hub id, resolved when loaded
-        if value and value.startswith(("/", "./", "../", "~")) and not any(c in value for c in "*?[") \
-                and not os.path.exists(os.path.expanduser(value)):
+        if (
+            value
+            and value.startswith(("/", "./", "../", "~"))
+            and not any(c in value for c in "*?[")
+            and not os.path.exists(os.path.expanduser(value))
+        ):
             raise UsageError(f"--{flag} {value} does not exist.")
     check_pipeline_folder(args)
     check_number_flags(args)
@@ -260,8 +374,10 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
     except ValueError:
         weights = []
     if len(weights) != len(TASKS) or not all(w >= 0 for w in weights) or not any(w > 0 for w in weights):
-        raise UsageError(f"--task_weights needs {len(TASKS)} comma-separated numbers >= 0, not all 0 "
-                         f"({','.join(TASKS)}), got {args.task_weights!r}.")
+        raise UsageError(
+            f"--task_weights needs {len(TASKS)} comma-separated numbers >= 0, not all 0 "
+            f"({','.join(TASKS)}), got {args.task_weights!r}."
+        )
     args.task_weight_dict = dict(zip(TASKS, weights))
     args.frame_index = sequence_config(args).frame_index  # the config's layout-dependent default
     if args.frame_index == "compact" and args.mask_probability > 0 and (weights[1] > 0 or weights[2] > 0):
@@ -290,8 +406,10 @@ def check_pipeline_folder(args: argparse.Namespace) -> None:
     needed += [] if args.text_encoder_name_or_path else ["text_encoder"]
     missing = [name for name in needed if not os.path.isdir(os.path.join(root, name))]
     if missing:
-        raise UsageError(f"--pretrained_model_name_or_path {root} is not a pipeline folder: no "
-                         f"{', '.join(name + '/' for name in missing)} (give a saved VincieInContextPipeline folder).")
+        raise UsageError(
+            f"--pretrained_model_name_or_path {root} is not a pipeline folder: no "
+            f"{', '.join(name + '/' for name in missing)} (give a saved VincieInContextPipeline folder)."
+        )
 
 
 def _check_json_object(flag: str, value: str, file_only: bool) -> None:
@@ -308,21 +426,44 @@ def _check_json_object(flag: str, value: str, file_only: bool) -> None:
 
 # (flag, minimum, maximum, minimum excluded); None: no bound
 _NUMBER_FLAGS = (
-    ("max_train_steps", 1, None, False), ("checkpointing_steps", 1, None, False),
-    ("train_batch_size", 1, None, False), ("gradient_accumulation_steps", 1, None, False),
-    ("learning_rate", 0, None, True), ("lr_warmup_steps", 0, None, False), ("max_grad_norm", 0, None, False),
-    ("adam_beta1", 0, 1, False), ("adam_beta2", 0, 1, False), ("adam_weight_decay", 0, None, False),
-    ("adam_epsilon", 0, None, True), ("ema_decay", 0, 1, False), ("validation_steps", 0, None, False),
-    ("num_validation_sessions", 1, None, False), ("validation_inference_steps", 1, None, False),
-    ("validation_guidance_scale", 0, None, False), ("scheduler_shift", 0, None, True),
-    ("resolution", 1, None, False), ("max_train_samples", 1, None, False), ("dataloader_num_workers", 0, None, False),
-    ("synthetic_num_sessions", 1, None, False), ("synthetic_num_turns", 1, None, False),
-    ("min_turns", 1, None, False), ("max_turns", 1, None, False), ("max_text_length", 2, None, False),
-    ("seed", 0, 2**32 - 1, False), ("synthetic_world_seed", 0, None, False),
-    ("mask_probability", 0, 1, False), ("drop_current_frame", 0, 1, False), ("drop_current_mask", 0, 1, False),
-    ("drop_next_mask", 0, 1, False), ("text_dropout", 0, 1, False), ("logit_std", 0, None, True),
-    ("logit_mean", None, None, False), ("timestep_shift", 0, None, True), ("mode_scale", -1, 2 / (math.pi - 2), False),
-    ("sensitivity_steps", 0, None, False), ("num_sensitivity_sessions", 1, None, False),
+    ("max_train_steps", 1, None, False),
+    ("checkpointing_steps", 1, None, False),
+    ("train_batch_size", 1, None, False),
+    ("gradient_accumulation_steps", 1, None, False),
+    ("learning_rate", 0, None, True),
+    ("lr_warmup_steps", 0, None, False),
+    ("max_grad_norm", 0, None, False),
+    ("adam_beta1", 0, 1, False),
+    ("adam_beta2", 0, 1, False),
+    ("adam_weight_decay", 0, None, False),
+    ("adam_epsilon", 0, None, True),
+    ("ema_decay", 0, 1, False),
+    ("validation_steps", 0, None, False),
+    ("num_validation_sessions", 1, None, False),
+    ("validation_inference_steps", 1, None, False),
+    ("validation_guidance_scale", 0, None, False),
+    ("scheduler_shift", 0, None, True),
+    ("resolution", 1, None, False),
+    ("max_train_samples", 1, None, False),
+    ("dataloader_num_workers", 0, None, False),
+    ("synthetic_num_sessions", 1, None, False),
+    ("synthetic_num_turns", 1, None, False),
+    ("min_turns", 1, None, False),
+    ("max_turns", 1, None, False),
+    ("max_text_length", 2, None, False),
+    ("seed", 0, 2**32 - 1, False),
+    ("synthetic_world_seed", 0, None, False),
+    ("mask_probability", 0, 1, False),
+    ("drop_current_frame", 0, 1, False),
+    ("drop_current_mask", 0, 1, False),
+    ("drop_next_mask", 0, 1, False),
+    ("text_dropout", 0, 1, False),
+    ("logit_std", 0, None, True),
+    ("logit_mean", None, None, False),
+    ("timestep_shift", 0, None, True),
+    ("mode_scale", -1, 2 / (math.pi - 2), False),
+    ("sensitivity_steps", 0, None, False),
+    ("num_sensitivity_sessions", 1, None, False),
     ("lr_decay_steps", 1, None, False),
 )
 
@@ -334,8 +475,10 @@ def check_number_flags(args: argparse.Namespace) -> None:
     if args.min_turns > args.max_turns:
         raise UsageError(f"--min_turns {args.min_turns} is above --max_turns {args.max_turns}.")
     if args.lr_decay_steps is not None and args.lr_decay_steps < args.max_train_steps:
-        raise UsageError(f"--lr_decay_steps {args.lr_decay_steps} is below --max_train_steps {args.max_train_steps} "
-                         "(past its end a cosine schedule rises again); give at least --max_train_steps.")
+        raise UsageError(
+            f"--lr_decay_steps {args.lr_decay_steps} is below --max_train_steps {args.max_train_steps} "
+            "(past its end a cosine schedule rises again); give at least --max_train_steps."
+        )
 
 
 def check_output_dir(args: argparse.Namespace) -> None:
@@ -345,8 +488,9 @@ def check_output_dir(args: argparse.Namespace) -> None:
     if output_dir.exists() and not output_dir.is_dir():
         raise UsageError(f"--output_dir {output_dir} is a file; give a folder.")
     if args.resume_from_checkpoint and args.overwrite_output_dir:
-        raise UsageError("--resume_from_checkpoint and --overwrite_output_dir are exclusive: continue the run or "
-                         "start it over.")
+        raise UsageError(
+            "--resume_from_checkpoint and --overwrite_output_dir are exclusive: continue the run or start it over."
+        )
     if args.resume_from_checkpoint or args.overwrite_output_dir or not output_dir.is_dir():
         return
     entries = sorted(p.name for p in output_dir.iterdir())
@@ -411,9 +555,15 @@ def build_dataset(args, config: SequenceConfig):
         if args.resolution:
             world_kwargs.setdefault("resolution", args.resolution)
         world = ShapesWorld(**world_kwargs)
-        return ShapesSessionsDataset(world, args.synthetic_num_sessions, args.synthetic_num_turns, config,
-                                        seed=args.seed, world_seed=args.synthetic_world_seed,
-                                        group_turns=not args.no_group_turns)
+        return ShapesSessionsDataset(
+            world,
+            args.synthetic_num_sessions,
+            args.synthetic_num_turns,
+            config,
+            seed=args.seed,
+            world_seed=args.synthetic_world_seed,
+            group_turns=not args.no_group_turns,
+        )
     from diffusers_vincie.data.loaders import (
         PairwiseEditAdapter,
         Vincie10MAdapter,
@@ -428,8 +578,9 @@ def build_dataset(args, config: SequenceConfig):
         rows = records_to_dataset(adapter_cls.from_path(args.dataset_name, split=args.dataset_split))
     if args.max_train_samples is not None:
         rows = rows.select(range(min(args.max_train_samples, len(rows))))
-    return SessionRowsDataset(rows, config, seed=args.seed, resolution=args.resolution,
-                              group_turns=not args.no_group_turns)
+    return SessionRowsDataset(
+        rows, config, seed=args.seed, resolution=args.resolution, group_turns=not args.no_group_turns
+    )
 
 
 def load_data(args, num_processes: int) -> tuple[SequenceConfig, torch.utils.data.Dataset]:
@@ -441,8 +592,10 @@ def load_data(args, num_processes: int) -> tuple[SequenceConfig, torch.utils.dat
     except (FileNotFoundError, ValueError, TypeError) as error:
         raise UsageError(f"{flag}: {type(error).__name__}: {error}") from error
     if len(dataset) < args.train_batch_size * num_processes:
-        raise UsageError(f"{flag}: {len(dataset)} sessions, fewer than one global batch (--train_batch_size "
-                         f"{args.train_batch_size} x {num_processes} processes); lower --train_batch_size or add data.")
+        raise UsageError(
+            f"{flag}: {len(dataset)} sessions, fewer than one global batch (--train_batch_size "
+            f"{args.train_batch_size} x {num_processes} processes); lower --train_batch_size or add data."
+        )
     return config, dataset
 
 
@@ -452,8 +605,9 @@ def build_transformer(args, components: dict) -> VincieTransformer:
         config = json.loads(Path(args.transformer_config).read_text())
         config = {k: v for k, v in config.items() if not k.startswith("_")}
         if config.get("attention_layout", args.attention_layout) != args.attention_layout:
-            logger.warning(f"--attention_layout {args.attention_layout} overrides the config's "
-                           f"{config['attention_layout']!r}.")
+            logger.warning(
+                f"--attention_layout {args.attention_layout} overrides the config's {config['attention_layout']!r}."
+            )
         try:
             transformer = VincieTransformer(**{**config, "attention_layout": args.attention_layout})
         except (TypeError, ValueError) as error:
@@ -476,8 +630,11 @@ def write_log(output_dir: str, record: dict) -> None:
 
 def make_optimizer(args, params):
     return torch.optim.AdamW(
-        params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-        weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
+        params,
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay,
+        eps=args.adam_epsilon,
     )
 
 
@@ -550,8 +707,9 @@ def main(args: argparse.Namespace, lora=None) -> dict:
 
     module = VincieTrainingModule(transformer, args.attention_layout)
     params = [p for p in module.parameters() if p.requires_grad]
-    scale = (args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
-             if args.scale_lr else 1)
+    scale = (
+        args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes if args.scale_lr else 1
+    )
     lr = args.learning_rate * scale
     groups = [{"params": params, "lr": lr}]
     if text_params:
@@ -561,13 +719,15 @@ def main(args: argparse.Namespace, lora=None) -> dict:
     from diffusers.optimization import get_scheduler
 
     lr_scheduler = get_scheduler(
-        args.lr_scheduler, optimizer=optimizer,
+        args.lr_scheduler,
+        optimizer=optimizer,
         num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
         num_training_steps=(args.lr_decay_steps or args.max_train_steps) * accelerator.num_processes,
     )
     if args.train_text_encoder:  # prepared so that checkpoints hold its weights (model_1.safetensors)
         module, text_encoder, optimizer, lr_scheduler = accelerator.prepare(
-            module, text_encoder, optimizer, lr_scheduler)
+            module, text_encoder, optimizer, lr_scheduler
+        )
     else:
         module, optimizer, lr_scheduler = accelerator.prepare(module, optimizer, lr_scheduler)
     if ema is not None:
@@ -575,7 +735,8 @@ def main(args: argparse.Namespace, lora=None) -> dict:
     if text_ema is not None:  # saved as text_ema.safetensors inside accelerate's save_state (nothing pickled)
         text_ema.to(accelerator.device)
         accelerator.register_save_state_pre_hook(
-            lambda models, weights, folder: save_ema(text_ema, Path(folder) / TEXT_EMA_FILE))
+            lambda models, weights, folder: save_ema(text_ema, Path(folder) / TEXT_EMA_FILE)
+        )
 
     # ---- resume
     global_step = 0
@@ -589,23 +750,39 @@ def main(args: argparse.Namespace, lora=None) -> dict:
 
     # ---- data (the order depends only on the seed and the micro-step, so a resume continues it exactly)
     sampler = ResumableBatchSampler(
-        len(dataset), args.train_batch_size, accelerator.num_processes, accelerator.process_index,
-        seed=args.seed, start_step=global_step * args.gradient_accumulation_steps,
+        len(dataset),
+        args.train_batch_size,
+        accelerator.num_processes,
+        accelerator.process_index,
+        seed=args.seed,
+        start_step=global_step * args.gradient_accumulation_steps,
     )
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_planned,
-                        num_workers=args.dataloader_num_workers,
-                        persistent_workers=args.dataloader_num_workers > 0)
-    text_cache = PromptEmbeddingCache(text_encoder, tokenizer, args.max_text_length,
-                                      enabled=args.cache_text_embeddings and not args.train_text_encoder)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate_planned,
+        num_workers=args.dataloader_num_workers,
+        persistent_workers=args.dataloader_num_workers > 0,
+    )
+    text_cache = PromptEmbeddingCache(
+        text_encoder,
+        tokenizer,
+        args.max_text_length,
+        enabled=args.cache_text_embeddings and not args.train_text_encoder,
+    )
 
     if accelerator.is_main_process and args.report_to != "none":
-        accelerator.init_trackers("vincie", config={k: v for k, v in vars(args).items()
-                                                    if isinstance(v, (int, float, str, bool))})
-    logger.info(f"***** Training: {args.max_train_steps} steps, {accelerator.num_processes} process(es), "
-                f"batch {args.train_batch_size} x accumulation {args.gradient_accumulation_steps} *****")
+        accelerator.init_trackers(
+            "vincie", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        )
+    logger.info(
+        f"***** Training: {args.max_train_steps} steps, {accelerator.num_processes} process(es), "
+        f"batch {args.train_batch_size} x accumulation {args.gradient_accumulation_steps} *****"
+    )
 
-    progress = tqdm(range(args.max_train_steps), initial=global_step, desc="steps",
-                    disable=not accelerator.is_local_main_process)
+    progress = tqdm(
+        range(args.max_train_steps), initial=global_step, desc="steps", disable=not accelerator.is_local_main_process
+    )
     data_iter = iter(loader)
     accumulated, last_loss, data_time, step_start = 0.0, float("nan"), 0.0, time.perf_counter()
     while global_step < args.max_train_steps:
@@ -613,9 +790,18 @@ def main(args: argparse.Namespace, lora=None) -> dict:
         planned = next(data_iter)
         latents = encode_plan_frames(planned, vae, accelerator.device if vae is not None else None)
         batch = build_training_batch(
-            planned, latents, text_cache, config, seed=args.seed, text_dropout=args.text_dropout,
-            negative_prompt=args.negative_prompt, logit_mean=args.logit_mean, logit_std=args.logit_std,
-            timestep_sampling=args.timestep_sampling, timestep_shift=args.timestep_shift, mode_scale=args.mode_scale,
+            planned,
+            latents,
+            text_cache,
+            config,
+            seed=args.seed,
+            text_dropout=args.text_dropout,
+            negative_prompt=args.negative_prompt,
+            logit_mean=args.logit_mean,
+            logit_std=args.logit_std,
+            timestep_sampling=args.timestep_sampling,
+            timestep_shift=args.timestep_shift,
+            mode_scale=args.mode_scale,
         ).to(accelerator.device)
         data_time += time.perf_counter() - wait_start
         with accelerator.accumulate(module):
@@ -638,8 +824,13 @@ def main(args: argparse.Namespace, lora=None) -> dict:
         global_step += 1
         last_loss, accumulated = accumulated, 0.0
         step_time = time.perf_counter() - step_start
-        record = {"step": global_step, "loss": last_loss, "lr": lr_scheduler.get_last_lr()[0],
-                  "step_time": step_time, "data_time": data_time}
+        record = {
+            "step": global_step,
+            "loss": last_loss,
+            "lr": lr_scheduler.get_last_lr()[0],
+            "step_time": step_time,
+            "data_time": data_time,
+        }
         data_time = 0.0
         progress.update(1)
         progress.set_postfix(loss=f"{last_loss:.4f}", lr=f"{record['lr']:.2e}")
@@ -670,12 +861,21 @@ def main(args: argparse.Namespace, lora=None) -> dict:
         if lora is not None:
             lora.save(args, final)
         elif not args.no_save_pipeline:
-            sampling = dict(default_num_inference_steps=args.validation_inference_steps,
-                            default_guidance_scale=args.validation_guidance_scale)
+            sampling = dict(
+                default_num_inference_steps=args.validation_inference_steps,
+                default_guidance_scale=args.validation_guidance_scale,
+            )
             if args.resolution:
                 sampling["default_resolution"] = args.resolution
-            save_final_pipeline(args.output_dir, final, components, args.scheduler_shift, args.negative_prompt,
-                                args.frame_index, sampling_defaults=sampling)
+            save_final_pipeline(
+                args.output_dir,
+                final,
+                components,
+                args.scheduler_shift,
+                args.negative_prompt,
+                args.frame_index,
+                sampling_defaults=sampling,
+            )
     accelerator.end_training()
     return {"global_step": global_step, "last_loss": last_loss, "output_dir": args.output_dir}
 

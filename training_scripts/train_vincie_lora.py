@@ -38,11 +38,19 @@ def add_lora_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--lora_rank", type=int, default=16)
     group.add_argument("--lora_alpha", type=float, default=None, help="Default: the rank (scale 1).")
     group.add_argument("--lora_dropout", type=float, default=0.0)
-    group.add_argument("--lora_target_modules", type=str, default="to_q,to_k,to_v,to_out",
-                       help="Comma-separated module-name suffixes to adapt (attention projections by default; add "
-                            "'proj,net.2' for the MLPs).")
-    group.add_argument("--base_dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
-                       help="dtype of the frozen base weights (the adapters stay fp32).")
+    group.add_argument(
+        "--lora_target_modules",
+        type=str,
+        default="to_q,to_k,to_v,to_out",
+        help="Comma-separated module-name suffixes to adapt (attention projections by default; add "
+        "'proj,net.2' for the MLPs).",
+    )
+    group.add_argument(
+        "--base_dtype",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="dtype of the frozen base weights (the adapters stay fp32).",
+    )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -68,10 +76,15 @@ class LoraSetup:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.base_dtype]
         transformer.requires_grad_(False).to(dtype)
         targets = [m.strip() for m in args.lora_target_modules.split(",") if m.strip()]
-        transformer.add_adapter(LoraConfig(
-            r=args.lora_rank, lora_alpha=args.lora_alpha or args.lora_rank, lora_dropout=args.lora_dropout,
-            init_lora_weights="gaussian", target_modules=targets,
-        ))
+        transformer.add_adapter(
+            LoraConfig(
+                r=args.lora_rank,
+                lora_alpha=args.lora_alpha or args.lora_rank,
+                lora_dropout=args.lora_dropout,
+                init_lora_weights="gaussian",
+                target_modules=targets,
+            )
+        )
         cast_training_params(transformer, dtype=torch.float32)  # adapters train in fp32 on a low-precision base
         trainable = sum(p.numel() for p in transformer.parameters() if p.requires_grad)
         if trainable == 0:

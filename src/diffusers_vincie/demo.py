@@ -56,8 +56,9 @@ def _caption(draw: PIL.ImageDraw.ImageDraw, x: int, y: int, text: str) -> None:
         draw.text((x + 3, y + 2 + 13 * row), line, fill=(0, 0, 0))
 
 
-def contact_sheet(rows: Sequence[Sequence[PIL.Image.Image]], captions: Sequence[str],
-                  row_labels: Sequence[str] = ()) -> PIL.Image.Image:
+def contact_sheet(
+    rows: Sequence[Sequence[PIL.Image.Image]], captions: Sequence[str], row_labels: Sequence[str] = ()
+) -> PIL.Image.Image:
     """One row of enlarged images per entry of ``rows`` (nearest-neighbour, so pixels stay visible), with the
     instruction of each column above it.
 
@@ -75,11 +76,17 @@ def contact_sheet(rows: Sequence[Sequence[PIL.Image.Image]], captions: Sequence[
         if len(images) != columns:
             raise ValueError(f"rows: row {r} has {len(images)} images for {columns} captions.")
         for col, image in enumerate(images):
-            sheet.paste(image.convert("RGB").resize((CELL, CELL), PIL.Image.NEAREST),
-                        (col * CELL, CAPTION_HEIGHT + r * CELL))
+            sheet.paste(
+                image.convert("RGB").resize((CELL, CELL), PIL.Image.NEAREST), (col * CELL, CAPTION_HEIGHT + r * CELL)
+            )
         if r < len(row_labels):
-            draw.text((4, CAPTION_HEIGHT + r * CELL + 4), row_labels[r], fill=(255, 255, 255), stroke_width=2,
-                      stroke_fill=(0, 0, 0))
+            draw.text(
+                (4, CAPTION_HEIGHT + r * CELL + 4),
+                row_labels[r],
+                fill=(255, 255, 255),
+                stroke_width=2,
+                stroke_fill=(0, 0, 0),
+            )
     return sheet
 
 
@@ -93,10 +100,16 @@ def _save(image: PIL.Image.Image, path: Path) -> None:
 # =====================================================================================================
 
 
-def run_demo(output: str | os.PathLike, image: Optional[str] = None, instructions: Optional[Sequence[str]] = None,
-             seed: int = 0, num_inference_steps: int = DEFAULT_SAMPLING["num_inference_steps"],
-             guidance_scale: float = DEFAULT_SAMPLING["guidance_scale"],
-             chain_of_editing: bool = False, model: Optional[str] = None) -> dict:
+def run_demo(
+    output: str | os.PathLike,
+    image: Optional[str] = None,
+    instructions: Optional[Sequence[str]] = None,
+    seed: int = 0,
+    num_inference_steps: int = DEFAULT_SAMPLING["num_inference_steps"],
+    guidance_scale: float = DEFAULT_SAMPLING["guidance_scale"],
+    chain_of_editing: bool = False,
+    model: Optional[str] = None,
+) -> dict:
     """Runs the session and writes its images; returns ``{"images", "sheet", "scores", "seconds"}``.
 
     Args:
@@ -140,8 +153,13 @@ def run_demo(output: str | os.PathLike, image: Optional[str] = None, instruction
     _save(source, output / "turn_0_source.png")
     images, scores = [], []
     for turn, instruction in enumerate(instructions):
-        edited = session.edit(instruction, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                              generator=generator, chain_of_editing=chain_of_editing)
+        edited = session.edit(
+            instruction,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            generator=generator,
+            chain_of_editing=chain_of_editing,
+        )
         images.append(edited)
         _save(edited, output / f"turn_{turn + 1}.png")
         line = f"turn {turn + 1}: {instruction}"
@@ -149,8 +167,10 @@ def run_demo(output: str | os.PathLike, image: Optional[str] = None, instruction
             previous = np.asarray(images[-2].convert("RGB")) if turn else truth.frames[0]
             score = score_edit(np.asarray(edited.convert("RGB")), truth, turn, source_rgb=previous)
             scores.append(score)
-            line += (f"  [{'ok' if score.success else 'failed'}: changed-region IoU {score.changed_iou:.2f}, "
-                     f"object {score.object_score:.2f}, preserved {score.preserved:.2f}]")
+            line += (
+                f"  [{'ok' if score.success else 'failed'}: changed-region IoU {score.changed_iou:.2f}, "
+                f"object {score.object_score:.2f}, preserved {score.preserved:.2f}]"
+            )
         print(line, flush=True)
 
     rows = [[source, *images]]
@@ -171,10 +191,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--instructions", nargs="+", default=None, help="One instruction per turn.")
     parser.add_argument("--output", required=True, help="Folder for the turn images and the contact sheet.")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=DEFAULT_SAMPLING["num_inference_steps"],
-                        help="Sampler steps per image.")
-    parser.add_argument("--guidance_scale", type=float, default=DEFAULT_SAMPLING["guidance_scale"],
-                        help="CFG scale (default: the shipped model's; 1 skips the negative pass).")
+    parser.add_argument(
+        "--steps", type=int, default=DEFAULT_SAMPLING["num_inference_steps"], help="Sampler steps per image."
+    )
+    parser.add_argument(
+        "--guidance_scale",
+        type=float,
+        default=DEFAULT_SAMPLING["guidance_scale"],
+        help="CFG scale (default: the shipped model's; 1 skips the negative pass).",
+    )
     parser.add_argument("--chain_of_editing", action="store_true", help="Predict the RoE masks before each image.")
     parser.add_argument("--model", default=None, help="Pipeline folder (default: the shipped model).")
     args = parser.parse_args(argv)
@@ -184,8 +209,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         check_number("--guidance_scale", args.guidance_scale, 0)
         if Path(args.output).exists() and not Path(args.output).is_dir():
             raise UsageError(f"--output {args.output} is a file; give a folder for the images.")
-        run_demo(args.output, args.image, args.instructions, args.seed, args.steps, args.guidance_scale,
-                 args.chain_of_editing, args.model)
+        run_demo(
+            args.output,
+            args.image,
+            args.instructions,
+            args.seed,
+            args.steps,
+            args.guidance_scale,
+            args.chain_of_editing,
+            args.model,
+        )
     except (UsageError, FileNotFoundError) as error:  # raised before the model is loaded, or naming the model
         usage_exit(parser.prog, error)
 

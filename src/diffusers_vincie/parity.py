@@ -55,7 +55,11 @@ class Check:
 
     def line(self) -> str:
         status = "OK  " if self.passed else "FAIL"
-        shape = "" if self.actual.shape == self.expected.shape else f" shape {tuple(self.actual.shape)} vs {tuple(self.expected.shape)}"
+        shape = (
+            ""
+            if self.actual.shape == self.expected.shape
+            else f" shape {tuple(self.actual.shape)} vs {tuple(self.expected.shape)}"
+        )
         return f"{status} {self.name}: max abs err {self.error:.3e} (tol {self.tolerance:g}){shape}"
 
 
@@ -72,11 +76,15 @@ class _Recorder:
         hooks = [
             # (N, 2, 3, D) [layer, slot, channel] -> the official interleaved (N, 6D), index 6c + 3*layer + slot
             model.time_embed.register_forward_hook(
-                lambda module, args, output: self.values.__setitem__("inter.emb", output.permute(0, 3, 1, 2).flatten(1))
+                lambda module, args, output: self.values.__setitem__(
+                    "inter.emb", output.permute(0, 3, 1, 2).flatten(1)
+                )
             ),
             model.patch_embed.register_forward_hook(self._store("inter.vid_in")),
             model.context_embedder.register_forward_hook(self._store("inter.txt_in")),
-            model.proj_out.register_forward_pre_hook(lambda m, args: self.values.__setitem__("inter.vid_out_ada", args[0])),
+            model.proj_out.register_forward_pre_hook(
+                lambda m, args: self.values.__setitem__("inter.vid_out_ada", args[0])
+            ),
         ]
         for i, block in enumerate(model.transformer_blocks):
             hooks.append(block.register_forward_hook(self._store_pair(f"inter.block{i}")))
@@ -156,7 +164,9 @@ def forward_checks(model: VincieTransformer, t: dict, name: str) -> Iterator[Che
                 yield Check(f"{name} out (bf16 q/k/v)", _run(model, t), t["out.vid_sample"], BF16_ATTENTION_TOL)
             finally:
                 model.set_attention_qkv_dtype(None)
-            yield Check(f"{name} out (fp32 attention)", _run(model, t), t["out.vid_sample_fp32_attention"], FORWARD_TOL)
+            yield Check(
+                f"{name} out (fp32 attention)", _run(model, t), t["out.vid_sample_fp32_attention"], FORWARD_TOL
+            )
             return
 
         recorder = _Recorder(model)
@@ -192,7 +202,9 @@ def sample_checks(model: VincieTransformer, t: dict, config: dict, name: str) ->
         return
     steps = t["timesteps"].numel()
     sched = official_scheduler(shift=shift)
-    yield Check(f"{name} timesteps ({steps} steps)", set_trailing_timesteps(sched, steps).float(), t["timesteps"], 1e-3)
+    yield Check(
+        f"{name} timesteps ({steps} steps)", set_trailing_timesteps(sched, steps).float(), t["timesteps"], 1e-3
+    )
 
     states: dict[str, torch.Tensor] = {}
 

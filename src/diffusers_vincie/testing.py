@@ -39,18 +39,33 @@ def tiny_text_encoder(vocab_size: int, dim: int = 32, seed: int = 0):
 
     torch.manual_seed(seed)
     config = T5Config(
-        vocab_size=vocab_size, d_model=dim, d_kv=8, d_ff=2 * dim, num_layers=1, num_heads=2,
-        feed_forward_proj="gated-gelu", decoder_start_token_id=0,
+        vocab_size=vocab_size,
+        d_model=dim,
+        d_kv=8,
+        d_ff=2 * dim,
+        num_layers=1,
+        num_heads=2,
+        feed_forward_proj="gated-gelu",
+        decoder_start_token_id=0,
     )
     return T5EncoderModel(config).eval()
 
 
-def tiny_transformer(latent_channels: int = 4, text_embed_dim: int = 32, seed: int = 0, **overrides) -> VincieTransformer:
+def tiny_transformer(
+    latent_channels: int = 4, text_embed_dim: int = 32, seed: int = 0, **overrides
+) -> VincieTransformer:
     """A 2-layer transformer with every parameter random (`initialize_weights` with random modulation offsets)."""
     torch.manual_seed(seed)
     config = dict(
-        latent_channels=latent_channels, hidden_size=32, num_attention_heads=2, attention_head_dim=16, num_layers=2,
-        num_mm_layers=1, text_embed_dim=text_embed_dim, rope_dim=12, max_turns=8,
+        latent_channels=latent_channels,
+        hidden_size=32,
+        num_attention_heads=2,
+        attention_head_dim=16,
+        num_layers=2,
+        num_mm_layers=1,
+        text_embed_dim=text_embed_dim,
+        rope_dim=12,
+        max_turns=8,
     )
     model = VincieTransformer(**{**config, **overrides})
     model.initialize_weights(modulation_std=0.2)
@@ -61,10 +76,19 @@ def tiny_vae(latent_channels: int = 4, seed: int = 0) -> AutoencoderKL:
     """A 2-level AutoencoderKL (spatial factor 2) with the official scaling factor."""
     torch.manual_seed(seed)
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=latent_channels, block_out_channels=(8, 8),
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        layers_per_block=1, norm_num_groups=4, sample_size=32, scaling_factor=0.9152, shift_factor=0.0,
-        use_quant_conv=False, use_post_quant_conv=False,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=latent_channels,
+        block_out_channels=(8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_size=32,
+        scaling_factor=0.9152,
+        shift_factor=0.0,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
     ).eval()
 
 
@@ -84,8 +108,11 @@ def tiny_pipeline(
     channels = 3 if pixel_space else 4
     transformer = tiny_transformer(channels, encoder.config.d_model, seed=seed, **transformer_overrides)
     vae = None if pixel_space else tiny_vae(channels, seed=seed)
-    kwargs = dict(default_resolution=default_resolution, default_num_inference_steps=default_num_inference_steps,
-                  default_guidance_scale=default_guidance_scale)
+    kwargs = dict(
+        default_resolution=default_resolution,
+        default_num_inference_steps=default_num_inference_steps,
+        default_guidance_scale=default_guidance_scale,
+    )
     if negative_prompt is not None:
         kwargs["default_negative_prompt"] = negative_prompt
     if frame_index_mode is not None:
@@ -117,7 +144,9 @@ def tiny_transformer_config(
     return config
 
 
-def write_tiny_components(folder: str | Path, text_embed_dim: int = 16, seed: int = 0, **transformer_overrides) -> Path:
+def write_tiny_components(
+    folder: str | Path, text_embed_dim: int = 16, seed: int = 0, **transformer_overrides
+) -> Path:
     """Writes a tiny T5 text encoder, a tokenizer of the synthetic world's words and a transformer config."""
     from transformers import T5Config, T5EncoderModel
 
@@ -127,10 +156,18 @@ def write_tiny_components(folder: str | Path, text_embed_dim: int = 16, seed: in
     tokenizer = build_word_level_tokenizer(ShapesWorld().vocabulary)
     tokenizer.save_pretrained(folder / "tokenizer")
     torch.manual_seed(seed)
-    encoder = T5EncoderModel(T5Config(
-        vocab_size=len(tokenizer), d_model=text_embed_dim, d_kv=8, d_ff=2 * text_embed_dim, num_layers=1,
-        num_heads=2, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-    ))
+    encoder = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer),
+            d_model=text_embed_dim,
+            d_kv=8,
+            d_ff=2 * text_embed_dim,
+            num_layers=1,
+            num_heads=2,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
     encoder.save_pretrained(folder / "text_encoder")
     config = tiny_transformer_config(text_embed_dim=text_embed_dim, **transformer_overrides)
     (folder / "transformer.json").write_text(json.dumps(config, indent=2))

@@ -84,17 +84,22 @@ def build_word_level_tokenizer(vocabulary: Sequence[str], strip_template: bool =
 
     words = ["<pad>", "</s>", "<unk>"]
     pieces = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
-    template_words = [] if strip_template else [
-        w for w, _ in pieces.pre_tokenize_str(format_turn_prompt("x", 0).replace("x", " ").lower())
-    ]
+    template_words = (
+        []
+        if strip_template
+        else [w for w, _ in pieces.pre_tokenize_str(format_turn_prompt("x", 0).replace("x", " ").lower())]
+    )
     for word in list(vocabulary) + template_words:
         if word not in words:
             words.append(word)
     if not strip_template:
         words += [f"img{i}" for i in range(2, 65)]  # image indices of the template ("<IMG3>" -> "<", "img3", ">")
     tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    rules = [normalizers.Replace(Regex(pattern), "") for pattern in template_boilerplate_patterns()] \
-        if strip_template else []
+    rules = (
+        [normalizers.Replace(Regex(pattern), "") for pattern in template_boilerplate_patterns()]
+        if strip_template
+        else []
+    )
     tokenizer.normalizer = normalizers.Sequence([*rules, normalizers.Lowercase()])
     tokenizer.pre_tokenizer = pieces
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")

@@ -32,11 +32,14 @@ def all_mm_transformer(transformer):
     for index in shared:
         block = f"transformer_blocks.{index}."
         for key in [k for k in state if k.startswith(block)]:
-            name = key[len(block):]
-            for source, copy in (("attn.video_stream.", "attn.text_projections."), ("ff.", "ff_context."),
-                                 ("scale_shift_table", "scale_shift_table_context")):
+            name = key[len(block) :]
+            for source, copy in (
+                ("attn.video_stream.", "attn.text_projections."),
+                ("ff.", "ff_context."),
+                ("scale_shift_table", "scale_shift_table_context"),
+            ):
                 if name.startswith(source):
-                    state[block + copy + name[len(source):]] = state[key].clone()
+                    state[block + copy + name[len(source) :]] = state[key].clone()
     converted.load_state_dict(state, strict=True)
     return converted.to(transformer.dtype)
 

@@ -86,8 +86,15 @@ def load_checkpoint_text_encoder(checkpoint: Path, text_encoder, use_ema: bool =
     return True
 
 
-def export(run_dir: Path, checkpoint: str, output: Path, transformer_config: Path, use_ema: bool = True,
-           text_dir: Path | None = None, scheduler_shift: float = 1.0) -> Path:
+def export(
+    run_dir: Path,
+    checkpoint: str,
+    output: Path,
+    transformer_config: Path,
+    use_ema: bool = True,
+    text_dir: Path | None = None,
+    scheduler_shift: float = 1.0,
+) -> Path:
     """Writes the pipeline folder of ``checkpoint`` (a path, a step number or ``latest``) to ``output``."""
     from diffusers_vincie.default_model import DEFAULT_SAMPLING, RESOLUTION
     from diffusers_vincie.training.checkpoints import find_checkpoint, list_checkpoints
@@ -101,8 +108,10 @@ def export(run_dir: Path, checkpoint: str, output: Path, transformer_config: Pat
         raise FileNotFoundError(f"--checkpoint {checkpoint}: not found in {run_dir} ({list_checkpoints(run_dir)}).")
     text_dir = text_dir or run_dir / "text"
     args = argparse.Namespace(
-        pretrained_model_name_or_path=None, text_encoder_name_or_path=str(text_dir / "text_encoder"),
-        tokenizer_name_or_path=str(text_dir / "tokenizer"), vae_name_or_path="none",
+        pretrained_model_name_or_path=None,
+        text_encoder_name_or_path=str(text_dir / "text_encoder"),
+        tokenizer_name_or_path=str(text_dir / "tokenizer"),
+        vae_name_or_path="none",
         transformer_config=str(transformer_config),
     )
     components = load_components(args)
@@ -112,10 +121,17 @@ def export(run_dir: Path, checkpoint: str, output: Path, transformer_config: Pat
     if staging.exists():
         shutil.rmtree(staging)
     folder = save_final_pipeline(
-        str(staging), transformer, components, scheduler_shift=scheduler_shift, negative_prompt="", frame_index="slots",
-        sampling_defaults=dict(default_resolution=RESOLUTION,
-                               default_num_inference_steps=DEFAULT_SAMPLING["num_inference_steps"],
-                               default_guidance_scale=DEFAULT_SAMPLING["guidance_scale"]),
+        str(staging),
+        transformer,
+        components,
+        scheduler_shift=scheduler_shift,
+        negative_prompt="",
+        frame_index="slots",
+        sampling_defaults=dict(
+            default_resolution=RESOLUTION,
+            default_num_inference_steps=DEFAULT_SAMPLING["num_inference_steps"],
+            default_guidance_scale=DEFAULT_SAMPLING["guidance_scale"],
+        ),
     )
     output.mkdir(parents=True, exist_ok=True)
     for item in folder.iterdir():  # replace only the pipeline's own entries (the target may hold other files)
@@ -138,15 +154,31 @@ def main() -> None:
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--transformer_config", type=Path, default=HERE / "vincie_shapes_transformer.json")
     parser.add_argument("--no_ema", action="store_true", help="Export the raw weights instead of the EMA.")
-    parser.add_argument("--text_dir", type=Path, default=None,
-                        help="Folder with text_encoder/ and tokenizer/ (default: <run_dir>/text).")
+    parser.add_argument(
+        "--text_dir",
+        type=Path,
+        default=None,
+        help="Folder with text_encoder/ and tokenizer/ (default: <run_dir>/text).",
+    )
     parser.add_argument("--scheduler_shift", type=float, default=1.0, help="Shift of the saved sampler schedule.")
     args = parser.parse_args()
     from diffusers_vincie.utils.cli import run_cli
 
-    print(run_cli(lambda: export(args.run_dir, args.checkpoint, args.output, args.transformer_config, not args.no_ema,
-                                 args.text_dir, args.scheduler_shift),
-                  "export_checkpoint.py", errors=(ValueError, FileNotFoundError)))
+    print(
+        run_cli(
+            lambda: export(
+                args.run_dir,
+                args.checkpoint,
+                args.output,
+                args.transformer_config,
+                not args.no_ema,
+                args.text_dir,
+                args.scheduler_shift,
+            ),
+            "export_checkpoint.py",
+            errors=(ValueError, FileNotFoundError),
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -42,11 +42,15 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         ) from error
     except (RuntimeError, EOFError) as error:  # torch's zip reader and mmap refusals
         if "mmap can only be used" in str(error):
-            reason = ("is empty or in the legacy (pre-zip) torch.save format, which cannot be memory-mapped; "
-                      "re-save it once with torch.save(torch.load(path, weights_only=True), path)")
+            reason = (
+                "is empty or in the legacy (pre-zip) torch.save format, which cannot be memory-mapped; "
+                "re-save it once with torch.save(torch.load(path, weights_only=True), path)"
+            )
         else:
-            reason = (f"cannot be read ({str(error).splitlines()[0][:120]}): the file is truncated or corrupt; "
-                      "download it again")
+            reason = (
+                f"cannot be read ({str(error).splitlines()[0][:120]}): the file is truncated or corrupt; "
+                "download it again"
+            )
         raise ValueError(f"checkpoint {path!r} {reason}") from error
     return validate_state_dict(loaded, source=path)
 

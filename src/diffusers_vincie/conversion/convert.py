@@ -90,8 +90,10 @@ def check_out_folder(official: Path, out: Path) -> None:
     if out.is_dir() and any(out.iterdir()):
         ours = (out / "conversion.json").is_file() or any((out / name).is_dir() for name in COMPONENTS)
         if not ours:
-            raise ValueError(f"--out {out} is a non-empty folder that no conversion wrote; give a new folder "
-                             "(its README.md and model_index.json would be replaced).")
+            raise ValueError(
+                f"--out {out} is a non-empty folder that no conversion wrote; give a new folder "
+                "(its README.md and model_index.json would be replaced)."
+            )
 
 
 def check_inputs(paths: dict[str, Path], vae_config: dict | None) -> None:
@@ -239,7 +241,11 @@ def convert_official_release(
         notes.append(
             "transformer: config derived from the checkpoint's keys and shapes, strict load (turn table present, no "
             "unknown, missing or mis-shaped tensor)"
-            + (", equal to the VINCIE-3B preset" if not preset else f", differs from the 3B preset in {sorted(preset)}")
+            + (
+                ", equal to the VINCIE-3B preset"
+                if not preset
+                else f", differs from the 3B preset in {sorted(preset)}"
+            )
         )
         transformer.save_pretrained(folder)
 
@@ -311,7 +317,10 @@ def write_model_card(
     record.update({"source": str(official.resolve().name), "sha256": digests or record.get("sha256", {})})
     write_text_atomic(previous, json.dumps(record, indent=2) + "\n")
     checks = "\n".join(f"- {note}" for note in record["notes"])
-    hashes = "\n".join(f"- `{name}.pth`: sha256 `{digest}`" for name, digest in record["sha256"].items()) or "- (not hashed)"
+    hashes = (
+        "\n".join(f"- `{name}.pth`: sha256 `{digest}`" for name, digest in record["sha256"].items())
+        or "- (not hashed)"
+    )
     card = f"""---
 library_name: diffusers
 pipeline_tag: image-to-image
@@ -319,9 +328,9 @@ tags: [vincie, image-editing, diffusers-vincie]
 license: apache-2.0
 ---
 
-# {record['source']} (diffusers format)
+# {record["source"]} (diffusers format)
 
-Diffusers-format conversion of the official VINCIE release `{record['source']}` (ByteDance-Seed, paper
+Diffusers-format conversion of the official VINCIE release `{record["source"]}` (ByteDance-Seed, paper
 arXiv:2506.10941, "VINCIE: Unlocking In-context Image Editing from Video"), made with
 `python -m diffusers_vincie.conversion` (package `diffusers-vincie`). No remote code, no pickles: every weight is a
 safetensors file.
@@ -390,9 +399,13 @@ def load_vae_config(path: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m diffusers_vincie.conversion", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m diffusers_vincie.conversion",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--official", required=True, type=Path, help="official release folder (dit.pth, vae.pth, llm14b/)")
+    parser.add_argument(
+        "--official", required=True, type=Path, help="official release folder (dit.pth, vae.pth, llm14b/)"
+    )
     parser.add_argument("--out", required=True, type=Path, help="output diffusers folder")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="transformer dtype (official: fp32)")
     parser.add_argument(

@@ -148,7 +148,9 @@ def convert_dit_state_dict(state: Mapping[str, torch.Tensor], config: Mapping) -
             src, dst = f"blocks.{i}", f"transformer_blocks.{i}"
             qkv = take(f"{src}.attn.proj_qkv.{tag}.weight")
             if qkv.shape[0] != 3 * heads_dim:
-                raise ValueError(f"`{src}.attn.proj_qkv.{tag}.weight` has shape {tuple(qkv.shape)}, expected 3*{heads_dim} rows.")
+                raise ValueError(
+                    f"`{src}.attn.proj_qkv.{tag}.weight` has shape {tuple(qkv.shape)}, expected 3*{heads_dim} rows."
+                )
             for name, part in zip(("to_q", "to_k", "to_v"), qkv.split(heads_dim)):  # rows (qkv, head, head_dim)
                 out[f"{dst}.attn.{stream}.{name}.weight"] = part
             for suffix in ("weight", "bias"):

@@ -37,9 +37,7 @@ from transformers.convert_slow_tokenizer import TikTokenConverter
 from ..utils.io import commit, temporary_sibling, write_json_atomic
 
 # QWenTokenizer's pre-tokenisation pattern and special tokens, in id order after the BPE ranks.
-QWEN_PATTERN = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
+QWEN_PATTERN = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 QWEN_END_OF_TEXT = "<|endoftext|>"
 QWEN_SPECIAL_TOKENS = (QWEN_END_OF_TEXT, "<|im_start|>", "<|im_end|>", *(f"<|extra_{i}|>" for i in range(205)))
 
@@ -141,8 +139,9 @@ def _targets_for(source: str, shape: tuple[int, ...]) -> list[_Target]:
             third = shape[0] // 3
             kind = rest.rsplit(".", 1)[1]
             return [
-                _Target(f"{prefix}self_attn.{part}_proj.{kind}", source, (i * third, (i + 1) * third),
-                        (third, *shape[1:]))
+                _Target(
+                    f"{prefix}self_attn.{part}_proj.{kind}", source, (i * third, (i + 1) * third), (third, *shape[1:])
+                )
                 for i, part in enumerate("qkv")
             ]
     raise ValueError(
@@ -216,7 +215,11 @@ class StreamingSafetensorsWriter:
         offset = 0
         for name, shape in entries:
             size = item_size * int(torch.Size(shape).numel())
-            header[name] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+            header[name] = {
+                "dtype": _SAFETENSORS_DTYPES[dtype],
+                "shape": list(shape),
+                "data_offsets": [offset, offset + size],
+            }
             offset += size
         encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
         encoded += b" " * (-len(encoded) % 8)  # data must start 8-byte aligned
@@ -334,7 +337,9 @@ def convert_qwen_checkpoint(
     total_size = sum(
         int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size() for shape in expected.values()
     )
-    write_json_atomic(index_path, {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))})
+    write_json_atomic(
+        index_path, {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
+    )
     config.save_pretrained(output_dir)
     return config
 

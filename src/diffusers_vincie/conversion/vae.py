@@ -251,9 +251,7 @@ def _identity_upsamplers(state_dict: Mapping[str, torch.Tensor]) -> dict[int, bo
     return found
 
 
-def _map_vae_weights(
-    state_dict: Mapping[str, torch.Tensor], depth_to_space: Sequence[int]
-) -> dict[str, torch.Tensor]:
+def _map_vae_weights(state_dict: Mapping[str, torch.Tensor], depth_to_space: Sequence[int]) -> dict[str, torch.Tensor]:
     """Official 3D keys/tensors -> 2D keys/tensors (float32), before checking against the model."""
     mapped: dict[str, torch.Tensor] = {}
     for key, tensor in state_dict.items():
@@ -326,7 +324,9 @@ def convert_official_vae(
             f"VAE state dict has upscale_conv weights for up blocks {sorted(identity)}, expected "
             f"{sorted(expected_upsamplers)}; is this the official causal 3D VAE?"
         )
-    depth_to_space = sorted(index for index, is_identity in identity.items() if force_depth_to_space or not is_identity)
+    depth_to_space = sorted(
+        index for index, is_identity in identity.items() if force_depth_to_space or not is_identity
+    )
     if depth_to_space:
         model: AutoencoderKL = VincieAutoencoderKL(**config, depth_to_space_upsamplers=tuple(depth_to_space))
     else:
@@ -365,7 +365,9 @@ def vae_parity_checks(
     vae = convert_official_vae(official, fixture_config["vae"], force_depth_to_space=force_depth_to_space)
     scaling = vae.config.scaling_factor
     if abs(scaling - float(io["scaling_factor"])) > 1e-6:
-        raise ValueError(f"converted scaling_factor {scaling} differs from the fixture's {float(io['scaling_factor'])}")
+        raise ValueError(
+            f"converted scaling_factor {scaling} differs from the fixture's {float(io['scaling_factor'])}"
+        )
 
     image = io["image"][:, :, 0]  # (1, 3, 1, H, W) -> (1, 3, H, W): one frame
     moments = vae.encoder(image)  # (1, 2C, h, w); no quant conv
@@ -384,11 +386,18 @@ def vae_parity_checks(
         ("posterior mean", posterior.mean, frame("posterior_mean"), VAE_PARITY_TOLERANCE),
         ("posterior logvar", posterior.logvar, frame("posterior_logvar"), VAE_PARITY_TOLERANCE),
         ("posterior std", posterior.std, frame("posterior_std"), VAE_PARITY_TOLERANCE),
-        ("mode scaled channels-last", mode_channels_last, io["latent_mode_scaled_channels_last"],
-         VAE_PARITY_TOLERANCE),
+        (
+            "mode scaled channels-last",
+            mode_channels_last,
+            io["latent_mode_scaled_channels_last"],
+            VAE_PARITY_TOLERANCE,
+        ),
         ("sample from stored eps", sample, frame("posterior_sample"), VAE_PARITY_TOLERANCE),
-        ("decode", decode_channels_last(io["decode_input_latent_scaled_channels_last"]), frame("decoded"),
-         VAE_PARITY_TOLERANCE),
-        ("round trip", decode_channels_last(mode_channels_last), frame("roundtrip_decoded"),
-         VAE_PARITY_TOLERANCE),
+        (
+            "decode",
+            decode_channels_last(io["decode_input_latent_scaled_channels_last"]),
+            frame("decoded"),
+            VAE_PARITY_TOLERANCE,
+        ),
+        ("round trip", decode_channels_last(mode_channels_last), frame("roundtrip_decoded"), VAE_PARITY_TOLERANCE),
     ]

@@ -464,8 +464,9 @@ class PairwiseEditAdapter:
             raise SessionValidationError(
                 f"{where}: turn indices (column {columns.turn_index!r}) must be consecutive, got {turns}."
             )
-        first_source = _to_image(rows[0][columns.source_image], f"{where} turn {turns[0]} {columns.source_image!r}",
-                                 self.image_root)
+        first_source = _to_image(
+            rows[0][columns.source_image], f"{where} turn {turns[0]} {columns.source_image!r}", self.image_root
+        )
         if first_source is None:
             raise SessionValidationError(f"{where}: turn {turns[0]} has no source image ({columns.source_image!r}).")
         frames = [first_source]
@@ -479,8 +480,10 @@ class PairwiseEditAdapter:
         frames = _resize_all(frames, self.image_size, PIL.Image.BICUBIC)
         masks = None
         if columns.mask is not None:
-            masks = [_to_image(row[columns.mask], f"{where} turn {turn} {columns.mask!r}", self.image_root)
-                     for turn, row in zip(turns, rows)]
+            masks = [
+                _to_image(row[columns.mask], f"{where} turn {turn} {columns.mask!r}", self.image_root)
+                for turn, row in zip(turns, rows)
+            ]
             masks = _resize_all(masks, size, PIL.Image.NEAREST)
         return SessionRecord(
             session_id=f"{self.name}/{session_id}",
@@ -491,4 +494,3 @@ class PairwiseEditAdapter:
             target_masks=masks,
             annotator={"name": self.name, "columns": asdict(columns), "first_turn": turns[0]},
         )
-

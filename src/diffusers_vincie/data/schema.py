@@ -121,7 +121,9 @@ def _to_mask_image(value: Any, where: str) -> PIL.Image.Image | None:
             )
         array = value > 127 if value.dtype == np.uint8 else value
     else:
-        raise SessionValidationError(f"{where}: expected None, a PIL image or an (H, W) bool array, got {type(value)}.")
+        raise SessionValidationError(
+            f"{where}: expected None, a PIL image or an (H, W) bool array, got {type(value)}."
+        )
     return PIL.Image.fromarray(array.astype(np.uint8) * 255, mode="L")
 
 

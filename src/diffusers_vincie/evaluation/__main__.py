@@ -36,7 +36,11 @@ __all__ = ["build_parser", "main"]
 
 
 def _add_dataset_arguments(parser: argparse.ArgumentParser, default_split: str = "train") -> None:
-    parser.add_argument("--dataset", required=True, help="Hub id (leigangqu/MSE-Bench, osunlp/MagicBrush), local parquet/jsonl file or folder")
+    parser.add_argument(
+        "--dataset",
+        required=True,
+        help="Hub id (leigangqu/MSE-Bench, osunlp/MagicBrush), local parquet/jsonl file or folder",
+    )
     parser.add_argument("--split", default=default_split, help="dataset split")
     parser.add_argument("--limit", type=int, default=None, help="only the first N sessions")
     parser.add_argument("--seed-offset", type=int, default=0, help="seed of session i is offset + i (official: 0)")
@@ -51,50 +55,86 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset_arguments(generate)
     source = generate.add_mutually_exclusive_group(required=True)
     source.add_argument("--pipeline", help="diffusers pipeline folder (DiffusionPipeline.from_pretrained)")
-    source.add_argument("--editor", help="'module:attr': a callable (images, instructions, seed) -> image, or a class building one")
+    source.add_argument(
+        "--editor", help="'module:attr': a callable (images, instructions, seed) -> image, or a class building one"
+    )
     generate.add_argument("--output-dir", required=True, help="folder of {index}_turn{t}_rep0_seed{seed}.png")
     generate.add_argument("--device", default=None, help="pipeline device (default: the accelerate process device)")
-    generate.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                          help="pipeline dtype (default: as saved)")
+    generate.add_argument(
+        "--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="pipeline dtype (default: as saved)"
+    )
     generate.add_argument("--num-inference-steps", type=int, default=None)
     generate.add_argument("--guidance-scale", type=float, default=None)
-    generate.add_argument("--pipeline-kwargs", default=None,
-                          help='JSON of extra pipeline call arguments, e.g. \'{"resolution": 512, "posterior": "mode"}\'')
+    generate.add_argument(
+        "--pipeline-kwargs",
+        default=None,
+        help='JSON of extra pipeline call arguments, e.g. \'{"resolution": 512, "posterior": "mode"}\'',
+    )
 
     judge = commands.add_parser("judge", help="MSE-Bench judging with an OpenAI-compatible VLM")
     _add_dataset_arguments(judge)
     judge.add_argument("--outputs", required=True, help="folder written by `generate`")
     judge.add_argument("--report-dir", default=None, help="report and cache folder (default: <outputs>/judge-<model>)")
-    judge.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
-                       help="API root (env OPENAI_BASE_URL)")
-    judge.add_argument("--model", default=os.environ.get("VINCIE_JUDGE_MODEL", DEFAULT_JUDGE_MODEL),
-                       help="judge model (env VINCIE_JUDGE_MODEL; official: gpt-5-nano)")
-    judge.add_argument("--api-key-env", default="OPENAI_API_KEY", help="name of the environment variable holding the key")
-    judge.add_argument("--threshold", type=float, default=DEFAULT_SUCCESS_THRESHOLD, help="success iff both scores > threshold")
+    judge.add_argument(
+        "--base-url",
+        default=os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
+        help="API root (env OPENAI_BASE_URL)",
+    )
+    judge.add_argument(
+        "--model",
+        default=os.environ.get("VINCIE_JUDGE_MODEL", DEFAULT_JUDGE_MODEL),
+        help="judge model (env VINCIE_JUDGE_MODEL; official: gpt-5-nano)",
+    )
+    judge.add_argument(
+        "--api-key-env", default="OPENAI_API_KEY", help="name of the environment variable holding the key"
+    )
+    judge.add_argument(
+        "--threshold", type=float, default=DEFAULT_SUCCESS_THRESHOLD, help="success iff both scores > threshold"
+    )
     judge.add_argument("--num-workers", type=int, default=8, help="sessions judged concurrently")
     judge.add_argument("--max-retries", type=int, default=5, help="retries of a request after HTTP 429/5xx/timeouts")
     judge.add_argument("--max-attempts", type=int, default=5, help="replies asked per turn until one parses")
     judge.add_argument("--backoff-seconds", type=float, default=2.0, help="first backoff, doubled at every retry")
-    judge.add_argument("--timeout", type=float, default=120.0,
-                       help="total deadline of one request in seconds (connect to last byte)")
-    judge.add_argument("--extra-body", default=None, help='JSON merged into every request, e.g. \'{"temperature": 0}\'')
+    judge.add_argument(
+        "--timeout", type=float, default=120.0, help="total deadline of one request in seconds (connect to last byte)"
+    )
+    judge.add_argument(
+        "--extra-body", default=None, help="JSON merged into every request, e.g. '{\"temperature\": 0}'"
+    )
     judge.add_argument("--title", default=None, help="report title (default: the outputs folder name)")
-    judge.add_argument("--results-dataset", default=None,
-                       help="first export published outputs into --outputs (e.g. leigangqu/MSE-Bench-results)")
-    judge.add_argument("--results-split", default=None, help="model of --results-dataset (its split name; not for a parquet file)")
+    judge.add_argument(
+        "--results-dataset",
+        default=None,
+        help="first export published outputs into --outputs (e.g. leigangqu/MSE-Bench-results)",
+    )
+    judge.add_argument(
+        "--results-split", default=None, help="model of --results-dataset (its split name; not for a parquet file)"
+    )
 
-    metrics = commands.add_parser("metrics", help="MagicBrush L1, L2, CLIP-I, CLIP-T, DINO (final turn, all turns, per turn)")
+    metrics = commands.add_parser(
+        "metrics", help="MagicBrush L1, L2, CLIP-I, CLIP-T, DINO (final turn, all turns, per turn)"
+    )
     _add_dataset_arguments(metrics, default_split="test")
     metrics.add_argument("--outputs", required=True, help="folder written by `generate`")
-    metrics.add_argument("--metrics", default=None,
-                         help="comma-separated subset of l1,l2,clip-i,clip-t,dino (default: all; clip-t only with captions)")
-    metrics.add_argument("--clip-model", default="openai/clip-vit-base-patch32", help="CLIP checkpoint (published: ViT-B/32)")
+    metrics.add_argument(
+        "--metrics",
+        default=None,
+        help="comma-separated subset of l1,l2,clip-i,clip-t,dino (default: all; clip-t only with captions)",
+    )
+    metrics.add_argument(
+        "--clip-model", default="openai/clip-vit-base-patch32", help="CLIP checkpoint (published: ViT-B/32)"
+    )
     metrics.add_argument("--dino-model", default="facebook/dino-vits16", help="DINO checkpoint (published: ViT-S/16)")
-    metrics.add_argument("--captions", default=None,
-                         help="MagicBrush global_descriptions.json for clip-t (default: the one in the --dataset folder, if any)")
+    metrics.add_argument(
+        "--captions",
+        default=None,
+        help="MagicBrush global_descriptions.json for clip-t (default: the one in the --dataset folder, if any)",
+    )
     metrics.add_argument("--device", default="cpu")
     metrics.add_argument("--batch-size", type=int, default=16)
-    metrics.add_argument("--output-json", default=None, help="write the results here (default: <outputs>/magicbrush_metrics.json)")
+    metrics.add_argument(
+        "--output-json", default=None, help="write the results here (default: <outputs>/magicbrush_metrics.json)"
+    )
 
     bench = commands.add_parser("session-bench", help="offline bench on the synthetic world (exact success, no VLM)")
     bench.add_argument("--report-dir", required=True, help="folder of the sessions, outputs and report")
@@ -153,8 +193,16 @@ def build_editor(args: argparse.Namespace) -> Any:
         raise UsageError(f"--pipeline-kwargs is not valid JSON: {error}") from None
     if not isinstance(call_kwargs, dict):
         raise UsageError(f"--pipeline-kwargs must be a JSON object, got {args.pipeline_kwargs!r}.")
-    call_kwargs.update({key: value for key, value in (("num_inference_steps", args.num_inference_steps),
-                                                      ("guidance_scale", args.guidance_scale)) if value is not None})
+    call_kwargs.update(
+        {
+            key: value
+            for key, value in (
+                ("num_inference_steps", args.num_inference_steps),
+                ("guidance_scale", args.guidance_scale),
+            )
+            if value is not None
+        }
+    )
     device = args.device or str(process_state().device)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     return PipelineEditor.from_pretrained(args.pipeline, device=device, torch_dtype=dtype, **call_kwargs)
@@ -166,10 +214,13 @@ def run_generate(args: argparse.Namespace) -> int:
     if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
         raise UsageError(f"--output-dir {args.output_dir} is a file; give a folder for the outputs.")
     sessions = load_sessions(args)
-    summary = generate_outputs(build_editor(args), sessions, args.output_dir, seed_offset=args.seed_offset,
-                               max_turns=args.max_turns)
-    print(f"generate: {summary.sessions_generated} session(s) generated, {summary.sessions_skipped} skipped, "
-          f"{summary.images_written} image(s) written to {args.output_dir}")
+    summary = generate_outputs(
+        build_editor(args), sessions, args.output_dir, seed_offset=args.seed_offset, max_turns=args.max_turns
+    )
+    print(
+        f"generate: {summary.sessions_generated} session(s) generated, {summary.sessions_skipped} skipped, "
+        f"{summary.images_written} image(s) written to {args.output_dir}"
+    )
     return 0
 
 
@@ -190,12 +241,27 @@ def run_judge(args: argparse.Namespace) -> int:
     sessions = load_sessions(args)
     if args.results_dataset:
         export_published_outputs(args, sessions)
-    client = JudgeClient(args.base_url, args.model, api_key, timeout=args.timeout, max_retries=args.max_retries,
-                         backoff_seconds=args.backoff_seconds, extra_body=extra_body)
+    client = JudgeClient(
+        args.base_url,
+        args.model,
+        api_key,
+        timeout=args.timeout,
+        max_retries=args.max_retries,
+        backoff_seconds=args.backoff_seconds,
+        extra_body=extra_body,
+    )
     try:
-        judgements = judge_benchmark(client, sessions, args.outputs, report_dir / "cache", threshold=args.threshold,
-                                     seed_offset=args.seed_offset, max_turns=args.max_turns,
-                                     num_workers=args.num_workers, max_attempts=args.max_attempts)
+        judgements = judge_benchmark(
+            client,
+            sessions,
+            args.outputs,
+            report_dir / "cache",
+            threshold=args.threshold,
+            seed_offset=args.seed_offset,
+            max_turns=args.max_turns,
+            num_workers=args.num_workers,
+            max_attempts=args.max_attempts,
+        )
     finally:
         client.close()
     num_turns = max(session.num_turns for session in sessions)
@@ -203,8 +269,13 @@ def run_judge(args: argparse.Namespace) -> int:
         num_turns = min(num_turns, args.max_turns)
     summary = summarize(judgements, num_turns, args.threshold)
     title = args.title or Path(args.outputs).resolve().name
-    metadata = {"judge_model": args.model, "threshold": args.threshold, "sessions": len(sessions),
-                "dataset": str(args.dataset), "outputs": str(args.outputs)}
+    metadata = {
+        "judge_model": args.model,
+        "threshold": args.threshold,
+        "sessions": len(sessions),
+        "dataset": str(args.dataset),
+        "outputs": str(args.outputs),
+    }
     paths = write_report(summary, report_dir, title=title, metadata=metadata)
     print(paths["markdown"].read_text())
     print(f"report: {paths['csv']}, {paths['markdown']}, {paths['plot']}")
@@ -230,6 +301,7 @@ def export_published_outputs(args: argparse.Namespace, sessions: Any) -> None:
 
 def run_metrics(args: argparse.Namespace) -> int:
     from .magicbrush import METRIC_NAMES, evaluate_magicbrush
+
     sessions = load_sessions(args)
     captions_path = Path(args.captions) if args.captions else Path(args.dataset) / "global_descriptions.json"
     captions = json.loads(captions_path.read_text()) if captions_path.is_file() else None
@@ -243,12 +315,21 @@ def run_metrics(args: argparse.Namespace) -> int:
         if unknown:
             raise UsageError(f"--metrics: unknown {unknown}; choose from {', '.join(METRIC_NAMES)}.")
     if not all(session.references for session in sessions):
-        raise UsageError(f"--dataset {args.dataset} has no reference images: the metrics need a MagicBrush-format "
-                         "dataset (source, target per turn).")
+        raise UsageError(
+            f"--dataset {args.dataset} has no reference images: the metrics need a MagicBrush-format "
+            "dataset (source, target per turn)."
+        )
     results = evaluate_magicbrush(
-        sessions, args.outputs, metrics=names,
-        captions=captions, clip_model=args.clip_model, dino_model=args.dino_model, device=args.device,
-        batch_size=args.batch_size, seed_offset=args.seed_offset, max_turns=args.max_turns,
+        sessions,
+        args.outputs,
+        metrics=names,
+        captions=captions,
+        clip_model=args.clip_model,
+        dino_model=args.dino_model,
+        device=args.device,
+        batch_size=args.batch_size,
+        seed_offset=args.seed_offset,
+        max_turns=args.max_turns,
     )
     output_json = Path(args.output_json or Path(args.outputs) / "magicbrush_metrics.json")
     write_text_atomic(output_json, json.dumps(results, indent=2))
@@ -261,19 +342,35 @@ def run_metrics(args: argparse.Namespace) -> int:
 def run_session_bench(args: argparse.Namespace) -> int:
     from .shapes_bench import run_session_bench as run
 
-    paths = run(build_editor(args), args.report_dir, num_sessions=args.num_sessions, num_turns=args.num_turns,
-                seed=args.seed, image_size=args.image_size, title=args.title)
+    paths = run(
+        build_editor(args),
+        args.report_dir,
+        num_sessions=args.num_sessions,
+        num_turns=args.num_turns,
+        seed=args.seed,
+        image_size=args.image_size,
+        title=args.title,
+    )
     print(paths["markdown"].read_text())
     return 0
 
 
 # flag -> (minimum, maximum, minimum excluded); checked when the command has the flag and it is given
 _NUMBER_FLAGS = {
-    "limit": (1, None, False), "max_turns": (1, None, False), "threshold": (0, 10, False),
-    "num_workers": (1, None, False), "max_retries": (0, None, False), "max_attempts": (1, None, False),
-    "backoff_seconds": (0, None, False), "timeout": (0, None, True), "num_inference_steps": (1, None, False),
-    "guidance_scale": (0, None, False), "batch_size": (1, None, False), "num_sessions": (1, None, False),
-    "num_turns": (1, None, False), "image_size": (8, None, False),
+    "limit": (1, None, False),
+    "max_turns": (1, None, False),
+    "threshold": (0, 10, False),
+    "num_workers": (1, None, False),
+    "max_retries": (0, None, False),
+    "max_attempts": (1, None, False),
+    "backoff_seconds": (0, None, False),
+    "timeout": (0, None, True),
+    "num_inference_steps": (1, None, False),
+    "guidance_scale": (0, None, False),
+    "batch_size": (1, None, False),
+    "num_sessions": (1, None, False),
+    "num_turns": (1, None, False),
+    "image_size": (8, None, False),
 }
 
 
@@ -287,8 +384,12 @@ def check_arguments(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    command = {"generate": run_generate, "judge": run_judge, "metrics": run_metrics,
-               "session-bench": run_session_bench}[args.command]
+    command = {
+        "generate": run_generate,
+        "judge": run_judge,
+        "metrics": run_metrics,
+        "session-bench": run_session_bench,
+    }[args.command]
     from .judge import JudgeError
 
     try:

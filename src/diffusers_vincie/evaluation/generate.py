@@ -153,7 +153,9 @@ def _generate_session(
         regenerate = regenerate or path.exists()
         edited = editor(list(history), session.instructions[: turn + 1], seed)
         if not isinstance(edited, PIL.Image.Image):
-            raise TypeError(f"The editor must return a PIL image, got {type(edited).__name__} (session {session.index}).")
+            raise TypeError(
+                f"The editor must return a PIL image, got {type(edited).__name__} (session {session.index})."
+            )
         save_image_atomic(edited.convert("RGB"), path)
         written += 1
         with PIL.Image.open(path) as stored:  # feed back the uint8 PNG, not the in-memory image
@@ -189,7 +191,9 @@ def generate_outputs(
     state = process_state()
     summary = GenerationSummary()
     with state.split_between_processes(list(range(len(sessions)))) as positions:
-        bar = tqdm(positions, desc=f"generate [{state.process_index}]", disable=not (show_progress and state.is_main_process))
+        bar = tqdm(
+            positions, desc=f"generate [{state.process_index}]", disable=not (show_progress and state.is_main_process)
+        )
         for position in bar:
             session = sessions[position]
             seed = session_seed(session.index, position, seed_offset)
@@ -226,13 +230,17 @@ def export_results_dataset(
     Returns:
         The number of images written.
     """
-    turn_columns = sorted((c for c in results.column_names if re.fullmatch(r"turn_\d+_image", c.strip())),
-                          key=lambda c: int(c.strip().split("_")[1]))
+    turn_columns = sorted(
+        (c for c in results.column_names if re.fullmatch(r"turn_\d+_image", c.strip())),
+        key=lambda c: int(c.strip().split("_")[1]),
+    )
     if not turn_columns:
         raise ValueError(f"`results` has no turn_{{t}}_image columns (columns: {results.column_names}).")
     if len(results) < len(sessions):
-        raise ValueError(f"`results` has {len(results)} rows but the benchmark has {len(sessions)} sessions; "
-                         "pass the results of the same benchmark.")
+        raise ValueError(
+            f"`results` has {len(results)} rows but the benchmark has {len(sessions)} sessions; "
+            "pass the results of the same benchmark."
+        )
     results = results.select(range(len(sessions)))  # --limit keeps the first sessions
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

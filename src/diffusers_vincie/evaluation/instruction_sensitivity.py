@@ -32,7 +32,7 @@ def swap_word(instruction: str, choices: Sequence[str]) -> str | None:
     for position, word in enumerate(words):
         if word in choices:
             start = choices.index(word)
-            for other in choices[start + 1:] + choices[:start]:
+            for other in choices[start + 1 :] + choices[:start]:
                 if other not in words:
                     words[position] = other
                     return " ".join(words)
@@ -60,8 +60,9 @@ def changed_fraction(a: np.ndarray, b: np.ndarray, threshold: int = 32) -> float
     return float((np.abs(a.astype(np.int16) - b.astype(np.int16)).max(-1) > threshold).mean())
 
 
-def sensitivity_sessions(num_sessions: int = 20, seed: int = SENSITIVITY_SEED, num_turns: int = 1,
-                         **world_kwargs: Any) -> list:
+def sensitivity_sessions(
+    num_sessions: int = 20, seed: int = SENSITIVITY_SEED, num_turns: int = 1, **world_kwargs: Any
+) -> list:
     """Held-out synthetic sessions (session ``i`` has seed ``seed + i``) of the world ``world_kwargs`` describes."""
     from ..data.shapes.world import ShapesWorld
 
@@ -108,16 +109,22 @@ def instruction_sensitivity(
     for session in sessions:
         image, instruction = session.frames[0], session.instructions[0]
         reference = _edit(pipe, image, instruction, seed, sampling)
-        fractions["noise"].append(changed_fraction(reference, _edit(pipe, image, instruction, seed + 1, sampling),
-                                                   threshold))
-        swapped = {"colour": swap_word(instruction, colours), "shape": swap_word(instruction, shapes),
-                   "op": swap_op(instruction, colours, shapes)}
+        fractions["noise"].append(
+            changed_fraction(reference, _edit(pipe, image, instruction, seed + 1, sampling), threshold)
+        )
+        swapped = {
+            "colour": swap_word(instruction, colours),
+            "shape": swap_word(instruction, shapes),
+            "op": swap_op(instruction, colours, shapes),
+        }
         for name, other in swapped.items():
             if other is not None:
-                fractions[name].append(changed_fraction(reference, _edit(pipe, image, other, seed, sampling),
-                                                        threshold))
-    result: dict[str, Any] = {name: float(np.mean(values)) if values else float("nan")
-                              for name, values in fractions.items()}
+                fractions[name].append(
+                    changed_fraction(reference, _edit(pipe, image, other, seed, sampling), threshold)
+                )
+    result: dict[str, Any] = {
+        name: float(np.mean(values)) if values else float("nan") for name, values in fractions.items()
+    }
     result["counts"] = {name: len(values) for name, values in fractions.items()}
     return result
 

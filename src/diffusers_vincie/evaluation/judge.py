@@ -201,7 +201,9 @@ class JudgeClient:
         import httpx
 
         if not base_url:
-            raise ValueError("`base_url` is empty: pass --base-url or set OPENAI_BASE_URL (e.g. https://api.openai.com/v1).")
+            raise ValueError(
+                "`base_url` is empty: pass --base-url or set OPENAI_BASE_URL (e.g. https://api.openai.com/v1)."
+            )
         if max_retries < 0:
             raise ValueError(f"`max_retries` must be >= 0, got {max_retries}.")
         if not (math.isfinite(timeout) and timeout > 0):
@@ -244,8 +246,12 @@ class JudgeClient:
                         if time.monotonic() > deadline:
                             return
                         chunks.append(chunk)
-                    outcome["response"] = httpx.Response(response.status_code, headers=response.headers,
-                                                         content=b"".join(chunks), request=response.request)
+                    outcome["response"] = httpx.Response(
+                        response.status_code,
+                        headers=response.headers,
+                        content=b"".join(chunks),
+                        request=response.request,
+                    )
             except Exception as error:  # handed to the caller's thread
                 outcome["error"] = error
 
@@ -310,7 +316,9 @@ def image_data_url(image: PIL.Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _judge_turn(client: JudgeClient, instructions: Sequence[str], image_urls: Sequence[str], max_attempts: int) -> TurnVerdict:
+def _judge_turn(
+    client: JudgeClient, instructions: Sequence[str], image_urls: Sequence[str], max_attempts: int
+) -> TurnVerdict:
     """Ask until the reply parses (``max_attempts`` replies at most, backoff in between)."""
     last_error: Exception | None = None
     for attempt in range(max_attempts):
@@ -354,8 +362,10 @@ def judge_session(
         raise FileNotFoundError(f"session {session.index}: missing outputs {missing}; run `generate` first.")
     unreadable = [str(path) for path in output_files if read_output(path) is None]
     if unreadable:
-        raise UsageError(f"session {session.index}: unreadable outputs {unreadable} (truncated or not images); "
-                         "run `generate` again, it regenerates them.")
+        raise UsageError(
+            f"session {session.index}: unreadable outputs {unreadable} (truncated or not images); "
+            "run `generate` again, it regenerates them."
+        )
     output_bytes = [path.read_bytes() for path in output_files]
     urls: list[str] = []  # built on the first turn that is not cached
 

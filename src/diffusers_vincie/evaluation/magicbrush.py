@@ -150,7 +150,9 @@ class ClipScorer:
         """[N, D] projected image embeddings."""
         features = []
         for start in range(0, len(images), self.batch_size):
-            pixels = _pixel_batch(images[start : start + self.batch_size], self.image_size, self.image_size, CLIP_MEAN, CLIP_STD)
+            pixels = _pixel_batch(
+                images[start : start + self.batch_size], self.image_size, self.image_size, CLIP_MEAN, CLIP_STD
+            )
             pooled = self.model.vision_model(pixel_values=pixels.to(self.device)).pooler_output
             features.append(self.model.visual_projection(pooled).float().cpu())
         return torch.cat(features)
@@ -160,9 +162,16 @@ class ClipScorer:
         """[N, D] projected text embeddings (captions truncated to the model's context length)."""
         features = []
         for start in range(0, len(texts), self.batch_size):
-            tokens = self.tokenizer(list(texts[start : start + self.batch_size]), padding=True, truncation=True,
-                                    max_length=self.max_length, return_tensors="pt").to(self.device)
-            pooled = self.model.text_model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).pooler_output
+            tokens = self.tokenizer(
+                list(texts[start : start + self.batch_size]),
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(self.device)
+            pooled = self.model.text_model(
+                input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
+            ).pooler_output
             features.append(self.model.text_projection(pooled).float().cpu())
         return torch.cat(features)
 
@@ -190,7 +199,9 @@ class DinoScorer:
         """[N, D] class tokens after the final LayerNorm."""
         features = []
         for start in range(0, len(images), self.batch_size):
-            pixels = _pixel_batch(images[start : start + self.batch_size], self.resize, self.crop, IMAGENET_MEAN, IMAGENET_STD)
+            pixels = _pixel_batch(
+                images[start : start + self.batch_size], self.resize, self.crop, IMAGENET_MEAN, IMAGENET_STD
+            )
             hidden = self.model(pixel_values=pixels.to(self.device)).last_hidden_state  # [B, 1 + patches, D]
             features.append(hidden[:, 0].float().cpu())
         return torch.cat(features)
@@ -228,8 +239,10 @@ def _caption(captions: dict[str, Any], index: str, turn: int) -> str:
         return str(entry[turn])
     if isinstance(entry, dict) and f"{index}-output{turn + 1}.png" in entry:
         return str(entry[f"{index}-output{turn + 1}.png"])
-    raise KeyError(f"`captions` has no caption for session {index} turn {turn + 1} "
-                   f"(expected captions[{index!r}][{f'{index}-output{turn + 1}.png'!r}]).")
+    raise KeyError(
+        f"`captions` has no caption for session {index} turn {turn + 1} "
+        f"(expected captions[{index!r}][{f'{index}-output{turn + 1}.png'!r}])."
+    )
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -270,13 +283,17 @@ def evaluate_magicbrush(
     if unknown:
         raise ValueError(f"`metrics` has unknown names {unknown}; choose from {list(METRIC_NAMES)}.")
     if "clip-t" in metrics and captions is None:
-        raise ValueError("`clip-t` needs the captions: pass --captions global_descriptions.json (MagicBrush), or drop clip-t.")
+        raise ValueError(
+            "`clip-t` needs the captions: pass --captions global_descriptions.json (MagicBrush), or drop clip-t."
+        )
 
     pairs: list[_Pair] = []
     final_positions: list[int] = []
     for position, session in enumerate(sessions):
         if not session.references:
-            raise ValueError(f"session {session.index} has no reference images: the metrics need a MagicBrush-format dataset.")
+            raise ValueError(
+                f"session {session.index} has no reference images: the metrics need a MagicBrush-format dataset."
+            )
         seed = session_seed(session.index, position, seed_offset)
         num_turns = min(len(session.references), max_turns or len(session.references))
         for turn in range(num_turns):
@@ -306,8 +323,9 @@ def evaluate_magicbrush(
     }
 
 
-def _pair_scores(pairs: list[_Pair], metrics: Sequence[str], clip_model: Any, dino_model: Any, device: str,
-                 batch_size: int) -> dict[str, list[float]]:
+def _pair_scores(
+    pairs: list[_Pair], metrics: Sequence[str], clip_model: Any, dino_model: Any, device: str, batch_size: int
+) -> dict[str, list[float]]:
     """Per-pair values of every requested metric, in the order of ``METRIC_NAMES``."""
     predictions = [pair.prediction for pair in pairs]
     references = [pair.reference for pair in pairs]

@@ -98,26 +98,37 @@ def write_report(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     metadata = dict(metadata or {})
-    paths = {kind: output_dir / f"{name}{suffix}" for kind, suffix in
-             [("csv", ".csv"), ("markdown", ".md"), ("json", ".json"), ("plot", "_success.png")]}
+    paths = {
+        kind: output_dir / f"{name}{suffix}"
+        for kind, suffix in [("csv", ".csv"), ("markdown", ".md"), ("json", ".json"), ("plot", "_success.png")]
+    }
 
     with atomic_write(paths["csv"], newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow(CSV_HEADER)
         for row in summary:
-            writer.writerow([f"turn{row.turn}"] + [f"{value:.4f}" for value in
-                            (row.success_rate, row.prompt_following, row.consistency, row.overall)])
+            writer.writerow(
+                [f"turn{row.turn}"]
+                + [f"{value:.4f}" for value in (row.success_rate, row.prompt_following, row.consistency, row.overall)]
+            )
 
     lines = [f"## {title}", ""]
     lines += [f"- {key}: {value}" for key, value in metadata.items()]
-    lines += ["", "| Turn | Success rate | Prompt following | Consistency | Overall | Judged |",
-              "|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {row.turn} | {100 * row.success_rate:.1f}% | {row.prompt_following:.3f} | "
-              f"{row.consistency:.3f} | {row.overall:.3f} | {row.num_judged} |" for row in summary]
+    lines += [
+        "",
+        "| Turn | Success rate | Prompt following | Consistency | Overall | Judged |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {row.turn} | {100 * row.success_rate:.1f}% | {row.prompt_following:.3f} | "
+        f"{row.consistency:.3f} | {row.overall:.3f} | {row.num_judged} |"
+        for row in summary
+    ]
     write_text_atomic(paths["markdown"], "\n".join(lines) + "\n")
 
-    write_text_atomic(paths["json"], json.dumps({"metadata": metadata, "turns": [asdict(row) for row in summary]},
-                                                indent=2))
+    write_text_atomic(
+        paths["json"], json.dumps({"metadata": metadata, "turns": [asdict(row) for row in summary]}, indent=2)
+    )
     _plot_success(summary, paths["plot"], title)
     return paths
 

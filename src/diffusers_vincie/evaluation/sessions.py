@@ -110,8 +110,11 @@ class SessionList(Sequence[BenchmarkSession]):
         if isinstance(position, slice):
             raise TypeError("SessionList does not support slicing; index one session at a time.")
         row = self.rows[position]
-        reader = {"mse-bench": _mse_bench_session, "magicbrush": _magicbrush_session,
-                  "magicbrush-folder": _magicbrush_folder_session}[self.kind]
+        reader = {
+            "mse-bench": _mse_bench_session,
+            "magicbrush": _magicbrush_session,
+            "magicbrush-folder": _magicbrush_folder_session,
+        }[self.kind]
         return reader(row)
 
     def __iter__(self) -> Iterator[BenchmarkSession]:
@@ -119,7 +122,9 @@ class SessionList(Sequence[BenchmarkSession]):
             yield self[position]
 
 
-def load_benchmark_sessions(source: str | os.PathLike | Any, split: str = "train", limit: int | None = None) -> SessionList:
+def load_benchmark_sessions(
+    source: str | os.PathLike | Any, split: str = "train", limit: int | None = None
+) -> SessionList:
     """Load a benchmark as a list of sessions.
 
     Args:
@@ -135,7 +140,10 @@ def load_benchmark_sessions(source: str | os.PathLike | Any, split: str = "train
         raise ValueError(f"`limit` must be a positive number of sessions, got {limit}.")
     if isinstance(source, (str, os.PathLike)) and (Path(source) / "edit_sessions.json").is_file():
         folder = Path(source)
-        groups = [(folder, img_id, turns) for img_id, turns in json.loads((folder / "edit_sessions.json").read_text()).items()]
+        groups = [
+            (folder, img_id, turns)
+            for img_id, turns in json.loads((folder / "edit_sessions.json").read_text()).items()
+        ]
         return SessionList(groups[:limit] if limit else groups, "magicbrush-folder")
     dataset = _load_dataset(source, split)
     columns = set(dataset.column_names)
@@ -181,14 +189,18 @@ def _as_rgb(image: Any, what: str) -> PIL.Image.Image:
     if isinstance(image, dict) and image.get("path") is not None:  # undecoded datasets.Image
         image = PIL.Image.open(image["path"])
     if not isinstance(image, PIL.Image.Image):
-        raise TypeError(f"{what} must be an image, got {type(image).__name__}; store it with a datasets.Image feature.")
+        raise TypeError(
+            f"{what} must be an image, got {type(image).__name__}; store it with a datasets.Image feature."
+        )
     return image.convert("RGB")
 
 
 def _mse_bench_session(row: dict[str, Any]) -> BenchmarkSession:
     context = row["context"]
     if isinstance(context, str) or not context:
-        raise ValueError(f"Session {row['index']}: `context` must be a non-empty list of instructions, got {context!r}.")
+        raise ValueError(
+            f"Session {row['index']}: `context` must be a non-empty list of instructions, got {context!r}."
+        )
     known = {"image", "index", "context", "operation"}
     return BenchmarkSession(
         index=str(row["index"]),

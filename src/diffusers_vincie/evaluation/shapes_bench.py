@@ -71,8 +71,9 @@ GROUND_TRUTH_MODES = ("full", "no_context")
 BENCH_SEED = 10_000_000
 
 
-def build_bench_sessions(num_sessions: int, num_turns: int = 5, seed: int = 0, image_size: int = 256,
-                         **world_kwargs: Any) -> list[ShapesSession]:
+def build_bench_sessions(
+    num_sessions: int, num_turns: int = 5, seed: int = 0, image_size: int = 256, **world_kwargs: Any
+) -> list[ShapesSession]:
     """Draw ``num_sessions`` synthetic sessions; session ``i`` uses seed ``seed + i`` (deterministic).
 
     Args:
@@ -96,8 +97,9 @@ def build_bench_sessions(num_sessions: int, num_turns: int = 5, seed: int = 0, i
 TurnEditor = Callable[[np.ndarray, int], np.ndarray]
 
 
-def score_chained(sessions: list[ShapesSession], editor_of: Callable[[int, ShapesSession], TurnEditor],
-                  desc: str | None = None) -> list[list[EditScore]]:
+def score_chained(
+    sessions: list[ShapesSession], editor_of: Callable[[int, ShapesSession], TurnEditor], desc: str | None = None
+) -> list[list[EditScore]]:
     """Chained protocol: scores of the turns each session reached (the last one failed unless all succeeded)."""
     results = []
     for index, session in enumerate(tqdm(sessions, desc=desc, leave=False, disable=desc is None)):
@@ -130,8 +132,10 @@ def rate(scores: list[EditScore], keep: Callable[[EditScore], bool] = lambda s: 
 
 def _means(scores: list[EditScore]) -> dict[str, float]:
     """Mean of each continuous score (success is all-or-nothing; these show how far a model is from it)."""
-    return {f"mean_{name}": float(np.mean([getattr(s, name) for s in scores]))
-            for name in ("changed_iou", "object_score", "preserved")}
+    return {
+        f"mean_{name}": float(np.mean([getattr(s, name) for s in scores]))
+        for name in ("changed_iou", "object_score", "preserved")
+    }
 
 
 def summarize(chained: dict, ground_truth: dict, num_turns: int) -> dict[str, Any]:
@@ -193,19 +197,27 @@ class ChainedEditor:
         self.generator = torch.Generator().manual_seed(seed)
         self.editing = None
         if mode in ("full", "chain_of_editing"):
-            self.editing = pipe.start_session(PIL.Image.fromarray(session.frames[0]), resolution=_size(session),
-                                              generator=self.generator)
+            self.editing = pipe.start_session(
+                PIL.Image.fromarray(session.frames[0]), resolution=_size(session), generator=self.generator
+            )
 
     def edit(self, source: np.ndarray, turn: int) -> np.ndarray:
         instruction = self.session.instructions[turn]
         if self.mode == "copy":
             return source.copy()
         if self.mode == "no_context":
-            fresh = self.pipe.start_session(PIL.Image.fromarray(source), resolution=_size(self.session),
-                                            generator=self.generator)
+            fresh = self.pipe.start_session(
+                PIL.Image.fromarray(source), resolution=_size(self.session), generator=self.generator
+            )
             return _rgb(fresh.edit(instruction, generator=self.generator, **self.sampling))
-        return _rgb(self.editing.edit(instruction, generator=self.generator,
-                                      chain_of_editing=self.mode == "chain_of_editing", **self.sampling))
+        return _rgb(
+            self.editing.edit(
+                instruction,
+                generator=self.generator,
+                chain_of_editing=self.mode == "chain_of_editing",
+                **self.sampling,
+            )
+        )
 
 
 def ground_truth_edit(pipe, session: ShapesSession, turn: int, mode: str, sampling: dict, seed: int) -> np.ndarray:
@@ -218,22 +230,28 @@ def ground_truth_edit(pipe, session: ShapesSession, turn: int, mode: str, sampli
         for instruction in session.instructions[:turn]:
             editing.add_instruction(instruction)
     else:
-        editing = pipe.start_session(PIL.Image.fromarray(session.frames[turn]), resolution=_size(session),
-                                     generator=generator)
+        editing = pipe.start_session(
+            PIL.Image.fromarray(session.frames[turn]), resolution=_size(session), generator=generator
+        )
     return _rgb(editing.edit(session.instructions[turn], generator=generator, **sampling))
 
 
 def run_chained(pipe, sessions: list[ShapesSession], mode: str, sampling: dict) -> list[list[EditScore]]:
     """The chained protocol with the pipeline in ``mode``; session ``i`` draws its noise from seed ``i``."""
-    return score_chained(sessions, lambda index, session: ChainedEditor(pipe, mode, session, sampling, index).edit,
-                         desc=f"chained {mode}")
+    return score_chained(
+        sessions,
+        lambda index, session: ChainedEditor(pipe, mode, session, sampling, index).edit,
+        desc=f"chained {mode}",
+    )
 
 
 def run_ground_truth(pipe, sessions: list[ShapesSession], mode: str, sampling: dict) -> list[list[EditScore]]:
     """Scores of every turn of every session, each edited from the true previous frame."""
     return [
-        [score_edit(ground_truth_edit(pipe, session, turn, mode, sampling, seed=1000 * index + turn), session, turn)
-         for turn in range(session.num_turns)]
+        [
+            score_edit(ground_truth_edit(pipe, session, turn, mode, sampling, seed=1000 * index + turn), session, turn)
+            for turn in range(session.num_turns)
+        ]
         for index, session in enumerate(tqdm(sessions, desc=f"ground truth {mode}", leave=False))
     ]
 
@@ -262,8 +280,12 @@ class IdentityEditor:
 
 
 def _as_benchmark_session(index: int, session: ShapesSession) -> BenchmarkSession:
-    return BenchmarkSession(index=str(index), source=PIL.Image.fromarray(session.frames[0]),
-                       instructions=list(session.instructions), operations=session.ops)
+    return BenchmarkSession(
+        index=str(index),
+        source=PIL.Image.fromarray(session.frames[0]),
+        instructions=list(session.instructions),
+        operations=session.ops,
+    )
 
 
 def _load_output(path: Path, size: int) -> np.ndarray:
@@ -283,9 +305,16 @@ def _stored_outputs(outputs_dir: str | os.PathLike) -> Callable[[int, ShapesSess
     return editor_of
 
 
-def run_session_bench(editor: Editor, report_dir: str | os.PathLike, num_sessions: int = 50, num_turns: int = 5,
-                      seed: int = 0, image_size: int = 256, title: str | None = None,
-                      **world_kwargs: Any) -> dict[str, Path]:
+def run_session_bench(
+    editor: Editor,
+    report_dir: str | os.PathLike,
+    num_sessions: int = 50,
+    num_turns: int = 5,
+    seed: int = 0,
+    image_size: int = 256,
+    title: str | None = None,
+    **world_kwargs: Any,
+) -> dict[str, Path]:
     """Generate (resumable) and score the chained protocol with any editor, and write the MSE-Bench-style report.
 
     Args:
@@ -303,23 +332,46 @@ def run_session_bench(editor: Editor, report_dir: str | os.PathLike, num_session
     """
     report_dir = Path(report_dir)
     sessions = build_bench_sessions(num_sessions, num_turns, seed, image_size, **world_kwargs)
-    generate_outputs(editor, [_as_benchmark_session(i, s) for i, s in enumerate(sessions)], report_dir / "outputs",
-                     seed_offset=0)
+    generate_outputs(
+        editor, [_as_benchmark_session(i, s) for i, s in enumerate(sessions)], report_dir / "outputs", seed_offset=0
+    )
     results = score_chained(sessions, _stored_outputs(report_dir / "outputs"))
     judgements = [
-        SessionJudgement(str(index), [
-            ExactVerdict(prompt_following=10 * min(score.changed_iou, score.object_score),
-                         consistency=10 * score.preserved, passed=score.success, op=score.op)
-            for score in scores
-        ])
+        SessionJudgement(
+            str(index),
+            [
+                ExactVerdict(
+                    prompt_following=10 * min(score.changed_iou, score.object_score),
+                    consistency=10 * score.preserved,
+                    passed=score.success,
+                    op=score.op,
+                )
+                for score in scores
+            ],
+        )
         for index, scores in enumerate(results)
     ]
-    rows = [{"session": index, "turn": turn + 1, "op": score.op, "changed_iou": score.changed_iou,
-             "object_score": score.object_score, "preserved": score.preserved, "success": score.success}
-            for index, scores in enumerate(results) for turn, score in enumerate(scores)]
+    rows = [
+        {
+            "session": index,
+            "turn": turn + 1,
+            "op": score.op,
+            "changed_iou": score.changed_iou,
+            "object_score": score.object_score,
+            "preserved": score.preserved,
+            "success": score.success,
+        }
+        for index, scores in enumerate(results)
+        for turn, score in enumerate(scores)
+    ]
     summary = summarize_turns(judgements, num_turns)
-    metadata = {"judge": "exact (score_edit)", "sessions": num_sessions, "turns": num_turns, "seed": seed,
-                "image_size": image_size}
+    metadata = {
+        "judge": "exact (score_edit)",
+        "sessions": num_sessions,
+        "turns": num_turns,
+        "seed": seed,
+        "image_size": image_size,
+    }
     paths = write_report(summary, report_dir, name="session_bench", title=title or "Session bench", metadata=metadata)
     paths["turns"] = report_dir / "session_bench_turns.csv"
     with atomic_write(paths["turns"], newline="") as stream:

@@ -349,7 +349,9 @@ class VincieAttention(nn.Module, AttentionModuleMixin):
 
     def project(self, x: torch.Tensor, stream: VincieAttentionStream, rope: tuple[torch.Tensor, torch.Tensor]):
         """``(N, D)`` -> q, k, v ``(N, H, d)`` with qk-norm and RoPE on q and k."""
-        q, k, v = (proj(x).unflatten(-1, (self.heads, self.head_dim)) for proj in (stream.to_q, stream.to_k, stream.to_v))
+        q, k, v = (
+            proj(x).unflatten(-1, (self.heads, self.head_dim)) for proj in (stream.to_q, stream.to_k, stream.to_v)
+        )
         q = apply_rotary(stream.norm_q(q).to(x.dtype), *rope)
         k = apply_rotary(stream.norm_k(k).to(x.dtype), *rope)
         return q, k, v

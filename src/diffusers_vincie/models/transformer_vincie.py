@@ -62,7 +62,9 @@ def swiglu_hidden_size(hidden_size: int, mlp_ratio: float = 4.0) -> int:
     return int(math.ceil(int(2 * hidden_size * mlp_ratio / 3) / 256) * 256)
 
 
-def modulation_offsets(shape: tuple, std: Optional[float] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def modulation_offsets(
+    shape: tuple, std: Optional[float] = None, generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
     """Learned modulation offsets as the official ``AdaSingle`` initialises them: shifts and gates ~ N(0, std),
     scales ~ 1 + N(0, std), with ``std = D ** -0.5`` by default. The forward has no ``1 +`` on the scale, so the
     offset carries the unit. ``shape`` ends in ``(slots, D)`` with the scale at slot 1 (``(2, 3, D)`` block
@@ -71,7 +73,6 @@ def modulation_offsets(shape: tuple, std: Optional[float] = None, generator: Opt
     offsets = torch.randn(shape, generator=generator) * std
     offsets.select(-2, 1).add_(1.0)
     return offsets
-
 
 
 # =====================================================================================================
@@ -134,9 +135,11 @@ class VincieTransformerBlock(nn.Module):
         vid = vid_attn * _gate(vid_emb, self.scale_shift_table, 0) + vid
         txt = txt_attn * _gate(txt_emb, txt_table, 0) + txt
 
-        vid = self.ff(_modulate(self.norm(vid), vid_emb, self.scale_shift_table, 1)) * _gate(
-            vid_emb, self.scale_shift_table, 1
-        ) + vid
+        vid = (
+            self.ff(_modulate(self.norm(vid), vid_emb, self.scale_shift_table, 1))
+            * _gate(vid_emb, self.scale_shift_table, 1)
+            + vid
+        )
         if not is_last:  # the text stream is discarded after the last block: skip its MLP (as the official code)
             txt = txt_ff(_modulate(self.norm(txt), txt_emb, txt_table, 1)) * _gate(txt_emb, txt_table, 1) + txt
         return vid, txt
@@ -196,7 +199,9 @@ class VincieTimestepEmbedding(nn.Module):
         self.linear_3 = VincieModulationLinear(dim)
 
     def forward(self, timestep: torch.Tensor) -> torch.Tensor:
-        freq = get_timestep_embedding(timestep.float(), self.frequency_dim, flip_sin_to_cos=False, downscale_freq_shift=0)
+        freq = get_timestep_embedding(
+            timestep.float(), self.frequency_dim, flip_sin_to_cos=False, downscale_freq_shift=0
+        )
         h = F.silu(self.linear_1(freq.to(self.linear_1.weight.dtype)))
         return self.linear_3(F.silu(self.linear_2(h)))
 
@@ -271,8 +276,10 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
         if text_rope_mode not in TEXT_ROPE_MODES:
             raise ValueError(f"`text_rope_mode` must be one of {TEXT_ROPE_MODES}, got {text_rope_mode!r}.")
         if text_rope_mode == "per_turn" and attention_layout != "block_causal":
-            raise ValueError('`text_rope_mode="per_turn"` needs `attention_layout="block_causal"` (in the full layout '
-                             "all text precedes all frames and keeps the official positions).")
+            raise ValueError(
+                '`text_rope_mode="per_turn"` needs `attention_layout="block_causal"` (in the full layout '
+                "all text precedes all frames and keeps the official positions)."
+            )
         if rope_dim > attention_head_dim or rope_dim // 3 % 2:
             raise ValueError(
                 f"`rope_dim` ({rope_dim}) must be <= `attention_head_dim` ({attention_head_dim}) and give an even "
@@ -353,7 +360,9 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
 
     # -------------------------------------------------------------------------------- text helpers
 
-    def fuse_turn_tokens(self, encoder_hidden_states: torch.Tensor, text_turn_ids: Optional[torch.Tensor]) -> torch.Tensor:
+    def fuse_turn_tokens(
+        self, encoder_hidden_states: torch.Tensor, text_turn_ids: Optional[torch.Tensor]
+    ) -> torch.Tensor:
         """Official ``seq_concat`` fusion: rows whose ``text_turn_ids`` entry is a turn ``k >= 0`` become ``E[k]``
         (``diffusers_vincie.sequence.session_text`` leaves a placeholder there); ``None`` = already fused.
 
@@ -479,7 +488,9 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
                 "The block-causal layout needs `frame_order` and `text_order` (see "
                 "`diffusers_vincie.sequence.sequence_order`)."
             )
-        if store_context and frame_is_noisy is not None and bool(frame_is_noisy.any()):  # once per context, not per step
+        if (
+            store_context and frame_is_noisy is not None and bool(frame_is_noisy.any())
+        ):  # once per context, not per step
             raise ValueError("A cached context must be clean: `frame_is_noisy` must be all False.")
         # the joint sequence of sample b is [video_b, text_b] from position 0: the rest is padding
         valid = torch.arange(seq_len, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]
@@ -576,10 +587,14 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
         if layout not in ATTENTION_LAYOUTS:
             raise ValueError(f"`attention_layout` must be one of {ATTENTION_LAYOUTS}, got {layout!r}.")
         if self.config.text_rope_mode == "per_turn" and layout != "block_causal":
-            raise ValueError('This model was built with `text_rope_mode="per_turn"`, which needs the block-causal layout; '
-                             f"got `attention_layout={layout!r}`.")
+            raise ValueError(
+                'This model was built with `text_rope_mode="per_turn"`, which needs the block-causal layout; '
+                f"got `attention_layout={layout!r}`."
+            )
         if (context_cache is not None or return_context_cache) and layout != "block_causal":
-            raise ValueError("A context cache needs the block-causal layout (in the full layout context sees the target).")
+            raise ValueError(
+                "A context cache needs the block-causal layout (in the full layout context sees the target)."
+            )
         device, dtype = self.patch_embed.weight.device, self.patch_embed.weight.dtype
         timestep = torch.as_tensor(timestep, device=device).float().reshape(-1)
         shapes, lengths = self._check_inputs(
@@ -597,7 +612,11 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
         tokens_per_frame = tuple(h * w for f, h, w in patch_shapes for _ in range(f))
         if frame_index is None:  # 0..F_b-1 in each sample
             frame_index = torch.cat([torch.arange(f, device=device) for f in frames])
-        for name, value in (("frame_timestep", frame_timestep), ("frame_index", frame_index), ("frame_order", frame_order)):
+        for name, value in (
+            ("frame_timestep", frame_timestep),
+            ("frame_index", frame_index),
+            ("frame_order", frame_order),
+        ):
             if value is not None and value.shape != (sum(frames),):
                 raise ValueError(f"`{name}` must have one entry per frame ({sum(frames)},); got {tuple(value.shape)}.")
 
@@ -610,11 +629,21 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
             txt = vid.new_zeros(0, vid.shape[-1])
             text_in_call = (0,) * len(lengths)
 
-        vid_emb, txt_emb = self._token_modulation(timestep, frame_timestep, video_tokens, tokens_per_frame, text_in_call)
+        vid_emb, txt_emb = self._token_modulation(
+            timestep, frame_timestep, video_tokens, tokens_per_frame, text_in_call
+        )
 
         plan = self._plan(
-            layout, tokens_per_frame, video_tokens, text_in_call, frame_order, text_order, frame_is_noisy,
-            context_cache, return_context_cache, device,
+            layout,
+            tokens_per_frame,
+            video_tokens,
+            text_in_call,
+            frame_order,
+            text_order,
+            frame_is_noisy,
+            context_cache,
+            return_context_cache,
+            device,
         )
         if layout == "full":
             offsets = frame_text_offsets(frames, lengths, device=device)
@@ -627,8 +656,9 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
         frame_time = offsets + frame_index.to(device)
         vid_pos, txt_pos = rope_positions(patch_shapes, frame_time, text_in_call)
         if self.config.text_rope_mode == "per_turn" and sum(text_in_call):
-            txt_pos = per_turn_text_positions(frames, text_in_call, frame_time, frame_order.to(device),
-                                              text_order.to(device))
+            txt_pos = per_turn_text_positions(
+                frames, text_in_call, frame_time, frame_order.to(device), text_order.to(device)
+            )
         vid_rope, txt_rope = self.rope(vid_pos), self.rope(txt_pos)
 
         # ---- blocks

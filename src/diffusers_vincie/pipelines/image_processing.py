@@ -72,7 +72,9 @@ def area_size(height: int, width: int, resolution: int) -> tuple[int, int]:
     return round(height * scale), round(width * scale)
 
 
-def preprocess(image: PIL.Image.Image, resolution: int, multiple: int, reference_size: Optional[tuple[int, int]] = None):
+def preprocess(
+    image: PIL.Image.Image, resolution: int, multiple: int, reference_size: Optional[tuple[int, int]] = None
+):
     """PIL image -> ``(3, H, W)`` float tensor in [-1, 1], official path.
 
     Later session images are first resized (PIL bicubic) to the first image's size ``reference_size`` (W, H);

@@ -89,8 +89,15 @@ def check_image(name: str, image) -> None:
 
 
 def check_sampling(
-    num_inference_steps, guidance_scale, guidance_interval, guidance_rescale, num_images_per_prompt, generator,
-    callback_on_step_end, callback_on_step_end_tensor_inputs, allowed_tensor_inputs,
+    num_inference_steps,
+    guidance_scale,
+    guidance_interval,
+    guidance_rescale,
+    num_images_per_prompt,
+    generator,
+    callback_on_step_end,
+    callback_on_step_end_tensor_inputs,
+    allowed_tensor_inputs,
 ) -> list[Optional[torch.Generator]]:
     """The per-turn sampling arguments; returns the generator of each candidate."""
     check_int("num_inference_steps", num_inference_steps, 1, 1000)
@@ -102,7 +109,9 @@ def check_sampling(
         raise TypeError(f"`callback_on_step_end` must be callable; got {type(callback_on_step_end).__name__}.")
     bad = set(callback_on_step_end_tensor_inputs) - set(allowed_tensor_inputs)
     if bad:
-        raise ValueError(f"`callback_on_step_end_tensor_inputs` may only hold {allowed_tensor_inputs}; got {sorted(bad)}.")
+        raise ValueError(
+            f"`callback_on_step_end_tensor_inputs` may only hold {allowed_tensor_inputs}; got {sorted(bad)}."
+        )
     return check_generator(generator, count)
 
 
@@ -110,7 +119,6 @@ def callback_outputs(outputs: Union[dict, None]) -> dict:
     """What ``callback_on_step_end`` returned: a dict (diffusers' convention), checked."""
     if not isinstance(outputs, dict):
         raise TypeError(
-            "`callback_on_step_end` must return a dict (e.g. `return callback_kwargs`), got "
-            f"{type(outputs).__name__}."
+            f"`callback_on_step_end` must return a dict (e.g. `return callback_kwargs`), got {type(outputs).__name__}."
         )
     return outputs

@@ -127,11 +127,18 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
             transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler
         )
         self.register_to_config(
-            default_negative_prompt=default_negative_prompt, frame_index_mode=frame_index_mode,
-            default_resolution=default_resolution, default_num_inference_steps=default_num_inference_steps,
-            default_guidance_scale=float(default_guidance_scale), max_resolution=max_resolution,
+            default_negative_prompt=default_negative_prompt,
+            frame_index_mode=frame_index_mode,
+            default_resolution=default_resolution,
+            default_num_inference_steps=default_num_inference_steps,
+            default_guidance_scale=float(default_guidance_scale),
+            max_resolution=max_resolution,
         )
-        if transformer is not None and vae is not None and vae.config.latent_channels != transformer.config.latent_channels:
+        if (
+            transformer is not None
+            and vae is not None
+            and vae.config.latent_channels != transformer.config.latent_channels
+        ):
             raise ValueError(
                 f"VAE latent channels ({vae.config.latent_channels}) != transformer latent channels "
                 f"({transformer.config.latent_channels})."
@@ -312,9 +319,20 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
         try:
             with self.progress_bar(total=num_inference_steps) as progress:
                 return sample_frame(
-                    self.transformer, self.scheduler, [it.item for it in items], context, text, negative, guidance,
-                    num_inference_steps, noise, target, self.config.frame_index_mode, on_step=on_step,
-                    progress=progress, on_step_begin=on_step_begin,
+                    self.transformer,
+                    self.scheduler,
+                    [it.item for it in items],
+                    context,
+                    text,
+                    negative,
+                    guidance,
+                    num_inference_steps,
+                    noise,
+                    target,
+                    self.config.frame_index_mode,
+                    on_step=on_step,
+                    progress=progress,
+                    on_step_begin=on_step_begin,
                 )
         finally:
             self._current_timestep = None
@@ -341,9 +359,14 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
         check_choice("posterior", posterior, POSTERIORS)
         if fidelity == "official" and self.vae is None:
             raise ValueError("`fidelity='official'` re-encodes outputs through the VAE; this pipeline has none.")
-        check_int("resolution", resolution, self.size_multiple, self.config.max_resolution,
-                  hint=f" (this model's native resolution is {self.config.default_resolution}; `max_resolution` in "
-                       "its config bounds it)")
+        check_int(
+            "resolution",
+            resolution,
+            self.size_multiple,
+            self.config.max_resolution,
+            hint=f" (this model's native resolution is {self.config.default_resolution}; `max_resolution` in "
+            "its config bounds it)",
+        )
 
     # ------------------------------------------------------------------------------------- call
 
@@ -429,8 +452,13 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
         check_sampling(  # once here too, so that a bad value stops the call before any image is encoded
             self.config.default_num_inference_steps if num_inference_steps is None else num_inference_steps,
             self.config.default_guidance_scale if guidance_scale is None else guidance_scale,
-            guidance_interval, guidance_rescale, num_images_per_prompt, generator, callback_on_step_end,
-            callback_on_step_end_tensor_inputs, self._callback_tensor_inputs,
+            guidance_interval,
+            guidance_rescale,
+            num_images_per_prompt,
+            generator,
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
+            self._callback_tensor_inputs,
         )
         num_turns = len(prompts) - len(images) + 1
         turn_latents = latents if isinstance(latents, (list, tuple)) else [latents] + [None] * (num_turns - 1)
@@ -438,17 +466,27 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
             raise ValueError(f"`latents` must be one tensor per turn ({num_turns}); got {len(turn_latents)}.")
 
         session = self.start_session(
-            images, resolution=resolution, generator=generator, posterior=posterior,
-            use_prompt_template=use_prompt_template, camera_prefix=camera_prefix,
+            images,
+            resolution=resolution,
+            generator=generator,
+            posterior=posterior,
+            use_prompt_template=use_prompt_template,
+            camera_prefix=camera_prefix,
             max_sequence_length=max_sequence_length,
         )
         for k in range(len(images) - 1):  # prompts of the given images before the last one
             session.add_instruction(prompts[k], prompt_embeds=embeds[k])
         generation = dict(
-            negative_prompt=negative_prompt, negative_prompt_embeds=negative_prompt_embeds,
-            num_images_per_prompt=num_images_per_prompt, num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale, guidance_interval=guidance_interval, guidance_rescale=guidance_rescale,
-            generator=generator, fidelity=fidelity, chain_of_editing=chain_of_editing,
+            negative_prompt=negative_prompt,
+            negative_prompt_embeds=negative_prompt_embeds,
+            num_images_per_prompt=num_images_per_prompt,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            guidance_interval=guidance_interval,
+            guidance_rescale=guidance_rescale,
+            generator=generator,
+            fidelity=fidelity,
+            chain_of_editing=chain_of_editing,
             callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=tuple(callback_on_step_end_tensor_inputs),
         )

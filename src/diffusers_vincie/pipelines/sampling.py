@@ -87,7 +87,9 @@ def official_scheduler(shift: float = OFFICIAL_SHIFT) -> FlowMatchEulerDiscreteS
     return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift, use_dynamic_shifting=False)
 
 
-def set_trailing_timesteps(scheduler: FlowMatchEulerDiscreteScheduler, num_inference_steps: int, device=None) -> torch.Tensor:
+def set_trailing_timesteps(
+    scheduler: FlowMatchEulerDiscreteScheduler, num_inference_steps: int, device=None
+) -> torch.Tensor:
     """Sets the official uniform trailing grid ``1, 1 - 1/N, ..., 1/N`` (shifted by the scheduler); returns timesteps."""
     if num_inference_steps < 1:
         raise ValueError(f"`num_inference_steps` must be >= 1, got {num_inference_steps}.")
@@ -185,10 +187,13 @@ class CachedContextVelocity:
         if self.negative_text is not None:
             self.branches.append(self._encode(unconditional_items(self.items), self.negative_text, "uncond"))
 
-    def _encode(self, items: list, text: PackedText, branch: str) -> tuple[VincieContextCache, torch.Tensor, torch.Tensor]:
+    def _encode(
+        self, items: list, text: PackedText, branch: str
+    ) -> tuple[VincieContextCache, torch.Tensor, torch.Tensor]:
         frames = [item for item in items if isinstance(item, Frame)]
-        layout = block_causal_layout([*items, self.target], text.segment_lengths, frames, [self.target],
-                                     self.frame_index_mode)
+        layout = block_causal_layout(
+            [*items, self.target], text.segment_lengths, frames, [self.target], self.frame_index_mode
+        )
         device = self.context_latents.device
         with _cache_context(self.transformer, f"context_{branch}"):  # one cache state per token layout
             cache = self._encode_context(layout, text)
@@ -340,7 +345,9 @@ def sample_frame(
         on_step, on_step_begin: see `run_sampler`.
         progress: a progress bar with ``update()``.
     """
-    velocity, shape = frame_velocity(transformer, items, context_latents, text, negative_text, target, frame_index_mode)
+    velocity, shape = frame_velocity(
+        transformer, items, context_latents, text, negative_text, target, frame_index_mode
+    )
     if tuple(noise.shape) != shape:
         raise ValueError(f"`latents` must have shape {shape} for this turn; got {tuple(noise.shape)}.")
     set_trailing_timesteps(scheduler, num_inference_steps, device=noise.device)

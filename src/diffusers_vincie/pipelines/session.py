@@ -129,8 +129,13 @@ class VincieEditingSession:
             raise ValueError("A session needs a source image: `image` is missing.")
         for i, image in enumerate(images):
             check_image("image" if len(images) == 1 else f"image[{i}]", image)
-        check_int("resolution", resolution, pipe.size_multiple, pipe.config.max_resolution,
-                  hint=f" (this model's native resolution is {pipe.config.default_resolution})")
+        check_int(
+            "resolution",
+            resolution,
+            pipe.size_multiple,
+            pipe.config.max_resolution,
+            hint=f" (this model's native resolution is {pipe.config.default_resolution})",
+        )
         check_choice("posterior", posterior, POSTERIORS)
         generator = check_generator(generator, len(generator) if isinstance(generator, (list, tuple)) else 1)[0]
         self.pipe = pipe
@@ -140,7 +145,9 @@ class VincieEditingSession:
         self.encode_calls = {"text": 0, "image": 0}  # encoder calls made by this session (see benchmarks)
         first = to_rgb(images[0])
         self.reference_size = first.size
-        self.sources = [self._encode_image(im, Frame(IMAGE, i), generator) for i, im in enumerate([first, *images[1:]])]
+        self.sources = [
+            self._encode_image(im, Frame(IMAGE, i), generator) for i, im in enumerate([first, *images[1:]])
+        ]
         self.reference_texts: list[SessionText] = []
         self.turns: list[SessionTurn] = []
         self._text_cache: dict[str, torch.Tensor] = {}
@@ -178,11 +185,17 @@ class VincieEditingSession:
     def _text(self, instruction: Optional[str], turn: int, templated: bool, embeds=None) -> SessionText:
         if embeds is not None:  # encoded apart (`pipe.encode_prompt`); the prompt text is unknown here
             if not isinstance(embeds, torch.Tensor) or embeds.ndim != 2 or embeds.shape[0] == 0:
-                raise ValueError("`prompt_embeds` must hold one (tokens, text_dim) tensor per prompt (`encode_prompt`).")
+                raise ValueError(
+                    "`prompt_embeds` must hold one (tokens, text_dim) tensor per prompt (`encode_prompt`)."
+                )
             return SessionText(Text(turn), instruction or "", embeds.to(self.pipe._execution_device))
         if not isinstance(instruction, str) or not instruction.strip():
             raise ValueError("`instruction` must be a non-empty string (or give `prompt_embeds`).")
-        prompt = format_turn_prompt(instruction, turn, self.camera_prefix) if templated else self.camera_prefix + instruction
+        prompt = (
+            format_turn_prompt(instruction, turn, self.camera_prefix)
+            if templated
+            else self.camera_prefix + instruction
+        )
         return SessionText(Text(turn), prompt, self._encoded(prompt))
 
     def _encoded(self, prompt: str) -> torch.Tensor:
@@ -191,7 +204,9 @@ class VincieEditingSession:
             self.encode_calls["text"] += 1
         return self._text_cache[prompt]
 
-    def _negative(self, negative_prompt: Optional[str], negative_embeds, guidance_scale: float) -> Optional[torch.Tensor]:
+    def _negative(
+        self, negative_prompt: Optional[str], negative_embeds, guidance_scale: float
+    ) -> Optional[torch.Tensor]:
         if guidance_scale == 1.0:
             return None
         if negative_embeds is not None:
@@ -246,15 +261,26 @@ class VincieEditingSession:
             Other arguments as in the pipeline's ``__call__`` (defaults: the pipeline's configured ones).
         """
         config = self.pipe.config
-        num_inference_steps = config.default_num_inference_steps if num_inference_steps is None else num_inference_steps
+        num_inference_steps = (
+            config.default_num_inference_steps if num_inference_steps is None else num_inference_steps
+        )
         guidance_scale = config.default_guidance_scale if guidance_scale is None else guidance_scale
         generators = check_sampling(
-            num_inference_steps, guidance_scale, guidance_interval, guidance_rescale, num_images_per_prompt,
-            generator, callback_on_step_end, callback_on_step_end_tensor_inputs, self.pipe._callback_tensor_inputs,
+            num_inference_steps,
+            guidance_scale,
+            guidance_interval,
+            guidance_rescale,
+            num_images_per_prompt,
+            generator,
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
+            self.pipe._callback_tensor_inputs,
         )
         check_choice("fidelity", fidelity, FIDELITIES)
         if self.pipe.block_causal and fidelity == "official":
-            raise ValueError("`fidelity='official'` reproduces the official full-attention loop; this model is block-causal.")
+            raise ValueError(
+                "`fidelity='official'` reproduces the official full-attention loop; this model is block-causal."
+            )
         if len(self.reference_texts) != len(self.sources) - 1:
             raise ValueError(
                 f"{len(self.sources)} reference images need {len(self.sources) - 1} reference prompts before the first "
@@ -264,7 +290,9 @@ class VincieEditingSession:
             raise ValueError("Give either `instruction` or `prompt_embeds`, not both.")
         turn = self._next_turn_index()
         if turn >= self.pipe.transformer.config.max_turns:
-            raise ValueError(f"The session reached the model's turn table ({self.pipe.transformer.config.max_turns} turns).")
+            raise ValueError(
+                f"The session reached the model's turn table ({self.pipe.transformer.config.max_turns} turns)."
+            )
         text = self._text(instruction, turn, self.use_prompt_template, prompt_embeds)
         negative = self._negative(negative_prompt, negative_prompt_embeds, guidance_scale)
         if fidelity == "official":  # official: every turn starts from the first turn's seed state, per candidate
@@ -274,8 +302,10 @@ class VincieEditingSession:
                     g.set_state(states.setdefault(k, g.get_state()))
         self.pipe._interrupt = False  # an interrupt ends only the edit (or call) in which it was raised
         sampling = dict(
-            negative_tokens=negative, guidance=Guidance(float(guidance_scale), guidance_interval, guidance_rescale),
-            num_inference_steps=num_inference_steps, generator=generators[0],
+            negative_tokens=negative,
+            guidance=Guidance(float(guidance_scale), guidance_interval, guidance_rescale),
+            num_inference_steps=num_inference_steps,
+            generator=generators[0],
             callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
         )
@@ -300,7 +330,9 @@ class VincieEditingSession:
         for k, g in enumerate(generators):
             if k and self.pipe.interrupt:
                 break
-            frame = self._generate(items + mask_frames, target, {**sampling, "generator": g}, latents if k == 0 else None)
+            frame = self._generate(
+                items + mask_frames, target, {**sampling, "generator": g}, latents if k == 0 else None
+            )
             if fidelity == "official":  # outputs re-enter through uint8 + resize + VAE, as the official loop does
                 reencoded = self._encode_image(postprocess_official(frame.pixels), target, g)
                 frame = SessionFrame(target, reencoded.latent, reencoded.image, frame.pixels)
@@ -329,12 +361,22 @@ class VincieEditingSession:
         """An RoE mask frame ``item``: predicted, or encoded from the user's mask."""
         if isinstance(mask, str):
             if mask != PREDICT:
-                raise ValueError(f"`{item.kind}` must be an image, a 2-D array, a function or 'predict'; got {mask!r}.")
+                raise ValueError(
+                    f"`{item.kind}` must be an image, a 2-D array, a function or 'predict'; got {mask!r}."
+                )
             return self._generate(items, item, sampling)
         image = mask_to_image(mask, self.reference_size, item.kind)
         return self._encode_image(image, item, sampling["generator"])  # seeded like the rest of the edit
 
-    def drag(self, instruction: str, translate=(0.0, 0.0), scale: float = 1.0, rotate: float = 0.0, current_mask=PREDICT, **kwargs):
+    def drag(
+        self,
+        instruction: str,
+        translate=(0.0, 0.0),
+        scale: float = 1.0,
+        rotate: float = 0.0,
+        current_mask=PREDICT,
+        **kwargs,
+    ):
         """Drag editing: the current RoE mask (given or predicted) is moved/scaled/rotated into the next-frame mask,
         then the image is generated. ``translate`` is in source-image pixels."""
         return self.edit(
@@ -372,7 +414,9 @@ class VincieEditingSession:
         folder = Path(folder)
         if folder.exists() and not overwrite:
             if not folder.is_dir():
-                raise FileExistsError(f"{folder} is a file, not a session folder; pass `overwrite=True` to replace it.")
+                raise FileExistsError(
+                    f"{folder} is a file, not a session folder; pass `overwrite=True` to replace it."
+                )
             if any(folder.iterdir()) and not (folder / SESSION_FILE).is_file():
                 raise FileExistsError(
                     f"{folder} holds files that are not a saved session; choose a new folder or pass `overwrite=True`."
@@ -480,7 +524,9 @@ class VincieEditingSession:
         for t in record["turns"]:
             instruction = text(t["text"])
             masks = [frame(m, instruction.turn) for m in t["masks"]]  # masks belong to the edit's source turn
-            session.turns.append(SessionTurn(t["instruction"], instruction, frame(t["frame"], instruction.turn + 1), masks))
+            session.turns.append(
+                SessionTurn(t["instruction"], instruction, frame(t["frame"], instruction.turn + 1), masks)
+            )
         shapes = {tuple(f.latent.shape) for f in session.sources + [t.frame for t in session.turns]}
         if len(shapes) != 1:
             raise ValueError(f"{tensors_path}: the session's frame latents disagree in shape ({sorted(shapes)}).")

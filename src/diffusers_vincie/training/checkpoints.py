@@ -217,9 +217,11 @@ def load_checkpoint(accelerator, folder: str | os.PathLike, ema=None) -> int:
     refuse_pickled_objects(folder)
     sharded = sorted(p.name for p in folder.iterdir() if p.is_dir())
     if sharded:  # not covered by the guarantee above: those engines read their own formats
-        logger.warning(f"{folder} holds sharded engine state ({', '.join(sharded)}: DeepSpeed or FSDP); the engine "
-                       "reads it itself (torch.distributed.checkpoint unpickles its .metadata): resume only from "
-                       "checkpoints you trust.")
+        logger.warning(
+            f"{folder} holds sharded engine state ({', '.join(sharded)}: DeepSpeed or FSDP); the engine "
+            "reads it itself (torch.distributed.checkpoint unpickles its .metadata): resume only from "
+            "checkpoints you trust."
+        )
     rng_file = folder / f"random_states_{accelerator.process_index}.pkl"
     try:  # accelerate itself only logs "Could not load random states", and the resume would silently differ
         accelerate_load(rng_file)  # weights_only=True
@@ -259,8 +261,10 @@ def migrate_legacy_checkpoint(folder: str | os.PathLike) -> Path:
         save_ema(ema, folder / EMA_FILE)
         legacy.unlink()
     files = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file() and p.name != COMPLETE_FILE}
-    write_json_atomic(folder / COMPLETE_FILE, {"format": COMPLETE_FORMAT, "step": checkpoint_step(folder, "--migrate"),
-                                               "files": files})
+    write_json_atomic(
+        folder / COMPLETE_FILE,
+        {"format": COMPLETE_FORMAT, "step": checkpoint_step(folder, "--migrate"), "files": files},
+    )
     return folder
 
 

@@ -59,7 +59,9 @@ class TrainingSession:
         masks = {}
         for name in ("source_masks", "target_masks"):
             values = getattr(record, name)
-            masks[name] = None if any(m is None for m in values) else np.stack([mask_to_array(m, size) for m in values])
+            masks[name] = (
+                None if any(m is None for m in values) else np.stack([mask_to_array(m, size) for m in values])
+            )
         return cls(frames, list(record.instructions), masks["source_masks"], masks["target_masks"], record.session_id)
 
     def frame_image(self, item: Frame, start: int) -> np.ndarray:
@@ -122,8 +124,14 @@ class _PlanningDataset(Dataset):
             shared = item_generator(self.seed, step, 0, stream=4)  # the same draws for every sample of the micro-step
             num_turns = int(shared.integers(self.config.min_turns, self.config.max_turns + 1))
             with_masks = bool(shared.random() < self.config.mask_probability)
-        plan = plan_sequence(sample.num_turns, has_masks, self.config, item_generator(self.seed, step, index),
-                             num_turns=num_turns, with_masks=with_masks)
+        plan = plan_sequence(
+            sample.num_turns,
+            has_masks,
+            self.config,
+            item_generator(self.seed, step, index),
+            num_turns=num_turns,
+            with_masks=with_masks,
+        )
         return PlannedSample(sample, plan, step, index)
 
 
@@ -138,8 +146,9 @@ class SessionRowsDataset(_PlanningDataset):
         group_turns: one number of turns per micro-step (less attention padding).
     """
 
-    def __init__(self, rows, config: SequenceConfig, seed: int = 0, resolution: Optional[int] = None,
-                 group_turns: bool = True):
+    def __init__(
+        self, rows, config: SequenceConfig, seed: int = 0, resolution: Optional[int] = None, group_turns: bool = True
+    ):
         super().__init__(config, seed, group_turns)
         missing = {"frames", "instructions"} - set(rows.column_names)
         if missing:
@@ -167,8 +176,16 @@ class ShapesSessionsDataset(_PlanningDataset):
         group_turns: one number of turns per micro-step (less attention padding).
     """
 
-    def __init__(self, world, num_sessions: int, num_turns: int, config: SequenceConfig, seed: int = 0,
-                 world_seed: int = 0, group_turns: bool = True):
+    def __init__(
+        self,
+        world,
+        num_sessions: int,
+        num_turns: int,
+        config: SequenceConfig,
+        seed: int = 0,
+        world_seed: int = 0,
+        group_turns: bool = True,
+    ):
         super().__init__(config, seed, group_turns)
         if num_sessions < 1:
             raise ValueError(f"`num_sessions` must be >= 1, got {num_sessions}.")
@@ -180,7 +197,10 @@ class ShapesSessionsDataset(_PlanningDataset):
     def session(self, index: int) -> TrainingSession:
         s = self.world.sample_session(self.world_seed + int(index), num_turns=self.num_turns)
         return TrainingSession(
-            np.stack(s.frames), list(s.instructions), np.stack(s.source_masks), np.stack(s.target_masks),
+            np.stack(s.frames),
+            list(s.instructions),
+            np.stack(s.source_masks),
+            np.stack(s.target_masks),
             f"synthetic-{self.world_seed + int(index)}",
         )
 
@@ -211,8 +231,16 @@ class ResumableBatchSampler(Sampler):
         shuffle: ``False`` keeps the dataset order in every epoch.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, num_processes: int = 1, process_index: int = 0,
-                 seed: int = 0, start_step: int = 0, shuffle: bool = True):
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        num_processes: int = 1,
+        process_index: int = 0,
+        seed: int = 0,
+        start_step: int = 0,
+        shuffle: bool = True,
+    ):
         self.global_batch = batch_size * num_processes
         if num_samples < self.global_batch:
             raise ValueError(
@@ -229,8 +257,11 @@ class ResumableBatchSampler(Sampler):
             e, b = divmod(step, self.batches_per_epoch)
             if e != epoch:
                 epoch = e
-                order = (torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed + e))
-                         if self.shuffle else torch.arange(self.num_samples))
+                order = (
+                    torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed + e))
+                    if self.shuffle
+                    else torch.arange(self.num_samples)
+                )
             first = b * self.global_batch + self.process_index * self.batch_size
             yield [(int(i), step) for i in order[first : first + self.batch_size]]
             step += 1

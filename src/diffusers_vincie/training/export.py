@@ -32,7 +32,9 @@ def load_components(args) -> dict:
     root = args.pretrained_model_name_or_path
     text_path = args.text_encoder_name_or_path or _subfolder(root, "text_encoder")
     if text_path is None:
-        raise UsageError("No text encoder: pass --text_encoder_name_or_path or a pipeline with a text_encoder/ folder.")
+        raise UsageError(
+            "No text encoder: pass --text_encoder_name_or_path or a pipeline with a text_encoder/ folder."
+        )
     tokenizer_path = args.tokenizer_name_or_path or _subfolder(root, "tokenizer") or text_path
     components = {
         "text_encoder": _load_text_encoder(text_path),

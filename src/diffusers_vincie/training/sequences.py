@@ -97,20 +97,32 @@ class SequenceConfig:
     The training script derives its flags from these fields (``help`` metadata, types and defaults).
     """
 
-    layout: str = field(default="full", metadata={
-        "help": "'full' = released checkpoints' conditioning; 'block_causal' = multi-target pretraining.",
-        "choices": LAYOUTS, "flag": "attention_layout"})
+    layout: str = field(
+        default="full",
+        metadata={
+            "help": "'full' = released checkpoints' conditioning; 'block_causal' = multi-target pretraining.",
+            "choices": LAYOUTS,
+            "flag": "attention_layout",
+        },
+    )
     min_turns: int = field(default=1, metadata={"help": "Fewest edits in a sequence."})
     max_turns: int = field(default=4, metadata={"help": "Most edits in a sequence."})
     mask_probability: float = field(default=0.8, metadata={"help": "P(RoE masks are in a sequence)."})
     drop_current_frame: float = field(default=0.2, metadata={"help": "Per-turn context dropout of I_k."})
     drop_current_mask: float = field(default=0.7, metadata={"help": "Per-turn context dropout of Mc_k."})
     drop_next_mask: float = field(default=0.7, metadata={"help": "Per-turn context dropout of Mn_k."})
-    task_weights: dict[str, float] = field(default_factory=lambda: {task: 1.0 for task in TASKS}, metadata={
-        "help": f"Weights of the proxy tasks {','.join(TASKS)}, comma-separated (0 disables a task)."})
-    frame_index: Optional[str] = field(default=None, metadata={
-        "help": "Frame RoPE index: 'compact' (official) or 'slots' (3k+kind); default compact for full, slots for "
-                "block_causal.", "choices": FRAME_INDEX_MODES})
+    task_weights: dict[str, float] = field(
+        default_factory=lambda: {task: 1.0 for task in TASKS},
+        metadata={"help": f"Weights of the proxy tasks {','.join(TASKS)}, comma-separated (0 disables a task)."},
+    )
+    frame_index: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Frame RoPE index: 'compact' (official) or 'slots' (3k+kind); default compact for full, slots for "
+            "block_causal.",
+            "choices": FRAME_INDEX_MODES,
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -219,22 +231,22 @@ def plan_sequence(
         task = tasks[int(generator.choice(len(tasks), p=weights / weights.sum()))]
         last = num_turns - 1
         target = next(
-            f for f in frames
-            if frame_task(f) == task and f.turn == (last + 1 if task == "next_image" else last)
+            f for f in frames if frame_task(f) == task and f.turn == (last + 1 if task == "next_image" else last)
         )
         targets = [target]
         protected = {next(f for f in frames if f.kind == IMAGE and f.turn == last)}
     else:
         targets = [
-            f for f in frames
-            if config.task_weights[frame_task(f)] > 0 and not (f.kind == IMAGE and f.turn == 0)
+            f for f in frames if config.task_weights[frame_task(f)] > 0 and not (f.kind == IMAGE and f.turn == 0)
         ]
         protected = set()
     protected.add(frames[0])  # I_0: every target keeps some image context
 
     # Context: every frame before the last target, minus per-turn dropout.
     drop_probability = {
-        IMAGE: config.drop_current_frame, CURRENT_MASK: config.drop_current_mask, NEXT_MASK: config.drop_next_mask
+        IMAGE: config.drop_current_frame,
+        CURRENT_MASK: config.drop_current_mask,
+        NEXT_MASK: config.drop_next_mask,
     }
     last_order = max(order[t] for t in targets)
     context = []

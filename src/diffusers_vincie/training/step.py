@@ -42,9 +42,7 @@ class VincieTrainingModule(nn.Module):
             for name in ("frame_order", "text_order", "frame_is_noisy", "frame_timestep"):
                 inputs.pop(name, None)
         self.transformer.check_input_values(inputs["hidden_states"], inputs.get("text_turn_ids"))
-        return self.transformer(
-            **inputs, timestep=batch.timestep, attention_layout=self.attention_layout
-        ).sample
+        return self.transformer(**inputs, timestep=batch.timestep, attention_layout=self.attention_layout).sample
 
 
 def _noise(shape, step: int, index: int, seed: int) -> torch.Tensor:
@@ -86,8 +84,9 @@ def build_training_batch(
         timestep_sampling, timestep_shift, mode_scale: the time distribution (``flow.sample_timesteps``; default
             the official logit-normal, unshifted).
     """
-    distribution = dict(sampling=timestep_sampling, mean=logit_mean, std=logit_std, mode_scale=mode_scale,
-                        shift=timestep_shift)
+    distribution = dict(
+        sampling=timestep_sampling, mean=logit_mean, std=logit_std, mode_scale=mode_scale, shift=timestep_shift
+    )
     tensors = []
     for s, lat in zip(samples, latents):
         drop = bool(item_generator(seed, s.step, s.index, stream=3).random() < text_dropout)
@@ -97,18 +96,32 @@ def build_training_batch(
             n = len(s.plan.frames)
             shape = (n, *next(iter(lat.values())).shape)
             t = _times(1, s.step, s.index, seed, distribution)[0]
-            tensors.append(assemble_full_attention(
-                s.plan, lat, segments, t, _noise(shape, s.step, s.index, seed), config.task_weights,
-                config.frame_index,
-            ))
+            tensors.append(
+                assemble_full_attention(
+                    s.plan,
+                    lat,
+                    segments,
+                    t,
+                    _noise(shape, s.step, s.index, seed),
+                    config.task_weights,
+                    config.frame_index,
+                )
+            )
         else:
             n = len(s.plan.targets)
             shape = (n, *next(iter(lat.values())).shape)
             t = _times(n, s.step, s.index, seed, distribution)
-            tensors.append(assemble_block_causal(
-                s.plan, lat, segments, t, _noise(shape, s.step, s.index, seed), config.task_weights,
-                config.frame_index,
-            ))
+            tensors.append(
+                assemble_block_causal(
+                    s.plan,
+                    lat,
+                    segments,
+                    t,
+                    _noise(shape, s.step, s.index, seed),
+                    config.task_weights,
+                    config.frame_index,
+                )
+            )
     return collate_samples(tensors)
 
 
@@ -126,8 +139,11 @@ def padding_report(batches: Sequence[TrainingBatch], patch_size: int) -> dict[st
     """
     real = padded = 0
     for b in batches:
-        video_tokens = (b.inputs.video_shapes[:, 0] * (b.inputs.video_shapes[:, 1] // patch_size)
-                        * (b.inputs.video_shapes[:, 2] // patch_size))
+        video_tokens = (
+            b.inputs.video_shapes[:, 0]
+            * (b.inputs.video_shapes[:, 1] // patch_size)
+            * (b.inputs.video_shapes[:, 2] // patch_size)
+        )
         lengths = video_tokens + b.inputs.text_lengths
         real += int(lengths.sum())
         padded += int(lengths.max()) * len(lengths)

@@ -39,15 +39,28 @@ def _to_uint8(latent: torch.Tensor, vae=None) -> np.ndarray:
 
 
 @torch.no_grad()
-def sample_frames(transformer, sample, text_cache, vae, layout: str, frame_index_mode: str, steps: int,
-                  guidance_scale: float, negative_prompt: str, seed: int, max_turns: int = 3,
-                  shift: float = 1.0) -> list[np.ndarray]:
+def sample_frames(
+    transformer,
+    sample,
+    text_cache,
+    vae,
+    layout: str,
+    frame_index_mode: str,
+    steps: int,
+    guidance_scale: float,
+    negative_prompt: str,
+    seed: int,
+    max_turns: int = 3,
+    shift: float = 1.0,
+) -> list[np.ndarray]:
     """Samples ``I_1 .. I_k`` (``k = min(max_turns, n)``) of one session with ground-truth context each turn."""
     device = transformer.device
     images = torch.from_numpy(sample.frames.astype(np.float32) / 127.5 - 1.0).to(device)
     latents = encode_frames(images, vae)
     if transformer.config.attention_layout != layout:
-        raise ValueError(f"The transformer's attention layout is {transformer.config.attention_layout!r}, not {layout!r}.")
+        raise ValueError(
+            f"The transformer's attention layout is {transformer.config.attention_layout!r}, not {layout!r}."
+        )
     outputs = []
     for k in range(1, min(max_turns, sample.num_turns) + 1):
         instructions = sample.instructions[:k]
@@ -60,8 +73,17 @@ def sample_frames(transformer, sample, text_cache, vae, layout: str, frame_index
         num_frames = 1 if layout == "block_causal" else k + 1
         noise = torch.randn((num_frames, *latents.shape[1:]), generator=torch.Generator().manual_seed(seed + k))
         out = sample_frame(
-            transformer, official_scheduler(shift=shift), items, latents[:k], text, negative, guidance_scale,
-            steps, noise.to(device), Frame(IMAGE, k), frame_index_mode,
+            transformer,
+            official_scheduler(shift=shift),
+            items,
+            latents[:k],
+            text,
+            negative,
+            guidance_scale,
+            steps,
+            noise.to(device),
+            Frame(IMAGE, k),
+            frame_index_mode,
         )
         outputs.append(_to_uint8(out, vae))
     return outputs
@@ -92,8 +114,16 @@ def log_validation(args, accelerator, transformer, ema, text_cache, vae, dataset
         for index in range(min(args.num_validation_sessions, len(dataset))):
             sample = dataset.session(index)
             predictions = sample_frames(
-                transformer, sample, text_cache, vae, args.attention_layout, args.frame_index,
-                args.validation_inference_steps, args.validation_guidance_scale, args.negative_prompt, args.seed,
+                transformer,
+                sample,
+                text_cache,
+                vae,
+                args.attention_layout,
+                args.frame_index,
+                args.validation_inference_steps,
+                args.validation_guidance_scale,
+                args.negative_prompt,
+                args.seed,
                 shift=args.scheduler_shift,
             )
             truth = list(sample.frames[: len(predictions) + 1])
@@ -132,18 +162,26 @@ def log_instruction_sensitivity(args, transformer, ema, components: dict, world,
     from ..pipelines import VincieInContextPipeline
 
     sessions = sensitivity_sessions(args.num_sensitivity_sessions, **world.config)
-    with _averaged_weights(transformer, ema), _averaged_weights(components["text_encoder"], text_ema), \
-            torch.no_grad():
+    with _averaged_weights(transformer, ema), _averaged_weights(components["text_encoder"], text_ema), torch.no_grad():
         pipe = VincieInContextPipeline(
-            transformer=transformer, vae=components.get("vae"), text_encoder=components["text_encoder"],
-            tokenizer=components["tokenizer"], scheduler=official_scheduler(shift=args.scheduler_shift),
-            default_negative_prompt=args.negative_prompt, frame_index_mode=args.frame_index,
+            transformer=transformer,
+            vae=components.get("vae"),
+            text_encoder=components["text_encoder"],
+            tokenizer=components["tokenizer"],
+            scheduler=official_scheduler(shift=args.scheduler_shift),
+            default_negative_prompt=args.negative_prompt,
+            frame_index_mode=args.frame_index,
         )
         pipe.set_progress_bar_config(disable=True)
         result = instruction_sensitivity(
-            pipe, sessions, world.colours, world.shapes,
-            sampling={"num_inference_steps": args.validation_inference_steps,
-                      "guidance_scale": args.validation_guidance_scale},
+            pipe,
+            sessions,
+            world.colours,
+            world.shapes,
+            sampling={
+                "num_inference_steps": args.validation_inference_steps,
+                "guidance_scale": args.validation_guidance_scale,
+            },
         )
     record = {"step": step, **result}
     with open(Path(args.output_dir) / "sensitivity.jsonl", "a") as f:

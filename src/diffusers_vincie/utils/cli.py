@@ -32,8 +32,13 @@ def run_cli(main: Callable[[], Any], prog: str, errors: tuple[type[BaseException
         usage_exit(prog, error)
 
 
-def check_number(name: str, value: float | None, minimum: float | None = None, maximum: float | None = None,
-                 strict_minimum: bool = False) -> None:
+def check_number(
+    name: str,
+    value: float | None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    strict_minimum: bool = False,
+) -> None:
     """Raises :class:`UsageError` naming ``name`` unless ``value`` is finite and within the bounds (``None``
     passes: the argument was left out)."""
     if value is None:

@@ -83,8 +83,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8",
-                 newline: str | None = None) -> Iterator[IO[Any]]:
+def atomic_write(
+    path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8", newline: str | None = None
+) -> Iterator[IO[Any]]:
     """``open(path, mode)`` whose content appears under ``path`` only when the block finishes without error.
 
     Args:
@@ -96,8 +97,10 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_write mode must be 'w' or 'wb', got {mode!r}.")
     text = "b" not in mode
-    with atomic_path(path) as temporary, open(temporary, mode, encoding=encoding if text else None,
-                                              newline=newline if text else None) as stream:
+    with (
+        atomic_path(path) as temporary,
+        open(temporary, mode, encoding=encoding if text else None, newline=newline if text else None) as stream,
+    ):
         yield stream
 
 

@@ -119,8 +119,9 @@ def render_video(
             animated = transition_frames if k > 0 else 0
             for f in range(animated):
                 t = (f + 1) / (animated + 1)
-                _encode(container, stream, world.render_between(session.states[k - 1], session.states[k],
-                                                                t, resolution))
+                _encode(
+                    container, stream, world.render_between(session.states[k - 1], session.states[k], t, resolution)
+                )
                 index += 1
             held = frames_per_turn - animated
             hold_intervals.append([index / fps, (index + held) / fps])
@@ -160,9 +161,7 @@ def render_video(
         "camera_motion": session.camera_motion,
         "source_masks": source_masks,
         "target_masks": target_masks,
-        "changed_masks": [
-            encode_mask(changed_pixels(a, b)) for a, b in zip(key_frames, key_frames[1:])
-        ],
+        "changed_masks": [encode_mask(changed_pixels(a, b)) for a, b in zip(key_frames, key_frames[1:])],
         "states": [_state_to_json(state) for state in session.states],
     }
     sidecar = path.with_suffix(".json")
@@ -230,8 +229,16 @@ def make_synthetic_videos(
         if path.exists() and path.with_suffix(".json").exists():
             continue
         session = world.sample_session(video_session_seed(seed, index), num_turns=num_turns)
-        render_video(world, session, path, fps=fps, seconds_per_turn=seconds_per_turn, resolution=resolution,
-                           transition_fraction=transition_fraction, crf=crf)
+        render_video(
+            world,
+            session,
+            path,
+            fps=fps,
+            seconds_per_turn=seconds_per_turn,
+            resolution=resolution,
+            transition_fraction=transition_fraction,
+            crf=crf,
+        )
     return paths
 
 

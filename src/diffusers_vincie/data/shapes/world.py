@@ -339,7 +339,9 @@ class ShapesWorld:
         if not isinstance(resolution, int) or resolution < 8:
             raise ValueError(f"resolution: must be an int >= 8, got {resolution!r}.")
         if grid not in _ROW_WORDS:
-            raise ValueError(f"grid: must be one of {sorted(_ROW_WORDS)} (positions are named in words), got {grid!r}.")
+            raise ValueError(
+                f"grid: must be one of {sorted(_ROW_WORDS)} (positions are named in words), got {grid!r}."
+            )
         self._check_subset("shapes", shapes, SHAPES)
         self._check_subset("colours", colours, COLOURS)
         self._check_subset("backgrounds", backgrounds, BACKGROUNDS)
@@ -528,8 +530,9 @@ class ShapesWorld:
         cells = rng.sample(range(self.grid * self.grid), count)
         pairs = rng.sample([(c, s) for c in self.colours for s in self.shapes], count)
         objects = tuple(
-            SceneObject(id=i, shape=s, colour=c, size=rng.choice(self._size_names), row=cell // self.grid,
-                        col=cell % self.grid)
+            SceneObject(
+                id=i, shape=s, colour=c, size=rng.choice(self._size_names), row=cell // self.grid, col=cell % self.grid
+            )
             for i, (cell, (c, s)) in enumerate(zip(cells, pairs))
         )
         return SceneState(background=rng.choice(self.backgrounds), objects=objects)
@@ -729,9 +732,7 @@ class ShapesWorld:
         new_state = replace(state, objects=state.objects + (obj,), removed=removed)
         return new_state, Edit("bring_back", f"bring back the {obj.name}", None, obj)
 
-    def _apply_revert_colour(
-        self, state: SceneState, obj: SceneObject, rng: random.Random
-    ) -> tuple[SceneState, Edit]:
+    def _apply_revert_colour(self, state: SceneState, obj: SceneObject, rng: random.Random) -> tuple[SceneState, Edit]:
         reverted = replace(obj, colour=obj.previous_colours[-1], previous_colours=obj.previous_colours[:-1])
         edit = Edit("revert_colour", f"make the {obj.name} the colour it was before", obj, reverted)
         return self._replace_object(state, obj, reverted), edit

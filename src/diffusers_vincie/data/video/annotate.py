@@ -186,7 +186,9 @@ def parse_annotation(text: str) -> TransitionAnnotation:
     if not isinstance(camera_motion, str):
         raise AnnotationRejected(f"'camera_motion' must be a string, got {camera_motion!r}")
     camera_motion = camera_motion.strip().lower()
-    details = {key: answer[key] for key in ("source_description", "target_description", "differences") if key in answer}
+    details = {
+        key: answer[key] for key in ("source_description", "target_description", "differences") if key in answer
+    }
     return TransitionAnnotation(
         instruction=instruction.strip(),
         source_objects=_phrase_list(answer["source_objects"], "source_objects"),
@@ -256,7 +258,9 @@ class VLMAnnotator(TransitionAnnotator):
             tokenizer.padding_side = "left"
         self.model = model
         self.processor = processor
-        self.model_id = model_id or getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
+        self.model_id = (
+            model_id or getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
+        )
         self.max_attempts = max_attempts
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
@@ -306,7 +310,11 @@ class VLMAnnotator(TransitionAnnotator):
 
         inputs = self.processor.apply_chat_template(
             [self._conversation(transition, self.prompt) for transition in transitions],
-            add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt", padding=True,
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
+            padding=True,
         ).to(self.model.device)
         sampling = {"do_sample": True, "temperature": self.temperature} if sample else {"do_sample": False}
         with torch.inference_mode():
@@ -333,16 +341,23 @@ class VLMAnnotator(TransitionAnnotator):
                         reasons[i].append(rejected.reason)
                         failed.append(i)
                         logger.info(
-                            "%s t=%.2f->%.2f attempt %d/%d: malformed answer: %s", transitions[i].video_id,
-                            transitions[i].source.timestamp, transitions[i].target.timestamp, attempt + 1,
-                            self.max_attempts, rejected.reason,
+                            "%s t=%.2f->%.2f attempt %d/%d: malformed answer: %s",
+                            transitions[i].video_id,
+                            transitions[i].source.timestamp,
+                            transitions[i].target.timestamp,
+                            attempt + 1,
+                            self.max_attempts,
+                            rejected.reason,
                         )
             pending = failed
         for i in pending:
             reason = f"malformed model output after {self.max_attempts} attempt(s); last: {reasons[i][-1]}"
             logger.warning(
                 "rejected transition %s t=%.2f->%.2f: %s",
-                transitions[i].video_id, transitions[i].source.timestamp, transitions[i].target.timestamp, reason,
+                transitions[i].video_id,
+                transitions[i].source.timestamp,
+                transitions[i].target.timestamp,
+                reason,
             )
             results[i] = AnnotationRejected(reason)
         return results
@@ -414,7 +429,10 @@ class GroundTruthAnnotator(TransitionAnnotator):
             ) from error
 
     def _annotate(self, truth: dict[str, Any], transition: Transition) -> TransitionAnnotation:
-        source_state, target_state = self._key_state(truth, transition.source), self._key_state(truth, transition.target)
+        source_state, target_state = (
+            self._key_state(truth, transition.source),
+            self._key_state(truth, transition.target),
+        )
         if target_state != source_state + 1:
             raise AnnotationRejected(
                 f"frames are on key states {source_state} and {target_state}; the ground truth annotates exactly "

@@ -171,7 +171,9 @@ def list_videos(inputs: Sequence[str | Path], extensions: Sequence[str] = VIDEO_
         elif item.is_file():
             add(item.stem, item)
         else:
-            raise FileNotFoundError(f"inputs: {str(item)!r} is neither a video file, a folder nor a .txt list of videos")
+            raise FileNotFoundError(
+                f"inputs: {str(item)!r} is neither a video file, a folder nor a .txt list of videos"
+            )
     return sorted(found.items())
 
 
@@ -187,8 +189,13 @@ def _clip_frame_times(duration: float, path: Path, video_id: str, config: Sampli
     clips = []
     for start, end in split_at_cuts(duration, cuts):
         times = sample_timestamps(
-            start, end, strategy=config.strategy, interval=config.interval,
-            min_frames=config.min_frames, max_frames=config.max_frames, rng=rng,
+            start,
+            end,
+            strategy=config.strategy,
+            interval=config.interval,
+            min_frames=config.min_frames,
+            max_frames=config.max_frames,
+            rng=rng,
         )
         if len(times) >= 2:
             clips.append(times)
@@ -241,8 +248,10 @@ def sessions_from_video(
         result.error = error.reason
         return result
     if not clips:
-        result.error = (f"too short: no clip of {config.min_frames}+ frames in {info.duration:.2f}s "
-                        f"(strategy {config.strategy}, interval {config.interval}s)")
+        result.error = (
+            f"too short: no clip of {config.min_frames}+ frames in {info.duration:.2f}s "
+            f"(strategy {config.strategy}, interval {config.interval}s)"
+        )
         return result
 
     offset = 0
@@ -262,13 +271,21 @@ def sessions_from_video(
             if len(run_frames) < 2:
                 continue
             result.sessions.append(
-                _make_session(f"{video_id}/{len(result.sessions)}", video_id, run_frames, run_annotations,
-                              annotator, config, region_masker)
+                _make_session(
+                    f"{video_id}/{len(result.sessions)}",
+                    video_id,
+                    run_frames,
+                    run_annotations,
+                    annotator,
+                    config,
+                    region_masker,
+                )
             )
     if not result.sessions and result.rejected_transitions:
         reasons = sorted(set(result.rejected_transitions))
-        result.error = (f"no transition could be annotated ({len(result.rejected_transitions)} rejected): "
-                        + "; ".join(reasons[:3]))
+        result.error = f"no transition could be annotated ({len(result.rejected_transitions)} rejected): " + "; ".join(
+            reasons[:3]
+        )
     return result
 
 
@@ -412,8 +429,9 @@ def _write_shard_atomically(rows: list[dict[str, Any]], path: Path, row_group_si
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pydict({name: [row[name] for row in rows] for name in SESSION_FEATURES},
-                                 schema=SESSION_FEATURES.arrow_schema)
+    table = pa.Table.from_pydict(
+        {name: [row[name] for row in rows] for name in SESSION_FEATURES}, schema=SESSION_FEATURES.arrow_schema
+    )
     with atomic_path(path) as temporary:
         pq.write_table(table, temporary, row_group_size=row_group_size)
 
@@ -442,8 +460,12 @@ class _ShardWriter:
             os.fsync(handle.fileno())
 
     def add(self, path: Path, result: VideoResult) -> None:
-        entry = {"video_id": result.video_id, "path": str(path), "sessions": len(result.sessions),
-                 "rejected_transitions": len(result.rejected_transitions)}
+        entry = {
+            "video_id": result.video_id,
+            "path": str(path),
+            "sessions": len(result.sessions),
+            "rejected_transitions": len(result.rejected_transitions),
+        }
         if result.error is not None:
             self._append_manifest(None, [{**entry, "status": "rejected", "reason": result.error}])
             return
@@ -487,10 +509,12 @@ def write_dataset_card(output_dir: str | Path, *, description: str = "", extra: 
     num_sessions = sum(pq.read_metadata(shard).num_rows for shard in shards)  # the rows on disk, whatever happened
     dataset_size = sum(shard.stat().st_size for shard in shards)
     header = {
-        "configs": [{
-            "config_name": "default",
-            "data_files": [{"split": "train", "path": [f"{DATA_DIR}/{shard.name}" for shard in shards]}],
-        }],
+        "configs": [
+            {
+                "config_name": "default",
+                "data_files": [{"split": "train", "path": [f"{DATA_DIR}/{shard.name}" for shard in shards]}],
+            }
+        ],
         "dataset_info": {
             "features": SESSION_FEATURES._to_yaml_list(),
             "splits": [{"name": "train", "num_bytes": dataset_size, "num_examples": num_sessions}],
@@ -498,9 +522,7 @@ def write_dataset_card(output_dir: str | Path, *, description: str = "", extra: 
         },
         "tags": ["vincie", "image-editing", "multi-turn", "video"],
     }
-    columns = "\n".join(
-        f"- `{name}`: `{feature!r}`".replace("\n", " ") for name, feature in SESSION_FEATURES.items()
-    )
+    columns = "\n".join(f"- `{name}`: `{feature!r}`".replace("\n", " ") for name, feature in SESSION_FEATURES.items())
     body = f"""# VINCIE editing sessions
 
 Multi-turn editing sessions mined from video with `diffusers_vincie.data.video.build`.
@@ -534,9 +556,12 @@ sessions = load_dataset("{output_dir.name}", split="train")            # or stre
 
 def _write_rejects(output_dir: Path) -> int:
     rejects = [entry for entry in read_manifest(output_dir).values() if entry.get("status") == "rejected"]
-    write_text_atomic(output_dir / REJECTS_FILE, "".join(
-        json.dumps({"video_id": e["video_id"], "path": e["path"], "reason": e["reason"]}) + "\n" for e in rejects
-    ))
+    write_text_atomic(
+        output_dir / REJECTS_FILE,
+        "".join(
+            json.dumps({"video_id": e["video_id"], "path": e["path"], "reason": e["reason"]}) + "\n" for e in rejects
+        ),
+    )
     return len(rejects)
 
 
@@ -566,8 +591,10 @@ def check_output_dir(output_dir: Path) -> None:
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f"output_dir: {output_dir} is a file; give a dataset folder to create or resume.")
     if output_dir.is_dir() and any(output_dir.iterdir()) and not (output_dir / MANIFEST_DIR).is_dir():
-        raise ValueError(f"output_dir: {output_dir} is a non-empty folder that no build wrote (no {MANIFEST_DIR}/); "
-                         "give a new folder (its README.md would be replaced by the dataset card).")
+        raise ValueError(
+            f"output_dir: {output_dir} is a non-empty folder that no build wrote (no {MANIFEST_DIR}/); "
+            "give a new folder (its README.md would be replaced by the dataset card)."
+        )
 
 
 @dataclass
@@ -640,8 +667,9 @@ def build_sessions(
         (output_dir / DATA_DIR).mkdir(parents=True, exist_ok=True)
         (output_dir / MANIFEST_DIR).mkdir(parents=True, exist_ok=True)
         if dropped := _repair_manifests(output_dir):
-            logger.warning("dropped %d torn manifest line(s) left by an interrupted run (their videos are redone)",
-                           dropped)
+            logger.warning(
+                "dropped %d torn manifest line(s) left by an interrupted run (their videos are redone)", dropped
+            )
         for name in _remove_orphan_shards(output_dir):
             logger.warning("removed shard %s left by an interrupted run (its videos are redone)", name)
     state.wait_for_everyone()
@@ -653,8 +681,13 @@ def build_sessions(
     completed = False
     try:
         with state.split_between_processes(pending) as share:
-            progress = tqdm(share, desc=f"sessions [rank {state.process_index}]", position=state.process_index,
-                            unit="video", disable=not share)
+            progress = tqdm(
+                share,
+                desc=f"sessions [rank {state.process_index}]",
+                position=state.process_index,
+                unit="video",
+                disable=not share,
+            )
             for video_id, path in progress:
                 result = sessions_from_video(path, video_id, annotator, config, region_masker)
                 if result.error is not None:
@@ -679,7 +712,9 @@ def build_sessions(
     )
     if state.is_main_process:
         _write_rejects(output_dir)
-        write_dataset_card(output_dir, extra={"annotator": annotator.metadata(), "sampling": vars(config),
-                                                     "frame_format": frame_format})
+        write_dataset_card(
+            output_dir,
+            extra={"annotator": annotator.metadata(), "sampling": vars(config), "frame_format": frame_format},
+        )
     state.wait_for_everyone()
     return summary

@@ -285,8 +285,9 @@ def decode_frames_at(
                 if float(latest.time) < target - max(END_TOLERANCE_SECONDS, 3 / fps):
                     # a faststart file cut short: the header promises frames the data no longer holds
                     raise VideoDecodeError(
-                        path, f"truncated: the frames end at t={float(latest.time) - start:.2f}s, before "
-                        f"t={target - start:.2f}s within the duration its header states"
+                        path,
+                        f"truncated: the frames end at t={float(latest.time) - start:.2f}s, before "
+                        f"t={target - start:.2f}s within the duration its header states",
                     )
                 # `latest` is the first frame at/after the target, or the last frame at end of stream
                 image = _to_image(latest, max_side)

@@ -84,8 +84,13 @@ class RegionMasker:
         detector = AutoModelForZeroShotObjectDetection.from_pretrained(detector_id).to(device).eval()
         segmenter = Sam2Model.from_pretrained(segmenter_id).to(device).eval()
         return cls(
-            detector, AutoProcessor.from_pretrained(detector_id), segmenter, Sam2Processor.from_pretrained(segmenter_id),
-            detector_id=detector_id, segmenter_id=segmenter_id, **kwargs,
+            detector,
+            AutoProcessor.from_pretrained(detector_id),
+            segmenter,
+            Sam2Processor.from_pretrained(segmenter_id),
+            detector_id=detector_id,
+            segmenter_id=segmenter_id,
+            **kwargs,
         )
 
     def metadata(self) -> dict[str, Any]:
@@ -113,7 +118,10 @@ class RegionMasker:
         with torch.inference_mode():
             outputs = self.detector(**inputs)
         result = self.detector_processor.post_process_grounded_object_detection(
-            outputs, inputs["input_ids"], threshold=self.box_threshold, text_threshold=self.text_threshold,
+            outputs,
+            inputs["input_ids"],
+            threshold=self.box_threshold,
+            text_threshold=self.text_threshold,
             target_sizes=[(image.height, image.width)],
         )[0]
         boxes = result["boxes"].float().cpu().numpy().reshape(-1, 4)  # (N, 4)
@@ -136,7 +144,9 @@ class RegionMasker:
         with torch.inference_mode():
             outputs = self.segmenter(**inputs, multimask_output=False)
         # pred_masks: (1, N, 1, h, w) low-resolution logits -> (N, 1, H, W) booleans at the image size
-        masks = self.segmenter_processor.post_process_masks(outputs.pred_masks.cpu(), inputs["original_sizes"].cpu())[0]
+        masks = self.segmenter_processor.post_process_masks(outputs.pred_masks.cpu(), inputs["original_sizes"].cpu())[
+            0
+        ]
         return masks.bool().any(dim=(0, 1)).numpy()
 
     def mask(self, image: Image.Image, phrases: Sequence[str]) -> np.ndarray:
@@ -149,4 +159,3 @@ class RegionMasker:
         if not any(p.strip().strip(".") for p in phrases):
             return np.zeros((image.height, image.width), dtype=bool)
         return self.segment(image, self.boxes(image, phrases))
-

@@ -33,14 +33,16 @@ class MagicBrushMetric(evaluate.Metric):
         reference = "reference captions (strings)" if self.references_are_text else "reference images"
         inputs = (
             f"Args:\n    predictions: edited images (PIL).\n    references: {reference}, one per prediction.\n"
-            f"{self.extra_args}Returns:\n    {{\"{self.metric_name}\": mean over the pairs}}\n"
+            f'{self.extra_args}Returns:\n    {{"{self.metric_name}": mean over the pairs}}\n'
         )
         features = {
             "predictions": datasets.Image(),
             "references": datasets.Value("string") if self.references_are_text else datasets.Image(),
         }
         return evaluate.MetricInfo(
-            description=self.description, citation=CITATION, inputs_description=inputs,
+            description=self.description,
+            citation=CITATION,
+            inputs_description=inputs,
             features=datasets.Features(features),
         )
 

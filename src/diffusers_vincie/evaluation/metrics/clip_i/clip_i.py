@@ -11,6 +11,8 @@ class ClipI(base.MagicBrushMetric):
     description = __doc__
     extra_args = base.MODEL_ARGS
 
-    def scores(self, predictions, references, model_name_or_path="openai/clip-vit-base-patch32", device="cpu", batch_size=16):
+    def scores(
+        self, predictions, references, model_name_or_path="openai/clip-vit-base-patch32", device="cpu", batch_size=16
+    ):
         scorer = magicbrush.cached_clip_scorer(str(model_name_or_path), device, batch_size)
         return magicbrush.cosine_similarities(scorer.image_features(predictions), scorer.image_features(references))

@@ -12,6 +12,8 @@ class ClipT(base.MagicBrushMetric):
     references_are_text = True
     extra_args = base.MODEL_ARGS
 
-    def scores(self, predictions, references, model_name_or_path="openai/clip-vit-base-patch32", device="cpu", batch_size=16):
+    def scores(
+        self, predictions, references, model_name_or_path="openai/clip-vit-base-patch32", device="cpu", batch_size=16
+    ):
         scorer = magicbrush.cached_clip_scorer(str(model_name_or_path), device, batch_size)
         return magicbrush.cosine_similarities(scorer.image_features(predictions), scorer.text_features(references))
