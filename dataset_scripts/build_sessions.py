@@ -20,14 +20,17 @@ Rerunning the same command resumes (finished videos are skipped). Then::
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 from diffusers_vincie.data.video.annotate import GroundTruthAnnotator, TransitionAnnotator, VLMAnnotator
 from diffusers_vincie.data.video.build import (
     FRAME_FORMATS,
+    REJECTS_FILE,
     VIDEO_EXTENSIONS,
     SamplingConfig,
     build_sessions,
@@ -150,6 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         encode_workers=args.encode_workers,
         frame_format=args.frame_format,
     )
+    if summary.sessions == 0:
+        if state.is_main_process:
+            print(f"build_sessions.py: {no_sessions_message(args)}", file=sys.stderr)
+        return 1
     if state.is_main_process:
         print(
             f"{summary.sessions} sessions from {summary.videos} videos in {args.output} "
@@ -157,6 +164,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{summary.rejected_videos} rejected: see rejects.jsonl) in {summary.seconds:.1f}s"
         )
     return 0
+
+
+def no_sessions_message(args: argparse.Namespace) -> str:
+    """One line saying why a build produced no session: the most frequent rejection reason, and the fix for
+    synthetic videos (ground truth needs frames on the key states)."""
+    rejects = Path(args.output) / REJECTS_FILE
+    reasons = Counter(json.loads(line)["reason"] for line in rejects.read_text().splitlines() if line.strip())
+    reason, count = reasons.most_common(1)[0] if reasons else ("no video had usable frames", 0)
+    hint = (
+        " For synthetic videos sample the key states: --strategy equal_interval --interval <their "
+        "--seconds-per-turn, 1.0 by default>."
+        if args.annotator == "ground_truth"
+        else ""
+    )
+    return (
+        f"no session was built in {args.output} (no dataset card written); {count} video(s) rejected for: "
+        f"{reason} (all reasons: {rejects}).{hint}"
+    )
 
 
 if __name__ == "__main__":

@@ -449,6 +449,25 @@ def test_cli_builds_a_loadable_dataset_and_explains_bad_arguments(tmp_path, synt
     assert "--vlm-model" in capsys.readouterr().err
 
 
+def test_a_build_without_sessions_fails_clearly_and_writes_no_card(tmp_path, synthetic_folder, capsys):
+    """The default sampling (every 3 s) misses the synthetic videos' key states: every video is rejected. The CLI
+    exits 1 with the reason and the fix, and leaves no dataset card (one listing no shard breaks load_dataset)."""
+    cli = load_cli()
+    out = tmp_path / "empty"
+    assert cli.main([str(synthetic_folder), "--output", str(out), "--annotator", "ground_truth"]) == 1
+    messages = [line for line in capsys.readouterr().err.splitlines() if line.startswith("build_sessions.py:")]
+    assert len(messages) == 1  # one line (the progress bar aside)
+    error = messages[0]
+    assert "no session was built" in error and "key states" in error and "--strategy equal_interval" in error
+    assert not (out / "README.md").exists() and (out / "rejects.jsonl").is_file()
+    with pytest.raises(ValueError, match="no parquet shard"):
+        build_module.write_dataset_card(out)
+    # the fixed command completes the same folder into a loadable dataset
+    args = [str(synthetic_folder), "--output", str(out), "--annotator", "ground_truth"]
+    assert cli.main(args + ["--strategy", "equal_interval", "--interval", "1.0"]) == 0
+    assert len(load_dataset(str(out), split="train")) == 3
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -506,6 +506,8 @@ def write_dataset_card(output_dir: str | Path, *, description: str = "", extra: 
     import pyarrow.parquet as pq
 
     shards = sorted((output_dir / DATA_DIR).glob("*.parquet"))
+    if not shards:  # a card listing no file is one that load_dataset cannot read
+        raise ValueError(f"output_dir: {output_dir / DATA_DIR} holds no parquet shard; no dataset card written.")
     num_sessions = sum(pq.read_metadata(shard).num_rows for shard in shards)  # the rows on disk, whatever happened
     dataset_size = sum(shard.stat().st_size for shard in shards)
     header = {
@@ -712,9 +714,12 @@ def build_sessions(
     )
     if state.is_main_process:
         _write_rejects(output_dir)
-        write_dataset_card(
-            output_dir,
-            extra={"annotator": annotator.metadata(), "sampling": vars(config), "frame_format": frame_format},
-        )
+        if any((output_dir / DATA_DIR).glob("*.parquet")):
+            write_dataset_card(
+                output_dir,
+                extra={"annotator": annotator.metadata(), "sampling": vars(config), "frame_format": frame_format},
+            )
+        else:  # nothing to load: no card (an earlier build's card that listed no shard goes too)
+            (output_dir / CARD_FILE).unlink(missing_ok=True)
     state.wait_for_everyone()
     return summary
