@@ -157,6 +157,12 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--max_train_samples", type=int, default=None, help="Use only the first N sessions.")
     group.add_argument(
+        "--streaming",
+        action="store_true",
+        help="Stream the sessions' parquet shards (split across processes and dataloader workers, each session once "
+        "per epoch, exact resume) instead of loading the dataset into an Arrow cache; needs torchdata.",
+    )
+    group.add_argument(
         "--synthetic_world",
         action="store_true",
         help="Train on sessions of the synthetic shapes world drawn on the fly (no dataset on disk).",
@@ -193,12 +199,16 @@ def add_sequence_args(parser: argparse.ArgumentParser) -> None:
             continue
         kind = types[f.name]
         kind = str if kind == typing.Optional[str] else kind
+        model_default = f.name == "layout"  # the model's own layout unless the flag is given (see model_layout)
         group.add_argument(
             f"--{_sequence_flag(f)}",
             type=kind,
-            default=f.default,
+            default=None if model_default else f.default,
             choices=f.metadata.get("choices"),
-            help=f.metadata["help"],
+            help=f.metadata["help"]
+            + (
+                " Default: the pretrained transformer's, else the --transformer_config's, else 'full'." * model_default
+            ),
         )
     group.add_argument(
         "--no_group_turns",
@@ -379,6 +389,8 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
             f"({','.join(TASKS)}), got {args.task_weights!r}."
         )
     args.task_weight_dict = dict(zip(TASKS, weights))
+    if args.attention_layout is None:
+        args.attention_layout = model_layout(args)
     args.frame_index = sequence_config(args).frame_index  # the config's layout-dependent default
     if args.frame_index == "compact" and args.mask_probability > 0 and (weights[1] > 0 or weights[2] > 0):
         logging.getLogger(__name__).warning(
@@ -391,10 +403,36 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
         if not args.train_text_encoder:
             raise UsageError("--text_encoder_learning_rate needs --train_text_encoder.")
         check_number("--text_encoder_learning_rate", args.text_encoder_learning_rate, 0, None, strict_minimum=True)
+    check_streaming_args(args)
     if args.sensitivity_steps and not args.synthetic_world:
         raise UsageError("--sensitivity_steps needs --synthetic_world (the sessions come from its world).")
     check_output_dir(args)
     return args
+
+
+def check_streaming_args(args: argparse.Namespace) -> None:
+    """``--streaming`` reads the parquet shards of a sessions dataset, whole epochs at a time."""
+    if not args.streaming:
+        return
+    if args.dataset_name is None or args.dataset_format != "sessions":
+        raise UsageError("--streaming reads a sessions dataset: give --dataset_name with --dataset_format sessions.")
+    if args.max_train_samples is not None:
+        raise UsageError("--max_train_samples does not apply to --streaming (every shard is read); drop one of them.")
+
+
+def model_layout(args: argparse.Namespace) -> str:
+    """The attention layout of the model to train: the pretrained transformer's (unless a --transformer_config
+    replaces it), else the config's, else ``"full"``."""
+    if args.transformer_config is not None:
+        return json.loads(Path(args.transformer_config).read_text()).get("attention_layout", "full")
+    try:
+        config = VincieTransformer.load_config(args.pretrained_model_name_or_path, subfolder="transformer")
+    except (OSError, ValueError) as error:
+        raise UsageError(
+            f"--pretrained_model_name_or_path {args.pretrained_model_name_or_path}: cannot read its transformer "
+            f"config ({error}); give a pipeline folder, or --attention_layout."
+        ) from error
+    return config.get("attention_layout", "full")
 
 
 def check_pipeline_folder(args: argparse.Namespace) -> None:
@@ -571,6 +609,17 @@ def build_dataset(args, config: SequenceConfig):
         records_to_dataset,
     )
 
+    if args.streaming:
+        from diffusers_vincie.training.streaming import StreamingSessions
+
+        return StreamingSessions.from_source(
+            args.dataset_name,
+            args.dataset_split,
+            config,
+            seed=args.seed,
+            resolution=args.resolution,
+            group_turns=not args.no_group_turns,
+        )
     if args.dataset_format == "sessions":
         rows = load_sessions(args.dataset_name, split=args.dataset_split)
     else:  # other layouts are converted to session rows in memory by the data adapters
@@ -621,6 +670,26 @@ def build_transformer(args, components: dict) -> VincieTransformer:
             f"{transformer.config.attention_layout!r}; pass --attention_layout {transformer.config.attention_layout}."
         )
     return transformer
+
+
+def streaming_batches(args, accelerator, sessions, checkpoint):
+    """This process's stream of planned batches, at the resumed checkpoint's position; saved with every checkpoint."""
+    from diffusers_vincie.training.streaming import StreamingBatches
+
+    try:
+        batches = StreamingBatches(
+            sessions,
+            args.train_batch_size,
+            accelerator.num_processes,
+            accelerator.process_index,
+            args.dataloader_num_workers,
+        )
+        if checkpoint is not None:
+            batches.load(checkpoint)
+    except ValueError as error:
+        raise UsageError(f"--streaming: {error}") from error
+    accelerator.register_save_state_pre_hook(lambda models, weights, folder: batches.save(folder))
+    return batches
 
 
 def write_log(output_dir: str, record: dict) -> None:
@@ -749,21 +818,24 @@ def main(args: argparse.Namespace, lora=None) -> dict:
         truncate_log(args.output_dir, global_step)
 
     # ---- data (the order depends only on the seed and the micro-step, so a resume continues it exactly)
-    sampler = ResumableBatchSampler(
-        len(dataset),
-        args.train_batch_size,
-        accelerator.num_processes,
-        accelerator.process_index,
-        seed=args.seed,
-        start_step=global_step * args.gradient_accumulation_steps,
-    )
-    loader = DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        collate_fn=collate_planned,
-        num_workers=args.dataloader_num_workers,
-        persistent_workers=args.dataloader_num_workers > 0,
-    )
+    if args.streaming:  # the stream's position is saved with every checkpoint (data_state_<process>.json)
+        loader = streaming_batches(args, accelerator, dataset, checkpoint)
+    else:
+        sampler = ResumableBatchSampler(
+            len(dataset),
+            args.train_batch_size,
+            accelerator.num_processes,
+            accelerator.process_index,
+            seed=args.seed,
+            start_step=global_step * args.gradient_accumulation_steps,
+        )
+        loader = DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=collate_planned,
+            num_workers=args.dataloader_num_workers,
+            persistent_workers=args.dataloader_num_workers > 0,
+        )
     text_cache = PromptEmbeddingCache(
         text_encoder,
         tokenizer,

@@ -117,7 +117,10 @@ class _PlanningDataset(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> PlannedSample:
         index, step = key
-        sample = self.session(index)
+        return self.plan(self.session(index), index, step)
+
+    def plan(self, sample: TrainingSession, index: int, step: int) -> PlannedSample:
+        """The sequence drawn from ``sample`` at micro-step ``step``; ``index`` identifies the session in the draw."""
         has_masks = sample.source_masks is not None and sample.target_masks is not None
         num_turns = with_masks = None
         if self.group_turns:
