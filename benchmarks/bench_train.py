@@ -11,9 +11,16 @@ patch 4) with sessions of the synthetic world drawn on the fly, in fp32 and in b
   reported with one number of turns and mask inclusion per batch (``group_turns``, default) and per sample
   (goal <= 10%).
 
+With ``--streaming`` it measures instead the streamed sessions path of ``train_vincie.py --streaming``: parquet
+shards of sessions stored at ``--stored_resolution`` (the synthetic videos' 128 px by default), decoded and resized
+to the model's 32 px in ``--num_workers`` dataloader workers (``StreamingBatches``), and reports the time the
+training loop waits for the next batch (data stall) and the main process's batch building (plans, text, packing),
+each as a share of step time (goal: stall <= 10%).
+
 Usage::
 
     OMP_NUM_THREADS=2 python benchmarks/bench_train.py --steps 20 --batch_size 8
+    OMP_NUM_THREADS=1 python benchmarks/bench_train.py --streaming --num_workers 2 --steps 30 --batch_size 4
 """
 
 from __future__ import annotations
@@ -90,6 +97,54 @@ def measure(args, components: Path, precision: str) -> dict:
     return {"tokens_per_s": tokens / total, "step_s": total / args.steps, "data_share": data_time / total}
 
 
+def write_sessions(folder: Path, count: int, resolution: int, shards: int) -> Path:
+    """``count`` synthetic sessions (4 edits, exact masks) at ``resolution`` px as ``shards`` parquet shards."""
+    from diffusers_vincie.data.loaders import records_to_dataset
+
+    world_config = json.loads((CONFIG / "vincie_shapes_world.json").read_text())
+    world = ShapesWorld(**{**world_config, "resolution": resolution})
+    records = [world.sample_session(seed, num_turns=4).to_record() for seed in range(count)]
+    bounds = [round(i * count / shards) for i in range(shards + 1)]
+    for shard in range(shards):
+        rows = records_to_dataset(records[bounds[shard] : bounds[shard + 1]])
+        rows.to_parquet(str(folder / "data" / f"train-{shard:05d}-of-{shards:05d}.parquet"))
+    return folder
+
+
+def measure_streaming(args, components: Path, sessions_folder: Path) -> dict:
+    """fp32 steps of the VINCIE-Shapes transformer fed by ``StreamingBatches``; times of the wait for the next
+    batch, of the batch building in the main process, and of the whole step."""
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    from diffusers_vincie.training.streaming import StreamingBatches, StreamingSessions
+
+    config = SequenceConfig(layout=args.layout, max_turns=4, frame_index="slots")
+    torch.manual_seed(0)
+    transformer = VincieTransformer(**json.loads((CONFIG / "vincie_shapes_transformer.json").read_text()))
+    module = VincieTrainingModule(transformer, args.layout).train()
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
+    text = PromptEmbeddingCache(
+        T5EncoderModel.from_pretrained(components / "text_encoder").eval(),
+        AutoTokenizer.from_pretrained(components / "tokenizer"),
+    )
+    sessions = StreamingSessions.from_source(str(sessions_folder), "train", config, resolution=32)
+    data = iter(StreamingBatches(sessions, args.batch_size, num_workers=args.num_workers))
+    wait = build = total = 0.0
+    for step in range(args.warmup + args.steps):
+        start = time.perf_counter()
+        planned = next(data)
+        fetched = time.perf_counter()
+        batch = build_training_batch(planned, encode_plan_frames(planned), text, config, seed=0)
+        built = time.perf_counter()
+        loss = training_loss(module, batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step >= args.warmup:  # the warm-up steps include the workers' start
+            wait, build, total = wait + fetched - start, build + built - fetched, total + time.perf_counter() - start
+    return {"step_s": total / args.steps, "stall": wait / total, "build": build / total}
+
+
 def padding(args, group_turns: bool) -> dict:
     config = SequenceConfig(layout=args.layout, max_turns=4, frame_index="slots")
     data = iter(make_loader(args, config, group_turns))
@@ -112,8 +167,23 @@ def main():
     parser.add_argument("--num_workers", type=int, default=0)
     parser.add_argument("--padding_batches", type=int, default=100)
     parser.add_argument("--padding_only", action="store_true", help="Skip the (slow) throughput runs.")
+    parser.add_argument("--streaming", action="store_true", help="Measure the streamed sessions path only.")
+    parser.add_argument("--num_sessions", type=int, default=400, help="Sessions written for --streaming.")
+    parser.add_argument("--num_shards", type=int, default=8, help="Parquet shards written for --streaming.")
+    parser.add_argument("--stored_resolution", type=int, default=128, help="Frame size stored for --streaming.")
     args = parser.parse_args()
     print(f"threads={torch.get_num_threads()} layout={args.layout} batch={args.batch_size} steps={args.steps}")
+    if args.streaming:
+        with tempfile.TemporaryDirectory() as tmp:
+            components = write_tiny_components(Path(tmp) / "components", text_embed_dim=64)
+            folder = write_sessions(Path(tmp) / "sessions", args.num_sessions, args.stored_resolution, args.num_shards)
+            r = measure_streaming(args, components, folder)
+        print(
+            f"streaming, {args.num_workers} workers, frames stored at {args.stored_resolution} px: "
+            f"{r['step_s'] * 1000:.1f} ms/step, data stall {100 * r['stall']:.1f}% of step time, "
+            f"batch building in the main process {100 * r['build']:.1f}%"
+        )
+        return
     if not args.padding_only:
         with tempfile.TemporaryDirectory() as tmp:
             components = write_tiny_components(tmp, text_embed_dim=64)
