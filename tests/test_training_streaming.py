@@ -159,12 +159,16 @@ def _log(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
 
 
-def test_streaming_training_killed_mid_epoch_resumes_exactly(sharded_sessions, tmp_path):
-    """train_vincie.py --streaming with 2 workers, SIGKILLed mid-epoch (36 sessions = 18 steps of 2) and resumed from
-    its latest checkpoint: every step's loss equals the uninterrupted run's (same batches, plans, noise)."""
+@pytest.fixture(scope="module")
+def components(tmp_path_factory) -> Path:
     from diffusers_vincie.testing import write_tiny_components
 
-    components = write_tiny_components(tmp_path / "components")
+    return write_tiny_components(tmp_path_factory.mktemp("components"))
+
+
+def test_streaming_training_killed_mid_epoch_resumes_exactly(sharded_sessions, components, tmp_path):
+    """train_vincie.py --streaming with 2 workers, SIGKILLed mid-epoch (36 sessions = 18 steps of 2) and resumed from
+    its latest checkpoint: every step's loss equals the uninterrupted run's (same batches, plans, noise)."""
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     subprocess.run(
         _train_command(components, sharded_sessions, reference, 7), env=ENV, check=True, capture_output=True
@@ -202,16 +206,28 @@ def test_streaming_training_killed_mid_epoch_resumes_exactly(sharded_sessions, t
         (["--dataset_name", "x", "--max_train_samples", "4"], "--max_train_samples does not apply to --streaming"),
     ],
 )
-def test_streaming_flag_combinations_are_checked(tmp_path, extra, match):
+def test_streaming_flag_combinations_are_checked(components, tmp_path, extra, match):
     from conftest import load_script
 
-    from diffusers_vincie.testing import write_tiny_components
     from diffusers_vincie.utils.cli import UsageError
 
-    components = write_tiny_components(tmp_path / "components")
     sys.path.insert(0, str(SCRIPT.parent))
     train = load_script(SCRIPT, "train_vincie")
     argv = _train_command(components, tmp_path, tmp_path / "run", 1)[2:]
     argv = argv[: argv.index("--dataset_name")] + argv[argv.index("--dataset_name") + 2 :] + extra
     with pytest.raises(UsageError, match=match):
         train.parse_args(argv)
+
+
+def test_two_processes_stream_and_resume_under_accelerate_launch(sharded_sessions, components, tmp_path):
+    """2 CPU processes (gloo) x 2 workers: each process saves its own data state, and a resumed run restores both."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    env = {**ENV, "ACCELERATE_USE_CPU": "1"}
+    for steps in (2, 3):
+        command = launch + _train_command(components, sharded_sessions, tmp_path, steps)[1:]
+        result = subprocess.run(command, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-3000:]
+    states = [json.loads((tmp_path / "checkpoint-2" / f"data_state_{rank}.json").read_text()) for rank in (0, 1)]
+    assert [(s["process_index"], s["num_processes"], s["step"]) for s in states] == [(0, 2, 2), (1, 2, 2)]
+    assert [r["step"] for r in _log(tmp_path)] == [1, 2, 3]
