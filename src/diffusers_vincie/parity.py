@@ -244,7 +244,7 @@ def run_parity(folder: str | os.PathLike, only: Optional[set[str]] = None) -> li
     config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
     checks: list[Check] = []
     model = None
-    if (folder / "dit_official.safetensors").is_file():
+    if (folder / "dit_official.safetensors").is_file() and (not only or only & {"forward", "sample"}):
         model = load_official_dit(_load(folder / "dit_official.safetensors"))
     for path in sorted(folder.glob("*.safetensors")):
         kind = path.name.split("_")[0]
