@@ -25,6 +25,7 @@ import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+from ..image_latents import vae_class
 from ..models import VincieTransformer
 from ..pipelines import VincieInContextPipeline, official_scheduler
 from ..utils.cli import print_usage_error
@@ -39,7 +40,7 @@ from .qwen import (
     convert_qwen_tokenizer,
     read_tiktoken_ranks,
 )
-from .vae import VincieAutoencoderKL, convert_official_vae
+from .vae import convert_official_vae
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -270,8 +271,7 @@ def write_model_index(out: Path) -> None:
         text_encoder = AutoModel.from_config(AutoConfig.from_pretrained(out / "text_encoder"))
         transformer = VincieTransformer.from_config(VincieTransformer.load_config(out / "transformer"))
         vae_config = AutoencoderKL.load_config(out / "vae")
-        vae_class = VincieAutoencoderKL if vae_config.get("_class_name") == "VincieAutoencoderKL" else AutoencoderKL
-        vae = vae_class.from_config(vae_config)
+        vae = vae_class(vae_config["_class_name"]).from_config(vae_config)
     pipeline = VincieInContextPipeline(
         transformer=transformer,
         vae=vae,
