@@ -165,6 +165,32 @@ def test_full_layout_run_saves_a_loadable_pipeline(trained_pipeline):
     assert np.asarray(out.images[0]).shape[:2] == (16, 16)
 
 
+@pytest.mark.parametrize("family", ["3b", "7b"])
+def test_a_run_with_a_vae_of_each_family_validates_and_saves_it(components, tmp_path, family):
+    """The VAE folder loads by the class it names, frames are encoded and validation grids decoded through the image
+    owner, and the saved pipeline carries the same VAE."""
+    from diffusers_vincie.pipelines import VincieInContextPipeline
+    from diffusers_vincie.testing import tiny_transformer_config, tiny_vae
+
+    vae = tiny_vae(4, family=family)
+    vae.save_pretrained(tmp_path / "vae")
+    config = tmp_path / "transformer.json"
+    config.write_text(json.dumps(tiny_transformer_config(latent_channels=4, patch_size=2)))
+    train = _load_script("train_vincie")
+    _reset_accelerate()
+    args = _common(components, tmp_path / "run")
+    args[args.index("--transformer_config") + 1] = str(config)  # latent space: 4 channels
+    args += ["--vae_name_or_path", str(tmp_path / "vae"), "--synthetic_world", "--resolution", "16"]
+    args += ["--synthetic_num_sessions", "2", "--synthetic_num_turns", "2", "--max_train_steps", "1"]
+    args += ["--validation_steps", "1", "--num_validation_sessions", "1", "--validation_inference_steps", "1"]
+    train.main(train.parse_args(args))
+    assert (tmp_path / "run" / "validation" / "step-1.png").is_file()
+    pipe = VincieInContextPipeline.from_pretrained(tmp_path / "run" / "pipeline")
+    assert type(pipe.vae) is type(vae)
+    for key, value in vae.state_dict().items():
+        assert torch.equal(pipe.vae.state_dict()[key], value), key
+
+
 def test_loss_decreases_when_overfitting_a_few_sessions(components, tmp_path):
     train = _load_script("train_vincie")
     _reset_accelerate()
