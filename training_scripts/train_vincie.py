@@ -123,7 +123,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         "--vae_name_or_path",
         type=str,
         default=None,
-        help="AutoencoderKL folder (default: <pretrained>/vae if present); 'none' = pixel space.",
+        help="VAE folder, loaded by the class its config.json names (default: <pretrained>/vae if present); "
+        "'none' = pixel space.",
     )
     group.add_argument(
         "--train_text_encoder",

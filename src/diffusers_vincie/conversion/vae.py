@@ -246,7 +246,7 @@ def upscale_conv_is_identity(weight: torch.Tensor, bias: torch.Tensor) -> bool:
 
 
 def _upscale_conv_z0(weight: torch.Tensor, bias: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows ``((x * 2 + y) * z_r + 0) * C + c`` of ``upscale_conv``: the only ones a single frame keeps (spec 9.4)."""
+    """Rows ``((x * 2 + y) * z_r + 0) * C + c`` of ``upscale_conv``: the only ones a single frame keeps."""
     rows = weight.shape[0]
     if weight.shape[1:] != (channels, 1, 1, 1) or rows not in (4 * channels, 8 * channels):
         raise ValueError(
