@@ -40,7 +40,7 @@ from .qwen import (
     convert_qwen_tokenizer,
     read_tiktoken_ranks,
 )
-from .vae import convert_official_vae
+from .vae import convert_official_vae, describe_converted_vae
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -226,12 +226,7 @@ def convert_official_release(
 
     def save_vae(folder: Path) -> None:
         vae = convert_official_vae(load_torch_state_dict(paths["vae"]), vae_config)
-        upsamplers = list(getattr(vae.config, "depth_to_space_upsamplers", ()))
-        kind = f"depth-to-space up-samplers in up blocks {upsamplers}" if upsamplers else "stock Upsample2D"
-        notes.append(
-            f"vae: causal 3D VAE -> 2D AutoencoderKL (temporally summed kernels, {kind}), strict load (no unknown, "
-            "missing or mis-shaped tensor), float32"
-        )
+        notes.append(describe_converted_vae(vae))
         vae.save_pretrained(folder)
 
     _write_component(out, "vae", save_vae)

@@ -434,6 +434,20 @@ def convert_official_vae_7b(
     return model.eval()
 
 
+def describe_converted_vae(vae: ModelMixin) -> str:
+    """The model card's line on a VAE :func:`convert_official_vae` returned."""
+    if isinstance(vae, VincieAutoencoderKL7B):
+        kind = (
+            f"VincieAutoencoderKL7B ({vae.config.latent_channels} latent channels, {vae.spatial_compression_ratio}x; "
+            "temporally summed kernels, pixel-shuffle up-samplers from the first temporal copy of upscale_conv)"
+        )
+    else:
+        upsamplers = list(getattr(vae.config, "depth_to_space_upsamplers", ()))
+        upsampling = f"depth-to-space up-samplers in up blocks {upsamplers}" if upsamplers else "stock Upsample2D"
+        kind = f"2D AutoencoderKL (temporally summed kernels, {upsampling})"
+    return f"vae: causal 3D VAE -> {kind}, strict load (no unknown, missing or mis-shaped tensor), float32"
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Parity against the official fixture
 # ----------------------------------------------------------------------------------------------------------------------
