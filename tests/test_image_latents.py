@@ -166,3 +166,14 @@ def test_pipeline_folders_with_a_7b_vae_and_older_3b_folders_load(tmp_path):
     index["vae"] = ["diffusers_vincie.conversion.vae", "VincieAutoencoderKL"]
     index_path.write_text(json.dumps(index))
     assert isinstance(DiffusionPipeline.from_pretrained(tmp_path / "3b").vae, VincieAutoencoderKL)
+
+
+def test_model_offload_hooks_fire_on_encode_and_decode_of_the_7b_vae():
+    """``enable_model_cpu_offload`` moves a VAE to the GPU in an accelerate hook that wraps ``forward``; the pipeline
+    calls ``encode`` / ``decode``, so they must run the hook too (as diffusers' own VAEs do)."""
+    vae = tiny_vae(4, family="7b")
+    calls = []
+    vae._hf_hook = SimpleNamespace(pre_forward=lambda module: calls.append(module))
+    latents = encode_images(vae, torch.zeros(1, 3, 8, 8))
+    decode_latents(vae, latents)
+    assert calls == [vae, vae]

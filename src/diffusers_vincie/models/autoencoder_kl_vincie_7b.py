@@ -23,6 +23,7 @@ from diffusers.models.downsampling import Downsample2D
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.resnet import ResnetBlock2D
+from diffusers.utils.accelerate_utils import apply_forward_hook
 
 # Latent normalisation of the official VINCIE-7B VAE: latent = (z - (-0.0025)) * 0.9045.
 OFFICIAL_7B_VAE_SCALING_FACTOR = 0.9045
@@ -61,8 +62,8 @@ def _resnets(in_channels: int, out_channels: int, num_layers: int, groups: int) 
     )
 
 
-class _FinalLevel(nn.Module):
-    """The resnets that end the encoder and the decoder."""
+class _ResnetStack(nn.Module):
+    """Resnets in a row: a level's first part, and the final block of the encoder and of the decoder."""
 
     def __init__(self, in_channels: int, out_channels: int, num_layers: int, groups: int):
         super().__init__()
@@ -74,7 +75,7 @@ class _FinalLevel(nn.Module):
         return hidden_states
 
 
-class _DownLevel(_FinalLevel):
+class _DownLevel(_ResnetStack):
     """Resnets, then a 4x4 stride-2 convolution (``downsampler.conv``, as the official checkpoints name it)."""
 
     def __init__(self, in_channels: int, out_channels: int, num_layers: int, groups: int):
@@ -88,7 +89,7 @@ class _DownLevel(_FinalLevel):
         return self.downsampler(super().forward(hidden_states))
 
 
-class _UpLevel(_FinalLevel):
+class _UpLevel(_ResnetStack):
     """Resnets, then a :class:`PixelShuffleUpsample2D` (``upsampler``, as the official checkpoints name it)."""
 
     def __init__(self, in_channels: int, out_channels: int, num_layers: int, groups: int):
@@ -107,7 +108,7 @@ class _Encoder(nn.Module):
         self.down_blocks = nn.ModuleList(
             _DownLevel(channels[i], block_out_channels[i], layers, groups) for i in range(len(block_out_channels) - 1)
         )
-        self.final_block = _FinalLevel(block_out_channels[-2], block_out_channels[-1], layers, groups)
+        self.final_block = _ResnetStack(block_out_channels[-2], block_out_channels[-1], layers, groups)
         self.conv_norm_out = nn.GroupNorm(groups, block_out_channels[-1], eps=_NORM_EPS)
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(block_out_channels[-1], 2 * latent_channels, kernel_size=3, padding=1)
@@ -128,7 +129,7 @@ class _Decoder(nn.Module):
         self.up_blocks = nn.ModuleList(
             _UpLevel(channels[i], block_out_channels[i], layers, groups) for i in range(len(block_out_channels) - 1)
         )
-        self.final_block = _FinalLevel(block_out_channels[-2], block_out_channels[-1], layers, groups)
+        self.final_block = _ResnetStack(block_out_channels[-2], block_out_channels[-1], layers, groups)
         self.conv_norm_out = nn.GroupNorm(groups, block_out_channels[-1], eps=_NORM_EPS)
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(block_out_channels[-1], out_channels, kernel_size=3, padding=1)
@@ -199,6 +200,7 @@ class VincieAutoencoderKL7B(ModelMixin, ConfigMixin):
         """Image pixels per latent pixel along each side."""
         return 2 ** (len(self.config.encoder_block_out_channels) - 1)
 
+    @apply_forward_hook  # model offloading hooks wrap forward(); encode and decode are entry points too
     def encode(self, sample: torch.Tensor, return_dict: bool = True) -> AutoencoderKLOutput | tuple:
         """``(B, in_channels, H, W)`` images (H, W multiples of ``spatial_compression_ratio``) -> posterior."""
         factor = self.spatial_compression_ratio
@@ -210,6 +212,7 @@ class VincieAutoencoderKL7B(ModelMixin, ConfigMixin):
         posterior = DiagonalGaussianDistribution(self.encoder(sample))
         return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
 
+    @apply_forward_hook
     def decode(self, z: torch.Tensor, return_dict: bool = True) -> DecoderOutput | tuple:
         """``(B, latent_channels, h, w)`` latents (before the normalisation) -> images."""
         decoded = self.decoder(z)
