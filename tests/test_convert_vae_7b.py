@@ -120,6 +120,7 @@ def test_fixture_parity_encode_decode_and_the_sampled_image():
         assert error <= tolerance, f"{name}: max abs error {error:.3e} > {tolerance}"
     vae = convert_official_vae(_official(), _fixture_vae_config())
     assert isinstance(vae, VincieAutoencoderKL7B) and vae.spatial_compression_ratio == 16
+    assert main([str(FIXTURES), "--only", "vae"]) == 0  # the verifier's command line, VAE checks only
     assert (vae.config.scaling_factor, vae.config.shift_factor) == (0.9045, -0.0025)
 
 
