@@ -5,6 +5,7 @@ import json
 from types import SimpleNamespace
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 from diffusers import AutoencoderKL, AutoModel, DiffusionPipeline
@@ -177,3 +178,28 @@ def test_model_offload_hooks_fire_on_encode_and_decode_of_the_7b_vae():
     latents = encode_images(vae, torch.zeros(1, 3, 8, 8))
     decode_latents(vae, latents)
     assert calls == [vae, vae]
+
+
+def test_a_7b_vae_pipeline_runs_sessions_official_fidelity_and_model_offload(tmp_path):
+    """The session features that go through the VAE (encode once per image, re-encode outputs with
+    ``fidelity="official"``, save / load, model offload) with the 7B VAE."""
+    from diffusers_vincie import VincieEditingSession
+
+    pipe = _pipeline("7b")
+    image = PIL.Image.fromarray((np.random.RandomState(0).rand(24, 40, 3) * 255).astype(np.uint8))
+    session = pipe.start_session(image, resolution=32, generator=torch.Generator().manual_seed(0))
+    session.edit("add a red circle", num_inference_steps=2, fidelity="official")
+    session.edit("make it bigger", num_inference_steps=2, fidelity="official")
+    assert session.encode_calls["image"] == 3  # the source, then each output re-encoded
+    assert session.turns[0].frame.latent.shape == (12, 20, 4)  # 24 x 40 (area ~32^2, multiples of 4) / 2
+    session.save(tmp_path / "s")
+    restored = VincieEditingSession.load(pipe, tmp_path / "s")
+    torch.testing.assert_close(restored.turns[-1].latent, session.turns[-1].latent)
+    reference = pipe(image, "add a red circle", num_inference_steps=2, output_type="np", generator=_seeded())
+    pipe.enable_model_cpu_offload(device="cpu")
+    offloaded = pipe(image, "add a red circle", num_inference_steps=2, output_type="np", generator=_seeded())
+    np.testing.assert_array_equal(offloaded.images, reference.images)
+
+
+def _seeded() -> torch.Generator:
+    return torch.Generator().manual_seed(7)
