@@ -33,7 +33,6 @@ FORWARD_TOL = 1e-4  # float32 transformer forward and intermediates
 BF16_ATTENTION_TOL = 1e-2  # official bf16 q/k/v cast vs its emulation (fixture README: loose check)
 SAMPLE_STEP_TOL = 1e-4
 SAMPLE_FINAL_TOL = 1e-3
-VAE_TOL = 1e-4
 
 
 @dataclass
