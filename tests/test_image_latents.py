@@ -136,7 +136,7 @@ def test_vae_folders_load_by_their_class_name_in_training_and_in_diffusers(famil
 
 
 def test_load_vae_refuses_folders_without_a_vae_class(tmp_path):
-    with pytest.raises(ValueError, match="no config.json"):
+    with pytest.raises(ValueError, match="not a diffusers VAE folder"):
         load_vae(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"_class_name": "VincieTransformer"}))
     with pytest.raises(ValueError, match="not a diffusers VAE class"):

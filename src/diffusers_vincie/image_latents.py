@@ -24,7 +24,6 @@ caller encodes with it (the pipeline encodes one image, training all frames of a
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -141,18 +140,21 @@ def vae_class(class_name: str):
 
 
 def load_vae(path: str | Path, **kwargs):
-    """Loads the VAE folder ``path`` with the class its ``config.json`` names (``_class_name``).
+    """Loads the VAE at ``path`` with the class its ``config.json`` names (``_class_name``).
 
     Args:
-        path: a VAE folder (``config.json`` + weights), e.g. a pipeline's ``vae/``.
-        **kwargs: passed to ``from_pretrained`` (``torch_dtype``, ...).
+        path: a VAE folder (``config.json`` + weights, e.g. a pipeline's ``vae/``) or a Hub repository id.
+        **kwargs: passed to ``from_pretrained`` (``subfolder``, ``torch_dtype``, ...).
     """
-    config_path = Path(path) / "config.json"
-    if not config_path.is_file():
-        raise ValueError(f"VAE folder {path} has no config.json; pass a diffusers VAE folder (e.g. <pipeline>/vae).")
-    class_name = json.loads(config_path.read_text()).get("_class_name")
+    from diffusers import AutoencoderKL  # any ConfigMixin reads a config.json; this one names the file so
+
+    try:
+        config = AutoencoderKL.load_config(path, subfolder=kwargs.get("subfolder"))
+    except OSError as error:
+        raise ValueError(f"{path} is not a diffusers VAE folder: {error}") from error
+    class_name = config.get("_class_name")
     if not class_name:
-        raise ValueError(f"{config_path} names no `_class_name`; it is not a diffusers model config.")
+        raise ValueError(f"The config.json of {path} names no `_class_name`; it is not a diffusers model config.")
     return vae_class(class_name).from_pretrained(path, **kwargs)
 
 
