@@ -18,6 +18,7 @@ from diffusers_vincie.conversion.vae import (
     _map_vae_7b_weights,
     _upscale_conv_7b_rows,
     convert_official_vae,
+    describe_converted_vae,
     official_vae_layout,
     vae_7b_config_from_state_dict,
     vae_parity_checks,
@@ -121,6 +122,7 @@ def test_fixture_parity_encode_decode_and_the_sampled_image():
     vae = convert_official_vae(_official(), _fixture_vae_config())
     assert isinstance(vae, VincieAutoencoderKL7B) and vae.spatial_compression_ratio == 16
     assert main([str(FIXTURES), "--only", "vae"]) == 0  # the verifier's command line, VAE checks only
+    assert "VincieAutoencoderKL7B (48 latent channels, 16x" in describe_converted_vae(vae)  # the model card line
     assert (vae.config.scaling_factor, vae.config.shift_factor) == (0.9045, -0.0025)
 
 
