@@ -191,6 +191,19 @@ def test_a_run_with_a_vae_of_each_family_validates_and_saves_it(components, tmp_
         assert torch.equal(pipe.vae.state_dict()[key], value), key
 
 
+def test_a_vae_whose_channels_differ_from_the_transformer_is_refused_naming_the_flag(components, tmp_path):
+    from diffusers_vincie.testing import tiny_vae
+    from diffusers_vincie.utils.cli import UsageError
+
+    tiny_vae(8, family="7b").save_pretrained(tmp_path / "vae")  # the components' transformer is pixel space (3)
+    train = _load_script("train_vincie")
+    _reset_accelerate()
+    args = _common(components, tmp_path / "run") + ["--vae_name_or_path", str(tmp_path / "vae")]
+    args += ["--synthetic_world", "--resolution", "16", "--max_train_steps", "1"]
+    with pytest.raises(UsageError, match="VAE's latents have 8 channels; give a matching --vae_name_or_path"):
+        train.main(train.parse_args(args))
+
+
 def test_loss_decreases_when_overfitting_a_few_sessions(components, tmp_path):
     train = _load_script("train_vincie")
     _reset_accelerate()
