@@ -86,7 +86,6 @@ DIT_7B = dict(
     patch_size=1,
     rope_dim=120,
 )
-VAE_7B = dict(latent_channels=48, block_out_channels=(128, 256, 384, 512, 768))
 UL2_ENCODER = dict(
     vocab_size=32128, d_model=4096, d_kv=256, d_ff=16384, num_layers=32, num_heads=16, feed_forward_proj="gated-silu"
 )
@@ -129,6 +128,7 @@ def components() -> list[Component]:
 
     from diffusers_vincie.conversion.dit import VINCIE_3B_CONFIG
     from diffusers_vincie.conversion.qwen import qwen2_config_from_qwen
+    from diffusers_vincie.models.autoencoder_kl_vincie_7b import VincieAutoencoderKL7B
     from diffusers_vincie.models.transformer_vincie import VincieTransformer
 
     with init_empty_weights():
@@ -138,7 +138,7 @@ def components() -> list[Component]:
             ("VINCIE-3B", "VAE (2D, one frame)", "s8_c16 VAE"): vae(**VAE_3B),
             ("VINCIE-7B", "DiT", "generate_7b.yaml"): VincieTransformer(**{**VINCIE_3B_CONFIG, **DIT_7B}),
             ("VINCIE-7B", "text encoder (Flan-UL2 T5)", "UL2 paper"): T5EncoderModel(T5Config(**UL2_ENCODER)),
-            ("VINCIE-7B", "VAE (2D, one frame)", "t4_s16_c48 VAE"): vae(**VAE_7B),
+            ("VINCIE-7B", "VAE (2D, one frame)", "t4_s16_c48 VAE"): VincieAutoencoderKL7B(),  # official defaults
         }
         extra = count("VINCIE-7B", "", "", SevenBTextProjection())
     rows = [count(*key, module) for key, module in models.items()]  # counted outside: tying works there

@@ -25,6 +25,10 @@ def official_fixtures_dir() -> Path:
     return Path(os.environ.get("VINCIE_OFFICIAL_FIXTURES", REPO.parent / "shared" / "fixtures" / "official"))
 
 
+def official_7b_fixtures_dir() -> Path:
+    return Path(os.environ.get("VINCIE_OFFICIAL_7B_FIXTURES", REPO.parent / "shared" / "fixtures" / "official-7b"))
+
+
 @pytest.fixture(scope="session")
 def official_fixtures() -> Path:
     folder = official_fixtures_dir()

@@ -118,7 +118,7 @@ def test_depth_to_space_upsampler_matches_3d_reference(temporal_factor: int) -> 
 @needs_fixtures
 def test_fixture_parity_non_identity_upscale_conv() -> None:
     checks = vae_parity_checks(FIXTURES)
-    assert len(checks) == 8
+    assert len(checks) == 9
     for name, ours, expected, tolerance in checks:
         assert ours.shape == expected.shape, name
         error = (ours - expected).abs().max().item()

@@ -43,6 +43,20 @@ def test_3b_vae_matches_the_official_keys_on_one_frame(rows):
     assert rows["VINCIE-3B", "VAE (2D, one frame)"].parameters == folded
 
 
+def test_7b_vae_matches_the_official_keys_on_one_frame(rows):
+    """On one frame each 3D kernel acts as its 2D sum over t, and of each up-sampler's ``upscale_conv`` only the
+    first temporal copy (4C of its rows) is used: 2D parameters = official ones folded that way."""
+    keys = json.loads((REFERENCE / "official-7b-vae-keys.json").read_text())
+
+    def one_frame(name: str, shape: list) -> int:
+        if "upscale_conv" in name:
+            shape = [4 * keys[name.replace(".bias", ".weight")][1]] + shape[1:]
+        return math.prod(shape[:2] + shape[3:]) if len(shape) == 5 else math.prod(shape)
+
+    folded = sum(one_frame(name, shape) for name, shape in keys.items())
+    assert rows["VINCIE-7B", "VAE (2D, one frame)"].parameters == folded == 154_598_627
+
+
 def test_text_encoders_match_closed_form_counts(rows, table):
     h, layers, ffn, vocab = 5120, 40, 13696, 152064  # Qwen-14B as Qwen2: q/k/v with bias, o without, SwiGLU
     per_layer = 4 * h * h + 3 * h + 3 * h * ffn + 2 * h

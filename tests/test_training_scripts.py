@@ -165,6 +165,45 @@ def test_full_layout_run_saves_a_loadable_pipeline(trained_pipeline):
     assert np.asarray(out.images[0]).shape[:2] == (16, 16)
 
 
+@pytest.mark.parametrize("family", ["3b", "7b"])
+def test_a_run_with_a_vae_of_each_family_validates_and_saves_it(components, tmp_path, family):
+    """The VAE folder loads by the class it names, frames are encoded and validation grids decoded through the image
+    owner, and the saved pipeline carries the same VAE."""
+    from diffusers_vincie.pipelines import VincieInContextPipeline
+    from diffusers_vincie.testing import tiny_transformer_config, tiny_vae
+
+    vae = tiny_vae(4, family=family)
+    vae.save_pretrained(tmp_path / "vae")
+    config = tmp_path / "transformer.json"
+    config.write_text(json.dumps(tiny_transformer_config(latent_channels=4, patch_size=2)))
+    train = _load_script("train_vincie")
+    _reset_accelerate()
+    args = _common(components, tmp_path / "run")
+    args[args.index("--transformer_config") + 1] = str(config)  # latent space: 4 channels
+    args += ["--vae_name_or_path", str(tmp_path / "vae"), "--synthetic_world", "--resolution", "16"]
+    args += ["--synthetic_num_sessions", "2", "--synthetic_num_turns", "2", "--max_train_steps", "1"]
+    args += ["--validation_steps", "1", "--num_validation_sessions", "1", "--validation_inference_steps", "1"]
+    train.main(train.parse_args(args))
+    assert (tmp_path / "run" / "validation" / "step-1.png").is_file()
+    pipe = VincieInContextPipeline.from_pretrained(tmp_path / "run" / "pipeline")
+    assert type(pipe.vae) is type(vae)
+    for key, value in vae.state_dict().items():
+        assert torch.equal(pipe.vae.state_dict()[key], value), key
+
+
+def test_a_vae_whose_channels_differ_from_the_transformer_is_refused_naming_the_flag(components, tmp_path):
+    from diffusers_vincie.testing import tiny_vae
+    from diffusers_vincie.utils.cli import UsageError
+
+    tiny_vae(8, family="7b").save_pretrained(tmp_path / "vae")  # the components' transformer is pixel space (3)
+    train = _load_script("train_vincie")
+    _reset_accelerate()
+    args = _common(components, tmp_path / "run") + ["--vae_name_or_path", str(tmp_path / "vae")]
+    args += ["--synthetic_world", "--resolution", "16", "--max_train_steps", "1"]
+    with pytest.raises(UsageError, match="VAE's latents have 8 channels; give a matching --vae_name_or_path"):
+        train.main(train.parse_args(args))
+
+
 def test_loss_decreases_when_overfitting_a_few_sessions(components, tmp_path):
     train = _load_script("train_vincie")
     _reset_accelerate()

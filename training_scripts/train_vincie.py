@@ -40,6 +40,7 @@ from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from diffusers_vincie.image_latents import latent_channels
 from diffusers_vincie.models.transformer_vincie import VincieTransformer
 from diffusers_vincie.training import (
     TASKS,
@@ -123,7 +124,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         "--vae_name_or_path",
         type=str,
         default=None,
-        help="AutoencoderKL folder (default: <pretrained>/vae if present); 'none' = pixel space.",
+        help="VAE folder, loaded by the class its config.json names (default: <pretrained>/vae if present); "
+        "'none' = pixel space.",
     )
     group.add_argument(
         "--train_text_encoder",
@@ -744,10 +746,15 @@ def main(args: argparse.Namespace, lora=None) -> dict:
     components = load_components(args)
     text_encoder, tokenizer, vae = components["text_encoder"], components["tokenizer"], components["vae"]
     transformer = build_transformer(args, components)
-    if vae is None and transformer.config.latent_channels != 3:
+    if transformer.config.latent_channels != latent_channels(vae):
         raise UsageError(
-            f"Pixel-space training (no VAE) needs latent_channels=3, the transformer has "
-            f"{transformer.config.latent_channels}; give --vae_name_or_path or fix the config."
+            f"The transformer has latent_channels={transformer.config.latent_channels}, but "
+            + (
+                f"the VAE's latents have {latent_channels(vae)} channels; give a matching --vae_name_or_path or fix "
+                "the config."
+                if vae is not None
+                else "pixel-space training (no VAE) needs latent_channels=3; give --vae_name_or_path or fix the config."
+            )
         )
     if args.train_text_encoder and accelerator.num_processes > 1:
         raise ValueError("--train_text_encoder runs in one process (prompts are encoded outside the wrapped module).")

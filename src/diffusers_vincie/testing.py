@@ -16,7 +16,9 @@ from typing import Optional
 
 import torch
 from diffusers import AutoencoderKL
+from diffusers.models.modeling_utils import ModelMixin
 
+from .models.autoencoder_kl_vincie_7b import VincieAutoencoderKL7B
 from .models.transformer_vincie import VincieTransformer
 from .pipelines.pipeline_vincie import VincieInContextPipeline
 from .pipelines.sampling import official_scheduler
@@ -72,9 +74,30 @@ def tiny_transformer(
     return model.eval()
 
 
-def tiny_vae(latent_channels: int = 4, seed: int = 0) -> AutoencoderKL:
-    """A 2-level AutoencoderKL (spatial factor 2) with the official scaling factor."""
+VAE_FAMILIES = ("3b", "7b")
+
+
+def tiny_vae(latent_channels: int = 4, seed: int = 0, family: str = "3b") -> ModelMixin:
+    """A 2-level random VAE (spatial factor 2) of a VINCIE family, with that family's latent normalisation.
+
+    Args:
+        latent_channels: latent channels C.
+        seed: seed of the random weights.
+        family: ``"3b"``: an ``AutoencoderKL`` (scale 0.9152, no shift); ``"7b"``: a `VincieAutoencoderKL7B`
+            (no attention, pixel-shuffle up-sampler; scale 0.9045, shift -0.0025).
+    """
+    if family not in VAE_FAMILIES:
+        raise ValueError(f"`family` must be one of {VAE_FAMILIES}, got {family!r}.")
     torch.manual_seed(seed)
+    if family == "7b":
+        return VincieAutoencoderKL7B(
+            encoder_block_out_channels=(8, 8),
+            decoder_block_out_channels=(8, 8),
+            encoder_layers_per_block=1,
+            decoder_layers_per_block=1,
+            latent_channels=latent_channels,
+            norm_num_groups=4,
+        ).eval()
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,

@@ -25,6 +25,7 @@ import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+from ..image_latents import vae_class
 from ..models import VincieTransformer
 from ..pipelines import VincieInContextPipeline, official_scheduler
 from ..utils.cli import print_usage_error
@@ -39,7 +40,7 @@ from .qwen import (
     convert_qwen_tokenizer,
     read_tiktoken_ranks,
 )
-from .vae import VincieAutoencoderKL, convert_official_vae
+from .vae import convert_official_vae, describe_converted_vae
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -225,12 +226,7 @@ def convert_official_release(
 
     def save_vae(folder: Path) -> None:
         vae = convert_official_vae(load_torch_state_dict(paths["vae"]), vae_config)
-        upsamplers = list(getattr(vae.config, "depth_to_space_upsamplers", ()))
-        kind = f"depth-to-space up-samplers in up blocks {upsamplers}" if upsamplers else "stock Upsample2D"
-        notes.append(
-            f"vae: causal 3D VAE -> 2D AutoencoderKL (temporally summed kernels, {kind}), strict load (no unknown, "
-            "missing or mis-shaped tensor), float32"
-        )
+        notes.append(describe_converted_vae(vae))
         vae.save_pretrained(folder)
 
     _write_component(out, "vae", save_vae)
@@ -270,8 +266,7 @@ def write_model_index(out: Path) -> None:
         text_encoder = AutoModel.from_config(AutoConfig.from_pretrained(out / "text_encoder"))
         transformer = VincieTransformer.from_config(VincieTransformer.load_config(out / "transformer"))
         vae_config = AutoencoderKL.load_config(out / "vae")
-        vae_class = VincieAutoencoderKL if vae_config.get("_class_name") == "VincieAutoencoderKL" else AutoencoderKL
-        vae = vae_class.from_config(vae_config)
+        vae = vae_class(vae_config["_class_name"]).from_config(vae_config)
     pipeline = VincieInContextPipeline(
         transformer=transformer,
         vae=vae,

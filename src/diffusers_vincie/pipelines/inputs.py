@@ -14,9 +14,10 @@ import numpy as np
 import PIL.Image
 import torch
 
+from ..image_latents import POSTERIORS  # noqa: F401  (re-exported: the pipeline and session check `posterior`)
+
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 FIDELITIES = ("exact", "official")
-POSTERIORS = ("sample", "mode")
 
 
 def check_choice(name: str, value, allowed: tuple) -> None:

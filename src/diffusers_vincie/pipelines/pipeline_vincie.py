@@ -4,7 +4,7 @@ Each turn conditions on the source image(s), every earlier output and every earl
 loop, spec 6.1). The per-turn work:
 
     instructions --template--> prompts --tokenizer + end token--> text encoder --valid tokens--> segments
-    images --official resize/crop--> VAE encode (posterior sample or mode) x scaling --> context latents
+    images --official resize/crop--> VAE encode (posterior sample or mode), normalised --> context latents
     [segments with turn tokens] + [context frames, target frame] --sampler (CFG, trailing shift-12 schedule)-->
     target latent --VAE decode--> image
 
@@ -23,11 +23,12 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler
+from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
+from diffusers.models.modeling_utils import ModelMixin
 from diffusers.pipelines.pipeline_utils import BaseOutput
-from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..image_latents import decode_latents, encode_images, latent_channels, spatial_factor
 from ..models.transformer_vincie import VincieTransformer
 from ..sequence import FRAME_INDEX_MODES, Frame, format_turn_prompt, session_text
 from ..text_encoding import encode_prompts
@@ -80,9 +81,10 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
 
     Args:
         transformer: the `VincieTransformer` (``None`` for a pipeline that only encodes prompts).
-        vae: a diffusers `AutoencoderKL` (or another diffusers VAE: ``AutoencoderTiny``, ...; its
-            ``scaling_factor``/``shift_factor`` are applied), or ``None`` for
-            pixel-space models whose "latents" are the images in [-1, 1] (the small models trained here).
+        vae: a diffusers VAE: `VincieAutoencoderKL` / ``AutoencoderKL`` (VINCIE-3B), `VincieAutoencoderKL7B`
+            (VINCIE-7B) or another (``AutoencoderTiny``, ...); `diffusers_vincie.image_latents` reads its latent
+            normalisation, spatial factor and channels from its config. ``None`` for pixel-space models whose
+            "latents" are the images in [-1, 1] (the small models trained here).
         text_encoder: any transformers text model returning ``last_hidden_state`` (``Qwen2Model`` for the
             official checkpoints, ``T5EncoderModel`` for ours); ``None`` to edit from ``prompt_embeds`` only.
         tokenizer: its tokenizer.
@@ -106,7 +108,7 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
     def __init__(
         self,
         transformer: Optional[VincieTransformer],
-        vae: Optional[AutoencoderKL],
+        vae: Optional[ModelMixin],
         text_encoder,
         tokenizer,
         scheduler: FlowMatchEulerDiscreteScheduler,
@@ -134,26 +136,18 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
             default_guidance_scale=float(default_guidance_scale),
             max_resolution=max_resolution,
         )
-        if (
-            transformer is not None
-            and vae is not None
-            and vae.config.latent_channels != transformer.config.latent_channels
-        ):
+        if transformer is not None and latent_channels(vae) != transformer.config.latent_channels:
             raise ValueError(
-                f"VAE latent channels ({vae.config.latent_channels}) != transformer latent channels "
-                f"({transformer.config.latent_channels})."
+                f"VAE latent channels ({latent_channels(vae)}, 3 without a VAE: pixel space) != transformer latent "
+                f"channels ({transformer.config.latent_channels})."
             )
-        if transformer is not None and vae is None and transformer.config.latent_channels != 3:
-            raise ValueError("Without a VAE (pixel space) the transformer must have latent_channels=3.")
 
     # ------------------------------------------------------------------------------------- properties
 
     @property
     def spatial_factor(self) -> int:
-        """Pixels per latent pixel (8 for the official VAE, 1 in pixel space)."""
-        if self.vae is None:
-            return 1
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        """Pixels per latent pixel (8 for the VINCIE-3B VAE, 16 for VINCIE-7B's, 1 in pixel space)."""
+        return spatial_factor(self.vae)
 
     @property
     def size_multiple(self) -> int:
@@ -245,25 +239,13 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
     def encode_image(
         self, pixels: torch.Tensor, generator: Optional[torch.Generator] = None, posterior: str = "sample"
     ) -> torch.Tensor:
-        """``(3, H, W)`` in [-1, 1] -> scaled channel-last latent ``(h, w, C)``."""
-        device, dtype = self._execution_device, self.transformer.dtype
-        if self.vae is None:
-            return pixels.permute(1, 2, 0).to(device, dtype)
-        encoded = self.vae.encode(pixels[None].to(device, self.vae.dtype))
-        z = retrieve_latents(encoded, generator, "argmax" if posterior == "mode" else "sample")
-        return ((z - self._vae_shift) * self.vae.config.scaling_factor)[0].permute(1, 2, 0).to(dtype)
-
-    @property
-    def _vae_shift(self) -> float:
-        """The VAE's latent shift (``shift_factor``; VAEs without one, e.g. ``AutoencoderTiny``, have none)."""
-        return getattr(self.vae.config, "shift_factor", None) or 0.0
+        """``(3, H, W)`` in [-1, 1] -> normalised channel-last latent ``(h, w, C)`` (`image_latents.encode_images`)."""
+        latents = encode_images(self.vae, pixels[None], posterior, generator, device=self._execution_device)
+        return latents[0].to(self._execution_device, self.transformer.dtype)
 
     def decode_latent(self, latent: torch.Tensor) -> torch.Tensor:
-        """Scaled channel-last ``(h, w, C)`` -> ``(3, H, W)`` in [-1, 1] (one frame at a time, as official)."""
-        if self.vae is None:
-            return latent.permute(2, 0, 1).float()
-        z = latent.permute(2, 0, 1)[None].to(self.vae.dtype) / self.vae.config.scaling_factor + self._vae_shift
-        return self.vae.decode(z).sample[0].float()
+        """Normalised channel-last ``(h, w, C)`` -> ``(3, H, W)`` in [-1, 1] (`image_latents.decode_latents`)."""
+        return decode_latents(self.vae, latent[None], device=self._execution_device)[0]
 
     # ------------------------------------------------------------------------------------- one frame
 

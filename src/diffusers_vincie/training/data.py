@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..data.schema import SessionRecord, mask_to_array
+from ..image_latents import encode_images
 from ..sequence import CURRENT_MASK, IMAGE, Frame
 from .sequences import SequenceConfig, SequencePlan, plan_sequence
 
@@ -277,21 +278,16 @@ class ResumableBatchSampler(Sampler):
 
 @torch.no_grad()
 def encode_frames(images: torch.Tensor, vae=None) -> torch.Tensor:
-    """``(N, H, W, 3)`` images in [-1, 1] -> ``(N, h, w, C)`` channel-last latents (scaled for the transformer).
+    """``(N, H, W, 3)`` images in [-1, 1] -> ``(N, h, w, C)`` float32 channel-last latents, normalised for the
+    transformer by `image_latents.encode_images` with the posterior mode (deterministic targets).
 
     Args:
         images: float images, channel-last.
-        vae: an ``AutoencoderKL``; ``None`` = pixel space (the images are the latents, ``C = 3``).
+        vae: a diffusers VAE; ``None`` = pixel space (the images are the latents, ``C = 3``).
     """
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"`images` must be (N, H, W, 3) in [-1, 1]; got {tuple(images.shape)}.")
-    if vae is None:
-        return images.float()
-    x = images.permute(0, 3, 1, 2).to(device=vae.device, dtype=vae.dtype)
-    latents = vae.encode(x).latent_dist.mode()
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    latents = (latents - shift) * vae.config.scaling_factor
-    return latents.permute(0, 2, 3, 1).float()
+    return encode_images(vae, images.permute(0, 3, 1, 2), posterior="mode").float()
 
 
 def encode_plan_frames(samples: Sequence[PlannedSample], vae=None, device=None) -> list[dict[Frame, torch.Tensor]]:

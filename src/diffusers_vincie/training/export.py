@@ -44,9 +44,9 @@ def load_components(args) -> dict:
     }
     vae_path = args.vae_name_or_path or _subfolder(root, "vae")
     if vae_path and vae_path.lower() != "none":
-        from diffusers import AutoencoderKL
+        from ..image_latents import load_vae
 
-        components["vae"] = AutoencoderKL.from_pretrained(vae_path)
+        components["vae"] = load_vae(vae_path)
     if root is not None and not args.transformer_config:
         from ..models.transformer_vincie import VincieTransformer
 

@@ -22,6 +22,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+from ..image_latents import decode_latents
 from ..pipelines.sampling import official_scheduler, sample_frame
 from ..sequence import IMAGE, Frame, session_items, session_text
 from ..utils.io import atomic_path
@@ -31,11 +32,8 @@ from .text import session_prompts
 
 def _to_uint8(latent: torch.Tensor, vae=None) -> np.ndarray:
     """``(h, w, C)`` latent -> ``(H, W, 3)`` uint8 image (pixel space when ``vae`` is None)."""
-    if vae is not None:
-        shift = getattr(vae.config, "shift_factor", None) or 0.0
-        z = latent.permute(2, 0, 1)[None].to(vae.device, vae.dtype) / vae.config.scaling_factor + shift
-        latent = vae.decode(z).sample[0].permute(1, 2, 0)
-    return ((latent.float().clamp(-1, 1) + 1) * 127.5).round().byte().cpu().numpy()
+    image = decode_latents(vae, latent[None])[0].permute(1, 2, 0)
+    return ((image.clamp(-1, 1) + 1) * 127.5).round().byte().cpu().numpy()
 
 
 @torch.no_grad()
