@@ -1,0 +1,181 @@
+"""Nothing of the user's is lost: checkpoint rotation waits for the new checkpoint, ``--overwrite_output_dir`` deletes
+only what a run wrote, a re-saved session keeps the other files of its folder, and paths and locks of the shared
+write helpers hold."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_bad_inputs_training import _args, _run, _steps, _train_module
+
+from diffusers_vincie.utils.io import (
+    OutputLockedError,
+    UnsafePathError,
+    check_plain_name,
+    exclusive_lock,
+    resolve_inside,
+)
+
+# =====================================================================================================
+#                                  Checkpoint rotation and --overwrite_output_dir
+# =====================================================================================================
+
+
+@pytest.fixture(scope="module")
+def components(tmp_path_factory) -> Path:
+    from diffusers_vincie.testing import write_tiny_components
+
+    return write_tiny_components(tmp_path_factory.mktemp("components"))
+
+
+def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint_and_latest_resumes_from_it(
+    components, tmp_path, monkeypatch
+):
+    from accelerate import Accelerator
+
+    from diffusers_vincie.training.checkpoints import find_checkpoint, incomplete_reason
+
+    saves = []
+    original = Accelerator.save_state
+
+    def save_state_filling_the_disk(self, *args, **kwargs):
+        saves.append(1)
+        if len(saves) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, *args, **kwargs)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(Accelerator, "save_state", save_state_filling_the_disk)
+    with pytest.raises(OSError, match="No space left"):
+        _run(components, out, "--checkpoints_total_limit", "1")
+    monkeypatch.undo()
+    assert incomplete_reason(out / "checkpoint-2") is None  # the limit of 1 did not delete it before the new one
+    assert find_checkpoint(out, "latest") == out / "checkpoint-2"
+
+    _run(components, out, "--checkpoints_total_limit", "1", "--resume_from_checkpoint", "latest")
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4"]  # rotated once the new one was whole
+    assert _steps(out) == [1, 2, 3, 4]
+
+
+def test_rotation_keeps_the_newest_complete_checkpoints_and_never_an_incomplete_one_alone(tmp_path):
+    from diffusers_vincie.training.checkpoints import COMPLETE_FILE, rotate_checkpoints
+
+    for step in (2, 4, 6):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"x")
+        (folder / COMPLETE_FILE).write_text(json.dumps({"files": {"model.safetensors": 1}}))
+    (tmp_path / "checkpoint-8").mkdir()  # a save killed before its marker
+    assert [p.name for p in rotate_checkpoints(tmp_path, 1)] == ["checkpoint-2", "checkpoint-4"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-6", "checkpoint-8"]
+
+
+def test_latest_refuses_to_start_over_when_only_an_interrupted_save_exists(tmp_path):
+    from diffusers_vincie.training.checkpoints import CheckpointError, find_checkpoint
+
+    (tmp_path / ".checkpoint-2.tmp").mkdir()
+    with pytest.raises(CheckpointError, match="no complete checkpoint.*checkpoint-2.tmp"):
+        find_checkpoint(tmp_path, "latest")
+
+
+def test_overwrite_output_dir_keeps_the_users_validation_and_pipeline_files(components, tmp_path):
+    out = tmp_path / "run"
+    _run(components, out, "--validation_steps", "2", "--num_validation_sessions", "1")
+    assert (out / "validation" / "step-2.png").is_file()
+    (out / "validation" / "my_plot.png").write_bytes(b"mine")
+    (out / "pipeline").mkdir()
+    (out / "pipeline" / "notes.txt").write_text("my own pipeline notes")
+
+    _run(components, out, "--overwrite_output_dir", "--max_train_steps", "2")
+    assert (out / "validation" / "my_plot.png").read_bytes() == b"mine"
+    assert (out / "pipeline" / "notes.txt").read_text() == "my own pipeline notes"
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"] and _steps(out) == [1, 2]
+
+
+def test_a_run_that_would_replace_a_pipeline_folder_it_did_not_write_is_refused_before_any_work(components, tmp_path):
+    from diffusers_vincie.training.outputs import clear_run_outputs, record_output
+    from diffusers_vincie.utils.cli import UsageError
+
+    out = tmp_path / "run"
+    (out / "pipeline").mkdir(parents=True)
+    (out / "pipeline" / "model_index.json").write_text("{}")
+    (out / "checkpoint-2").mkdir()
+    train = _train_module()
+    args = [a for a in _args(components, out, "--overwrite_output_dir") if a != "--no_save_pipeline"]
+    with pytest.raises(UsageError, match="holds pipeline, which no training run wrote"):
+        train.main(train.parse_args(args))
+    assert (out / "pipeline" / "model_index.json").read_text() == "{}" and (out / "checkpoint-2").is_dir()
+
+    record_output(out, "pipeline")  # what a run records before it writes its pipeline
+    clear_run_outputs(out, "train_log.jsonl")
+    assert sorted(os.listdir(out)) == []
+
+
+# =====================================================================================================
+#                                         Paths from data and locks
+# =====================================================================================================
+
+
+@pytest.mark.parametrize("bad", ["../outside.png", "/etc/passwd", "a/../../outside.png", "", None, 3])
+def test_resolve_inside_refuses_paths_that_leave_their_folder(tmp_path, bad):
+    with pytest.raises(UnsafePathError, match="field"):
+        resolve_inside(tmp_path, bad, "field")
+
+
+def test_resolve_inside_follows_symlinks(tmp_path):
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(b"secret")
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "in.png").write_bytes(b"ok")
+    (folder / "out.png").symlink_to(outside)
+    (folder / "alias.png").symlink_to(folder / "in.png")
+    assert resolve_inside(folder, "sub/../in.png", "x") == folder / "sub/../in.png"
+    assert resolve_inside(folder, "alias.png", "x").read_bytes() == b"ok"
+    with pytest.raises(UnsafePathError, match="leads outside"):
+        resolve_inside(folder, "out.png", "x")
+
+
+@pytest.mark.parametrize("bad", ["..", ".", "", "a/b", "a\\b", "/abs", "x\0y", True, None])
+def test_check_plain_name(bad):
+    with pytest.raises(UnsafePathError):
+        check_plain_name(bad, "index")
+    assert check_plain_name(7, "index") == "7" and check_plain_name("img_01", "index") == "img_01"
+
+
+def test_a_second_writer_is_refused_and_a_killed_holder_does_not_block(tmp_path):
+    lock = tmp_path / "out" / ".lock"
+    with exclusive_lock(lock, "out"), pytest.raises(OutputLockedError, match=f"pid {os.getpid()}"):
+        with exclusive_lock(lock, "out"):
+            pass
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "print('held', flush=True); time.sleep(60)",
+            str(lock),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutputLockedError):
+            with exclusive_lock(lock, "out"):
+                pass
+    finally:
+        holder.kill()  # kill -9: the kernel drops its lock
+        holder.wait(timeout=30)
+    with exclusive_lock(lock, "out"):
+        assert lock.read_text() == str(os.getpid())
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
