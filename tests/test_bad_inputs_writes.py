@@ -179,3 +179,65 @@ def test_a_second_writer_is_refused_and_a_killed_holder_does_not_block(tmp_path)
 
 def _tree(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# =====================================================================================================
+#                                          Saved sessions
+# =====================================================================================================
+
+
+@pytest.fixture(scope="module")
+def session_pipe():
+    from diffusers_vincie.testing import tiny_pipeline
+
+    pipe = tiny_pipeline(default_resolution=32)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def edited(session_pipe):
+    import numpy as np
+    import PIL.Image
+
+    image = PIL.Image.fromarray((np.random.RandomState(0).rand(32, 32, 3) * 255).astype(np.uint8))
+    session = session_pipe.start_session(image)
+    session.edit("add a red circle", num_inference_steps=1)
+    return session
+
+
+def test_resaving_a_session_keeps_the_users_files_in_its_folder(session_pipe, edited, tmp_path):
+    from diffusers_vincie.pipelines.session import VincieEditingSession
+
+    folder = tmp_path / "session"
+    edited.save(folder)
+    (folder / "notes.txt").write_text("my notes")
+    (folder / "renders").mkdir()
+    (folder / "renders" / "final.png").write_bytes(b"render")
+    (folder / "turn_1.txt").write_text("not the session's")
+    mine = _tree(folder)
+
+    edited.branch(0).save(folder)  # fewer turns: turn_1.png is the session's own stale file
+    assert not (folder / "turn_1.png").exists()
+    assert {name: mine[name] for name in ("notes.txt", "renders/final.png", "turn_1.txt")} == {
+        name: _tree(folder)[name] for name in ("notes.txt", "renders/final.png", "turn_1.txt")
+    }
+    assert len(VincieEditingSession.load(session_pipe, folder).turns) == 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
+
+    edited.save(folder)
+    assert len(VincieEditingSession.load(session_pipe, folder).turns) == 1 and (folder / "notes.txt").is_file()
+
+
+@pytest.mark.parametrize("victim", ["turn_1.png", "session.json", "session.safetensors"])
+def test_a_saved_session_file_that_is_a_symlink_out_of_its_folder_is_refused(session_pipe, edited, tmp_path, victim):
+    from diffusers_vincie.pipelines.session import VincieEditingSession
+
+    folder = tmp_path / "session"
+    edited.save(folder)
+    outside = tmp_path / f"outside-{victim}"
+    outside.write_bytes((folder / victim).read_bytes())  # same bytes: only the symlink check can catch it
+    (folder / victim).unlink()
+    (folder / victim).symlink_to(outside)
+    with pytest.raises(UnsafePathError, match="leads outside"):
+        VincieEditingSession.load(session_pipe, folder)

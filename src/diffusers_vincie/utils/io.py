@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -156,6 +156,30 @@ def atomic_directory(path: str | os.PathLike, replace: bool = False) -> Iterator
         raise
 
 
+def merge_directory(
+    temporary: str | os.PathLike, folder: str | os.PathLike, owned: Callable[[str], bool], last: str
+) -> Path:
+    """Moves the files of the finished folder ``temporary`` into the existing ``folder``, leaving every other entry
+    of ``folder`` in place; then deletes the files of ``folder`` that ``owned(name)`` claims and the new set lacks.
+
+    For a writer that shares its folder with the user's own files (notes, renders): only the writer's files are
+    replaced. Each file is one rename; ``last`` (the record that names the others) is renamed after all of them, so
+    a reader that checks the record against its files sees a complete old or new state, or a mismatch it reports.
+    """
+    temporary, folder = Path(temporary), Path(folder)
+    try:
+        names = sorted(p.name for p in temporary.iterdir())
+        for name in sorted(names, key=lambda name: name == last):
+            commit(temporary / name, folder / name)
+        for path in folder.iterdir():
+            if path.name not in names and owned(path.name) and (path.is_file() or path.is_symlink()):
+                path.unlink()
+    finally:
+        _remove(temporary)
+    _fsync_folder(folder)
+    return folder
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Paths taken from data
 # ---------------------------------------------------------------------------------------------------------------------
@@ -250,6 +274,7 @@ __all__ = [
     "check_plain_name",
     "commit_directory",
     "exclusive_lock",
+    "merge_directory",
     "resolve_inside",
     "temporary_sibling",
     "write_json_atomic",
