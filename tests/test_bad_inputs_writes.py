@@ -241,3 +241,71 @@ def test_a_saved_session_file_that_is_a_symlink_out_of_its_folder_is_refused(ses
     (folder / victim).symlink_to(outside)
     with pytest.raises(UnsafePathError, match="leads outside"):
         VincieEditingSession.load(session_pipe, folder)
+
+
+# =====================================================================================================
+#                                       Session builds (data/video/build.py)
+# =====================================================================================================
+
+
+@pytest.fixture
+def small_videos(tmp_path) -> Path:
+    from diffusers_vincie.data.shapes.video import render_video
+    from diffusers_vincie.data.shapes.world import ShapesWorld
+
+    world = ShapesWorld(resolution=32)
+    for seed in range(3):
+        render_video(world, world.sample_session(seed, num_turns=2), tmp_path / "videos" / f"video{seed}.mp4", fps=8)
+    return tmp_path / "videos"
+
+
+def _build(videos: Path, out: Path, **kwargs):
+    from diffusers_vincie.data.video.annotate import GroundTruthAnnotator
+    from diffusers_vincie.data.video.build import SamplingConfig, build_sessions
+
+    config = SamplingConfig(strategy="equal_interval", interval=1.0)
+    return build_sessions([videos], out, GroundTruthAnnotator(), config=config, **kwargs)
+
+
+def test_a_rebuild_removes_only_its_own_orphan_shards(small_videos, tmp_path):
+    out = tmp_path / "out"
+    _build(small_videos, out)
+    shards = sorted(p.name for p in (out / "data").iterdir())
+    (out / "data" / "NOTES.txt").write_text("my notes")
+    (out / "data" / "extra.parquet").write_bytes(b"mine")
+    (out / "data" / "train-0123abcd-r000-00007.parquet").write_bytes(b"a shard of a killed build")
+    summary = _build(small_videos, out)
+    assert summary.sessions == 3 and summary.skipped == 3
+    assert sorted(p.name for p in (out / "data").iterdir()) == sorted([*shards, "NOTES.txt", "extra.parquet"])
+    assert (out / "data" / "NOTES.txt").read_text() == "my notes"
+
+
+def test_a_second_build_into_the_same_folder_is_refused_while_the_first_runs(small_videos, tmp_path):
+    from datasets import load_dataset
+
+    out = tmp_path / "out"
+    refusals = []
+
+    def start_a_second_build(video_id: str) -> None:
+        if not refusals:
+            with pytest.raises(OutputLockedError, match="being written by another process") as refused:
+                _build(small_videos, out)
+            refusals.append(str(refused.value))
+
+    summary = _build(small_videos, out, on_video_done=start_a_second_build, shard_size=1)
+    assert len(refusals) == 1 and summary.sessions == 3
+    rows = load_dataset(str(out), split="train", cache_dir=str(tmp_path / "hf_cache"))["session_id"]
+    assert sorted(rows) == ["video0/0", "video1/0", "video2/0"]  # no duplicate rows, no shard deleted
+    assert _build(small_videos, out).skipped == 3  # the lock is gone with the first build
+
+
+def test_the_build_cli_refuses_a_concurrent_build_in_one_line(small_videos, tmp_path, capsys):
+    from conftest import load_script, one_error_line
+
+    out = tmp_path / "out"
+    cli = load_script(Path(__file__).resolve().parents[1] / "dataset_scripts" / "build_sessions.py", "build_cli")
+    with exclusive_lock(out / "manifest" / ".build.lock", "test"), pytest.raises(SystemExit) as exit_info:
+        cli.main([str(small_videos), "--output", str(out), "--annotator", "ground_truth"])
+    assert exit_info.value.code == 2
+    assert "another process" in one_error_line(capsys.readouterr().err)
+    assert sorted(os.listdir(out)) == ["manifest"] and os.listdir(out / "manifest") == [".build.lock"]
