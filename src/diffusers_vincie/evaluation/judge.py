@@ -37,7 +37,7 @@ import PIL.Image
 from tqdm.auto import tqdm
 
 from ..utils.cli import UsageError, check_number
-from ..utils.io import write_json_atomic
+from ..utils.io import check_plain_name, resolve_inside, write_json_atomic
 from .generate import read_output
 from .sessions import BenchmarkSession, output_path, session_seed
 
@@ -434,7 +434,8 @@ def judge_benchmark(
         seed = session_seed(session.index, position, seed_offset)
         num_turns = session.num_turns if max_turns is None else min(max_turns, session.num_turns)
         files = [output_path(outputs_dir, session.index, turn, seed) for turn in range(num_turns)]
-        return judge_session(client, session, files, threshold, cache_dir / f"{session.index}.json", max_attempts)
+        cache_path = resolve_inside(cache_dir, f"{check_plain_name(session.index, 'session index')}.json", "cache")
+        return judge_session(client, session, files, threshold, cache_path, max_attempts)
 
     results: list[SessionJudgement | None] = [None] * len(sessions)
     failures: list[str] = []
