@@ -83,3 +83,37 @@ def test_a_magicbrush_folder_inside_its_folder_still_loads(tmp_path):
     turn = {"input": "100-input.png", "output": "100-output1.png", "instruction": "make it blue"}
     (session,) = list(load_benchmark_sessions(_magicbrush(tmp_path / "mb", [turn])))
     assert session.index == "100" and session.instructions == ["make it blue"] and len(session.references) == 1
+
+
+# ----------------------------------------------------------------------------------------------------- datasets
+
+
+@pytest.mark.parametrize("bad", ["../outside.png", "ABSOLUTE", "link.png", {"bytes": None, "path": "../outside.png"}])
+def test_an_image_path_in_a_dataset_row_that_leads_outside_image_root_is_an_invalid_row(tmp_path, bad):
+    from diffusers_vincie.data.loaders import Vincie10MAdapter
+    from diffusers_vincie.data.schema import SessionValidationError
+
+    root = tmp_path / "images"
+    root.mkdir()
+    for name in ("f0.png", "f1.png"):
+        PIL.Image.new("RGB", (8, 8)).save(root / name)
+    PIL.Image.new("RGB", (8, 8), (255, 0, 0)).save(tmp_path / "outside.png")
+    (root / "link.png").symlink_to(tmp_path / "outside.png")
+    bad = str(tmp_path / "outside.png") if bad == "ABSOLUTE" else bad
+    rows = [{"id": "bad", "images": ["f0.png", bad], "instructions": ["x"]}]
+    with pytest.raises(SessionValidationError, match="image path"):
+        list(Vincie10MAdapter(rows, image_root=root))
+    good = {"id": "ok", "images": ["f0.png", "f1.png"], "instructions": ["x"]}
+    skipping = Vincie10MAdapter([*rows, good], image_root=root, on_invalid="skip")
+    assert [record.session_id for record in skipping] == ["ok"] and skipping.num_skipped == 1
+
+
+def test_an_undecoded_benchmark_image_path_that_leads_outside_is_refused(tmp_path, monkeypatch):
+    from diffusers_vincie.evaluation.sessions import SessionList
+
+    PIL.Image.new("RGB", (8, 8)).save(tmp_path / "outside.png")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    rows = [{"index": "0", "image": {"bytes": None, "path": "../outside.png"}, "context": ["a"]}]
+    with pytest.raises(UnsafePathError, match="image` path"):
+        list(SessionList(rows, "mse-bench"))

@@ -18,6 +18,7 @@ with ``t`` the 0-based turn and ``seed = seed_offset + index`` (the official run
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections import defaultdict
@@ -211,8 +212,10 @@ def _load_dataset(source: Any, split: str) -> Any:
 
 
 def _as_rgb(image: Any, what: str) -> PIL.Image.Image:
-    if isinstance(image, dict) and image.get("path") is not None:  # undecoded datasets.Image
-        image = PIL.Image.open(image["path"])
+    if isinstance(image, dict) and image.get("bytes") is not None:  # undecoded datasets.Image
+        image = PIL.Image.open(io.BytesIO(image["bytes"]))
+    elif isinstance(image, dict) and image.get("path") is not None:  # a path from data: inside the working folder
+        image = PIL.Image.open(resolve_inside(Path.cwd(), image["path"], f"{what} path"))
     if not isinstance(image, PIL.Image.Image):
         raise TypeError(
             f"{what} must be an image, got {type(image).__name__}; store it with a datasets.Image feature."
