@@ -309,3 +309,25 @@ def test_the_build_cli_refuses_a_concurrent_build_in_one_line(small_videos, tmp_
     assert exit_info.value.code == 2
     assert "another process" in one_error_line(capsys.readouterr().err)
     assert sorted(os.listdir(out)) == ["manifest"] and os.listdir(out / "manifest") == [".build.lock"]
+
+
+# =====================================================================================================
+#                                     The shapes text encoder's folder
+# =====================================================================================================
+
+
+def test_the_shapes_text_encoder_never_replaces_a_folder_of_other_files(tmp_path, capsys, monkeypatch):
+    from conftest import load_script, one_error_line
+
+    out = tmp_path / "text"
+    out.mkdir()
+    (out / "thesis.tex").write_text("mine")
+    (out / "tokenizer").mkdir()
+    cli = load_script(
+        Path(__file__).resolve().parents[1] / "training_scripts" / "build_shapes_text_encoder.py", "bste"
+    )
+    monkeypatch.setattr(sys, "argv", ["build_shapes_text_encoder.py", "--output_dir", str(out)])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 2 and "thesis.tex" in one_error_line(capsys.readouterr().err)
+    assert (out / "thesis.tex").read_text() == "mine" and sorted(os.listdir(out)) == ["thesis.tex", "tokenizer"]
