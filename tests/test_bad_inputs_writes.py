@@ -331,3 +331,18 @@ def test_the_shapes_text_encoder_never_replaces_a_folder_of_other_files(tmp_path
         cli.main()
     assert exit_info.value.code == 2 and "thesis.tex" in one_error_line(capsys.readouterr().err)
     assert (out / "thesis.tex").read_text() == "mine" and sorted(os.listdir(out)) == ["thesis.tex", "tokenizer"]
+
+
+def test_synthetic_videos_are_not_written_into_a_folder_of_other_files(tmp_path, capsys):
+    from conftest import load_script, one_error_line
+
+    cli = load_script(Path(__file__).resolve().parents[1] / "dataset_scripts" / "make_synthetic_videos.py", "msv")
+    out = tmp_path / "videos"
+    cli.main(["--output-dir", str(out), "--num-videos", "1", "--no-progress"])
+    cli.main(["--output-dir", str(out), "--num-videos", "2", "--no-progress"])  # its own folder: adds a video
+    assert sorted(p.suffix for p in out.iterdir()) == [".json", ".json", ".json", ".mp4", ".mp4"]
+    (out / "my_world.json").write_text("mine")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--output-dir", str(out), "--num-videos", "3", "--no-progress"])
+    assert exit_info.value.code == 2 and "my_world.json" in one_error_line(capsys.readouterr().err)
+    assert (out / "my_world.json").read_text() == "mine" and not (out / "synth_2.mp4").exists()
