@@ -76,6 +76,18 @@ def test_rotation_keeps_the_newest_complete_checkpoints_and_never_an_incomplete_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-6", "checkpoint-8"]
 
 
+def test_a_second_run_into_the_same_output_dir_is_refused_while_the_first_runs(components, tmp_path):
+    from diffusers_vincie.utils.cli import UsageError
+
+    out = tmp_path / "run"
+    with exclusive_lock(out / ".train.lock", "a first run"):
+        with pytest.raises(UsageError, match="--output_dir .* is being written by another process"):
+            _run(components, out)
+        assert sorted(os.listdir(out)) == [".train.lock"]
+    _run(components, out, "--max_train_steps", "2")  # the lock is gone with the first run; a fresh start is allowed
+    assert _steps(out) == [1, 2]
+
+
 def test_latest_refuses_to_start_over_when_only_an_interrupted_save_exists(tmp_path):
     from diffusers_vincie.training.checkpoints import CheckpointError, find_checkpoint
 
@@ -114,7 +126,7 @@ def test_a_run_that_would_replace_a_pipeline_folder_it_did_not_write_is_refused_
 
     record_output(out, "pipeline")  # what a run records before it writes its pipeline
     clear_run_outputs(out, "train_log.jsonl")
-    assert sorted(os.listdir(out)) == []
+    assert sorted(os.listdir(out)) == [".train.lock"]  # the run lock stays (a lock file is never deleted)
 
 
 # =====================================================================================================

@@ -64,7 +64,7 @@ from diffusers_vincie.training.checkpoints import (
 )
 from diffusers_vincie.training.export import load_components, save_final_pipeline
 from diffusers_vincie.training.flow import TIMESTEP_SAMPLINGS
-from diffusers_vincie.training.outputs import check_final_output, clear_run_outputs, record_output
+from diffusers_vincie.training.outputs import RUN_LOCK, check_final_output, clear_run_outputs, record_output, run_lock
 from diffusers_vincie.training.validation import log_instruction_sensitivity, log_validation
 from diffusers_vincie.utils.cli import UsageError, check_number, run_cli
 from diffusers_vincie.utils.io import write_text_atomic
@@ -484,7 +484,7 @@ def check_output_dir(args: argparse.Namespace) -> None:
         )
     if args.resume_from_checkpoint or args.overwrite_output_dir or not output_dir.is_dir():
         return
-    entries = sorted(p.name for p in output_dir.iterdir())
+    entries = sorted(p.name for p in output_dir.iterdir() if p.name != RUN_LOCK)
     if entries:
         shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
         raise UsageError(
@@ -633,7 +633,14 @@ def main(args: argparse.Namespace, lora=None) -> dict:
         args: parsed flags.
         lora: the ``LoraSetup`` of ``train_vincie_lora.py`` (``prepare_transformer`` adds the adapters,
             ``save`` writes them); ``None`` trains every weight.
+
+    One run writes an ``--output_dir`` at a time: a second one is refused (``run_lock``).
     """
+    with run_lock(args.output_dir):
+        return _train(args, lora)
+
+
+def _train(args: argparse.Namespace, lora=None) -> dict:
     logging_dir = Path(args.output_dir, args.logging_dir)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,

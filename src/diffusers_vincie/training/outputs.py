@@ -13,12 +13,15 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from ..utils.cli import UsageError
-from ..utils.io import write_json_atomic
+from ..utils.io import OutputLockedError, exclusive_lock, write_json_atomic
 
 RUN_RECORD = "run_outputs.json"
+RUN_LOCK = ".train.lock"
 VALIDATION_DIR = "validation"
 _CHECKPOINT_FOLDER = re.compile(r"^(checkpoint-\d+|\.checkpoint-\d+\.tmp)$")
 _VALIDATION_GRID = re.compile(r"^(step-\d+\.png|\.step-\d+\.png\..*\.tmp\.png)$")
@@ -81,4 +84,26 @@ def clear_run_outputs(output_dir: str | os.PathLike, log_file: str) -> list[Path
     return doomed
 
 
-__all__ = ["RUN_RECORD", "check_final_output", "clear_run_outputs", "record_output", "recorded_outputs"]
+@contextmanager
+def run_lock(output_dir: str | os.PathLike) -> Iterator[None]:
+    """One run writes ``output_dir`` at a time: the launcher's main process (``RANK`` 0) holds an ``flock`` on
+    ``<output_dir>/.train.lock`` for the run (dropped by the kernel if the run dies); a second run gets a
+    :class:`UsageError` before any work, instead of interleaving its checkpoints and log with the first's."""
+    with ExitStack() as stack:
+        if int(os.environ.get("RANK", "0")) == 0:
+            try:
+                stack.enter_context(exclusive_lock(Path(output_dir) / RUN_LOCK, f"--output_dir {output_dir}"))
+            except OutputLockedError as error:
+                raise UsageError(str(error)) from None
+        yield
+
+
+__all__ = [
+    "RUN_LOCK",
+    "RUN_RECORD",
+    "check_final_output",
+    "clear_run_outputs",
+    "record_output",
+    "recorded_outputs",
+    "run_lock",
+]
