@@ -237,8 +237,13 @@ def test_resaving_a_session_keeps_the_users_files_in_its_folder(session_pipe, ed
     assert len(VincieEditingSession.load(session_pipe, folder).turns) == 0
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
 
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(b"not yours to overwrite")
+    (folder / "source_0.png").unlink()
+    (folder / "source_0.png").symlink_to(outside)  # a re-save replaces the link, never writes through it
     edited.save(folder)
     assert len(VincieEditingSession.load(session_pipe, folder).turns) == 1 and (folder / "notes.txt").is_file()
+    assert outside.read_bytes() == b"not yours to overwrite" and not (folder / "source_0.png").is_symlink()
 
 
 @pytest.mark.parametrize("victim", ["turn_1.png", "session.json", "session.safetensors"])
