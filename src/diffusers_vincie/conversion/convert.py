@@ -248,8 +248,9 @@ def convert_official_release(
     check_out_folder(official, out, inputs)
     try:  # the record first: it marks the folder as this conversion's, and proves it writable before any work
         out.mkdir(parents=True, exist_ok=True)
-        if not (out / CONVERSION_RECORD).is_file():
-            write_text_atomic(out / CONVERSION_RECORD, json.dumps({"notes": [], "inputs": inputs}, indent=2) + "\n")
+        record = out / CONVERSION_RECORD  # rewritten as it is when resuming: a write that tests the folder
+        text = record.read_text() if record.is_file() else json.dumps({"notes": [], "inputs": inputs}, indent=2) + "\n"
+        write_text_atomic(record, text)
     except OSError as error:
         raise ValueError(
             f"--out {out} cannot be written ({error.strerror or error}); give a writable folder."
