@@ -41,6 +41,7 @@ from diffusers_vincie.data.video.build import (
 from diffusers_vincie.data.video.frames import SAMPLING_STRATEGIES
 from diffusers_vincie.data.video.regions import DEFAULT_DETECTOR, DEFAULT_SEGMENTER, RegionMasker
 from diffusers_vincie.utils.cli import UsageError, run_cli
+from diffusers_vincie.utils.io import OutputLockedError
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -143,15 +144,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if not args.no_regions:
             region_masker = RegionMasker.from_pretrained(args.detector, args.segmenter, device=device)
-    summary = build_sessions(
-        args.inputs,
-        args.output,
-        annotator,
-        config=config,
-        region_masker=region_masker,
-        shard_size=args.shard_size,
-        encode_workers=args.encode_workers,
-        frame_format=args.frame_format,
+    summary = run_cli(  # a second build into the same folder: one line, exit 2
+        lambda: build_sessions(
+            args.inputs,
+            args.output,
+            annotator,
+            config=config,
+            region_masker=region_masker,
+            shard_size=args.shard_size,
+            encode_workers=args.encode_workers,
+            frame_format=args.frame_format,
+        ),
+        "build_sessions.py",
+        errors=(OutputLockedError,),
     )
     if summary.sessions == 0:
         if state.is_main_process:

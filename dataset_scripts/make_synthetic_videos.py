@@ -12,6 +12,7 @@ key-state timestamps; read it with ``diffusers_vincie.data.shapes.video.read_gro
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from diffusers_vincie.data.shapes.video import make_synthetic_videos
@@ -38,6 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+# What the script writes into --output-dir (videos, sidecars, the world, temporaries of a killed run).
+OWN = re.compile(r"synth_\d+\.(mp4|json)|world\.json|\..+\.\d+-[0-9a-f]{8}\.tmp.*")
 _BOUNDS = {
     "num_videos": (1, None),
     "num_turns": (1, None),
@@ -62,6 +65,13 @@ def build_world(args: argparse.Namespace) -> ShapesWorld:
         raise UsageError(f"--resolution must be even (H.264 4:2:0), got {args.resolution}.")
     if args.output_dir.exists() and not args.output_dir.is_dir():
         raise UsageError(f"--output-dir {args.output_dir} is a file; give a folder.")
+    if args.output_dir.is_dir() and (
+        foreign := sorted(p.name for p in args.output_dir.iterdir() if not OWN.fullmatch(p.name))
+    ):
+        raise UsageError(  # world.json and same-named videos would be replaced, and the build would read the rest
+            f"--output-dir {args.output_dir} holds files this script does not write ({', '.join(foreign[:5])}); "
+            "give a new folder or one it wrote (to add videos or resume)."
+        )
     try:
         return ShapesWorld(
             resolution=args.world_resolution, max_objects=args.max_objects, op_weights={"pan": args.pan_weight}

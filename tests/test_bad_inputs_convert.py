@@ -3,7 +3,9 @@ the release folder is never written into, and each error is one line with exit s
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,8 +28,8 @@ def release(tmp_path: Path) -> Path:
     return folder
 
 
-def _convert(release: Path, out: Path, capsys) -> str:
-    assert main(["--official", str(release), "--out", str(out), "--no-hash", *VAE_CONFIG]) == 2
+def _convert(release: Path, out: Path, capsys, *extra: str) -> str:
+    assert main(["--official", str(release), "--out", str(out), "--no-hash", *VAE_CONFIG, *extra]) == 2
     return one_error_line(capsys.readouterr().err)
 
 
@@ -148,3 +150,64 @@ def test_the_module_cli_prints_one_line_and_exits_2(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("python -m diffusers_vincie.conversion: error: --official") and "snapshot_download" in last
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Only a new folder or the same conversion; one-line errors for a bad --vae-config or an --out that cannot be written
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@needs_fixtures
+def test_out_that_is_another_models_pipeline_folder_is_refused_before_writing(release, tmp_path, capsys):
+    out = tmp_path / "other-model"
+    for name in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"):
+        (out / name).mkdir(parents=True)
+        (out / name / "config.json").write_text(json.dumps({"_class_name": f"Other{name}"}))
+    (out / "model_index.json").write_text('{"_class_name": "OtherPipeline"}')
+    before = _tree(out)
+    assert "no conversion" in _convert(release, out, capsys)
+    assert _tree(out) == before
+
+
+@needs_fixtures
+def test_converting_another_release_into_a_finished_conversion_is_refused(release, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["--official", str(release), "--out", str(out), "--no-hash", *VAE_CONFIG]) == 0
+    record = json.loads((out / "conversion.json").read_text())
+    assert record["inputs"]["source"] == "VINCIE-tiny" and record["notes"]
+    before = _tree(out)
+
+    other = tmp_path / "other" / "VINCIE-other"
+    shutil.copytree(release, other)
+    config = json.loads((other / "llm14b" / "config.json").read_text())
+    (other / "llm14b" / "config.json").write_text(json.dumps(config, indent=4))  # another file, same meaning
+    assert "other inputs" in _convert(other, out, capsys)
+    assert "other inputs" in _convert(release, out, capsys, "--dtype", "bf16")  # same release, other options
+    assert _tree(out) == before
+
+    (out / "notes.txt").write_text("mine")
+    assert "notes.txt" in _convert(release, out, capsys)
+    (out / "notes.txt").unlink()
+    capsys.readouterr()
+    assert main(["--official", str(release), "--out", str(out), "--no-hash", *VAE_CONFIG]) == 0  # the same: resumed
+    assert _tree(out) == before
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '{"vae": [32]}', '"norm_num_groups"', "{torn"])
+def test_a_vae_config_that_is_not_an_object_is_one_line(tmp_path, capsys, content):
+    (tmp_path / "release").mkdir()
+    (tmp_path / "vae.json").write_text(content)
+    argv = ["--official", str(tmp_path / "release"), "--out", str(tmp_path / "out")]
+    assert main([*argv, "--vae-config", str(tmp_path / "vae.json")]) == 2
+    assert "--vae-config" in one_error_line(capsys.readouterr().err)
+
+
+@needs_fixtures
+def test_an_out_that_cannot_be_written_is_one_line_before_any_work(release, capsys):
+    out = Path("/sys/diffusers-vincie-test-out")  # sysfs refuses new folders, even to root
+    message = _convert(release, out, capsys)
+    assert "--out" in message and "cannot be written" in message, message

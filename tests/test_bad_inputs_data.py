@@ -4,6 +4,7 @@ line and bad CLI arguments are each a clear reject or error; no video is lost fo
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -230,3 +231,68 @@ def test_bad_build_inputs_are_one_line_and_exit_2(tmp_path, videos, capsys, bad_
         assert out.read_text() == "mine"
     elif bad_input != "missing" and bad_input != "empty folder":
         assert sorted(p.name for p in out.iterdir()) == ["README.md"] and (out / "README.md").read_text() == "mine"
+
+
+# =====================================================================================================
+#                             One bad video is one reject, never the end of the build
+# =====================================================================================================
+
+
+class _EveryTransition(GroundTruthAnnotator):
+    """Annotates any transition (no sidecar needed), so that only the frames can fail."""
+
+    def annotate(self, transition):
+        from diffusers_vincie.data.video.annotate import TransitionAnnotation
+
+        return TransitionAnnotation(instruction="change it")
+
+
+def _video_whose_frames_change_size(path: Path) -> None:
+    """Two MPEG-TS segments of different sizes, back to back (what a stream that switches resolution gives)."""
+    data = b""
+    for first, (size, shade) in enumerate(((32, 40), (48, 200))):
+        segment = path.with_name(f"segment{size}.ts")
+        with av.open(str(segment), "w", format="mpegts") as container:
+            stream = container.add_stream("libx264", rate=8)
+            stream.width = stream.height = size
+            stream.pix_fmt = "yuv420p"
+            for index in range(16 * first, 16 * first + 16):  # one time line across the two segments
+                frame = av.VideoFrame.from_ndarray(np.full((size, size, 3), shade, np.uint8), format="rgb24")
+                frame.pts, frame.time_base = index, Fraction(1, 8)
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        data += segment.read_bytes()
+        segment.unlink()
+    path.write_bytes(data)
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        ("sidecar is a JSON list", "no usable ground-truth sidecar"),
+        ("int instructions", "instructions[0]"),
+        ("numeric masks", "no usable ground-truth sidecar"),
+        ("frames change size", "size"),
+    ],
+)
+def test_one_bad_video_is_a_reject_with_its_reason_and_the_build_goes_on(videos, tmp_path, damage, reason):
+    sidecar = videos / "video1.json"
+    truth = json.loads(sidecar.read_text())
+    annotator = GroundTruthAnnotator()
+    if damage == "sidecar is a JSON list":
+        sidecar.write_text(json.dumps([truth]))
+    elif damage == "int instructions":
+        sidecar.write_text(json.dumps({**truth, "instructions": [5 for _ in truth["instructions"]]}))
+    elif damage == "numeric masks":
+        sidecar.write_text(json.dumps({**truth, "source_masks": [7 for _ in truth["source_masks"]]}))
+    else:
+        (videos / "video1.mp4").unlink()
+        _video_whose_frames_change_size(videos / "video1.mp4")
+        annotator = _EveryTransition()
+    out = tmp_path / "out"
+    for _ in range(2):  # the rerun retries the reject and goes past it again
+        summary = build_sessions([videos], out, annotator, config=GT_SAMPLING)
+        assert summary.rejected_videos == 1 and summary.sessions >= 2
+        assert list(_rejects(out)) == ["video1"] and reason in _rejects(out)["video1"], _rejects(out)

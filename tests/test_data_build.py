@@ -511,7 +511,7 @@ def test_two_accelerate_processes_build_the_same_rows_as_one(tmp_path, synthetic
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     # both ranks wrote: the videos really were split between the processes
-    assert {p.name for p in (double / "manifest").iterdir()} == {"rank-000.jsonl", "rank-001.jsonl"}
+    assert {p.name for p in (double / "manifest").glob("*.jsonl")} == {"rank-000.jsonl", "rank-001.jsonl"}
     rows_one, rows_two = rows_by_id(single), rows_by_id(double)
     assert sorted(rows_one) == sorted(rows_two) and len(rows_one) == 3
     assert all(comparable(rows_one[key]) == comparable(rows_two[key]) for key in rows_one)

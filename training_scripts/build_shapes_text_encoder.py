@@ -34,7 +34,7 @@ import random
 import shutil
 from pathlib import Path
 
-from diffusers_vincie.utils.cli import usage_exit
+from diffusers_vincie.utils.cli import UsageError, run_cli, usage_exit
 from diffusers_vincie.utils.io import atomic_directory
 
 MAX_IMAGE_INDEX = 64  # <IMG0> .. <IMG63>: room for 31 turns with masks in slots
@@ -59,6 +59,20 @@ def instruction_corpus(world, num_sessions: int, num_turns: int, seed: int) -> l
     for turn in range(MAX_IMAGE_INDEX - 1):
         lines.extend(format_turn_prompt(text, turn) for text in world.example_instructions())
     return lines
+
+
+OWN_ENTRIES = {"tokenizer", "text_encoder"}  # what a build writes into --output_dir
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """The folder is replaced whole, so it must be new or hold only what an earlier build wrote."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UsageError(f"--output_dir {output_dir} is a file; give a folder.")
+    if output_dir.is_dir() and (foreign := sorted({p.name for p in output_dir.iterdir()} - OWN_ENTRIES)):
+        raise UsageError(
+            f"--output_dir {output_dir} holds {', '.join(foreign[:5])}, which this script does not write; give a "
+            "new folder or one an earlier build wrote (only tokenizer/ and text_encoder/)."
+        )
 
 
 def train_sentencepiece(lines: list[str], output_dir: Path, vocab_size: int) -> Path:
@@ -137,6 +151,7 @@ def build(
     if num_layers < 0:
         raise ValueError(f"num_layers must be >= 0 (0: learned word embeddings), got {num_layers}.")
     output_dir = Path(output_dir)
+    check_output_dir(output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     with atomic_directory(output_dir, replace=True) as tmp:
         _write_text_components(
@@ -234,6 +249,7 @@ def main() -> None:
             world_config = json.loads(Path(text).read_text() if os.path.isfile(text) else text)
         except ValueError as error:
             usage_exit("build_shapes_text_encoder.py", f"--world_config is neither a JSON file nor JSON: {error}")
+    run_cli(lambda: check_output_dir(Path(args.output_dir)), "build_shapes_text_encoder.py")
     path = build(
         args.output_dir,
         world_config,

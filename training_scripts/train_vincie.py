@@ -28,7 +28,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 import typing
 from pathlib import Path
@@ -66,21 +65,13 @@ from diffusers_vincie.training.checkpoints import (
 )
 from diffusers_vincie.training.export import load_components, save_final_pipeline
 from diffusers_vincie.training.flow import TIMESTEP_SAMPLINGS
+from diffusers_vincie.training.outputs import RUN_LOCK, check_final_output, clear_run_outputs, record_output, run_lock
 from diffusers_vincie.training.validation import log_instruction_sensitivity, log_validation
 from diffusers_vincie.utils.cli import UsageError, check_number, run_cli
 from diffusers_vincie.utils.io import write_text_atomic
 
 logger = get_logger(__name__)
 LOG_FILE = "train_log.jsonl"
-# What a run writes into --output_dir (deleted by --overwrite_output_dir; anything else there is left alone).
-RUN_OUTPUTS = (
-    "checkpoint-*",
-    ".checkpoint-*.tmp",
-    LOG_FILE,
-    "pipeline",
-    "validation",
-    "pytorch_lora_weights.safetensors",
-)
 
 
 # =====================================================================================================
@@ -533,21 +524,13 @@ def check_output_dir(args: argparse.Namespace) -> None:
         )
     if args.resume_from_checkpoint or args.overwrite_output_dir or not output_dir.is_dir():
         return
-    entries = sorted(p.name for p in output_dir.iterdir())
+    entries = sorted(p.name for p in output_dir.iterdir() if p.name != RUN_LOCK)
     if entries:
         shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
         raise UsageError(
             f"--output_dir {output_dir} is not empty ({shown}); pass --resume_from_checkpoint latest to continue "
             f"that run, --overwrite_output_dir to start over, or give an empty folder."
         )
-
-
-def clear_run_outputs(output_dir: str) -> None:
-    """``--overwrite_output_dir``: deletes what an earlier run wrote (``RUN_OUTPUTS``; tracker logs stay, each run
-    writes its own event files)."""
-    for pattern in RUN_OUTPUTS:
-        for path in Path(output_dir).glob(pattern):
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def truncate_log(output_dir: str, step: int) -> None:
@@ -721,7 +704,14 @@ def main(args: argparse.Namespace, lora=None) -> dict:
         args: parsed flags.
         lora: the ``LoraSetup`` of ``train_vincie_lora.py`` (``prepare_transformer`` adds the adapters,
             ``save`` writes them); ``None`` trains every weight.
+
+    One run writes an ``--output_dir`` at a time: a second one is refused (``run_lock``).
     """
+    with run_lock(args.output_dir):
+        return _train(args, lora)
+
+
+def _train(args: argparse.Namespace, lora=None) -> dict:
     logging_dir = Path(args.output_dir, args.logging_dir)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -735,9 +725,13 @@ def main(args: argparse.Namespace, lora=None) -> dict:
     if args.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
     checkpoint = find_checkpoint(args.output_dir, args.resume_from_checkpoint)  # before any heavy work
+    final_output = lora.weight_name if lora is not None else None if args.no_save_pipeline else "pipeline"
+    check_final_output(
+        args.output_dir, final_output, "--overwrite_output_dir" if args.overwrite_output_dir else "this run"
+    )
     if accelerator.is_main_process:
         if args.overwrite_output_dir:
-            clear_run_outputs(args.output_dir)
+            clear_run_outputs(args.output_dir, LOG_FILE)
         os.makedirs(args.output_dir, exist_ok=True)
 
     config, dataset = load_data(args, accelerator.num_processes)  # before the models: a bad dataset fails at once
@@ -918,9 +912,9 @@ def main(args: argparse.Namespace, lora=None) -> dict:
         accelerator.log({"loss": last_loss, "lr": record["lr"]}, step=global_step)
 
         if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
-            if accelerator.is_main_process and args.checkpoints_total_limit is not None:
-                rotate_checkpoints(args.output_dir, args.checkpoints_total_limit - 1)
             save_checkpoint_atomically(accelerator, args.output_dir, global_step, ema)
+            if accelerator.is_main_process and args.checkpoints_total_limit is not None:  # once the new one is whole
+                rotate_checkpoints(args.output_dir, args.checkpoints_total_limit)
         if args.validation_steps and global_step % args.validation_steps == 0 and accelerator.is_main_process:
             log_validation(args, accelerator, transformer, ema, text_cache, vae, dataset, global_step)
         if args.sensitivity_steps and global_step % args.sensitivity_steps == 0 and accelerator.is_main_process:
@@ -937,6 +931,8 @@ def main(args: argparse.Namespace, lora=None) -> dict:
             text_ema.copy_to(text_params)
         if args.train_text_encoder:
             text_encoder.requires_grad_(False).eval()
+        if final_output is not None:
+            record_output(args.output_dir, final_output)
         if lora is not None:
             lora.save(args, final)
         elif not args.no_save_pipeline:

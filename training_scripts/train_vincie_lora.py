@@ -69,6 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 class LoraSetup:
     """Hooks of the shared loop: freeze the base and add adapters; save only the adapters."""
 
+    weight_name = LORA_WEIGHT_NAME  # the run's final result in --output_dir
+
     def prepare_transformer(self, args, transformer):
         from diffusers.training_utils import cast_training_params
         from peft import LoraConfig

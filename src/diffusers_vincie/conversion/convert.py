@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +45,9 @@ from .vae import convert_official_vae, describe_converted_vae
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+CONVERSION_RECORD = "conversion.json"
+OUTPUT_ENTRIES = {*COMPONENTS, CONVERSION_RECORD, "model_index.json", "README.md"}
+TEMPORARY = re.compile(r"^\..+\.\d+-[0-9a-f]{8}\.tmp")  # utils.io.temporary_sibling, left by a killed run
 
 # Prompts whose token ids are compared with tiktoken on the real vocabulary (template, unicode, a special token).
 TOKENIZER_PROBES = (
@@ -80,21 +84,56 @@ def check_official_folder(official: Path) -> dict[str, Path]:
     return paths
 
 
-def check_out_folder(official: Path, out: Path) -> None:
-    """``--out`` must be a new folder, or one an earlier conversion wrote; never the release or a folder inside it
-    (the model card would replace the release's README)."""
+def conversion_inputs(paths: dict[str, Path], options: dict) -> dict:
+    """What identifies one conversion, recorded in ``conversion.json`` before anything else is written: the release
+    folder's name, each input file's size and the SHA-256 of its first MiB (cheap, and different for any two
+    releases), and the options that change the output."""
+
+    def fingerprint(path: Path) -> list:
+        with open(path, "rb") as handle:
+            return [path.stat().st_size, hashlib.sha256(handle.read(1 << 20)).hexdigest()]
+
+    files = [paths["dit"], paths["vae"], paths["llm_config"], paths["tiktoken"]]
+    files += sorted(p for p in paths["llm"].iterdir() if p.is_file() and p not in files)
+    official = paths["dit"].parent
+    return {
+        "source": official.resolve().name,
+        "files": {str(p.relative_to(official)): fingerprint(p) for p in files},
+        "options": json.loads(json.dumps(options, default=str)),
+    }
+
+
+def check_out_folder(official: Path, out: Path, inputs: dict | None = None) -> None:
+    """``--out`` must be a new or empty folder, or the folder of the same conversion (same inputs and options, by
+    the record ``conversion.json`` that a conversion writes first) holding nothing else; never the release or a
+    folder inside it, nor another model's folder (its components would be mixed with this one's)."""
     official_resolved, out_resolved = official.resolve(), out.resolve()
     if out_resolved == official_resolved or official_resolved in out_resolved.parents:
         raise ValueError(f"--out {out} is (inside) --official {official}; give a separate output folder.")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder.")
-    if out.is_dir() and any(out.iterdir()):
-        ours = (out / "conversion.json").is_file() or any((out / name).is_dir() for name in COMPONENTS)
-        if not ours:
-            raise ValueError(
-                f"--out {out} is a non-empty folder that no conversion wrote; give a new folder "
-                "(its README.md and model_index.json would be replaced)."
-            )
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    try:
+        recorded = json.loads((out / CONVERSION_RECORD).read_text()).get("inputs")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if recorded is None:
+        raise ValueError(
+            f"--out {out} is a non-empty folder that no conversion of this version started (no {CONVERSION_RECORD} "
+            "with its inputs); give a new or empty folder (its files would be replaced or mixed with the new model)."
+        )
+    if inputs is not None and recorded != inputs:
+        raise ValueError(
+            f"--out {out} holds the conversion of other inputs or options (source {recorded.get('source')!r}); give "
+            "a new folder, or delete this one to convert again."
+        )
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUT_ENTRIES and not TEMPORARY.match(p.name))
+    if foreign:
+        raise ValueError(
+            f"--out {out} holds files a conversion does not write ({', '.join(foreign[:5])}); move them away or give "
+            "a new folder."
+        )
 
 
 def check_inputs(paths: dict[str, Path], vae_config: dict | None) -> None:
@@ -206,7 +245,17 @@ def convert_official_release(
     paths = check_official_folder(official)
     check_out_folder(official, out)
     check_inputs(paths, vae_config)
-    out.mkdir(parents=True, exist_ok=True)
+    inputs = conversion_inputs(paths, {"dtype": dtype, "text_encoder_dtype": text_encoder_dtype, "vae": vae_config})
+    check_out_folder(official, out, inputs)
+    try:  # the record first: it marks the folder as this conversion's, and proves it writable before any work
+        out.mkdir(parents=True, exist_ok=True)
+        record = out / CONVERSION_RECORD  # rewritten as it is when resuming: a write that tests the folder
+        text = record.read_text() if record.is_file() else json.dumps({"notes": [], "inputs": inputs}, indent=2) + "\n"
+        write_text_atomic(record, text)
+    except OSError as error:
+        raise ValueError(
+            f"--out {out} cannot be written ({error.strerror or error}); give a writable folder."
+        ) from None
     notes: list[str] = []
 
     # Text encoder first: the largest job, resumable shard by shard.
@@ -306,7 +355,7 @@ def write_model_card(
         text_encoder_dtype: text encoder dtype.
         repo_id: Hub repository the folder is pushed to, used in the loading snippet.
     """
-    previous = out / "conversion.json"
+    previous = out / CONVERSION_RECORD
     record = json.loads(previous.read_text()) if previous.is_file() else {"notes": []}
     record["notes"] = list(dict.fromkeys(record["notes"] + notes))  # keep notes of components from earlier runs
     record.update({"source": str(official.resolve().name), "sha256": digests or record.get("sha256", {})})
@@ -385,8 +434,15 @@ def load_vae_config(path: Path) -> dict:
     """Read ``--vae-config``: the VAE constructor arguments, or a config whose ``vae`` section holds them."""
     if not path.is_file():
         raise FileNotFoundError(f"--vae-config {path} does not exist")
-    config = json.loads(path.read_text())
-    config = config.get("vae", config)
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ValueError(f"--vae-config {path} is not a readable JSON file ({error}).") from None
+    config = config.get("vae", config) if isinstance(config, dict) else config
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"--vae-config {path} must hold a JSON object (or one with a 'vae' object), not {config!r:.40}."
+        )
     if "norm_num_groups" not in config:
         raise ValueError(f"--vae-config {path} has no norm_num_groups (nor a 'vae' section holding it)")
     return config

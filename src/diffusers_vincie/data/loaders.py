@@ -29,6 +29,7 @@ import numpy as np
 import PIL.Image
 from datasets import Dataset, IterableDataset, load_dataset
 
+from ..utils.io import UnsafePathError, resolve_inside
 from .schema import SESSION_FEATURES, SessionRecord, SessionValidationError
 
 __all__ = [
@@ -141,9 +142,12 @@ def _to_image(value: Any, where: str, image_root: Path | None) -> PIL.Image.Imag
     if isinstance(value, (bytes, bytearray)):
         return PIL.Image.open(io.BytesIO(value))
     if isinstance(value, (str, os.PathLike)):
-        path = Path(value)
-        if not path.is_absolute() and image_root is not None:
-            path = image_root / path
+        try:  # a path from data stays inside image_root (default: the working folder), symlinks included
+            path = resolve_inside(image_root if image_root is not None else Path.cwd(), value, "image path")
+        except UnsafePathError as error:
+            raise SessionValidationError(
+                f"{where}: {error} Set image_root to the folder holding the images."
+            ) from None
         if not path.exists():
             raise SessionValidationError(f"{where}: image file {str(path)!r} not found; set image_root.")
         with PIL.Image.open(path) as image:
@@ -227,7 +231,8 @@ class Vincie10MAdapter:
     Args:
         dataset: any iterable of row dicts (``datasets.Dataset``, ``IterableDataset``, list).
         columns: the column mapping (see :class:`Vincie10MColumns`; its defaults are an assumption).
-        image_root: folder that relative image paths are resolved against.
+        image_root: folder that image paths in the data are resolved inside (default: the working folder); a
+            path leading out of it (``..``, absolute, a symlink out) makes the row invalid.
         image_size: ``(width, height)`` to resize every frame (bicubic) and mask (nearest) to; ``None`` keeps
             the sizes (frames of a session must then share one size).
         on_invalid: ``"raise"`` (default) or ``"skip"`` (log and drop) rows that do not make a valid session.
@@ -355,7 +360,8 @@ class PairwiseEditAdapter:
         dataset: rows (``datasets.Dataset``, ``IterableDataset`` or a list of dicts).
         columns: the column mapping (default: MagicBrush's).
         name: dataset name, used as the session-id prefix and the annotator name.
-        image_root: folder that relative image paths are resolved against.
+        image_root: folder that image paths in the data are resolved inside (default: the working folder); a
+            path leading out of it (``..``, absolute, a symlink out) makes the row invalid.
         image_size: ``(width, height)`` to resize every frame (bicubic) and mask (nearest) to; ``None`` keeps
             sizes (then the frames of a session must share one size).
         min_turns: sessions with fewer turns are dropped (1 keeps single-turn pairs).

@@ -37,7 +37,7 @@ import PIL.Image
 from tqdm.auto import tqdm
 
 from ..utils.cli import UsageError, check_number
-from ..utils.io import write_json_atomic
+from ..utils.io import check_plain_name, resolve_inside, write_json_atomic
 from .generate import read_output
 from .sessions import BenchmarkSession, output_path, session_seed
 
@@ -60,6 +60,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_JUDGE_MODEL = "gpt-5-nano"  # the official default (`--api_model`)
 DEFAULT_SUCCESS_THRESHOLD = 6.0  # success iff both scores > 6
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+DEFAULT_MAX_REPLY_BYTES = 16 << 20  # a verdict is a few hundred bytes; this leaves room for verbose servers
 
 
 class JudgeError(RuntimeError):
@@ -154,12 +155,17 @@ def parse_judge_reply(text: Any) -> TurnVerdict:
     return TurnVerdict(reason=str(parsed.get("reason", "")), **scores)
 
 
-def _score(parsed: dict[str, Any], key: str, text: str) -> float:
+def _score(parsed: dict[str, Any], key: str, text: str, numbers_only: bool = False) -> float:
+    """A score in [0, 10]: a JSON number, or (``numbers_only=False``, a model's reply) a numeric string; ``true``
+    is never one (it would count as 1)."""
     value = parsed.get(key)
+    allowed = (int, float) if numbers_only else (int, float, str)
     try:
-        number = float(value)  # ints, floats and numeric strings
+        if isinstance(value, bool) or not isinstance(value, allowed):
+            raise TypeError
+        number = float(value)
     except (TypeError, ValueError):
-        raise JudgeReplyError(f"judge reply has no numeric {key!r}: {text[:200]!r}") from None
+        raise JudgeReplyError(f"judge reply has no numeric {key!r} (got {value!r:.40}): {text[:200]!r}") from None
     if not 0.0 <= number <= 10.0:
         raise JudgeReplyError(f"judge reply {key!r}={number} is outside [0, 10]")
     return int(number) if number.is_integer() else number
@@ -184,6 +190,11 @@ class JudgeClient:
         backoff_seconds: First backoff; doubles at every retry, capped by ``max_backoff_seconds``.
         extra_body: Extra fields of every request (``temperature``, ``max_tokens``, ``reasoning_effort``...).
         sleep: Sleep function (tests pass a recorder).
+        max_reply_bytes: A reply body larger than this is refused (:class:`JudgeError`) as soon as its headers or
+            its first bytes past the cap arrive; it is never held in memory whole.
+
+    Redirects are not followed (they would send the API key and the images elsewhere): a 3xx answer is a
+    :class:`JudgeError` naming the target, to be given as ``base_url`` if it is the right one.
     """
 
     def __init__(
@@ -197,6 +208,7 @@ class JudgeClient:
         max_backoff_seconds: float = 60.0,
         extra_body: dict[str, Any] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
     ):
         import httpx
 
@@ -216,8 +228,9 @@ class JudgeClient:
         self.extra_body = dict(extra_body or {})
         self.sleep = sleep
         self.timeout = timeout
+        self.max_reply_bytes = max_reply_bytes
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(timeout=timeout, headers=headers)
+        self._http = httpx.Client(timeout=timeout, headers=headers, follow_redirects=False)
 
     def close(self) -> None:
         self._http.close()
@@ -241,10 +254,16 @@ class JudgeClient:
         def run() -> None:
             try:
                 with self._http.stream("POST", self.url, json=body) as response:
-                    chunks = []
+                    chunks, size = [], 0
+                    announced = response.headers.get("Content-Length", "")
+                    if announced.isdigit() and int(announced) > self.max_reply_bytes:
+                        raise self._too_large(f"announces {announced} bytes")
                     for chunk in response.iter_raw():  # raw: the Response built below decodes it once
                         if time.monotonic() > deadline:
                             return
+                        size += len(chunk)
+                        if size > self.max_reply_bytes:  # stop reading: the rest is never downloaded
+                            raise self._too_large(f"sent more than {self.max_reply_bytes} bytes")
                         chunks.append(chunk)
                     outcome["response"] = httpx.Response(
                         response.status_code,
@@ -263,6 +282,12 @@ class JudgeClient:
         if "response" not in outcome:
             raise httpx.TimeoutException(f"no complete reply within --timeout {self.timeout:g}s")
         return outcome["response"]
+
+    def _too_large(self, what: str) -> JudgeError:
+        return JudgeError(
+            f"judge endpoint {self.url} reply {what}, over the cap of {self.max_reply_bytes} bytes; refused (a "
+            "verdict is a few hundred bytes: check --base-url)."
+        )
 
     def complete(self, prompt: str, image_urls: Sequence[str]) -> str:
         """Send one user message (text, then images) and return the text of the first choice."""
@@ -285,6 +310,12 @@ class JudgeClient:
                 failure = f"HTTP {response.status_code}: {response.text[:200]}"
                 logger.warning("judge request failed (%s), try %d/%d", failure, attempt + 1, self.max_retries + 1)
                 continue
+            if 300 <= response.status_code < 400:
+                raise JudgeError(
+                    f"judge endpoint {self.url} answered HTTP {response.status_code}, a redirect to "
+                    f"{response.headers.get('Location', '(no Location)')}; redirects are not followed (the API key "
+                    "and images would go to another address): pass the final URL as --base-url if it is the right one."
+                )
             if response.status_code >= 400:
                 raise JudgeError(
                     f"judge endpoint {self.url} answered HTTP {response.status_code}: {response.text[:500]} "
@@ -333,10 +364,34 @@ def _judge_turn(
 
 
 def _read_cache(path: Path, model: str) -> dict[str, Any]:
+    """The cached turns of a session; a cache that cannot be read (torn, edited, not ours) is ignored with a
+    warning: its turns are judged again and the file rewritten."""
     if not path.exists():
         return {}
-    record = json.loads(path.read_text())
-    return record.get("turns", {}) if record.get("judge_model") == model else {}
+    try:
+        record = json.loads(path.read_text())
+        turns = record.get("turns", {}) if record.get("judge_model") == model else {}
+        if not isinstance(turns, dict) or not all(k.isdigit() and isinstance(e, dict) for k, e in turns.items()):
+            raise ValueError("`turns` is not an object of numbered turn records")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as error:
+        logger.warning("ignoring the unreadable judge cache %s (%s); its turns are judged again", path, error)
+        return {}
+    return turns
+
+
+def _cached_verdict(entry: dict[str, Any] | None, digest: str) -> TurnVerdict | None:
+    """The verdict of a cache entry made for the output of SHA-256 ``digest``, or ``None`` (judge again) when the
+    entry is for another output or holds scores that are not JSON numbers in [0, 10] (the cache writes numbers:
+    ``true`` or ``"10"`` there is an edited file)."""
+    if entry is None or entry.get("output_sha256") != digest:
+        return None
+    try:
+        scores = {
+            key: _score(entry, key, "cache entry", numbers_only=True) for key in ("prompt_following", "consistency")
+        }
+    except JudgeReplyError:
+        return None
+    return TurnVerdict(reason=str(entry.get("reason", "")), **scores)
 
 
 def judge_session(
@@ -380,15 +435,14 @@ def judge_session(
     verdicts: list[TurnVerdict] = []
     for turn in range(len(output_files)):
         key, digest = str(turn + 1), hashlib.sha256(output_bytes[turn]).hexdigest()
-        entry = turns.get(key)
-        if entry is None or entry.get("output_sha256") != digest:
+        verdict = _cached_verdict(turns.get(key), digest)
+        if verdict is None:
             for stale in [k for k in turns if int(k) >= turn + 1]:  # this output changed: later verdicts too
                 del turns[stale]
             verdict = _judge_turn(client, session.instructions[: turn + 1], image_urls(turn + 2), max_attempts)
-            turns[key] = entry = {"output_sha256": digest, **asdict(verdict)}
+            turns[key] = {"output_sha256": digest, **asdict(verdict)}
             if cache_path:
                 write_json_atomic(cache_path, {"index": session.index, "judge_model": client.model, "turns": turns})
-        verdict = TurnVerdict(entry["prompt_following"], entry["consistency"], entry.get("reason", ""))
         verdicts.append(verdict)
         if not verdict.success(threshold):
             break
@@ -434,7 +488,8 @@ def judge_benchmark(
         seed = session_seed(session.index, position, seed_offset)
         num_turns = session.num_turns if max_turns is None else min(max_turns, session.num_turns)
         files = [output_path(outputs_dir, session.index, turn, seed) for turn in range(num_turns)]
-        return judge_session(client, session, files, threshold, cache_dir / f"{session.index}.json", max_attempts)
+        cache_path = resolve_inside(cache_dir, f"{check_plain_name(session.index, 'session index')}.json", "cache")
+        return judge_session(client, session, files, threshold, cache_path, max_attempts)
 
     results: list[SessionJudgement | None] = [None] * len(sessions)
     failures: list[str] = []

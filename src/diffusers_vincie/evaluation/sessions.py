@@ -18,6 +18,7 @@ with ``t`` the 0-based turn and ``seed = seed_offset + index`` (the official run
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections import defaultdict
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import PIL.Image
+
+from ..utils.io import check_plain_name, resolve_inside
 
 __all__ = [
     "BenchmarkSession",
@@ -66,6 +69,9 @@ class BenchmarkSession:
     references: list[PIL.Image.Image] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.index = check_plain_name(self.index, "session index")  # it becomes part of output file names
+
     @property
     def num_turns(self) -> int:
         return len(self.instructions)
@@ -82,7 +88,9 @@ def output_filename(index: str, turn: int, seed: int) -> str:
 
 
 def output_path(output_dir: str | os.PathLike, index: str, turn: int, seed: int) -> Path:
-    return Path(output_dir) / output_filename(index, turn, seed)
+    """The output file of a session's turn, inside ``output_dir`` (an index that would lead out is refused)."""
+    name = output_filename(check_plain_name(index, "session index"), turn, seed)
+    return resolve_inside(output_dir, name, "output file")
 
 
 # =====================================================================================================
@@ -121,6 +129,20 @@ class SessionList(Sequence[BenchmarkSession]):
         for position in range(len(self)):
             yield self[position]
 
+    def check_indexes(self) -> None:
+        """Raises ``UnsafePathError`` (a ``ValueError``) for an index that is not a plain file name, before any
+        session is generated or judged: indexes name the output files. Reads the index column only."""
+        if self.kind == "mse-bench":
+            column = self.rows["index"] if hasattr(self.rows, "column_names") else [r["index"] for r in self.rows]
+            indexes = list(column)
+        elif self.kind == "magicbrush":
+            ids = self.rows[0].dataset["img_id"] if self.rows else []
+            indexes = [ids[group.positions[0]] for group in self.rows]
+        else:
+            indexes = [index for _, index, _ in self.rows]
+        for position, index in enumerate(indexes):
+            check_plain_name(index, f"session {position}: index")
+
 
 def load_benchmark_sessions(
     source: str | os.PathLike | Any, split: str = "train", limit: int | None = None
@@ -144,7 +166,9 @@ def load_benchmark_sessions(
             (folder, img_id, turns)
             for img_id, turns in json.loads((folder / "edit_sessions.json").read_text()).items()
         ]
-        return SessionList(groups[:limit] if limit else groups, "magicbrush-folder")
+        sessions = SessionList(groups[:limit] if limit else groups, "magicbrush-folder")
+        sessions.check_indexes()
+        return sessions
     dataset = _load_dataset(source, split)
     columns = set(dataset.column_names)
     if set(MSE_BENCH_REQUIRED_COLUMNS) <= columns:
@@ -161,7 +185,9 @@ def load_benchmark_sessions(
         )
     if limit is not None:
         rows = rows.select(range(min(limit, len(rows)))) if hasattr(rows, "select") else rows[:limit]
-    return SessionList(rows, kind)
+    sessions = SessionList(rows, kind)
+    sessions.check_indexes()
+    return sessions
 
 
 def _load_dataset(source: Any, split: str) -> Any:
@@ -186,8 +212,10 @@ def _load_dataset(source: Any, split: str) -> Any:
 
 
 def _as_rgb(image: Any, what: str) -> PIL.Image.Image:
-    if isinstance(image, dict) and image.get("path") is not None:  # undecoded datasets.Image
-        image = PIL.Image.open(image["path"])
+    if isinstance(image, dict) and image.get("bytes") is not None:  # undecoded datasets.Image
+        image = PIL.Image.open(io.BytesIO(image["bytes"]))
+    elif isinstance(image, dict) and image.get("path") is not None:  # a path from data: inside the working folder
+        image = PIL.Image.open(resolve_inside(Path.cwd(), image["path"], f"{what} path"))
     if not isinstance(image, PIL.Image.Image):
         raise TypeError(
             f"{what} must be an image, got {type(image).__name__}; store it with a datasets.Image feature."
@@ -238,10 +266,11 @@ def _magicbrush_session(group: _MagicBrushGroup) -> BenchmarkSession:
 
 def _magicbrush_folder_session(group: tuple[Path, str, list[dict[str, str]]]) -> BenchmarkSession:
     folder, index, turns = group
+    index = check_plain_name(index, "edit_sessions.json session id")
     images = folder / "images" / index if (folder / "images" / index).is_dir() else folder / index
 
-    def read(name: str) -> PIL.Image.Image:
-        with PIL.Image.open(images / name) as image:
+    def read(name: str) -> PIL.Image.Image:  # a file name from edit_sessions.json: it stays in the session's folder
+        with PIL.Image.open(resolve_inside(images, name, f"edit_sessions.json session {index}: image")) as image:
             return image.convert("RGB")
 
     return BenchmarkSession(

@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..sequence import CURRENT_MASK, IMAGE, NEXT_MASK, Frame, Text, format_turn_prompt
-from ..utils.io import atomic_directory
+from ..utils.io import atomic_directory, merge_directory, resolve_inside, temporary_sibling
 from .image_processing import mask_to_image, postprocess, postprocess_official, preprocess, to_rgb, transform_mask
 from .inputs import FIDELITIES, POSTERIORS, check_choice, check_generator, check_image, check_int, check_sampling
 from .sampling import Guidance
@@ -35,6 +35,8 @@ SESSION_FILE = "session.json"
 TENSORS_FILE = "session.safetensors"
 SESSION_VERSION = 2  # 2: each saved image carries its sha256, checked against its latent's entry on load
 SAFE_NAME = re.compile(r"[A-Za-z0-9_]+")
+# The files a saved session owns in its folder (a re-save replaces or deletes only these).
+OWN_FILE = re.compile(rf"{re.escape(SESSION_FILE)}|{re.escape(TENSORS_FILE)}|(source_\d+|turn_\d+(_mask_\d+)?)\.png")
 PREDICT = "predict"
 
 
@@ -408,10 +410,13 @@ class VincieEditingSession:
     def save(self, folder: Union[str, os.PathLike], overwrite: bool = False) -> Path:
         """Writes images (PNG), tensors (safetensors) and ``session.json`` to ``folder`` atomically.
 
-        ``folder`` must be new or hold a saved session (which is replaced); anything else (a folder with other
-        files, a regular file) is refused unless ``overwrite=True``.
+        ``folder`` must be new or hold a saved session; anything else (a folder with other files, a regular file)
+        is refused unless ``overwrite=True``, which replaces it whole. Re-saving into a saved session's folder
+        replaces only the session's own files (once the new ones are complete) and keeps everything else there
+        (notes, renders).
         """
         folder = Path(folder)
+        in_place = folder.is_dir() and (folder / SESSION_FILE).is_file() and not overwrite
         if folder.exists() and not overwrite:
             if not folder.is_dir():
                 raise FileExistsError(
@@ -434,7 +439,8 @@ class VincieEditingSession:
             "turns": [],
         }
         tensors = {}
-        with atomic_directory(folder, replace=True) as tmp:  # replaced only once the new session is complete
+        staging = temporary_sibling(folder) if in_place else folder  # replaced only once the new session is whole
+        with atomic_directory(staging, replace=True) as tmp:
 
             def frame(f: SessionFrame, name: str) -> dict:
                 f.image.save(tmp / f"{name}.png")
@@ -458,6 +464,8 @@ class VincieEditingSession:
                 )
             save_file(tensors, tmp / TENSORS_FILE)
             (tmp / SESSION_FILE).write_text(json.dumps(record, indent=2))
+        if in_place:  # complete in a sibling folder: move its files in, the record last, then drop stale ones
+            merge_directory(staging, folder, lambda name: OWN_FILE.fullmatch(name) is not None, last=SESSION_FILE)
         return folder
 
     @classmethod
@@ -467,6 +475,8 @@ class VincieEditingSession:
         record_path, tensors_path = folder / SESSION_FILE, folder / TENSORS_FILE
         if not record_path.is_file():
             raise FileNotFoundError(f"{folder} is not a saved session (no {SESSION_FILE}).")
+        for name in (SESSION_FILE, TENSORS_FILE):  # a file that is a symlink out of the folder is never read
+            resolve_inside(folder, name, "saved session file")
         try:
             record = json.loads(record_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -498,7 +508,7 @@ class VincieEditingSession:
 
         def frame(entry: dict, turn: int) -> SessionFrame:
             name = entry_name(entry)
-            path = folder / f"{name}.png"
+            path = resolve_inside(folder, f"{name}.png", f"{record_path}: image")
             if "sha256" in entry and (not path.is_file() or _sha256(path) != entry["sha256"]):
                 raise ValueError(f"{path} is missing or differs from the image this session saved with its latent.")
             try:

@@ -121,6 +121,8 @@ def find_checkpoint(output_dir: str | os.PathLike, resume_from_checkpoint: Optio
                 return path
             logger.warning(f"Skipping incomplete checkpoint {path}: {reason}.")
             skipped.append(f"{path.name}: {reason}")
+        interrupted = sorted(Path(output_dir).glob(".checkpoint-*.tmp")) if not checkpoints else []
+        skipped += [f"{path.name}: a save that did not finish" for path in interrupted]
         if skipped:
             raise CheckpointError(
                 f"--resume_from_checkpoint latest: no complete checkpoint in {output_dir} ({'; '.join(skipped)}). "
@@ -269,9 +271,21 @@ def migrate_legacy_checkpoint(folder: str | os.PathLike) -> Path:
 
 
 def rotate_checkpoints(output_dir: str | os.PathLike, keep: int) -> list[Path]:
-    """Deletes the oldest checkpoints so that at most ``keep`` remain; returns the deleted folders."""
+    """Keeps the ``keep`` newest *complete* checkpoints and deletes the checkpoints older than them; returns the
+    deleted folders.
+
+    Called after a save has renamed its checkpoint into place, so the old checkpoints go only once the new one is
+    complete: a kill or a full disk during the save leaves the previous checkpoints as they were. Incomplete
+    checkpoints newer than the oldest kept one are left for ``latest`` to skip.
+    """
+    if keep < 1:
+        raise ValueError(f"rotate_checkpoints keeps at least one complete checkpoint, got keep={keep}.")
     checkpoints = list_checkpoints(output_dir)
-    removed = checkpoints[: max(0, len(checkpoints) - keep)]
+    complete = [path for path in checkpoints if incomplete_reason(path) is None]
+    if len(complete) <= keep:
+        return []
+    oldest_kept = checkpoint_step(complete[-keep])
+    removed = [path for path in checkpoints if checkpoint_step(path) < oldest_kept]
     for path in removed:
         shutil.rmtree(path)
     return removed

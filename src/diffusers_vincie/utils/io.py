@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -156,13 +156,126 @@ def atomic_directory(path: str | os.PathLike, replace: bool = False) -> Iterator
         raise
 
 
+def merge_directory(
+    temporary: str | os.PathLike, folder: str | os.PathLike, owned: Callable[[str], bool], last: str
+) -> Path:
+    """Moves the files of the finished folder ``temporary`` into the existing ``folder``, leaving every other entry
+    of ``folder`` in place; then deletes the files of ``folder`` that ``owned(name)`` claims and the new set lacks.
+
+    For a writer that shares its folder with the user's own files (notes, renders): only the writer's files are
+    replaced. Each file is one rename; ``last`` (the record that names the others) is renamed after all of them, so
+    a reader that checks the record against its files sees a complete old or new state, or a mismatch it reports.
+    """
+    temporary, folder = Path(temporary), Path(folder)
+    try:
+        names = sorted(p.name for p in temporary.iterdir())
+        for name in sorted(names, key=lambda name: name == last):
+            commit(temporary / name, folder / name)
+        for path in folder.iterdir():
+            if path.name not in names and owned(path.name) and (path.is_file() or path.is_symlink()):
+                path.unlink()
+    finally:
+        _remove(temporary)
+    _fsync_folder(folder)
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Paths taken from data
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class UnsafePathError(ValueError):
+    """A path taken from data (a dataset field, a JSON entry, a saved file's record) that would leave its folder."""
+
+
+def check_plain_name(name: Any, what: str) -> str:
+    """Returns ``name`` when it is one plain file-name component (no separator, not ``.``/``..``, no NUL, not
+    empty), else raises :class:`UnsafePathError` naming ``what``: such a value becomes part of a file name."""
+    text = str(name) if isinstance(name, (str, int)) and not isinstance(name, bool) else None
+    if not text or text in (".", "..") or any(c in text for c in "/\\\0"):
+        raise UnsafePathError(f"{what} {name!r} is not a plain file name (no '/', '\\', '..' or empty names).")
+    return text
+
+
+def resolve_inside(folder: str | os.PathLike, relative: Any, what: str) -> Path:
+    """The path ``folder / relative`` when it stays inside ``folder`` once every symlink is followed.
+
+    Every path read or written from a value found in data goes through here, so an entry such as
+    ``"../../outside.png"``, an absolute path, or a file that is a symlink to somewhere outside ``folder`` is refused
+    (:class:`UnsafePathError`, naming ``what``) instead of being read or overwritten. Symlinks that stay inside
+    ``folder`` are allowed.
+    """
+    if not isinstance(relative, (str, os.PathLike)) or not str(relative) or "\0" in str(relative):
+        raise UnsafePathError(f"{what} {relative!r} is not a relative file name.")
+    if Path(relative).is_absolute():
+        raise UnsafePathError(f"{what} {str(relative)!r} is an absolute path; it must name a file inside {folder}.")
+    root = Path(folder).resolve()
+    resolved = (root / relative).resolve()
+    if resolved != root and root not in resolved.parents:
+        raise UnsafePathError(
+            f"{what} {str(relative)!r} leads outside {folder} (to {resolved}); paths from data must stay inside "
+            "their folder, symlinks included."
+        )
+    return Path(folder) / relative
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# One writer per output
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class OutputLockedError(RuntimeError):
+    """Another live process is writing the same output."""
+
+
+@contextmanager
+def exclusive_lock(path: str | os.PathLike, what: str) -> Iterator[Path]:
+    """Holds an exclusive ``flock`` on ``path`` (created if needed) for the block; a second holder is refused at
+    once with :class:`OutputLockedError` naming ``what`` and the holder's pid.
+
+    The lock belongs to the open file, so the kernel drops it when its process dies: a build killed with
+    ``kill -9`` never blocks the next one. The file stays (deleting it would let a third process lock a new
+    file while the second still holds the old one).
+    """
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise OutputLockedError(
+            f"{what} is being written by another process (pid {holder}, lock {path}); wait for it to finish or "
+            "choose another output."
+        ) from None
+    try:
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield path
+    finally:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        handle.close()
+
+
 __all__ = [
+    "OutputLockedError",
     "TEMPORARY_GLOBS",
+    "UnsafePathError",
     "atomic_directory",
     "atomic_path",
     "atomic_write",
     "commit",
+    "check_plain_name",
     "commit_directory",
+    "exclusive_lock",
+    "merge_directory",
+    "resolve_inside",
     "temporary_sibling",
     "write_json_atomic",
     "write_text_atomic",

@@ -263,7 +263,7 @@ def read_ground_truth(path: str | os.PathLike) -> dict[str, Any]:
     if path.suffix == ".mp4":
         path = path.with_suffix(".json")
     data = json.loads(path.read_text())
-    if data.get("format") != "vincie-synthetic-video/1":
+    if not isinstance(data, dict) or data.get("format") != "vincie-synthetic-video/1":
         raise ValueError(f"path: {str(path)!r} is not a synthetic-video ground-truth sidecar (no matching 'format').")
     for name in ("source_masks", "target_masks", "changed_masks"):
         data[name] = [decode_mask(mask) for mask in data[name]]

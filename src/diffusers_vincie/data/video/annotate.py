@@ -396,7 +396,7 @@ class GroundTruthAnnotator(TransitionAnnotator):
         if self._cached_path != video_path:
             try:
                 self._cached = read_ground_truth(video_path)
-            except (OSError, ValueError, KeyError) as error:
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:  # missing, torn, mistyped
                 raise AnnotationRejected(f"no usable ground-truth sidecar for {video_path}: {error}") from error
             self._cached_path = video_path
         return self._cached

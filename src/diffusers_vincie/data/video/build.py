@@ -15,8 +15,9 @@ Scale and robustness:
   ``PartialState().split_between_processes``; sampling is seeded per video, so the rows do not depend on
   the number of processes.
 * Resumable: a video is in a manifest only after the shard holding all its sessions was atomically
-  renamed into ``data/``. On start, shards that no manifest references (a kill between the two steps)
-  are deleted and their videos redone, so a rerun never duplicates or loses sessions.
+  renamed into ``data/``. On start, build shards that no manifest references (a kill between the two steps)
+  are deleted and their videos redone, so a rerun never duplicates or loses sessions; other files stay.
+  One build writes a folder at a time (a lock in ``manifest/``); a second one is refused.
   A manifest line torn by a kill mid-append is dropped on start (its shard is then an orphan, redone).
 * A video that gives no session (unreadable, truncated, too short, or with no annotatable transition, e.g. a
   missing or corrupt ground-truth sidecar) is rejected: listed in ``rejects.jsonl`` with the reason and retried
@@ -30,10 +31,12 @@ import json
 import logging
 import math
 import os
+import re
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -43,7 +46,7 @@ import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
-from ...utils.io import atomic_path, write_text_atomic
+from ...utils.io import OutputLockedError, atomic_path, exclusive_lock, write_text_atomic
 from ..schema import SESSION_FEATURES, SessionRecord
 from .annotate import AnnotationRejected, Transition, TransitionAnnotation, TransitionAnnotator
 from .frames import (
@@ -63,6 +66,10 @@ logger = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v")
 DATA_DIR, MANIFEST_DIR, REJECTS_FILE, CARD_FILE = "data", "manifest", "rejects.jsonl", "README.md"
+LOCK_FILE = ".build.lock"  # in manifest/: held by the build writing the folder
+# A shard written by a build, or the hidden temporary of one (``utils.io.temporary_sibling``).
+_SHARD = r"train-[0-9a-f]{8}-r\d{3}-\d{5}\.parquet"
+SHARD_NAME = re.compile(rf"{_SHARD}|\.{_SHARD}\.\d+-[0-9a-f]{{8}}\.tmp\.parquet")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -235,24 +242,41 @@ def sessions_from_video(
     Returns:
         A :class:`VideoResult`; a video that gives no session (unreadable, truncated, too short, or no transition
         could be annotated, e.g. a missing ground-truth sidecar) has ``error`` set, so that the build records it as
-        a reject and retries it on the next run (never raises :class:`VideoDecodeError`).
+        a reject and retries it on the next run. Whatever a malformed video or sidecar raises (frames that change
+        size, a sidecar of the wrong shape or types) makes that one video a reject with the error as its reason:
+        one bad video never stops a build.
     """
     config = config or SamplingConfig()
-    path = Path(path)
     result = VideoResult(video_id=video_id)
+    try:
+        _add_video_sessions(Path(path), video_id, annotator, config, region_masker, result)
+    except Exception as error:  # any failure of one video is that video's reject reason
+        result.sessions.clear()
+        result.error = f"{type(error).__name__}: {error}"
+    return result
+
+
+def _add_video_sessions(
+    path: Path,
+    video_id: str,
+    annotator: TransitionAnnotator,
+    config: SamplingConfig,
+    region_masker: Any | None,
+    result: VideoResult,
+) -> None:
     try:
         info = probe_video(path)
         clips = _clip_frame_times(info.duration, path, video_id, config)
         decoded = decode_frames_at(path, [t for clip in clips for t in clip], max_side=config.max_side)
     except VideoDecodeError as error:
         result.error = error.reason
-        return result
+        return
     if not clips:
         result.error = (
             f"too short: no clip of {config.min_frames}+ frames in {info.duration:.2f}s "
             f"(strategy {config.strategy}, interval {config.interval}s)"
         )
-        return result
+        return
 
     offset = 0
     for clip in clips:
@@ -286,7 +310,6 @@ def sessions_from_video(
         result.error = f"no transition could be annotated ({len(result.rejected_transitions)} rejected): " + "; ".join(
             reasons[:3]
         )
-    return result
 
 
 def _region(mask: np.ndarray | None, image: Any, phrases: list[str], region_masker: Any | None) -> np.ndarray | None:
@@ -382,11 +405,12 @@ def read_manifest(output_dir: str | Path) -> dict[str, dict[str, Any]]:
 
 
 def _remove_orphan_shards(output_dir: Path) -> list[str]:
-    """Deletes shards (and temp files) that no manifest entry references; returns their names."""
+    """Deletes the shards a build wrote (named ``train-<run>-r<rank>-<n>.parquet``, or their temporaries) that no
+    manifest entry references; returns their names. Any other file in ``data/`` is left alone."""
     referenced = {entry.get("shard") for entry in read_manifest(output_dir).values()}
     removed = []
     for path in sorted((output_dir / DATA_DIR).glob("*")):
-        if path.name not in referenced:
+        if SHARD_NAME.fullmatch(path.name) and path.is_file() and path.name not in referenced:
             path.unlink()
             removed.append(path.name)
     return removed
@@ -505,7 +529,7 @@ def write_dataset_card(output_dir: str | Path, *, description: str = "", extra: 
     output_dir = Path(output_dir)
     import pyarrow.parquet as pq
 
-    shards = sorted((output_dir / DATA_DIR).glob("*.parquet"))
+    shards = sorted(p for p in (output_dir / DATA_DIR).glob("train-*.parquet") if SHARD_NAME.fullmatch(p.name))
     if not shards:  # a card listing no file is one that load_dataset cannot read
         raise ValueError(f"output_dir: {output_dir / DATA_DIR} holds no parquet shard; no dataset card written.")
     num_sessions = sum(pq.read_metadata(shard).num_rows for shard in shards)  # the rows on disk, whatever happened
@@ -664,7 +688,55 @@ def build_sessions(
     videos = list_videos(inputs)
     if not videos:
         raise ValueError(f"inputs: no video files ({', '.join(VIDEO_EXTENSIONS)}) found in {[str(i) for i in inputs]}")
+    with _build_lock(output_dir, state):
+        return _build(
+            videos,
+            output_dir,
+            annotator,
+            config,
+            region_masker,
+            shard_size,
+            encode_workers,
+            frame_format,
+            on_video_done,
+            state,
+            started,
+        )
 
+
+@contextmanager
+def _build_lock(output_dir: Path, state: Any) -> Iterator[None]:
+    """One build per output folder: the main process holds ``manifest/.build.lock`` (an ``flock``: a killed build
+    never blocks the next one); a second build gets :class:`OutputLockedError` on every process before any work."""
+    with ExitStack() as stack:
+        refusal = None
+        if state.is_main_process:
+            try:
+                stack.enter_context(exclusive_lock(output_dir / MANIFEST_DIR / LOCK_FILE, f"output_dir {output_dir}"))
+            except OutputLockedError as error:
+                refusal = str(error)
+        if state.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            refusal = broadcast_object_list([refusal])[0]
+        if refusal is not None:
+            raise OutputLockedError(refusal)
+        yield
+
+
+def _build(
+    videos: list[tuple[str, Path]],
+    output_dir: Path,
+    annotator: TransitionAnnotator,
+    config: SamplingConfig,
+    region_masker: Any | None,
+    shard_size: int,
+    encode_workers: int,
+    frame_format: str,
+    on_video_done: Callable[[str], None] | None,
+    state: Any,
+    started: float,
+) -> BuildSummary:
     if state.is_main_process:
         (output_dir / DATA_DIR).mkdir(parents=True, exist_ok=True)
         (output_dir / MANIFEST_DIR).mkdir(parents=True, exist_ok=True)
