@@ -64,22 +64,29 @@ def _forward_backward_inputs(model: VincieTransformer, tokens: int, text_tokens:
     )
 
 
-def activation_bytes_per_token(config: dict, num_layers: int, checkpointing: bool, tokens: int = TOKENS) -> float:
-    """fp32 bytes autograd saves per video token for a transformer of ``num_layers`` blocks of ``config``."""
+def build(config: dict, num_layers: int) -> VincieTransformer:
     torch.manual_seed(0)
-    model = VincieTransformer(**{**config, "num_layers": num_layers, "num_mm_layers": 1}).train()
-    if checkpointing:
-        model.enable_gradient_checkpointing()
+    return VincieTransformer(**{**config, "num_layers": num_layers, "num_mm_layers": 1}).train()
+
+
+def activation_bytes_per_token(model: VincieTransformer, checkpointing: bool, tokens: int = TOKENS) -> float:
+    """fp32 bytes autograd saves per video token in one training forward of ``model``."""
+    model.enable_gradient_checkpointing() if checkpointing else model.disable_gradient_checkpointing()
     inputs = _forward_backward_inputs(model, tokens)
     with saved_activation_bytes() as saved:
         model(**inputs).sample.float().square().mean()
     return saved["bytes"] / tokens
 
 
-def per_block_activation_bytes(config: dict, checkpointing: bool) -> float:
-    """One inner block's saved fp32 bytes per token at ``config``'s width (3 blocks minus 2: the first block has
-    separate text weights and the last one skips the text stream's output, so both stay in)."""
-    return activation_bytes_per_token(config, 3, checkpointing) - activation_bytes_per_token(config, 2, checkpointing)
+def per_block_activation_bytes(config: dict) -> dict[bool, float]:
+    """One inner block's saved fp32 bytes per token at ``config``'s width, without and with gradient checkpointing
+    (3 blocks minus 2: the first block has separate text weights and the last one skips the text stream's output,
+    so both stay in)."""
+    models = [build(config, n) for n in (2, 3)]
+    return {
+        ckpt: activation_bytes_per_token(models[1], ckpt) - activation_bytes_per_token(models[0], ckpt)
+        for ckpt in (False, True)
+    }
 
 
 def _width_only(config: dict) -> dict:
@@ -112,7 +119,7 @@ def rows() -> list[dict]:
             lora = lora_parameters(VincieTransformer(**config))
         layers = config["num_layers"]
         width = _width_only(config)
-        block = {ckpt: per_block_activation_bytes(width, ckpt) / 2 for ckpt in (False, True)}  # bf16 autocast
+        block = {ckpt: b / 2 for ckpt, b in per_block_activation_bytes(width).items()}  # bf16 autocast
         activations = {ckpt: block[ckpt] * SAMPLE_TOKENS * layers for ckpt in block}
         result.append(
             dict(
@@ -168,7 +175,7 @@ def check() -> dict:
     assert measured == predicted, (measured, predicted)
 
     width = _width_only(config)
-    per_layers = [activation_bytes_per_token(width, n, checkpointing=False, tokens=16) for n in (2, 3, 4)]
+    per_layers = [activation_bytes_per_token(build(width, n), checkpointing=False, tokens=16) for n in (2, 3, 4)]
     steps = [b - a for a, b in zip(per_layers, per_layers[1:])]
     assert steps[0] > 0 and abs(steps[1] - steps[0]) <= 0.02 * steps[0], per_layers
     return {"state_bytes": measured, "activation_bytes_per_token": per_layers}

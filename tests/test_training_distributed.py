@@ -1,7 +1,9 @@
-"""FSDP2 training on 2 CPU processes (gloo) with the shipped accelerate config, against single-process runs of the
-same global batches: sharded parameters, losses and weights after 4 steps (gradient clipping, EMA, validation,
-sharded checkpoints, a SIGKILL after step 2 and a resume, the gathered final export), LoRA SFT, and the errors when
-FSDP is asked for but cannot be active."""
+"""Training under the shipped accelerate configs against single-process runs of the same global batches.
+
+FSDP2 on 2 CPU processes (gloo): sharded parameters, losses and weights after 4 steps (gradient clipping, EMA,
+validation, sharded checkpoints, a SIGKILL after step 2 and a resume, the gathered final export), LoRA SFT, and the
+errors when FSDP is asked for but cannot be active. DeepSpeed ZeRO-2 on one CPU process (accelerate 1.16 cannot run
+it on several CPU processes) and the prepared DataLoader's split of every global batch."""
 
 import json
 import os
@@ -22,6 +24,7 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "training_scripts"
 FSDP2_CONFIG = SCRIPTS / "configs" / "accelerate_fsdp2.yaml"
+ZERO2_CONFIG = SCRIPTS / "configs" / "accelerate_deepspeed_zero2.yaml"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 STEPS = 4
 TOLERANCE = 1e-5
@@ -258,6 +261,40 @@ def test_lora_sft_under_fsdp2_matches_one_process(single, tmp_path):
     assert weights[0] and all("lora" in key for key in weights[0])
     _assert_close(weights[1], weights[0])
     assert (tmp_path / "fsdp2" / f"checkpoint-{STEPS}" / "pytorch_model_fsdp_0").is_dir()  # trained sharded
+
+
+def test_deepspeed_zero2_on_one_cpu_process_matches_one_process(components, single, tmp_path):
+    """The shipped ZeRO-2 config (its clip set to --max_grad_norm on the command line): losses, EMA and the export."""
+    out = tmp_path / "zero2"
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ZERO2_CONFIG),
+        "--num_processes",
+        "1",
+        "--main_process_port",
+        "0",
+        "--gradient_clipping",
+        "0.05",
+        str(SCRIPTS / "train_vincie.py"),
+    ] + _full_args(components, out, batch_size=2, steps=STEPS)
+    result = subprocess.run(command, env=ENV, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / f"checkpoint-{STEPS}" / "pytorch_model").is_dir()  # the DeepSpeed engine's own state
+    expected, actual = _log(single), _log(out)
+    assert sorted(actual) == list(range(1, STEPS + 1))
+    for step in expected:
+        assert actual[step] == pytest.approx(expected[step], abs=TOLERANCE), step
+    _assert_close(
+        load_file(out / f"checkpoint-{STEPS}" / "ema.safetensors"),
+        load_file(single / f"checkpoint-{STEPS}" / "ema.safetensors"),
+    )
+    exported = [
+        load_file(run / "pipeline" / "transformer" / "diffusion_pytorch_model.safetensors") for run in (single, out)
+    ]
+    _assert_close(exported[1], exported[0])
 
 
 @pytest.mark.parametrize(

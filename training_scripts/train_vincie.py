@@ -60,6 +60,7 @@ from diffusers_vincie.training.checkpoints import (
 )
 from diffusers_vincie.training.distributed import (
     build_train_dataloader,
+    check_deepspeed_config,
     check_fsdp_support,
     create_accelerator,
     is_fsdp,
@@ -588,6 +589,7 @@ def main(args: argparse.Namespace, lora=None) -> dict:
     )
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     check_fsdp_support(accelerator, args)
+    check_deepspeed_config(accelerator, args)
     set_seed(args.seed)
     if args.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -88,6 +88,29 @@ def create_accelerator(**kwargs):
     return accelerator
 
 
+def check_deepspeed_config(accelerator, args) -> None:
+    """Under DeepSpeed the engine clips gradients with its config's ``gradient_clipping`` (``--max_grad_norm`` is not
+    applied), and ZeRO-3 partitions the weights that the EMA, validation and the final export read whole: a clip
+    that differs from ``--max_grad_norm``, or ZeRO-3, is refused (FSDP2 shards the weights)."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return
+    config = accelerator.state.deepspeed_plugin.deepspeed_config
+    stage = config.get("zero_optimization", {}).get("stage", 0)
+    if stage >= 3:
+        raise UsageError(
+            "DeepSpeed ZeRO-3 is not supported (it partitions the weights the EMA, validation and the export read); "
+            "use ZeRO-2 (training_scripts/configs/accelerate_deepspeed_zero2.yaml) or FSDP2 to shard the weights."
+        )
+    clip = config.get("gradient_clipping", 0.0)
+    if clip != "auto" and float(clip) != float(args.max_grad_norm):
+        raise UsageError(
+            f"DeepSpeed clips gradients at {clip} (gradient_clipping of its config), --max_grad_norm is "
+            f"{args.max_grad_norm}: make them equal (accelerate launch --gradient_clipping {args.max_grad_norm})."
+        )
+
+
 def is_fsdp(accelerator) -> bool:
     from accelerate.utils import DistributedType
 
@@ -242,6 +265,7 @@ def build_train_dataloader(dataset, args, num_processes: int, start_step: int) -
 __all__ = [
     "GlobalOrderSampler",
     "build_train_dataloader",
+    "check_deepspeed_config",
     "check_fsdp_support",
     "create_accelerator",
     "ema_replacements",
