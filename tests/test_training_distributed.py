@@ -348,3 +348,42 @@ def test_prepared_loader_gives_each_process_its_part_of_every_global_batch(num_p
         got = iter(prepared)
         for _ in range(12):  # across an epoch boundary (23 // (3 x processes) global batches per epoch)
             assert next(got) == next(expected)
+
+
+def test_what_cannot_run_sharded_is_refused_up_front():
+    """FSDP: a trained text encoder, the sensitivity probe, FSDP1; DeepSpeed: ZeRO-3 and a clip other than
+    --max_grad_norm (the engine's clip wins)."""
+    from argparse import Namespace
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from diffusers_vincie.training.distributed import check_deepspeed_config, check_fsdp_support
+    from diffusers_vincie.utils.cli import UsageError
+
+    def fsdp(version):
+        plugin = SimpleNamespace(fsdp_version=version)
+        return SimpleNamespace(distributed_type=DistributedType.FSDP, state=SimpleNamespace(fsdp_plugin=plugin))
+
+    def deepspeed(config):
+        plugin = SimpleNamespace(deepspeed_config=config)
+        return SimpleNamespace(
+            distributed_type=DistributedType.DEEPSPEED, state=SimpleNamespace(deepspeed_plugin=plugin)
+        )
+
+    plain = Namespace(train_text_encoder=False, sensitivity_steps=0, max_grad_norm=1.0)
+    check_fsdp_support(fsdp(2), plain)
+    for args, match in [
+        (Namespace(**{**vars(plain), "train_text_encoder": True}), "--train_text_encoder"),
+        (Namespace(**{**vars(plain), "sensitivity_steps": 5}), "--sensitivity_steps"),
+    ]:
+        with pytest.raises(UsageError, match=match):
+            check_fsdp_support(fsdp(2), args)
+    with pytest.raises(UsageError, match="FSDP2 only"):
+        check_fsdp_support(fsdp(1), plain)
+
+    check_deepspeed_config(deepspeed({"zero_optimization": {"stage": 2}, "gradient_clipping": 1.0}), plain)
+    with pytest.raises(UsageError, match="ZeRO-3"):
+        check_deepspeed_config(deepspeed({"zero_optimization": {"stage": 3}, "gradient_clipping": 1.0}), plain)
+    with pytest.raises(UsageError, match="--gradient_clipping 1.0"):
+        check_deepspeed_config(deepspeed({"zero_optimization": {"stage": 2}, "gradient_clipping": 0.5}), plain)
