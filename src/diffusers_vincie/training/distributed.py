@@ -5,7 +5,8 @@
   configured from an FSDP config file and would train plain data-parallel; here that plugin (FSDP2 only) is made to
   take effect, so the same config shards on GPUs and on CPU processes. FSDP asked for but not active (FSDP1 on CPU,
   one process, ``accelerate launch --cpu``, which starts a single process whatever ``--num_processes`` says) is an
-  error, never a silent fall-back.
+  error, never a silent fall-back. :func:`check_fsdp_support` and :func:`check_deepspeed_config` refuse, before any
+  heavy work, what cannot run under the active layout.
 * Under FSDP2 every parameter is a ``DTensor`` shard. :func:`full_state_dict` gathers full weights (every rank takes
   part, the main process keeps them), :func:`shard_like` cuts a full tensor back into the local shard of a
   ``DTensor``, and :func:`unsharded_root` all-gathers the weights outside the transformer blocks for a forward that
@@ -156,11 +157,6 @@ def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.full_tensor() if is_dtensor(tensor) else tensor
 
 
-def local_numel(tensor: torch.Tensor) -> int:
-    """Elements this rank holds: its shard of a ``DTensor``, the whole of a plain tensor."""
-    return tensor.to_local().numel() if is_dtensor(tensor) else tensor.numel()
-
-
 def shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """``full`` laid out as ``like``: this rank's shard when ``like`` is a ``DTensor`` (cut locally, no
     communication: every rank holds ``full``), else ``full`` on ``like``'s device and dtype."""
@@ -274,7 +270,6 @@ __all__ = [
     "full_tensor",
     "is_dtensor",
     "is_fsdp",
-    "local_numel",
     "shard_like",
     "unsharded_root",
 ]
