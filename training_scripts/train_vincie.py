@@ -33,10 +33,8 @@ import typing
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from diffusers_vincie.image_latents import latent_channels
@@ -44,18 +42,17 @@ from diffusers_vincie.models.transformer_vincie import VincieTransformer
 from diffusers_vincie.training import (
     TASKS,
     PromptEmbeddingCache,
-    ResumableBatchSampler,
     SequenceConfig,
     SessionRowsDataset,
     ShapesSessionsDataset,
     VincieTrainingModule,
     build_training_batch,
-    collate_planned,
     encode_plan_frames,
     training_loss,
 )
 from diffusers_vincie.training.checkpoints import (
     TEXT_EMA_FILE,
+    checkpoint_step,
     find_checkpoint,
     load_checkpoint,
     load_ema,
@@ -63,15 +60,37 @@ from diffusers_vincie.training.checkpoints import (
     save_checkpoint_atomically,
     save_ema,
 )
-from diffusers_vincie.training.export import load_components, save_final_pipeline
+from diffusers_vincie.training.distributed import (
+    build_train_dataloader,
+    check_deepspeed_config,
+    check_fsdp_support,
+    create_accelerator,
+    is_fsdp,
+    unsharded_root,
+)
+from diffusers_vincie.training.export import (
+    build_transformer,
+    export_trained,
+    load_components,
+    pipeline_default_resolution,
+)
 from diffusers_vincie.training.flow import TIMESTEP_SAMPLINGS
-from diffusers_vincie.training.outputs import RUN_LOCK, check_final_output, clear_run_outputs, record_output, run_lock
+from diffusers_vincie.training.memory import peak_memory_bytes
+from diffusers_vincie.training.optimization import build_optimizer
+from diffusers_vincie.training.outputs import (
+    LOG_FILE,
+    check_final_output,
+    check_output_dir,
+    clear_run_outputs,
+    record_output,
+    run_lock,
+    truncate_log,
+    write_log,
+)
 from diffusers_vincie.training.validation import log_instruction_sensitivity, log_validation
 from diffusers_vincie.utils.cli import UsageError, check_number, run_cli
-from diffusers_vincie.utils.io import write_text_atomic
 
 logger = get_logger(__name__)
-LOG_FILE = "train_log.jsonl"
 
 
 # =====================================================================================================
@@ -174,7 +193,13 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="Seed of synthetic session 0 (keep evaluation sessions outside the training range).",
     )
-    group.add_argument("--resolution", type=int, default=None, help="Square frame size (resize); default: as stored.")
+    group.add_argument(
+        "--resolution",
+        type=int,
+        default=None,
+        help="Square frame size (resize); default: the model's own, the pretrained pipeline's default_resolution "
+        "(a transformer trained from scratch: the stored frame size).",
+    )
     group.add_argument("--dataloader_num_workers", type=int, default=0)
 
 
@@ -372,6 +397,8 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
             raise UsageError(f"--{flag} {value} does not exist.")
     check_pipeline_folder(args)
     check_number_flags(args)
+    if args.resolution is None and not args.transformer_config:  # the pretrained model's own, not the stored size
+        args.resolution = pipeline_default_resolution(args.pretrained_model_name_or_path)
     try:
         weights = [float(w) for w in args.task_weights.split(",")]
     except ValueError:
@@ -512,44 +539,6 @@ def check_number_flags(args: argparse.Namespace) -> None:
         )
 
 
-def check_output_dir(args: argparse.Namespace) -> None:
-    """A fresh run never writes into another run's folder: it would replace some of its checkpoints, keep the
-    others (a later ``latest`` resume would mix two runs) and interleave the logs."""
-    output_dir = Path(args.output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise UsageError(f"--output_dir {output_dir} is a file; give a folder.")
-    if args.resume_from_checkpoint and args.overwrite_output_dir:
-        raise UsageError(
-            "--resume_from_checkpoint and --overwrite_output_dir are exclusive: continue the run or start it over."
-        )
-    if args.resume_from_checkpoint or args.overwrite_output_dir or not output_dir.is_dir():
-        return
-    entries = sorted(p.name for p in output_dir.iterdir() if p.name != RUN_LOCK)
-    if entries:
-        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
-        raise UsageError(
-            f"--output_dir {output_dir} is not empty ({shown}); pass --resume_from_checkpoint latest to continue "
-            f"that run, --overwrite_output_dir to start over, or give an empty folder."
-        )
-
-
-def truncate_log(output_dir: str, step: int) -> None:
-    """Keeps the log records of steps <= ``step`` (the resumed one; 0 for a fresh start), so that the log of a
-    resumed run has each step once; a torn last line (a kill mid-append) is dropped."""
-    path = Path(output_dir) / LOG_FILE
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
-            kept.append(line + "\n")
-    write_text_atomic(path, "".join(kept))
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     return validate_args(build_parser().parse_args(argv))
 
@@ -633,30 +622,6 @@ def load_data(args, num_processes: int) -> tuple[SequenceConfig, torch.utils.dat
     return config, dataset
 
 
-def build_transformer(args, components: dict) -> VincieTransformer:
-    """The model to train; its config's ``attention_layout`` is the trained one (the saved pipeline samples with it)."""
-    if args.transformer_config:
-        config = json.loads(Path(args.transformer_config).read_text())
-        config = {k: v for k, v in config.items() if not k.startswith("_")}
-        if config.get("attention_layout", args.attention_layout) != args.attention_layout:
-            logger.warning(
-                f"--attention_layout {args.attention_layout} overrides the config's {config['attention_layout']!r}."
-            )
-        try:
-            transformer = VincieTransformer(**{**config, "attention_layout": args.attention_layout})
-        except (TypeError, ValueError) as error:
-            raise UsageError(f"--transformer_config {args.transformer_config}: {error}") from error
-        transformer.initialize_weights(zero_modulation=args.zero_modulation_init)  # the documented initialisation
-        return transformer
-    transformer = components["transformer"]
-    if transformer.config.attention_layout != args.attention_layout:
-        raise UsageError(
-            f"--attention_layout {args.attention_layout}, but the pretrained transformer uses "
-            f"{transformer.config.attention_layout!r}; pass --attention_layout {transformer.config.attention_layout}."
-        )
-    return transformer
-
-
 def streaming_batches(args, accelerator, sessions, checkpoint):
     """This process's stream of planned batches, at the resumed checkpoint's position; saved with every checkpoint."""
     from diffusers_vincie.training.streaming import StreamingBatches
@@ -675,21 +640,6 @@ def streaming_batches(args, accelerator, sessions, checkpoint):
         raise UsageError(f"--streaming: {error}") from error
     accelerator.register_save_state_pre_hook(lambda models, weights, folder: batches.save(folder))
     return batches
-
-
-def write_log(output_dir: str, record: dict) -> None:
-    with open(os.path.join(output_dir, LOG_FILE), "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def make_optimizer(args, params):
-    return torch.optim.AdamW(
-        params,
-        lr=args.learning_rate,
-        betas=(args.adam_beta1, args.adam_beta2),
-        weight_decay=args.adam_weight_decay,
-        eps=args.adam_epsilon,
-    )
 
 
 # =====================================================================================================
@@ -713,7 +663,7 @@ def main(args: argparse.Namespace, lora=None) -> dict:
 
 def _train(args: argparse.Namespace, lora=None) -> dict:
     logging_dir = Path(args.output_dir, args.logging_dir)
-    accelerator = Accelerator(
+    accelerator = create_accelerator(  # FSDP2 from the launcher's config also on CPU processes; never silently off
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,
@@ -721,6 +671,8 @@ def _train(args: argparse.Namespace, lora=None) -> dict:
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    check_fsdp_support(accelerator, args)
+    check_deepspeed_config(accelerator, args)
     set_seed(args.seed)
     if args.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -735,6 +687,9 @@ def _train(args: argparse.Namespace, lora=None) -> dict:
         os.makedirs(args.output_dir, exist_ok=True)
 
     config, dataset = load_data(args, accelerator.num_processes)  # before the models: a bad dataset fails at once
+    if args.resolution is None:  # from scratch, at the stored size: the saved pipeline samples at it
+        frames = dataset.session(0).frames
+        args.resolution = frames.shape[1] if frames.shape[1] == frames.shape[2] else None
 
     # ---- components
     components = load_components(args)
@@ -751,7 +706,7 @@ def _train(args: argparse.Namespace, lora=None) -> dict:
             )
         )
     if args.train_text_encoder and accelerator.num_processes > 1:
-        raise ValueError("--train_text_encoder runs in one process (prompts are encoded outside the wrapped module).")
+        raise UsageError("--train_text_encoder runs in one process (prompts are encoded outside the wrapped module).")
     for frozen in (vae,) if args.train_text_encoder else (text_encoder, vae):
         if frozen is not None:
             frozen.requires_grad_(False).eval().to(accelerator.device)
@@ -763,53 +718,50 @@ def _train(args: argparse.Namespace, lora=None) -> dict:
         transformer.enable_gradient_checkpointing()
     transformer.train()
 
-    ema = None
-    if args.use_ema:
-        from diffusers.training_utils import EMAModel
-
-        ema = EMAModel([p for p in transformer.parameters() if p.requires_grad], decay=args.ema_decay)
     text_params = [p for p in text_encoder.parameters() if p.requires_grad] if args.train_text_encoder else []
-    text_ema = None
-    if ema is not None and text_params:
+    module = VincieTrainingModule(transformer, args.attention_layout)
+    optimizer, lr_scheduler = build_optimizer(args, module, text_params, accelerator.num_processes)
+    # the order of the data is a pure function of the seed and the micro-step, so a resume continues it exactly
+    global_step = checkpoint_step(checkpoint) if checkpoint is not None else 0
+    # a streamed loader is this process's part already (built after the resume, which sets its position) and is
+    # not prepared: accelerate would split it again
+    loader = (
+        None
+        if args.streaming
+        else build_train_dataloader(
+            dataset, args, accelerator.num_processes, start_step=global_step * args.gradient_accumulation_steps
+        )
+    )
+    # everything in one prepare: DeepSpeed reads the micro-batch size from the loader (set explicitly when
+    # streaming); the loader hands each process its part of every global batch
+    prepared = [module] + ([text_encoder] if args.train_text_encoder else []) + [optimizer]
+    prepared += ([loader] if loader is not None else []) + [lr_scheduler]
+    if loader is None and accelerator.state.deepspeed_plugin is not None:
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = args.train_batch_size
+    prepared = list(accelerator.prepare(*prepared))  # the text encoder is prepared so checkpoints hold its weights
+    module = prepared.pop(0)
+    if args.train_text_encoder:
+        text_encoder = prepared.pop(0)
+    optimizer = prepared.pop(0)
+    if loader is not None:
+        loader = prepared.pop(0)
+    lr_scheduler = prepared.pop(0)
+    # built after prepare: under FSDP2 these are the DTensor shards the optimizer updates, and the EMA is sharded
+    # like them
+    trained = [p for p in accelerator.unwrap_model(module).parameters() if p.requires_grad]
+    params = trained + text_params  # everything the gradient clip sees
+    ema = text_ema = None
+    if args.use_ema:  # saved as ema.safetensors by save_checkpoint_atomically (nothing pickled)
         from diffusers.training_utils import EMAModel
 
-        text_ema = EMAModel(text_params, decay=args.ema_decay)
-
-    module = VincieTrainingModule(transformer, args.attention_layout)
-    params = [p for p in module.parameters() if p.requires_grad]
-    scale = (
-        args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes if args.scale_lr else 1
-    )
-    lr = args.learning_rate * scale
-    groups = [{"params": params, "lr": lr}]
-    if text_params:
-        groups.append({"params": text_params, "lr": (args.text_encoder_learning_rate or args.learning_rate) * scale})
-    optimizer = make_optimizer(args, groups)
-    params = params + text_params  # everything the gradient clip and the optimizer see
-    from diffusers.optimization import get_scheduler
-
-    lr_scheduler = get_scheduler(
-        args.lr_scheduler,
-        optimizer=optimizer,
-        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=(args.lr_decay_steps or args.max_train_steps) * accelerator.num_processes,
-    )
-    if args.train_text_encoder:  # prepared so that checkpoints hold its weights (model_1.safetensors)
-        module, text_encoder, optimizer, lr_scheduler = accelerator.prepare(
-            module, text_encoder, optimizer, lr_scheduler
-        )
-    else:
-        module, optimizer, lr_scheduler = accelerator.prepare(module, optimizer, lr_scheduler)
-    if ema is not None:
-        ema.to(accelerator.device)  # saved as ema.safetensors by save_checkpoint_atomically (nothing pickled)
-    if text_ema is not None:  # saved as text_ema.safetensors inside accelerate's save_state (nothing pickled)
-        text_ema.to(accelerator.device)
-        accelerator.register_save_state_pre_hook(
-            lambda models, weights, folder: save_ema(text_ema, Path(folder) / TEXT_EMA_FILE)
-        )
+        ema = EMAModel(trained, decay=args.ema_decay)
+        if text_params:  # saved as text_ema.safetensors inside accelerate's save_state (nothing pickled)
+            text_ema = EMAModel(text_params, decay=args.ema_decay)
+            accelerator.register_save_state_pre_hook(
+                lambda models, weights, folder: save_ema(text_ema, Path(folder) / TEXT_EMA_FILE)
+            )
 
     # ---- resume
-    global_step = 0
     if checkpoint is not None:
         accelerator.print(f"Resuming from {checkpoint}")
         global_step = load_checkpoint(accelerator, checkpoint, ema)
@@ -818,25 +770,8 @@ def _train(args: argparse.Namespace, lora=None) -> dict:
     if accelerator.is_main_process:
         truncate_log(args.output_dir, global_step)
 
-    # ---- data (the order depends only on the seed and the micro-step, so a resume continues it exactly)
     if args.streaming:  # the stream's position is saved with every checkpoint (data_state_<process>.json)
         loader = streaming_batches(args, accelerator, dataset, checkpoint)
-    else:
-        sampler = ResumableBatchSampler(
-            len(dataset),
-            args.train_batch_size,
-            accelerator.num_processes,
-            accelerator.process_index,
-            seed=args.seed,
-            start_step=global_step * args.gradient_accumulation_steps,
-        )
-        loader = DataLoader(
-            dataset,
-            batch_sampler=sampler,
-            collate_fn=collate_planned,
-            num_workers=args.dataloader_num_workers,
-            persistent_workers=args.dataloader_num_workers > 0,
-        )
     text_cache = PromptEmbeddingCache(
         text_encoder,
         tokenizer,
@@ -891,7 +826,7 @@ def _train(args: argparse.Namespace, lora=None) -> dict:
 
         # ---- one optimizer step done
         if ema is not None:
-            ema.step([p for p in transformer.parameters() if p.requires_grad])
+            ema.step(trained)
         if text_ema is not None:
             text_ema.step(text_params)
         global_step += 1
@@ -903,6 +838,7 @@ def _train(args: argparse.Namespace, lora=None) -> dict:
             "lr": lr_scheduler.get_last_lr()[0],
             "step_time": step_time,
             "data_time": data_time,
+            "peak_memory_gb": peak_memory_bytes(accelerator.device) / 2**30,
         }
         data_time = 0.0
         progress.update(1)
@@ -915,42 +851,25 @@ def _train(args: argparse.Namespace, lora=None) -> dict:
             save_checkpoint_atomically(accelerator, args.output_dir, global_step, ema)
             if accelerator.is_main_process and args.checkpoints_total_limit is not None:  # once the new one is whole
                 rotate_checkpoints(args.output_dir, args.checkpoints_total_limit)
-        if args.validation_steps and global_step % args.validation_steps == 0 and accelerator.is_main_process:
-            log_validation(args, accelerator, transformer, ema, text_cache, vae, dataset, global_step)
+        if args.validation_steps and global_step % args.validation_steps == 0:
+            if is_fsdp(accelerator):  # every rank samples with the sharded weights; the main process writes
+                gathered = unsharded_root(module)
+                log_validation(args, accelerator, transformer, ema, text_cache, vae, dataset, global_step, gathered)
+            elif accelerator.is_main_process:
+                log_validation(args, accelerator, transformer, ema, text_cache, vae, dataset, global_step)
         if args.sensitivity_steps and global_step % args.sensitivity_steps == 0 and accelerator.is_main_process:
             log_instruction_sensitivity(args, transformer, ema, components, dataset.world, global_step, text_ema)
         step_start = time.perf_counter()  # checkpointing and validation are not step time
 
-    # ---- final weights
+    # ---- final weights: gathered on every rank (EMA weights with --use_ema), written once by the main process
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        final = accelerator.unwrap_model(module).transformer
-        if ema is not None:
-            ema.copy_to([p for p in final.parameters() if p.requires_grad])
-        if text_ema is not None:
-            text_ema.copy_to(text_params)
-        if args.train_text_encoder:
-            text_encoder.requires_grad_(False).eval()
-        if final_output is not None:
-            record_output(args.output_dir, final_output)
-        if lora is not None:
-            lora.save(args, final)
-        elif not args.no_save_pipeline:
-            sampling = dict(
-                default_num_inference_steps=args.validation_inference_steps,
-                default_guidance_scale=args.validation_guidance_scale,
-            )
-            if args.resolution:
-                sampling["default_resolution"] = args.resolution
-            save_final_pipeline(
-                args.output_dir,
-                final,
-                components,
-                args.scheduler_shift,
-                args.negative_prompt,
-                args.frame_index,
-                sampling_defaults=sampling,
-            )
+    if text_ema is not None:
+        text_ema.copy_to(text_params)
+    if args.train_text_encoder:
+        text_encoder.requires_grad_(False).eval()
+    if final_output is not None and accelerator.is_main_process:  # recorded before it is written
+        record_output(args.output_dir, final_output)
+    export_trained(args, accelerator, module, ema, components, lora)
     accelerator.end_training()
     return {"global_step": global_step, "last_loss": last_loss, "output_dir": args.output_dir}
 

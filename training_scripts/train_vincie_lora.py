@@ -93,12 +93,13 @@ class LoraSetup:
             raise UsageError(f"--lora_target_modules {targets} matched no module of the transformer.")
         return transformer
 
-    def save(self, args, transformer) -> Path:
+    def save(self, args, transformer, adapter_weights: dict) -> Path:
+        """Writes ``adapter_weights`` (gathered whole, ``gather_trained_transformer``) of ``transformer``'s adapter."""
         from peft.utils import get_peft_model_state_dict
 
         from diffusers_vincie.pipelines import VincieInContextPipeline
 
-        layers = get_peft_model_state_dict(transformer)
+        layers = get_peft_model_state_dict(transformer, state_dict=adapter_weights)
         VincieInContextPipeline.save_lora_weights(
             args.output_dir, transformer_lora_layers=layers, weight_name=LORA_WEIGHT_NAME, safe_serialization=True
         )

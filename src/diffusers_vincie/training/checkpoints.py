@@ -149,13 +149,22 @@ def find_checkpoint(output_dir: str | os.PathLike, resume_from_checkpoint: Optio
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def save_ema(ema, path: str | os.PathLike) -> None:
-    """Writes an ``EMAModel``'s shadow weights (``shadow.<i>``) and its scalars (JSON metadata) as safetensors."""
+def save_ema(ema, path: str | os.PathLike, is_main_process: bool = True) -> None:
+    """Writes an ``EMAModel``'s shadow weights (``shadow.<i>``, full tensors) and its scalars (JSON metadata) as
+    safetensors. Shadows sharded like an FSDP2 model (``DTensor``) are gathered: then every rank calls it and the main
+    process writes."""
     from safetensors.torch import save_file
 
+    from .distributed import full_tensor
+
     state = ema.state_dict()
-    tensors = {f"shadow.{i}": t.detach().contiguous().cpu() for i, t in enumerate(state.pop("shadow_params"))}
-    save_file(tensors, str(path), metadata={"ema": json.dumps(state)})
+    tensors = {}
+    for i, shadow in enumerate(state.pop("shadow_params")):
+        shadow = full_tensor(shadow).detach()
+        if is_main_process:
+            tensors[f"shadow.{i}"] = shadow.contiguous().cpu()
+    if is_main_process:
+        save_file(tensors, str(path), metadata={"ema": json.dumps(state)})
 
 
 def load_ema_shadow(path: str | os.PathLike) -> tuple[list, dict]:
@@ -172,8 +181,11 @@ def load_ema(ema, path: str | os.PathLike) -> None:
     shadow, scalars = load_ema_shadow(path)
     if len(shadow) != len(ema.shadow_params):
         raise CheckpointError(f"{path} holds {len(shadow)} EMA tensors, the model has {len(ema.shadow_params)}.")
-    device = ema.shadow_params[0].device if ema.shadow_params else "cpu"
-    ema.load_state_dict({**scalars, "shadow_params": [t.to(device) for t in shadow]})
+    from .distributed import shard_like  # each rank keeps its shard of a sharded EMA
+
+    ema.load_state_dict(
+        {**scalars, "shadow_params": [shard_like(t, like) for t, like in zip(shadow, ema.shadow_params)]}
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -185,8 +197,8 @@ def save_checkpoint_atomically(accelerator, output_dir: str | os.PathLike, step:
     """``accelerator.save_state`` (+ ``ema.safetensors``) into ``.checkpoint-<step>.tmp``, then the completeness
     marker, then the rename to ``checkpoint-<step>``.
 
-    Must be called on every process (each saves its RNG state; the main process writes the EMA, the marker and
-    renames).
+    Must be called on every process (each saves its RNG state and its shards; the main process writes the EMA, the
+    marker and renames).
     """
     final = Path(output_dir) / f"checkpoint-{step}"
     tmp = Path(output_dir) / f".checkpoint-{step}.tmp"  # one name every process agrees on
@@ -195,11 +207,11 @@ def save_checkpoint_atomically(accelerator, output_dir: str | os.PathLike, step:
     accelerator.wait_for_everyone()
     tmp.mkdir(parents=True, exist_ok=True)
     accelerator.save_state(str(tmp))
-    if accelerator.is_main_process and ema is not None:
-        save_ema(ema, tmp / EMA_FILE)
+    if ema is not None:
+        save_ema(ema, tmp / EMA_FILE, accelerator.is_main_process)
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
+    if accelerator.is_main_process:  # sharded engine state lies in sub-folders: their files are listed too
+        files = {p.relative_to(tmp).as_posix(): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
         write_json_atomic(tmp / COMPLETE_FILE, {"format": COMPLETE_FORMAT, "step": step, "files": files})
         commit_directory(tmp, final, replace=True)
     accelerator.wait_for_everyone()

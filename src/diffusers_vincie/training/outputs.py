@@ -18,8 +18,9 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from ..utils.cli import UsageError
-from ..utils.io import OutputLockedError, exclusive_lock, write_json_atomic
+from ..utils.io import OutputLockedError, exclusive_lock, write_json_atomic, write_text_atomic
 
+LOG_FILE = "train_log.jsonl"
 RUN_RECORD = "run_outputs.json"
 RUN_LOCK = ".train.lock"
 VALIDATION_DIR = "validation"
@@ -60,7 +61,50 @@ def check_final_output(output_dir: str | os.PathLike, name: str | None, flag: st
         )
 
 
-def clear_run_outputs(output_dir: str | os.PathLike, log_file: str) -> list[Path]:
+def check_output_dir(args) -> None:
+    """A fresh run never writes into another run's folder: it would replace some of its checkpoints, keep the
+    others (a later ``latest`` resume would mix two runs) and interleave the logs."""
+    output_dir = Path(args.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UsageError(f"--output_dir {output_dir} is a file; give a folder.")
+    if args.resume_from_checkpoint and args.overwrite_output_dir:
+        raise UsageError(
+            "--resume_from_checkpoint and --overwrite_output_dir are exclusive: continue the run or start it over."
+        )
+    if args.resume_from_checkpoint or args.overwrite_output_dir or not output_dir.is_dir():
+        return
+    entries = sorted(p.name for p in output_dir.iterdir() if p.name != RUN_LOCK)
+    if entries:
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise UsageError(
+            f"--output_dir {output_dir} is not empty ({shown}); pass --resume_from_checkpoint latest to continue "
+            f"that run, --overwrite_output_dir to start over, or give an empty folder."
+        )
+
+
+def truncate_log(output_dir: str | os.PathLike, step: int) -> None:
+    """Keeps the log records of steps <= ``step`` (the resumed one; 0 for a fresh start), so that the log of a
+    resumed run has each step once; a torn last line (a kill mid-append) is dropped."""
+    path = Path(output_dir) / LOG_FILE
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line + "\n")
+    write_text_atomic(path, "".join(kept))
+
+
+def write_log(output_dir: str | os.PathLike, record: dict) -> None:
+    with open(Path(output_dir) / LOG_FILE, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def clear_run_outputs(output_dir: str | os.PathLike, log_file: str = LOG_FILE) -> list[Path]:
     """``--overwrite_output_dir``: deletes what earlier runs wrote and nothing else; returns the deleted paths.
 
     Checkpoints and the log by name, validation grids by name (``validation/`` itself only once empty), the final
@@ -99,11 +143,15 @@ def run_lock(output_dir: str | os.PathLike) -> Iterator[None]:
 
 
 __all__ = [
+    "LOG_FILE",
     "RUN_LOCK",
     "RUN_RECORD",
     "check_final_output",
+    "check_output_dir",
     "clear_run_outputs",
     "record_output",
     "recorded_outputs",
     "run_lock",
+    "truncate_log",
+    "write_log",
 ]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Optional
 
@@ -102,13 +102,17 @@ def save_grid(rows: list[list[np.ndarray]], path: str | os.PathLike) -> Path:
     return path
 
 
-def log_validation(args, accelerator, transformer, ema, text_cache, vae, dataset, step: int) -> Optional[Path]:
+def log_validation(
+    args, accelerator, transformer, ema, text_cache, vae, dataset, step: int, gathered_weights=None
+) -> Optional[Path]:
     """Samples ``args.num_validation_sessions`` sessions, saves ``validation/step-<step>.png`` and logs it.
 
-    With EMA the EMA weights are used (and the training weights restored afterwards).
+    With EMA the EMA weights are used (and the training weights restored afterwards). Under FSDP every rank runs it,
+    with ``gathered_weights`` the context that gathers the weights the transformer blocks do not gather themselves
+    (entered once the EMA weights are in place), and the main process writes the grid; ``None`` elsewhere.
     """
     rows = []
-    with _averaged_weights(transformer, ema):
+    with _averaged_weights(transformer, ema), gathered_weights or nullcontext():
         for index in range(min(args.num_validation_sessions, len(dataset))):
             sample = dataset.session(index)
             predictions = sample_frames(
@@ -127,6 +131,8 @@ def log_validation(args, accelerator, transformer, ema, text_cache, vae, dataset
             truth = list(sample.frames[: len(predictions) + 1])
             rows.append(truth)
             rows.append([np.zeros_like(truth[0])] + predictions)
+    if not accelerator.is_main_process:
+        return None
     path = save_grid(rows, Path(args.output_dir) / "validation" / f"step-{step}.png")
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
