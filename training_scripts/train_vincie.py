@@ -657,11 +657,6 @@ def main(args: argparse.Namespace, lora=None) -> dict:
 
     One run writes an ``--output_dir`` at a time: a second one is refused (``run_lock``).
     """
-    with run_lock(args.output_dir):
-        return _train(args, lora)
-
-
-def _train(args: argparse.Namespace, lora=None) -> dict:
     logging_dir = Path(args.output_dir, args.logging_dir)
     accelerator = create_accelerator(  # FSDP2 from the launcher's config also on CPU processes; never silently off
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -671,8 +666,13 @@ def _train(args: argparse.Namespace, lora=None) -> dict:
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
-    check_fsdp_support(accelerator, args)
+    check_fsdp_support(accelerator, args)  # before the lock: a refused run writes nothing
     check_deepspeed_config(accelerator, args)
+    with run_lock(args.output_dir):
+        return _train(args, accelerator, lora)
+
+
+def _train(args: argparse.Namespace, accelerator, lora=None) -> dict:
     set_seed(args.seed)
     if args.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
