@@ -39,6 +39,7 @@ from .inputs import (
     as_image_list,
     callback_outputs,
     check_choice,
+    check_embeddings,
     check_image,
     check_int,
     check_sampling,
@@ -449,6 +450,11 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
             embeds = [None] * len(prompts)
         resolution = self.config.default_resolution if resolution is None else resolution
         self.check_inputs(images, len(prompts), output_type, fidelity, posterior, resolution)
+        text_dim = self.transformer.config.text_embed_dim
+        for k, embedding in enumerate(embeds if prompt_embeds is not None else []):
+            check_embeddings("prompt_embeds" if len(embeds) == 1 else f"prompt_embeds[{k}]", embedding, text_dim)
+        if negative_prompt_embeds is not None:
+            check_embeddings("negative_prompt_embeds", negative_prompt_embeds, text_dim)
         check_sampling(  # once here too, so that a bad value stops the call before any image is encoded
             self.config.default_num_inference_steps if num_inference_steps is None else num_inference_steps,
             self.config.default_guidance_scale if guidance_scale is None else guidance_scale,

@@ -27,8 +27,25 @@ from safetensors.torch import load_file, save_file
 
 from ..sequence import CURRENT_MASK, IMAGE, NEXT_MASK, Frame, Text, format_turn_prompt
 from ..utils.io import atomic_directory
-from .image_processing import mask_to_image, postprocess, postprocess_official, preprocess, to_rgb, transform_mask
-from .inputs import FIDELITIES, POSTERIORS, check_choice, check_generator, check_image, check_int, check_sampling
+from .image_processing import (
+    check_drag,
+    mask_to_image,
+    postprocess,
+    postprocess_official,
+    preprocess,
+    to_rgb,
+    transform_mask,
+)
+from .inputs import (
+    FIDELITIES,
+    POSTERIORS,
+    check_choice,
+    check_embeddings,
+    check_generator,
+    check_image,
+    check_int,
+    check_sampling,
+)
 from .sampling import Guidance
 
 SESSION_FILE = "session.json"
@@ -184,10 +201,7 @@ class VincieEditingSession:
 
     def _text(self, instruction: Optional[str], turn: int, templated: bool, embeds=None) -> SessionText:
         if embeds is not None:  # encoded apart (`pipe.encode_prompt`); the prompt text is unknown here
-            if not isinstance(embeds, torch.Tensor) or embeds.ndim != 2 or embeds.shape[0] == 0:
-                raise ValueError(
-                    "`prompt_embeds` must hold one (tokens, text_dim) tensor per prompt (`encode_prompt`)."
-                )
+            check_embeddings("prompt_embeds", embeds, self.pipe.transformer.config.text_embed_dim)
             return SessionText(Text(turn), instruction or "", embeds.to(self.pipe._execution_device))
         if not isinstance(instruction, str) or not instruction.strip():
             raise ValueError("`instruction` must be a non-empty string (or give `prompt_embeds`).")
@@ -293,6 +307,10 @@ class VincieEditingSession:
             raise ValueError(
                 f"The session reached the model's turn table ({self.pipe.transformer.config.max_turns} turns)."
             )
+        if negative_prompt_embeds is not None:
+            check_embeddings(
+                "negative_prompt_embeds", negative_prompt_embeds, self.pipe.transformer.config.text_embed_dim
+            )
         text = self._text(instruction, turn, self.use_prompt_template, prompt_embeds)
         negative = self._negative(negative_prompt, negative_prompt_embeds, guidance_scale)
         if fidelity == "official":  # official: every turn starts from the first turn's seed state, per candidate
@@ -378,7 +396,13 @@ class VincieEditingSession:
         **kwargs,
     ):
         """Drag editing: the current RoE mask (given or predicted) is moved/scaled/rotated into the next-frame mask,
-        then the image is generated. ``translate`` is in source-image pixels."""
+        then the image is generated. ``translate`` is in source-image pixels.
+
+        The transform must be finite (``scale`` > 0) and leave part of the region inside the image: with a given
+        ``current_mask`` this is checked before any work, with a predicted one as soon as it is predicted."""
+        translate, scale, rotate = check_drag(translate, scale, rotate)
+        if current_mask is not None and not isinstance(current_mask, str) and not callable(current_mask):
+            transform_mask(mask_to_image(current_mask, self.reference_size, "current_mask"), translate, scale, rotate)
         return self.edit(
             instruction,
             current_mask=current_mask,
