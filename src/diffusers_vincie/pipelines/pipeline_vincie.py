@@ -44,6 +44,7 @@ from .inputs import (
     check_int,
     check_sampling,
 )
+from .locking import serialised
 from .lora import VincieLoraLoaderMixin
 from .sampling import Guidance, SamplerStep, frame_latent_shape, sample_frame
 from .session import SessionFrame, SessionText, VincieEditingSession
@@ -205,6 +206,7 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
         dtype = self.transformer.dtype if self.transformer is not None else encoder.dtype
         return [s.to(dtype) for s in states]
 
+    @serialised()
     def encode_prompt(
         self,
         prompt: Union[str, list[str]],
@@ -371,6 +373,7 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
 
     # ------------------------------------------------------------------------------------- call
 
+    @serialised()  # one call at a time per pipeline: its modules, scheduler and call state are shared
     @torch.no_grad()
     def __call__(
         self,

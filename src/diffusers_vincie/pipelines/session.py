@@ -46,6 +46,7 @@ from .inputs import (
     check_int,
     check_sampling,
 )
+from .locking import lock_of, serialised
 from .sampling import Guidance
 
 SESSION_FILE = "session.json"
@@ -162,9 +163,10 @@ class VincieEditingSession:
         self.encode_calls = {"text": 0, "image": 0}  # encoder calls made by this session (see benchmarks)
         first = to_rgb(images[0])
         self.reference_size = first.size
-        self.sources = [
-            self._encode_image(im, Frame(IMAGE, i), generator) for i, im in enumerate([first, *images[1:]])
-        ]
+        with lock_of(pipe):
+            self.sources = [
+                self._encode_image(im, Frame(IMAGE, i), generator) for i, im in enumerate([first, *images[1:]])
+            ]
         self.reference_texts: list[SessionText] = []
         self.turns: list[SessionTurn] = []
         self._text_cache: dict[str, torch.Tensor] = {}
@@ -229,6 +231,7 @@ class VincieEditingSession:
 
     # ------------------------------------------------------------------------------------- editing
 
+    @serialised("pipe")
     def add_instruction(self, prompt: Optional[str], prompt_embeds: Optional[torch.Tensor] = None) -> None:
         """Adds the instruction that follows a given image other than the last (earlier turns given as images, as
         in the official loop, or reference prompts of composition mode with ``use_prompt_template=False``)."""
@@ -239,6 +242,7 @@ class VincieEditingSession:
         turn = self._next_turn_index()
         self.reference_texts.append(self._text(prompt, turn, self.use_prompt_template, prompt_embeds))
 
+    @serialised("pipe")  # a turn at a time, and one call at a time on the shared pipeline
     @torch.no_grad()
     def edit(
         self,
@@ -360,6 +364,7 @@ class VincieEditingSession:
         images = [c.image for c in candidates]
         return images if num_images_per_prompt > 1 else images[0]
 
+    @serialised()
     def choose(self, candidate: int) -> PIL.Image.Image:
         """Continues the session from candidate ``candidate`` of the last turn (``num_images_per_prompt``)."""
         if not self.turns:
@@ -410,12 +415,14 @@ class VincieEditingSession:
             **kwargs,
         )
 
+    @serialised()
     def undo(self) -> None:
         """Removes the last turn."""
         if not self.turns:
             raise ValueError("Nothing to undo: the session has no edits.")
         self.turns.pop()
 
+    @serialised()
     def branch(self, turn: int) -> "VincieEditingSession":
         """A new session that keeps turns ``1..turn`` (0 = only the source); this session is unchanged."""
         check_int("turn", turn, 0, len(self.turns))
@@ -429,6 +436,7 @@ class VincieEditingSession:
 
     # ------------------------------------------------------------------------------------- save / load
 
+    @serialised()
     def save(self, folder: Union[str, os.PathLike], overwrite: bool = False) -> Path:
         """Writes images (PNG), tensors (safetensors) and ``session.json`` to ``folder`` atomically.
 
