@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from ..sequence import CURRENT_MASK, IMAGE, NEXT_MASK, Frame, Text, format_turn_prompt
 from ..utils.io import atomic_directory
 from .image_processing import (
+    area_size,
     check_drag,
     mask_to_image,
     postprocess,
@@ -480,11 +481,18 @@ class VincieEditingSession:
             record["sources"] = [frame(f, f"source_{i}") for i, f in enumerate(self.sources)]
             record["reference_texts"] = [text(t, f"reference_text_{i}") for i, t in enumerate(self.reference_texts)]
             for k, turn in enumerate(self.turns):
+                chosen = next(j for j, c in enumerate(turn.candidates) if c is turn.frame)
+                candidates = [
+                    frame(c, f"turn_{k + 1}" if j == chosen else f"turn_{k + 1}_candidate_{j}")
+                    for j, c in enumerate(turn.candidates)
+                ]
                 record["turns"].append(
                     {
                         "instruction": turn.instruction,
                         "text": text(turn.text, f"turn_{k + 1}_text"),
-                        "frame": frame(turn.frame, f"turn_{k + 1}"),
+                        "frame": candidates[chosen],
+                        "candidates": candidates,
+                        "chosen": chosen,
                         "masks": [frame(m, f"turn_{k + 1}_mask_{j}") for j, m in enumerate(turn.mask_frames)],
                     }
                 )
@@ -549,22 +557,60 @@ class VincieEditingSession:
             if key not in record:
                 raise ValueError(f"{record_path} lacks `{key}`; the saved session is damaged.")
             setattr(session, key, record[key])
-        session.reference_size = tuple(record["reference_size"])
-        session.sources = [frame(e, i) for i, e in enumerate(record["sources"])]
-        session.reference_texts = [text(e) for e in record["reference_texts"]]
-        session.turns = []
-        for t in record["turns"]:
-            instruction = text(t["text"])
-            masks = [frame(m, instruction.turn) for m in t["masks"]]  # masks belong to the edit's source turn
-            session.turns.append(
-                SessionTurn(t["instruction"], instruction, frame(t["frame"], instruction.turn + 1), masks)
-            )
-        shapes = {tuple(f.latent.shape) for f in session.sources + [t.frame for t in session.turns]}
+        try:
+            _restore_items(session, record, frame, text, pipe.transformer.config.max_turns)
+        except (KeyError, TypeError, IndexError, ValueError) as error:
+            raise ValueError(f"{record_path}: {error}; the saved session is damaged.") from None
+        shapes = {tuple(f.latent.shape) for f in session.sources + [c for t in session.turns for c in t.candidates]}
         if len(shapes) != 1:
             raise ValueError(f"{tensors_path}: the session's frame latents disagree in shape ({sorted(shapes)}).")
+        expected = _latent_size(pipe, session.reference_size, session.resolution)
+        if next(iter(shapes))[:2] != expected:
+            raise ValueError(
+                f"{folder} was saved by a model whose frames are {next(iter(shapes))[:2]} latent pixels at resolution "
+                f"{session.resolution}; this pipeline makes {expected} (another patch size or VAE). Load it with the "
+                "model that saved it."
+            )
         session._text_cache = {t.prompt: t.tokens for t in session.reference_texts + [x.text for x in session.turns]}
         session.encode_calls = {"text": 0, "image": 0}
         return session
+
+
+def _restore_items(session: VincieEditingSession, record: dict, frame: Callable, text: Callable, max_turns: int):
+    """Rebuilds the sources, reference prompts and turns of a loaded ``record`` (``frame`` / ``text`` read one
+    entry); a turn outside the model's turn table, a prompt of the wrong turn or a bad candidate is refused."""
+    check_int("resolution", session.resolution, 1)
+    check_choice("posterior", session.posterior, POSTERIORS)
+    width, height = record["reference_size"]
+    session.reference_size = (check_int("reference_size", width, 1), check_int("reference_size", height, 1))
+    session.sources = [frame(e, i) for i, e in enumerate(record["sources"])]
+    session.reference_texts = [text(e) for e in record["reference_texts"]]
+    if len(session.reference_texts) != len(session.sources) - 1:
+        raise ValueError(f"{len(session.sources)} sources need {len(session.sources) - 1} reference prompts")
+    session.turns = []
+    for t in record["turns"]:
+        instruction = text(t["text"])
+        masks = [frame(m, instruction.turn) for m in t["masks"]]  # masks belong to the edit's source turn
+        entries = t.get("candidates") or [t["frame"]]  # sessions saved before candidates were kept have one
+        chosen = check_int("chosen", t.get("chosen", 0), 0, len(entries) - 1)
+        current = frame(t["frame"], instruction.turn + 1)
+        if entries[chosen] != t["frame"]:
+            raise ValueError(f"candidate {chosen}, the chosen one, is not the turn's `frame`")
+        candidates = [current if j == chosen else frame(e, instruction.turn + 1) for j, e in enumerate(entries)]
+        session.turns.append(SessionTurn(t["instruction"], instruction, current, masks, candidates))
+    texts = session.reference_texts + [t.text for t in session.turns]
+    if len(texts) > max_turns:
+        raise ValueError(f"it has {len(texts)} turns but the model's turn table has {max_turns}")
+    for k, t in enumerate(texts):
+        if t.turn != k:
+            raise ValueError(f"prompt {k} is numbered turn {t.turn}")
+
+
+def _latent_size(pipe, reference_size: tuple[int, int], resolution: int) -> tuple[int, int]:
+    """The latent ``(h, w)`` that ``pipe`` makes of a ``reference_size`` (W, H) image at ``resolution``."""
+    height, width = area_size(reference_size[1], reference_size[0], resolution)
+    multiple = pipe.size_multiple
+    return (height - height % multiple) // pipe.spatial_factor, (width - width % multiple) // pipe.spatial_factor
 
 
 def _sha256(path: Path) -> str:
