@@ -65,6 +65,7 @@ from diffusers_vincie.training.checkpoints import (
 )
 from diffusers_vincie.training.export import load_components, save_final_pipeline
 from diffusers_vincie.training.flow import TIMESTEP_SAMPLINGS
+from diffusers_vincie.training.guards import check_finite_loss, check_finite_weights, check_resolution
 from diffusers_vincie.training.validation import log_instruction_sensitivity, log_validation
 from diffusers_vincie.utils.cli import UsageError, check_number, run_cli
 from diffusers_vincie.utils.io import write_text_atomic
@@ -680,6 +681,8 @@ def main(args: argparse.Namespace, lora=None) -> dict:
             f"Pixel-space training (no VAE) needs latent_channels=3, the transformer has "
             f"{transformer.config.latent_channels}; give --vae_name_or_path or fix the config."
         )
+    vae_factor = 1 if vae is None else 2 ** (len(vae.config.block_out_channels) - 1)
+    check_resolution(args.resolution, transformer.config.patch_size, vae_factor)
     if args.train_text_encoder and accelerator.num_processes > 1:
         raise ValueError("--train_text_encoder runs in one process (prompts are encoded outside the wrapped module).")
     for frozen in (vae,) if args.train_text_encoder else (text_encoder, vae):
@@ -785,6 +788,7 @@ def main(args: argparse.Namespace, lora=None) -> dict:
     )
     data_iter = iter(loader)
     accumulated, last_loss, data_time, step_start = 0.0, float("nan"), 0.0, time.perf_counter()
+    batch = None
     while global_step < args.max_train_steps:
         wait_start = time.perf_counter()
         planned = next(data_iter)
@@ -815,6 +819,7 @@ def main(args: argparse.Namespace, lora=None) -> dict:
         accumulated += accelerator.gather(loss.detach().reshape(1)).mean().item() / args.gradient_accumulation_steps
         if not accelerator.sync_gradients:
             continue
+        check_finite_loss(accumulated, global_step + 1, args.output_dir)  # a diverged run stops, saving nothing
 
         # ---- one optimizer step done
         if ema is not None:
@@ -839,6 +844,7 @@ def main(args: argparse.Namespace, lora=None) -> dict:
         accelerator.log({"loss": last_loss, "lr": record["lr"]}, step=global_step)
 
         if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
+            check_finite_weights(module.parameters(), global_step, args.output_dir, accelerator)
             if accelerator.is_main_process and args.checkpoints_total_limit is not None:
                 rotate_checkpoints(args.output_dir, args.checkpoints_total_limit - 1)
             save_checkpoint_atomically(accelerator, args.output_dir, global_step, ema)
@@ -849,6 +855,10 @@ def main(args: argparse.Namespace, lora=None) -> dict:
         step_start = time.perf_counter()  # checkpointing and validation are not step time
 
     # ---- final weights
+    if batch is not None:  # the last update may have left finite weights whose outputs overflow
+        with torch.no_grad():
+            final_loss = accelerator.gather(training_loss(module, batch).detach().reshape(1)).mean().item()
+        check_finite_loss(final_loss, global_step, args.output_dir)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(module).transformer
@@ -856,6 +866,7 @@ def main(args: argparse.Namespace, lora=None) -> dict:
             ema.copy_to([p for p in final.parameters() if p.requires_grad])
         if text_ema is not None:
             text_ema.copy_to(text_params)
+        check_finite_weights([*final.parameters(), *text_params], global_step, args.output_dir)
         if args.train_text_encoder:
             text_encoder.requires_grad_(False).eval()
         if lora is not None:
