@@ -83,15 +83,21 @@ def load_sessions(
     if source.endswith(".parquet") or is_glob:
         if not is_glob and not local.is_file():
             raise FileNotFoundError(f"path_or_repo: no parquet file at {source!r}.")
-        dataset = load_dataset(
-            "parquet", data_files={split: str(local)}, split=split, streaming=streaming, **load_dataset_kwargs
+        shards = sorted(local.parent.glob(local.name)) if is_glob else [local]
+        dataset = _load_local(
+            shards, "parquet", data_files={split: str(local)}, split=split, streaming=streaming, **load_dataset_kwargs
         )
     elif local.exists():
         if not local.is_dir():
             raise FileNotFoundError(
                 f"path_or_repo: {source!r} is not a folder; give a sessions folder, a .parquet file or a Hub id."
             )
-        dataset = load_dataset(str(local), split=split, streaming=streaming, **load_dataset_kwargs)
+        shards = [  # hidden files (e.g. an interrupted writer's temporary) are not part of the dataset
+            shard
+            for shard in sorted(local.rglob("*.parquet"))
+            if not any(part.startswith(".") for part in shard.relative_to(local).parts)
+        ]
+        dataset = _load_local(shards, str(local), split=split, streaming=streaming, **load_dataset_kwargs)
     elif source.startswith(("/", ".", "~")) or source.count("/") > 1:
         raise FileNotFoundError(f"path_or_repo: no folder at {source!r} (and it is not a Hub id 'owner/name').")
     else:
@@ -106,6 +112,32 @@ def load_sessions(
                 "dataset. Use Vincie10MAdapter or PairwiseEditAdapter for other layouts."
             )
     return dataset
+
+
+def _load_local(shards: list[Path], *args: Any, **kwargs: Any) -> Dataset | IterableDataset:
+    """``load_dataset(*args, **kwargs)`` of local parquet ``shards``; a damaged shard is named (its footer is read
+    first, so that streaming also fails at once, and a shard that fails later is found by reading each)."""
+    import pyarrow.parquet as pq
+
+    def damaged(shard: Path, error: Exception) -> ValueError:
+        return ValueError(
+            f"path_or_repo: shard {shard} is damaged ({type(error).__name__}: {error}); rebuild or remove it."
+        )
+
+    for shard in shards:
+        try:
+            pq.ParquetFile(shard).metadata
+        except Exception as error:  # pyarrow reports a torn or foreign file in several ways
+            raise damaged(shard, error) from None
+    try:
+        return load_dataset(*args, **kwargs)
+    except Exception as error:  # find the shard behind the builder's generic error
+        for shard in shards:
+            try:
+                pq.read_table(shard)
+            except Exception as shard_error:
+                raise damaged(shard, shard_error) from None
+        raise error
 
 
 def iter_session_records(dataset: Iterable[dict[str, Any]]) -> Iterator[SessionRecord]:

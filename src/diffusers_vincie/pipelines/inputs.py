@@ -47,6 +47,19 @@ def check_int(name: str, value, minimum: int, maximum: Optional[int] = None, hin
     return value
 
 
+def check_text(name: str, text: str) -> str:
+    """Text that a tokenizer can read: no lone surrogate (what an undecodable byte of a command line or a file
+    read with ``errors="surrogateescape"`` becomes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"`{name}` is not valid text: {text[error.start]!r} at position {error.start} is a lone surrogate (an "
+            "undecodable byte); give UTF-8 text."
+        ) from None
+    return text
+
+
 def check_generator(generator, num_candidates: int) -> list[Optional[torch.Generator]]:
     """One generator (or ``None``) per candidate: a single generator serves every candidate in turn, a list must
     give exactly one per candidate (diffusers' convention)."""

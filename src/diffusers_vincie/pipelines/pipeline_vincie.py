@@ -43,6 +43,7 @@ from .inputs import (
     check_image,
     check_int,
     check_sampling,
+    check_text,
 )
 from .locking import serialised
 from .lora import VincieLoraLoaderMixin
@@ -450,7 +451,11 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
             prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
             if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
                 raise ValueError("`prompt` must be a non-empty instruction or a list of non-empty instructions.")
+            for k, text in enumerate(prompts):
+                check_text("prompt" if len(prompts) == 1 else f"prompt[{k}]", text)
             embeds = [None] * len(prompts)
+        if negative_prompt is not None:
+            check_text("negative_prompt", negative_prompt)
         resolution = self.config.default_resolution if resolution is None else resolution
         self.check_inputs(images, len(prompts), output_type, fidelity, posterior, resolution)
         text_dim = self.transformer.config.text_embed_dim

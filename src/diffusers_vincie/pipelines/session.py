@@ -46,6 +46,7 @@ from .inputs import (
     check_image,
     check_int,
     check_sampling,
+    check_text,
 )
 from .locking import lock_of, serialised
 from .sampling import Guidance
@@ -208,6 +209,7 @@ class VincieEditingSession:
             return SessionText(Text(turn), instruction or "", embeds.to(self.pipe._execution_device))
         if not isinstance(instruction, str) or not instruction.strip():
             raise ValueError("`instruction` must be a non-empty string (or give `prompt_embeds`).")
+        check_text("instruction", instruction)
         prompt = (
             format_turn_prompt(instruction, turn, self.camera_prefix)
             if templated
@@ -312,6 +314,8 @@ class VincieEditingSession:
             raise ValueError(
                 f"The session reached the model's turn table ({self.pipe.transformer.config.max_turns} turns)."
             )
+        if negative_prompt is not None:
+            check_text("negative_prompt", negative_prompt)
         if negative_prompt_embeds is not None:
             check_embeddings(
                 "negative_prompt_embeds", negative_prompt_embeds, self.pipe.transformer.config.text_embed_dim
