@@ -27,7 +27,7 @@ from diffusers_vincie import VincieEditingSession
 
 SAMPLER_CONCURRENCY = 1  # sampling calls that run at once (one GPU)
 MAX_WAITING = int(os.environ.get("VINCIE_SPACE_MAX_WAITING", "4"))  # calls that may wait for the sampler
-MAX_WAIT_SECONDS = float(os.environ.get("VINCIE_SPACE_MAX_WAIT_SECONDS", "20"))  # how long one of them waits
+MAX_WAIT_SECONDS = float(os.environ.get("VINCIE_SPACE_MAX_WAIT_SECONDS", "15"))  # below common client timeouts (20 s)
 
 
 class SamplerGate:
