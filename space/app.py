@@ -64,7 +64,7 @@ MAX_PIXELS = int(os.environ.get("VINCIE_SPACE_MAX_PIXELS", "16000000"))  # 16 MP
 MAX_UPLOAD_SIZE = os.environ.get("VINCIE_SPACE_MAX_FILE_SIZE", "25mb")
 MAX_INSTRUCTION_CHARS = 400
 MAX_REFERENCES = 6  # official multi-concept recipe: six reference images
-QUEUE_SIZE = int(os.environ.get("VINCIE_SPACE_QUEUE_SIZE", "32"))
+QUEUE_SIZE = int(os.environ.get("VINCIE_SPACE_QUEUE_SIZE", "256"))  # events pass it at once; the gate bounds the work
 # Bounds on one call's work, so one user's call keeps the others waiting for a bounded time: sampler steps, and
 # tokens per frame (the resolution bound follows from the model's patch grid: 1024 tokens is 512 px on VINCIE-3B,
 # whose frames are cut into 16 px patches, and 128 px on the 4 px patches of the shipped 32 px model).
