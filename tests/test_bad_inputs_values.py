@@ -76,6 +76,7 @@ def test_every_dtype_and_layout_gives_the_same_image(pixels, convert):
         (lambda a: torch.empty(3, 32, 32, device="meta"), "meta tensor"),
         (lambda a: np.full((32, 32, 3), np.nan, np.float32), "NaN"),
         (lambda a: a.astype(np.complex64), "dtype complex64"),
+        (lambda a: np.concatenate([a, a[..., :1]], -1), r"drop the alpha channel"),
     ],
 )
 def test_anything_else_is_a_clear_error_naming_the_argument(pixels, make, words):
@@ -180,6 +181,7 @@ def _square(size=32, box=(8, 8, 16, 16)) -> np.ndarray:
         (dict(translate=5), TypeError, "`translate` must be a pair"),
         (dict(translate=(1, 2, 3)), TypeError, "`translate` must be a pair"),
         (dict(scale="2"), TypeError, "`scale` must be a number"),
+        (dict(translate=torch.tensor([math.nan, 0.0])), ValueError, r"`translate\[0\]` must be a finite number"),
     ],
 )
 def test_bad_drags_are_refused_before_any_work(pipe, pixels, no_forward, kwargs, error, words):
@@ -237,5 +239,6 @@ def test_mask_dtypes_follow_the_rule():
 
 
 def test_a_partly_visible_drag_still_works():
-    moved = transform_mask(mask_to_image(_square()), translate=(20, 0))
-    assert 0 < (np.asarray(moved)[..., 0] > 127).sum() < _square().sum()
+    for translate in ((20, 0), np.array([20, 0]), torch.tensor([20.0, 0.0])):
+        moved = transform_mask(mask_to_image(_square()), translate=translate)
+        assert 0 < (np.asarray(moved)[..., 0] > 127).sum() < _square().sum()

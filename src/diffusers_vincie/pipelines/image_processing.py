@@ -46,7 +46,11 @@ def image_array(image, name: str = "image") -> np.ndarray:
         if values.ndim == 3 and values.shape[-1] == 1:
             values = values[..., 0]
         if values.ndim not in (2, 3) or (values.ndim == 3 and values.shape[-1] != 3):
-            hint = " (transpose a (3, H, W) array with `.transpose(1, 2, 0)`)" if values.ndim == 3 else ""
+            hint = ""
+            if values.ndim == 3 and values.shape[-1] == 4:
+                hint = " (drop the alpha channel with `[..., :3]`, or give a PIL RGBA image: composited over white)"
+            elif values.ndim == 3 and values.shape[0] in (1, 3):
+                hint = " (transpose a (3, H, W) array with `.transpose(1, 2, 0)`)"
             raise ValueError(f"`{name}` array must be (H, W, 3) or (H, W); got {values.shape}{hint}.")
     else:
         raise TypeError(f"`{name}` must be a PIL image, a numpy array or a tensor; got {type(image).__name__}.")
@@ -232,7 +236,8 @@ def check_drag(translate, scale, rotate) -> tuple[tuple[float, float], float, fl
         raise TypeError(f"`translate` must be a pair of numbers (dx, dy) in pixels; got {translate!r}.")
     numbers = []
     for name, value in (("translate[0]", pair[0]), ("translate[1]", pair[1]), ("scale", scale), ("rotate", rotate)):
-        value = value.item() if isinstance(value, (np.generic, torch.Tensor)) and np.size(value) == 1 else value
+        if isinstance(value, np.generic) or (isinstance(value, torch.Tensor) and value.numel() == 1):
+            value = value.item()
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"`{name}` must be a number; got {type(value).__name__} {value!r}.")
         if not math.isfinite(value):
