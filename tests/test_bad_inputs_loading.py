@@ -60,6 +60,9 @@ def _twenty_turns(record):
         (lambda r: r.update(reference_size=7), "damaged"),
         (lambda r: r["turns"][0].pop("text"), "'text'"),
         (lambda r: r.update(turns={"a": 1}), "damaged"),
+        (lambda r: r["turns"][1]["candidates"][0].update(kind="next_mask"), "a turn's image is not of kind 'image'"),
+        (lambda r: r["sources"][0].update(kind="current_mask"), "frame of kind 'current_mask' stands where"),
+        (lambda r: r["sources"][0].update(kind="photo"), "Frame `kind` must be one of"),
     ],
 )
 def test_a_tampered_session_is_refused_with_the_reason(pipe, saved, tmp_path, change, words):

@@ -565,7 +565,8 @@ class VincieEditingSession:
             _restore_items(session, record, frame, text, pipe.transformer.config.max_turns)
         except (KeyError, TypeError, IndexError, ValueError) as error:
             raise ValueError(f"{record_path}: {error}; the saved session is damaged.") from None
-        shapes = {tuple(f.latent.shape) for f in session.sources + [c for t in session.turns for c in t.candidates]}
+        frames = session.sources + [f for t in session.turns for f in t.candidates + t.mask_frames]
+        shapes = {tuple(f.latent.shape) for f in frames}
         if len(shapes) != 1:
             raise ValueError(f"{tensors_path}: the session's frame latents disagree in shape ({sorted(shapes)}).")
         expected = _latent_size(pipe, session.reference_size, session.resolution)
@@ -602,6 +603,15 @@ def _restore_items(session: VincieEditingSession, record: dict, frame: Callable,
             raise ValueError(f"candidate {chosen}, the chosen one, is not the turn's `frame`")
         candidates = [current if j == chosen else frame(e, instruction.turn + 1) for j, e in enumerate(entries)]
         session.turns.append(SessionTurn(t["instruction"], instruction, current, masks, candidates))
+    for kinds, frames in (
+        ((IMAGE,), session.sources),
+        ((CURRENT_MASK, NEXT_MASK), [m for t in session.turns for m in t.mask_frames]),
+    ):
+        for f in frames:
+            if f.kind not in kinds:
+                raise ValueError(f"a frame of kind {f.kind!r} stands where a frame of kind {kinds} belongs")
+    if any(c.kind != IMAGE for t in session.turns for c in t.candidates):
+        raise ValueError(f"a turn's image is not of kind {IMAGE!r}")
     texts = session.reference_texts + [t.text for t in session.turns]
     if len(texts) > max_turns:
         raise ValueError(f"it has {len(texts)} turns but the model's turn table has {max_turns}")
