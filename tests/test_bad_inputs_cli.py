@@ -193,3 +193,14 @@ def test_agreeing_pipeline_kwargs_and_flags_still_run(tmp_path, bench, pipeline_
     assert main([*argv, "--num-inference-steps", "1"]) == 0
     assert len(list((tmp_path / "out").glob("*.png"))) == 2
     assert np.asarray(PIL.Image.open(next((tmp_path / "out").glob("*.png")))).shape[-1] == 3
+
+
+def test_the_pairwise_and_vincie10m_adapters_name_a_damaged_shard_too(sessions_folder):
+    from diffusers_vincie.data.loaders import PairwiseEditAdapter, Vincie10MAdapter
+
+    shard = sessions_folder / "data" / "train-00000.parquet"
+    _damage(shard, "truncated")
+    for adapter in (PairwiseEditAdapter, Vincie10MAdapter):
+        for path in (sessions_folder, shard):
+            with pytest.raises(ValueError, match=f"shard {shard} is damaged"):
+                adapter.from_path(str(path))

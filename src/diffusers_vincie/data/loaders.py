@@ -92,12 +92,9 @@ def load_sessions(
             raise FileNotFoundError(
                 f"path_or_repo: {source!r} is not a folder; give a sessions folder, a .parquet file or a Hub id."
             )
-        shards = [  # hidden files (e.g. an interrupted writer's temporary) are not part of the dataset
-            shard
-            for shard in sorted(local.rglob("*.parquet"))
-            if not any(part.startswith(".") for part in shard.relative_to(local).parts)
-        ]
-        dataset = _load_local(shards, str(local), split=split, streaming=streaming, **load_dataset_kwargs)
+        dataset = _load_local(
+            _local_shards(local), str(local), split=split, streaming=streaming, **load_dataset_kwargs
+        )
     elif source.startswith(("/", ".", "~")) or source.count("/") > 1:
         raise FileNotFoundError(f"path_or_repo: no folder at {source!r} (and it is not a Hub id 'owner/name').")
     else:
@@ -138,6 +135,23 @@ def _load_local(shards: list[Path], *args: Any, **kwargs: Any) -> Dataset | Iter
             except Exception as shard_error:
                 raise damaged(shard, shard_error) from None
         raise error
+
+
+def _local_shards(folder: Path) -> list[Path]:
+    """The parquet files of a dataset folder; hidden ones (e.g. an interrupted writer's temporary) are not part of
+    the dataset."""
+    shards = sorted(folder.rglob("*.parquet"))
+    return [shard for shard in shards if not any(part.startswith(".") for part in shard.relative_to(folder).parts)]
+
+
+def _load_any(path_or_repo: str | os.PathLike, **kwargs: Any) -> Dataset | IterableDataset:
+    """``load_dataset(path_or_repo)``; a local folder's or file's damaged parquet shard is named."""
+    local = Path(str(path_or_repo)).expanduser()
+    if local.is_dir():
+        return _load_local(_local_shards(local), str(local), **kwargs)
+    if local.is_file() and local.suffix == ".parquet":
+        return _load_local([local], "parquet", data_files=str(local), **kwargs)
+    return load_dataset(str(path_or_repo), **kwargs)
 
 
 def iter_session_records(dataset: Iterable[dict[str, Any]]) -> Iterator[SessionRecord]:
@@ -290,7 +304,7 @@ class Vincie10MAdapter:
         cls, path_or_repo: str, split: str = "train", streaming: bool = False, **kwargs: Any
     ) -> "Vincie10MAdapter":
         """Loads ``path_or_repo`` with ``datasets.load_dataset`` and wraps it (``kwargs`` go to the adapter)."""
-        return cls(load_dataset(path_or_repo, split=split, streaming=streaming), **kwargs)
+        return cls(_load_any(path_or_repo, split=split, streaming=streaming), **kwargs)
 
     def __iter__(self) -> Iterator[SessionRecord]:
         for index, row in enumerate(self.dataset):
@@ -425,7 +439,7 @@ class PairwiseEditAdapter:
         cls, path_or_repo: str, split: str = "train", streaming: bool = False, **kwargs: Any
     ) -> "PairwiseEditAdapter":
         """Loads ``path_or_repo`` with ``datasets.load_dataset`` and wraps it (``kwargs`` go to the adapter)."""
-        return cls(load_dataset(path_or_repo, split=split, streaming=streaming), **kwargs)
+        return cls(_load_any(path_or_repo, split=split, streaming=streaming), **kwargs)
 
     # -------------------------------------------------------------------------------------------------
     # Grouping
