@@ -15,15 +15,11 @@ patch grid), with messages that say how to fix the input.
 
 from __future__ import annotations
 
-import json
-import math
 import os
+import sys
 import tempfile
-import threading
 import time
-import zipfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -34,10 +30,30 @@ import PIL.Image
 import PIL.ImageOps
 import torch
 
-from diffusers_vincie import VincieEditingSession, VincieInContextPipeline
-from diffusers_vincie.pipelines.session import PREDICT
-
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # the app's own modules, also when the app is loaded by its path (tests, benchmark)
+
+from serving import (  # noqa: E402
+    GPU_SECONDS_MAX,
+    MAX_WAIT_SECONDS,
+    MAX_WAITING,
+    SAMPLER_CONCURRENCY,
+    EditorState,
+    SamplerGate,
+    claimed,
+    current_canvas,
+    gpu_seconds,
+    history_items,
+    on_gpu,
+    region_canvas,
+    render,
+    same_source,
+    write_session_zip,
+)
+
+from diffusers_vincie import VincieInContextPipeline  # noqa: E402
+from diffusers_vincie.pipelines.image_processing import to_rgb  # noqa: E402
+from diffusers_vincie.pipelines.session import PREDICT  # noqa: E402
 
 # =====================================================================================================
 #                                            Limits
@@ -48,8 +64,7 @@ MAX_PIXELS = int(os.environ.get("VINCIE_SPACE_MAX_PIXELS", "16000000"))  # 16 MP
 MAX_UPLOAD_SIZE = os.environ.get("VINCIE_SPACE_MAX_FILE_SIZE", "25mb")
 MAX_INSTRUCTION_CHARS = 400
 MAX_REFERENCES = 6  # official multi-concept recipe: six reference images
-SAMPLER_CONCURRENCY = 1  # the pipeline keeps scheduler state: one sampling call at a time
-QUEUE_SIZE = int(os.environ.get("VINCIE_SPACE_QUEUE_SIZE", "32"))
+QUEUE_SIZE = int(os.environ.get("VINCIE_SPACE_QUEUE_SIZE", "256"))  # events pass it at once; the gate bounds the work
 # Bounds on one call's work, so one user's call keeps the others waiting for a bounded time: sampler steps, and
 # tokens per frame (the resolution bound follows from the model's patch grid: 1024 tokens is 512 px on VINCIE-3B,
 # whose frames are cut into 16 px patches, and 128 px on the 4 px patches of the shipped 32 px model).
@@ -180,30 +195,6 @@ def place(model: LoadedModel, device: str, offload: str) -> None:
 
 
 # =====================================================================================================
-#                                      ZeroGPU (optional)
-# =====================================================================================================
-
-GPU_SECONDS_BASE = 15.0
-GPU_SECONDS_PER_FRAME_STEP = 0.08  # estimate: one sampler step over one frame of context at resolution 256
-GPU_SECONDS_MAX = 300.0
-
-
-def gpu_seconds(steps: float, frames: int, resolution: float, passes: int) -> int:
-    """ZeroGPU budget of one generation: grows with the frames in context (the number of turns)."""
-    area = (float(resolution) / 256.0) ** 2
-    return int(min(GPU_SECONDS_MAX, GPU_SECONDS_BASE + GPU_SECONDS_PER_FRAME_STEP * steps * frames * area * passes))
-
-
-def on_gpu(duration: Callable) -> Callable:
-    """``@spaces.GPU(duration=duration)`` when the `spaces` package is importable (Hugging Face Spaces); else a no-op."""
-    try:
-        import spaces
-    except ImportError:
-        return lambda fn: fn
-    return spaces.GPU(duration=duration)
-
-
-# =====================================================================================================
 #                                         Input validation
 # =====================================================================================================
 
@@ -223,7 +214,11 @@ def open_user_image(path: str, name: Optional[str] = None) -> PIL.Image.Image:
             width, height = image.size
             if width * height > MAX_PIXELS:
                 raise gr.Error(too_many_pixels(shown, width, height))
-            return PIL.ImageOps.exif_transpose(image).convert("RGB")
+            return to_rgb(PIL.ImageOps.exif_transpose(image), shown)  # the package's one image rule
+    except gr.Error:
+        raise
+    except ValueError as error:  # a mode the rule refuses (e.g. 32-bit values below zero)
+        raise gr.Error(f"'{shown}': {error}") from None
     except PIL.Image.DecompressionBombError:
         raise gr.Error(too_many_pixels(shown, None, None)) from None
     except (PIL.UnidentifiedImageError, OSError, SyntaxError):
@@ -328,132 +323,6 @@ def checked_image(**kwargs) -> gr.Image:
 
 
 # =====================================================================================================
-#                                      Per-user editing state
-# =====================================================================================================
-
-
-@dataclass
-class EditorState:
-    """One user's work: every branch of the session (restoring a turn starts a branch; none is lost)."""
-
-    branches: list = field(default_factory=list)  # [VincieEditingSession]
-    active: int = 0
-    busy: threading.Lock = field(default_factory=threading.Lock, repr=False)  # held while a handler changes it
-
-    @property
-    def session(self) -> VincieEditingSession:
-        return self.branches[self.active]
-
-
-def same_source(session: VincieEditingSession, image: PIL.Image.Image) -> bool:
-    source = session.sources[0].image
-    return source.size == image.size and np.array_equal(np.asarray(source), np.asarray(image.convert("RGB")))
-
-
-def history_items(session: VincieEditingSession) -> list:
-    """Gallery items ``(image, caption)``: the source, then one per turn."""
-    return [
-        (image, "0 · source" if k == 0 else f"{k} · {instruction}")
-        for k, (instruction, image) in enumerate(session.history)
-    ]
-
-
-def mask_items(session: VincieEditingSession) -> list:
-    """The predicted RoE masks (chain of editing) of every turn that has them."""
-    items = []
-    for k, turn in enumerate(session.turns, start=1):
-        for which, mask in zip(("current", "next"), turn.masks or ()):
-            items.append((mask, f"{k} · {which} region"))
-    return items
-
-
-def plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'s' * (count != 1)}"
-
-
-def branch_choices(state: Optional[EditorState]) -> gr.Dropdown:
-    if state is None:
-        return gr.Dropdown(choices=[], value=None)
-    choices = [(f"branch {i + 1} · {plural(len(s.turns), 'turn')}", i) for i, s in enumerate(state.branches)]
-    return gr.Dropdown(choices=choices, value=state.active)
-
-
-REGION_CANVAS_SIDE = 256
-
-
-def region_canvas(image: Optional[PIL.Image.Image]) -> dict:
-    """The region editor's value: ``image`` (the image the next edit changes) to paint on, no strokes yet.
-
-    The image is enlarged by a whole factor of at least 2 (to about `REGION_CANVAS_SIDE` px): small outputs are
-    easier to paint on, and the editor's file differs from the result's. Gradio names cached images by their
-    content and rewrites the file for every output that holds it, so the same image in two components makes the
-    browser read a file while it is rewritten, and the editor stops loading.
-    """
-    if image is not None:
-        factor = max(2, math.ceil(REGION_CANVAS_SIDE / max(image.size)))
-        image = image.resize((image.width * factor, image.height * factor), PIL.Image.NEAREST)
-    return {"background": image, "layers": [], "composite": image}
-
-
-def render(state: Optional[EditorState], note: str = "") -> tuple:
-    """Values of ``[state, result, history, masks, branch, turn, status]`` for ``state``."""
-    if state is None:
-        return None, None, [], [], branch_choices(None), 0, note or "Upload an image and type an instruction."
-    session = state.session
-    turns = len(session.turns)
-    status = f"Branch {state.active + 1} of {len(state.branches)} · {plural(turns, 'turn')}. {note}".strip()
-    return (
-        state,
-        session.history[-1][1],
-        history_items(session),
-        mask_items(session),
-        branch_choices(state),
-        turns,
-        status,
-    )
-
-
-def current_canvas(state: Optional[EditorState]) -> dict:
-    """The region editor's value after a change of ``state``: the image the next edit changes, no strokes."""
-    return region_canvas(state.session.history[-1][1] if state is not None else None)
-
-
-@contextmanager
-def claimed(state: Optional[EditorState]) -> Iterator[EditorState]:
-    """The user's state, held for one handler: an undo cannot land in the middle of that user's running edit."""
-    if state is None:
-        raise gr.Error("There is no session yet: upload an image and make a first edit.")
-    if not state.busy.acquire(blocking=False):
-        raise gr.Error("An edit of this session is still running: wait for it to finish.")
-    try:
-        yield state
-    finally:
-        state.busy.release()
-
-
-def write_session_zip(session: VincieEditingSession, path: Path, model_name: str) -> Path:
-    """Zip with ``source.png``, ``turn_<k>.png`` (+ masks) and ``session.json`` (instructions); written atomically."""
-    record = {"model": model_name, "resolution": session.resolution, "source": "source.png", "turns": []}
-    tmp = path.with_suffix(".tmp")
-    with zipfile.ZipFile(tmp, "w") as archive:
-
-        def add(image: PIL.Image.Image, name: str) -> str:
-            with archive.open(name, "w") as f:
-                image.save(f, format="PNG")
-            return name
-
-        add(session.sources[0].image, "source.png")
-        for k, turn in enumerate(session.turns, start=1):
-            masks = [add(m, f"turn_{k}_mask_{w}.png") for w, m in zip(("current", "next"), turn.masks or ())]
-            record["turns"].append(
-                {"turn": k, "instruction": turn.instruction, "image": add(turn.image, f"turn_{k}.png"), "masks": masks}
-            )
-        archive.writestr("session.json", json.dumps(record, indent=2))
-    os.replace(tmp, path)
-    return path
-
-
-# =====================================================================================================
 #                                              UI
 # =====================================================================================================
 
@@ -509,8 +378,11 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
         with claimed(state):
             try:
                 turn(state.session, sampling)
-            except ValueError as error:  # e.g. the model's turn table is full, or an empty mask to drag
-                raise gr.Error(f"{error} Restore an earlier turn or reset the session.") from None
+            except gr.Error:
+                raise
+            except ValueError as error:  # e.g. the model's turn table is full, or a drag off the image
+                hint = " Restore an earlier turn or reset the session." if "turn table" in str(error) else ""
+                raise gr.Error(f"{error}{hint}") from None
         return render(state, note)
 
     @on_gpu(duration=edit_seconds)
@@ -628,17 +500,22 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
         steps, seed, resolution = check_settings(model, steps, seed, resolution)
         if image is None:
             raise gr.Error("Upload the story's first image.")
-        session = pipe.start_session(image, resolution=resolution, generator=generator(seed))
         deadline = call_deadline()  # for the whole story
-        for line in lines:  # one session: every frame sees the earlier frames and instructions
-            session.edit(
-                line,
-                num_inference_steps=steps,
-                guidance_scale=float(guidance),
-                generator=generator(seed),
-                negative_prompt=negative(negative_prompt),
-                callback_on_step_end=deadline,
-            )
+        try:
+            session = pipe.start_session(image, resolution=resolution, generator=generator(seed))
+            for line in lines:  # one session: every frame sees the earlier frames and instructions
+                session.edit(
+                    line,
+                    num_inference_steps=steps,
+                    guidance_scale=float(guidance),
+                    generator=generator(seed),
+                    negative_prompt=negative(negative_prompt),
+                    callback_on_step_end=deadline,
+                )
+        except gr.Error:
+            raise
+        except ValueError as error:  # the pipeline's own checks (e.g. text it cannot read)
+            raise gr.Error(str(error)) from None
         return history_items(session)
 
     def compose_seconds(files, prompt, steps, guidance, seed, resolution, *rest, **options) -> int:
@@ -659,18 +536,26 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
             refs = ", ".join(f"<IMG{k}>" for k in range(len(images)))
             prompt = f"Based on {refs}. Output <IMG{len(images)}>: {prompt}"
         prompts = [f"<IMG{k}>: " for k in range(1, len(images))] + [prompt]
-        output = pipe(
-            images,
-            prompts,
-            use_prompt_template=False,
-            num_inference_steps=steps,
-            guidance_scale=float(guidance),
-            generator=generator(seed),
-            resolution=resolution,
-            negative_prompt=negative(negative_prompt),
-            callback_on_step_end=call_deadline(),
-        )
+        try:
+            output = pipe(
+                images,
+                prompts,
+                use_prompt_template=False,
+                num_inference_steps=steps,
+                guidance_scale=float(guidance),
+                generator=generator(seed),
+                resolution=resolution,
+                negative_prompt=negative(negative_prompt),
+                callback_on_step_end=call_deadline(),
+            )
+        except gr.Error:
+            raise
+        except ValueError as error:  # the pipeline's own checks (e.g. text it cannot read)
+            raise gr.Error(str(error)) from None
         return output.images[0]
+
+    gate = SamplerGate(SAMPLER_CONCURRENCY, MAX_WAITING, MAX_WAIT_SECONDS)
+    edit, drag, story, compose = (gate.gated(handler) for handler in (edit, drag, story, compose))
 
     banner = f"**Model:** {model.name}. {model.note}".strip()
     if model.is_random:
@@ -871,8 +756,10 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
             drag_scale,
             drag_rotate,
         ]
-        sampling = dict(concurrency_id="sampler", concurrency_limit=SAMPLER_CONCURRENCY)  # one group for all samplers
-        quick = dict(concurrency_limit=None)  # handlers that do not call the model
+        # Samplers pass the gate (one runs, a few wait a bounded time, the others hear "busy" at once), so Gradio's
+        # queue never holds them; the handlers that do not call the model skip the queue and never wait for them.
+        sampling = dict(concurrency_limit=None)
+        quick = dict(queue=False)
         # The region editor is refreshed by a follow-up event of its own: an ImageEditor that is both an input and
         # an output of one event stops updating in the browser (Gradio 6).
         repaint = dict(fn=current_canvas, inputs=[state], outputs=[region], api_visibility="private", **quick)
@@ -896,7 +783,7 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
             api_name="compose",
             **sampling,
         )
-    demo.queue(max_size=QUEUE_SIZE)  # the sampling events have their own limit (one at a time), the rest none
+    demo.queue(max_size=QUEUE_SIZE)  # only the samplers are queued, and the gate answers them without delay
     return demo
 
 

@@ -89,7 +89,7 @@ def test_session_arguments(pipe, image, no_forward):
         session.choose(0)
     with pytest.raises(ValueError, match="`instruction` must be a non-empty string"):
         session.edit("   ", num_inference_steps=1)
-    with pytest.raises(ValueError, match="`prompt_embeds` must hold"):
+    with pytest.raises(ValueError, match=r"`prompt_embeds` must be one \(tokens, 32\)"):
         session.edit(prompt_embeds=torch.zeros(0, 32), num_inference_steps=1)
     with pytest.raises(ValueError, match="`resolution`"):
         pipe.start_session(image, resolution=10**5)

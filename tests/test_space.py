@@ -417,6 +417,29 @@ def test_full_turn_table_gets_a_friendly_error(app):
         edit_fn(image, "move it left", 1, 1.0, 0, RESOLUTION, False, state)
 
 
+def test_a_drag_off_the_image_is_a_clear_error_and_keeps_the_session(app, model):
+    import gradio as gr
+
+    handlers = {f.api_name: f.fn for f in app.build_demo(model).fns.values() if f.api_name}
+    image = PIL.Image.open(HOUSE).convert("RGB")
+    state = handlers["edit"](image, "add a red circle", 1, 1.0, 0, RESOLUTION, False, None)[0]
+    layer = PIL.Image.new("RGBA", image.size, (0, 0, 0, 0))
+    layer.paste((255, 0, 0, 255), (10, 10, image.width // 2, image.height // 2))
+    region = {"background": image, "layers": [layer], "composite": image}
+    for move_x, move_y in ((100, 0), (0, -100), (-100, 100)):  # the sliders at their ends
+        with pytest.raises(gr.Error, match="moves the region entirely off"):
+            handlers["drag"](None, "move it", 1, 1.0, 0, RESOLUTION, state, "", region, move_x, move_y, 1.0, 0)
+    assert len(state.session.turns) == 1 and not state.busy.locked()
+
+
+def test_an_upload_goes_through_the_package_image_rule(app, tmp_path):
+    sixteen_bit = tmp_path / "depth.png"
+    PIL.Image.fromarray(np.full((32, 32), 32896, dtype=np.uint16)).save(sixteen_bit)  # half of 65535
+    assert PIL.Image.open(sixteen_bit).mode.startswith("I")
+    opened = np.asarray(app.open_user_image(str(sixteen_bit)))
+    assert opened.shape == (32, 32, 3) and np.all(opened == 128)  # scaled by its 16-bit range, not clipped to white
+
+
 def test_state_is_not_changed_while_an_edit_runs(app, model):
     import gradio as gr
 
@@ -578,11 +601,16 @@ def test_gpu_duration_grows_with_turns(app, model, monkeypatch):
     assert seconds[0] < seconds[1] < seconds[2] <= app.GPU_SECONDS_MAX
 
 
-def test_sampling_events_share_one_concurrency_slot(app, model):
+def test_samplers_pass_the_gate_and_quick_handlers_skip_the_queue(app, model):
     demo = app.build_demo(model)
-    samplers = [f for f in demo.fns.values() if getattr(f.fn, "__name__", "") in ("edit", "drag", "story", "compose")]
+    names = ("edit", "drag", "story", "compose")
+    samplers = [f for f in demo.fns.values() if getattr(f.fn, "__name__", "") in names]
     assert len(samplers) == 5  # edit button, Enter in the instruction box, drag, story, compose
-    assert {(f.concurrency_id, f.concurrency_limit) for f in samplers} == {("sampler", 1)}
+    assert all(f.concurrency_limit is None and f.queue is not False for f in samplers)
+    assert all(getattr(f.fn, "__wrapped__", None) is not None for f in samplers)  # each runs through the gate
+    quick = [f for f in demo.fns.values() if f not in samplers]
+    assert {f.api_name for f in quick} >= {"undo", "restore", "switch_branch", "reset", "download"}
+    assert all(f.queue is False for f in quick), [f.api_name for f in quick if f.queue is not False]
 
 
 def test_deploy_dry_run_lists_exactly_the_uploaded_files(monkeypatch):

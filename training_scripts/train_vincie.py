@@ -37,7 +37,7 @@ from accelerate.logging import get_logger
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
-from diffusers_vincie.image_latents import latent_channels
+from diffusers_vincie.image_latents import latent_channels, spatial_factor
 from diffusers_vincie.models.transformer_vincie import VincieTransformer
 from diffusers_vincie.training import (
     TASKS,
@@ -75,6 +75,7 @@ from diffusers_vincie.training.export import (
     pipeline_default_resolution,
 )
 from diffusers_vincie.training.flow import TIMESTEP_SAMPLINGS
+from diffusers_vincie.training.guards import check_finite_loss, check_finite_weights, check_resolution
 from diffusers_vincie.training.memory import peak_memory_bytes
 from diffusers_vincie.training.optimization import build_optimizer
 from diffusers_vincie.training.outputs import (
@@ -705,6 +706,7 @@ def _train(args: argparse.Namespace, accelerator, lora=None) -> dict:
                 else "pixel-space training (no VAE) needs latent_channels=3; give --vae_name_or_path or fix the config."
             )
         )
+    check_resolution(args.resolution, transformer.config.patch_size, spatial_factor(vae))
     if args.train_text_encoder and accelerator.num_processes > 1:
         raise UsageError("--train_text_encoder runs in one process (prompts are encoded outside the wrapped module).")
     for frozen in (vae,) if args.train_text_encoder else (text_encoder, vae):
@@ -793,6 +795,7 @@ def _train(args: argparse.Namespace, accelerator, lora=None) -> dict:
     )
     data_iter = iter(loader)
     accumulated, last_loss, data_time, step_start = 0.0, float("nan"), 0.0, time.perf_counter()
+    batch = None
     while global_step < args.max_train_steps:
         wait_start = time.perf_counter()
         planned = next(data_iter)
@@ -823,6 +826,7 @@ def _train(args: argparse.Namespace, accelerator, lora=None) -> dict:
         accumulated += accelerator.gather(loss.detach().reshape(1)).mean().item() / args.gradient_accumulation_steps
         if not accelerator.sync_gradients:
             continue
+        check_finite_loss(accumulated, global_step + 1, args.output_dir)  # a diverged run stops, saving nothing
 
         # ---- one optimizer step done
         if ema is not None:
@@ -848,6 +852,7 @@ def _train(args: argparse.Namespace, accelerator, lora=None) -> dict:
         accelerator.log({"loss": last_loss, "lr": record["lr"]}, step=global_step)
 
         if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
+            check_finite_weights(module.parameters(), global_step, args.output_dir, accelerator)
             save_checkpoint_atomically(accelerator, args.output_dir, global_step, ema)
             if accelerator.is_main_process and args.checkpoints_total_limit is not None:  # once the new one is whole
                 rotate_checkpoints(args.output_dir, args.checkpoints_total_limit)
@@ -861,10 +866,16 @@ def _train(args: argparse.Namespace, accelerator, lora=None) -> dict:
             log_instruction_sensitivity(args, transformer, ema, components, dataset.world, global_step, text_ema)
         step_start = time.perf_counter()  # checkpointing and validation are not step time
 
-    # ---- final weights: gathered on every rank (EMA weights with --use_ema), written once by the main process
+    # ---- final weights: checked finite, gathered on every rank (EMA weights with --use_ema), written once
+    if batch is not None:  # the last update may have left finite weights whose outputs overflow
+        with torch.no_grad():
+            final_loss = accelerator.gather(training_loss(module, batch).detach().reshape(1)).mean().item()
+        check_finite_loss(final_loss, global_step, args.output_dir)
     accelerator.wait_for_everyone()
     if text_ema is not None:
         text_ema.copy_to(text_params)
+    ema_weights = ema.shadow_params if ema is not None else []
+    check_finite_weights([*module.parameters(), *ema_weights, *text_params], global_step, args.output_dir, accelerator)
     if args.train_text_encoder:
         text_encoder.requires_grad_(False).eval()
     if final_output is not None and accelerator.is_main_process:  # recorded before it is written

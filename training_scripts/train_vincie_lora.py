@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import train_vincie  # noqa: E402  (the shared training loop)
 
+from diffusers_vincie.training.guards import check_lora_flags  # noqa: E402
 from diffusers_vincie.utils.cli import UsageError, run_cli  # noqa: E402
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -58,8 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_lora_args(parser)
     parser.set_defaults(learning_rate=1e-4, text_dropout=0.1)
     args = train_vincie.validate_args(parser.parse_args(argv))
-    if args.lora_rank < 1:
-        raise UsageError(f"--lora_rank must be >= 1, got {args.lora_rank}.")
+    check_lora_flags(args.lora_rank, args.lora_alpha, args.lora_dropout)
     if not [m for m in args.lora_target_modules.split(",") if m.strip()]:
         raise UsageError("--lora_target_modules is empty; name at least one module (e.g. to_q).")
     return args
@@ -78,15 +78,17 @@ class LoraSetup:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.base_dtype]
         transformer.requires_grad_(False).to(dtype)
         targets = [m.strip() for m in args.lora_target_modules.split(",") if m.strip()]
-        transformer.add_adapter(
-            LoraConfig(
-                r=args.lora_rank,
-                lora_alpha=args.lora_alpha or args.lora_rank,
-                lora_dropout=args.lora_dropout,
-                init_lora_weights="gaussian",
-                target_modules=targets,
-            )
+        config = LoraConfig(
+            r=args.lora_rank,
+            lora_alpha=args.lora_alpha or args.lora_rank,
+            lora_dropout=args.lora_dropout,
+            init_lora_weights="gaussian",
+            target_modules=targets,
         )
+        try:
+            transformer.add_adapter(config)
+        except ValueError as error:  # PEFT: a target module that the transformer does not have
+            raise UsageError(f"--lora_target_modules {targets} matched no module of the transformer ({error}).")
         cast_training_params(transformer, dtype=torch.float32)  # adapters train in fp32 on a low-precision base
         trainable = sum(p.numel() for p in transformer.parameters() if p.requires_grad)
         if trainable == 0:

@@ -90,6 +90,22 @@ def contact_sheet(
     return sheet
 
 
+def _open_image(path: str) -> PIL.Image.Image:
+    """The RGB image at ``path`` (a file already known to exist), or a usage error saying what it is instead."""
+    from .pipelines.image_processing import to_rgb
+
+    try:
+        with PIL.Image.open(path) as image:
+            image.load()
+            return to_rgb(image, "--image")
+    except PIL.Image.DecompressionBombError as error:
+        raise UsageError(f"--image {path}: {error}") from None
+    except (PIL.UnidentifiedImageError, OSError, SyntaxError):
+        raise UsageError(f"--image {path} is not an image file PIL can read; give a PNG or JPEG.") from None
+    except ValueError as error:  # the image rule: a mode or size it refuses
+        raise UsageError(f"--image {path}: {error}") from None
+
+
 def _save(image: PIL.Image.Image, path: Path) -> None:
     with atomic_path(path) as temporary:
         image.save(temporary)
@@ -128,6 +144,7 @@ def run_demo(
     from .data.shapes.score import score_edit
     from .data.shapes.world import ShapesWorld
     from .default_model import RESOLUTION, load_default_pipeline
+    from .pipelines.inputs import check_text
 
     start = time.perf_counter()
     output = Path(output)
@@ -141,12 +158,23 @@ def run_demo(
     else:
         if not Path(image).is_file():
             raise FileNotFoundError(f"--image {image}: no such file; give a PNG/JPEG path or leave it out.")
-        source = PIL.Image.open(image).convert("RGB").resize((RESOLUTION, RESOLUTION), PIL.Image.BICUBIC)
+        source = _open_image(image).resize((RESOLUTION, RESOLUTION), PIL.Image.BICUBIC)
         instructions = list(instructions or USER_IMAGE_INSTRUCTIONS)
     if not instructions or any(not text.strip() for text in instructions):
         raise UsageError("--instructions: give at least one non-empty instruction.")
+    for k, text in enumerate(instructions):
+        try:
+            check_text(f"instruction {k + 1}", text)
+        except ValueError as error:
+            raise UsageError(f"--instructions: {error}") from None
 
     pipe = load_default_pipeline(model)
+    max_turns = pipe.transformer.config.max_turns
+    if len(instructions) > max_turns:  # checked before the first turn, not found after the last one that fits
+        raise UsageError(
+            f"--instructions: {len(instructions)} instructions, but the model's turn table holds {max_turns} turns; "
+            f"give at most {max_turns}."
+        )
     generator = torch.Generator().manual_seed(seed)
     session = pipe.start_session(source, resolution=RESOLUTION, generator=generator)
     output.mkdir(parents=True, exist_ok=True)
@@ -198,7 +226,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         "--guidance_scale",
         type=float,
         default=DEFAULT_SAMPLING["guidance_scale"],
-        help="CFG scale (default: the shipped model's; 1 skips the negative pass).",
+        help="CFG scale, >= 1 (default: the shipped model's; 1 skips the negative pass).",
     )
     parser.add_argument("--chain_of_editing", action="store_true", help="Predict the RoE masks before each image.")
     parser.add_argument("--model", default=None, help="Pipeline folder (default: the shipped model).")
@@ -206,7 +234,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         check_number("--steps", args.steps, 1)
-        check_number("--guidance_scale", args.guidance_scale, 0)
+        check_number("--guidance_scale", args.guidance_scale, 1)  # the pipeline's: 1 is unguided, below is invalid
         if Path(args.output).exists() and not Path(args.output).is_dir():
             raise UsageError(f"--output {args.output} is a file; give a folder for the images.")
         run_demo(

@@ -84,15 +84,18 @@ def load_sessions(
     if source.endswith(".parquet") or is_glob:
         if not is_glob and not local.is_file():
             raise FileNotFoundError(f"path_or_repo: no parquet file at {source!r}.")
-        dataset = load_dataset(
-            "parquet", data_files={split: str(local)}, split=split, streaming=streaming, **load_dataset_kwargs
+        shards = sorted(local.parent.glob(local.name)) if is_glob else [local]
+        dataset = _load_local(
+            shards, "parquet", data_files={split: str(local)}, split=split, streaming=streaming, **load_dataset_kwargs
         )
     elif local.exists():
         if not local.is_dir():
             raise FileNotFoundError(
                 f"path_or_repo: {source!r} is not a folder; give a sessions folder, a .parquet file or a Hub id."
             )
-        dataset = load_dataset(str(local), split=split, streaming=streaming, **load_dataset_kwargs)
+        dataset = _load_local(
+            _local_shards(local), str(local), split=split, streaming=streaming, **load_dataset_kwargs
+        )
     elif source.startswith(("/", ".", "~")) or source.count("/") > 1:
         raise FileNotFoundError(f"path_or_repo: no folder at {source!r} (and it is not a Hub id 'owner/name').")
     else:
@@ -107,6 +110,49 @@ def load_sessions(
                 "dataset. Use Vincie10MAdapter or PairwiseEditAdapter for other layouts."
             )
     return dataset
+
+
+def _load_local(shards: list[Path], *args: Any, **kwargs: Any) -> Dataset | IterableDataset:
+    """``load_dataset(*args, **kwargs)`` of local parquet ``shards``; a damaged shard is named (its footer is read
+    first, so that streaming also fails at once, and a shard that fails later is found by reading each)."""
+    import pyarrow.parquet as pq
+
+    def damaged(shard: Path, error: Exception) -> ValueError:
+        return ValueError(
+            f"path_or_repo: shard {shard} is damaged ({type(error).__name__}: {error}); rebuild or remove it."
+        )
+
+    for shard in shards:
+        try:
+            pq.ParquetFile(shard).metadata
+        except Exception as error:  # pyarrow reports a torn or foreign file in several ways
+            raise damaged(shard, error) from None
+    try:
+        return load_dataset(*args, **kwargs)
+    except Exception as error:  # find the shard behind the builder's generic error
+        for shard in shards:
+            try:
+                pq.read_table(shard)
+            except Exception as shard_error:
+                raise damaged(shard, shard_error) from None
+        raise error
+
+
+def _local_shards(folder: Path) -> list[Path]:
+    """The parquet files of a dataset folder; hidden ones (e.g. an interrupted writer's temporary) are not part of
+    the dataset."""
+    shards = sorted(folder.rglob("*.parquet"))
+    return [shard for shard in shards if not any(part.startswith(".") for part in shard.relative_to(folder).parts)]
+
+
+def _load_any(path_or_repo: str | os.PathLike, **kwargs: Any) -> Dataset | IterableDataset:
+    """``load_dataset(path_or_repo)``; a local folder's or file's damaged parquet shard is named."""
+    local = Path(str(path_or_repo)).expanduser()
+    if local.is_dir():
+        return _load_local(_local_shards(local), str(local), **kwargs)
+    if local.is_file() and local.suffix == ".parquet":
+        return _load_local([local], "parquet", data_files=str(local), **kwargs)
+    return load_dataset(str(path_or_repo), **kwargs)
 
 
 def iter_session_records(dataset: Iterable[dict[str, Any]]) -> Iterator[SessionRecord]:
@@ -263,7 +309,7 @@ class Vincie10MAdapter:
         cls, path_or_repo: str, split: str = "train", streaming: bool = False, **kwargs: Any
     ) -> "Vincie10MAdapter":
         """Loads ``path_or_repo`` with ``datasets.load_dataset`` and wraps it (``kwargs`` go to the adapter)."""
-        return cls(load_dataset(path_or_repo, split=split, streaming=streaming), **kwargs)
+        return cls(_load_any(path_or_repo, split=split, streaming=streaming), **kwargs)
 
     def __iter__(self) -> Iterator[SessionRecord]:
         for index, row in enumerate(self.dataset):
@@ -399,7 +445,7 @@ class PairwiseEditAdapter:
         cls, path_or_repo: str, split: str = "train", streaming: bool = False, **kwargs: Any
     ) -> "PairwiseEditAdapter":
         """Loads ``path_or_repo`` with ``datasets.load_dataset`` and wraps it (``kwargs`` go to the adapter)."""
-        return cls(load_dataset(path_or_repo, split=split, streaming=streaming), **kwargs)
+        return cls(_load_any(path_or_repo, split=split, streaming=streaming), **kwargs)
 
     # -------------------------------------------------------------------------------------------------
     # Grouping

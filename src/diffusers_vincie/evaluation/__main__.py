@@ -185,7 +185,7 @@ def build_editor(args: argparse.Namespace) -> Any:
 
     import torch
 
-    from .generate import PipelineEditor, process_state
+    from .generate import PipelineEditor, check_call_kwargs, process_state
 
     try:
         call_kwargs = json.loads(args.pipeline_kwargs) if args.pipeline_kwargs else {}
@@ -193,19 +193,23 @@ def build_editor(args: argparse.Namespace) -> Any:
         raise UsageError(f"--pipeline-kwargs is not valid JSON: {error}") from None
     if not isinstance(call_kwargs, dict):
         raise UsageError(f"--pipeline-kwargs must be a JSON object, got {args.pipeline_kwargs!r}.")
-    call_kwargs.update(
-        {
-            key: value
-            for key, value in (
-                ("num_inference_steps", args.num_inference_steps),
-                ("guidance_scale", args.guidance_scale),
-            )
-            if value is not None
-        }
-    )
+    for key, flag in (("num_inference_steps", "--num-inference-steps"), ("guidance_scale", "--guidance-scale")):
+        value = getattr(args, key)
+        if value is None:
+            continue
+        if key in call_kwargs and call_kwargs[key] != value:
+            raise UsageError(f"--pipeline-kwargs sets {key}={call_kwargs[key]!r} but {flag} is {value}; give it once.")
+        call_kwargs[key] = value
+    try:
+        check_call_kwargs(call_kwargs)
+    except ValueError as error:
+        raise UsageError(f"--pipeline-kwargs: {error}") from None
     device = args.device or str(process_state().device)
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    return PipelineEditor.from_pretrained(args.pipeline, device=device, torch_dtype=dtype, **call_kwargs)
+    try:
+        return PipelineEditor.from_pretrained(args.pipeline, device=device, torch_dtype=dtype, **call_kwargs)
+    except ValueError as error:  # an argument the pipeline does not take (found once it is loaded)
+        raise UsageError(f"--pipeline-kwargs: {error}") from None
 
 
 def run_generate(args: argparse.Namespace) -> int:

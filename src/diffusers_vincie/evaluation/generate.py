@@ -11,6 +11,7 @@ Distributed: under ``accelerate launch`` the sessions are split across processes
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import re
@@ -66,6 +67,39 @@ class Editor(Protocol):
     def __call__(self, images: list[PIL.Image.Image], instructions: list[str], seed: int) -> PIL.Image.Image: ...
 
 
+# Call arguments the editor sets itself (or whose change would make ``.images[-1]`` another image than the edit).
+RESERVED_CALL_KWARGS = (
+    "image",
+    "prompt",
+    "generator",
+    "output_type",
+    "return_dict",
+    "prompt_embeds",
+    "num_images_per_prompt",
+    "latents",
+)
+
+
+def check_call_kwargs(call_kwargs: dict[str, Any], pipeline: Any = None) -> None:
+    """Extra call arguments of a :class:`PipelineEditor`: none that the editor sets itself, and (given the
+    ``pipeline``) only arguments of its ``__call__``."""
+    reserved = sorted(set(call_kwargs) & set(RESERVED_CALL_KWARGS))
+    if reserved:
+        raise ValueError(
+            f"call arguments {reserved} are set by the editor itself (images, instructions, seed, one PIL image per "
+            "turn); leave them out."
+        )
+    if pipeline is not None:
+        parameters = inspect.signature(pipeline.__call__).parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            unknown = sorted(set(call_kwargs) - set(parameters))
+            if unknown:
+                raise ValueError(
+                    f"{type(pipeline).__name__} takes no argument(s) {unknown}; its call arguments are "
+                    f"{sorted(set(parameters) - set(RESERVED_CALL_KWARGS))}."
+                )
+
+
 class PipelineEditor:
     """Adapter from a diffusers pipeline with the in-context calling convention to an :class:`Editor`.
 
@@ -79,6 +113,7 @@ class PipelineEditor:
     """
 
     def __init__(self, pipeline: Any, generator_device: str | None = None, **call_kwargs: Any):
+        check_call_kwargs(call_kwargs, pipeline)
         self.pipeline = pipeline
         self.generator_device = generator_device or str(getattr(pipeline, "device", "cpu"))
         self.call_kwargs = call_kwargs

@@ -19,25 +19,90 @@ MIN_INPUT_SIDE = 8
 # =====================================================================================================
 
 
+HALF_STEP = 0.5 / 255  # floats this far outside [0, 1] still round to a valid 8-bit value
+
+
+def image_array(image, name: str = "image") -> np.ndarray:
+    """The one rule for array and tensor images: returns ``(H, W, 3)`` uint8 values, or a clear error.
+
+    * layout: numpy ``(H, W, 3)`` (or ``(H, W)`` grey); torch ``(3, H, W)`` (or ``(1, H, W)`` grey), the
+      channels-first layout of ``torchvision.io.read_image`` and of diffusers' "pt" images;
+    * uint8: 0..255 as they are; uint16: 16-bit images, 0..65535 scaled to 0..255;
+    * other integer types (int8 ... int64, uint32, uint64): 8-bit values, each within 0..255;
+    * floats (bfloat16 ... float64): 0..1, finite; values up to half an 8-bit step outside are rounding noise;
+      0..255 floats and [-1, 1] floats are refused with the conversion that fixes them;
+    * bool, complex and object arrays are refused.
+    """
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3 or image.shape[0] not in (1, 3):
+            hint = " (permute an (H, W, 3) tensor with `.permute(2, 0, 1)`)" if image.ndim == 3 else ""
+            raise ValueError(f"`{name}` tensor must be (3, H, W); got {tuple(image.shape)}{hint}.")
+        if image.device.type == "meta":
+            raise ValueError(f"`{name}` is a meta tensor without values; give a tensor with data.")
+        values = image.detach().cpu()
+        values = (values.float() if values.dtype == torch.bfloat16 else values).permute(1, 2, 0).numpy()
+    elif isinstance(image, np.ndarray):
+        values = image
+        if values.ndim == 3 and values.shape[-1] == 1:
+            values = values[..., 0]
+        if values.ndim not in (2, 3) or (values.ndim == 3 and values.shape[-1] != 3):
+            hint = ""
+            if values.ndim == 3 and values.shape[-1] == 4:
+                hint = " (drop the alpha channel with `[..., :3]`, or give a PIL RGBA image: composited over white)"
+            elif values.ndim == 3 and values.shape[0] in (1, 3):
+                hint = " (transpose a (3, H, W) array with `.transpose(1, 2, 0)`)"
+            raise ValueError(f"`{name}` array must be (H, W, 3) or (H, W); got {values.shape}{hint}.")
+    else:
+        raise TypeError(f"`{name}` must be a PIL image, a numpy array or a tensor; got {type(image).__name__}.")
+    if values.ndim == 2:
+        values = np.repeat(values.reshape(values.shape[0], values.shape[1], 1), 3, axis=-1)
+    if values.size == 0:
+        raise ValueError(f"`{name}` is empty ({values.shape}).")
+    kind = values.dtype.kind
+    if values.dtype == np.uint8:
+        return np.ascontiguousarray(values)
+    if values.dtype == np.uint16:
+        return (values.astype(np.float64) / 65535 * 255).round().astype(np.uint8)
+    if kind in "iu":
+        low, high = int(values.min()), int(values.max())
+        if low < 0 or high > 255:
+            raise ValueError(
+                f"`{name}` is a {values.dtype} image with values in [{low}, {high}]; integer images other than "
+                "uint16 must hold 8-bit values in 0..255 (convert with `.astype(np.uint8)` after scaling)."
+            )
+        return values.astype(np.uint8)
+    if kind == "f":
+        values = values.astype(np.float64)
+        if not np.isfinite(values).all():
+            raise ValueError(f"`{name}` contains NaN or Inf values; give finite pixel values.")
+        low, high = float(values.min()), float(values.max())
+        if low < -HALF_STEP or high > 1 + HALF_STEP:
+            if low >= 0 and high <= 255:
+                fix = "it looks like 0..255 values: divide by 255"
+            elif low >= -1 - HALF_STEP and high <= 1 + HALF_STEP:
+                fix = "it looks like [-1, 1] values: map them with `(x + 1) / 2`"
+            else:
+                fix = "rescale it"
+            raise ValueError(
+                f"`{name}` is a float image with values in [{low:g}, {high:g}]; float images must be in [0, 1] "
+                f"({fix})."
+            )
+        return (values.clip(0, 1) * 255).round().astype(np.uint8)
+    raise ValueError(f"`{name}` has dtype {values.dtype}; give uint8 (0..255) or float (0..1) values.")
+
+
 def to_rgb(image, name: str = "image") -> PIL.Image.Image:
     """Returns an RGB PIL image; documented conversions for other inputs, clear errors for the rest.
 
     * RGBA / LA / PA: alpha-composited over white;
     * L, 1, P, CMYK, YCbCr, LAB, HSV: converted to RGB;
-    * 16/32-bit integer ("I;16", "I"): scaled to 8 bit (by the image's own maximum for "I");
-    * numpy ``(H, W, 3)`` uint8 or float in [0, 1] and torch ``(3, H, W)`` in [0, 1]: converted;
+    * 16/32-bit integer ("I;16", "I"): scaled to 8 bit (0..65535 for "I;16", the image's own maximum for
+      "I"; an "I" image with negative values is refused);
+    * numpy arrays and torch tensors: by `image_array`;
     * anything else (float "F" images, other shapes) is refused.
     """
-    if isinstance(image, torch.Tensor):
-        if image.ndim != 3 or image.shape[0] != 3:
-            raise ValueError(f"`{name}` tensor must be (3, H, W) in [0, 1]; got {tuple(image.shape)}.")
-        image = image.permute(1, 2, 0).detach().cpu().float().numpy()
-    if isinstance(image, np.ndarray):
-        if image.ndim != 3 or image.shape[-1] != 3:
-            raise ValueError(f"`{name}` array must be (H, W, 3); got {image.shape}.")
-        if image.dtype != np.uint8:
-            image = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
-        image = PIL.Image.fromarray(image)
+    if isinstance(image, (np.ndarray, torch.Tensor)):
+        image = PIL.Image.fromarray(image_array(image, name))
     if not isinstance(image, PIL.Image.Image):
         raise TypeError(f"`{name}` must be a PIL image, a numpy array or a tensor; got {type(image).__name__}.")
     w, h = image.size
@@ -54,6 +119,11 @@ def to_rgb(image, name: str = "image") -> PIL.Image.Image:
         return PIL.Image.alpha_composite(background, rgba).convert("RGB")
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image, dtype=np.float64)
+        if array.min() < 0:
+            raise ValueError(
+                f"`{name}` is a 32-bit integer image with negative values (down to {array.min():g}); give an "
+                "image with values >= 0 (e.g. shift and scale it to 8 bit first)."
+            )
         peak = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
         return PIL.Image.fromarray((array / peak * 255).round().astype(np.uint8)).convert("RGB")
     if image.mode in ("L", "1", "P", "CMYK", "YCbCr", "LAB", "HSV"):
@@ -119,20 +189,63 @@ def postprocess(pixels: torch.Tensor, output_type: str):
 
 
 def mask_to_image(mask, size: Optional[tuple[int, int]] = None, name: str = "mask") -> PIL.Image.Image:
-    """A mask (bool/0-1 array, L or RGB image) -> the paper's RGB mask image (white region on black)."""
+    """A mask -> the paper's RGB mask image (white region on black).
+
+    A PIL image counts its pixels brighter than 127 (of its grey version); a bool array (or tensor) its true
+    values; an integer array holding only 0 and 1 its ones; any other array or tensor is read by the image rule
+    (`image_array`: uint8 0..255, float 0..1, ...) and counts its pixels above half (of their mean over channels).
+    """
     if isinstance(mask, PIL.Image.Image):
         array = np.asarray(mask.convert("L")) > 127
+    elif isinstance(mask, (np.ndarray, torch.Tensor)):
+        values = mask
+        if isinstance(values, torch.Tensor):
+            if values.device.type == "meta":
+                raise ValueError(f"`{name}` is a meta tensor without values; give a tensor with data.")
+            values = values.detach().cpu()
+            values = values.permute(1, 2, 0) if values.ndim == 3 and values.shape[0] in (1, 3) else values
+            values = (values.float() if values.dtype == torch.bfloat16 else values).numpy()
+        if values.ndim not in (2, 3) or (values.ndim == 3 and values.shape[-1] not in (1, 3)):
+            raise ValueError(f"`{name}` must be a 2-D mask or an image; got shape {values.shape}.")
+        if values.dtype == np.bool_:
+            array = values if values.ndim == 2 else values.any(-1)
+        elif values.dtype.kind in "iu" and values.size and values.min() >= 0 and values.max() <= 1:
+            array = (values if values.ndim == 2 else values.max(-1)) > 0
+        else:
+            array = image_array(values[..., 0] if values.ndim == 3 and values.shape[-1] == 1 else values, name)
+            array = array.mean(-1) > 127
     else:
-        array = np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask)
-        if array.ndim == 3:
-            array = array.mean(-1)
-        if array.ndim != 2:
-            raise ValueError(f"`{name}` must be a 2-D mask or an image; got shape {array.shape}.")
-        array = array > (127 if array.dtype == np.uint8 else 0.5)
+        raise TypeError(
+            f"`{name}` must be a mask image, a 2-D array or tensor, 'predict' or a function; got {type(mask).__name__}."
+        )
     image = PIL.Image.fromarray((array * 255).astype(np.uint8)).convert("RGB")
     if size is not None and image.size != tuple(size):
         raise ValueError(f"`{name}` is {image.size[0]}x{image.size[1]} but the session image is {size[0]}x{size[1]}.")
+    if not array.any():
+        raise ValueError(
+            f"`{name}` is empty: it marks no pixel of the image. Paint the region to edit (or leave `{name}` out)."
+        )
     return image
+
+
+def check_drag(translate, scale, rotate) -> tuple[tuple[float, float], float, float]:
+    """The transform of a drag: ``translate`` a pair of finite pixel offsets, ``scale`` finite and > 0,
+    ``rotate`` finite degrees."""
+    pair = translate if isinstance(translate, (tuple, list, np.ndarray, torch.Tensor)) else None
+    if pair is None or len(pair) != 2:
+        raise TypeError(f"`translate` must be a pair of numbers (dx, dy) in pixels; got {translate!r}.")
+    numbers = []
+    for name, value in (("translate[0]", pair[0]), ("translate[1]", pair[1]), ("scale", scale), ("rotate", rotate)):
+        if isinstance(value, np.generic) or (isinstance(value, torch.Tensor) and value.numel() == 1):
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"`{name}` must be a number; got {type(value).__name__} {value!r}.")
+        if not math.isfinite(value):
+            raise ValueError(f"`{name}` must be a finite number; got {value}.")
+        numbers.append(float(value))
+    if numbers[2] <= 0:
+        raise ValueError(f"`scale` must be > 0, got {numbers[2]}.")
+    return (numbers[0], numbers[1]), numbers[2], numbers[3]
 
 
 def transform_mask(
@@ -149,8 +262,7 @@ def transform_mask(
         scale: region scale factor (> 0).
         rotate: counter-clockwise angle in degrees.
     """
-    if scale <= 0:
-        raise ValueError(f"`scale` must be > 0, got {scale}.")
+    translate, scale, rotate = check_drag(translate, scale, rotate)
     array = np.asarray(mask.convert("L")) > 127
     if not array.any():
         raise ValueError("The mask to drag is empty: there is no region to move.")
@@ -165,4 +277,9 @@ def transform_mask(
     c = cx - a * (cx + dx) - b * (cy + dy)
     f = cy - d * (cx + dx) - e * (cy + dy)
     moved = mask.convert("L").transform(mask.size, PIL.Image.AFFINE, (a, b, c, d, e, f), resample=PIL.Image.NEAREST)
+    if not (np.asarray(moved) > 127).any():
+        raise ValueError(
+            f"The drag (translate={translate}, scale={scale:g}, rotate={rotate:g}) moves the region entirely off the "
+            f"{mask.size[0]}x{mask.size[1]} image (or shrinks it to nothing); keep part of it inside the image."
+        )
     return moved.convert("RGB")

@@ -11,10 +11,10 @@ import numbers
 from typing import Optional, Union
 
 import numpy as np
-import PIL.Image
 import torch
 
 from ..image_latents import POSTERIORS  # noqa: F401  (re-exported: the pipeline and session check `posterior`)
+from .image_processing import to_rgb
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 FIDELITIES = ("exact", "official")
@@ -45,6 +45,19 @@ def check_int(name: str, value, minimum: int, maximum: Optional[int] = None, hin
         bound = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
         raise ValueError(f"`{name}` must be an integer {bound}; got {value}.{hint}")
     return value
+
+
+def check_text(name: str, text: str) -> str:
+    """Text that a tokenizer can read: no lone surrogate (what an undecodable byte of a command line or a file
+    read with ``errors="surrogateescape"`` becomes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"`{name}` is not valid text: {text[error.start]!r} at position {error.start} is a lone surrogate (an "
+            "undecodable byte); give UTF-8 text."
+        ) from None
+    return text
 
 
 def check_generator(generator, num_candidates: int) -> list[Optional[torch.Generator]]:
@@ -78,15 +91,28 @@ def as_image_list(image) -> list:
 
 
 def check_image(name: str, image) -> None:
-    """A PIL image, a ``(H, W[, C])`` array or a ``(C, H, W)`` tensor with finite values."""
-    if isinstance(image, PIL.Image.Image):
-        return
-    if isinstance(image, (np.ndarray, torch.Tensor)):
-        values = torch.as_tensor(np.asarray(image) if isinstance(image, np.ndarray) else image)
-        if values.is_floating_point() and not torch.isfinite(values).all():
-            raise ValueError(f"`{name}` contains NaN or Inf values; give finite pixel values.")
-        return
-    raise TypeError(f"`{name}` must be a PIL image, a numpy array or a torch tensor; got {type(image).__name__}.")
+    """A PIL image, a numpy array or a torch tensor that the one image rule (`to_rgb`: layouts, dtypes and their
+    value ranges) accepts."""
+    to_rgb(image, name)
+
+
+def check_embeddings(name: str, embeds, text_dim: int) -> torch.Tensor:
+    """One prompt's embedding as `encode_prompt` returns it: a finite floating ``(tokens, text_dim)`` tensor with
+    data (not on the meta device)."""
+    if not isinstance(embeds, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch tensor from `pipe.encode_prompt`; got {type(embeds).__name__}.")
+    if embeds.ndim != 2 or embeds.shape[0] == 0 or embeds.shape[1] != text_dim:
+        raise ValueError(
+            f"`{name}` must be one (tokens, {text_dim}) tensor per prompt, {text_dim} being this model's text width "
+            f"(`pipe.encode_prompt` makes them); got shape {tuple(embeds.shape)}."
+        )
+    if embeds.device.type == "meta":
+        raise ValueError(f"`{name}` is a meta tensor without values; give embeddings with data.")
+    if not embeds.is_floating_point():
+        raise ValueError(f"`{name}` must be floating point; got {embeds.dtype}.")
+    if not torch.isfinite(embeds).all():
+        raise ValueError(f"`{name}` contains NaN or Inf values; encode the prompt again.")
+    return embeds
 
 
 def check_sampling(

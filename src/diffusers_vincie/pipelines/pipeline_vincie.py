@@ -40,10 +40,13 @@ from .inputs import (
     as_image_list,
     callback_outputs,
     check_choice,
+    check_embeddings,
     check_image,
     check_int,
     check_sampling,
+    check_text,
 )
+from .locking import serialised
 from .lora import VincieLoraLoaderMixin
 from .sampling import Guidance, SamplerStep, frame_latent_shape, sample_frame
 from .session import SessionFrame, SessionText, VincieEditingSession
@@ -198,6 +201,7 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
         dtype = self.transformer.dtype if self.transformer is not None else encoder.dtype
         return [s.to(dtype) for s in states]
 
+    @serialised()
     def encode_prompt(
         self,
         prompt: Union[str, list[str]],
@@ -352,6 +356,7 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
 
     # ------------------------------------------------------------------------------------- call
 
+    @serialised()  # one call at a time per pipeline: its modules, scheduler and call state are shared
     @torch.no_grad()
     def __call__(
         self,
@@ -428,9 +433,18 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
             prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
             if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
                 raise ValueError("`prompt` must be a non-empty instruction or a list of non-empty instructions.")
+            for k, text in enumerate(prompts):
+                check_text("prompt" if len(prompts) == 1 else f"prompt[{k}]", text)
             embeds = [None] * len(prompts)
+        if negative_prompt is not None:
+            check_text("negative_prompt", negative_prompt)
         resolution = self.config.default_resolution if resolution is None else resolution
         self.check_inputs(images, len(prompts), output_type, fidelity, posterior, resolution)
+        text_dim = self.transformer.config.text_embed_dim
+        for k, embedding in enumerate(embeds if prompt_embeds is not None else []):
+            check_embeddings("prompt_embeds" if len(embeds) == 1 else f"prompt_embeds[{k}]", embedding, text_dim)
+        if negative_prompt_embeds is not None:
+            check_embeddings("negative_prompt_embeds", negative_prompt_embeds, text_dim)
         check_sampling(  # once here too, so that a bad value stops the call before any image is encoded
             self.config.default_num_inference_steps if num_inference_steps is None else num_inference_steps,
             self.config.default_guidance_scale if guidance_scale is None else guidance_scale,

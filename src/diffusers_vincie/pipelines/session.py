@@ -27,8 +27,28 @@ from safetensors.torch import load_file, save_file
 
 from ..sequence import CURRENT_MASK, IMAGE, NEXT_MASK, Frame, Text, format_turn_prompt
 from ..utils.io import atomic_directory, merge_directory, resolve_inside, temporary_sibling
-from .image_processing import mask_to_image, postprocess, postprocess_official, preprocess, to_rgb, transform_mask
-from .inputs import FIDELITIES, POSTERIORS, check_choice, check_generator, check_image, check_int, check_sampling
+from .image_processing import (
+    area_size,
+    check_drag,
+    mask_to_image,
+    postprocess,
+    postprocess_official,
+    preprocess,
+    to_rgb,
+    transform_mask,
+)
+from .inputs import (
+    FIDELITIES,
+    POSTERIORS,
+    check_choice,
+    check_embeddings,
+    check_generator,
+    check_image,
+    check_int,
+    check_sampling,
+    check_text,
+)
+from .locking import lock_of, serialised
 from .sampling import Guidance
 
 SESSION_FILE = "session.json"
@@ -147,9 +167,10 @@ class VincieEditingSession:
         self.encode_calls = {"text": 0, "image": 0}  # encoder calls made by this session (see benchmarks)
         first = to_rgb(images[0])
         self.reference_size = first.size
-        self.sources = [
-            self._encode_image(im, Frame(IMAGE, i), generator) for i, im in enumerate([first, *images[1:]])
-        ]
+        with lock_of(pipe):
+            self.sources = [
+                self._encode_image(im, Frame(IMAGE, i), generator) for i, im in enumerate([first, *images[1:]])
+            ]
         self.reference_texts: list[SessionText] = []
         self.turns: list[SessionTurn] = []
         self._text_cache: dict[str, torch.Tensor] = {}
@@ -186,13 +207,11 @@ class VincieEditingSession:
 
     def _text(self, instruction: Optional[str], turn: int, templated: bool, embeds=None) -> SessionText:
         if embeds is not None:  # encoded apart (`pipe.encode_prompt`); the prompt text is unknown here
-            if not isinstance(embeds, torch.Tensor) or embeds.ndim != 2 or embeds.shape[0] == 0:
-                raise ValueError(
-                    "`prompt_embeds` must hold one (tokens, text_dim) tensor per prompt (`encode_prompt`)."
-                )
+            check_embeddings("prompt_embeds", embeds, self.pipe.transformer.config.text_embed_dim)
             return SessionText(Text(turn), instruction or "", embeds.to(self.pipe._execution_device))
         if not isinstance(instruction, str) or not instruction.strip():
             raise ValueError("`instruction` must be a non-empty string (or give `prompt_embeds`).")
+        check_text("instruction", instruction)
         prompt = (
             format_turn_prompt(instruction, turn, self.camera_prefix)
             if templated
@@ -217,6 +236,7 @@ class VincieEditingSession:
 
     # ------------------------------------------------------------------------------------- editing
 
+    @serialised("pipe")
     def add_instruction(self, prompt: Optional[str], prompt_embeds: Optional[torch.Tensor] = None) -> None:
         """Adds the instruction that follows a given image other than the last (earlier turns given as images, as
         in the official loop, or reference prompts of composition mode with ``use_prompt_template=False``)."""
@@ -227,6 +247,7 @@ class VincieEditingSession:
         turn = self._next_turn_index()
         self.reference_texts.append(self._text(prompt, turn, self.use_prompt_template, prompt_embeds))
 
+    @serialised("pipe")  # a turn at a time, and one call at a time on the shared pipeline
     @torch.no_grad()
     def edit(
         self,
@@ -295,6 +316,12 @@ class VincieEditingSession:
             raise ValueError(
                 f"The session reached the model's turn table ({self.pipe.transformer.config.max_turns} turns)."
             )
+        if negative_prompt is not None:
+            check_text("negative_prompt", negative_prompt)
+        if negative_prompt_embeds is not None:
+            check_embeddings(
+                "negative_prompt_embeds", negative_prompt_embeds, self.pipe.transformer.config.text_embed_dim
+            )
         text = self._text(instruction, turn, self.use_prompt_template, prompt_embeds)
         negative = self._negative(negative_prompt, negative_prompt_embeds, guidance_scale)
         if fidelity == "official":  # official: every turn starts from the first turn's seed state, per candidate
@@ -344,6 +371,7 @@ class VincieEditingSession:
         images = [c.image for c in candidates]
         return images if num_images_per_prompt > 1 else images[0]
 
+    @serialised()
     def choose(self, candidate: int) -> PIL.Image.Image:
         """Continues the session from candidate ``candidate`` of the last turn (``num_images_per_prompt``)."""
         if not self.turns:
@@ -380,7 +408,13 @@ class VincieEditingSession:
         **kwargs,
     ):
         """Drag editing: the current RoE mask (given or predicted) is moved/scaled/rotated into the next-frame mask,
-        then the image is generated. ``translate`` is in source-image pixels."""
+        then the image is generated. ``translate`` is in source-image pixels.
+
+        The transform must be finite (``scale`` > 0) and leave part of the region inside the image: with a given
+        ``current_mask`` this is checked before any work, with a predicted one as soon as it is predicted."""
+        translate, scale, rotate = check_drag(translate, scale, rotate)
+        if current_mask is not None and not isinstance(current_mask, str) and not callable(current_mask):
+            transform_mask(mask_to_image(current_mask, self.reference_size, "current_mask"), translate, scale, rotate)
         return self.edit(
             instruction,
             current_mask=current_mask,
@@ -388,12 +422,14 @@ class VincieEditingSession:
             **kwargs,
         )
 
+    @serialised()
     def undo(self) -> None:
         """Removes the last turn."""
         if not self.turns:
             raise ValueError("Nothing to undo: the session has no edits.")
         self.turns.pop()
 
+    @serialised()
     def branch(self, turn: int) -> "VincieEditingSession":
         """A new session that keeps turns ``1..turn`` (0 = only the source); this session is unchanged."""
         check_int("turn", turn, 0, len(self.turns))
@@ -407,6 +443,7 @@ class VincieEditingSession:
 
     # ------------------------------------------------------------------------------------- save / load
 
+    @serialised()
     def save(self, folder: Union[str, os.PathLike], overwrite: bool = False) -> Path:
         """Writes images (PNG), tensors (safetensors) and ``session.json`` to ``folder`` atomically.
 
@@ -454,11 +491,18 @@ class VincieEditingSession:
             record["sources"] = [frame(f, f"source_{i}") for i, f in enumerate(self.sources)]
             record["reference_texts"] = [text(t, f"reference_text_{i}") for i, t in enumerate(self.reference_texts)]
             for k, turn in enumerate(self.turns):
+                chosen = next(j for j, c in enumerate(turn.candidates) if c is turn.frame)
+                candidates = [
+                    frame(c, f"turn_{k + 1}" if j == chosen else f"turn_{k + 1}_candidate_{j}")
+                    for j, c in enumerate(turn.candidates)
+                ]
                 record["turns"].append(
                     {
                         "instruction": turn.instruction,
                         "text": text(turn.text, f"turn_{k + 1}_text"),
-                        "frame": frame(turn.frame, f"turn_{k + 1}"),
+                        "frame": candidates[chosen],
+                        "candidates": candidates,
+                        "chosen": chosen,
                         "masks": [frame(m, f"turn_{k + 1}_mask_{j}") for j, m in enumerate(turn.mask_frames)],
                     }
                 )
@@ -527,22 +571,70 @@ class VincieEditingSession:
             if key not in record:
                 raise ValueError(f"{record_path} lacks `{key}`; the saved session is damaged.")
             setattr(session, key, record[key])
-        session.reference_size = tuple(record["reference_size"])
-        session.sources = [frame(e, i) for i, e in enumerate(record["sources"])]
-        session.reference_texts = [text(e) for e in record["reference_texts"]]
-        session.turns = []
-        for t in record["turns"]:
-            instruction = text(t["text"])
-            masks = [frame(m, instruction.turn) for m in t["masks"]]  # masks belong to the edit's source turn
-            session.turns.append(
-                SessionTurn(t["instruction"], instruction, frame(t["frame"], instruction.turn + 1), masks)
-            )
-        shapes = {tuple(f.latent.shape) for f in session.sources + [t.frame for t in session.turns]}
+        try:
+            _restore_items(session, record, frame, text, pipe.transformer.config.max_turns)
+        except (KeyError, TypeError, IndexError, ValueError) as error:
+            raise ValueError(f"{record_path}: {error}; the saved session is damaged.") from None
+        frames = session.sources + [f for t in session.turns for f in t.candidates + t.mask_frames]
+        shapes = {tuple(f.latent.shape) for f in frames}
         if len(shapes) != 1:
             raise ValueError(f"{tensors_path}: the session's frame latents disagree in shape ({sorted(shapes)}).")
+        expected = _latent_size(pipe, session.reference_size, session.resolution)
+        if next(iter(shapes))[:2] != expected:
+            raise ValueError(
+                f"{folder} was saved by a model whose frames are {next(iter(shapes))[:2]} latent pixels at resolution "
+                f"{session.resolution}; this pipeline makes {expected} (another patch size or VAE). Load it with the "
+                "model that saved it."
+            )
         session._text_cache = {t.prompt: t.tokens for t in session.reference_texts + [x.text for x in session.turns]}
         session.encode_calls = {"text": 0, "image": 0}
         return session
+
+
+def _restore_items(session: VincieEditingSession, record: dict, frame: Callable, text: Callable, max_turns: int):
+    """Rebuilds the sources, reference prompts and turns of a loaded ``record`` (``frame`` / ``text`` read one
+    entry); a turn outside the model's turn table, a prompt of the wrong turn or a bad candidate is refused."""
+    check_int("resolution", session.resolution, 1)
+    check_choice("posterior", session.posterior, POSTERIORS)
+    width, height = record["reference_size"]
+    session.reference_size = (check_int("reference_size", width, 1), check_int("reference_size", height, 1))
+    session.sources = [frame(e, i) for i, e in enumerate(record["sources"])]
+    session.reference_texts = [text(e) for e in record["reference_texts"]]
+    if len(session.reference_texts) != len(session.sources) - 1:
+        raise ValueError(f"{len(session.sources)} sources need {len(session.sources) - 1} reference prompts")
+    session.turns = []
+    for t in record["turns"]:
+        instruction = text(t["text"])
+        masks = [frame(m, instruction.turn) for m in t["masks"]]  # masks belong to the edit's source turn
+        entries = t.get("candidates") or [t["frame"]]  # sessions saved before candidates were kept have one
+        chosen = check_int("chosen", t.get("chosen", 0), 0, len(entries) - 1)
+        current = frame(t["frame"], instruction.turn + 1)
+        if entries[chosen] != t["frame"]:
+            raise ValueError(f"candidate {chosen}, the chosen one, is not the turn's `frame`")
+        candidates = [current if j == chosen else frame(e, instruction.turn + 1) for j, e in enumerate(entries)]
+        session.turns.append(SessionTurn(t["instruction"], instruction, current, masks, candidates))
+    for kinds, frames in (
+        ((IMAGE,), session.sources),
+        ((CURRENT_MASK, NEXT_MASK), [m for t in session.turns for m in t.mask_frames]),
+    ):
+        for f in frames:
+            if f.kind not in kinds:
+                raise ValueError(f"a frame of kind {f.kind!r} stands where a frame of kind {kinds} belongs")
+    if any(c.kind != IMAGE for t in session.turns for c in t.candidates):
+        raise ValueError(f"a turn's image is not of kind {IMAGE!r}")
+    texts = session.reference_texts + [t.text for t in session.turns]
+    if len(texts) > max_turns:
+        raise ValueError(f"it has {len(texts)} turns but the model's turn table has {max_turns}")
+    for k, t in enumerate(texts):
+        if t.turn != k:
+            raise ValueError(f"prompt {k} is numbered turn {t.turn}")
+
+
+def _latent_size(pipe, reference_size: tuple[int, int], resolution: int) -> tuple[int, int]:
+    """The latent ``(h, w)`` that ``pipe`` makes of a ``reference_size`` (W, H) image at ``resolution``."""
+    height, width = area_size(reference_size[1], reference_size[0], resolution)
+    multiple = pipe.size_multiple
+    return (height - height % multiple) // pipe.spatial_factor, (width - width % multiple) // pipe.spatial_factor
 
 
 def _sha256(path: Path) -> str:

@@ -379,7 +379,8 @@ class GroundTruthAnnotator(TransitionAnnotator):
 
     Each sampled frame is matched to the key state whose hold interval contains it; a transition from key
     state ``k`` to ``k + 1`` gets that edit's instruction, camera motion and exact RoE masks (resized with
-    nearest neighbour when frames were downscaled). Transitions whose frames fall inside an animation, lie
+    nearest neighbour when frames were downscaled; a mask whose size is not the video's ``width`` x ``height``
+    rejects the transition instead of being stretched). Transitions whose frames fall inside an animation, lie
     on the same key state or span several edits are rejected with that reason: sample synthetic videos at
     the world's ``seconds_per_turn`` (e.g. ``equal_interval`` with ``interval=seconds_per_turn``).
     """
@@ -439,6 +440,13 @@ class GroundTruthAnnotator(TransitionAnnotator):
                 "one edit per transition (sample at the world's seconds_per_turn)"
             )
         size = transition.source.image.size
+        video_size = (truth["width"], truth["height"])
+        for name in ("source_masks", "target_masks"):  # resized only from the video's size, never guessed
+            if truth[name][source_state].shape[::-1] != video_size:
+                raise ValueError(
+                    f"{name}[{source_state}] is {truth[name][source_state].shape[1]}x"
+                    f"{truth[name][source_state].shape[0]} but the video is {video_size[0]}x{video_size[1]}"
+                )
         return TransitionAnnotation(
             instruction=truth["instructions"][source_state],
             camera_motion=truth["camera_motion"][source_state],
