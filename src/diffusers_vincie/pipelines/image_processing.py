@@ -96,6 +96,19 @@ def preprocess(
     return x[:, top : top + th, left : left + tw] * 2.0 - 1.0
 
 
+def preprocess_mask(
+    mask: PIL.Image.Image, resolution: int, multiple: int, reference_size: Optional[tuple[int, int]] = None
+) -> torch.Tensor:
+    """RGB mask image -> ``(3, H, W)`` binary tensor: +1 inside the region, -1 outside, as training mask frames are.
+
+    The mask goes through the images' resize/crop (`preprocess`), then every pixel is set to the side its resized
+    value falls on: training shows the model only binary masks, so the soft edges of a resized mask would be
+    values it never saw.
+    """
+    pixels = preprocess(mask, resolution, multiple, reference_size)
+    return torch.where(pixels > 0, 1.0, -1.0)
+
+
 def postprocess_official(pixels: torch.Tensor) -> PIL.Image.Image:
     """Official post-processing in bfloat16 with truncation: clamp, *0.5 + 0.5, *255, uint8."""
     x = pixels.to(torch.bfloat16).clamp(-1, 1).mul(0.5).add(0.5).mul(255).to(torch.uint8)
@@ -128,7 +141,8 @@ def mask_to_image(mask, size: Optional[tuple[int, int]] = None, name: str = "mas
             array = array.mean(-1)
         if array.ndim != 2:
             raise ValueError(f"`{name}` must be a 2-D mask or an image; got shape {array.shape}.")
-        array = array > (127 if array.dtype == np.uint8 else 0.5)
+        # 0/255 images split at 127; bool, float and 0/1 integer masks at 0.5
+        array = array > (127 if array.dtype == np.uint8 and array.max(initial=0) > 1 else 0.5)
     image = PIL.Image.fromarray((array * 255).astype(np.uint8)).convert("RGB")
     if size is not None and image.size != tuple(size):
         raise ValueError(f"`{name}` is {image.size[0]}x{image.size[1]} but the session image is {size[0]}x{size[1]}.")

@@ -27,7 +27,15 @@ from safetensors.torch import load_file, save_file
 
 from ..sequence import CURRENT_MASK, IMAGE, NEXT_MASK, Frame, Text, format_turn_prompt
 from ..utils.io import atomic_directory
-from .image_processing import mask_to_image, postprocess, postprocess_official, preprocess, to_rgb, transform_mask
+from .image_processing import (
+    mask_to_image,
+    postprocess,
+    postprocess_official,
+    preprocess,
+    preprocess_mask,
+    to_rgb,
+    transform_mask,
+)
 from .inputs import FIDELITIES, POSTERIORS, check_choice, check_generator, check_image, check_int, check_sampling
 from .sampling import Guidance
 
@@ -178,7 +186,8 @@ class VincieEditingSession:
 
     def _encode_image(self, image, item: Frame, generator=None) -> SessionFrame:
         rgb = to_rgb(image, "image" if item.kind == IMAGE else "mask")
-        pixels = preprocess(rgb, self.resolution, self.pipe.size_multiple, self.reference_size)
+        to_pixels = preprocess if item.kind == IMAGE else preprocess_mask
+        pixels = to_pixels(rgb, self.resolution, self.pipe.size_multiple, self.reference_size)
         self.encode_calls["image"] += 1
         return SessionFrame(item, self.pipe.encode_image(pixels, generator, self.posterior), rgb)
 
