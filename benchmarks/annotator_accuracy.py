@@ -2,7 +2,8 @@
 """Accuracy of the pixel annotator (``build_sessions.py --annotator pixels``) against the renderer's log.
 
 Held-out videos are rendered with ``make_synthetic_videos`` (the video maker's defaults: 128 px H.264, camera
-pans, 5 edits per video) from base seed ``--seed``; the frames are sampled exactly as the session build samples
+pans, 5 edits per video; ``--composition_fraction`` / ``--story_fraction`` add composition shots and camera-only
+videos) from base seed ``--seed``; the frames are sampled exactly as the session build samples
 them (``equal_interval`` at the world's ``seconds_per_turn``). Every transition is annotated twice: from its
 pixels (:class:`~diffusers_vincie.data.video.annotate.ShapesPixelAnnotator`) and from the sidecar
 (:class:`~diffusers_vincie.data.video.annotate.GroundTruthAnnotator`, the log, used here only to score). Per op
@@ -30,6 +31,7 @@ from typing import Optional
 
 import numpy as np
 
+from diffusers_vincie.data.shapes.shots import SHOT_OPS
 from diffusers_vincie.data.shapes.video import make_synthetic_videos, video_session_seed
 from diffusers_vincie.data.shapes.world import OP_KINDS, ShapesWorld
 from diffusers_vincie.data.video.annotate import (
@@ -90,7 +92,7 @@ def summarize(rows: list[dict]) -> dict:
             "rejected": float(np.mean([r["rejected"] for r in chosen])) if chosen else float("nan"),
         }
 
-    ops = [op for op in OP_KINDS if any(r["op"] == op for r in rows)]
+    ops = [op for op in (*OP_KINDS, *sorted(SHOT_OPS)) if any(r["op"] == op for r in rows)]
     return {"per_op": {op: stats([r for r in rows if r["op"] == op]) for op in ops}, "all": stats(rows)}
 
 
@@ -116,6 +118,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="base seed of the held-out videos")
     parser.add_argument("--resolution", type=int, default=128, help="video side (the video maker's default)")
     parser.add_argument("--pan_weight", type=float, default=0.5, help="camera pans (the video maker's default)")
+    parser.add_argument("--composition_fraction", type=float, default=0.0, help="share of composition videos")
+    parser.add_argument("--story_fraction", type=float, default=0.0, help="share of camera-only videos")
     parser.add_argument("--output_dir", type=Path, default=Path("runs/annotator_accuracy"))
     args = parser.parse_args(argv)
     if args.num_videos < 1:
@@ -126,7 +130,15 @@ def main(argv: Optional[list[str]] = None) -> dict:
 
     world = ShapesWorld(op_weights={"pan": args.pan_weight})
     videos = args.output_dir / "videos"
-    make_synthetic_videos(videos, args.num_videos, seed=args.seed, world=world, resolution=args.resolution)
+    make_synthetic_videos(
+        videos,
+        args.num_videos,
+        seed=args.seed,
+        world=world,
+        resolution=args.resolution,
+        composition_fraction=args.composition_fraction,
+        story_fraction=args.story_fraction,
+    )
     config = SamplingConfig(strategy="equal_interval", interval=1.0)  # the video maker's seconds_per_turn
     pixels, truth = ShapesPixelAnnotator(world), GroundTruthAnnotator()
     start = time.perf_counter()

@@ -16,6 +16,7 @@ from datasets import load_dataset
 
 from diffusers_vincie.data.schema import mask_to_array
 from diffusers_vincie.data.shapes.pixels import PixelSceneReader, UnreadableTransition, describe_transition
+from diffusers_vincie.data.shapes.shots import shot_edit_masks
 from diffusers_vincie.data.shapes.world import OP_KINDS, SceneObject, SceneState, ShapesWorld
 from diffusers_vincie.data.video.annotate import AnnotationRejected, ShapesPixelAnnotator, Transition
 from diffusers_vincie.data.video.frames import SampledFrame
@@ -119,3 +120,43 @@ def test_build_sessions_annotates_videos_from_their_pixels_without_the_sidecars(
         with pytest.raises(SystemExit) as exit_info:
             build.main([str(videos), "--output", str(tmp_path / "other"), *bad])
         assert exit_info.value.code == 2 and "--world-config" in capsys.readouterr().err
+
+
+def test_composition_and_story_sessions_are_labelled_from_pixels():
+    from diffusers_vincie.data.shapes.shots import sample_composition_session, sample_story_session
+
+    annotator = ShapesPixelAnnotator(WORLD)
+    for seed in range(6):
+        for session in (sample_composition_session(WORLD, seed), sample_story_session(WORLD, seed, num_turns=4)):
+            frames = [WORLD.render(state, RESOLUTION) for state in session.states]
+            results = annotator.annotate_many(transitions(frames))
+            assert [r.instruction for r in results] == session.instructions
+            for k, (edit, result) in enumerate(zip(session.edits, results)):
+                source, target = shot_edit_masks(WORLD, edit, session.states[k], session.states[k + 1], RESOLUTION)
+                assert iou(result.source_mask, source) == 1.0 and iou(result.target_mask, target) == 1.0
+    composition = sample_composition_session(WORLD, 0, num_objects=3)
+    assert composition.ops == ["introduce", "introduce", "compose"]
+    assert composition.instructions[-1].startswith("show the ") and composition.instructions[-1].count(" and ") == 2
+    assert (
+        all(len(state.objects) == 1 for state in composition.states[:-1]) and len(composition.states[-1].objects) == 3
+    )
+    story = sample_story_session(WORLD, 0, num_turns=4)
+    assert set(story.ops) == {"pan"} and all(s.objects == story.states[0].objects for s in story.states)
+
+
+def test_the_video_maker_adds_composition_and_story_videos_only_when_asked(tmp_path):
+    from diffusers_vincie.data.shapes.video import make_synthetic_videos, read_ground_truth, video_session_seed
+
+    plain = make_synthetic_videos(tmp_path / "plain", 4, seed=3, world=WORLD, num_turns=2, progress=False)
+    for index, path in enumerate(plain):  # off by default: the same editing sessions as before the option
+        expected = WORLD.sample_session(video_session_seed(3, index), num_turns=2)
+        assert read_ground_truth(path)["instructions"] == expected.instructions
+    mixed = make_synthetic_videos(
+        tmp_path / "mixed", 8, seed=3, world=WORLD, num_turns=2, progress=False, composition_fraction=0.5,
+        story_fraction=0.5,
+    )  # fmt: skip
+    kinds = {frozenset(read_ground_truth(path)["ops"]) for path in mixed}
+    assert frozenset({"pan"}) in kinds and any("compose" in ops for ops in kinds)
+    assert all(ops <= {"pan"} or ops <= {"introduce", "compose"} for ops in kinds)
+    with pytest.raises(ValueError, match="composition_fraction"):
+        make_synthetic_videos(tmp_path / "bad", 1, composition_fraction=0.8, story_fraction=0.4, progress=False)

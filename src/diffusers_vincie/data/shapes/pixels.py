@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import PIL.Image
 
+from .shots import compose_instruction, introduce_instruction
 from .world import _COL_WORDS, _DIRECTIONS, _ROW_WORDS, BACKGROUNDS, COLOURS, SceneObject, SceneState, ShapesWorld
 
 __all__ = ["PixelSceneReader", "ReadScene", "SceneTrack", "TransitionReading", "UnreadableTransition"]
@@ -279,6 +280,7 @@ class SceneTrack:
 
     objects: tuple[SceneObject, ...] = ()
     removed: tuple[SceneObject, ...] = ()
+    references: tuple[SceneObject, ...] = ()  # objects introduced alone by the shots since the last composition
 
     def sync(self, scene: ReadScene) -> None:
         """Adopts a scene read without a known transition: objects keep their history when still present."""
@@ -306,6 +308,8 @@ def describe_transition(
     same_objects = {(o.colour, o.shape, o.size, o.row, o.col) for o in before.objects} == {
         (o.colour, o.shape, o.size, o.row, o.col) for o in after.objects
     }
+    if before.background != after.background:  # a cut: a new reference shot, or the composed scene
+        return _describe_cut(world, before, after, resolution, track)
     if before.camera != after.camera:
         dx, dy = after.camera[0] - before.camera[0], after.camera[1] - before.camera[1]
         # the content moves opposite to the camera
@@ -333,8 +337,6 @@ def describe_transition(
         )
     if same_objects:
         raise UnreadableTransition("no visible change between the frames")
-    if before.background != after.background:
-        raise UnreadableTransition(f"the background changed ({before.background} -> {after.background})")
 
     def key(o: SceneObject) -> tuple:
         return (o.colour, o.shape, o.size, o.row, o.col)
@@ -401,3 +403,31 @@ def describe_transition(
                 return finish("resize", f"make the {a.name} {'bigger' if step > 0 else 'smaller'}", a, b)
     summary = ", ".join([f"-{o.colour} {o.shape}" for o in gone] + [f"+{o.colour} {o.shape}" for o in came])
     raise UnreadableTransition(f"not one edit of the world ({summary})")
+
+
+def _describe_cut(
+    world: ShapesWorld, before: ReadScene, after: ReadScene, resolution: int, track: SceneTrack
+) -> TransitionReading:
+    """A change of shot (the background changed): one object alone introduces it; a scene whose objects are all
+    the objects introduced since the last composition composes them."""
+    if not track.references and len(before.objects) == 1:
+        track.references = before.objects
+    masks = (_footprints(world, before, resolution), _footprints(world, after, resolution))
+    if len(after.objects) == 1:
+        obj = after.objects[0]
+        track.references = track.references + (obj,)
+        track.sync(after)
+        return TransitionReading("introduce", introduce_instruction(world, obj), "static", *masks, [], [obj.name])
+    order = {(o.colour, o.shape, o.size): k for k, o in enumerate(track.references)}
+    keys = [(o.colour, o.shape, o.size) for o in after.objects]
+    if len(after.objects) < 2 or any(k not in order for k in keys) or len(set(keys)) != len(keys):
+        raise UnreadableTransition(
+            f"the shot changed ({before.background} -> {after.background} background) to a scene that is not the "
+            "objects introduced before it"
+        )
+    objects = sorted(after.objects, key=lambda o: order[(o.colour, o.shape, o.size)])
+    track.references = ()
+    track.sync(after)
+    return TransitionReading(
+        "compose", compose_instruction(world, objects), "static", *masks, [], [o.name for o in objects]
+    )
