@@ -88,6 +88,10 @@ def _label_components(classes: np.ndarray) -> tuple[np.ndarray, int]:
         np.minimum(smallest[:-1], np.where(same_down, labels[1:], big), out=smallest[:-1])
         np.minimum(smallest[:, 1:], np.where(same_right, labels[:, :-1], big), out=smallest[:, 1:])
         np.minimum(smallest[:, :-1], np.where(same_right, labels[:, 1:], big), out=smallest[:, :-1])
+        # pointer jumping: a label is the index (+1) of a pixel of the same component; take that pixel's label
+        flat = smallest.ravel()
+        for _ in range(4):
+            flat[inside.ravel()] = flat[flat[inside.ravel()] - 1]
         if np.array_equal(smallest, labels):
             break
         labels = smallest
@@ -125,6 +129,7 @@ class PixelSceneReader:
         self.colours = list(world.colours)
         background_colours = sorted({rgb for name in world.backgrounds for rgb in BACKGROUNDS[name][:2]})
         self.references = np.array([COLOURS[c] for c in self.colours] + background_colours, dtype=np.float32)
+        self.reference_norms = (self.references**2).sum(-1)
         limit = world.max_pan_steps * world.pan_step
         self.camera_values = list(range(-limit, limit + 1, world.pan_step))
         self.smallest_radius = min(world.sizes.values()) * world.cell
@@ -135,8 +140,9 @@ class PixelSceneReader:
         """Per pixel: the index of its world colour (``(H, W)`` int, ``-1`` for background or unassigned), and
         the evidence for each world colour (``(H * W, colours)``: how much nearer the pixel is to that colour
         than to any background colour, clipped to +-100; blended edge pixels sit near 0)."""
-        pixels = frame.reshape(-1, 1, 3).astype(np.float32)
-        distances = np.sqrt(((pixels - self.references[None]) ** 2).sum(-1))  # (H*W, references)
+        pixels = frame.reshape(-1, 3).astype(np.float32)
+        squared = (pixels**2).sum(-1, keepdims=True) - 2 * pixels @ self.references.T + self.reference_norms
+        distances = np.sqrt(np.maximum(squared, 0.0))  # (H*W, references)
         nearest = distances.argmin(-1)
         close = distances[np.arange(len(nearest)), nearest] < COLOUR_TOLERANCE
         labels = np.where(close & (nearest < len(self.colours)), nearest, -1)
