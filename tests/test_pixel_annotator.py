@@ -160,3 +160,18 @@ def test_the_video_maker_adds_composition_and_story_videos_only_when_asked(tmp_p
     assert all(ops <= {"pan"} or ops <= {"introduce", "compose"} for ops in kinds)
     with pytest.raises(ValueError, match="composition_fraction"):
         make_synthetic_videos(tmp_path / "bad", 1, composition_fraction=0.8, story_fraction=0.4, progress=False)
+
+
+def test_pans_that_cut_a_lone_object_at_the_frame_edge_are_still_pans():
+    # a big triangle cut by the bottom edge shows the same pixels as a smaller one a camera step higher: the
+    # clip's previous frame settles it
+    state = SceneState("light", (SceneObject(0, "triangle", "red", "big", 2, 0),))
+    states, instructions = [state], []
+    for direction in ("up", "up", "left", "down"):
+        state, edit = WORLD._apply_pan(state, direction, None)
+        states.append(state)
+        instructions.append(edit.instruction)
+    assert states[2].camera == (0, 4)  # the content moved down by the camera's full range
+    frames = [WORLD.render(s, 128) for s in states]
+    results = ShapesPixelAnnotator(WORLD).annotate_many(transitions(frames))
+    assert [r.instruction for r in results] == instructions

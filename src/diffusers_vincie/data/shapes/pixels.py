@@ -37,6 +37,8 @@ COLOUR_TOLERANCE = 70.0
 EXPLAINED_TOLERANCE = 48
 # Share of the frame (away from object edges) the read scene may leave unexplained.
 MAX_UNEXPLAINED = 0.01
+# Reads whose unexplained shares differ by less than this explain the frame equally well.
+TIE_MARGIN = 0.002
 # Components smaller than this share of the smallest object's area are noise.
 MIN_COMPONENT_SHARE = 0.25
 
@@ -100,6 +102,18 @@ def _label_components(classes: np.ndarray) -> tuple[np.ndarray, int]:
     return relabelled, int((values != big).sum())
 
 
+def _shared_objects(scene: ReadScene, previous: ReadScene | None) -> int:
+    """Objects of ``scene`` that ``previous`` showed with the same colour, shape and size."""
+    if previous is None:
+        return 0
+    seen = {(o.colour, o.shape, o.size) for o in previous.objects}
+    return sum((o.colour, o.shape, o.size) in seen for o in scene.objects)
+
+
+def _touches_edge(mask: np.ndarray) -> bool:
+    return bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
+
+
 def _edge_band(image: np.ndarray) -> np.ndarray:
     """Pixels within one pixel of a colour edge of a rendered image (where compression may blur colours)."""
     edge = np.zeros(image.shape[:2], dtype=bool)
@@ -150,8 +164,9 @@ class PixelSceneReader:
         evidence = np.clip(distances[:, colours:].min(-1, keepdims=True) - distances[:, :colours], -100, 100)
         return labels.reshape(frame.shape[:2]), evidence
 
-    def read(self, frame: np.ndarray) -> ReadScene:
-        """The scene a frame shows (frames larger than twice the world resolution are read at that size).
+    def read(self, frame: np.ndarray, previous: ReadScene | None = None) -> ReadScene:
+        """The scene a frame shows (frames larger than twice the world resolution are read at that size);
+        ``previous``, the scene of the clip's frame before, settles reads the pixels leave open.
 
         Raises:
             UnreadableTransition: when no scene of the world renders to this frame.
@@ -187,12 +202,34 @@ class PixelSceneReader:
                 if best is None or unexplained < best[0]:
                     best = (unexplained, scene)
                 if unexplained <= MAX_UNEXPLAINED:
-                    return scene
+                    if not any(_touches_edge(mask) for _, mask in components):
+                        return scene
+                    # an object cut by the frame's edge can mislead the vote by a camera step, and a big object
+                    # cut off can look like a smaller one: the best of the neighbouring offsets wins, and among
+                    # equally good reads the one whose objects the previous frame showed
+                    found = [
+                        (unexplained, scene),
+                        *self._neighbours(camera, components, evidence, frame, scale, resolution),
+                    ]
+                    lowest = min(share for share, _ in found)
+                    ties = [(share, read) for share, read in found if share <= lowest + TIE_MARGIN]
+                    return min(ties, key=lambda item: (-_shared_objects(item[1], previous), item[0]))[1]
         share = 1.0 if best is None else best[0]
         raise UnreadableTransition(
             f"the frame is not a still scene of the world ({share:.1%} of its pixels unexplained: an animation, "
             "an unknown colour or compression damage)"
         )
+
+    def _neighbours(self, camera, components, evidence, frame, scale, resolution) -> list:
+        """``(unexplained, scene)`` at each camera offset one step from ``camera``."""
+        found = []
+        for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+            other = (camera[0] + dx * self.world.pan_step, camera[1] + dy * self.world.pan_step)
+            if other[0] in self.camera_values and other[1] in self.camera_values:
+                scene = self._scene_at(other, components, evidence, frame, scale, resolution)
+                if scene is not None:
+                    found.append((self._unexplained(scene, frame), scene))
+        return found
 
     def _fit_component(self, colour: str, mask: np.ndarray, scale: float, resolution: int):
         """Best ``(object, camera, IoU)`` for one component alone (its own camera estimate), or ``None``."""

@@ -483,13 +483,14 @@ class ShapesPixelAnnotator(TransitionAnnotator):
     def metadata(self) -> dict[str, Any]:
         return {"name": self.name, "world": "synthetic-shapes", "world_config": self.world.config}
 
-    def _read(self, frame: SampledFrame, cache: dict) -> Any:
-        from ..shapes.pixels import UnreadableTransition
+    def _read(self, frame: SampledFrame, cache: dict, previous: Any = None) -> Any:
+        from ..shapes.pixels import ReadScene, UnreadableTransition
 
         key = (frame.frame_index, frame.timestamp)
         if key not in cache:
+            prior = previous if isinstance(previous, ReadScene) else None
             try:
-                cache[key] = self.reader.read(np.asarray(frame.image.convert("RGB")))
+                cache[key] = self.reader.read(np.asarray(frame.image.convert("RGB")), prior)
             except UnreadableTransition as error:
                 cache[key] = AnnotationRejected(f"frame at t={frame.timestamp:.3f}s: {error.reason}")
         return cache[key]
@@ -501,7 +502,8 @@ class ShapesPixelAnnotator(TransitionAnnotator):
         track = SceneTrack()
         results: list[TransitionAnnotation | AnnotationRejected] = []
         for transition in transitions:
-            before, after = self._read(transition.source, cache), self._read(transition.target, cache)
+            before = self._read(transition.source, cache)
+            after = self._read(transition.target, cache, previous=before)
             rejected = next((x for x in (before, after) if isinstance(x, AnnotationRejected)), None)
             if rejected is None:
                 try:
