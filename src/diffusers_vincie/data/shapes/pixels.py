@@ -7,9 +7,10 @@ never its log of edits:
 1. :meth:`PixelSceneReader.read` classifies every pixel against the world's palette and background colours,
    splits each colour into connected components, and explains each component as one object (shape and size by
    simple geometry, cell from its centre) seen through a camera offset that all objects share (a camera pan
-   moves everything; the offset is voted by the objects and snapped to the world's camera step). The scene is
-   then rendered back and compared with the frame: a frame it does not explain (a frame inside an animation,
-   a colour outside the palette, heavy compression damage) is refused.
+   moves everything; the offset is voted by the objects and snapped to the world's camera step; when an object
+   is cut by the frame's edge the neighbouring offsets are compared too, and equally good reads are settled by
+   the clip's previous frame). The scene is then rendered back and compared with the frame: a frame it does not
+   explain (a frame inside an animation, a colour outside the palette, heavy compression damage) is refused.
 2. :func:`describe_transition` compares two read scenes: a camera-only change is a pan; otherwise exactly one
    object must have appeared, disappeared, moved one cell, changed colour or changed size. A :class:`SceneTrack`
    follows a clip's objects across transitions, so that an object that comes back where it was removed is
