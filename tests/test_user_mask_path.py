@@ -163,3 +163,19 @@ def test_a_user_mask_gets_the_training_latent_in_latent_space():
     given = editing.turns[0].mask_frames[0].latent
     trained = encode_frames(_training_pixels(session, Frame(CURRENT_MASK, 0))[None], pipe.vae)[0]
     torch.testing.assert_close(given, trained, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode, given", [("full", 0), ("true_mask", 1), ("true_masks", 2)])
+def test_shapes_bench_true_mask_modes_give_the_worlds_masks(mode, given):
+    from diffusers_vincie.evaluation.shapes_bench import ChainedEditor
+
+    pipe = tiny_pipeline(pixel_space=True, attention_layout="block_causal", frame_index_mode="slots")
+    pipe.set_progress_bar_config(disable=True)
+    session = _world_session()
+    editor = ChainedEditor(pipe, mode, session, {"num_inference_steps": 1, "guidance_scale": 1.0}, seed=0)
+    editor.edit(session.frames[0], 0)
+    frames = editor.editing.turns[0].mask_frames
+    assert len(frames) == (2 if given else 0)
+    true = (session.source_masks[0], session.target_masks[0])
+    for k, frame in enumerate(frames[:given]):
+        assert np.array_equal(frame.latent[..., 0].numpy() > 0, true[k])  # given, not predicted
