@@ -142,8 +142,8 @@ class PixelSceneReader:
     def __init__(self, world: ShapesWorld):
         self.world = world
         self.colours = list(world.colours)
-        background_colours = sorted({rgb for name in world.backgrounds for rgb in BACKGROUNDS[name][:2]})
-        self.references = np.array([COLOURS[c] for c in self.colours] + background_colours, dtype=np.float32)
+        self.background_colours = sorted({rgb for name in world.backgrounds for rgb in BACKGROUNDS[name][:2]})
+        self.references = np.array([COLOURS[c] for c in self.colours] + self.background_colours, dtype=np.float32)
         self.reference_norms = (self.references**2).sum(-1)
         limit = world.max_pan_steps * world.pan_step
         self.camera_values = list(range(-limit, limit + 1, world.pan_step))
@@ -151,10 +151,11 @@ class PixelSceneReader:
 
     # -------------------------------------------------------------------------------------------- pixels
 
-    def classify(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def classify(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
         """Per pixel: the index of its world colour (``(H, W)`` int, ``-1`` for background or unassigned), and
         the evidence for each world colour (``(H * W, colours)``: how much nearer the pixel is to that colour
-        than to any background colour, clipped to +-100; blended edge pixels sit near 0)."""
+        than to any background colour, clipped to +-100; blended edge pixels sit near 0); and the frame's
+        background."""
         pixels = frame.reshape(-1, 3).astype(np.float32)
         squared = (pixels**2).sum(-1, keepdims=True) - 2 * pixels @ self.references.T + self.reference_norms
         distances = np.sqrt(np.maximum(squared, 0.0))  # (H*W, references)
@@ -163,7 +164,13 @@ class PixelSceneReader:
         labels = np.where(close & (nearest < len(self.colours)), nearest, -1)
         colours = len(self.colours)
         evidence = np.clip(distances[:, colours:].min(-1, keepdims=True) - distances[:, :colours], -100, 100)
-        return labels.reshape(frame.shape[:2]), evidence
+        # the background whose colours the most background pixels are nearest to (the sets are disjoint)
+        counts = np.bincount(nearest[close & (nearest >= colours)] - colours, minlength=len(self.background_colours))
+        background = max(
+            self.world.backgrounds,
+            key=lambda name: sum(counts[self.background_colours.index(rgb)] for rgb in set(BACKGROUNDS[name][:2])),
+        )
+        return labels.reshape(frame.shape[:2]), evidence, background
 
     def read(self, frame: np.ndarray, previous: ReadScene | None = None) -> ReadScene:
         """The scene a frame shows (frames larger than twice the world resolution are read at that size);
@@ -180,7 +187,7 @@ class PixelSceneReader:
             frame = np.asarray(PIL.Image.fromarray(frame).resize((resolution, resolution), PIL.Image.BOX))
         scale = resolution / self.world.resolution
         min_area = MIN_COMPONENT_SHARE * np.pi * (self.smallest_radius * scale) ** 2 * 0.5
-        classes, evidence = self.classify(frame)
+        classes, evidence, background = self.classify(frame)
         labels, count = _label_components(classes)
         components = []  # (colour, mask)
         for k in range(1, count + 1):
@@ -197,7 +204,7 @@ class PixelSceneReader:
         ]
         best = None
         for camera in dict.fromkeys(cameras):  # the voted offsets first, then every offset the camera can take
-            scene = self._scene_at(camera, components, evidence, frame, scale, resolution)
+            scene = self._scene_at(camera, components, evidence, background, scale, resolution)
             if scene is not None:
                 unexplained = self._unexplained(scene, frame)
                 if best is None or unexplained < best[0]:
@@ -210,7 +217,7 @@ class PixelSceneReader:
                     # equally good reads the one whose objects the previous frame showed
                     found = [
                         (unexplained, scene),
-                        *self._neighbours(camera, components, evidence, frame, scale, resolution),
+                        *self._neighbours(camera, components, evidence, background, frame, scale, resolution),
                     ]
                     lowest = min(share for share, _ in found)
                     ties = [(share, read) for share, read in found if share <= lowest + TIE_MARGIN]
@@ -221,13 +228,13 @@ class PixelSceneReader:
             "an unknown colour or compression damage)"
         )
 
-    def _neighbours(self, camera, components, evidence, frame, scale, resolution) -> list:
+    def _neighbours(self, camera, components, evidence, background, frame, scale, resolution) -> list:
         """``(unexplained, scene)`` at each camera offset one step from ``camera``."""
         found = []
         for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1)):
             other = (camera[0] + dx * self.world.pan_step, camera[1] + dy * self.world.pan_step)
             if other[0] in self.camera_values and other[1] in self.camera_values:
-                scene = self._scene_at(other, components, evidence, frame, scale, resolution)
+                scene = self._scene_at(other, components, evidence, background, scale, resolution)
                 if scene is not None:
                     found.append((self._unexplained(scene, frame), scene))
         return found
@@ -235,14 +242,15 @@ class PixelSceneReader:
     def _fit_component(self, colour: str, mask: np.ndarray, scale: float, resolution: int):
         """Best ``(object, camera, IoU)`` for one component alone (its own camera estimate), or ``None``."""
         ys, xs = np.nonzero(mask)
+        box_x, box_y = (xs.min() + xs.max() + 1) / 2 / scale, (ys.min() + ys.max() + 1) / 2 / scale
         world = self.world
         best = None
         for shape in world.shapes:
             for size, fraction in world.sizes.items():
                 radius = fraction * world.cell
                 # bounding-box centre -> shape centre (a triangle's box is 0.1 r above its centre)
-                cx = (xs.min() + xs.max() + 1) / 2 / scale
-                cy = (ys.min() + ys.max() + 1) / 2 / scale + (0.1 * radius if shape == "triangle" else 0.0)
+                cx = box_x
+                cy = box_y + (0.1 * radius if shape == "triangle" else 0.0)
                 col, row = int(cx // world.cell), int(cy // world.cell)
                 if not (0 <= row < world.grid and 0 <= col < world.grid):
                     continue
@@ -259,7 +267,7 @@ class PixelSceneReader:
     def _snap(self, offset: float) -> int:
         return min(self.camera_values, key=lambda value: abs(value - offset))
 
-    def _scene_at(self, camera, components, evidence, frame, scale, resolution) -> ReadScene | None:
+    def _scene_at(self, camera, components, evidence, background, scale, resolution) -> ReadScene | None:
         """The objects of the components seen through ``camera``: for each, the shape, size and nearby cell whose
         footprint gathers the most evidence for its colour (a matched filter, robust to blurred edges)."""
         world = self.world
@@ -288,11 +296,7 @@ class PixelSceneReader:
                 return None
             taken.add((best[0].row, best[0].col))
             objects.append(best[0])
-        backgrounds = []
-        for name in world.backgrounds:
-            rendered = world.render(SceneState(name, tuple(objects), camera), resolution)
-            backgrounds.append((np.abs(rendered.astype(np.int16) - frame).max(-1).mean(), name))
-        return ReadScene(min(backgrounds)[1], camera, tuple(objects))
+        return ReadScene(background, camera, tuple(objects))
 
     def _unexplained(self, scene: ReadScene, frame: np.ndarray) -> float:
         """Share of the frame, away from the rendered edges, that the rendered scene does not match."""
