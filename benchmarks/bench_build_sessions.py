@@ -1,4 +1,5 @@
-"""Benchmark of the session build pipeline on synthetic videos with the ground-truth annotator.
+"""Benchmark of the session build pipeline on synthetic videos with the ground-truth (or ``--annotator pixels``)
+annotator.
 
 Measures, in the same run and on the same videos and frames:
 
@@ -53,14 +54,17 @@ def decode_only(folder: Path, config) -> int:
     return frames
 
 
-def build_once(folder: Path, output: Path, config, shard_size: int, frame_format: str):
-    from diffusers_vincie.data.video.annotate import GroundTruthAnnotator
+def build_once(
+    folder: Path, output: Path, config, shard_size: int, frame_format: str, annotator: str, resolution: int
+):
+    from diffusers_vincie.data.shapes.world import ShapesWorld
+    from diffusers_vincie.data.video.annotate import GroundTruthAnnotator, ShapesPixelAnnotator
     from diffusers_vincie.data.video.build import build_sessions
 
     shutil.rmtree(output, ignore_errors=True)
-    return build_sessions(
-        [folder], output, GroundTruthAnnotator(), config=config, shard_size=shard_size, frame_format=frame_format
-    )
+    # the pixel annotator knows the videos' world (make_videos: world resolution = video side)
+    chosen = GroundTruthAnnotator() if annotator == "ground_truth" else ShapesPixelAnnotator(ShapesWorld(resolution))
+    return build_sessions([folder], output, chosen, config=config, shard_size=shard_size, frame_format=frame_format)
 
 
 def stream_rows(output: Path, cache_dir: Path) -> int:
@@ -83,6 +87,12 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=64, help="sessions per parquet shard")
     parser.add_argument("--frame-format", choices=("png", "jpeg"), default="png", help="how frames are stored")
     parser.add_argument("--repeats", type=int, default=3, help="timings are the best of this many runs")
+    parser.add_argument(
+        "--annotator",
+        choices=("ground_truth", "pixels"),
+        default="ground_truth",
+        help="ground_truth: the sidecars; pixels: the frames alone (ShapesPixelAnnotator)",
+    )
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args()
 
@@ -106,7 +116,15 @@ def main() -> None:
             decode_cpu.append(time.process_time() - started_cpu)
 
             started, started_cpu = time.perf_counter(), time.process_time()
-            summary = build_once(work / "videos", work / "out", config, args.shard_size, args.frame_format)
+            summary = build_once(
+                work / "videos",
+                work / "out",
+                config,
+                args.shard_size,
+                args.frame_format,
+                args.annotator,
+                args.resolution,
+            )
             build_times.append(time.perf_counter() - started)
             build_cpu.append(time.process_time() - started_cpu)
 
@@ -117,6 +135,7 @@ def main() -> None:
         decode_s, build_s, stream_s = min(decode_times), min(build_times), min(stream_times)
         results = {
             "videos": args.videos,
+            "annotator": args.annotator,
             "resolution": args.resolution,
             "frame_format": args.frame_format,
             "frames": frames,

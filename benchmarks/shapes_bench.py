@@ -40,6 +40,7 @@ from diffusers_vincie.evaluation.shapes_bench import (
     BENCH_SEED,
     CHAINED_MODES,
     GROUND_TRUTH_MODES,
+    TRUE_MASK_MODES,
     ChainedEditor,
     build_bench_sessions,
     run_chained,
@@ -249,7 +250,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--num_sessions", type=int, default=200)
     parser.add_argument("--num_turns", type=int, default=5)
     parser.add_argument("--seed", type=int, default=BENCH_SEED, help="Seed of session 0 (held out from training).")
-    parser.add_argument("--modes", default=",".join(CHAINED_MODES), help=f"Chained modes, from {CHAINED_MODES}.")
+    parser.add_argument(
+        "--modes",
+        default=",".join(m for m in CHAINED_MODES if m not in TRUE_MASK_MODES),
+        help=f"Chained modes, from {CHAINED_MODES}.",
+    )
     parser.add_argument(
         "--ground_truth_modes", default=",".join(GROUND_TRUTH_MODES), help="Ground-truth-context modes ('' to skip)."
     )

@@ -5,6 +5,11 @@ Synthetic videos with their ground truth (no model needed)::
     python dataset_scripts/build_sessions.py videos/ --output sessions/ \
         --annotator ground_truth --strategy equal_interval --interval 1.0
 
+Synthetic videos annotated from their pixels alone (the VLM's stand-in; the sidecars are never read)::
+
+    python dataset_scripts/build_sessions.py videos/ --output sessions/ \
+        --annotator pixels --world-config videos/world.json --strategy equal_interval --interval 1.0
+
 Real videos with a vision-language model and GroundingDINO + SAM2 regions, on every GPU (on CPUs:
 ``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N ...``)::
 
@@ -27,7 +32,13 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from diffusers_vincie.data.video.annotate import GroundTruthAnnotator, TransitionAnnotator, VLMAnnotator
+from diffusers_vincie.data.shapes.world import ShapesWorld
+from diffusers_vincie.data.video.annotate import (
+    GroundTruthAnnotator,
+    ShapesPixelAnnotator,
+    TransitionAnnotator,
+    VLMAnnotator,
+)
 from diffusers_vincie.data.video.build import (
     FRAME_FORMATS,
     REJECTS_FILE,
@@ -50,9 +61,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", required=True, help="dataset folder to create or resume")
     parser.add_argument(
         "--annotator",
-        choices=("ground_truth", "vlm"),
+        choices=("ground_truth", "pixels", "vlm"),
         default="vlm",
-        help="ground_truth: synthetic-video sidecars; vlm: a transformers chat model",
+        help="ground_truth: synthetic-video sidecars; pixels: synthetic videos read from their frames alone; "
+        "vlm: a transformers chat model",
+    )
+    parser.add_argument(
+        "--world-config",
+        default=None,
+        help="--annotator pixels: the shapes world's JSON config (world.json of make_synthetic_videos.py; "
+        "default: the default world)",
     )
     parser.add_argument("--vlm-model", default=None, help="image-text-to-text model for --annotator vlm")
     parser.add_argument("--max-attempts", type=int, default=3, help="VLM tries per transition before rejecting it")
@@ -91,6 +109,8 @@ def sampling_config(args: argparse.Namespace) -> SamplingConfig:
             "--annotator vlm needs --vlm-model (e.g. Qwen/Qwen2.5-VL-7B-Instruct); "
             "use --annotator ground_truth for synthetic videos"
         )
+    if args.world_config is not None and args.annotator != "pixels":
+        raise UsageError("--world-config is read only by --annotator pixels.")
     for flag in ("max_attempts", "max_new_tokens", "vlm_batch_size", "shard_size", "encode_workers"):
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}.")
@@ -124,9 +144,23 @@ def sampling_config(args: argparse.Namespace) -> SamplingConfig:
     return config
 
 
+def shapes_world(path: str | None) -> ShapesWorld:
+    """The world of ``--world-config`` (default world without it); raises :class:`UsageError` when unusable."""
+    if path is None:
+        return ShapesWorld()
+    try:
+        config = json.loads(Path(path).read_text())
+        return ShapesWorld(**config)
+    except (OSError, ValueError, TypeError) as error:
+        raise UsageError(f"--world-config {path}: not a shapes world config ({error}).") from error
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     config = run_cli(lambda: sampling_config(args), "build_sessions.py")  # one line and exit 2 when bad
+    world = (
+        run_cli(lambda: shapes_world(args.world_config), "build_sessions.py") if args.annotator == "pixels" else None
+    )
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     state = distributed_state()
     device = str(state.device)
@@ -134,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     region_masker = None
     if args.annotator == "ground_truth":
         annotator = GroundTruthAnnotator()  # exact masks: no region models needed
+    elif args.annotator == "pixels":
+        annotator = ShapesPixelAnnotator(world)  # masks from the read scenes: no region models needed
     else:
         annotator = VLMAnnotator.from_pretrained(
             args.vlm_model,

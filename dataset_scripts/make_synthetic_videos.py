@@ -35,6 +35,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pan-weight", type=float, default=0.5, help="relative frequency of camera pans (0: none)")
     parser.add_argument("--max-objects", type=int, default=4)
     parser.add_argument("--crf", type=int, default=12, help="H.264 quality, 0 = best")
+    parser.add_argument(
+        "--composition-fraction",
+        type=float,
+        default=0.0,
+        help="share of videos that introduce objects one by one, then show a scene with them",
+    )
+    parser.add_argument("--story-fraction", type=float, default=0.0, help="share of videos that move the camera only")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser.parse_args(argv)
 
@@ -52,6 +59,8 @@ _BOUNDS = {
     "pan_weight": (0, None),
     "max_objects": (1, None),
     "crf": (0, 51),
+    "composition_fraction": (0, 1),
+    "story_fraction": (0, 1),
 }
 
 
@@ -61,6 +70,12 @@ def build_world(args: argparse.Namespace) -> ShapesWorld:
         check_number(f"--{name.replace('_', '-')}", getattr(args, name), minimum, maximum)
     if args.seconds_per_turn <= 0:
         raise UsageError(f"--seconds-per-turn must be > 0, got {args.seconds_per_turn}.")
+    if args.composition_fraction + args.story_fraction > 1:
+        raise UsageError("--composition-fraction and --story-fraction must add up to at most 1.")
+    if args.composition_fraction > 0 and args.max_objects < 2:
+        raise UsageError(
+            f"--composition-fraction needs --max-objects >= 2 (objects to compose), got {args.max_objects}."
+        )
     if args.resolution % 2:
         raise UsageError(f"--resolution must be even (H.264 4:2:0), got {args.resolution}.")
     if args.output_dir.exists() and not args.output_dir.is_dir():
@@ -95,6 +110,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
         transition_fraction=args.transition_fraction,
         crf=args.crf,
         progress=not args.no_progress,
+        composition_fraction=args.composition_fraction,
+        story_fraction=args.story_fraction,
     )
     write_json_atomic(args.output_dir / "world.json", world.config)
     print(f"{len(paths)} videos in {args.output_dir}")

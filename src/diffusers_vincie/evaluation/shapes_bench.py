@@ -50,6 +50,7 @@ from .sessions import BenchmarkSession, output_path
 __all__ = [
     "BENCH_SEED",
     "CHAINED_MODES",
+    "TRUE_MASK_MODES",
     "GROUND_TRUTH_MODES",
     "ChainedEditor",
     "ExactVerdict",
@@ -65,7 +66,9 @@ __all__ = [
     "summarize",
 ]
 
-CHAINED_MODES = ("full", "no_context", "chain_of_editing", "copy")
+# Controllable editing with the exact RoE masks of the world (not in the default bench run).
+TRUE_MASK_MODES = ("true_mask", "true_masks")
+CHAINED_MODES = ("full", "no_context", "chain_of_editing", "copy", *TRUE_MASK_MODES)
 GROUND_TRUTH_MODES = ("full", "no_context")
 # Training draws seeds 0 .. 999,999; the held-out bench sessions start far from them.
 BENCH_SEED = 10_000_000
@@ -182,6 +185,8 @@ class ChainedEditor:
     Modes: ``full``: full context (the default use: one ``VincieEditingSession``, context encoded once per turn);
     ``no_context``: only the last image and the last instruction (a fresh session per turn);
     ``chain_of_editing``: full context, predicting the current- then next-frame RoE masks before each image;
+    ``true_mask``: full context with the true current-frame RoE mask given (controllable editing), the next-frame
+    mask predicted; ``true_masks``: both true RoE masks given;
     ``copy``: the copy-input baseline (the output is the input).
 
     Args:
@@ -196,7 +201,7 @@ class ChainedEditor:
         self.pipe, self.mode, self.session, self.sampling = pipe, mode, session, sampling
         self.generator = torch.Generator().manual_seed(seed)
         self.editing = None
-        if mode in ("full", "chain_of_editing"):
+        if mode in ("full", "chain_of_editing", *TRUE_MASK_MODES):
             self.editing = pipe.start_session(
                 PIL.Image.fromarray(session.frames[0]), resolution=_size(session), generator=self.generator
             )
@@ -210,11 +215,17 @@ class ChainedEditor:
                 PIL.Image.fromarray(source), resolution=_size(self.session), generator=self.generator
             )
             return _rgb(fresh.edit(instruction, generator=self.generator, **self.sampling))
+        masks = {}
+        if self.mode in TRUE_MASK_MODES:
+            masks["current_mask"] = self.session.source_masks[turn]
+        if self.mode == "true_masks":
+            masks["next_mask"] = PIL.Image.fromarray(self.session.target_masks[turn])
         return _rgb(
             self.editing.edit(
                 instruction,
                 generator=self.generator,
                 chain_of_editing=self.mode == "chain_of_editing",
+                **masks,
                 **self.sampling,
             )
         )

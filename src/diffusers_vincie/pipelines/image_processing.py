@@ -166,6 +166,19 @@ def preprocess(
     return x[:, top : top + th, left : left + tw] * 2.0 - 1.0
 
 
+def preprocess_mask(
+    mask: PIL.Image.Image, resolution: int, multiple: int, reference_size: Optional[tuple[int, int]] = None
+) -> torch.Tensor:
+    """RGB mask image -> ``(3, H, W)`` binary tensor: +1 inside the region, -1 outside, as training mask frames are.
+
+    The mask goes through the images' resize/crop (`preprocess`), then every pixel is set to the side its resized
+    value falls on: training shows the model only binary masks, so the soft edges of a resized mask would be
+    values it never saw.
+    """
+    pixels = preprocess(mask, resolution, multiple, reference_size)
+    return torch.where(pixels > 0, 1.0, -1.0)
+
+
 def postprocess_official(pixels: torch.Tensor) -> PIL.Image.Image:
     """Official post-processing in bfloat16 with truncation: clamp, *0.5 + 0.5, *255, uint8."""
     x = pixels.to(torch.bfloat16).clamp(-1, 1).mul(0.5).add(0.5).mul(255).to(torch.uint8)

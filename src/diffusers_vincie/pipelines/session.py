@@ -34,6 +34,7 @@ from .image_processing import (
     postprocess,
     postprocess_official,
     preprocess,
+    preprocess_mask,
     to_rgb,
     transform_mask,
 )
@@ -201,7 +202,8 @@ class VincieEditingSession:
 
     def _encode_image(self, image, item: Frame, generator=None) -> SessionFrame:
         rgb = to_rgb(image, "image" if item.kind == IMAGE else "mask")
-        pixels = preprocess(rgb, self.resolution, self.pipe.size_multiple, self.reference_size)
+        to_pixels = preprocess if item.kind == IMAGE else preprocess_mask
+        pixels = to_pixels(rgb, self.resolution, self.pipe.size_multiple, self.reference_size)
         self.encode_calls["image"] += 1
         return SessionFrame(item, self.pipe.encode_image(pixels, generator, self.posterior), rgb)
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ...utils.io import commit, temporary_sibling
+from .shots import sample_composition_session, sample_story_session, shot_edit_masks
 from .world import SceneState, ShapesSession, ShapesWorld, changed_pixels
 
 __all__ = [
@@ -139,7 +140,7 @@ def render_video(
 
     source_masks, target_masks = [], []
     for t, edit in enumerate(session.edits):
-        source, target = world.edit_masks(edit, session.states[t], session.states[t + 1], resolution)
+        source, target = shot_edit_masks(world, edit, session.states[t], session.states[t + 1], resolution)
         source_masks.append(encode_mask(source))
         target_masks.append(encode_mask(target))
     ground_truth = {
@@ -196,6 +197,8 @@ def make_synthetic_videos(
     transition_fraction: float = 0.5,
     crf: int = 12,
     progress: bool = True,
+    composition_fraction: float = 0.0,
+    story_fraction: float = 0.0,
 ) -> list[Path]:
     """Writes ``num_videos`` synthetic clips ``synth_<index>.mp4`` with their ``.json`` ground-truth sidecars.
 
@@ -210,6 +213,10 @@ def make_synthetic_videos(
         num_turns, fps, seconds_per_turn, resolution, transition_fraction, crf: see
             :meth:`ShapesWorld.sample_session` and :func:`render_video`.
         progress: show a tqdm progress bar.
+        composition_fraction: share of the videos that are composition shots (objects introduced one by one,
+            then a scene with them; :func:`~.shots.sample_composition_session`) instead of an editing session.
+        story_fraction: share of the videos that film one scene with camera moves only
+            (:func:`~.shots.sample_story_session`). With both at 0 (default) every video is an editing session.
 
     Returns:
         The mp4 paths, in index order.
@@ -218,6 +225,11 @@ def make_synthetic_videos(
 
     if not isinstance(num_videos, int) or num_videos < 0:
         raise ValueError(f"num_videos: must be an int >= 0, got {num_videos!r}.")
+    if not (0 <= composition_fraction and 0 <= story_fraction and composition_fraction + story_fraction <= 1):
+        raise ValueError(
+            "composition_fraction/story_fraction: need shares >= 0 with a sum <= 1, got "
+            f"{composition_fraction} and {story_fraction}."
+        )
     world = world or ShapesWorld(op_weights={"pan": 0.5})
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -228,7 +240,14 @@ def make_synthetic_videos(
         paths.append(path)
         if path.exists() and path.with_suffix(".json").exists():
             continue
-        session = world.sample_session(video_session_seed(seed, index), num_turns=num_turns)
+        session_seed = video_session_seed(seed, index)
+        kind = np.random.default_rng([seed, index, 1]).random() if composition_fraction or story_fraction else 1.0
+        if kind < composition_fraction:
+            session = sample_composition_session(world, session_seed)
+        elif kind < composition_fraction + story_fraction:
+            session = sample_story_session(world, session_seed, num_turns=num_turns)
+        else:
+            session = world.sample_session(session_seed, num_turns=num_turns)
         render_video(
             world,
             session,

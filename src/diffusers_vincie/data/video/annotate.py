@@ -1,6 +1,6 @@
 """Transition annotation: what changed between two key frames, as one edit instruction.
 
-One interface, :class:`TransitionAnnotator`, two back-ends:
+One interface, :class:`TransitionAnnotator`, three back-ends:
 
 * :class:`VLMAnnotator`: any transformers image-text-to-text chat model (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, ...)
   loaded with ``AutoProcessor`` + ``AutoModelForImageTextToText`` and prompted with the chain of thought of
@@ -9,6 +9,9 @@ One interface, :class:`TransitionAnnotator`, two back-ends:
   and, after ``max_attempts``, the transition is rejected with a logged reason.
 * :class:`GroundTruthAnnotator`: reads the exact transitions that the synthetic video world
   (:mod:`diffusers_vincie.data.shapes.video`) writes next to each video, including exact masks.
+* :class:`ShapesPixelAnnotator`: the VLM's stand-in for videos of the shapes world: it reads only the frames'
+  pixels (:mod:`diffusers_vincie.data.shapes.pixels`) and words each transition in the world's language, with
+  the regions of editing; it never reads the sidecar.
 
 Annotators raise :class:`AnnotationRejected` for a transition they cannot annotate; the build pipeline then
 splits the session at that transition instead of failing the video.
@@ -454,3 +457,92 @@ class GroundTruthAnnotator(TransitionAnnotator):
             target_mask=self._resize(truth["target_masks"][source_state], size),
             details={"op": truth["ops"][source_state], "edit_index": source_state},
         )
+
+
+# ------------------------------------------------------------------------------------------------
+# Back-end (c): the pixels of a shapes-world video
+# ------------------------------------------------------------------------------------------------
+
+
+class ShapesPixelAnnotator(TransitionAnnotator):
+    """Annotates videos of the shapes world from their pixels alone, as a VLM would: instruction in the world's
+    words, camera motion, and the regions of editing in both frames. It knows the world's configuration
+    (palette, shapes, sizes, grid, backgrounds, camera step), never a video's ground-truth sidecar.
+
+    The transitions of one ``annotate_many`` call are read as one clip, in order: an object that reappears where
+    it was removed is "brought back", and a colour change that undoes the object's last one is "the colour it
+    was before", as the world words them. A transition it cannot word as one edit of the world (no change,
+    several changes, a frame inside an animation) is rejected with the reason.
+
+    Args:
+        world: the world the videos were rendered from (default ``ShapesWorld()``, the video maker's geometry);
+            e.g. ``ShapesWorld(**json.load(open("videos/world.json")))``.
+    """
+
+    name = "pixels"
+
+    def __init__(self, world: Any = None) -> None:
+        from ..shapes.pixels import PixelSceneReader
+        from ..shapes.world import ShapesWorld
+
+        self.world = world if world is not None else ShapesWorld()
+        self.reader = PixelSceneReader(self.world)
+
+    def metadata(self) -> dict[str, Any]:
+        return {"name": self.name, "world": "synthetic-shapes", "world_config": self.world.config}
+
+    def _read(self, frame: SampledFrame, cache: dict, previous: Any = None) -> Any:
+        from ..shapes.pixels import ReadScene, UnreadableTransition
+
+        key = (frame.frame_index, frame.timestamp)
+        if key not in cache:
+            prior = previous if isinstance(previous, ReadScene) else None
+            try:
+                cache[key] = self.reader.read(np.asarray(frame.image.convert("RGB")), prior)
+            except UnreadableTransition as error:
+                cache[key] = AnnotationRejected(f"frame at t={frame.timestamp:.3f}s: {error.reason}")
+        return cache[key]
+
+    def annotate_many(self, transitions: list[Transition]) -> list[TransitionAnnotation | AnnotationRejected]:
+        from ..shapes.pixels import SceneTrack, UnreadableTransition, describe_transition
+
+        cache: dict = {}
+        track = SceneTrack()
+        results: list[TransitionAnnotation | AnnotationRejected] = []
+        for transition in transitions:
+            before = self._read(transition.source, cache)
+            after = self._read(transition.target, cache, previous=before)
+            rejected = next((x for x in (before, after) if isinstance(x, AnnotationRejected)), None)
+            if rejected is None:
+                try:
+                    width, height = transition.source.image.size
+                    reading = describe_transition(self.world, before, after, width, track)
+                    results.append(
+                        TransitionAnnotation(
+                            instruction=reading.instruction,
+                            source_objects=reading.source_objects,
+                            target_objects=reading.target_objects,
+                            camera_motion=reading.camera_motion,
+                            source_mask=reading.source_mask,
+                            target_mask=reading.target_mask,
+                            details={"op": reading.op},
+                        )
+                    )
+                    continue
+                except UnreadableTransition as error:
+                    rejected = AnnotationRejected(error.reason)
+            logger.info(
+                "rejected transition %s t=%.2f->%.2f: %s",
+                transition.video_id,
+                transition.source.timestamp,
+                transition.target.timestamp,
+                rejected.reason,
+            )
+            results.append(rejected)
+        return results
+
+    def annotate(self, transition: Transition) -> TransitionAnnotation:
+        (result,) = self.annotate_many([transition])
+        if isinstance(result, AnnotationRejected):
+            raise result
+        return result

@@ -6,7 +6,8 @@ streaming=True)`` work as is)::
     out/
       README.md                      dataset card, ``configs:`` YAML pointing at data/*.parquet + features
       data/train-<run>-r<rank>-<n>.parquet   shards of SESSION_FEATURES rows, images embedded as PNG bytes
-      manifest/rank-<rank>.jsonl     one line per finished video (done or rejected), appended per process
+      manifest/rank-<rank>.jsonl     one line per finished video (done or rejected, with the reasons of the
+                                     transitions the annotator rejected), appended per process
       rejects.jsonl                  rejected videos with the reason (merged from the manifests)
 
 Scale and robustness:
@@ -489,6 +490,7 @@ class _ShardWriter:
             "path": str(path),
             "sessions": len(result.sessions),
             "rejected_transitions": len(result.rejected_transitions),
+            "rejected_transition_reasons": sorted(set(result.rejected_transitions)),
         }
         if result.error is not None:
             self._append_manifest(None, [{**entry, "status": "rejected", "reason": result.error}])
