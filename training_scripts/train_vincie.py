@@ -26,7 +26,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
 import os
 import time
 import typing
@@ -43,8 +42,6 @@ from diffusers_vincie.training import (
     TASKS,
     PromptEmbeddingCache,
     SequenceConfig,
-    SessionRowsDataset,
-    ShapesSessionsDataset,
     VincieTrainingModule,
     build_training_batch,
     encode_plan_frames,
@@ -75,7 +72,13 @@ from diffusers_vincie.training.export import (
     pipeline_default_resolution,
 )
 from diffusers_vincie.training.flow import TIMESTEP_SAMPLINGS
-from diffusers_vincie.training.guards import check_finite_loss, check_finite_weights, check_resolution
+from diffusers_vincie.training.guards import (
+    check_finite_loss,
+    check_finite_weights,
+    check_json_object,
+    check_number_flags,
+    check_resolution,
+)
 from diffusers_vincie.training.memory import peak_memory_bytes
 from diffusers_vincie.training.optimization import build_optimizer
 from diffusers_vincie.training.outputs import (
@@ -88,6 +91,7 @@ from diffusers_vincie.training.outputs import (
     truncate_log,
     write_log,
 )
+from diffusers_vincie.training.sources import load_data, streaming_batches
 from diffusers_vincie.training.validation import log_instruction_sensitivity, log_validation
 from diffusers_vincie.utils.cli import UsageError, check_number, run_cli
 
@@ -367,9 +371,9 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.pretrained_model_name_or_path is None and args.text_encoder_name_or_path is None:
         raise UsageError("Without --pretrained_model_name_or_path, --text_encoder_name_or_path is required.")
     if args.transformer_config is not None:
-        _check_json_object("--transformer_config", args.transformer_config, file_only=True)
+        check_json_object("--transformer_config", args.transformer_config, file_only=True)
     if args.synthetic_world_config is not None:
-        _check_json_object("--synthetic_world_config", args.synthetic_world_config, file_only=False)
+        check_json_object("--synthetic_world_config", args.synthetic_world_config, file_only=False)
     from diffusers.optimization import SchedulerType
 
     schedulers = [kind.value for kind in SchedulerType]
@@ -471,75 +475,6 @@ def check_pipeline_folder(args: argparse.Namespace) -> None:
         )
 
 
-def _check_json_object(flag: str, value: str, file_only: bool) -> None:
-    """``value`` is a JSON file (or, unless ``file_only``, a JSON string) holding an object."""
-    if file_only and not os.path.isfile(value):
-        raise UsageError(f"{flag} {value} is not a file (a JSON object of arguments).")
-    try:
-        parsed = json.loads(Path(value).read_text() if os.path.isfile(value) else value)
-    except ValueError as error:
-        raise UsageError(f"{flag} is not valid JSON ({error}); give a JSON file or a JSON object.") from error
-    if not isinstance(parsed, dict):
-        raise UsageError(f"{flag} must hold a JSON object of arguments, got {type(parsed).__name__}.")
-
-
-# (flag, minimum, maximum, minimum excluded); None: no bound
-_NUMBER_FLAGS = (
-    ("max_train_steps", 1, None, False),
-    ("checkpointing_steps", 1, None, False),
-    ("train_batch_size", 1, None, False),
-    ("gradient_accumulation_steps", 1, None, False),
-    ("learning_rate", 0, None, True),
-    ("lr_warmup_steps", 0, None, False),
-    ("max_grad_norm", 0, None, False),
-    ("adam_beta1", 0, 1, False),
-    ("adam_beta2", 0, 1, False),
-    ("adam_weight_decay", 0, None, False),
-    ("adam_epsilon", 0, None, True),
-    ("ema_decay", 0, 1, False),
-    ("validation_steps", 0, None, False),
-    ("num_validation_sessions", 1, None, False),
-    ("validation_inference_steps", 1, None, False),
-    ("validation_guidance_scale", 0, None, False),
-    ("scheduler_shift", 0, None, True),
-    ("resolution", 1, None, False),
-    ("max_train_samples", 1, None, False),
-    ("dataloader_num_workers", 0, None, False),
-    ("synthetic_num_sessions", 1, None, False),
-    ("synthetic_num_turns", 1, None, False),
-    ("min_turns", 1, None, False),
-    ("max_turns", 1, None, False),
-    ("max_text_length", 2, None, False),
-    ("seed", 0, 2**32 - 1, False),
-    ("synthetic_world_seed", 0, None, False),
-    ("mask_probability", 0, 1, False),
-    ("drop_current_frame", 0, 1, False),
-    ("drop_current_mask", 0, 1, False),
-    ("drop_next_mask", 0, 1, False),
-    ("text_dropout", 0, 1, False),
-    ("logit_std", 0, None, True),
-    ("logit_mean", None, None, False),
-    ("timestep_shift", 0, None, True),
-    ("mode_scale", -1, 2 / (math.pi - 2), False),
-    ("sensitivity_steps", 0, None, False),
-    ("num_sensitivity_sessions", 1, None, False),
-    ("lr_decay_steps", 1, None, False),
-)
-
-
-def check_number_flags(args: argparse.Namespace) -> None:
-    """Every numeric flag finite and in range (``--max_train_steps -5`` used to exit 0 with an untrained model)."""
-    for flag, minimum, maximum, strict in _NUMBER_FLAGS:
-        check_number(f"--{flag}", getattr(args, flag), minimum, maximum, strict_minimum=strict)
-    if args.min_turns > args.max_turns:
-        raise UsageError(f"--min_turns {args.min_turns} is above --max_turns {args.max_turns}.")
-    if args.lr_decay_steps is not None and args.lr_decay_steps < args.max_train_steps:
-        raise UsageError(
-            f"--lr_decay_steps {args.lr_decay_steps} is below --max_train_steps {args.max_train_steps} "
-            "(past its end a cosine schedule rises again); give at least --max_train_steps."
-        )
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     return validate_args(build_parser().parse_args(argv))
 
@@ -555,92 +490,6 @@ def sequence_config(args) -> SequenceConfig:
         return SequenceConfig(**{**values, "task_weights": args.task_weight_dict})
     except ValueError as error:  # its checks name the field; the flag has the same name
         raise UsageError(f"bad sequence flags: {error}") from error
-
-
-def build_dataset(args, config: SequenceConfig):
-    if args.synthetic_world:
-        from diffusers_vincie.data.shapes.world import ShapesWorld
-
-        world_kwargs = {}
-        if args.synthetic_world_config:
-            text = args.synthetic_world_config
-            world_kwargs = json.loads(Path(text).read_text() if os.path.isfile(text) else text)
-        if args.resolution:
-            world_kwargs.setdefault("resolution", args.resolution)
-        world = ShapesWorld(**world_kwargs)
-        return ShapesSessionsDataset(
-            world,
-            args.synthetic_num_sessions,
-            args.synthetic_num_turns,
-            config,
-            seed=args.seed,
-            world_seed=args.synthetic_world_seed,
-            group_turns=not args.no_group_turns,
-        )
-    from diffusers_vincie.data.loaders import (
-        PairwiseEditAdapter,
-        Vincie10MAdapter,
-        load_sessions,
-        records_to_dataset,
-    )
-
-    if args.streaming:
-        from diffusers_vincie.training.streaming import StreamingSessions
-
-        return StreamingSessions.from_source(
-            args.dataset_name,
-            args.dataset_split,
-            config,
-            seed=args.seed,
-            resolution=args.resolution,
-            group_turns=not args.no_group_turns,
-        )
-    if args.dataset_format == "sessions":
-        rows = load_sessions(args.dataset_name, split=args.dataset_split)
-    else:  # other layouts are converted to session rows in memory by the data adapters
-        adapter_cls = PairwiseEditAdapter if args.dataset_format == "pairwise" else Vincie10MAdapter
-        rows = records_to_dataset(adapter_cls.from_path(args.dataset_name, split=args.dataset_split))
-    if args.max_train_samples is not None:
-        rows = rows.select(range(min(args.max_train_samples, len(rows))))
-    return SessionRowsDataset(
-        rows, config, seed=args.seed, resolution=args.resolution, group_turns=not args.no_group_turns
-    )
-
-
-def load_data(args, num_processes: int) -> tuple[SequenceConfig, torch.utils.data.Dataset]:
-    """The sequence config and the dataset; a missing, bad or too small dataset is a :class:`UsageError`."""
-    config = sequence_config(args)
-    flag = "--synthetic_world_config" if args.synthetic_world else "--dataset_name"
-    try:
-        dataset = build_dataset(args, config)
-    except (FileNotFoundError, ValueError, TypeError) as error:
-        raise UsageError(f"{flag}: {type(error).__name__}: {error}") from error
-    if len(dataset) < args.train_batch_size * num_processes:
-        raise UsageError(
-            f"{flag}: {len(dataset)} sessions, fewer than one global batch (--train_batch_size "
-            f"{args.train_batch_size} x {num_processes} processes); lower --train_batch_size or add data."
-        )
-    return config, dataset
-
-
-def streaming_batches(args, accelerator, sessions, checkpoint):
-    """This process's stream of planned batches, at the resumed checkpoint's position; saved with every checkpoint."""
-    from diffusers_vincie.training.streaming import StreamingBatches
-
-    try:
-        batches = StreamingBatches(
-            sessions,
-            args.train_batch_size,
-            accelerator.num_processes,
-            accelerator.process_index,
-            args.dataloader_num_workers,
-        )
-        if checkpoint is not None:
-            batches.load(checkpoint)
-    except ValueError as error:
-        raise UsageError(f"--streaming: {error}") from error
-    accelerator.register_save_state_pre_hook(lambda models, weights, folder: batches.save(folder))
-    return batches
 
 
 # =====================================================================================================
@@ -687,7 +536,8 @@ def _train(args: argparse.Namespace, accelerator, lora=None) -> dict:
             clear_run_outputs(args.output_dir, LOG_FILE)
         os.makedirs(args.output_dir, exist_ok=True)
 
-    config, dataset = load_data(args, accelerator.num_processes)  # before the models: a bad dataset fails at once
+    config = sequence_config(args)
+    dataset = load_data(args, config, accelerator.num_processes)  # before the models: a bad dataset fails at once
     if args.resolution is None:  # from scratch, at the stored size: the saved pipeline samples at it
         frames = dataset.session(0).frames
         args.resolution = frames.shape[1] if frames.shape[1] == frames.shape[2] else None

@@ -58,11 +58,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = train_vincie.build_parser(__doc__.splitlines()[0])
     add_lora_args(parser)
     parser.set_defaults(learning_rate=1e-4, text_dropout=0.1)
-    args = train_vincie.validate_args(parser.parse_args(argv))
-    check_lora_flags(args.lora_rank, args.lora_alpha, args.lora_dropout)
+    args = parser.parse_args(argv)
+    check_lora_flags(args.lora_rank, args.lora_alpha, args.lora_dropout)  # cheap, before the model folder is read
     if not [m for m in args.lora_target_modules.split(",") if m.strip()]:
         raise UsageError("--lora_target_modules is empty; name at least one module (e.g. to_q).")
-    return args
+    return train_vincie.validate_args(args)
 
 
 @dataclass

@@ -3,7 +3,10 @@ diverged run (non-finite loss or weights), which ends with a clear error instead
 
 from __future__ import annotations
 
+import json
 import math
+import os
+from pathlib import Path
 from typing import Iterable, Optional
 
 import torch
@@ -13,6 +16,75 @@ from ..utils.cli import UsageError, check_number
 
 class TrainingDiverged(UsageError):
     """The loss or the weights became NaN or infinite; nothing is saved from that point on."""
+
+
+# The numeric flags of the training scripts: (flag, minimum, maximum, minimum excluded); None: no bound.
+NUMBER_FLAGS = (
+    ("max_train_steps", 1, None, False),
+    ("checkpointing_steps", 1, None, False),
+    ("train_batch_size", 1, None, False),
+    ("gradient_accumulation_steps", 1, None, False),
+    ("learning_rate", 0, None, True),
+    ("lr_warmup_steps", 0, None, False),
+    ("max_grad_norm", 0, None, False),
+    ("adam_beta1", 0, 1, False),
+    ("adam_beta2", 0, 1, False),
+    ("adam_weight_decay", 0, None, False),
+    ("adam_epsilon", 0, None, True),
+    ("ema_decay", 0, 1, False),
+    ("validation_steps", 0, None, False),
+    ("num_validation_sessions", 1, None, False),
+    ("validation_inference_steps", 1, None, False),
+    ("validation_guidance_scale", 0, None, False),
+    ("scheduler_shift", 0, None, True),
+    ("resolution", 1, None, False),
+    ("max_train_samples", 1, None, False),
+    ("dataloader_num_workers", 0, None, False),
+    ("synthetic_num_sessions", 1, None, False),
+    ("synthetic_num_turns", 1, None, False),
+    ("min_turns", 1, None, False),
+    ("max_turns", 1, None, False),
+    ("max_text_length", 2, None, False),
+    ("seed", 0, 2**32 - 1, False),
+    ("synthetic_world_seed", 0, None, False),
+    ("mask_probability", 0, 1, False),
+    ("drop_current_frame", 0, 1, False),
+    ("drop_current_mask", 0, 1, False),
+    ("drop_next_mask", 0, 1, False),
+    ("text_dropout", 0, 1, False),
+    ("logit_std", 0, None, True),
+    ("logit_mean", None, None, False),
+    ("timestep_shift", 0, None, True),
+    ("mode_scale", -1, 2 / (math.pi - 2), False),
+    ("sensitivity_steps", 0, None, False),
+    ("num_sensitivity_sessions", 1, None, False),
+    ("lr_decay_steps", 1, None, False),
+)
+
+
+def check_number_flags(args) -> None:
+    """Every numeric flag finite and in range (``--max_train_steps -5`` used to exit 0 with an untrained model)."""
+    for flag, minimum, maximum, strict in NUMBER_FLAGS:
+        check_number(f"--{flag}", getattr(args, flag), minimum, maximum, strict_minimum=strict)
+    if args.min_turns > args.max_turns:
+        raise UsageError(f"--min_turns {args.min_turns} is above --max_turns {args.max_turns}.")
+    if args.lr_decay_steps is not None and args.lr_decay_steps < args.max_train_steps:
+        raise UsageError(
+            f"--lr_decay_steps {args.lr_decay_steps} is below --max_train_steps {args.max_train_steps} "
+            "(past its end a cosine schedule rises again); give at least --max_train_steps."
+        )
+
+
+def check_json_object(flag: str, value: str, file_only: bool) -> None:
+    """``value`` is a JSON file (or, unless ``file_only``, a JSON string) holding an object."""
+    if file_only and not os.path.isfile(value):
+        raise UsageError(f"{flag} {value} is not a file (a JSON object of arguments).")
+    try:
+        parsed = json.loads(Path(value).read_text() if os.path.isfile(value) else value)
+    except ValueError as error:
+        raise UsageError(f"{flag} is not valid JSON ({error}); give a JSON file or a JSON object.") from error
+    if not isinstance(parsed, dict):
+        raise UsageError(f"{flag} must hold a JSON object of arguments, got {type(parsed).__name__}.")
 
 
 def check_lora_flags(rank: int, alpha: Optional[float], dropout: float) -> None:
