@@ -1,8 +1,17 @@
-"""Official VINCIE DiT checkpoint (``dit.pth``, NaDiT + turn table) -> `VincieTransformer`.
+"""Official VINCIE DiT checkpoint (``dit.pth`` / ``ema.pth``, NaDiT + turn table) -> `VincieTransformer`.
 
 The configuration is read from the checkpoint itself (key names and shapes), so releases that ship no config
-(VINCIE-7B) convert too. Loading is strict: a missing turn table, an unknown key or a shape mismatch is an error
-(the official loader is non-strict and would silently keep random weights).
+(VINCIE-7B) convert too, and a tiny checkpoint in the official layout converts with the same code as the real one.
+Two layouts exist, told apart by their key names:
+
+* VINCIE-3B: ``vid_in.proj`` / ``vid_out.proj`` (2x2 patches) and one ``txt_in`` Linear;
+* VINCIE-7B: ``vid_in.img_proj`` / ``vid_out.img_proj`` (official ``patch_type: v2``, patch 1) and the MLP text
+  projection ``txt_in.0.0.0`` / ``txt_in.0.0.2`` + RMSNorm ``txt_in.0.1``. The weights do not carry the RoPE
+  variant; the 7B release is configured with ``mmrope3d_v3`` (frames at RoPE time 0, no text offset), so this
+  layout converts with ``rope_type="mmrope3d_v3"``.
+
+Loading is strict: a missing turn table, an unknown key or a shape mismatch is an error (the official loader is
+non-strict and would silently keep random weights).
 """
 
 from __future__ import annotations
@@ -35,6 +44,23 @@ VINCIE_3B_CONFIG = dict(
     norm_eps=1e-5,
     max_turns=64,
     attention_layout="full",
+    text_projection="linear",
+    rope_type="mmrope3d",
+)
+
+# Official VINCIE-7B (configs/generate_7b.yaml): attention 32 x 128 = 4096 wide over D = 3584, patch 1, MLP text
+# projection, mmrope3d_v3 with 120 of 128 head dims rotated; checked key by key in the tests.
+VINCIE_7B_CONFIG = dict(
+    VINCIE_3B_CONFIG,
+    latent_channels=48,
+    hidden_size=3584,
+    num_attention_heads=32,
+    num_mm_layers=12,
+    text_embed_dim=4096,
+    patch_size=1,
+    rope_dim=120,
+    text_projection="mlp",
+    rope_type="mmrope3d_v3",
 )
 
 _ADA = {"attn": 0, "mlp": 1}
@@ -57,15 +83,36 @@ def load_official_state_dict(source: Union[str, os.PathLike, Mapping[str, torch.
 # =====================================================================================================
 
 
+def official_layout(state: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """Official key names of the parts that differ between the two layouts (see the module docstring)."""
+    if "vid_in.img_proj.weight" in state or "txt_in.0.0.0.weight" in state:  # VINCIE-7B: patch v2, MLP text
+        return dict(vid_in="vid_in.img_proj", vid_out="vid_out.img_proj", txt_in="txt_in.0.0.0")
+    return dict(vid_in="vid_in.proj", vid_out="vid_out.proj", txt_in="txt_in")
+
+
+def _text_projection_keys(layout: Mapping[str, str]) -> dict[str, str]:
+    """Official text-projection keys -> `VincieTransformer` keys."""
+    if layout["txt_in"] == "txt_in":
+        return {f"txt_in.{p}": f"context_embedder.{p}" for p in ("weight", "bias")}
+    keys = {
+        f"txt_in.0.0.{i}.{p}": f"context_embedder.mlp.linear_{n}.{p}"
+        for i, n in ((0, 1), (2, 2))
+        for p in ("weight", "bias")
+    }
+    return {**keys, "txt_in.0.1.weight": "context_embedder.norm.weight"}
+
+
 def infer_transformer_config(state: Mapping[str, torch.Tensor]) -> dict:
-    """Derives the `VincieTransformer` config from official key names and shapes."""
-    required = ["vid_in.proj.weight", "vid_out.proj.weight", "txt_in.weight", TURN_TABLE_KEY]
-    missing = [k for k in required if k not in state]
+    """Derives the `VincieTransformer` config from official key names and shapes (either layout)."""
+    layout = official_layout(state)
+    mlp_text = layout["txt_in"] != "txt_in"
+    required = [f"{layout['vid_in']}.weight", f"{layout['vid_out']}.weight", *_text_projection_keys(layout)]
+    missing = [k for k in [*required, TURN_TABLE_KEY] if k not in state]
     if missing:
-        hint = " (the turn-index table must be inside dit.pth)" if TURN_TABLE_KEY in missing else ""
+        hint = " (the turn-index table must be inside the checkpoint)" if TURN_TABLE_KEY in missing else ""
         raise ValueError(f"Not an official VINCIE DiT checkpoint: missing {missing}{hint}.")
-    hidden, patch_in = state["vid_in.proj.weight"].shape
-    patch_out = state["vid_out.proj.weight"].shape[0]
+    hidden, patch_in = state[f"{layout['vid_in']}.weight"].shape
+    patch_out = state[f"{layout['vid_out']}.weight"].shape[0]
     patch_area = patch_in - 2 * patch_out  # p*p*(2C+1) - 2*p*p*C
     patch = int(round(patch_area**0.5))
     if patch * patch != patch_area or patch_out % patch_area:
@@ -79,8 +126,13 @@ def infer_transformer_config(state: Mapping[str, torch.Tensor]) -> dict:
     branch = "vid" if mm_layers else "all"
     mlp_hidden = state[f"blocks.0.mlp.{branch}.proj_in.weight"].shape[0]
     freqs = state.get("blocks.0.attn.rope.rope.freqs")
-    rope_dim = head_dim
-    if freqs is not None and (head_dim // 3) // 2 != freqs.numel():
+    if freqs is None and mlp_text:
+        raise ValueError(
+            "The checkpoint holds no RoPE frequency buffer (`blocks.0.attn.rope.rope.freqs`), so `rope_dim` cannot be "
+            "read from it; pass config_overrides={'rope_dim': 120} (the official VINCIE-7B value)."
+        )
+    rope_dim = head_dim  # the official 3B value (rope_dim = head_dim, 2 * (head_dim // 3 // 2) dims per axis)
+    if freqs is not None and head_dim // 3 != 2 * freqs.numel():
         rope_dim = 3 * 2 * freqs.numel()
     return dict(
         latent_channels=patch_out // patch_area,
@@ -89,7 +141,7 @@ def infer_transformer_config(state: Mapping[str, torch.Tensor]) -> dict:
         attention_head_dim=head_dim,
         num_layers=len(block_ids),
         num_mm_layers=mm_layers,
-        text_embed_dim=state["txt_in.weight"].shape[1],
+        text_embed_dim=state[f"{layout['txt_in']}.weight"].shape[1],
         patch_size=patch,
         mlp_hidden_size=None if mlp_hidden == swiglu_hidden_size(hidden) else mlp_hidden,
         rope_dim=rope_dim,
@@ -97,6 +149,8 @@ def infer_transformer_config(state: Mapping[str, torch.Tensor]) -> dict:
         norm_eps=1e-5,
         max_turns=state[TURN_TABLE_KEY].shape[0],
         attention_layout="full",
+        text_projection="mlp" if mlp_text else "linear",
+        rope_type="mmrope3d_v3" if mlp_text else "mmrope3d",
     )
 
 
@@ -105,10 +159,6 @@ def infer_transformer_config(state: Mapping[str, torch.Tensor]) -> dict:
 # =====================================================================================================
 
 _TOP_LEVEL = {
-    "vid_in.proj.weight": "patch_embed.weight",
-    "vid_in.proj.bias": "patch_embed.bias",
-    "txt_in.weight": "context_embedder.weight",
-    "txt_in.bias": "context_embedder.bias",
     "emb_in.proj_in.weight": "time_embed.linear_1.weight",
     "emb_in.proj_in.bias": "time_embed.linear_1.bias",
     "emb_in.proj_hid.weight": "time_embed.linear_2.weight",
@@ -117,9 +167,18 @@ _TOP_LEVEL = {
     "emb_in.proj_out.bias": "time_embed.linear_3.bias",
     TURN_TABLE_KEY: "turn_embedding.weight",
     "vid_out_norm.weight": "norm_out.weight",
-    "vid_out.proj.weight": "proj_out.weight",
-    "vid_out.proj.bias": "proj_out.bias",
 }
+
+
+def top_level_keys(state: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """Official keys outside the blocks -> `VincieTransformer` keys, for the checkpoint's layout."""
+    layout = official_layout(state)
+    keys = {
+        f"{layout[part]}.{p}": f"{name}.{p}"
+        for part, name in (("vid_in", "patch_embed"), ("vid_out", "proj_out"))
+        for p in ("weight", "bias")
+    }
+    return {**keys, **_text_projection_keys(layout), **_TOP_LEVEL}
 
 
 def convert_dit_state_dict(state: Mapping[str, torch.Tensor], config: Mapping) -> dict[str, torch.Tensor]:
@@ -132,7 +191,7 @@ def convert_dit_state_dict(state: Mapping[str, torch.Tensor], config: Mapping) -
             raise ValueError(f"Official DiT checkpoint is missing `{key}`.")
         return remaining.pop(key)
 
-    for src, dst in _TOP_LEVEL.items():
+    for src, dst in top_level_keys(state).items():
         out[dst] = take(src)
     out["norm_out_shift_scale"] = torch.stack([take("vid_out_ada.out_shift"), take("vid_out_ada.out_scale")])
 
