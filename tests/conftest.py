@@ -25,6 +25,18 @@ def official_fixtures_dir() -> Path:
     return Path(os.environ.get("VINCIE_OFFICIAL_FIXTURES", REPO.parent / "shared" / "fixtures" / "official"))
 
 
+def official_7b_fixtures_dir() -> Path:
+    return Path(os.environ.get("VINCIE_OFFICIAL_7B_FIXTURES", REPO.parent / "shared" / "fixtures" / "official-7b"))
+
+
+@pytest.fixture(scope="session")
+def official_7b_fixtures() -> Path:
+    folder = official_7b_fixtures_dir()
+    if not (folder / "dit_official.safetensors").is_file():
+        pytest.skip(f"official 7B parity fixtures not found at {folder} (set VINCIE_OFFICIAL_7B_FIXTURES)")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def official_fixtures() -> Path:
     folder = official_fixtures_dir()
