@@ -152,3 +152,33 @@ def test_tiny_7b_family_traces_as_one_graph():
         eager = model(*args, text_turn_ids=text.turn_ids).sample
         compiled = torch.compile(model, fullgraph=True, backend="eager")(*args, text_turn_ids=text.turn_ids).sample
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
+
+
+def test_streaming_conversion_of_an_official_7b_layout_checkpoint(official_7b_fixtures, tmp_path):
+    """``ema.pth`` in the official 7B layout -> a `VincieTransformer` folder written tensor by tensor, equal to the
+    in-memory conversion and reproducing the official forward."""
+    from safetensors.torch import load_file
+
+    from diffusers_vincie.conversion.dit import convert_official_dit, load_official_dit
+
+    state = load_file(official_7b_fixtures / "dit_official.safetensors")
+    torch.save(state, tmp_path / "ema.pth")
+    config = convert_official_dit(tmp_path / "ema.pth", tmp_path / "transformer")
+    assert config["text_projection"] == "mlp" and config["rope_type"] == "mmrope3d_v3"
+    model = VincieTransformer.from_pretrained(tmp_path / "transformer")
+    reference = load_official_dit(state)
+    for (name, ours), (_, theirs) in zip(model.state_dict().items(), reference.state_dict().items()):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0, msg=name)
+    t = load_file(official_7b_fixtures / "forward_session.safetensors")
+    with torch.no_grad():
+        out = model(t["dit.vid"], t["dit.vid_shape"], t["dit.txt"], t["dit.txt_shape"][:, 0], t["dit.timestep"])
+    torch.testing.assert_close(out.sample, t["out.vid_sample"], rtol=0, atol=1e-4)
+
+    bf16 = convert_official_dit(tmp_path / "ema.pth", tmp_path / "transformer-bf16", dtype=torch.bfloat16)
+    assert bf16 == config
+    written = load_file(tmp_path / "transformer-bf16" / "diffusion_pytorch_model.safetensors")
+    assert {v.dtype for v in written.values()} == {torch.bfloat16}
+    del state["txt_in.0.1.weight"]
+    with pytest.raises(ValueError, match="txt_in.0.1.weight"):
+        convert_official_dit(state, tmp_path / "broken")
+    assert not (tmp_path / "broken").exists()  # validated before anything is written
