@@ -182,3 +182,33 @@ def test_streaming_conversion_of_an_official_7b_layout_checkpoint(official_7b_fi
     with pytest.raises(ValueError, match="txt_in.0.1.weight"):
         convert_official_dit(state, tmp_path / "broken")
     assert not (tmp_path / "broken").exists()  # validated before anything is written
+
+
+def test_tiny_7b_family_pipeline_with_t5_tokenizer_edits_and_reuses_prompt_embeds():
+    """A 7B-family pipeline (T5 tokenizer and encoder, MLP text projection, v3 RoPE, patch 1) runs with no family
+    flag anywhere: prompt embeddings from `encode_prompt` give the prompts' images, and a session edits and undoes."""
+    from PIL import Image
+
+    from diffusers_vincie.testing import tiny_pipeline, tiny_text_encoder
+
+    pipe = tiny_pipeline(**tiny_7b_family_overrides())
+    pipe.tokenizer = tiny_t5_tokenizer()
+    pipe.text_encoder = tiny_text_encoder(len(pipe.tokenizer))
+    pipe.set_progress_bar_config(disable=True)
+    image = Image.new("RGB", (32, 32), (200, 10, 10))
+    prompts = ["make the circle red", "add a star"]
+    common = dict(image=image, num_inference_steps=2, resolution=32, output_type="pt")
+    by_prompt = pipe(prompt=prompts, generator=torch.Generator().manual_seed(0), **common).images
+    embeds, negative = pipe.encode_prompt(prompts)
+    assert all(e[-1].shape == (pipe.text_encoder.config.d_model,) for e in embeds)
+    by_embeds = pipe(
+        prompt_embeds=embeds, negative_prompt_embeds=negative, generator=torch.Generator().manual_seed(0), **common
+    ).images
+    torch.testing.assert_close(by_embeds, by_prompt, rtol=0, atol=1e-5)
+
+    session = pipe.start_session(image, resolution=32)
+    session.edit("make the circle red", num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    session.edit("add a star", num_inference_steps=2, generator=torch.Generator().manual_seed(1))
+    edited = len(session.images)
+    session.undo()
+    assert len(session.images) == edited - 1
