@@ -264,7 +264,7 @@ def _bf16_run_checks(model: VincieTransformer, t: dict, name: str) -> Iterator[C
         yield Check(f"{name} timestep as seen", rounded(t["dit.timestep_fp32"]), t["dit.timestep_as_seen_bf16"], 0.0)
         recorder = _Recorder(model)
         try:
-            rounded_fp32 = _run(model, {**t, "dit.timestep": t["dit.timestep_fp32"]})
+            _run(model, {**t, "dit.timestep": t["dit.timestep_fp32"]})
         finally:
             recorder.close()
         for stream in ("vid", "txt"):
@@ -273,14 +273,12 @@ def _bf16_run_checks(model: VincieTransformer, t: dict, name: str) -> Iterator[C
         if "pre.turn_ids" in t:
             turns = model.turn_embedding(t["pre.turn_ids"]).bfloat16().float()
             yield Check(f"{name} turn embeddings", turns, t["turn_embeddings_bf16"], 0.0)
-        reference = t["out.vid_sample_bf16"]
-        yield Check(f"{name} out (float32, rounded timestep and RoPE)", rounded_fp32, reference, BF16_RUN_TOL)
         bf16_model = VincieTransformer.from_config(model.config)
         bf16_model.load_state_dict({k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}, assign=True)
         bf16_model.set_timestep_and_rope_dtype(torch.bfloat16)
         bf16_model.set_attention_qkv_dtype(torch.bfloat16)
         whole = _run(bf16_model, {**t, "dit.timestep": t["dit.timestep_fp32"]}, dtype=torch.bfloat16)
-        yield Check(f"{name} out (bf16 run)", whole, reference, BF16_RUN_TOL)
+        yield Check(f"{name} out (bf16 run)", whole, t["out.vid_sample_bf16"], BF16_RUN_TOL)
     finally:
         model.set_timestep_and_rope_dtype(None)
 

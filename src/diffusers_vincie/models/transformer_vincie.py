@@ -239,7 +239,7 @@ class VincieTextMLPProjection(nn.Module):
 
 
 class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixin, CacheMixin):
-    """The VINCIE diffusion transformer (official NaDiT ``mmdit`` with ``mm_full`` attention and ``mmrope3d``).
+    """The VINCIE diffusion transformer (official NaDiT ``mmdit``, full attention), VINCIE-3B and VINCIE-7B by config.
 
     Args:
         latent_channels (`int`, defaults to 16): channels C of an image latent. The input has ``2C + 1``
