@@ -1,5 +1,5 @@
-"""Parity with the official VINCIE-7B code: the DiT, T5 text path, bf16 runs and sampler fixtures of
-../shared/fixtures/official-7b are reproduced, and perturbed weights are caught."""
+"""Parity with the official VINCIE-7B code: the DiT, T5 text path, bf16 runs and sampler fixtures of the official
+7B fixture set are reproduced, and perturbed weights are caught."""
 
 import json
 
