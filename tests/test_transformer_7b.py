@@ -32,8 +32,11 @@ def test_7b_preset_matches_official_key_list():
 def test_the_7b_layout_needs_its_rope_buffers():
     keys = json.loads((REFERENCE / "official-7b-dit-keys.json").read_text())
     state = {k: torch.empty(v, device="meta") for k, v in keys.items() if not k.endswith("rope.freqs")}
-    with pytest.raises(ValueError, match="rope_dim': 120"):
+    with pytest.raises(ValueError, match="rope_dim=120"):
         infer_transformer_config(state)
+    from diffusers_vincie.conversion.dit import transformer_config_from_state_dict
+
+    assert transformer_config_from_state_dict(state, {"rope_dim": 120}) == VINCIE_7B_CONFIG
 
 
 def _session(model, frames=3, h=2, w=4, prompts=(5, 4), channels=4, seed=0):
