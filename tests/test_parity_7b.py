@@ -81,3 +81,17 @@ def test_perturbed_t5_weights_fail(official_7b_fixtures, tmp_path):
     failed = {c.name for c in text_checks(model, folder, config, None) if not c.passed}
     assert {"text t5 last_hidden_state", "text kept rows", "text assembled session text"} <= failed
     assert "text turn embeddings" not in failed  # a DiT weight, unchanged
+
+
+def test_a_decoder_replaces_the_missing_vae_check(official_7b_fixtures):
+    """With this family's VAE decoder passed in, the stored decode is compared (here a wrong decoder: it fails on
+    its numbers, not as "no check yet")."""
+    from diffusers_vincie.parity import sample_checks
+
+    model = load_official_dit(load_file(official_7b_fixtures / "dit_official.safetensors"))
+    config = json.loads((official_7b_fixtures / "config.json").read_text())
+    t = load_file(official_7b_fixtures / "sample_session.safetensors")
+    checks = list(sample_checks(model, t, config, "sample_session", lambda latents: torch.zeros(3, 96, 128)))
+    decoded = [c for c in checks if c.name == "sample_session decoded_last_frame"]
+    assert len(decoded) == 1 and decoded[0].missing is None and not decoded[0].passed
+    assert decoded[0].error == t["decoded_last_frame"].abs().max().item()

@@ -288,7 +288,15 @@ def _bf16_run_checks(model: VincieTransformer, t: dict, name: str) -> Iterator[C
 # =====================================================================================================
 
 
-def sample_checks(model: VincieTransformer, t: dict, config: dict, name: str) -> Iterator[Check]:
+def sample_checks(
+    model: VincieTransformer,
+    t: dict,
+    config: dict,
+    name: str,
+    decode_last_frame: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+) -> Iterator[Check]:
+    """Checks of one ``sample_*`` file. ``decode_last_frame`` maps the final latents ``(F, h, w, C)`` to the last
+    frame's image ``(3, H, W)`` (this family's VAE); without it a stored decode is reported as not checked."""
     from .pipelines.sampling import FullAttentionVelocity, official_scheduler, run_sampler, set_trailing_timesteps
 
     shift = float(config["diffusion"]["timesteps"]["sampling"]["shift"])
@@ -324,7 +332,11 @@ def sample_checks(model: VincieTransformer, t: dict, config: dict, name: str) ->
     for key in sorted(k for k in t if k.startswith("step") and not k.endswith(".t")):
         yield Check(f"{name} {key}", states[key], t[key], SAMPLE_STEP_TOL)
     yield Check(f"{name} final latent", final, t["final_latent"], SAMPLE_FINAL_TOL)
-    if "decoded_last_frame" in t:
+    if "decoded_last_frame" in t and decode_last_frame is not None:
+        with torch.no_grad():
+            decoded = decode_last_frame(t["final_latent"])
+        yield Check(f"{name} decoded_last_frame", decoded, t["decoded_last_frame"], VAE_TOL)
+    elif "decoded_last_frame" in t:
         yield Check.not_checked(
             f"{name} decoded_last_frame", "decoding the final latent needs this family's VAE in the parity driver"
         )
