@@ -18,6 +18,17 @@ import torch
 from .sequence import PROMPT_TEMPLATE, format_turn_prompt, select_valid_tokens
 
 
+def load_text_encoder(path: str):
+    """The text encoder saved at ``path``: the encoder alone of an encoder-decoder T5 family config (its decoder
+    weights are never needed to encode prompts), ``AutoModel`` otherwise."""
+    from transformers import AutoConfig, AutoModel, T5EncoderModel
+
+    config = AutoConfig.from_pretrained(path)
+    if config.model_type in ("t5", "umt5", "mt5"):
+        return T5EncoderModel.from_pretrained(path)
+    return AutoModel.from_pretrained(path)
+
+
 def end_token_id(tokenizer) -> int:
     """The id appended after each prompt: the tokenizer's EOS token, else its pad token."""
     for name in ("eos_token_id", "pad_token_id"):

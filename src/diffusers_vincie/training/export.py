@@ -29,6 +29,8 @@ def load_components(args) -> dict:
     """
     from transformers import AutoTokenizer
 
+    from ..text_encoding import load_text_encoder
+
     root = args.pretrained_model_name_or_path
     text_path = args.text_encoder_name_or_path or _subfolder(root, "text_encoder")
     if text_path is None:
@@ -37,7 +39,7 @@ def load_components(args) -> dict:
         )
     tokenizer_path = args.tokenizer_name_or_path or _subfolder(root, "tokenizer") or text_path
     components = {
-        "text_encoder": _load_text_encoder(text_path),
+        "text_encoder": load_text_encoder(text_path),
         "tokenizer": AutoTokenizer.from_pretrained(tokenizer_path),
         "vae": None,
         "transformer": None,
@@ -52,16 +54,6 @@ def load_components(args) -> dict:
 
         components["transformer"] = VincieTransformer.from_pretrained(root, subfolder="transformer")
     return components
-
-
-def _load_text_encoder(path: str):
-    """``T5EncoderModel`` for T5 configs (no decoder weights needed), ``AutoModel`` otherwise."""
-    from transformers import AutoConfig, AutoModel, T5EncoderModel
-
-    config = AutoConfig.from_pretrained(path)
-    if config.model_type in ("t5", "umt5", "mt5"):
-        return T5EncoderModel.from_pretrained(path)
-    return AutoModel.from_pretrained(path)
 
 
 def save_final_pipeline(
