@@ -170,6 +170,19 @@ def tiny_pipeline(
     return VincieInContextPipeline(transformer, vae, encoder, tokenizer, official_scheduler(), **kwargs)
 
 
+def tiny_7b_family_pipeline(seed: int = 0, **pipeline_options):
+    """A tiny random pipeline of the VINCIE-7B family: a T5 tokenizer and encoder, a `VincieAutoencoderKL7B`, and
+    the transformer options of `tiny_7b_family_overrides` (``pipeline_options`` as for `tiny_pipeline`)."""
+    pipe = tiny_pipeline(seed=seed, **{**tiny_7b_family_overrides(), **pipeline_options})
+    tokenizer = tiny_t5_tokenizer()
+    pipe.register_modules(
+        tokenizer=tokenizer,
+        text_encoder=tiny_text_encoder(len(tokenizer), seed=seed),
+        vae=tiny_vae(pipe.transformer.config.latent_channels, seed=seed, family="7b"),
+    )
+    return pipe
+
+
 # -------------------------------------------------------------------------------------------- training
 
 
