@@ -1,7 +1,7 @@
 """First-generation Qwen (``QWenLMHeadModel`` remote code, ``llm14b/``) -> stock ``transformers.Qwen2Model``.
 
 For sequences up to ``seq_length`` (2048) tokens the QWen math equals a Qwen2 model with as many key-value heads
-as heads (spec 8.3): the fused ``c_attn`` splits into q/k/v (with biases), ``w2`` is the SwiGLU gate and ``w1`` the
+as heads: the fused ``c_attn`` splits into q/k/v (with biases), ``w2`` is the SwiGLU gate and ``w1`` the
 up projection (QWen computes ``w1(x) * silu(w2(x))``), and the config's ``intermediate_size`` is halved.
 
 Weights are converted tensor by tensor: each source shard is read one tensor (group) at a time and its output shard
@@ -11,7 +11,7 @@ resumes where it stopped.
 
 The ``qwen.tiktoken`` vocabulary becomes a Hugging Face fast tokenizer with identical ids: the BPE ranks keep their
 ids, the special tokens follow them (``<|endoftext|>`` = number of ranks, 151643 for the real vocabulary), NFC
-normalisation and the QWen pre-tokenisation pattern as in ``QWenTokenizer`` (spec 8.2).
+normalisation and the QWen pre-tokenisation pattern as in ``QWenTokenizer``.
 """
 
 from __future__ import annotations
