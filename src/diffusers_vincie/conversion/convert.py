@@ -102,8 +102,8 @@ VINCIE_3B = OfficialFamily(
     resolution=256,
     tokenizer_class=PORTABLE_TOKENIZER_CLASS,
     text_components="- `text_encoder/`: transformers `Qwen2Model` equivalent of the first-generation Qwen-14B "
-    "encoder ({dtype})\n- `tokenizer/`: fast tokenizer from `qwen.tiktoken` (`<|endoftext|>` appended to every prompt by the "
-    "pipeline)",
+    "encoder ({dtype})\n- `tokenizer/`: fast tokenizer from `qwen.tiktoken` (`<|endoftext|>` appended to every "
+    "prompt by the pipeline)",
 )
 VINCIE_7B = OfficialFamily(
     name="VINCIE-7B",
@@ -114,8 +114,8 @@ VINCIE_7B = OfficialFamily(
     guidance_scale=10.0,
     resolution=554,  # official sqrt(640 * 480) = 554.26; area 306,916 instead of 307,200 pixels
     tokenizer_class="T5TokenizerFast",
-    text_components="- `text_encoder/`: transformers `T5EncoderModel` (the flan-ul2 encoder, {dtype})\n- `tokenizer/`: "
-    "`T5TokenizerFast` (`</s>` appended by the tokenizer, at most 150 tokens)",
+    text_components="- `text_encoder/`: transformers `T5EncoderModel` (the flan-ul2 encoder, {dtype})\n"
+    "- `tokenizer/`: `T5TokenizerFast` (`</s>` appended by the tokenizer, at most 150 tokens)",
 )
 FAMILIES = (VINCIE_3B, VINCIE_7B)
 
