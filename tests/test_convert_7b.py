@@ -129,3 +129,18 @@ def test_converts_with_the_documented_command_and_edits_a_session(official_7b_fi
 
     again = convert_command(official, out)  # resumable: finished components are kept
     assert again.returncode == 0 and "already converted, kept" in again.stdout
+
+
+def test_t5_encoder_missing_a_tensor_is_refused_before_writing(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from diffusers_vincie.conversion.t5 import convert_t5_encoder
+
+    write_tiny_flan_ul2(tmp_path / "flan-ul2")
+    (weights,) = (tmp_path / "flan-ul2").glob("*.safetensors")
+    state = load_file(weights)
+    del state["encoder.final_layer_norm.weight"]
+    save_file(state, weights)
+    with pytest.raises(ValueError, match="lack \\['encoder.final_layer_norm.weight'\\]"):
+        convert_t5_encoder(tmp_path / "flan-ul2", tmp_path / "out", torch.bfloat16)
+    assert not (tmp_path / "out").exists()

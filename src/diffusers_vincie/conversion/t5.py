@@ -1,5 +1,5 @@
 """The VINCIE-7B release's ``flan-ul2/`` folder (a Hugging Face T5 model folder) -> the pipeline's text encoder
-(``T5EncoderModel``, encoder weights only) and tokenizer (``T5TokenizerFast`` limited to 150 tokens, as the official
+(``T5EncoderModel``, encoder weights only, streamed) and tokenizer (``T5TokenizerFast`` limited to 150 tokens, as the official
 code loads them). Weights are read from safetensors only: a folder holding only PyTorch ``.bin`` pickles is refused
 with the fix, as nothing is ever unpickled here."""
 
@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 
 import torch
+
+from .checkpoint import StreamingSafetensorsWriter
 
 T5_MAX_LENGTH = 150  # the official text encoder's ``model_max_length`` (end token included)
 T5_TOKENIZER_FILES = ("tokenizer.json", "spiece.model")
@@ -49,17 +51,47 @@ def check_t5_folder(folder: Path) -> dict:
 
 
 def convert_t5_encoder(folder: Path, out: Path, dtype: torch.dtype) -> str:
-    """Writes the encoder half of the T5 in ``folder`` as a ``T5EncoderModel`` safetensors folder (the decoder
-    weights of a full encoder-decoder checkpoint are not read into it); returns a model card line."""
-    from transformers import T5EncoderModel
+    """Writes the encoder half of the T5 in ``folder`` as a ``T5EncoderModel`` folder, streamed tensor by tensor
+    from its safetensors files (the decoder weights of a full encoder-decoder checkpoint are never read, and at
+    most one tensor is held: the flan-ul2 encoder is 17 GB in bfloat16). Every tensor the encoder needs is found
+    and shape-checked before a byte is written. Returns a model card line."""
+    from safetensors import safe_open
+    from transformers import T5Config, T5EncoderModel
 
-    encoder = T5EncoderModel.from_pretrained(folder, torch_dtype=dtype, use_safetensors=True)
-    encoder.save_pretrained(out, safe_serialization=True)
-    config = encoder.config
-    del encoder
+    config = T5Config.from_pretrained(folder)
+    with torch.device("meta"):
+        expected = {name: tuple(tensor.shape) for name, tensor in T5EncoderModel(config).state_dict().items()}
+    # the token embedding is one tensor saved as ``shared.weight`` (``encoder.embed_tokens.weight`` is tied to it);
+    # a checkpoint may hold it under either name
+    expected.pop("encoder.embed_tokens.weight", None)
+    files: dict[str, Path] = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(file, "pt") as handle:
+            files.update({name: file for name in handle.keys() if name not in files})
+    source = {name: name for name in expected if name in files}
+    if "shared.weight" not in source and "encoder.embed_tokens.weight" in files:
+        source["shared.weight"] = "encoder.embed_tokens.weight"
+    missing = sorted(set(expected) - set(source))
+    if missing:
+        raise ValueError(f"{folder}: the T5 encoder weights lack {missing[:5]} ({len(missing)} in all).")
+    plan = [(name, expected[name]) for name in expected]
+    for name, shape in plan:
+        with safe_open(files[source[name]], "pt") as handle:
+            found = tuple(handle.get_slice(source[name]).get_shape())
+        if found != shape:
+            raise ValueError(f"{folder}: {source[name]} has shape {found}, its config.json says {shape}.")
+    out.mkdir(parents=True, exist_ok=True)
+    writer = StreamingSafetensorsWriter(out / "model.safetensors", plan, dtype)
+    for name, _ in plan:
+        with safe_open(files[source[name]], "pt") as handle:
+            writer.write(name, handle.get_tensor(source[name]))
+    writer.close()
+    config.architectures = ["T5EncoderModel"]
+    config.save_pretrained(out)
     return (
         f"text encoder: T5EncoderModel from the release's T5 folder ({config.num_layers} layers, d_model "
-        f"{config.d_model}; encoder weights only, loaded strictly from safetensors by transformers)"
+        f"{config.d_model}; the encoder's {len(plan)} tensors streamed from safetensors, shapes checked against "
+        "the config)"
     )
 
 
