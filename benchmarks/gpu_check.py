@@ -1,4 +1,4 @@
-"""The prepared GPU check (run through `benchmarks/gpu_check.sh`): VINCIE-3B-sized random weights on one CUDA GPU.
+"""The prepared GPU check (run through `benchmarks/gpu_check.sh`): VINCIE-3B- or 7B-sized random weights on one GPU.
 
 Sections, each timed and written to ``OUT/gpu_check.json`` and ``OUT/gpu_check.md`` as it finishes:
 
@@ -13,8 +13,9 @@ Sections, each timed and written to ``OUT/gpu_check.json`` and ``OUT/gpu_check.m
 
 A section that fails is recorded with its error and the check goes on; nothing is skipped silently. ``--tiny``
 runs every section on a tiny random model on the CPU (under a minute; CUDA-only parts say they were skipped):
-that is how the suite tests this script. The text encoder is a 2-layer Qwen2 of the real width (5120): its depth
-does not change the DiT's work, and its memory is in docs/memory.md.
+that is how the suite tests this script. ``--family 7b`` builds the VINCIE-7B family instead (``VINCIE_7B_CONFIG``,
+`VincieAutoencoderKL7B`, a T5 encoder; tiny: `tiny_7b_family_pipeline`). The text encoder is 2 layers of the real
+width (3B: Qwen2, 5120; 7B: T5, 4096): its depth does not change the DiT's work, and its memory is in docs/memory.md.
 """
 
 from __future__ import annotations
@@ -33,10 +34,18 @@ import PIL.Image
 import torch
 
 from diffusers_vincie import VincieInContextPipeline
-from diffusers_vincie.conversion.dit import VINCIE_3B_CONFIG
+from diffusers_vincie.conversion.dit import VINCIE_3B_CONFIG, VINCIE_7B_CONFIG
+from diffusers_vincie.models import VincieAutoencoderKL7B
 from diffusers_vincie.pipelines.sampling import official_scheduler
 from diffusers_vincie.sequence import pack_sessions
-from diffusers_vincie.testing import tiny_text_encoder, tiny_tokenizer, tiny_transformer, tiny_vae
+from diffusers_vincie.testing import (
+    tiny_7b_family_pipeline,
+    tiny_t5_tokenizer,
+    tiny_text_encoder,
+    tiny_tokenizer,
+    tiny_transformer,
+    tiny_vae,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_transformer import forward_flops  # noqa: E402
@@ -90,6 +99,25 @@ def timed(fn, device, repeats: int) -> float:
         synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def build_7b_pipeline(tiny: bool, device: torch.device, dtype: torch.dtype) -> VincieInContextPipeline:
+    """VINCIE-7B-sized random weights: the DiT of ``VINCIE_7B_CONFIG``, the 7B VAE, a 2-layer T5 encoder 4096 wide."""
+    if tiny:
+        pipe = tiny_7b_family_pipeline()
+    else:
+        from transformers import T5Config, T5EncoderModel
+
+        tokenizer = tiny_t5_tokenizer()
+        with torch.device(device):  # random weights made on the GPU: seconds, not minutes
+            t5 = dict(d_model=4096, d_kv=256, d_ff=16384, num_layers=2, num_heads=16, feed_forward_proj="gated-silu")
+            encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), **t5)).eval()
+            config = {k: v for k, v in VINCIE_7B_CONFIG.items() if k not in ("latent_channels", "text_embed_dim")}
+            transformer = tiny_transformer(48, 4096, **config)  # 7B sizes, modulation offsets random too
+            autoencoder = VincieAutoencoderKL7B().eval()  # the official 7B VAE's sizes
+        pipe = VincieInContextPipeline(transformer, autoencoder, encoder, tokenizer, official_scheduler(shift=10.0))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device, dtype)
 
 
 def build_pipeline(tiny: bool, device: torch.device, dtype: torch.dtype) -> VincieInContextPipeline:
@@ -282,6 +310,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for gpu_check.json and gpu_check.md")
     parser.add_argument("--tiny", action="store_true", help="tiny random model on the CPU (the suite's smoke run)")
+    parser.add_argument("--family", choices=("3b", "7b"), default="3b", help="model family whose sizes to build")
     args = parser.parse_args()
     if not args.tiny and not torch.cuda.is_available():
         print("gpu_check: no CUDA GPU here; use --tiny for the CPU smoke run", file=sys.stderr)
@@ -300,7 +329,8 @@ def main() -> int:
         "transformers": transformers.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    pipe = build_pipeline(args.tiny, device, dtype)
+    pipe = (build_7b_pipeline if args.family == "7b" else build_pipeline)(args.tiny, device, dtype)
+    check.results["environment"]["family"] = args.family
     check.results["environment"]["transformer_parameters"] = sum(p.numel() for p in pipe.transformer.parameters())
     check.section("forward", lambda: forward_section(pipe, device, dtype, args.tiny))
     check.section("sessions", lambda: sessions_section(pipe, device, args.tiny))

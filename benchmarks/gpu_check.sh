@@ -4,6 +4,7 @@
 #
 #   bash benchmarks/gpu_check.sh           # on a CUDA machine
 #   bash benchmarks/gpu_check.sh --tiny    # tiny random model on the CPU, under a minute (the suite runs this)
+#   bash benchmarks/gpu_check.sh --7b      # VINCIE-7B sizes instead of 3B (combines with --tiny)
 #
 # The lent GPU machines have torch, transformers, accelerate, peft and safetensors but no diffusers and no
 # network: carry a wheels/ folder (git-ignored) made here with
@@ -13,10 +14,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TINY=""
+FAMILY="3b"
 for arg in "$@"; do
     case "$arg" in
         --tiny) TINY="--tiny" ;;
-        *) echo "gpu_check.sh: unknown argument '$arg' (the only option is --tiny)" >&2; exit 2 ;;
+        --7b) FAMILY="7b" ;;
+        *) echo "gpu_check.sh: unknown argument '$arg' (the options are --tiny and --7b)" >&2; exit 2 ;;
     esac
 done
 OUT="${OUT:-outputs/gpu_check}"
@@ -34,5 +37,5 @@ if ! python -c "import diffusers" 2>/dev/null; then
 fi
 
 # 8 minutes for the measurements, then whatever was measured is already in $OUT (written after each section)
-timeout 480 python benchmarks/gpu_check.py --out "$OUT" $TINY 2>&1 | tee "$OUT/gpu_check.log"
+timeout 480 python benchmarks/gpu_check.py --out "$OUT" --family "$FAMILY" $TINY 2>&1 | tee "$OUT/gpu_check.log"
 exit "${PIPESTATUS[0]}"

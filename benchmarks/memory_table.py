@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 GIB = 2**30
@@ -62,7 +61,7 @@ def count(model: str, name: str, source: str, module: nn.Module) -> Component:
     )
 
 
-# Official VINCIE-3B text encoder (llm14b/config.json, spec section 8: first-generation Qwen-14B).
+# Official VINCIE-3B text encoder (llm14b/config.json: first-generation Qwen-14B).
 QWEN_14B = {
     "hidden_size": 5120,
     "num_attention_heads": 40,
@@ -70,22 +69,10 @@ QWEN_14B = {
     "intermediate_size": 27392,
     "vocab_size": 152064,
 }
-# Official VINCIE-3B VAE on one frame as a 2D AutoencoderKL (models/vae/s8_c16_t4_inflation_sd3.yaml, spec 9).
+# Official VINCIE-3B VAE on one frame as a 2D AutoencoderKL (models/vae/s8_c16_t4_inflation_sd3.yaml).
 VAE_3B = dict(latent_channels=16, block_out_channels=(128, 256, 512, 512))
-# VINCIE-7B (configs/generate_7b.yaml of the official repository): a different model family, not converted by this
-# package yet: a 3584-wide MM-DiT with 32 heads of 128, 12 separate-weight layers, patch 1 over a 48-channel,
-# 16x VAE (models/ae/t4_s16_c48.yaml), a two-layer MLP text projection, and Flan-UL2's T5 encoder (4096 wide,
-# 32 layers, 16 heads of 256, gated-SiLU FFN of 16384, vocabulary 32128, as in the UL2 paper) instead of Qwen.
-DIT_7B = dict(
-    latent_channels=48,
-    hidden_size=3584,
-    num_attention_heads=32,
-    attention_head_dim=128,
-    num_mm_layers=12,
-    text_embed_dim=4096,
-    patch_size=1,
-    rope_dim=120,
-)
+# VINCIE-7B's text encoder: Flan-UL2's T5 encoder (4096 wide, 32 layers, 16 heads of 256, gated-SiLU FFN of 16384,
+# vocabulary 32128, as in the UL2 paper); its DiT is `VINCIE_7B_CONFIG`, its VAE `VincieAutoencoderKL7B`'s defaults.
 UL2_ENCODER = dict(
     vocab_size=32128, d_model=4096, d_kv=256, d_ff=16384, num_layers=32, num_heads=16, feed_forward_proj="gated-silu"
 )
@@ -109,24 +96,12 @@ def vae(latent_channels: int, block_out_channels: tuple) -> nn.Module:
     )
 
 
-class SevenBTextProjection(nn.Module):
-    """The part of the 7B DiT that `VincieTransformer` does not have: the first layer of its MLP text projection
-    (``Linear(4096, 4096)``, GELU, then the ``Linear(4096, 3584)`` that `VincieTransformer` has) and the RMSNorm
-    weights after it and before the output patch layer."""
-
-    def __init__(self):
-        super().__init__()
-        self.proj_in = nn.Linear(4096, 4096)
-        self.txt_norm = nn.Parameter(torch.empty(3584))
-        self.vid_out_norm = nn.Parameter(torch.empty(3584))
-
-
 def components() -> list[Component]:
     """Every component of both models, built on the meta device."""
     from accelerate import init_empty_weights
     from transformers import Qwen2Model, T5Config, T5EncoderModel
 
-    from diffusers_vincie.conversion.dit import VINCIE_3B_CONFIG
+    from diffusers_vincie.conversion.dit import VINCIE_3B_CONFIG, VINCIE_7B_CONFIG
     from diffusers_vincie.conversion.qwen import qwen2_config_from_qwen
     from diffusers_vincie.models.autoencoder_kl_vincie_7b import VincieAutoencoderKL7B
     from diffusers_vincie.models.transformer_vincie import VincieTransformer
@@ -136,16 +111,11 @@ def components() -> list[Component]:
             ("VINCIE-3B", "DiT", "`VINCIE_3B_CONFIG`"): VincieTransformer(**VINCIE_3B_CONFIG),
             ("VINCIE-3B", "text encoder (Qwen-14B)", "llm14b config"): Qwen2Model(qwen2_config_from_qwen(QWEN_14B)),
             ("VINCIE-3B", "VAE (2D, one frame)", "s8_c16 VAE"): vae(**VAE_3B),
-            ("VINCIE-7B", "DiT", "generate_7b.yaml"): VincieTransformer(**{**VINCIE_3B_CONFIG, **DIT_7B}),
+            ("VINCIE-7B", "DiT", "`VINCIE_7B_CONFIG`"): VincieTransformer(**VINCIE_7B_CONFIG),
             ("VINCIE-7B", "text encoder (Flan-UL2 T5)", "UL2 paper"): T5EncoderModel(T5Config(**UL2_ENCODER)),
             ("VINCIE-7B", "VAE (2D, one frame)", "t4_s16_c48 VAE"): VincieAutoencoderKL7B(),  # official defaults
         }
-        extra = count("VINCIE-7B", "", "", SevenBTextProjection())
-    rows = [count(*key, module) for key, module in models.items()]  # counted outside: tying works there
-    dit_7b = rows[3]
-    for field in ("parameters", "linear_weights", "linear_rows"):
-        setattr(dit_7b, field, getattr(dit_7b, field) + getattr(extra, field))
-    return rows
+    return [count(*key, module) for key, module in models.items()]  # counted outside: tying works there
 
 
 def offload_peaks(rows: list[Component], text_dtype: str, dit_dtype: str = "bf16") -> tuple[float, float, float]:

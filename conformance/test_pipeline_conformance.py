@@ -26,7 +26,14 @@ from tests.pipelines.test_pipelines_common import (
 
 from diffusers_vincie import VincieInContextPipeline
 from diffusers_vincie.pipelines.sampling import official_scheduler
-from diffusers_vincie.testing import tiny_text_encoder, tiny_tokenizer, tiny_transformer, tiny_vae
+from diffusers_vincie.testing import (
+    tiny_7b_family_overrides,
+    tiny_t5_tokenizer,
+    tiny_text_encoder,
+    tiny_tokenizer,
+    tiny_transformer,
+    tiny_vae,
+)
 
 # `test_encode_prompt_works_in_isolation` reads the names `encode_prompt` returns from its source, looking the
 # class up on `diffusers.pipelines` (written for pipelines inside diffusers); an out-of-tree pipeline is found there
@@ -99,3 +106,43 @@ class VincieInContextPipelineConformanceTests(
             "resolution": 32,
             "output_type": "np",
         }
+
+
+class VincieInContextPipeline7BFamilyConformanceTests(VincieInContextPipelineConformanceTests):
+    """The same mixins on a VINCIE-7B-family pipeline: T5 tokenizer and encoder, `VincieAutoencoderKL7B` (no
+    attention, pixel-shuffle up-sampler, shifted normalisation), MLP text projection, v3 RoPE, patch 1."""
+
+    def get_dummy_components(self, num_layers: int = 2):
+        tokenizer = tiny_t5_tokenizer()
+        text_encoder = tiny_text_encoder(len(tokenizer))
+        return {
+            "transformer": tiny_transformer(
+                4, text_encoder.config.d_model, num_layers=num_layers, **tiny_7b_family_overrides()
+            ),
+            "vae": tiny_vae(4, family="7b"),
+            "text_encoder": text_encoder,
+            "tokenizer": tokenizer,
+            "scheduler": official_scheduler(),
+        }
+
+    def test_multi_vae(self):
+        """The mixin's test swaps in diffusers' 2-D VAEs (``AutoencoderKL``, ``AsymmetricAutoencoderKL``,
+        ``ConsistencyDecoderVAE``, ``AutoencoderTiny``) sized from ``vae.config.block_out_channels``; the 7B VAE's
+        config names its widths ``encoder_block_out_channels`` / ``decoder_block_out_channels`` (its encoder and
+        decoder may differ). So the swap starts here from a stock ``AutoencoderKL`` of the same widths; what it
+        checks, that the 7B-family pipeline runs with any diffusers VAE of its latent channels, is unchanged."""
+        original = self.get_dummy_components
+        widths = tuple(original()["vae"].config.encoder_block_out_channels)
+
+        def components_with_a_2d_vae(num_layers: int = 2):
+            components = original(num_layers)
+            vae = tiny_vae(4)  # a stock AutoencoderKL whose config carries block_out_channels
+            assert tuple(vae.config.block_out_channels) == widths
+            components["vae"] = vae
+            return components
+
+        self.get_dummy_components = components_with_a_2d_vae
+        try:
+            super().test_multi_vae()
+        finally:
+            del self.get_dummy_components

@@ -27,6 +27,7 @@ from tests.models.testing_utils import (
 
 from diffusers_vincie import VincieTransformer
 from diffusers_vincie.sequence import pack_sessions, session_text
+from diffusers_vincie.testing import tiny_7b_family_overrides
 
 LATENT_CHANNELS, TEXT_DIM = 4, 32
 # two sessions of different sizes in one packed call: (frames, latent h, latent w) and text rows per turn
@@ -134,4 +135,48 @@ class TestVincieTransformerFasterCache(VincieTransformerTesterConfig, FasterCach
 
 
 class TestVincieTransformerLayerwiseCasting(VincieTransformerTesterConfig, LayerwiseCastingTesterMixin):
+    pass
+
+
+# --- the same mixins on a VINCIE-7B-family config: MLP text projection, mmrope3d_v3 positions, patch 1 and
+# attention (2 x 20) wider than the 32-wide streams
+
+
+class VincieTransformer7BFamilyTesterConfig(VincieTransformerTesterConfig):
+    def get_init_dict(self):
+        return {**super().get_init_dict(), **tiny_7b_family_overrides()}
+
+
+class TestVincieTransformer7BFamily(VincieTransformer7BFamilyTesterConfig, ModelTesterMixin):
+    pass
+
+
+class TestVincieTransformer7BFamilyMemory(VincieTransformer7BFamilyTesterConfig, MemoryTesterMixin):
+    pass
+
+
+class TestVincieTransformer7BFamilyTraining(VincieTransformer7BFamilyTesterConfig, TrainingTesterMixin):
+    def test_gradient_checkpointing_is_applied(self):
+        super().test_gradient_checkpointing_is_applied(expected_set={"VincieTransformer"})
+
+
+class TestVincieTransformer7BFamilyLora(VincieTransformer7BFamilyTesterConfig, LoraTesterMixin):
+    pass
+
+
+class TestVincieTransformer7BFamilyAttention(VincieTransformer7BFamilyTesterConfig, AttentionTesterMixin):
+    pass
+
+
+class TestVincieTransformer7BFamilyCompile(VincieTransformer7BFamilyTesterConfig, TorchCompileTesterMixin):
+    pass
+
+
+class TestVincieTransformer7BFamilyFirstBlockCache(VincieTransformer7BFamilyTesterConfig, FirstBlockCacheTesterMixin):
+    pass
+
+
+class TestVincieTransformer7BFamilyLayerwiseCasting(
+    VincieTransformer7BFamilyTesterConfig, LayerwiseCastingTesterMixin
+):
     pass

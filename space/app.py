@@ -2,7 +2,7 @@
 
 Run locally with ``python space/app.py`` (http://127.0.0.1:7860). The model is chosen by `load_model`:
 
-    VINCIE_MODEL=<folder or hub id>   a converted VINCIE checkpoint (``VincieInContextPipeline.from_pretrained``)
+    VINCIE_MODEL=<folder or hub id>   a converted VINCIE-3B or VINCIE-7B checkpoint, with its own sampling defaults
     (unset)                           the package's embedded default model, when the package ships one
     VINCIE_SPACE_TINY=1 / fallback    a tiny *random* pipeline (tests; the UI says so in a banner)
 
@@ -66,8 +66,8 @@ MAX_INSTRUCTION_CHARS = 400
 MAX_REFERENCES = 6  # official multi-concept recipe: six reference images
 QUEUE_SIZE = int(os.environ.get("VINCIE_SPACE_QUEUE_SIZE", "256"))  # events pass it at once; the gate bounds the work
 # Bounds on one call's work, so one user's call keeps the others waiting for a bounded time: sampler steps, and
-# tokens per frame (the resolution bound follows from the model's patch grid: 1024 tokens is 512 px on VINCIE-3B,
-# whose frames are cut into 16 px patches, and 128 px on the 4 px patches of the shipped 32 px model).
+# tokens per frame (the resolution bound follows from the model's patch grid: 1024 tokens is 512 px on VINCIE-3B
+# and VINCIE-7B, whose frames are cut into 16 px patches, and 128 px on the 4 px patches of the shipped 32 px model).
 MAX_STEPS = int(os.environ.get("VINCIE_SPACE_MAX_STEPS", "50"))
 MAX_FRAME_TOKENS = int(os.environ.get("VINCIE_SPACE_MAX_FRAME_TOKENS", "1024"))
 MAX_CALL_SECONDS = float(os.environ.get("VINCIE_SPACE_MAX_CALL_SECONDS", "120"))  # one call's hold on the sampler
@@ -144,7 +144,15 @@ def load_model() -> LoadedModel:
     checkpoint = os.environ.get("VINCIE_MODEL", "").strip()
     if checkpoint:
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
-        model = LoadedModel(VincieInContextPipeline.from_pretrained(checkpoint, dtype=dtype), checkpoint)
+        pipe = VincieInContextPipeline.from_pretrained(checkpoint, dtype=dtype)
+        defaults = pipe.config  # the checkpoint's own sampling defaults (VINCIE-7B: CFG 10, resolution 554)
+        model = LoadedModel(
+            pipe,
+            checkpoint,
+            steps=defaults.default_num_inference_steps,
+            guidance=defaults.default_guidance_scale,
+            resolution=defaults.default_resolution,
+        )
     elif os.environ.get("VINCIE_SPACE_TINY") != "1" and default_model_folder() is not None:
         from diffusers_vincie.default_model import (
             DEFAULT_SAMPLING,

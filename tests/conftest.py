@@ -29,12 +29,25 @@ def official_7b_fixtures_dir() -> Path:
     return Path(os.environ.get("VINCIE_OFFICIAL_7B_FIXTURES", REPO.parent / "shared" / "fixtures" / "official-7b"))
 
 
+def _required_fixtures(folder: Path, env_var: str) -> Path:
+    """``folder`` if it holds the official parity fixtures. Under CI a missing set fails the test (a parity run
+    that silently skips would hide a broken checkout); elsewhere it skips, naming the variable that points to it."""
+    if not (folder / "dit_official.safetensors").is_file():
+        message = f"official parity fixtures not found at {folder} (set {env_var})"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def official_7b_fixtures() -> Path:
+    return _required_fixtures(official_7b_fixtures_dir(), "VINCIE_OFFICIAL_7B_FIXTURES")
+
+
 @pytest.fixture(scope="session")
 def official_fixtures() -> Path:
-    folder = official_fixtures_dir()
-    if not (folder / "dit_official.safetensors").is_file():
-        pytest.skip(f"official parity fixtures not found at {folder} (set VINCIE_OFFICIAL_FIXTURES)")
-    return folder
+    return _required_fixtures(official_fixtures_dir(), "VINCIE_OFFICIAL_FIXTURES")
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,12 @@ def test_3b_dit_matches_the_official_key_list(rows):
     assert rows["VINCIE-3B", "DiT"].parameters == official == 3_391_803_456
 
 
+def test_7b_dit_matches_the_official_key_list(rows):
+    keys = json.loads((REFERENCE / "official-7b-dit-keys.json").read_text())
+    official = sum(math.prod(shape) for name, shape in keys.items() if not name.endswith("rope.rope.freqs"))
+    assert rows["VINCIE-7B", "DiT"].parameters == official == 7_310_132_784
+
+
 def test_3b_vae_matches_the_official_keys_on_one_frame(rows):
     """On one frame each 3D kernel (t, h, w) acts as its 2D sum over t: 2D parameters = official ones with the
     temporal taps folded, less the depth-to-space up-samplers that the stock 2D VAE replaces when they are the

@@ -553,6 +553,20 @@ def test_model_choice_from_environment(app, monkeypatch, tmp_path):
         torch.testing.assert_close(tensor, reference[name])
 
 
+def test_a_7b_family_folder_is_selectable_with_its_own_defaults(app, monkeypatch, tmp_path):
+    from diffusers_vincie.models import VincieAutoencoderKL7B
+    from diffusers_vincie.testing import tiny_7b_family_pipeline
+
+    tiny_7b_family_pipeline(default_guidance_scale=10.0, default_resolution=48).save_pretrained(tmp_path / "7b")
+    monkeypatch.setenv("VINCIE_MODEL", str(tmp_path / "7b"))
+    loaded = app.load_model()
+    assert isinstance(loaded.pipe.vae, VincieAutoencoderKL7B) and loaded.name == str(tmp_path / "7b")
+    assert (loaded.guidance, loaded.resolution, loaded.steps) == (10.0, 48, 50)
+    session = loaded.pipe.start_session(PIL.Image.new("RGB", (32, 32), (9, 90, 200)), resolution=32)
+    session.edit("add a star", num_inference_steps=1, generator=torch.Generator().manual_seed(0))
+    assert len(session.images) == 1
+
+
 def test_embedded_default_model_is_the_default(app, monkeypatch, tmp_path):
     import diffusers_vincie.default_model as default_model
     from diffusers_vincie.testing import tiny_pipeline

@@ -5,7 +5,7 @@ Sequences are drawn from sessions (a random number of turns, RoE masks with prob
 dropout) with targets from the paper's three proxy tasks (next image, current-frame mask, next-frame mask), in
 one of two formulations (``--attention_layout``):
 
-* ``full``: the released checkpoints' conditioning (spec 6.5), one target at the end of the sequence;
+* ``full``: the released checkpoints' conditioning, one target at the end of the sequence;
 * ``block_causal``: the paper's multi-target form, clean context + one noisy copy per target in one sequence.
 
 Flow matching with the official conventions (noise at t = 1, velocity = noise - data, logit-normal t), text

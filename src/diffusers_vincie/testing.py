@@ -36,6 +36,33 @@ def tiny_tokenizer():
     return build_word_level_tokenizer(WORDS)
 
 
+def tiny_t5_tokenizer():
+    """A real ``T5TokenizerFast`` (SentencePiece unigram, ``</s>`` appended by the tokenizer itself, ``<pad>``=0,
+    ``</s>``=1) over the small vocabulary's words plus single characters, built offline in code: the tokenizer kind
+    of VINCIE-7B's flan-ul2 encoder."""
+    from transformers import T5TokenizerFast
+
+    pieces = [(f"\u2581{word}", -1.0 - 0.01 * i) for i, word in enumerate(WORDS + ["based", "output", "<", ">"])]
+    characters = [(c, -10.0) for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789<>.,:'\u2581"]
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + pieces + characters
+    return T5TokenizerFast(vocab=vocab, extra_ids=0)
+
+
+def tiny_7b_family_overrides() -> dict:
+    """`VincieTransformer` overrides that make a tiny model of the VINCIE-7B family: MLP text projection,
+    ``mmrope3d_v3`` positions, patch 1, and attention 2 x 20 = 40 wide over the 32-wide streams of
+    `tiny_transformer` / `tiny_transformer_config` (18 of the 20 head dims rotated). Pass them to those functions
+    or to `tiny_pipeline`."""
+    return dict(
+        text_projection="mlp",
+        rope_type="mmrope3d_v3",
+        patch_size=1,
+        num_attention_heads=2,
+        attention_head_dim=20,
+        rope_dim=18,
+    )
+
+
 def tiny_text_encoder(vocab_size: int, dim: int = 32, seed: int = 0):
     from transformers import T5Config, T5EncoderModel
 
@@ -141,6 +168,19 @@ def tiny_pipeline(
     if frame_index_mode is not None:
         kwargs["frame_index_mode"] = frame_index_mode
     return VincieInContextPipeline(transformer, vae, encoder, tokenizer, official_scheduler(), **kwargs)
+
+
+def tiny_7b_family_pipeline(seed: int = 0, **pipeline_options):
+    """A tiny random pipeline of the VINCIE-7B family: a T5 tokenizer and encoder, a `VincieAutoencoderKL7B`, and
+    the transformer options of `tiny_7b_family_overrides` (``pipeline_options`` as for `tiny_pipeline`)."""
+    pipe = tiny_pipeline(seed=seed, **{**tiny_7b_family_overrides(), **pipeline_options})
+    tokenizer = tiny_t5_tokenizer()
+    pipe.register_modules(
+        tokenizer=tokenizer,
+        text_encoder=tiny_text_encoder(len(tokenizer), seed=seed),
+        vae=tiny_vae(pipe.transformer.config.latent_channels, seed=seed, family="7b"),
+    )
+    return pipe
 
 
 # -------------------------------------------------------------------------------------------- training

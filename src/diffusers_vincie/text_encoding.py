@@ -1,6 +1,13 @@
-"""Text encoding shared by the pipeline and training: each prompt tokenized alone, one end token appended
-(official rule, spec 8.2), encoded by any ``transformers`` encoder, valid states kept; and a word-level tokenizer
-built in code for small models and tests."""
+"""Text encoding shared by the pipeline and training: each prompt tokenized alone, one end token appended,
+encoded by any ``transformers`` encoder with its padding mask, valid states kept; and a word-level tokenizer built
+in code for small models and tests.
+
+One rule serves both official text encoders. VINCIE-3B (Qwen-14B, causal) appends its end-of-text token; VINCIE-7B
+(flan-ul2 ``T5EncoderModel`` + ``T5TokenizerFast``, bidirectional) tokenizes with the tokenizer's own ``</s>``
+appended, pads to 150 with a mask passed to the encoder, and cuts longer prompts to 149 tokens + ``</s>``. Both keep
+the prompt's tokens and the end token as rows. ``tokens[: max_length - 1] + [eos]`` with the padding masked is
+exactly that for both; which encoder runs is whatever the components are.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,17 @@ from typing import Sequence
 import torch
 
 from .sequence import PROMPT_TEMPLATE, format_turn_prompt, select_valid_tokens
+
+
+def load_text_encoder(path: str):
+    """The text encoder saved at ``path``: the encoder alone of an encoder-decoder T5 family config (its decoder
+    weights are never needed to encode prompts), ``AutoModel`` otherwise."""
+    from transformers import AutoConfig, AutoModel, T5EncoderModel
+
+    config = AutoConfig.from_pretrained(path)
+    if config.model_type in ("t5", "umt5", "mt5"):
+        return T5EncoderModel.from_pretrained(path)
+    return AutoModel.from_pretrained(path)
 
 
 def end_token_id(tokenizer) -> int:
@@ -35,9 +53,15 @@ def encode_prompts(
     Gradients flow only into an encoder that is being trained: in training mode (``text_encoder.train()``) with
     trainable parameters, under grad mode. A loaded encoder is in eval mode, so inference never builds a graph.
     """
+    input_ids, mask = tokenize_prompts(tokenizer, prompts, max_length)
+    return encode_token_ids(text_encoder, input_ids, mask, device)
+
+
+def tokenize_prompts(tokenizer, prompts: Sequence[str], max_length: int = 150) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` of ``tokens[: max_length - 1] + [end]`` per prompt, right-padded to the
+    longest (pad id, mask 0)."""
     if max_length < 2:
         raise ValueError(f"`max_length` must be >= 2 (at least one token and the end token), got {max_length}.")
-    device = device or text_encoder.device
     end = end_token_id(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"][: max_length - 1] + [end] for p in prompts]
@@ -47,10 +71,21 @@ def encode_prompts(
     for row, x in enumerate(ids):
         input_ids[row, : len(x)] = torch.tensor(x)
         mask[row, : len(x)] = 1
+    return input_ids, mask
+
+
+def encode_token_ids(
+    text_encoder, input_ids: torch.Tensor, attention_mask: torch.Tensor, device=None
+) -> list[torch.Tensor]:
+    """Runs the encoder on padded ids with their mask (padding never changes a bidirectional encoder's rows) and
+    keeps each prompt's masked-in rows, ``[(n_i, dim)]`` in float32. Gradients as in `encode_prompts`."""
+    device = device or text_encoder.device
     trains = text_encoder.training and any(p.requires_grad for p in text_encoder.parameters())
     with torch.set_grad_enabled(torch.is_grad_enabled() and trains):
-        states = text_encoder(input_ids=input_ids.to(device), attention_mask=mask.to(device)).last_hidden_state
-    return [seg.float() for seg in select_valid_tokens(states, mask.to(states.device))]
+        states = text_encoder(
+            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)
+        ).last_hidden_state
+    return [seg.float() for seg in select_valid_tokens(states, attention_mask.to(states.device))]
 
 
 def template_boilerplate_patterns() -> tuple[str, str]:

@@ -1,12 +1,21 @@
-"""Safe loading of official ``.pth`` checkpoints (flat ``name -> tensor`` mappings)."""
+"""Safe loading of official ``.pth`` checkpoints (flat ``name -> tensor`` mappings) and streaming safetensors
+writing (one tensor held at a time)."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import struct
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import torch
+
+from ..utils.io import commit, temporary_sibling
+
+SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Loading
@@ -75,3 +84,55 @@ def validate_state_dict(loaded: object, source: str) -> dict[str, torch.Tensor]:
             "(a nested 'state_dict'/'ema' wrapper must be unwrapped before conversion)"
         )
     return dict(loaded)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Writing
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class StreamingSafetensorsWriter:
+    """Write a safetensors file tensor by tensor, given every name, shape and dtype up front.
+
+    The header (which needs all offsets) is written first; each tensor's bytes follow in the planned order, so only
+    one tensor is ever held. The file appears under its final name only when complete (``utils.io.commit``).
+
+    Args:
+        path: final file path.
+        entries: ``(name, shape)`` in write order.
+        dtype: dtype of every tensor.
+    """
+
+    def __init__(self, path: Path, entries: list[tuple[str, tuple[int, ...]]], dtype: torch.dtype):
+        self.path = path
+        self.dtype = dtype
+        self._temporary = temporary_sibling(path)
+        self._pending = list(entries)
+        item_size = torch.empty((), dtype=dtype).element_size()
+        header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        for name, shape in entries:
+            size = item_size * int(torch.Size(shape).numel())
+            header[name] = {
+                "dtype": SAFETENSORS_DTYPES[dtype],
+                "shape": list(shape),
+                "data_offsets": [offset, offset + size],
+            }
+            offset += size
+        encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        encoded += b" " * (-len(encoded) % 8)  # data must start 8-byte aligned
+        self._handle = open(self._temporary, "wb")
+        self._handle.write(struct.pack("<Q", len(encoded)) + encoded)
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        expected_name, expected_shape = self._pending.pop(0)
+        if name != expected_name or tuple(tensor.shape) != expected_shape:
+            raise RuntimeError(f"writer expected {expected_name} {expected_shape}, got {name} {tuple(tensor.shape)}")
+        data = tensor.to(self.dtype).contiguous().view(-1).view(torch.uint8)
+        self._handle.write(memoryview(data.numpy()))  # no intermediate bytes copy
+
+    def close(self) -> None:
+        if self._pending:
+            raise RuntimeError(f"{len(self._pending)} tensors of {self.path.name} were never written")
+        self._handle.close()
+        commit(self._temporary, self.path)

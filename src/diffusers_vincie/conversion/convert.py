@@ -1,14 +1,18 @@
-"""Convert an official VINCIE release (``dit.pth``, ``vae.pth``, ``llm14b/``) into a diffusers folder.
+"""Convert an official VINCIE release, either family, into a diffusers folder.
 
     python -m diffusers_vincie.conversion --official ckpt/VINCIE-3B --out VINCIE-3B-diffusers [--dtype fp32|bf16]
         [--text-encoder-dtype bf16|fp32] [--push-to-hub user/VINCIE-3B-diffusers]
+    python -m diffusers_vincie.conversion --official ckpt/VINCIE-7B --out VINCIE-7B-diffusers
 
-The output loads with ``VincieInContextPipeline.from_pretrained(out)``: ``transformer/`` (VincieTransformer, config
-derived from the checkpoint), ``vae/`` (2D AutoencoderKL, float32), ``text_encoder/`` (transformers Qwen2Model,
-streamed shard by shard), ``tokenizer/`` (fast tokenizer from ``qwen.tiktoken``), ``scheduler/``,
-``model_index.json`` and a model card. Only safetensors are written; inputs are read with
-``torch.load(weights_only=True, mmap=True)``. Each finished component folder is kept on a re-run (delete it to redo
-it), and the text encoder resumes shard by shard.
+The family is recognised from the files: VINCIE-3B (``dit.pth``, ``vae.pth``, ``llm14b/`` with ``qwen.tiktoken``)
+or VINCIE-7B (``ema.pth``, ``ema_vae.pth``, ``flan-ul2/`` with a T5 encoder and tokenizer). Every size is read from
+the checkpoints. The output loads with ``DiffusionPipeline.from_pretrained(out)`` with the family's official
+sampling defaults (scheduler shift, CFG scale, resolution, negative prompt): ``transformer/`` (VincieTransformer,
+streamed tensor by tensor), ``vae/`` (the family's single-frame VAE, float32), ``text_encoder/`` (3B: transformers
+Qwen2Model, streamed shard by shard; 7B: T5EncoderModel), ``tokenizer/``, ``scheduler/``, ``model_index.json`` and
+a model card. Only safetensors are written; ``.pth`` inputs are read with ``torch.load(weights_only=True,
+mmap=True)``. Each finished component folder is kept on a re-run (delete it to redo it), and the 3B text encoder
+resumes shard by shard.
 """
 
 from __future__ import annotations
@@ -20,19 +24,21 @@ import os
 import re
 import unicodedata
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import transformers
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from ..image_latents import vae_class
 from ..models import VincieTransformer
-from ..pipelines import VincieInContextPipeline, official_scheduler
+from ..pipelines import OFFICIAL_NEGATIVE_PROMPT, VincieInContextPipeline, official_scheduler
 from ..utils.cli import print_usage_error
 from ..utils.io import TEMPORARY_GLOBS, atomic_directory, write_text_atomic
 from .checkpoint import load_torch_state_dict
-from .dit import VINCIE_3B_CONFIG, load_official_dit
+from .dit import VINCIE_3B_CONFIG, VINCIE_7B_CONFIG, convert_official_dit
 from .qwen import (
     PORTABLE_TOKENIZER_CLASS,
     QWEN_PATTERN,
@@ -41,6 +47,7 @@ from .qwen import (
     convert_qwen_tokenizer,
     read_tiktoken_ranks,
 )
+from .t5 import check_t5_folder, convert_t5_encoder, convert_t5_tokenizer
 from .vae import convert_official_vae, describe_converted_vae
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -57,29 +64,97 @@ TOKENIZER_PROBES = (
 )
 
 
+@dataclass(frozen=True)
+class OfficialFamily:
+    """What differs between the official releases: their files, text encoder, preset and sampling defaults.
+
+    Args:
+        name: release name (``VINCIE-3B``); ``hub_id`` where it is downloaded from.
+        files: the release's paths by role (``dit``, ``vae``, ``llm`` = the text encoder's folder, ``llm_config``,
+            and for 3B ``tiktoken``), relative to the release folder.
+        preset: the full-size `VincieTransformer` config, compared with the converted one in the model card.
+        scheduler_shift, guidance_scale, resolution: the official sampling settings (resolution: the side of the
+            area the inputs are resized to, rounded to an integer).
+        tokenizer_class: the tokenizer class recorded in ``model_index.json`` (a name transformers 4 and 5 share).
+        text_components: model card lines on ``text_encoder/`` (``{dtype}``: its dtype) and ``tokenizer/``.
+    """
+
+    name: str
+    hub_id: str
+    files: dict
+    preset: dict
+    scheduler_shift: float
+    guidance_scale: float
+    resolution: int
+    tokenizer_class: str
+    text_components: str
+
+
+VINCIE_3B = OfficialFamily(
+    name="VINCIE-3B",
+    hub_id="ByteDance-Seed/VINCIE-3B",
+    files={
+        "dit": "dit.pth",
+        "vae": "vae.pth",
+        "llm": "llm14b",
+        "llm_config": "llm14b/config.json",
+        "tiktoken": "llm14b/qwen.tiktoken",
+    },
+    preset=VINCIE_3B_CONFIG,
+    scheduler_shift=12.0,
+    guidance_scale=7.5,
+    resolution=256,
+    tokenizer_class=PORTABLE_TOKENIZER_CLASS,
+    text_components="- `text_encoder/`: transformers `Qwen2Model` equivalent of the first-generation Qwen-14B "
+    "encoder ({dtype})\n- `tokenizer/`: fast tokenizer from `qwen.tiktoken` (`<|endoftext|>` appended to every "
+    "prompt by the pipeline)",
+)
+VINCIE_7B = OfficialFamily(
+    name="VINCIE-7B",
+    hub_id="ByteDance-Seed/VINCIE-7B",
+    files={"dit": "ema.pth", "vae": "ema_vae.pth", "llm": "flan-ul2", "llm_config": "flan-ul2/config.json"},
+    preset=VINCIE_7B_CONFIG,
+    scheduler_shift=10.0,
+    guidance_scale=10.0,
+    resolution=554,  # official sqrt(640 * 480) = 554.26; area 306,916 instead of 307,200 pixels
+    tokenizer_class="T5TokenizerFast",
+    text_components="- `text_encoder/`: transformers `T5EncoderModel` (the flan-ul2 encoder, {dtype})\n"
+    "- `tokenizer/`: `T5TokenizerFast` (`</s>` appended by the tokenizer, at most 150 tokens)",
+)
+FAMILIES = (VINCIE_3B, VINCIE_7B)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Inputs
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def check_official_folder(official: Path) -> dict[str, Path]:
+def detect_family(official: Path) -> OfficialFamily:
+    """The release family whose files ``official`` holds the most of (3B when it holds none of either's)."""
+    present = [sum((official / name).exists() for name in family.files.values()) for family in FAMILIES]
+    if present[0] and present[1]:
+        raise ValueError(
+            f"--official {official} mixes the files of both releases ({', '.join(VINCIE_3B.files.values())} and "
+            f"{', '.join(VINCIE_7B.files.values())}); pass a folder holding one release."
+        )
+    return VINCIE_7B if present[1] else VINCIE_3B
+
+
+def check_official_folder(official: Path, family: OfficialFamily | None = None) -> dict[str, Path]:
     """Locate the files of an official release and name what is missing.
 
     Args:
-        official: folder holding ``dit.pth``, ``vae.pth`` and ``llm14b/`` (as downloaded from ByteDance-Seed/VINCIE-3B).
+        official: folder holding ``dit.pth``, ``vae.pth`` and ``llm14b/`` (VINCIE-3B) or ``ema.pth``,
+            ``ema_vae.pth`` and ``flan-ul2/`` (VINCIE-7B), as downloaded from the Hub.
+        family: the release family (default: recognised from the files, `detect_family`).
     """
-    paths = {
-        "dit": official / "dit.pth",
-        "vae": official / "vae.pth",
-        "llm": official / "llm14b",
-        "llm_config": official / "llm14b" / "config.json",
-        "tiktoken": official / "llm14b" / "qwen.tiktoken",
-    }
+    family = family or detect_family(official)
+    paths = {role: official / name for role, name in family.files.items()}
     missing = [str(path) for path in paths.values() if not path.exists()]
     if missing:
         raise FileNotFoundError(
-            f"--official {official} is not an official VINCIE release folder: missing {missing}. Download it with "
-            "huggingface_hub.snapshot_download('ByteDance-Seed/VINCIE-3B') and pass that folder."
+            f"--official {official} is not an official {family.name} release folder: missing {missing}. Download it "
+            f"with huggingface_hub.snapshot_download('{family.hub_id}') and pass that folder."
         )
     return paths
 
@@ -93,7 +168,7 @@ def conversion_inputs(paths: dict[str, Path], options: dict) -> dict:
         with open(path, "rb") as handle:
             return [path.stat().st_size, hashlib.sha256(handle.read(1 << 20)).hexdigest()]
 
-    files = [paths["dit"], paths["vae"], paths["llm_config"], paths["tiktoken"]]
+    files = [paths[role] for role in ("dit", "vae", "llm_config", "tiktoken") if role in paths]  # 7B: no tiktoken
     files += sorted(p for p in paths["llm"].iterdir() if p.is_file() and p not in files)
     official = paths["dit"].parent
     return {
@@ -140,18 +215,21 @@ def check_inputs(paths: dict[str, Path], vae_config: dict | None) -> None:
     """Opens every input before any component is converted, so a truncated, legacy-format or foreign file is an
     error naming it instead of a failure after hours of work. Checkpoints are memory-mapped: only their indexes
     and the few small tensors the checks need are read."""
-    from .dit import infer_transformer_config, load_official_state_dict
+    from .dit import load_official_state_dict, transformer_config_from_state_dict
     from .qwen import _source_files, qwen2_config_from_qwen
     from .vae import vae_config_from_state_dict
 
     try:
-        infer_transformer_config(load_official_state_dict(paths["dit"]))
+        transformer_config_from_state_dict(load_official_state_dict(paths["dit"]))
     except (KeyError, ValueError) as error:
         raise ValueError(f"{paths['dit']}: {error}") from error
     try:
         vae_config_from_state_dict(load_torch_state_dict(paths["vae"]), vae_config)
     except (KeyError, ValueError) as error:
         raise ValueError(f"{paths['vae']}: {error}") from error
+    if "tiktoken" not in paths:  # the 7B release: a Hugging Face T5 model folder instead of Qwen + tiktoken
+        check_t5_folder(paths["llm"])
+        return
     try:
         qwen2_config_from_qwen(json.loads(paths["llm_config"].read_text()))
     except (KeyError, TypeError, ValueError) as error:
@@ -226,14 +304,15 @@ def convert_official_release(
     vae_config: dict | None = None,
     repo_id: str | None = None,
 ) -> Path:
-    """Convert an official VINCIE release folder into a diffusers pipeline folder.
+    """Convert an official VINCIE release folder (either family, `detect_family`) into a diffusers pipeline folder.
 
     Args:
-        official: folder with ``dit.pth``, ``vae.pth`` and ``llm14b/``.
+        official: folder with ``dit.pth``, ``vae.pth`` and ``llm14b/`` (3B) or ``ema.pth``, ``ema_vae.pth`` and
+            ``flan-ul2/`` (7B).
         out: output folder (created; finished components of an earlier run are kept).
-        dtype: transformer dtype (the official DiT runs in float32).
-        text_encoder_dtype: text encoder dtype (the official encoder runs in bfloat16).
-        hash_inputs: record SHA-256 of ``dit.pth`` and ``vae.pth`` in the model card.
+        dtype: transformer dtype (the official 3B DiT runs in float32).
+        text_encoder_dtype: text encoder dtype (the official encoders run in bfloat16).
+        hash_inputs: record SHA-256 of the DiT and VAE checkpoints in the model card.
         vae_config: official VAE constructor arguments for a non-standard VAE (only ``norm_num_groups`` cannot be
             read from the weights; default: the official 32 groups).
         repo_id: Hub repository id to show in the model card's loading snippet.
@@ -242,7 +321,8 @@ def convert_official_release(
         The output folder.
     """
     official, out = Path(official), Path(out)
-    paths = check_official_folder(official)
+    family = detect_family(official)
+    paths = check_official_folder(official, family)
     check_out_folder(official, out)
     check_inputs(paths, vae_config)
     inputs = conversion_inputs(paths, {"dtype": dtype, "text_encoder_dtype": text_encoder_dtype, "vae": vae_config})
@@ -258,18 +338,31 @@ def convert_official_release(
         ) from None
     notes: list[str] = []
 
-    # Text encoder first: the largest job, resumable shard by shard.
-    print("text encoder: first-generation Qwen -> Qwen2Model (streaming)")
-    qwen2_config = convert_qwen_checkpoint(paths["llm"], out / "text_encoder", dtype=text_encoder_dtype)
-    notes.append(
-        f"text encoder: every QWen tensor mapped exactly once onto Qwen2Model ({qwen2_config.num_hidden_layers} "
-        f"layers, hidden {qwen2_config.hidden_size}; fused c_attn split into q/k/v with biases, w2 = gate, w1 = up), "
-        "shapes checked against the Qwen2 config; exact for prompts up to 2048 tokens"
-    )
+    print(f"converting {family.name} from {official}")
+    if family is VINCIE_3B:
+        # Text encoder first: the largest job, resumable shard by shard.
+        print("text encoder: first-generation Qwen -> Qwen2Model (streaming)")
+        qwen2_config = convert_qwen_checkpoint(paths["llm"], out / "text_encoder", dtype=text_encoder_dtype)
+        notes.append(
+            f"text encoder: every QWen tensor mapped exactly once onto Qwen2Model ({qwen2_config.num_hidden_layers} "
+            f"layers, hidden {qwen2_config.hidden_size}; fused c_attn split into q/k/v with biases, w2 = gate, "
+            "w1 = up), shapes checked against the Qwen2 config; exact for prompts up to 2048 tokens"
+        )
 
-    def save_tokenizer(folder: Path) -> None:
-        tokenizer = convert_qwen_tokenizer(paths["tiktoken"], folder)
-        notes.extend(verify_tokenizer_ids(tokenizer, paths["tiktoken"]))
+        def save_tokenizer(folder: Path) -> None:
+            tokenizer = convert_qwen_tokenizer(paths["tiktoken"], folder)
+            notes.extend(verify_tokenizer_ids(tokenizer, paths["tiktoken"]))
+
+    else:
+        print("text encoder: T5 encoder -> T5EncoderModel")
+        _write_component(
+            out,
+            "text_encoder",
+            lambda folder: notes.append(convert_t5_encoder(paths["llm"], folder, text_encoder_dtype)),
+        )
+
+        def save_tokenizer(folder: Path) -> None:
+            notes.append(convert_t5_tokenizer(paths["llm"], folder))
 
     _write_component(out, "tokenizer", save_tokenizer)
 
@@ -281,38 +374,43 @@ def convert_official_release(
     _write_component(out, "vae", save_vae)
 
     def save_transformer(folder: Path) -> None:
-        transformer = load_official_dit(paths["dit"], dtype=dtype)
-        preset = {k: v for k, v in VINCIE_3B_CONFIG.items() if transformer.config.get(k) != v}
+        config = convert_official_dit(paths["dit"], folder, dtype=dtype)  # streamed: never the whole DiT in memory
+        preset = {k: v for k, v in family.preset.items() if config.get(k) != v}
         notes.append(
-            "transformer: config derived from the checkpoint's keys and shapes, strict load (turn table present, no "
-            "unknown, missing or mis-shaped tensor)"
+            "transformer: config derived from the checkpoint's keys and shapes, every tensor mapped and checked "
+            "against the model's shapes before writing (turn table present, no unknown, missing or mis-shaped tensor)"
             + (
-                ", equal to the VINCIE-3B preset"
+                f", equal to the {family.name} preset"
                 if not preset
-                else f", differs from the 3B preset in {sorted(preset)}"
+                else f", differs from the {family.name} preset in {sorted(preset)}"
             )
         )
-        transformer.save_pretrained(folder)
 
     _write_component(out, "transformer", save_transformer)
-    _write_component(out, "scheduler", lambda folder: official_scheduler().save_pretrained(folder))
+    _write_component(
+        out, "scheduler", lambda folder: official_scheduler(shift=family.scheduler_shift).save_pretrained(folder)
+    )
 
-    write_model_index(out)
-    inputs = {name: paths[name] for name in ("dit", "vae")}
-    digests = {name: sha256_of(path) for name, path in inputs.items()} if hash_inputs else {}
-    write_model_card(out, official, notes, digests, dtype, text_encoder_dtype, repo_id)
+    write_model_index(out, family)
+    digests = {paths[name].name: sha256_of(paths[name]) for name in ("dit", "vae")} if hash_inputs else {}
+    write_model_card(out, official, notes, digests, dtype, text_encoder_dtype, repo_id, family)
     return out
 
 
-def write_model_index(out: Path) -> None:
-    """Write ``model_index.json`` from the pipeline's own registration of the converted components.
+def write_model_index(out: Path, family: OfficialFamily = VINCIE_3B) -> None:
+    """Write ``model_index.json`` from the pipeline's own registration of the converted components, with the
+    family's official sampling defaults as the pipeline's config.
 
     The pipeline is built with the text encoder on the meta device (its weights are already on disk), so the
     14B model is never materialised just to record its class; ``save_config`` writes the ``model_index.json`` that
     ``save_pretrained`` would, and the tokenizer is then recorded under its transformers 4 and 5 name.
     """
+    text_config = AutoConfig.from_pretrained(out / "text_encoder")
+    # the class the encoder was saved as: AutoModel would record the model type's full model (T5Model for a
+    # T5EncoderModel, whose folder then loads as an encoder-decoder missing its decoder)
+    saved_as = getattr(transformers, (text_config.architectures or [""])[0], None)
     with torch.device("meta"):
-        text_encoder = AutoModel.from_config(AutoConfig.from_pretrained(out / "text_encoder"))
+        text_encoder = saved_as(text_config) if saved_as is not None else AutoModel.from_config(text_config)
         transformer = VincieTransformer.from_config(VincieTransformer.load_config(out / "transformer"))
         vae_config = AutoencoderKL.load_config(out / "vae")
         vae = vae_class(vae_config["_class_name"]).from_config(vae_config)
@@ -322,11 +420,14 @@ def write_model_index(out: Path) -> None:
         text_encoder=text_encoder,
         tokenizer=AutoTokenizer.from_pretrained(out / "tokenizer"),
         scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(out / "scheduler"),
+        default_negative_prompt=OFFICIAL_NEGATIVE_PROMPT,  # the same string in both families' official configs
+        default_resolution=family.resolution,
+        default_guidance_scale=family.guidance_scale,
     )
     pipeline.save_config(out)
     index_path = out / "model_index.json"
     index = json.loads(index_path.read_text())
-    index["tokenizer"] = ["transformers", PORTABLE_TOKENIZER_CLASS]  # loadable with transformers 4 and 5
+    index["tokenizer"] = ["transformers", family.tokenizer_class]  # loadable with transformers 4 and 5
     write_text_atomic(index_path, json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
@@ -343,6 +444,7 @@ def write_model_card(
     dtype: torch.dtype,
     text_encoder_dtype: torch.dtype,
     repo_id: str | None = None,
+    family: OfficialFamily = VINCIE_3B,
 ) -> None:
     """Write ``README.md`` stating the source, the conversion and the verification done.
 
@@ -354,6 +456,7 @@ def write_model_card(
         dtype: transformer dtype.
         text_encoder_dtype: text encoder dtype.
         repo_id: Hub repository the folder is pushed to, used in the loading snippet.
+        family: the release family (its text components and sampling defaults).
     """
     previous = out / CONVERSION_RECORD
     record = json.loads(previous.read_text()) if previous.is_file() else {"notes": []}
@@ -362,8 +465,7 @@ def write_model_card(
     write_text_atomic(previous, json.dumps(record, indent=2) + "\n")
     checks = "\n".join(f"- {note}" for note in record["notes"])
     hashes = (
-        "\n".join(f"- `{name}.pth`: sha256 `{digest}`" for name, digest in record["sha256"].items())
-        or "- (not hashed)"
+        "\n".join(f"- `{name}`: sha256 `{digest}`" for name, digest in record["sha256"].items()) or "- (not hashed)"
     )
     card = f"""---
 library_name: diffusers
@@ -389,10 +491,12 @@ pipe = VincieInContextPipeline.from_pretrained("{repo_id or out.name}")
 ## Components
 
 - `transformer/`: `VincieTransformer` ({_dtype_name(dtype)})
-- `vae/`: 2D `AutoencoderKL` equivalent of the official causal 3D VAE on single frames (float32), scaling factor 0.9152
-- `text_encoder/`: transformers `Qwen2Model` equivalent of the first-generation Qwen-14B encoder ({_dtype_name(text_encoder_dtype)})
-- `tokenizer/`: fast tokenizer from `qwen.tiktoken` (`<|endoftext|>` appended to every prompt by the pipeline)
-- `scheduler/`: `FlowMatchEulerDiscreteScheduler`, shift 12, used with the official trailing timesteps
+- `vae/`: single-frame 2D equivalent of the official causal 3D VAE (float32)
+{family.text_components.format(dtype=_dtype_name(text_encoder_dtype))}
+- `scheduler/`: `FlowMatchEulerDiscreteScheduler`, shift {family.scheduler_shift:g}, used with the official trailing
+  timesteps
+- pipeline defaults (official {family.name}): CFG scale {family.guidance_scale:g}, resolution {family.resolution},
+  the official negative prompt
 
 ## Source files
 
@@ -405,9 +509,9 @@ Done during this conversion:
 {checks}
 
 Done in the diffusers-vincie test suite on tiny models in the official formats: the VAE converter reproduces the
-official VAE's posterior and decoder outputs (max abs error 1e-4 in float32) with both up-sampler variants; the
-Qwen converter reproduces an independent first-generation Qwen forward; the DiT converter reproduces the official
-NaDiT outputs (`python -m diffusers_vincie.parity`).
+official VAEs' posterior and decoder outputs (max abs error 1e-4 of the output's scale in float32); the Qwen
+converter reproduces an independent first-generation Qwen forward; the DiT converter and the T5 text path reproduce
+the official outputs of both families (`python -m diffusers_vincie.parity`).
 """
     write_text_atomic(out / "README.md", card)
 
@@ -455,7 +559,11 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--official", required=True, type=Path, help="official release folder (dit.pth, vae.pth, llm14b/)"
+        "--official",
+        required=True,
+        type=Path,
+        help="official release folder: VINCIE-3B (dit.pth, vae.pth, llm14b/) or VINCIE-7B (ema.pth, ema_vae.pth, "
+        "flan-ul2/)",
     )
     parser.add_argument("--out", required=True, type=Path, help="output diffusers folder")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="transformer dtype (official: fp32)")

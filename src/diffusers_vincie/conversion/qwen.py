@@ -1,7 +1,7 @@
 """First-generation Qwen (``QWenLMHeadModel`` remote code, ``llm14b/``) -> stock ``transformers.Qwen2Model``.
 
 For sequences up to ``seq_length`` (2048) tokens the QWen math equals a Qwen2 model with as many key-value heads
-as heads (spec 8.3): the fused ``c_attn`` splits into q/k/v (with biases), ``w2`` is the SwiGLU gate and ``w1`` the
+as heads: the fused ``c_attn`` splits into q/k/v (with biases), ``w2`` is the SwiGLU gate and ``w1`` the
 up projection (QWen computes ``w1(x) * silu(w2(x))``), and the config's ``intermediate_size`` is halved.
 
 Weights are converted tensor by tensor: each source shard is read one tensor (group) at a time and its output shard
@@ -11,7 +11,7 @@ resumes where it stopped.
 
 The ``qwen.tiktoken`` vocabulary becomes a Hugging Face fast tokenizer with identical ids: the BPE ranks keep their
 ids, the special tokens follow them (``<|endoftext|>`` = number of ranks, 151643 for the real vocabulary), NFC
-normalisation and the QWen pre-tokenisation pattern as in ``QWenTokenizer`` (spec 8.2).
+normalisation and the QWen pre-tokenisation pattern as in ``QWenTokenizer``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import re
-import struct
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,8 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2Model
 from transformers.convert_slow_tokenizer import TikTokenConverter
 
-from ..utils.io import commit, temporary_sibling, write_json_atomic
+from ..utils.io import write_json_atomic
+from .checkpoint import SAFETENSORS_DTYPES, StreamingSafetensorsWriter
 
 # QWenTokenizer's pre-tokenisation pattern and special tokens, in id order after the BPE ranks.
 QWEN_PATTERN = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
@@ -46,7 +46,6 @@ QWEN_EXACT_MAX_LENGTH = 2048
 
 _LAYER_KEY = re.compile(r"^transformer\.h\.(\d+)\.(.+)$")
 _SKIPPED_KEYS = {"lm_head.weight", "transformer.rotary_emb.inv_freq"}  # LM head unused; rotary table derivable
-_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -193,53 +192,6 @@ def _open_source(path: Path) -> Iterator[tuple[dict[str, tuple[int, ...]], Calla
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-class StreamingSafetensorsWriter:
-    """Write a safetensors file tensor by tensor, given every name, shape and dtype up front.
-
-    The header (which needs all offsets) is written first; each tensor's bytes follow in the planned order, so only
-    one tensor is ever held. The file appears under its final name only when complete (``utils.io.commit``).
-
-    Args:
-        path: final file path.
-        entries: ``(name, shape)`` in write order.
-        dtype: dtype of every tensor.
-    """
-
-    def __init__(self, path: Path, entries: list[tuple[str, tuple[int, ...]]], dtype: torch.dtype):
-        self.path = path
-        self.dtype = dtype
-        self._temporary = temporary_sibling(path)
-        self._pending = list(entries)
-        item_size = torch.empty((), dtype=dtype).element_size()
-        header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-        offset = 0
-        for name, shape in entries:
-            size = item_size * int(torch.Size(shape).numel())
-            header[name] = {
-                "dtype": _SAFETENSORS_DTYPES[dtype],
-                "shape": list(shape),
-                "data_offsets": [offset, offset + size],
-            }
-            offset += size
-        encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
-        encoded += b" " * (-len(encoded) % 8)  # data must start 8-byte aligned
-        self._handle = open(self._temporary, "wb")
-        self._handle.write(struct.pack("<Q", len(encoded)) + encoded)
-
-    def write(self, name: str, tensor: torch.Tensor) -> None:
-        expected_name, expected_shape = self._pending.pop(0)
-        if name != expected_name or tuple(tensor.shape) != expected_shape:
-            raise RuntimeError(f"writer expected {expected_name} {expected_shape}, got {name} {tuple(tensor.shape)}")
-        data = tensor.to(self.dtype).contiguous().view(-1).view(torch.uint8)
-        self._handle.write(memoryview(data.numpy()))  # no intermediate bytes copy
-
-    def close(self) -> None:
-        if self._pending:
-            raise RuntimeError(f"{len(self._pending)} tensors of {self.path.name} were never written")
-        self._handle.close()
-        commit(self._temporary, self.path)
-
-
 def _shard_is_complete(path: Path, names: list[str]) -> bool:
     """Whether ``path`` already holds exactly ``names`` (a finished shard of an earlier, interrupted run)."""
     if not path.is_file():
@@ -282,7 +234,7 @@ def convert_qwen_checkpoint(
         The written ``Qwen2Config``.
     """
     qwen_dir, output_dir = Path(qwen_dir), Path(output_dir)
-    if dtype not in _SAFETENSORS_DTYPES:
+    if dtype not in SAFETENSORS_DTYPES:
         raise ValueError(f"dtype {dtype} is not supported; use torch.bfloat16, torch.float16 or torch.float32")
     config_path = qwen_dir / "config.json"
     if not config_path.is_file():

@@ -467,9 +467,8 @@ def vae_parity_tolerance(expected: torch.Tensor) -> float:
 def vae_parity_checks(
     folder: str | os.PathLike, force_depth_to_space: bool = False
 ) -> list[tuple[str, torch.Tensor, torch.Tensor, float]]:
-    """Convert a fixture folder's ``vae_official.safetensors`` and compare with ``vae_io.safetensors`` (and, for the
-    7B layout, with the final decode of ``sample_*.safetensors``). Latents are normalised and decoded through
-    `diffusers_vincie.image_latents`, as the pipeline and training do.
+    """Convert a fixture folder's ``vae_official.safetensors`` and compare with ``vae_io.safetensors``. Latents are
+    normalised and decoded through `diffusers_vincie.image_latents`, as the pipeline and training do.
 
     Args:
         folder: official fixture folder (``config.json``, ``vae_official.safetensors``, ``vae_io.safetensors``).
@@ -506,7 +505,7 @@ def vae_parity_checks(
             ("round trip", decode_latents(vae, io["latent_mode_scaled_channels_last"]), frame("roundtrip_decoded")),
         ]
     else:
-        checks += _vae_7b_parity_checks(vae, io, _metadata(io_path), folder)
+        checks += _vae_7b_parity_checks(vae, io, _metadata(io_path))
     results = [(name, ours, expected, vae_parity_tolerance(expected)) for name, ours, expected in checks]
     # the normalisation factors of the converted config: equal up to the fixture's float32 rounding
     names = [name for name in ("scaling_factor", "shifting_factor") if name in io]
@@ -522,8 +521,9 @@ def _metadata(path: str) -> dict[str, str]:
         return handle.metadata() or {}
 
 
-def _vae_7b_parity_checks(vae, io: dict, metadata: dict, folder: str) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    """The 7B fixture's single- and two-frame decodes, seeded posterior sample and the sampling run's decode."""
+def _vae_7b_parity_checks(vae, io: dict, metadata: dict) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """The 7B fixture's single- and two-frame decodes and seeded posterior sample (the sampling run's stored decode
+    is checked with the sampler's checks, ``parity.sample_checks``)."""
     checks = [
         (
             "decode",
@@ -547,12 +547,6 @@ def _vae_7b_parity_checks(vae, io: dict, metadata: dict, folder: str) -> list[tu
         generator = torch.Generator().manual_seed(int(metadata["encode_rng_seed"]))
         sampled = encode_images(vae, io["image"][:, :, 0], "sample", generator)
         checks.append(("encode with a seeded posterior sample", sampled, io["latent_scaled_channels_last"]))
-    for name in sorted(os.listdir(folder)):
-        if name.startswith("sample_") and name.endswith(".safetensors"):
-            run = load_file(os.path.join(folder, name))
-            if "decoded_last_frame" in run:  # the sampler's final latent (frames, h, w, C) decoded, last frame kept
-                decoded = decode_latents(vae, run["final_latent"][-1:])
-                checks.append((f"{name[:-12]} decoded last frame", decoded, run["decoded_last_frame"][None]))
     return checks
 
 

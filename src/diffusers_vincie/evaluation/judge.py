@@ -1,6 +1,6 @@
 """MSE-Bench judging with any OpenAI-compatible vision-language model (the official protocol, our wording).
 
-Protocol (official ``evaluation/compute_score.py``, spec section 10): for turn ``K = 1..n`` of a session the
+Protocol (official ``evaluation/compute_score.py``): for turn ``K = 1..n`` of a session the
 judge sees the instructions ``1..K`` (as the Python string form of ``{'turn1': ..., 'turnK': ...}``) and the
 images ``[source, out_1, ..., out_K]`` (the source resized to the size of ``out_1``), and answers a JSON object
 ``{"reason", "prompt_following", "consistency"}`` with integer scores 0-10 about the *last* turn. A turn

@@ -33,6 +33,9 @@ class VincieRotaryEmbedding(nn.Module):
         super().__init__()
         self.axis_dim, self.theta = rope_dim // 3, theta
         self.spatial_theta = theta if spatial_theta is None else spatial_theta
+        # dtype of the angle product (positions x frequencies); None = float32. ``torch.bfloat16`` reproduces a
+        # run whose mixed precision casts positions and the frequency buffer to bf16 (official 7B GPU run)
+        self.angle_dtype: Optional[torch.dtype] = None
 
     def inverse_frequencies(self, device=None) -> torch.Tensor:
         """``base^(-2j/axis_dim)`` for ``j < axis_dim/2`` in float32, ``(3, axis_dim/2)`` for the axes (t, h, w)
@@ -41,10 +44,19 @@ class VincieRotaryEmbedding(nn.Module):
         bases = torch.tensor([self.theta, self.spatial_theta, self.spatial_theta], device=device)[:, None]
         return 1.0 / (bases**exponent)
 
+    def angles(self, positions: torch.Tensor) -> torch.Tensor:
+        """``positions (N, 3)`` -> rotation angles ``(N, 3 * axis_dim)`` in float32, axes (t, h, w), each
+        frequency twice (interleaved pairs)."""
+        frequencies = self.inverse_frequencies(positions.device)
+        if self.angle_dtype is None:
+            angles = positions.float()[:, :, None] * frequencies  # (N, 3, axis_dim/2)
+        else:
+            angles = (positions.to(self.angle_dtype)[:, :, None] * frequencies.to(self.angle_dtype)).float()
+        return angles.repeat_interleave(2, dim=-1).flatten(1)
+
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``positions (N, 3)`` -> ``(cos, sin)`` of shape ``(N, 3 * axis_dim)`` in float32."""
-        angles = positions.float()[:, :, None] * self.inverse_frequencies(positions.device)  # (N, 3, axis_dim/2)
-        angles = angles.repeat_interleave(2, dim=-1).flatten(1)  # each frequency twice, interleaved
+        angles = self.angles(positions)
         return angles.cos(), angles.sin()
 
 

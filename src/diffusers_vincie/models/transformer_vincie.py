@@ -15,9 +15,14 @@ Both streams stay packed (no padding) in every per-token layer. Full attention r
 joint sequence, so a batch of different sessions costs what its samples cost; the block-causal layout pads the
 samples' joint sequences in attention only (its mask needs one batched call).
 
-RoPE positions: text token ``j`` of a sample at ``(j, j, j)``; a frame at time ``L + frame_index`` where ``L`` is the
-sample's whole text length in the full layout (official) and, in the block-causal layout, the number of the
-sample's text tokens of lower order than the frame, so a frame's position depends only on what precedes it.
+RoPE positions (``rope_type="mmrope3d"``, VINCIE-3B): text token ``j`` of a sample at ``(j, j, j)``; a frame at time
+``L + frame_index`` where ``L`` is the sample's whole text length in the full layout (official) and, in the
+block-causal layout, the number of the sample's text tokens of lower order than the frame, so a frame's position
+depends only on what precedes it. With ``rope_type="mmrope3d_v3"`` (VINCIE-7B) a frame sits at time
+``frame_index`` (no text offset); text positions are the same.
+
+Model families differ only by config: VINCIE-7B is ``text_projection="mlp"``, ``rope_type="mmrope3d_v3"``,
+``patch_size=1``, an attention width (heads x head_dim) wider than ``hidden_size`` and ``rope_dim`` < head_dim.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockR
 from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.attention import AttentionMixin, FeedForward
 from diffusers.models.cache_utils import CacheMixin
-from diffusers.models.embeddings import get_timestep_embedding
+from diffusers.models.embeddings import PixArtAlphaTextProjection, get_timestep_embedding
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import RMSNorm
@@ -55,6 +60,8 @@ from .attention_vincie import (
 
 ATTENTION_LAYOUTS = ("full", "block_causal")
 TEXT_ROPE_MODES = ("diagonal", "per_turn")
+TEXT_PROJECTIONS = ("linear", "mlp")
+ROPE_TYPES = ("mmrope3d", "mmrope3d_v3")
 
 
 def swiglu_hidden_size(hidden_size: int, mlp_ratio: float = 4.0) -> int:
@@ -197,13 +204,33 @@ class VincieTimestepEmbedding(nn.Module):
         self.linear_1 = nn.Linear(frequency_dim, dim)
         self.linear_2 = nn.Linear(dim, dim)
         self.linear_3 = VincieModulationLinear(dim)
+        # dtype the timestep is rounded to before the sinusoid; None = float32 (see `set_timestep_and_rope_dtype`)
+        self.timestep_dtype: Optional[torch.dtype] = None
+
+    def rounded_timestep(self, timestep: torch.Tensor) -> torch.Tensor:
+        """The float32 timestep the sinusoid sees (rounded through ``timestep_dtype`` when set)."""
+        timestep = timestep.float()
+        return timestep if self.timestep_dtype is None else timestep.to(self.timestep_dtype).float()
 
     def forward(self, timestep: torch.Tensor) -> torch.Tensor:
         freq = get_timestep_embedding(
-            timestep.float(), self.frequency_dim, flip_sin_to_cos=False, downscale_freq_shift=0
+            self.rounded_timestep(timestep), self.frequency_dim, flip_sin_to_cos=False, downscale_freq_shift=0
         )
         h = F.silu(self.linear_1(freq.to(self.linear_1.weight.dtype)))
         return self.linear_3(F.silu(self.linear_2(h)))
+
+
+class VincieTextMLPProjection(nn.Module):
+    """The ``"mlp"`` text projection (VINCIE-7B): Linear(text, text) -> GELU(tanh) -> Linear(text, D) (diffusers'
+    `PixArtAlphaTextProjection`), then an RMSNorm with a learned weight."""
+
+    def __init__(self, text_embed_dim: int, dim: int, eps: float):
+        super().__init__()
+        self.mlp = PixArtAlphaTextProjection(text_embed_dim, text_embed_dim, dim, act_fn="gelu_tanh")
+        self.norm = RMSNorm(dim, eps=eps)
+
+    def forward(self, text: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.mlp(text))
 
 
 # =====================================================================================================
@@ -212,7 +239,7 @@ class VincieTimestepEmbedding(nn.Module):
 
 
 class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixin, CacheMixin):
-    """The VINCIE diffusion transformer (official NaDiT ``mmdit`` with ``mm_full`` attention and ``mmrope3d``).
+    """The VINCIE diffusion transformer (official NaDiT ``mmdit``, full attention), VINCIE-3B and VINCIE-7B by config.
 
     Args:
         latent_channels (`int`, defaults to 16): channels C of an image latent. The input has ``2C + 1``
@@ -243,6 +270,17 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
             an instruction at ``(t + i, i, i)``, ``t`` the time of the frame before it, so that every turn's
             instruction meets the image grid at the same relative positions
             (`diffusers_vincie.models.attention_vincie.per_turn_text_positions`).
+        text_projection (`str`, defaults to `"linear"`): how text states (turn-token rows included) enter the text
+            stream. ``"linear"``: one ``Linear(text_embed_dim, D)`` (VINCIE-3B). ``"mlp"``: Linear(text, text),
+            GELU(tanh), Linear(text, D), then an RMSNorm with weight (VINCIE-7B, `VincieTextMLPProjection`).
+        rope_type (`str`, defaults to `"mmrope3d"`): where frames sit on the RoPE time axis. ``"mmrope3d"``
+            (VINCIE-3B): after the sample's text, at ``L + frame_index`` (block-causal: after the text that precedes
+            the frame). ``"mmrope3d_v3"`` (VINCIE-7B): at ``frame_index``, with no text offset, so a video token at
+            frame 0, row 0, column 0 shares position ``(0, 0, 0)`` with text token 0. Text positions are the same
+            in both.
+
+    The attention width ``num_attention_heads * attention_head_dim`` may differ from ``hidden_size`` (VINCIE-7B:
+    32 x 128 = 4096 over D = 3584); only the first ``3 * (rope_dim // 3)`` dims of each head are rotated.
     """
 
     _supports_gradient_checkpointing = True
@@ -269,8 +307,14 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
         attention_layout: str = "full",
         text_rope_mode: str = "diagonal",
         spatial_rope_theta: Optional[float] = None,
+        text_projection: str = "linear",
+        rope_type: str = "mmrope3d",
     ):
         super().__init__()
+        if text_projection not in TEXT_PROJECTIONS:
+            raise ValueError(f"`text_projection` must be one of {TEXT_PROJECTIONS}, got {text_projection!r}.")
+        if rope_type not in ROPE_TYPES:
+            raise ValueError(f"`rope_type` must be one of {ROPE_TYPES}, got {rope_type!r}.")
         if attention_layout not in ATTENTION_LAYOUTS:
             raise ValueError(f"`attention_layout` must be one of {ATTENTION_LAYOUTS}, got {attention_layout!r}.")
         if text_rope_mode not in TEXT_ROPE_MODES:
@@ -291,7 +335,11 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
         self.gradient_checkpointing = False
 
         self.patch_embed = nn.Linear(patch_size * patch_size * in_channels, dim)
-        self.context_embedder = nn.Linear(text_embed_dim, dim)
+        if text_projection == "mlp":
+            self.context_embedder = VincieTextMLPProjection(text_embed_dim, dim, norm_eps)
+        else:
+            self.context_embedder = nn.Linear(text_embed_dim, dim)
+        self.frames_follow_text = rope_type == "mmrope3d"  # the RoPE time of a frame counts the text before it
         self.time_embed = VincieTimestepEmbedding(dim)
         self.turn_embedding = nn.Embedding(max_turns, text_embed_dim)
         self.rope = VincieRotaryEmbedding(rope_dim, rope_theta, spatial_rope_theta)
@@ -419,7 +467,7 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
         if any(h % cfg.patch_size or w % cfg.patch_size or min(f, h, w) <= 0 for f, h, w in shapes):
             raise ValueError(
                 f"Latent sizes {[[h, w] for _, h, w in shapes]} must be positive multiples of patch_size="
-                f"{cfg.patch_size} (images must be multiples of 16 pixels for an 8x VAE)."
+                f"{cfg.patch_size} (images must be multiples of patch_size x the VAE's spatial factor in pixels)."
             )
         if len(lengths) != len(shapes):
             raise ValueError(f"`text_lengths` must have one entry per sample ({len(shapes)}); got {len(lengths)}.")
@@ -514,6 +562,17 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
             text_order = text_order.to(device) if text_order is not None else order.new_zeros(0)
             sink = VincieContextCache([], [], order, valid, text_lengths_in_call, text_order)
         return _AttentionPlan(vid_index, txt_index, batch, seq_len, mask, order, valid, context, sink)
+
+    def _text_before_frames(self, layout, frames, lengths, frame_order, text_order, context, device) -> torch.Tensor:
+        """RoPE time offset of each frame (``rope_type="mmrope3d"``): the sample's whole text in the full layout,
+        the text of lower order (in this call or in the cached context) in the block-causal layout."""
+        if layout == "full":
+            return frame_text_offsets(frames, lengths, device=device)
+        if context is None:
+            text_before = (lengths, text_order if text_order is not None else frame_order.new_zeros(0))
+        else:
+            text_before = (context.text_lengths, context.text_order)
+        return frame_text_offsets(frames, text_before[0], frame_order.to(device), text_before[1].to(device))
 
     # -------------------------------------------------------------------------------- modulation
 
@@ -645,15 +704,11 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
             return_context_cache,
             device,
         )
-        if layout == "full":
-            offsets = frame_text_offsets(frames, lengths, device=device)
-        else:  # the text before each frame: in this call, or in the cached context
-            if context_cache is None:
-                text_before = (lengths, text_order if text_order is not None else frame_order.new_zeros(0))
-            else:
-                text_before = (context_cache.text_lengths, context_cache.text_order)
-            offsets = frame_text_offsets(frames, text_before[0], frame_order.to(device), text_before[1].to(device))
-        frame_time = offsets + frame_index.to(device)
+        frame_time = frame_index.to(device)
+        if self.frames_follow_text:  # "mmrope3d"; with "mmrope3d_v3" frames start at time 0
+            frame_time = frame_time + self._text_before_frames(
+                layout, frames, lengths, frame_order, text_order, context_cache, device
+            )
         vid_pos, txt_pos = rope_positions(patch_shapes, frame_time, text_in_call)
         if self.config.text_rope_mode == "per_turn" and sum(text_in_call):
             txt_pos = per_turn_text_positions(
@@ -718,3 +773,16 @@ class VincieTransformer(ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixi
         for module in self.modules():
             if isinstance(module, VincieAttention):
                 module.processor.qkv_dtype = dtype
+
+    def set_timestep_and_rope_dtype(self, dtype: Optional[torch.dtype]) -> None:
+        """Rounds the timestep to ``dtype`` before its sinusoid and forms the RoPE angles as a ``dtype`` product of
+        ``dtype`` positions and frequencies; ``None`` (default) keeps both in float32.
+
+        ``torch.bfloat16`` reproduces the two deterministic roundings of the official VINCIE-7B GPU run, whose FSDP
+        mixed precision casts the root inputs (the timestep) and buffers (the RoPE frequencies) to bf16: near
+        t = 1000 the sinusoid sees t in steps of 4 (997.96 -> 996), text positions above 256 are no longer exact,
+        and large angles carry ~0.4% error. Everything else keeps its dtype. Whether the released weights were
+        trained with this rounding is unknown, so it is off by default (float32 follows the official math).
+        """
+        self.time_embed.timestep_dtype = dtype
+        self.rope.angle_dtype = dtype

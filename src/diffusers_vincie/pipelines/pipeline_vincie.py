@@ -1,11 +1,11 @@
 """VincieInContextPipeline: multi-turn in-context image editing with VINCIE.
 
-Each turn conditions on the source image(s), every earlier output and every earlier instruction (official turn
-loop, spec 6.1). The per-turn work:
+Each turn conditions on the source image(s), every earlier output and every earlier instruction (the official turn
+loop). The per-turn work:
 
     instructions --template--> prompts --tokenizer + end token--> text encoder --valid tokens--> segments
     images --official resize/crop--> VAE encode (posterior sample or mode), normalised --> context latents
-    [segments with turn tokens] + [context frames, target frame] --sampler (CFG, trailing shift-12 schedule)-->
+    [segments with turn tokens] + [context frames, target frame] --sampler (CFG, shifted trailing schedule)-->
     target latent --VAE decode--> image
 
 `VincieEditingSession` (``pipe.start_session(image)``) keeps every encoded instruction and image, so a session
@@ -193,7 +193,7 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
     # ------------------------------------------------------------------------------------- text
 
     def encode_text(self, prompts: list[str], max_sequence_length: int = 150) -> list[torch.Tensor]:
-        """Encodes each (already templated) prompt on its own (official rules, spec 8.2): tokens + one end token,
+        """Encodes each (already templated) prompt on its own (the official rule): tokens + one end token,
         valid states only. Returns one ``(n_i + 1, text_dim)`` tensor per prompt."""
         encoder = self._require("text_encoder", "encode prompts (give `prompt_embeds`)")
         tokenizer = self._require("tokenizer", "encode prompts (give `prompt_embeds`)")
@@ -388,7 +388,7 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
 
         Args:
             image: the source image, or several reference images (multi-concept composition: use
-                ``use_prompt_template=False`` and ``<IMGk>`` prompts, spec 7): a PIL image, a numpy ``(H, W, 3)``
+                ``use_prompt_template=False`` and ``<IMGk>`` prompts): a PIL image, a numpy ``(H, W, 3)``
                 or torch ``(3, H, W)`` image, a list of them, or a stack in diffusers' batched layout (numpy
                 ``(N, H, W, 3)``, torch ``(N, 3, H, W)``) read as N images.
             prompt: one instruction per turn (plus one per extra reference image).

@@ -1,10 +1,10 @@
 """The sampler of VINCIE, in a few lines: official flow-matching schedule, guided velocity, one Euler loop.
 
-Official conventions (spec 6.8): ``x_t = (1 - t) x0 + t noise`` with ``t = sigma`` in [0, 1] (timesteps fed to the
-model as ``1000 t``); the model predicts ``v = noise - x0``; timesteps are the trailing grid ``1, 1 - 1/N, ...,
-1/N`` shifted by ``s t / (1 + (s - 1) t)`` with ``s = 12``; each Euler step is ``x + (t_next - t) v`` and the last
-one jumps to ``t = 0`` (``x - t v``, the clean estimate). This is diffusers' ``FlowMatchEulerDiscreteScheduler``
-with ``shift=12`` given the trailing sigmas.
+Official conventions: ``x_t = (1 - t) x0 + t noise`` with ``t = sigma`` in [0, 1] (timesteps fed to the model as
+``1000 t``); the model predicts ``v = noise - x0``; timesteps are the trailing grid ``1, 1 - 1/N, ..., 1/N``
+shifted by ``s t / (1 + (s - 1) t)`` with the scheduler's ``shift`` ``s`` (12 for VINCIE-3B, 10 for VINCIE-7B);
+each Euler step is ``x + (t_next - t) v`` and the last one jumps to ``t = 0`` (``x - t v``, the clean estimate).
+This is diffusers' ``FlowMatchEulerDiscreteScheduler`` with that shift given the trailing sigmas.
 
 Every caller (the pipeline and its sessions, training validation, parity) samples through :func:`sample_frame`
 or, with a velocity of its own making, :func:`run_sampler`; :func:`frame_velocity` is the one place that picks

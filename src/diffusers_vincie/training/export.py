@@ -43,6 +43,8 @@ def load_components(args) -> dict:
     """
     from transformers import AutoTokenizer
 
+    from ..text_encoding import load_text_encoder
+
     root = args.pretrained_model_name_or_path
     text_path = args.text_encoder_name_or_path or _subfolder(root, "text_encoder")
     if text_path is None:
@@ -51,7 +53,7 @@ def load_components(args) -> dict:
         )
     tokenizer_path = args.tokenizer_name_or_path or _subfolder(root, "tokenizer") or text_path
     components = {
-        "text_encoder": _load_text_encoder(text_path),
+        "text_encoder": load_text_encoder(text_path),
         "tokenizer": AutoTokenizer.from_pretrained(tokenizer_path),
         "vae": None,
         "transformer": None,
@@ -64,16 +66,6 @@ def load_components(args) -> dict:
     if root is not None and not args.transformer_config:
         components["transformer"] = VincieTransformer.from_pretrained(root, subfolder="transformer")
     return components
-
-
-def _load_text_encoder(path: str):
-    """``T5EncoderModel`` for T5 configs (no decoder weights needed), ``AutoModel`` otherwise."""
-    from transformers import AutoConfig, AutoModel, T5EncoderModel
-
-    config = AutoConfig.from_pretrained(path)
-    if config.model_type in ("t5", "umt5", "mt5"):
-        return T5EncoderModel.from_pretrained(path)
-    return AutoModel.from_pretrained(path)
 
 
 def gather_trained_transformer(module, ema, is_main_process: bool, adapters_only: bool = False):

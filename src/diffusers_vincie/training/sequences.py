@@ -16,7 +16,7 @@ Two steps, both deterministic given a generator:
 
 Formulations (they match the inference of ``VincieInContextPipeline``):
 
-* ``full`` (the released checkpoints, spec 6.5): the sequence ends with the single target; every frame is noised
+* ``full`` (the released checkpoints' conditioning): the sequence ends with the single target; every frame is noised
   with the same ``t``; the condition is ``build_condition(context)`` (target zeros); loss on the target only.
 * ``block_causal`` (the paper's multi-target pretraining): every clean frame is context at ``t = 0``, every target
   has a noisy copy with its own ``t`` and the order / RoPE index of the frame it denoises; the block-causal mask

@@ -1,6 +1,6 @@
 """Instruction encoding for training: templated prompts -> per-prompt token embeddings (+ one end token).
 
-Follows the official recipe (spec section 8.2) with any ``transformers`` encoder (``T5EncoderModel`` for the small
+Follows the official recipe with any ``transformers`` encoder (``T5EncoderModel`` for the small
 models, ``Qwen2Model`` for the released ones): each instruction is wrapped by
 :func:`~diffusers_vincie.sequence.format_turn_prompt` and encoded by
 :func:`~diffusers_vincie.text_encoding.encode_prompts`, the pipeline's own rule. The model adds the turn tokens
