@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..sequence import CURRENT_MASK, IMAGE, NEXT_MASK, Frame, Text, format_turn_prompt
-from ..utils.io import atomic_directory, merge_directory, resolve_inside, temporary_sibling
+from ..utils.io import UnsafePathError, atomic_directory, merge_directory, resolve_inside, temporary_sibling
 from .image_processing import (
     area_size,
     check_drag,
@@ -575,6 +575,8 @@ class VincieEditingSession:
             setattr(session, key, record[key])
         try:
             _restore_items(session, record, frame, text, pipe.transformer.config.max_turns)
+        except UnsafePathError:  # a file of the record leads outside the folder: said as such, never "damaged"
+            raise
         except (KeyError, TypeError, IndexError, ValueError) as error:
             raise ValueError(f"{record_path}: {error}; the saved session is damaged.") from None
         frames = session.sources + [f for t in session.turns for f in t.candidates + t.mask_frames]
