@@ -117,6 +117,20 @@ class TransitionAnnotator(ABC):
         return results
 
 
+class BatchTransitionAnnotator(TransitionAnnotator):
+    """An annotator that works on several transitions at once (:meth:`annotate_many`); one is a batch of one."""
+
+    @abstractmethod
+    def annotate_many(self, transitions: list[Transition]) -> list[TransitionAnnotation | AnnotationRejected]:
+        """Annotates several transitions; rejections are returned, not raised."""
+
+    def annotate(self, transition: Transition) -> TransitionAnnotation:
+        (result,) = self.annotate_many([transition])
+        if isinstance(result, AnnotationRejected):
+            raise result
+        return result
+
+
 # ------------------------------------------------------------------------------------------------
 # Parsing the structured answer of a chat model
 # ------------------------------------------------------------------------------------------------
@@ -223,7 +237,7 @@ Answer with one JSON object and nothing after it, with these keys:
 "camera_motion": "static" or a short phrase such as "pan left", "zoom in"}"""
 
 
-class VLMAnnotator(TransitionAnnotator):
+class VLMAnnotator(BatchTransitionAnnotator):
     """Annotates transitions with a transformers image-text-to-text chat model.
 
     Args:
@@ -365,12 +379,6 @@ class VLMAnnotator(TransitionAnnotator):
             results[i] = AnnotationRejected(reason)
         return results
 
-    def annotate(self, transition: Transition) -> TransitionAnnotation:
-        (result,) = self.annotate_many([transition])
-        if isinstance(result, AnnotationRejected):
-            raise result
-        return result
-
 
 # ------------------------------------------------------------------------------------------------
 # Back-end (b): ground truth of the synthetic video world
@@ -464,7 +472,7 @@ class GroundTruthAnnotator(TransitionAnnotator):
 # ------------------------------------------------------------------------------------------------
 
 
-class ShapesPixelAnnotator(TransitionAnnotator):
+class ShapesPixelAnnotator(BatchTransitionAnnotator):
     """Annotates videos of the shapes world from their pixels alone, as a VLM would: instruction in the world's
     words, camera motion, and the regions of editing in both frames. It knows the world's configuration
     (palette, shapes, sizes, grid, backgrounds, camera step), never a video's ground-truth sidecar.
@@ -540,9 +548,3 @@ class ShapesPixelAnnotator(TransitionAnnotator):
             )
             results.append(rejected)
         return results
-
-    def annotate(self, transition: Transition) -> TransitionAnnotation:
-        (result,) = self.annotate_many([transition])
-        if isinstance(result, AnnotationRejected):
-            raise result
-        return result
