@@ -6,8 +6,8 @@ size, but few layers so that it fits a laptop's disk:
 * ``ema.pth``: the DiT at its real widths (hidden 3584, SwiGLU 9728, text input 4096), ``--layers`` blocks;
 * ``ema_vae.pth``: the whole real 7B VAE (every key and shape of the official file, 552.8M parameters, random
   values);
-* ``flan-ul2/``: a T5 encoder at flan-ul2's width (d_model 4096, d_ff 16384, 32 heads of 128, vocabulary 32128) with
-  one layer, in safetensors, plus a small T5 tokenizer built in code.
+* ``flan-ul2/``: a T5 encoder at flan-ul2's sizes (d_model 4096, d_ff 16384 gated-SiLU, 16 heads of 256, vocabulary
+  32128) with one layer, in safetensors, plus a small T5 tokenizer built in code.
 
 Every file is float32. ``python -m diffusers_vincie.conversion --official DIR --out DIR`` runs in a fresh process
 through a wrapper that records, after imports and then for each step of the conversion (text encoder, tokenizer,
@@ -42,7 +42,8 @@ from diffusers_vincie.models.attention_vincie import VincieRotaryEmbedding  # no
 REPO = Path(__file__).resolve().parents[1]
 VAE_KEYS = REPO.parent / "shared" / "reference" / "official-7b-vae-keys.json"
 ROPE_FREQUENCIES = VincieRotaryEmbedding(120, 10000.0).inverse_frequencies()[0]  # the 7B DiT's deterministic buffer
-FLAN_UL2 = {"d_model": 4096, "d_ff": 16384, "num_heads": 32, "d_kv": 128, "vocab_size": 32128}
+# the public flan-ul2 encoder's sizes (its tensors are all of these shapes; only the layer count is cut)
+FLAN_UL2 = {"d_model": 4096, "d_ff": 16384, "num_heads": 16, "d_kv": 256, "vocab_size": 32128}
 
 WRAPPER = r"""
 import json, sys, threading, time
@@ -112,7 +113,7 @@ def write_release(folder: Path, layers: int, mm_layers: int) -> dict[str, tuple[
         largest = max(shapes, key=lambda name: tensor_bytes(shapes[name]))
         summary[file] = (sum(map(tensor_bytes, shapes.values())), tensor_bytes(shapes[largest]), largest)
         del state
-    config = T5Config(**FLAN_UL2, num_layers=1, feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+    config = T5Config(**FLAN_UL2, num_layers=1, feed_forward_proj="gated-silu", tie_word_embeddings=False)
     encoder = T5EncoderModel(config)
     encoder.save_pretrained(folder / "flan-ul2", safe_serialization=True)
     tiny_t5_tokenizer().save_pretrained(folder / "flan-ul2")
