@@ -455,7 +455,7 @@ def write_official_vae(
 ) -> str:
     """Converts an official VAE into the diffusers model folder ``folder`` (float32); returns the model card line.
 
-    The 7B VAE (2.2 GB in float32, 0.6 GB once converted) is streamed: every converted name and shape is checked
+    The 7B VAE (552.8M parameters, 154.6M once converted) is streamed: every converted name and shape is checked
     first, on the meta device, then each tensor is converted and written in turn, so at most one converted tensor is
     held. The 3B layout is converted in memory (:func:`convert_official_vae`).
     """
