@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import weakref
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from conftest import REPO, official_7b_fixtures_dir
 from safetensors.torch import load_file, save_file
 
+from diffusers_vincie.conversion import vae as vae_module
 from diffusers_vincie.conversion.vae import (
     _map_vae_7b_weights,
     _upscale_conv_7b_rows,
@@ -22,6 +24,7 @@ from diffusers_vincie.conversion.vae import (
     official_vae_layout,
     vae_7b_config_from_state_dict,
     vae_parity_checks,
+    write_official_vae,
 )
 from diffusers_vincie.image_latents import decode_latents
 from diffusers_vincie.models.autoencoder_kl_vincie_7b import PixelShuffleUpsample2D, VincieAutoencoderKL7B
@@ -246,3 +249,43 @@ def test_unknown_missing_and_mismatched_keys_are_refused():
         convert_official_vae(_official(), {"args": dict(_fixture_vae_config()["args"], enc_layers_per_block=2)})
     with pytest.raises(ValueError, match="neither encoder.mid_block"):
         convert_official_vae({"encoder.conv_in.weight": torch.zeros(8, 3, 3, 3, 3)})
+
+
+def _public(config) -> dict:
+    """A model config without the entries diffusers adds on saving and loading (version, source path)."""
+    return {key: value for key, value in config.items() if not key.startswith("_")}
+
+
+@needs_fixtures
+def test_the_streamed_vae_folder_equals_the_in_memory_conversion_holding_one_tensor_at_a_time(tmp_path, monkeypatch):
+    official = _official()
+    input_storages = {tensor.untyped_storage().data_ptr() for tensor in official.values()}
+    converted: list[weakref.ref] = []  # new tensors the conversion made (an input passed through is not one)
+    written: list[str] = []
+
+    class OneTensorAtATime(vae_module.StreamingSafetensorsWriter):
+        def write(self, name: str, tensor: torch.Tensor) -> None:
+            assert all(ref() is None for ref in converted), f"an earlier converted tensor is still held at {name}"
+            super().write(name, tensor)
+            written.append(name)
+            if tensor.untyped_storage().data_ptr() not in input_storages:
+                converted.append(weakref.ref(tensor))
+
+    monkeypatch.setattr(vae_module, "StreamingSafetensorsWriter", OneTensorAtATime)
+    line = write_official_vae(official, tmp_path / "vae", _fixture_vae_config())
+    assert sorted(written) == sorted(official) and len(converted) > len(official) // 2
+    in_memory = convert_official_vae(_official(), _fixture_vae_config())
+    assert line == describe_converted_vae(in_memory)
+    streamed = VincieAutoencoderKL7B.from_pretrained(tmp_path / "vae")
+    assert _public(streamed.config) == _public(in_memory.config)
+    expected = in_memory.state_dict()
+    saved = load_file(tmp_path / "vae" / "diffusion_pytorch_model.safetensors")
+    assert sorted(saved) == sorted(expected)
+    for key, tensor in saved.items():
+        assert torch.equal(tensor, expected[key]), key
+
+    state = _official()
+    state["decoder.extra_head.weight"] = torch.zeros(3)
+    with pytest.raises(ValueError, match="unknown keys.*extra_head"):
+        write_official_vae(state, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()  # refused from the names and shapes, before anything is written

@@ -48,7 +48,7 @@ from .qwen import (
     read_tiktoken_ranks,
 )
 from .t5 import check_t5_folder, convert_t5_encoder, convert_t5_tokenizer
-from .vae import convert_official_vae, describe_converted_vae
+from .vae import write_official_vae
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -366,10 +366,8 @@ def convert_official_release(
 
     _write_component(out, "tokenizer", save_tokenizer)
 
-    def save_vae(folder: Path) -> None:
-        vae = convert_official_vae(load_torch_state_dict(paths["vae"]), vae_config)
-        notes.append(describe_converted_vae(vae))
-        vae.save_pretrained(folder)
+    def save_vae(folder: Path) -> None:  # the 7B VAE is streamed: one converted tensor at a time
+        notes.append(write_official_vae(load_torch_state_dict(paths["vae"]), folder, vae_config))
 
     _write_component(out, "vae", save_vae)
 

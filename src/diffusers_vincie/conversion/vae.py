@@ -20,7 +20,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +31,7 @@ from diffusers import AutoencoderKL
 # Folders converted before the VAE classes moved to `models/` name this module in model_index.json; diffusers'
 # loader looks the class and its loadable base class (ModelMixin) up here, so both stay importable from here.
 from diffusers.models.modeling_utils import ModelMixin  # noqa: F401
+from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 from safetensors.torch import load_file
 
 from ..image_latents import decode_latents, encode_images
@@ -44,6 +46,7 @@ from ..models.autoencoder_kl_vincie_7b import (
     OFFICIAL_7B_VAE_SHIFT_FACTOR,
     VincieAutoencoderKL7B,
 )
+from .checkpoint import StreamingSafetensorsWriter
 
 # GroupNorm groups of the official VAEs (hard-coded in the 7B code); the only size the state dict cannot tell.
 OFFICIAL_VAE_NORM_NUM_GROUPS = 32
@@ -328,25 +331,39 @@ def _upscale_conv_7b_rows(weight: torch.Tensor, bias: torch.Tensor) -> tuple[tor
     return _spatial_kernel(weight[tiled])[shuffle], bias.float()[bias_rows][shuffle]
 
 
-def _map_vae_7b_weights(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Official 7B keys/tensors -> :class:`VincieAutoencoderKL7B` keys/tensors (float32); the names are the same."""
-    mapped: dict[str, torch.Tensor] = {}
+def _iter_vae_7b_weights(state_dict: Mapping[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Official 7B keys/tensors -> :class:`VincieAutoencoderKL7B` keys/tensors (float32; the names are the same), one
+    converted tensor at a time."""
+    converted: set[str] = set()
     for key, tensor in state_dict.items():
         match = _UPSCALE_CONV_7B_PATTERN.match(key)
         if match and match.group(2) == "weight":
             bias_key = key[: -len("weight")] + "bias"
             if bias_key not in state_dict:
                 raise ValueError(f"VAE state dict has {key!r} but no {bias_key!r}")
-            mapped[key], mapped[bias_key] = _upscale_conv_7b_rows(tensor, state_dict[bias_key])
+            pair = list(_upscale_conv_7b_rows(tensor, state_dict[bias_key]))
+            converted.update((key, bias_key))
+            yield key, pair.pop(0)  # popped: the caller holds the only reference while the next one is converted
+            yield bias_key, pair.pop(0)
         elif not match:
-            mapped[key] = _spatial_kernel(tensor) if tensor.ndim >= 4 else tensor.float()
-    unpaired = [key for key in state_dict if _UPSCALE_CONV_7B_PATTERN.match(key) and key not in mapped]
+            yield key, _spatial_kernel(tensor) if tensor.ndim >= 4 else tensor.float()
+    unpaired = [key for key in state_dict if _UPSCALE_CONV_7B_PATTERN.match(key) and key not in converted]
     if unpaired:
         raise ValueError(f"VAE state dict has {unpaired[0]!r} but not its weight")
-    return mapped
+
+
+def _map_vae_7b_weights(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """All of :func:`_iter_vae_7b_weights` at once."""
+    return dict(_iter_vae_7b_weights(state_dict))
 
 
 def _check_and_load(model: nn.Module, mapped: Mapping[str, torch.Tensor], what: str) -> None:
+    _check_mapped(model, mapped, what)
+    model.load_state_dict(mapped, strict=True)
+
+
+def _check_mapped(model: nn.Module, mapped: Mapping[str, torch.Tensor], what: str) -> None:
+    """Refuses unknown, missing or mis-shaped tensors (``mapped`` and ``model`` may be on the meta device)."""
     expected = model.state_dict()
     unknown = sorted(set(mapped) - set(expected))
     missing = sorted(set(expected) - set(mapped))
@@ -360,7 +377,6 @@ def _check_and_load(model: nn.Module, mapped: Mapping[str, torch.Tensor], what: 
                 f"{what}: {key!r} has shape {tuple(tensor.shape)} after conversion, the model expects "
                 f"{tuple(expected[key].shape)}"
             )
-    model.load_state_dict(mapped, strict=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -432,6 +448,33 @@ def convert_official_vae_7b(
     if dtype != torch.float32:
         model = model.to(dtype)
     return model.eval()
+
+
+def write_official_vae(
+    state_dict: Mapping[str, torch.Tensor], folder: Path, official_config: Mapping[str, Any] | None = None
+) -> str:
+    """Converts an official VAE into the diffusers model folder ``folder`` (float32); returns the model card line.
+
+    The 7B VAE (552.8M parameters, 154.6M once converted) is streamed: every converted name and shape is checked
+    first, on the meta device, then each tensor is converted and written in turn, so at most one converted tensor is
+    held. The 3B layout is converted in memory (:func:`convert_official_vae`).
+    """
+    if official_vae_layout(state_dict) != "7b":
+        vae = convert_official_vae(state_dict, official_config)
+        vae.save_pretrained(folder)
+        return describe_converted_vae(vae)
+    with torch.device("meta"):
+        vae = VincieAutoencoderKL7B(**vae_7b_config_from_state_dict(state_dict, official_config))
+    planned = _map_vae_7b_weights({key: torch.empty(t.shape, device="meta") for key, t in state_dict.items()})
+    _check_mapped(vae, planned, what="VAE state dict")
+    plan = [(key, tuple(tensor.shape)) for key, tensor in planned.items()]
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = StreamingSafetensorsWriter(folder / SAFETENSORS_WEIGHTS_NAME, plan, torch.float32)
+    for key, tensor in _iter_vae_7b_weights(state_dict):
+        writer.write(key, tensor)
+    writer.close()
+    vae.save_config(folder)
+    return describe_converted_vae(vae)
 
 
 def describe_converted_vae(vae: ModelMixin) -> str:
