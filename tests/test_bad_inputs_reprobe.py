@@ -1,0 +1,79 @@
+"""Cases of a re-probe beyond the listed ones: images stored in dataset rows as a path only (``datasets`` would open
+the path wherever it points), and further bad inputs that must be refused or handled, never a silent wrong result."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import PIL.Image
+import pyarrow.parquet as pq
+import pytest
+from datasets import Dataset, load_dataset
+
+from diffusers_vincie.data.loaders import iter_session_records, load_sessions, records_to_dataset
+from diffusers_vincie.data.schema import SESSION_FEATURES, SessionValidationError
+from diffusers_vincie.data.shapes.world import ShapesWorld
+from diffusers_vincie.training import SequenceConfig
+from diffusers_vincie.training.data import SessionRowsDataset
+from diffusers_vincie.training.streaming import StreamingSessions
+
+
+def _png(color) -> bytes:
+    buffer = io.BytesIO()
+    PIL.Image.new("RGB", (16, 16), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(params=["absolute", "dotdot"])
+def path_only_sessions(tmp_path, request) -> Path:
+    """A sessions folder whose one row stores its second frame as a path to a valid PNG outside the folder."""
+    secret = tmp_path / "private" / "secret.png"
+    secret.parent.mkdir()
+    secret.write_bytes(_png((255, 0, 0)))
+    folder = tmp_path / "sessions"
+    record = ShapesWorld(resolution=16, grid=2, max_objects=2).sample_session(0, num_turns=2).to_record()
+    row = records_to_dataset([record])[0]
+    where = str(secret) if request.param == "absolute" else "../../private/secret.png"
+    frames = [{"bytes": _png((0, 0, 255)), "path": None}, {"bytes": None, "path": where}]
+    frames += [{"bytes": _png((0, 255, 0)), "path": None}] * (len(row["frames"]) - 2)
+    row["frames"] = frames
+    shard = folder / "data" / "train-00000-of-00001.parquet"
+    shard.parent.mkdir(parents=True)
+    pq.write_table(Dataset.from_list([row], features=SESSION_FEATURES).data.table, shard)  # with the features
+    if request.param == "absolute":  # what ``datasets`` does with such a row when it decodes it: reads the file
+        leaked = load_dataset("parquet", data_files=str(shard), split="train", cache_dir=str(tmp_path / "c"))
+        assert leaked[0]["frames"][1].getpixel((0, 0)) == (255, 0, 0)
+    return folder
+
+
+def _refused(call) -> str:
+    with pytest.raises(SessionValidationError, match="only the path") as refused:
+        call()
+    return str(refused.value)
+
+
+def test_load_sessions_refuses_a_frame_stored_as_a_path_only(path_only_sessions, tmp_path):
+    dataset = load_sessions(path_only_sessions, cache_dir=str(tmp_path / "cache"))
+    assert dataset[0]["frames"][1] == {"bytes": None, "path": dataset[0]["frames"][1]["path"]}  # not opened
+    message = _refused(lambda: list(iter_session_records(dataset)))
+    assert "frames[1]" in message
+    streamed = load_sessions(path_only_sessions, streaming=True)
+    _refused(lambda: list(iter_session_records(streamed)))
+
+
+def test_the_training_loader_refuses_a_frame_stored_as_a_path_only(path_only_sessions, tmp_path):
+    shard = str(next(path_only_sessions.rglob("*.parquet")))
+    config = SequenceConfig(layout="block_causal", max_turns=2)
+    for rows in (  # our loader's dataset, and a plain ``load_dataset`` one that decodes images itself
+        load_sessions(path_only_sessions, cache_dir=str(tmp_path / "cache")),
+        load_dataset("parquet", data_files=shard, split="train", cache_dir=str(tmp_path / "raw")),
+    ):
+        _refused(lambda: SessionRowsDataset(rows, config).session(0))
+
+
+def test_the_streaming_loader_refuses_a_frame_stored_as_a_path_only(path_only_sessions):
+    config = SequenceConfig(layout="block_causal", max_turns=2)
+    sessions = StreamingSessions.from_source(str(path_only_sessions), "train", config)
+    _refused(lambda: sessions.session(0))
+    _refused(lambda: next(iter(sessions)))
