@@ -77,3 +77,26 @@ def test_the_streaming_loader_refuses_a_frame_stored_as_a_path_only(path_only_se
     sessions = StreamingSessions.from_source(str(path_only_sessions), "train", config)
     _refused(lambda: sessions.session(0))
     _refused(lambda: next(iter(sessions)))
+
+
+def test_a_results_dataset_image_stored_as_an_outside_path_is_refused(tmp_path, monkeypatch):
+    from datasets import Features, Image
+
+    from diffusers_vincie.evaluation.generate import export_results_dataset
+    from diffusers_vincie.evaluation.sessions import BenchmarkSession
+    from diffusers_vincie.utils.io import UnsafePathError
+
+    secret = tmp_path / "private" / "secret.png"
+    secret.parent.mkdir()
+    secret.write_bytes(_png((255, 0, 0)))
+    monkeypatch.chdir(tmp_path / "private")  # even the working folder's parent is outside
+    results = Dataset.from_dict(
+        {"turn_0_image": [{"bytes": _png((1, 2, 3)), "path": None}, {"bytes": None, "path": str(secret)}]},
+        features=Features({"turn_0_image": Image()}),
+    )
+    sessions = [
+        BenchmarkSession(index=str(i), source=PIL.Image.new("RGB", (16, 16)), instructions=["x"]) for i in "01"
+    ]
+    with pytest.raises(UnsafePathError, match="absolute path"):
+        export_results_dataset(results, sessions, tmp_path / "outputs")
+    assert [p.name for p in (tmp_path / "outputs").glob("*.png")] == ["0_turn0_rep0_seed0.png"]  # the secret: never
