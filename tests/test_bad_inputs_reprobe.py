@@ -100,3 +100,25 @@ def test_a_results_dataset_image_stored_as_an_outside_path_is_refused(tmp_path, 
     with pytest.raises(UnsafePathError, match="absolute path"):
         export_results_dataset(results, sessions, tmp_path / "outputs")
     assert [p.name for p in (tmp_path / "outputs").glob("*.png")] == ["0_turn0_rep0_seed0.png"]  # the secret: never
+
+
+@pytest.mark.parametrize(
+    "kwargs, named",
+    [
+        ({"use_prompt_template": "no"}, "use_prompt_template"),  # a truthy string: the template would be used
+        ({"chain_of_editing": "False"}, "chain_of_editing"),
+        ({"negative_prompt": 5}, "negative_prompt"),
+        ({"camera_prefix": 5}, "camera_prefix"),
+        ({"max_sequence_length": 2.5}, "max_sequence_length"),
+        ({"max_sequence_length": 1}, "max_sequence_length"),
+    ],
+)
+def test_switches_and_texts_of_the_wrong_type_are_named_before_the_image_is_encoded(kwargs, named):
+    from diffusers_vincie.testing import tiny_pipeline
+
+    pipe = tiny_pipeline(default_resolution=32, default_num_inference_steps=1)
+    encoded = []
+    pipe.vae.encode = lambda *args, **kw: encoded.append(1)  # noqa: ARG005 (any image encoding is a failure)
+    with pytest.raises((TypeError, ValueError), match=f"`{named}`"):
+        pipe(image=PIL.Image.new("RGB", (32, 32)), prompt="make it blue", **kwargs)
+    assert not encoded
