@@ -122,3 +122,24 @@ def test_switches_and_texts_of_the_wrong_type_are_named_before_the_image_is_enco
     with pytest.raises((TypeError, ValueError), match=f"`{named}`"):
         pipe(image=PIL.Image.new("RGB", (32, 32)), prompt="make it blue", **kwargs)
     assert not encoded
+
+
+def _rotated_photo(path: Path) -> Path:
+    """A 20x10 JPEG stored sideways with EXIF orientation 6: viewers show it 10x20, red half on top."""
+    stored = PIL.Image.new("RGB", (20, 10), (0, 0, 255))
+    stored.paste((255, 0, 0), (0, 0, 10, 10))  # left half of the stored pixels
+    exif = PIL.Image.Exif()
+    exif[PIL.Image.ExifTags.Base.Orientation] = 6
+    stored.save(path, exif=exif, quality=95)
+    return path
+
+
+def test_the_demo_and_the_adapters_read_a_photo_as_viewers_show_it(tmp_path):
+    from diffusers_vincie.data.loaders import _to_image
+    from diffusers_vincie.demo import _open_image
+
+    photo = _rotated_photo(tmp_path / "photo.jpg")
+    for image in (_open_image(str(photo)), _to_image("photo.jpg", "row 0", tmp_path)):
+        assert image.size == (10, 20)
+        top, bottom = image.convert("RGB").getpixel((5, 2)), image.convert("RGB").getpixel((5, 17))
+        assert top[0] > 200 > top[2] and bottom[2] > 200 > bottom[0]

@@ -27,6 +27,7 @@ from typing import Any, Iterable, Iterator, Literal
 
 import numpy as np
 import PIL.Image
+import PIL.ImageOps
 from datasets import Dataset, Features, Image, IterableDataset, List, load_dataset
 
 from ..utils.io import UnsafePathError, resolve_inside
@@ -232,7 +233,7 @@ def _to_image(value: Any, where: str, image_root: Path | None) -> PIL.Image.Imag
             raise SessionValidationError(f"{where}: image file {str(path)!r} not found; set image_root.")
         with PIL.Image.open(path) as image:
             image.load()
-            return image
+            return PIL.ImageOps.exif_transpose(image)  # as ``datasets`` decodes images: EXIF orientation applied
     raise SessionValidationError(f"{where}: cannot read an image from {type(value).__name__}.")
 
 
