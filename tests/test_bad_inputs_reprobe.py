@@ -143,3 +143,24 @@ def test_the_demo_and_the_adapters_read_a_photo_as_viewers_show_it(tmp_path):
         assert image.size == (10, 20)
         top, bottom = image.convert("RGB").getpixel((5, 2)), image.convert("RGB").getpixel((5, 17))
         assert top[0] > 200 > top[2] and bottom[2] > 200 > bottom[0]
+
+
+@pytest.mark.parametrize(
+    "key, value", [("use_prompt_template", "no"), ("camera_prefix", 5), ("max_sequence_length", "150")]
+)
+def test_a_saved_session_with_a_setting_of_the_wrong_type_is_refused(tmp_path, key, value):
+    import json
+
+    from diffusers_vincie.pipelines.session import VincieEditingSession
+    from diffusers_vincie.testing import tiny_pipeline
+
+    pipe = tiny_pipeline(default_resolution=32, default_num_inference_steps=1)
+    session = pipe.start_session(PIL.Image.new("RGB", (32, 32), (200, 30, 30)))
+    session.edit("add a red circle")
+    session.save(tmp_path / "s")
+    assert VincieEditingSession.load(pipe, tmp_path / "s").use_prompt_template is True
+    record = json.loads((tmp_path / "s" / "session.json").read_text())
+    record[key] = value
+    (tmp_path / "s" / "session.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=f"`{key}`.*damaged"):
+        VincieEditingSession.load(pipe, tmp_path / "s")

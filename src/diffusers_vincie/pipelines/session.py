@@ -605,6 +605,9 @@ def _restore_items(session: VincieEditingSession, record: dict, frame: Callable,
     entry); a turn outside the model's turn table, a prompt of the wrong turn or a bad candidate is refused."""
     check_int("resolution", session.resolution, 1)
     check_choice("posterior", session.posterior, POSTERIORS)
+    check_flag("use_prompt_template", session.use_prompt_template)  # "no" would silently count as true
+    check_text("camera_prefix", session.camera_prefix)
+    check_int("max_sequence_length", session.max_sequence_length, 2)
     width, height = record["reference_size"]
     session.reference_size = (check_int("reference_size", width, 1), check_int("reference_size", height, 1))
     session.sources = [frame(e, i) for i, e in enumerate(record["sources"])]
