@@ -164,3 +164,32 @@ def test_a_saved_session_with_a_setting_of_the_wrong_type_is_refused(tmp_path, k
     (tmp_path / "s" / "session.json").write_text(json.dumps(record))
     with pytest.raises(ValueError, match=f"`{key}`.*damaged"):
         VincieEditingSession.load(pipe, tmp_path / "s")
+
+
+@pytest.mark.parametrize("target", ["another model's folder", "a file"])
+def test_an_export_onto_another_models_folder_or_a_file_is_refused_before_any_work(
+    tmp_path, capsys, monkeypatch, target
+):
+    import json
+    import sys
+
+    from conftest import load_script, one_error_line
+
+    repo = Path(__file__).resolve().parents[1]
+    output = tmp_path / "VINCIE-3B-diffusers"
+    if target == "a file":
+        output.write_text("mine")
+    else:
+        (output / "transformer").mkdir(parents=True)
+        (output / "transformer" / "config.json").write_text(json.dumps({"_class_name": "VincieTransformer"}))
+        (output / "model_index.json").write_text("{}")
+    before = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    (tmp_path / "run" / "checkpoint-10").mkdir(parents=True)  # never read: the output is checked first
+    cli = load_script(repo / "training_scripts" / "recipes" / "export_checkpoint.py", "export_checkpoint")
+    argv = ["export_checkpoint.py", "--run_dir", str(tmp_path / "run"), "--output", str(output)]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 2
+    assert "--output" in one_error_line(capsys.readouterr().err)
+    assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before
