@@ -193,3 +193,19 @@ def test_an_export_onto_another_models_folder_or_a_file_is_refused_before_any_wo
     assert exit_info.value.code == 2
     assert "--output" in one_error_line(capsys.readouterr().err)
     assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before
+
+
+def test_a_uint8_mask_of_zeros_and_ones_marks_its_ones_not_nothing():
+    import numpy as np
+
+    from diffusers_vincie.data.schema import SessionRecord, mask_to_array
+
+    frames = [np.zeros((16, 16, 3), np.uint8), np.full((16, 16, 3), 255, np.uint8)]
+    ones = np.zeros((16, 16), np.uint8)
+    ones[4:8, 4:12] = 1
+    for mask in (ones, ones * 255, ones.astype(bool)):  # the same region however it is written
+        record = SessionRecord(session_id="s", video_id="v", frames=frames, instructions=["add"], source_masks=[mask])
+        assert (mask_to_array(record.source_masks[0]) == ones.astype(bool)).all()
+    faint = np.where(ones == 1, 100, 0).astype(np.uint8)  # a 0..255 image: 100 is dark, outside
+    record = SessionRecord(session_id="s", video_id="v", frames=frames, instructions=["add"], source_masks=[faint])
+    assert not mask_to_array(record.source_masks[0]).any()

@@ -135,7 +135,8 @@ def decode_stored_image(value: Any, where: str) -> Any:
 
 
 def _to_mask_image(value: Any, where: str) -> PIL.Image.Image | None:
-    """Returns ``value`` (None, PIL image, bool/uint8 ``(H, W)`` array) as a binary ``"L"`` image (0/255)."""
+    """Returns ``value`` (None, PIL image, bool/uint8 ``(H, W)`` array: 0/1 or 0..255, above 127 inside) as a binary
+    ``"L"`` image (0/255)."""
     if value is None:
         return None
     if isinstance(value, PIL.Image.Image):
@@ -146,7 +147,9 @@ def _to_mask_image(value: Any, where: str) -> PIL.Image.Image | None:
                 f"{where}: expected a bool or uint8 array of shape (H, W), got dtype {value.dtype} and shape "
                 f"{value.shape}."
             )
-        array = value > 127 if value.dtype == np.uint8 else value
+        # uint8: a 0/255 mask image, or a 0/1 mask (its 1s are not "dark": read as 0/255 it would be empty)
+        binary = value.dtype == np.uint8 and value.max(initial=0) <= 1
+        array = (value > 0 if binary else value > 127) if value.dtype == np.uint8 else value
     else:
         raise SessionValidationError(
             f"{where}: expected None, a PIL image or an (H, W) bool array, got {type(value)}."
