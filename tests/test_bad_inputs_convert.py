@@ -211,3 +211,18 @@ def test_an_out_that_cannot_be_written_is_one_line_before_any_work(release, caps
     out = Path("/sys/diffusers-vincie-test-out")  # sysfs refuses new folders, even to root
     message = _convert(release, out, capsys)
     assert "--out" in message and "cannot be written" in message, message
+
+
+@needs_fixtures
+def test_a_second_conversion_into_one_out_is_refused_while_the_first_runs(release, tmp_path, capsys):
+    from diffusers_vincie.conversion.convert import CONVERSION_LOCK
+    from diffusers_vincie.utils.io import exclusive_lock
+
+    out = tmp_path / "out"
+    with exclusive_lock(out / CONVERSION_LOCK, "a running conversion"):  # what the first conversion holds
+        message = _convert(release, out, capsys)
+        assert "--out" in message and "another process" in message, message
+        assert sorted(os.listdir(out)) == [CONVERSION_LOCK]  # nothing written, no record
+    # a lock left by a finished or killed run does not block the next one
+    assert main(["--official", str(release), "--out", str(out), "--no-hash", *VAE_CONFIG]) == 0
+    assert (out / "model_index.json").is_file() and (out / "conversion.json").is_file()

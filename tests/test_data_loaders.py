@@ -140,7 +140,7 @@ def test_load_sessions_folder_map_and_streaming(tmp_path, synthetic_records):
     records_to_dataset(synthetic_records[:3]).to_parquet(str(folder / "data" / "train-00000-of-00002.parquet"))
     records_to_dataset(synthetic_records[3:]).to_parquet(str(folder / "data" / "train-00001-of-00002.parquet"))
     dataset = load_sessions(folder)
-    assert len(dataset) == 5 and dataset.features == SESSION_FEATURES
+    assert len(dataset) == 5 and dataset.features.arrow_schema == SESSION_FEATURES.arrow_schema
     loaded = sorted(iter_session_records(dataset), key=lambda r: r.session_id)
     for original, back in zip(sorted(synthetic_records, key=lambda r: r.session_id), loaded):
         _assert_same(original, back)

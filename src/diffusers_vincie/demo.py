@@ -28,6 +28,7 @@ from typing import Optional, Sequence
 import numpy as np
 import PIL.Image
 import PIL.ImageDraw
+import PIL.ImageOps
 
 from .default_model import DEFAULT_SAMPLING
 from .utils.cli import UsageError, check_number, usage_exit
@@ -96,8 +97,8 @@ def _open_image(path: str) -> PIL.Image.Image:
 
     try:
         with PIL.Image.open(path) as image:
-            image.load()
-            return to_rgb(image, "--image")
+            image.load()  # a photo's EXIF orientation applied: the image as viewers show it, not sideways
+            return to_rgb(PIL.ImageOps.exif_transpose(image), "--image")
     except PIL.Image.DecompressionBombError as error:
         raise UsageError(f"--image {path}: {error}") from None
     except (PIL.UnidentifiedImageError, OSError, SyntaxError):

@@ -86,6 +86,24 @@ def load_checkpoint_text_encoder(checkpoint: Path, text_encoder, use_ema: bool =
     return True
 
 
+def check_output(output: Path) -> None:
+    """``output`` must be new, empty, or an earlier export (its ``checkpoint.json`` record): the export replaces the
+    pipeline's entries there (``transformer/``, ``text_encoder/``, ...), so another model's folder is refused."""
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"--output {output} is a file; give a folder.")
+    if not output.is_dir() or not any(output.iterdir()):
+        return
+    try:
+        recorded = json.loads((output / "checkpoint.json").read_text())
+    except (OSError, ValueError):
+        recorded = None
+    if not isinstance(recorded, dict) or "checkpoint" not in recorded:
+        raise ValueError(
+            f"--output {output} is a non-empty folder that no export wrote (no checkpoint.json); its transformer/, "
+            "text_encoder/, tokenizer/ and scheduler/ would be replaced. Give a new folder, or delete this one."
+        )
+
+
 def export(
     run_dir: Path,
     checkpoint: str,
@@ -96,6 +114,7 @@ def export(
     scheduler_shift: float = 1.0,
 ) -> Path:
     """Writes the pipeline folder of ``checkpoint`` (a path, a step number or ``latest``) to ``output``."""
+    check_output(output)
     from diffusers_vincie.default_model import DEFAULT_SAMPLING, RESOLUTION
     from diffusers_vincie.training.checkpoints import find_checkpoint, list_checkpoints
     from diffusers_vincie.training.export import load_components, save_final_pipeline

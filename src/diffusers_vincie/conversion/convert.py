@@ -24,6 +24,7 @@ import os
 import re
 import unicodedata
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from ..image_latents import vae_class
 from ..models import VincieTransformer
 from ..pipelines import OFFICIAL_NEGATIVE_PROMPT, VincieInContextPipeline, official_scheduler
 from ..utils.cli import print_usage_error
-from ..utils.io import TEMPORARY_GLOBS, atomic_directory, write_text_atomic
+from ..utils.io import TEMPORARY_GLOBS, OutputLockedError, atomic_directory, exclusive_lock, write_text_atomic
 from .checkpoint import load_torch_state_dict
 from .dit import VINCIE_3B_CONFIG, VINCIE_7B_CONFIG, convert_official_dit
 from .qwen import (
@@ -53,7 +54,8 @@ from .vae import write_official_vae
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 CONVERSION_RECORD = "conversion.json"
-OUTPUT_ENTRIES = {*COMPONENTS, CONVERSION_RECORD, "model_index.json", "README.md"}
+CONVERSION_LOCK = ".conversion.lock"  # flock held by the running conversion: a second one into --out is refused
+OUTPUT_ENTRIES = {*COMPONENTS, CONVERSION_RECORD, CONVERSION_LOCK, "model_index.json", "README.md"}
 TEMPORARY = re.compile(r"^\..+\.\d+-[0-9a-f]{8}\.tmp")  # utils.io.temporary_sibling, left by a killed run
 
 # Prompts whose token ids are compared with tiktoken on the real vocabulary (template, unicode, a special token).
@@ -187,7 +189,7 @@ def check_out_folder(official: Path, out: Path, inputs: dict | None = None) -> N
         raise ValueError(f"--out {out} is (inside) --official {official}; give a separate output folder.")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder.")
-    if not out.is_dir() or not any(out.iterdir()):
+    if not out.is_dir() or not any(p.name != CONVERSION_LOCK for p in out.iterdir()):
         return
     try:
         recorded = json.loads((out / CONVERSION_RECORD).read_text()).get("inputs")
@@ -327,15 +329,36 @@ def convert_official_release(
     check_inputs(paths, vae_config)
     inputs = conversion_inputs(paths, {"dtype": dtype, "text_encoder_dtype": text_encoder_dtype, "vae": vae_config})
     check_out_folder(official, out, inputs)
-    try:  # the record first: it marks the folder as this conversion's, and proves it writable before any work
-        out.mkdir(parents=True, exist_ok=True)
-        record = out / CONVERSION_RECORD  # rewritten as it is when resuming: a write that tests the folder
-        text = record.read_text() if record.is_file() else json.dumps({"notes": [], "inputs": inputs}, indent=2) + "\n"
-        write_text_atomic(record, text)
-    except OSError as error:
-        raise ValueError(
-            f"--out {out} cannot be written ({error.strerror or error}); give a writable folder."
-        ) from None
+    with ExitStack() as stack:
+        try:  # the lock, then the record: it marks the folder as this conversion's, and proves it writable
+            out.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(exclusive_lock(out / CONVERSION_LOCK, f"--out {out}"))
+            check_out_folder(official, out, inputs)  # again, now that no other conversion can change it
+            record = out / CONVERSION_RECORD  # rewritten as it is when resuming: a write that tests the folder
+            new_record = json.dumps({"notes": [], "inputs": inputs}, indent=2) + "\n"
+            write_text_atomic(record, record.read_text() if record.is_file() else new_record)
+        except OSError as error:
+            raise ValueError(
+                f"--out {out} cannot be written ({error.strerror or error}); give a writable folder."
+            ) from None
+        except OutputLockedError as error:
+            raise ValueError(str(error)) from None
+        _convert_components(official, out, family, paths, dtype, text_encoder_dtype, hash_inputs, vae_config, repo_id)
+    return out
+
+
+def _convert_components(
+    official: Path,
+    out: Path,
+    family: OfficialFamily,
+    paths: dict[str, Path],
+    dtype: torch.dtype,
+    text_encoder_dtype: torch.dtype,
+    hash_inputs: bool,
+    vae_config: dict | None,
+    repo_id: str | None,
+) -> None:
+    """The conversion itself, once ``out`` is checked, locked and recorded (see ``convert_official_release``)."""
     notes: list[str] = []
 
     print(f"converting {family.name} from {official}")
@@ -392,7 +415,6 @@ def convert_official_release(
     write_model_index(out, family)
     digests = {paths[name].name: sha256_of(paths[name]) for name in ("dit", "vae")} if hash_inputs else {}
     write_model_card(out, official, notes, digests, dtype, text_encoder_dtype, repo_id, family)
-    return out
 
 
 def write_model_index(out: Path, family: OfficialFamily = VINCIE_3B) -> None:
@@ -524,7 +546,7 @@ def push_to_hub(out: Path, repo_id: str) -> None:
 
     api = HfApi()
     api.create_repo(repo_id, exist_ok=True)
-    api.upload_folder(folder_path=out, repo_id=repo_id, ignore_patterns=list(TEMPORARY_GLOBS))
+    api.upload_folder(folder_path=out, repo_id=repo_id, ignore_patterns=[*TEMPORARY_GLOBS, CONVERSION_LOCK])
 
 
 # ----------------------------------------------------------------------------------------------------------------------

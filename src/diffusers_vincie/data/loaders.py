@@ -27,10 +27,11 @@ from typing import Any, Iterable, Iterator, Literal
 
 import numpy as np
 import PIL.Image
-from datasets import Dataset, IterableDataset, load_dataset
+import PIL.ImageOps
+from datasets import Dataset, Features, Image, IterableDataset, List, load_dataset
 
 from ..utils.io import UnsafePathError, resolve_inside
-from .schema import SESSION_FEATURES, SessionRecord, SessionValidationError
+from .schema import SESSION_FEATURES, SessionRecord, SessionValidationError, decode_stored_image
 
 __all__ = [
     "MAGICBRUSH_COLUMNS",
@@ -88,6 +89,7 @@ def load_sessions(
         dataset = _load_local(
             shards, "parquet", data_files={split: str(local)}, split=split, streaming=streaming, **load_dataset_kwargs
         )
+        dataset = _without_image_decoding(dataset)
     elif local.exists():
         if not local.is_dir():
             raise FileNotFoundError(
@@ -96,10 +98,13 @@ def load_sessions(
         dataset = _load_local(
             _local_shards(local), str(local), split=split, streaming=streaming, **load_dataset_kwargs
         )
+        dataset = _without_image_decoding(dataset)
     elif source.startswith(("/", ".", "~")) or source.count("/") > 1:
         raise FileNotFoundError(f"path_or_repo: no folder at {source!r} (and it is not a Hub id 'owner/name').")
     else:
-        dataset = load_dataset(source, split=split, streaming=streaming, **load_dataset_kwargs)
+        dataset = _without_image_decoding(
+            load_dataset(source, split=split, streaming=streaming, **load_dataset_kwargs)
+        )
 
     columns = dataset.column_names or (list(dataset.features) if dataset.features else None)
     if columns is not None:
@@ -110,6 +115,33 @@ def load_sessions(
                 "dataset. Use Vincie10MAdapter or PairwiseEditAdapter for other layouts."
             )
     return dataset
+
+
+def _without_image_decoding(dataset: Dataset | IterableDataset) -> Dataset | IterableDataset:
+    """``dataset`` (fresh from ``load_dataset``) whose images stay ``{"bytes", "path"}`` dicts, decoded by our code.
+
+    ``datasets`` would open the ``path`` of an image stored without bytes wherever it points (an absolute path,
+    ``../..``, a URL) as soon as a row is read; ``SessionRecord.from_row`` decodes only the bytes and refuses
+    path-only images, the adapters resolve paths inside ``image_root``. Streaming datasets switch decoding off; a
+    map-style dataset gets the same table with image features that do not decode (same Arrow types: nothing is
+    rewritten; no indices mapping to keep, as the dataset was just loaded).
+    """
+    if isinstance(dataset, IterableDataset):
+        return dataset.decode(False)
+    if not any(_undecoded(feature) != feature for feature in dataset.features.values()):
+        return dataset
+    info = dataset.info.copy()
+    info.features = Features({name: _undecoded(feature) for name, feature in dataset.features.items()})
+    return Dataset(dataset.data, info=info, split=dataset.split)
+
+
+def _undecoded(feature: Any) -> Any:
+    """``feature`` with every ``datasets.Image`` in it (at the top or in a list) not decoded."""
+    if isinstance(feature, Image):
+        return Image(mode=feature.mode, decode=False)
+    if isinstance(feature, List):
+        return List(_undecoded(feature.feature), length=feature.length)
+    return feature
 
 
 def _load_local(shards: list[Path], *args: Any, **kwargs: Any) -> Dataset | IterableDataset:
@@ -146,13 +178,16 @@ def _local_shards(folder: Path) -> list[Path]:
 
 
 def _load_any(path_or_repo: str | os.PathLike, **kwargs: Any) -> Dataset | IterableDataset:
-    """``load_dataset(path_or_repo)``; a local folder's or file's damaged parquet shard is named."""
+    """``load_dataset(path_or_repo)`` with images left undecoded; a local folder's or file's damaged parquet shard
+    is named."""
     local = Path(str(path_or_repo)).expanduser()
     if local.is_dir():
-        return _load_local(_local_shards(local), str(local), **kwargs)
-    if local.is_file() and local.suffix == ".parquet":
-        return _load_local([local], "parquet", data_files=str(local), **kwargs)
-    return load_dataset(str(path_or_repo), **kwargs)
+        dataset = _load_local(_local_shards(local), str(local), **kwargs)
+    elif local.is_file() and local.suffix == ".parquet":
+        dataset = _load_local([local], "parquet", data_files=str(local), **kwargs)
+    else:
+        dataset = load_dataset(str(path_or_repo), **kwargs)
+    return _without_image_decoding(dataset)
 
 
 def iter_session_records(dataset: Iterable[dict[str, Any]]) -> Iterator[SessionRecord]:
@@ -180,8 +215,8 @@ def _to_image(value: Any, where: str, image_root: Path | None) -> PIL.Image.Imag
         return PIL.Image.fromarray(value)
     if isinstance(value, dict):
         if value.get("bytes") is not None:
-            value = value["bytes"]
-        elif value.get("path"):
+            return decode_stored_image(value, where)  # as ``datasets`` decodes it (EXIF orientation applied)
+        if value.get("path"):
             value = value["path"]
         else:
             raise SessionValidationError(f"{where}: image dict has neither 'bytes' nor 'path'.")
@@ -198,7 +233,7 @@ def _to_image(value: Any, where: str, image_root: Path | None) -> PIL.Image.Imag
             raise SessionValidationError(f"{where}: image file {str(path)!r} not found; set image_root.")
         with PIL.Image.open(path) as image:
             image.load()
-            return image
+            return PIL.ImageOps.exif_transpose(image)  # as ``datasets`` decodes images: EXIF orientation applied
     raise SessionValidationError(f"{where}: cannot read an image from {type(value).__name__}.")
 
 

@@ -32,6 +32,7 @@ Columns of :data:`SESSION_FEATURES` (``n`` = number of frames, ``n >= 2``; trans
 from __future__ import annotations
 
 import functools
+import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ __all__ = [
     "STATIC_CAMERA",
     "SessionRecord",
     "SessionValidationError",
+    "decode_stored_image",
     "mask_to_array",
 ]
 
@@ -107,8 +109,34 @@ def _to_rgb_image(value: Any, where: str) -> PIL.Image.Image:
     raise SessionValidationError(f"{where}: expected a PIL image or a uint8 (H, W, 3) array, got {type(value)}.")
 
 
+def decode_stored_image(value: Any, where: str) -> Any:
+    """A stored image of a sessions row (``datasets.Image`` undecoded: ``{"bytes", "path"}``) as a PIL image, decoded
+    as ``datasets`` decodes it (EXIF orientation applied); anything else is returned for the record's own checks.
+
+    A row that holds only a ``path`` is refused: a sessions dataset embeds its images, and a path stored in data
+    could name any file (``/etc/...``, ``../../x.png``) or a URL, which ``datasets`` would open or download.
+    """
+    if not isinstance(value, dict):
+        return value
+    if value.get("bytes") is None:
+        raise SessionValidationError(
+            f"{where}: the image holds no bytes, only the path {value.get('path')!r}; sessions datasets embed their "
+            "images and paths stored in rows are not followed; rebuild the dataset with the image bytes in its rows."
+        )
+    import PIL.ImageOps
+
+    image = PIL.Image.open(io.BytesIO(value["bytes"]))
+    image.load()
+    return (
+        PIL.ImageOps.exif_transpose(image)
+        if image.getexif().get(PIL.Image.ExifTags.Base.Orientation) is not None
+        else image
+    )
+
+
 def _to_mask_image(value: Any, where: str) -> PIL.Image.Image | None:
-    """Returns ``value`` (None, PIL image, bool/uint8 ``(H, W)`` array) as a binary ``"L"`` image (0/255)."""
+    """Returns ``value`` (None, PIL image, bool/uint8 ``(H, W)`` array: 0/1 or 0..255, above 127 inside) as a binary
+    ``"L"`` image (0/255)."""
     if value is None:
         return None
     if isinstance(value, PIL.Image.Image):
@@ -119,7 +147,9 @@ def _to_mask_image(value: Any, where: str) -> PIL.Image.Image | None:
                 f"{where}: expected a bool or uint8 array of shape (H, W), got dtype {value.dtype} and shape "
                 f"{value.shape}."
             )
-        array = value > 127 if value.dtype == np.uint8 else value
+        # uint8: a 0/255 mask image, or a 0/1 mask (its 1s are not "dark": read as 0/255 it would be empty)
+        binary = value.dtype == np.uint8 and value.max(initial=0) <= 1
+        array = (value > 0 if binary else value > 127) if value.dtype == np.uint8 else value
     else:
         raise SessionValidationError(
             f"{where}: expected None, a PIL image or an (H, W) bool array, got {type(value)}."
@@ -310,18 +340,16 @@ class SessionRecord:
                 f"row: missing required column(s) {missing}; expected the columns of SESSION_FEATURES "
                 f"{list(_session_features())}."
             )
-        from datasets import Image
-
-        image = Image()
-        decode = lambda value: image.decode_example(value) if isinstance(value, dict) else value  # noqa: E731
         masks = {
-            name: [decode(mask) for mask in row[name]] if row.get(name) is not None else None
+            name: [decode_stored_image(mask, f"{name}[{i}]") for i, mask in enumerate(row[name])]
+            if row.get(name) is not None
+            else None
             for name in ("source_masks", "target_masks")
         }
         return cls(
             session_id=row["session_id"],
             video_id=row["video_id"],
-            frames=[decode(frame) for frame in row["frames"]],
+            frames=[decode_stored_image(frame, f"frames[{i}]") for i, frame in enumerate(row["frames"])],
             instructions=row["instructions"],
             timestamps=row.get("timestamps"),
             camera_motion=row.get("camera_motion"),

@@ -24,7 +24,7 @@ import PIL.Image
 from tqdm.auto import tqdm
 
 from ..utils.io import atomic_write
-from .sessions import BenchmarkSession, output_path, session_seed
+from .sessions import BenchmarkSession, _as_rgb, output_path, session_seed
 
 __all__ = [
     "Editor",
@@ -277,6 +277,12 @@ def export_results_dataset(
             "pass the results of the same benchmark."
         )
     results = results.select(range(len(sessions)))  # --limit keeps the first sessions
+    import datasets
+
+    for column in turn_columns:  # decoded by ``_as_rgb``: a path stored in a row stays inside the working folder
+        feature = results.features.get(column)
+        if isinstance(feature, datasets.Image) and feature.decode:
+            results = results.cast_column(column, datasets.Image(mode=feature.mode, decode=False))
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     written = 0
@@ -286,6 +292,6 @@ def export_results_dataset(
         for column in turn_columns:
             path = output_path(output_dir, index, int(column.strip().split("_")[1]), seed)
             if row[column] is not None and not path.exists():
-                save_image_atomic(row[column].convert("RGB"), path)
+                save_image_atomic(_as_rgb(row[column], f"results row {position} `{column}`"), path)
                 written += 1
     return written

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import PIL.Image
+import PIL.ImageOps
 
 from ..utils.io import check_plain_name, resolve_inside
 
@@ -191,31 +192,40 @@ def load_benchmark_sessions(
 
 
 def _load_dataset(source: Any, split: str) -> Any:
+    """The benchmark dataset, its image columns not decoded by ``datasets`` (which would open a path stored in a
+    row wherever it points): ``_as_rgb`` decodes the bytes and resolves a path inside the working folder."""
     import datasets
 
     if isinstance(source, datasets.Dataset):
-        return source
-    path = Path(source)
-    if path.is_file():
-        builder = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}.get(path.suffix)
-        if builder is None:
-            raise ValueError(f"`source` file {path} must be a .parquet, .jsonl, .json or .csv file.")
-        return datasets.load_dataset(builder, data_files=str(path), split="train")
-    if path.is_dir() and (path / "dataset_info.json").exists() and (path / "state.json").exists():
-        loaded = datasets.load_from_disk(str(path))
-        return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
-    if not path.exists() and str(source).count("/") != 1:
-        raise FileNotFoundError(
-            f"`source` {source!r} is neither an existing file/folder nor a Hub dataset id like 'leigangqu/MSE-Bench'."
-        )
-    return datasets.load_dataset(str(source), split=split)
+        dataset = source
+    else:
+        path = Path(source)
+        if path.is_file():
+            builder = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}.get(path.suffix)
+            if builder is None:
+                raise ValueError(f"`source` file {path} must be a .parquet, .jsonl, .json or .csv file.")
+            dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
+        elif path.is_dir() and (path / "dataset_info.json").exists() and (path / "state.json").exists():
+            loaded = datasets.load_from_disk(str(path))
+            dataset = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+        elif not path.exists() and str(source).count("/") != 1:
+            raise FileNotFoundError(
+                f"`source` {source!r} is neither an existing file/folder nor a Hub dataset id like "
+                "'leigangqu/MSE-Bench'."
+            )
+        else:
+            dataset = datasets.load_dataset(str(source), split=split)
+    for name, feature in dataset.features.items():  # benchmark images are top-level columns: a cheap cast
+        if isinstance(feature, datasets.Image) and feature.decode:
+            dataset = dataset.cast_column(name, datasets.Image(mode=feature.mode, decode=False))
+    return dataset
 
 
 def _as_rgb(image: Any, what: str) -> PIL.Image.Image:
     if isinstance(image, dict) and image.get("bytes") is not None:  # undecoded datasets.Image
-        image = PIL.Image.open(io.BytesIO(image["bytes"]))
+        image = PIL.ImageOps.exif_transpose(PIL.Image.open(io.BytesIO(image["bytes"])))
     elif isinstance(image, dict) and image.get("path") is not None:  # a path from data: inside the working folder
-        image = PIL.Image.open(resolve_inside(Path.cwd(), image["path"], f"{what} path"))
+        image = PIL.ImageOps.exif_transpose(PIL.Image.open(resolve_inside(Path.cwd(), image["path"], f"{what} path")))
     if not isinstance(image, PIL.Image.Image):
         raise TypeError(
             f"{what} must be an image, got {type(image).__name__}; store it with a datasets.Image feature."

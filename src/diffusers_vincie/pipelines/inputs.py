@@ -47,9 +47,18 @@ def check_int(name: str, value, minimum: int, maximum: Optional[int] = None, hin
     return value
 
 
+def check_flag(name: str, value) -> bool:
+    """A ``True``/``False`` switch: a string such as ``"no"`` or a number would silently count as true."""
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be True or False, got {type(value).__name__} {value!r}.")
+    return value
+
+
 def check_text(name: str, text: str) -> str:
     """Text that a tokenizer can read: no lone surrogate (what an undecodable byte of a command line or a file
     read with ``errors="surrogateescape"`` becomes)."""
+    if not isinstance(text, str):
+        raise TypeError(f"`{name}` must be a string, got {type(text).__name__} {text!r}.")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as error:

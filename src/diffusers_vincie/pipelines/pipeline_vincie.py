@@ -41,6 +41,7 @@ from .inputs import (
     callback_outputs,
     check_choice,
     check_embeddings,
+    check_flag,
     check_image,
     check_int,
     check_sampling,
@@ -438,6 +439,7 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
             embeds = [None] * len(prompts)
         if negative_prompt is not None:
             check_text("negative_prompt", negative_prompt)
+        check_flag("chain_of_editing", chain_of_editing)  # the others are checked by the session, before encoding
         resolution = self.config.default_resolution if resolution is None else resolution
         self.check_inputs(images, len(prompts), output_type, fidelity, posterior, resolution)
         text_dim = self.transformer.config.text_embed_dim

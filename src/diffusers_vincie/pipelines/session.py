@@ -43,6 +43,7 @@ from .inputs import (
     POSTERIORS,
     check_choice,
     check_embeddings,
+    check_flag,
     check_generator,
     check_image,
     check_int,
@@ -160,6 +161,9 @@ class VincieEditingSession:
             hint=f" (this model's native resolution is {pipe.config.default_resolution})",
         )
         check_choice("posterior", posterior, POSTERIORS)
+        check_flag("use_prompt_template", use_prompt_template)
+        check_text("camera_prefix", camera_prefix)
+        check_int("max_sequence_length", max_sequence_length, 2, hint=" (at least one token and the end token)")
         generator = check_generator(generator, len(generator) if isinstance(generator, (list, tuple)) else 1)[0]
         self.pipe = pipe
         self.resolution, self.posterior = resolution, posterior
@@ -302,6 +306,7 @@ class VincieEditingSession:
             self.pipe._callback_tensor_inputs,
         )
         check_choice("fidelity", fidelity, FIDELITIES)
+        check_flag("chain_of_editing", chain_of_editing)
         if self.pipe.block_causal and fidelity == "official":
             raise ValueError(
                 "`fidelity='official'` reproduces the official full-attention loop; this model is block-causal."
@@ -600,6 +605,9 @@ def _restore_items(session: VincieEditingSession, record: dict, frame: Callable,
     entry); a turn outside the model's turn table, a prompt of the wrong turn or a bad candidate is refused."""
     check_int("resolution", session.resolution, 1)
     check_choice("posterior", session.posterior, POSTERIORS)
+    check_flag("use_prompt_template", session.use_prompt_template)  # "no" would silently count as true
+    check_text("camera_prefix", session.camera_prefix)
+    check_int("max_sequence_length", session.max_sequence_length, 2)
     width, height = record["reference_size"]
     session.reference_size = (check_int("reference_size", width, 1), check_int("reference_size", height, 1))
     session.sources = [frame(e, i) for i, e in enumerate(record["sources"])]

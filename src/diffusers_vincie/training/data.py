@@ -158,12 +158,16 @@ class SessionRowsDataset(_PlanningDataset):
         if missing:
             raise ValueError(f"The dataset lacks the columns {sorted(missing)}; expected SESSION_FEATURES rows.")
         self.rows, self.resolution = rows, resolution
+        # Rows are read as stored: images reach SessionRecord.from_row undecoded, which decodes their bytes and
+        # refuses a path-only image (``datasets`` would open such a path wherever it points).
+        self._stored_rows = rows.with_format("arrow")
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def session(self, index: int) -> TrainingSession:
-        return TrainingSession.from_record(SessionRecord.from_row(self.rows[int(index)]), self.resolution)
+        row = self._stored_rows[int(index)].to_pylist()[0]
+        return TrainingSession.from_record(SessionRecord.from_row(row), self.resolution)
 
 
 class ShapesSessionsDataset(_PlanningDataset):

@@ -139,6 +139,7 @@ class StreamingSessions(_PlanningDataset, torch.utils.data.IterableDataset):
             from datasets import load_dataset
 
             rows = load_dataset("parquet", data_files={"train": self.data_files}, split="train", streaming=True)
+            rows = rows.decode(False)  # images reach SessionRecord.from_row as stored (path-only ones refused)
             self._head = [self._decode(row) for row in rows.take(index + 1)]
         return self._head[index]
 
@@ -151,7 +152,7 @@ class StreamingSessions(_PlanningDataset, torch.utils.data.IterableDataset):
 
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.data_files))
         files = [self.data_files[i] for i in order]
-        rows = load_dataset("parquet", data_files={"train": files}, split="train", streaming=True)
+        rows = load_dataset("parquet", data_files={"train": files}, split="train", streaming=True).decode(False)
         return split_dataset_by_node(rows, rank=self.process_index, world_size=self.num_processes)
 
     def __iter__(self) -> Iterator[tuple[int, int, TrainingSession]]:
