@@ -150,7 +150,7 @@ def test_lora_training_on_a_7b_family_pipeline_loads_and_changes_its_output(tmp_
         ["--pretrained_model_name_or_path", str(tmp_path / "pipeline"), "--dataset_name", str(tmp_path / "sessions")]
         + ["--output_dir", str(tmp_path / "lora"), "--train_batch_size", "2", "--max_train_steps", "2"]
         + ["--learning_rate", "5e-2", "--lora_rank", "4", "--attention_layout", "full", "--mask_probability", "0"]
-        + ["--checkpointing_steps", "1000"]
+        + ["--checkpointing_steps", "1000", "--resolution", "16"]  # the sessions' size, not the model's 256
     )
     pipe = VincieInContextPipeline.from_pretrained(tmp_path / "pipeline")
     pipe.set_progress_bar_config(disable=True)
