@@ -45,6 +45,22 @@ def test_demo_output_that_is_a_file(tmp_path, capsys):
     assert (tmp_path / "out").read_text() == "mine"
 
 
+def test_demo_never_replaces_a_users_image_but_replaces_its_own(tmp_path, capsys):
+    from diffusers_vincie.demo import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "turn_1.png").write_text("mine")
+    flags = ["--output", str(out), "--steps", "1", "--guidance_scale", "1", "--instructions", "add a red circle"]
+    _one_line_exit_2(lambda: main(flags), capsys, "no demo run wrote")
+    assert (out / "turn_1.png").read_text() == "mine" and sorted(p.name for p in out.iterdir()) == ["turn_1.png"]
+    (out / "turn_1.png").unlink()
+    main(flags)
+    first = (out / "turn_1.png").read_bytes()
+    main(flags)  # a rerun replaces the images the first run wrote
+    assert (out / "turn_1.png").read_bytes() == first
+
+
 @pytest.mark.parametrize(
     "extra, word",
     [

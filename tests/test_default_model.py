@@ -88,7 +88,9 @@ def test_demo_writes_turns_and_contact_sheet(tmp_path):
     torch.set_num_threads(1)
     result = run_demo(tmp_path, num_inference_steps=4)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["contact_sheet.png", "turn_0_source.png"] + [f"turn_{k}.png" for k in range(1, 6)]
+    assert names == [".demo_outputs.json", "contact_sheet.png", "turn_0_source.png"] + [
+        f"turn_{k}.png" for k in range(1, 6)
+    ]
     assert PIL.Image.open(tmp_path / "turn_3.png").size == (RESOLUTION, RESOLUTION)
     assert PIL.Image.open(tmp_path / "contact_sheet.png").size == (
         6 * CELL,

@@ -13,12 +13,14 @@ contact sheet shows the true frames under the model's. A user image is resized t
 the model only knows the world's vocabulary (see ``docs/default_model.md``).
 
 Writes ``turn_0_source.png``, ``turn_1.png`` ... ``turn_5.png`` (32x32, the model's resolution) and
-``contact_sheet.png`` (every turn enlarged, with its instruction) to ``--output``.
+``contact_sheet.png`` (every turn enlarged, with its instruction) to ``--output``, and ``.demo_outputs.json``, the
+record of those names: a rerun replaces only them, never a file of yours.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import textwrap
 import time
@@ -32,7 +34,7 @@ import PIL.ImageOps
 
 from .default_model import DEFAULT_SAMPLING
 from .utils.cli import UsageError, check_number, usage_exit
-from .utils.io import atomic_path
+from .utils.io import atomic_path, write_json_atomic
 
 # Used with a user image when no instructions are given (a typical session of the synthetic world's vocabulary).
 USER_IMAGE_INSTRUCTIONS = (
@@ -43,6 +45,7 @@ USER_IMAGE_INSTRUCTIONS = (
     "bring back the blue circle",
 )
 DEMO_SESSION_SEED = 10_000_021  # held out (training draws seeds below 1,000,000); uses both history edits
+OUTPUT_RECORD = ".demo_outputs.json"  # the images demo runs wrote into --output: the only ones a rerun replaces
 CELL = 160  # contact-sheet side of one enlarged image, in pixels
 CAPTION_HEIGHT = 44
 
@@ -169,6 +172,16 @@ def run_demo(
         except ValueError as error:
             raise UsageError(f"--instructions: {error}") from None
 
+    names = ["turn_0_source.png"] + [f"turn_{turn}.png" for turn in range(1, len(instructions) + 1)]
+    names.append("contact_sheet.png")
+    recorded = _recorded_outputs(output)
+    foreign = [name for name in names if (output / name).exists() and name not in recorded]
+    if foreign:  # before any work: a user's file of the same name is never replaced
+        raise UsageError(
+            f"--output {output} holds {', '.join(foreign)}, which no demo run wrote; move them away or choose "
+            "another --output."
+        )
+
     pipe = load_default_pipeline(model)
     max_turns = pipe.transformer.config.max_turns
     if len(instructions) > max_turns:  # checked before the first turn, not found after the last one that fits
@@ -179,6 +192,7 @@ def run_demo(
     generator = torch.Generator().manual_seed(seed)
     session = pipe.start_session(source, resolution=RESOLUTION, generator=generator)
     output.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(output / OUTPUT_RECORD, {"written": sorted(recorded | set(names))})  # before they are written
     _save(source, output / "turn_0_source.png")
     images, scores = [], []
     for turn, instruction in enumerate(instructions):
@@ -212,6 +226,14 @@ def run_demo(
     seconds = time.perf_counter() - start
     print(f"wrote {len(images) + 1} images and {output / 'contact_sheet.png'} in {seconds:.1f} s")
     return {"images": images, "sheet": sheet, "scores": scores, "seconds": seconds}
+
+
+def _recorded_outputs(output: Path) -> set[str]:
+    """The names of the images earlier demo runs wrote into ``output``."""
+    try:
+        return {name for name in json.loads((output / OUTPUT_RECORD).read_text())["written"] if isinstance(name, str)}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
