@@ -195,6 +195,28 @@ def test_an_export_onto_another_models_folder_or_a_file_is_refused_before_any_wo
     assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before
 
 
+def test_a_second_export_into_one_output_is_refused_while_the_first_runs(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from conftest import load_script, one_error_line
+
+    from diffusers_vincie.utils.io import exclusive_lock
+
+    repo = Path(__file__).resolve().parents[1]
+    output = tmp_path / "pipeline"
+    (tmp_path / "run" / "checkpoint-10").mkdir(parents=True)  # never read: the lock is taken first
+    cli = load_script(repo / "training_scripts" / "recipes" / "export_checkpoint.py", "export_checkpoint")
+    monkeypatch.setattr(
+        sys, "argv", ["export_checkpoint.py", "--run_dir", str(tmp_path / "run"), "--output", str(output)]
+    )
+    with exclusive_lock(tmp_path / ".pipeline.export.lock", "the first export"):  # what a running export holds
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main()
+    assert exit_info.value.code == 2
+    assert "another process" in one_error_line(capsys.readouterr().err)
+    assert not output.exists() and not (tmp_path / ".pipeline.export").exists()
+
+
 def test_a_uint8_mask_of_zeros_and_ones_marks_its_ones_not_nothing():
     import numpy as np
 

@@ -114,11 +114,17 @@ def export(
     scheduler_shift: float = 1.0,
 ) -> Path:
     """Writes the pipeline folder of ``checkpoint`` (a path, a step number or ``latest``) to ``output``."""
+    from diffusers_vincie.utils.io import exclusive_lock
+
     check_output(output)
-    from diffusers_vincie.default_model import DEFAULT_SAMPLING, RESOLUTION
+    # one export into ``output`` at a time, refused before any work: two would share the staging folder
+    with exclusive_lock(output.parent / f".{output.name}.export.lock", f"--output {output}"):
+        return _export_checkpoint(run_dir, checkpoint, output, transformer_config, use_ema, text_dir, scheduler_shift)
+
+
+def _export_checkpoint(run_dir, checkpoint, output, transformer_config, use_ema, text_dir, scheduler_shift) -> Path:
     from diffusers_vincie.training.checkpoints import find_checkpoint, list_checkpoints
-    from diffusers_vincie.training.export import load_components, save_final_pipeline
-    from diffusers_vincie.utils.io import write_text_atomic
+    from diffusers_vincie.training.export import load_components
 
     if checkpoint.isdigit():
         checkpoint = f"checkpoint-{checkpoint}"
@@ -136,6 +142,15 @@ def export(
     components = load_components(args)
     trained_text = load_checkpoint_text_encoder(path, components["text_encoder"], use_ema)
     transformer = load_checkpoint_transformer(path, json.loads(transformer_config.read_text()), use_ema)
+    return _write_export(output, path, transformer, components, trained_text, use_ema, scheduler_shift)
+
+
+def _write_export(output, path, transformer, components, trained_text, use_ema, scheduler_shift) -> Path:
+    """Saves the pipeline into a staging sibling, then moves its entries into ``output`` and records the export."""
+    from diffusers_vincie.default_model import DEFAULT_SAMPLING, RESOLUTION
+    from diffusers_vincie.training.export import save_final_pipeline
+    from diffusers_vincie.utils.io import write_text_atomic
+
     staging = output.parent / f".{output.name}.export"
     if staging.exists():
         shutil.rmtree(staging)
@@ -182,6 +197,7 @@ def main() -> None:
     parser.add_argument("--scheduler_shift", type=float, default=1.0, help="Shift of the saved sampler schedule.")
     args = parser.parse_args()
     from diffusers_vincie.utils.cli import run_cli
+    from diffusers_vincie.utils.io import OutputLockedError
 
     print(
         run_cli(
@@ -195,7 +211,7 @@ def main() -> None:
                 args.scheduler_shift,
             ),
             "export_checkpoint.py",
-            errors=(ValueError, FileNotFoundError),
+            errors=(ValueError, FileNotFoundError, OutputLockedError),
         )
     )
 
