@@ -125,6 +125,7 @@ def check_embeddings(name: str, embeds, text_dim: int) -> torch.Tensor:
 
 
 def check_sampling(
+    config,
     num_inference_steps,
     guidance_scale,
     guidance_interval,
@@ -134,8 +135,13 @@ def check_sampling(
     callback_on_step_end,
     callback_on_step_end_tensor_inputs,
     allowed_tensor_inputs,
-) -> list[Optional[torch.Generator]]:
-    """The per-turn sampling arguments; returns the generator of each candidate."""
+) -> tuple[int, float, list[Optional[torch.Generator]]]:
+    """The per-turn sampling arguments, ``None`` steps / guidance scale taken from the pipeline ``config``'s
+    defaults; returns the steps, the guidance scale and the generator of each candidate."""
+    if num_inference_steps is None:
+        num_inference_steps = config.default_num_inference_steps
+    if guidance_scale is None:
+        guidance_scale = config.default_guidance_scale
     check_int("num_inference_steps", num_inference_steps, 1, 1000)
     check_real("guidance_scale", guidance_scale, 1.0, hint=" (1 disables guidance)")
     check_real("guidance_interval", guidance_interval, 0.0, 1.0, hint=" (fraction of the steps guided)")
@@ -148,7 +154,7 @@ def check_sampling(
         raise ValueError(
             f"`callback_on_step_end_tensor_inputs` may only hold {allowed_tensor_inputs}; got {sorted(bad)}."
         )
-    return check_generator(generator, count)
+    return num_inference_steps, guidance_scale, check_generator(generator, count)
 
 
 def callback_outputs(outputs: Union[dict, None]) -> dict:

@@ -448,8 +448,9 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
         if negative_prompt_embeds is not None:
             check_embeddings("negative_prompt_embeds", negative_prompt_embeds, text_dim)
         check_sampling(  # once here too, so that a bad value stops the call before any image is encoded
-            self.config.default_num_inference_steps if num_inference_steps is None else num_inference_steps,
-            self.config.default_guidance_scale if guidance_scale is None else guidance_scale,
+            self.config,
+            num_inference_steps,
+            guidance_scale,
             guidance_interval,
             guidance_rescale,
             num_images_per_prompt,

@@ -289,12 +289,8 @@ class VincieEditingSession:
                 continues from the first unless `choose` picks another.
             Other arguments as in the pipeline's ``__call__`` (defaults: the pipeline's configured ones).
         """
-        config = self.pipe.config
-        num_inference_steps = (
-            config.default_num_inference_steps if num_inference_steps is None else num_inference_steps
-        )
-        guidance_scale = config.default_guidance_scale if guidance_scale is None else guidance_scale
-        generators = check_sampling(
+        num_inference_steps, guidance_scale, generators = check_sampling(
+            self.pipe.config,
             num_inference_steps,
             guidance_scale,
             guidance_interval,
