@@ -33,6 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds-per-turn", type=float, default=1.0, help="time each key state occupies")
     parser.add_argument("--transition-fraction", type=float, default=0.5, help="part of a turn spent animating")
     parser.add_argument("--pan-weight", type=float, default=0.5, help="relative frequency of camera pans (0: none)")
+    parser.add_argument(
+        "--move-weight", type=float, default=1.0, help="relative frequency of one-cell moves (add, remove: 1)"
+    )
     parser.add_argument("--max-objects", type=int, default=4)
     parser.add_argument("--crf", type=int, default=12, help="H.264 quality, 0 = best")
     parser.add_argument(
@@ -57,6 +60,7 @@ _BOUNDS = {
     "seconds_per_turn": (0, None),
     "transition_fraction": (0, 1),
     "pan_weight": (0, None),
+    "move_weight": (0, None),
     "max_objects": (1, None),
     "crf": (0, 51),
     "composition_fraction": (0, 1),
@@ -89,7 +93,9 @@ def build_world(args: argparse.Namespace) -> ShapesWorld:
         )
     try:
         return ShapesWorld(
-            resolution=args.world_resolution, max_objects=args.max_objects, op_weights={"pan": args.pan_weight}
+            resolution=args.world_resolution,
+            max_objects=args.max_objects,
+            op_weights={"pan": args.pan_weight, "move": args.move_weight},
         )
     except ValueError as error:  # the world's own checks name its argument
         raise UsageError(f"bad world flags: {error}") from error

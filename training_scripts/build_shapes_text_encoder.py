@@ -129,6 +129,7 @@ def build(
     tokenizer_kind: str = "bpe",
     strip_template: bool = False,
     dropout_rate: float = 0.1,
+    shot_words: bool = False,
 ) -> Path:
     """Writes ``tokenizer/`` and ``text_encoder/`` under ``output_dir`` (atomically); returns ``output_dir``.
 
@@ -143,11 +144,15 @@ def build(
         tokenizer_kind: ``"bpe"`` (sentencepiece trained on the templated prompts) or ``"word_level"``.
         strip_template: word-level only: the tokenizer drops the template's boilerplate.
         dropout_rate: the encoder's dropout (active only while it is trained).
+        shot_words: word-level only: also the words of the composition and story shots (``"show"``, ``"and"``),
+            for a model trained on videos that contain such shots.
     """
     if tokenizer_kind not in ("bpe", "word_level"):
         raise ValueError(f"tokenizer_kind must be 'bpe' or 'word_level', got {tokenizer_kind!r}.")
     if strip_template and tokenizer_kind != "word_level":
         raise ValueError("strip_template needs the word-level tokenizer (--tokenizer word_level).")
+    if shot_words and tokenizer_kind != "word_level":
+        raise ValueError("shot_words needs the word-level tokenizer (--tokenizer word_level).")
     if num_layers < 0:
         raise ValueError(f"num_layers must be >= 0 (0: learned word embeddings), got {num_layers}.")
     output_dir = Path(output_dir)
@@ -165,6 +170,7 @@ def build(
             tokenizer_kind,
             strip_template,
             dropout_rate,
+            shot_words,
         )
     return output_dir
 
@@ -180,6 +186,7 @@ def _write_text_components(
     tokenizer_kind: str,
     strip_template: bool,
     dropout_rate: float,
+    shot_words: bool,
 ) -> None:
     import torch
     from transformers import T5Config, T5EncoderModel, T5Tokenizer
@@ -194,7 +201,10 @@ def _write_text_components(
     else:
         from diffusers_vincie.text_encoding import build_word_level_tokenizer
 
-        tokenizer = build_word_level_tokenizer(world.vocabulary, strip_template=strip_template)
+        from diffusers_vincie.data.shapes.shots import SHOT_WORDS
+
+        words = world.vocabulary + list(SHOT_WORDS if shot_words else ())
+        tokenizer = build_word_level_tokenizer(words, strip_template=strip_template)
     tokenizer.save_pretrained(tmp / "tokenizer")
 
     torch.manual_seed(seed)
@@ -227,6 +237,11 @@ def main() -> None:
         action="store_true",
         help="Word-level tokenizer only: drop the prompt template's boilerplate.",
     )
+    parser.add_argument(
+        "--shot_words",
+        action="store_true",
+        help="Word-level tokenizer only: also the words of composition and story shots ('show', 'and').",
+    )
     parser.add_argument("--dropout_rate", type=float, default=0.1, help="Encoder dropout (only while trained).")
     parser.add_argument("--vocab_size", type=int, default=256)
     parser.add_argument("--num_sessions", type=int, default=3000)
@@ -242,6 +257,8 @@ def main() -> None:
         )
     if args.d_model % 4:
         usage_exit("build_shapes_text_encoder.py", f"--d_model must be a multiple of 4 (4 heads), got {args.d_model}.")
+    if (args.strip_template or args.shot_words) and args.tokenizer != "word_level":
+        usage_exit("build_shapes_text_encoder.py", "--strip_template and --shot_words need --tokenizer word_level.")
     world_config = {}
     if args.world_config:
         text = args.world_config
@@ -261,6 +278,7 @@ def main() -> None:
         args.tokenizer,
         args.strip_template,
         args.dropout_rate,
+        args.shot_words,
     )
     print(f"wrote {path}/tokenizer and {path}/text_encoder")
 

@@ -91,7 +91,7 @@ from diffusers_vincie.training.outputs import (
     truncate_log,
     write_log,
 )
-from diffusers_vincie.training.sources import load_data, streaming_batches
+from diffusers_vincie.training.sources import load_data, shapes_world, streaming_batches
 from diffusers_vincie.training.validation import log_instruction_sensitivity, log_validation
 from diffusers_vincie.utils.cli import UsageError, check_number, run_cli
 
@@ -188,7 +188,8 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
         "--synthetic_world_config",
         type=str,
         default=None,
-        help="JSON file or string of ShapesWorld arguments (resolution defaults to --resolution).",
+        help="JSON file or string of ShapesWorld arguments (resolution defaults to --resolution); with "
+        "--dataset_name, the world the sessions were filmed in, read only by --sensitivity_steps.",
     )
     group.add_argument("--synthetic_num_sessions", type=int, default=1_000_000)
     group.add_argument("--synthetic_num_turns", type=int, default=4)
@@ -340,8 +341,9 @@ def add_output_args(parser: argparse.ArgumentParser) -> None:
         "--sensitivity_steps",
         type=int,
         default=0,
-        help="With --synthetic_world, measure instruction sensitivity every N steps into "
-        "<output_dir>/sensitivity.jsonl (0: off; ~15 s for 20 sessions at 32 px).",
+        help="Measure instruction sensitivity every N steps on sessions of the shapes world (--synthetic_world, or "
+        "--synthetic_world_config with --dataset_name) into <output_dir>/sensitivity.jsonl (0: off; ~15 s for 20 "
+        "sessions at 32 px).",
     )
     group.add_argument("--num_sensitivity_sessions", type=int, default=20)
     group.add_argument(
@@ -429,8 +431,12 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
             raise UsageError("--text_encoder_learning_rate needs --train_text_encoder.")
         check_number("--text_encoder_learning_rate", args.text_encoder_learning_rate, 0, None, strict_minimum=True)
     check_streaming_args(args)
-    if args.sensitivity_steps and not args.synthetic_world:
-        raise UsageError("--sensitivity_steps needs --synthetic_world (the sessions come from its world).")
+    if args.sensitivity_steps and not (args.synthetic_world or args.synthetic_world_config):
+        raise UsageError(
+            "--sensitivity_steps draws its sessions from a shapes world: give --synthetic_world, or with "
+            "--dataset_name the world the sessions were filmed in (--synthetic_world_config, e.g. the videos' "
+            "world.json)."
+        )
     check_output_dir(args)
     return args
 
@@ -541,6 +547,7 @@ def _train(args: argparse.Namespace, accelerator, lora=None) -> dict:
     if args.resolution is None:  # from scratch, at the stored size: the saved pipeline samples at it
         frames = dataset.session(0).frames
         args.resolution = frames.shape[1] if frames.shape[1] == frames.shape[2] else None
+    probe_world = shapes_world(args) if args.sensitivity_steps else None  # at the training resolution
 
     # ---- components
     components = load_components(args)
@@ -713,7 +720,7 @@ def _train(args: argparse.Namespace, accelerator, lora=None) -> dict:
             elif accelerator.is_main_process:
                 log_validation(args, accelerator, transformer, ema, text_cache, vae, dataset, global_step)
         if args.sensitivity_steps and global_step % args.sensitivity_steps == 0 and accelerator.is_main_process:
-            log_instruction_sensitivity(args, transformer, ema, components, dataset.world, global_step, text_ema)
+            log_instruction_sensitivity(args, transformer, ema, components, probe_world, global_step, text_ema)
         step_start = time.perf_counter()  # checkpointing and validation are not step time
 
     # ---- final weights: checked finite, gathered on every rank (EMA weights with --use_ema), written once

@@ -12,6 +12,9 @@
 # longer run, --mixed_precision bf16 on a CPU with AMX/avx512_bf16 or a GPU).
 # LAUNCH=<launcher> runs the training script under another launcher, e.g. data parallel on two CPU processes:
 #   ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 LAUNCH="accelerate launch --multi_gpu --num_processes 2" bash ...
+# SESSIONS=<sessions dataset folder> trains on that dataset (build_sessions.py's output, streamed) instead of
+# sessions of the world drawn on the fly; SESSIONS_WORLD=<world.json> names the world its videos were filmed in
+# (read only by the instruction-sensitivity probe, --sensitivity_steps).
 # INIT_FROM=<pipeline folder> starts a new run from a pipeline's weights, text encoder and tokenizer instead of
 # from scratch, e.g. INIT_FROM=src/diffusers_vincie/default_model to continue training the shipped model.
 set -euo pipefail
@@ -24,6 +27,11 @@ export HF_HUB_OFFLINE=1
 # (OMP_NUM_THREADS=1: two threads spinning against other jobs were measured 10-15x slower per step).
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 WORLD="$ROOT/training_scripts/configs/vincie_shapes_world.json"
+if [ -n "${SESSIONS:-}" ]; then
+  DATA_ARGS=(--dataset_name "$SESSIONS" --streaming --synthetic_world_config "${SESSIONS_WORLD:-$WORLD}")
+else
+  DATA_ARGS=(--synthetic_world --synthetic_world_config "$WORLD" --synthetic_num_turns 5 --synthetic_world_seed 0)
+fi
 
 if [ -n "${INIT_FROM:-}" ]; then
   MODEL_ARGS=(--pretrained_model_name_or_path "$INIT_FROM")
@@ -39,8 +47,7 @@ fi
 
 ${LAUNCH:-python} "$ROOT/training_scripts/train_vincie.py" "${MODEL_ARGS[@]}" \
   --vae_name_or_path none \
-  --synthetic_world --synthetic_world_config "$WORLD" --resolution 32 \
-  --synthetic_num_turns 5 --synthetic_world_seed 0 \
+  "${DATA_ARGS[@]}" --resolution 32 \
   --attention_layout block_causal --frame_index slots --min_turns 1 --max_turns 5 \
   --mask_probability 0.25 --task_weights 1,1,1 --text_dropout 0.1 --negative_prompt "" \
   --drop_current_frame 0 \

@@ -27,6 +27,10 @@
 #    where an object goes) and "move" three times as frequent (vincie_shapes_world_move3.json: 43% of the edits),
 #    lr 5e-4 on a cosine over PHASE4_DECAY_STEPS, stopped after PHASE4_STEPS. The pipeline is RUN_DIR/phase4/pipeline.
 #
+# SESSIONS=<sessions dataset> makes every phase train on that dataset (streamed; phase 4 on PHASE4_SESSIONS if set,
+# e.g. sessions of videos where "move" is three times as frequent) instead of sessions the world draws, with a
+# tokenizer of the words of SESSIONS_WORLD (the videos' world.json) and of composition shots; see
+# vincie_shapes_video.sh.
 # PHASE1_STEPS (default 5000), PHASE2_STEPS (default 2500), PHASE3_STEPS (default 5000), PHASE4_STEPS (default 1500)
 # and PHASE4_DECAY_STEPS (default 3000) set the lengths (the shipped model: arm E = phase 1, arm C3 = phase 2, arm
 # C5 = phase 3, arm P5c = phase 4; all at these defaults, so RUN_DIR/phase4/pipeline).
@@ -47,17 +51,24 @@ PHASE4_DECAY_STEPS=${PHASE4_DECAY_STEPS:-3000}
 COMMON=(--train_text_encoder --train_batch_size 16 --learning_rate 1e-3 --lr_scheduler constant_with_warmup
         --ema_decay 0.999 --checkpointing_steps 250 --checkpoints_total_limit 8 --sensitivity_steps 250)
 
+# world_data SEED [WORLD_CONFIG]: a phase's sessions drawn from the world from seed SEED; nothing when the phases
+# train on the SESSIONS dataset instead (vincie_shapes.sh streams it).
+world_data() {
+  if [ -n "${SESSIONS:-}" ]; then DATA=(); else DATA=(--synthetic_world_seed "$1" ${2:+--synthetic_world_config "$2"}); fi
+}
+
 TEXT="$RUN_DIR/phase1/text"
-if [ ! -d "$TEXT/text_encoder" ]; then
+if [ ! -d "$TEXT/text_encoder" ]; then  # with SESSIONS: the words of their world and of its composition shots
   python "$ROOT/training_scripts/build_shapes_text_encoder.py" --output_dir "$TEXT" \
-    --world_config "$ROOT/training_scripts/configs/vincie_shapes_world.json" \
+    --world_config "${SESSIONS_WORLD:-$ROOT/training_scripts/configs/vincie_shapes_world.json}" ${SESSIONS:+--shot_words} \
     --tokenizer word_level --strip_template --num_layers 0 --dropout_rate 0 --d_model 64 --seed 0
 fi
 
+world_data 1000000
 bash "$HERE/vincie_shapes.sh" "$RUN_DIR/phase1" "${COMMON[@]}" \
   --transformer_config "$HERE/vincie_shapes_allmm_transformer.json" --zero_modulation_init \
   --task_weights 1,0,0 --mask_probability 0 --lr_warmup_steps 200 \
-  --synthetic_world_seed 1000000 --seed 1 --max_train_steps "$PHASE1_STEPS" "$@"
+  "${DATA[@]}" --seed 1 --max_train_steps "$PHASE1_STEPS" "$@"
 
 # export PHASE STEP OUT CONFIG [TEXT_DIR]: the EMA weights of the phase's last step, the start of the next phase. An
 # export of another step (a *_STEPS changed) is kept, not replaced: move it away to export the new step.
@@ -73,17 +84,20 @@ export_phase() {
 }
 
 export_phase phase1 "$PHASE1_STEPS" phase1_export vincie_shapes_allmm_transformer.json
+world_data 4000000
 INIT_FROM="$RUN_DIR/phase1_export" bash "$HERE/vincie_shapes.sh" "$RUN_DIR/phase2" "${COMMON[@]}" \
-  --mask_probability 0.1 --lr_warmup_steps 100 --synthetic_world_seed 4000000 --seed 4 \
+  --mask_probability 0.1 --lr_warmup_steps 100 "${DATA[@]}" --seed 4 \
   --max_train_steps "$PHASE2_STEPS" "$@"
 
 export_phase phase2 "$PHASE2_STEPS" phase3_init vincie_shapes_allmm_per_turn_transformer.json "$RUN_DIR/phase1_export"
+world_data 5000000
 INIT_FROM="$RUN_DIR/phase3_init" bash "$HERE/vincie_shapes.sh" "$RUN_DIR/phase3" "${COMMON[@]}" \
-  --mask_probability 0.1 --lr_scheduler cosine --lr_warmup_steps 100 --synthetic_world_seed 5000000 --seed 5 \
+  --mask_probability 0.1 --lr_scheduler cosine --lr_warmup_steps 100 "${DATA[@]}" --seed 5 \
   --max_train_steps "$PHASE3_STEPS" --validation_guidance_scale 2 "$@"
 
-INIT_FROM="$RUN_DIR/phase3/pipeline" bash "$HERE/vincie_shapes.sh" "$RUN_DIR/phase4" "${COMMON[@]}" \
+world_data 6000000 "$ROOT/training_scripts/configs/vincie_shapes_world_move3.json"
+SESSIONS=${PHASE4_SESSIONS:-${SESSIONS:-}} INIT_FROM="$RUN_DIR/phase3/pipeline" \
+  bash "$HERE/vincie_shapes.sh" "$RUN_DIR/phase4" "${COMMON[@]}" \
   --learning_rate 5e-4 --mask_probability 0.1 --lr_scheduler cosine --lr_warmup_steps 100 --timestep_shift 3 \
-  --synthetic_world_config "$ROOT/training_scripts/configs/vincie_shapes_world_move3.json" \
-  --synthetic_world_seed 6000000 --seed 6 --max_train_steps "$PHASE4_STEPS" --lr_decay_steps "$PHASE4_DECAY_STEPS" \
+  "${DATA[@]}" --seed 6 --max_train_steps "$PHASE4_STEPS" --lr_decay_steps "$PHASE4_DECAY_STEPS" \
   --validation_guidance_scale 2 "$@"

@@ -15,19 +15,25 @@ from .data import SessionRowsDataset, ShapesSessionsDataset
 from .sequences import SequenceConfig
 
 
+def shapes_world(args):
+    """The shapes world of ``--synthetic_world_config`` (the default world without it): the world the sessions
+    are drawn from with ``--synthetic_world``; with ``--dataset_name`` only the instruction-sensitivity probe
+    draws from it."""
+    from ..data.shapes.world import ShapesWorld
+
+    world_kwargs = {}
+    if args.synthetic_world_config:
+        text = args.synthetic_world_config
+        world_kwargs = json.loads(Path(text).read_text() if os.path.isfile(text) else text)
+    if args.resolution:
+        world_kwargs.setdefault("resolution", args.resolution)
+    return ShapesWorld(**world_kwargs)
+
+
 def build_dataset(args, config: SequenceConfig):
     if args.synthetic_world:
-        from ..data.shapes.world import ShapesWorld
-
-        world_kwargs = {}
-        if args.synthetic_world_config:
-            text = args.synthetic_world_config
-            world_kwargs = json.loads(Path(text).read_text() if os.path.isfile(text) else text)
-        if args.resolution:
-            world_kwargs.setdefault("resolution", args.resolution)
-        world = ShapesWorld(**world_kwargs)
         return ShapesSessionsDataset(
-            world,
+            shapes_world(args),
             args.synthetic_num_sessions,
             args.synthetic_num_turns,
             config,

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# VINCIE-Shapes learned from video: the method of the paper end to end on the package's own pipeline.
+#
+#   bash training_scripts/recipes/vincie_shapes_video.sh [RUN_DIR] [extra train_vincie.py flags...]
+#
+# 1. videos (RUN_DIR/videos): make_synthetic_videos.py renders NUM_VIDEOS H.264 videos of the shapes world with
+#    camera pans, composition shots (objects introduced one by one, then a scene with them) and story shots
+#    (camera moves only); their ground-truth sidecars are never read for training.
+# 2. sessions (RUN_DIR/sessions): build_sessions.py samples frames every second and describes each transition
+#    with the pixel-only annotator (--annotator pixels: instruction and regions of editing from the frames alone),
+#    written as a Hugging Face sessions dataset.
+# 3. the same for phase 4's videos, where "move" is three times as frequent (RUN_DIR/videos_move3,
+#    RUN_DIR/sessions_move3, PHASE4_VIDEOS of them).
+# 4. vincie_shapes_curriculum.sh's four phases on those sessions, streamed (load_dataset(..., streaming=True)):
+#    in-context, block-causal, the three proxy tasks from phase 2 on. The pipeline is RUN_DIR/train/phase4/pipeline.
+#
+# Re-running the same command resumes every step: videos and sessions already written are skipped, and training
+# resumes from its latest checkpoint. NUM_VIDEOS (default 20000), PHASE4_VIDEOS (default 6000) and the curriculum's
+# PHASE*_STEPS set the sizes; the extra flags go to every training phase, e.g. on one GPU:
+#   NUM_VIDEOS=20000 bash training_scripts/recipes/vincie_shapes_video.sh runs/video_gpu \
+#     --mixed_precision bf16 --dataloader_num_workers 8
+# Video seeds (VIDEO_SEED, PHASE4_VIDEO_SEED) are hashed per video (video_session_seed): the sessions they give
+# are disjoint from the evaluation ranges (tests/test_recipe_video.py checks the defaults).
+set -euo pipefail
+RUN_DIR=${1:-runs/vincie_shapes_video}
+shift || true
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+export HF_HUB_OFFLINE=1
+NUM_VIDEOS=${NUM_VIDEOS:-20000}
+PHASE4_VIDEOS=${PHASE4_VIDEOS:-6000}
+VIDEO_SEED=${VIDEO_SEED:-7000000}
+PHASE4_VIDEO_SEED=${PHASE4_VIDEO_SEED:-7500000}
+
+# videos_to_sessions NAME COUNT SEED [make_synthetic_videos.py flags...]: RUN_DIR/videos_NAME -> RUN_DIR/sessions_NAME
+videos_to_sessions() {
+  local videos="$RUN_DIR/$1" sessions="$RUN_DIR/${1/videos/sessions}" count=$2 seed=$3
+  shift 3
+  python "$ROOT/dataset_scripts/make_synthetic_videos.py" --output-dir "$videos" --num-videos "$count" \
+    --seed "$seed" --composition-fraction 0.15 --story-fraction 0.1 "$@"
+  python "$ROOT/dataset_scripts/build_sessions.py" "$videos" --output "$sessions" --annotator pixels \
+    --world-config "$videos/world.json" --strategy equal_interval --interval 1.0
+}
+
+videos_to_sessions videos "$NUM_VIDEOS" "$VIDEO_SEED"
+videos_to_sessions videos_move3 "$PHASE4_VIDEOS" "$PHASE4_VIDEO_SEED" --move-weight 3
+
+SESSIONS="$RUN_DIR/sessions" SESSIONS_WORLD="$RUN_DIR/videos/world.json" PHASE4_SESSIONS="$RUN_DIR/sessions_move3" \
+  bash "$HERE/vincie_shapes_curriculum.sh" "$RUN_DIR/train" "$@"
