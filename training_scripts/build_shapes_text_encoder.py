@@ -199,9 +199,8 @@ def _write_text_components(
         tokenizer = T5Tokenizer(vocab=sentencepiece_vocab(model_file), extra_ids=0)
         shutil.rmtree(tmp / "spm")
     else:
-        from diffusers_vincie.text_encoding import build_word_level_tokenizer
-
         from diffusers_vincie.data.shapes.shots import SHOT_WORDS
+        from diffusers_vincie.text_encoding import build_word_level_tokenizer
 
         words = world.vocabulary + list(SHOT_WORDS if shot_words else ())
         tokenizer = build_word_level_tokenizer(words, strip_template=strip_template)
