@@ -1,0 +1,81 @@
+"""The from-video recipe end to end at a toy size: videos -> sessions by the pixel-only annotator -> the four training
+phases on those sessions, streamed -> a pipeline. (Each step's resume is tested with its script: the videos, the
+build and the curriculum.)"""
+
+import json
+import os
+import re
+import subprocess
+
+import numpy as np
+from conftest import REPO
+from datasets import load_dataset
+
+from diffusers_vincie.data.shapes.video import video_session_seed
+
+RECIPE = REPO / "training_scripts" / "recipes" / "vincie_shapes_video.sh"
+FLAGS = ["--train_batch_size", "2", "--checkpointing_steps", "1", "--lr_warmup_steps", "1"]
+# The recipe's default video seeds and counts, and the seed ranges the benchmarks draw their sessions from
+# (ShapesBench and its mode protocols 10M+, instruction sensitivity 20M+, the annotator's accuracy 27M+, the move
+# probe 31M+, validation 40M+).
+DEFAULT_VIDEOS = {7_000_000: 20_000, 7_500_000: 6_000}
+EVALUATION_SEEDS = (10_000_000, 50_000_000)
+
+
+def _recipe_default(name: str) -> int:
+    return int(re.search(rf"{name}=\$\{{{name}:-(\d+)\}}", RECIPE.read_text()).group(1))
+
+
+def test_recipe_defaults_are_the_checked_ones():
+    assert {_recipe_default("VIDEO_SEED"): _recipe_default("NUM_VIDEOS")} | {
+        _recipe_default("PHASE4_VIDEO_SEED"): _recipe_default("PHASE4_VIDEOS")
+    } == DEFAULT_VIDEOS
+
+
+def test_training_videos_are_disjoint_from_every_evaluation_range():
+    low, high = EVALUATION_SEEDS
+    for seed, count in DEFAULT_VIDEOS.items():
+        seeds = np.array([video_session_seed(seed, index) for index in range(count)], dtype=np.uint64)
+        assert not ((seeds >= low) & (seeds < high)).any()
+        assert len(np.unique(seeds)) == count
+
+
+def test_video_recipe_trains_on_pixel_annotated_sessions(tmp_path):
+    env = dict(
+        os.environ,
+        NUM_VIDEOS="12",
+        PHASE4_VIDEOS="6",
+        PHASE1_STEPS="1",
+        PHASE2_STEPS="1",
+        PHASE3_STEPS="1",
+        PHASE4_STEPS="1",
+        PHASE4_DECAY_STEPS="2",
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+    )
+    run = tmp_path / "run"
+    result = subprocess.run(
+        ["bash", str(RECIPE), str(run), *FLAGS], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    # the sessions are the videos' frames, described by the pixel-only annotator
+    for name, count in (("sessions", 12), ("sessions_move3", 6)):
+        sessions = load_dataset(str(run / name), split="train")
+        assert len(sessions) == count
+        assert {json.loads(annotator)["name"] for annotator in sessions["annotator"]} == {"pixels"}
+    assert json.loads((run / "videos_move3" / "world.json").read_text())["op_weights"]["move"] == 3.0
+    instructions = [i for row in load_dataset(str(run / "sessions"), split="train") for i in row["instructions"]]
+    assert any(i.startswith("show ") for i in instructions)  # composition shots are in the data
+
+    # every phase streamed sessions (a streamed dataset's position is in each checkpoint; the world has none)
+    for phase in ("phase1", "phase2", "phase3", "phase4"):
+        state = json.loads((run / "train" / phase / "checkpoint-1" / "data_state_0.json").read_text())
+        assert state["format"] == "vincie-streaming-data/1" and state["step"] == 1
+    vocabulary = json.loads((run / "train" / "phase1" / "text" / "tokenizer" / "tokenizer.json").read_text())
+    assert {"show", "and", "pan", "camera"} <= set(vocabulary["model"]["vocab"])
+
+    from diffusers_vincie import VincieInContextPipeline
+
+    pipe = VincieInContextPipeline.from_pretrained(run / "train" / "phase4" / "pipeline")
+    assert pipe.block_causal and pipe.transformer.config.text_rope_mode == "per_turn"
