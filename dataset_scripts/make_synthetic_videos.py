@@ -45,6 +45,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="share of videos that introduce objects one by one, then show a scene with them",
     )
     parser.add_argument("--story-fraction", type=float, default=0.0, help="share of videos that move the camera only")
+    parser.add_argument(
+        "--shard",
+        default="0/1",
+        help="INDEX/COUNT: write only the videos whose index is INDEX modulo COUNT (COUNT processes share one set)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser.parse_args(argv)
 
@@ -66,6 +71,14 @@ _BOUNDS = {
     "composition_fraction": (0, 1),
     "story_fraction": (0, 1),
 }
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"INDEX/COUNT"`` -> ``(index, count)``; anything else is a :class:`UsageError` naming ``--shard``."""
+    match = re.fullmatch(r"(\d+)/(\d+)", text)
+    if not match or not int(match[1]) < int(match[2]):
+        raise UsageError(f"--shard must be INDEX/COUNT with 0 <= INDEX < COUNT (e.g. 0/4), got {text!r}.")
+    return int(match[1]), int(match[2])
 
 
 def build_world(args: argparse.Namespace) -> ShapesWorld:
@@ -104,6 +117,7 @@ def build_world(args: argparse.Namespace) -> ShapesWorld:
 def main(argv: list[str] | None = None) -> list[Path]:
     args = parse_args(argv)
     world = run_cli(lambda: build_world(args), "make_synthetic_videos.py")
+    shard = run_cli(lambda: parse_shard(args.shard), "make_synthetic_videos.py")
     paths = make_synthetic_videos(
         args.output_dir,
         args.num_videos,
@@ -118,6 +132,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         progress=not args.no_progress,
         composition_fraction=args.composition_fraction,
         story_fraction=args.story_fraction,
+        shard=shard,
     )
     write_json_atomic(args.output_dir / "world.json", world.config)
     print(f"{len(paths)} videos in {args.output_dir}")

@@ -8,7 +8,8 @@ import re
 import subprocess
 
 import numpy as np
-from conftest import REPO
+import pytest
+from conftest import REPO, load_script
 from datasets import load_dataset
 
 from diffusers_vincie.data.shapes.video import video_session_seed
@@ -45,6 +46,7 @@ def test_video_recipe_trains_on_pixel_annotated_sessions(tmp_path):
         os.environ,
         NUM_VIDEOS="12",
         PHASE4_VIDEOS="6",
+        JOBS="2",  # two video shards and a two-process build
         PHASE1_STEPS="1",
         PHASE2_STEPS="1",
         PHASE3_STEPS="1",
@@ -79,3 +81,56 @@ def test_video_recipe_trains_on_pixel_annotated_sessions(tmp_path):
 
     pipe = VincieInContextPipeline.from_pretrained(run / "train" / "phase4" / "pipeline")
     assert pipe.block_causal and pipe.transformer.config.text_rope_mode == "per_turn"
+
+
+def _videos_cli():
+    return load_script(REPO / "dataset_scripts" / "make_synthetic_videos.py", "make_synthetic_videos")
+
+
+def test_video_shards_write_the_same_set(tmp_path):
+    main = _videos_cli().main
+    main(
+        [
+            "--output-dir",
+            str(tmp_path / "whole"),
+            "--num-videos",
+            "5",
+            "--seed",
+            "3",
+            "--composition-fraction",
+            "0.4",
+            "--no-progress",
+        ]
+    )
+    for shard in ("0/2", "1/2"):
+        main(
+            [
+                "--output-dir",
+                str(tmp_path / "shards"),
+                "--num-videos",
+                "5",
+                "--seed",
+                "3",
+                "--composition-fraction",
+                "0.4",
+                "--shard",
+                shard,
+                "--no-progress",
+            ]
+        )
+    whole = sorted(p.name for p in (tmp_path / "whole").iterdir())
+    assert whole == sorted(p.name for p in (tmp_path / "shards").iterdir())
+    for name in whole:
+        if name.endswith(".json"):  # the sidecars: the same sessions, shots and renders
+            assert (tmp_path / "whole" / name).read_text() == (tmp_path / "shards" / name).read_text(), name
+
+
+def test_bad_shard_is_one_line_and_exit_2(tmp_path, capsys):
+    main = _videos_cli().main
+
+    for bad in ("2/2", "1", "a/b"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--output-dir", str(tmp_path / "v"), "--num-videos", "2", "--shard", bad])
+        assert exit_info.value.code == 2
+        assert "--shard must be INDEX/COUNT" in capsys.readouterr().err
+    assert not (tmp_path / "v").exists()

@@ -14,11 +14,10 @@
 # 4. vincie_shapes_curriculum.sh's four phases on those sessions, streamed (load_dataset(..., streaming=True)):
 #    in-context, block-causal, the three proxy tasks from phase 2 on. The pipeline is RUN_DIR/train/phase4/pipeline.
 #
+# JOBS=N renders and builds on N processes (the same videos and sessions for any N).
 # Re-running the same command resumes every step: videos and sessions already written are skipped, and training
 # resumes from its latest checkpoint. NUM_VIDEOS (default 20000), PHASE4_VIDEOS (default 6000) and the curriculum's
-# PHASE*_STEPS set the sizes; the extra flags go to every training phase, e.g. on one GPU:
-#   NUM_VIDEOS=20000 bash training_scripts/recipes/vincie_shapes_video.sh runs/video_gpu \
-#     --mixed_precision bf16 --dataloader_num_workers 8
+# PHASE*_STEPS set the sizes; the extra flags go to every training phase (vincie_shapes_video_gpu.sh: on one GPU).
 # Video seeds (VIDEO_SEED, PHASE4_VIDEO_SEED) are hashed per video (video_session_seed): the sessions they give
 # are disjoint from the evaluation ranges (tests/test_recipe_video.py checks the defaults).
 set -euo pipefail
@@ -31,15 +30,32 @@ NUM_VIDEOS=${NUM_VIDEOS:-20000}
 PHASE4_VIDEOS=${PHASE4_VIDEOS:-6000}
 VIDEO_SEED=${VIDEO_SEED:-7000000}
 PHASE4_VIDEO_SEED=${PHASE4_VIDEO_SEED:-7500000}
+JOBS=${JOBS:-1}
 
-# videos_to_sessions NAME COUNT SEED [make_synthetic_videos.py flags...]: RUN_DIR/videos_NAME -> RUN_DIR/sessions_NAME
+# videos_to_sessions NAME COUNT SEED [make_synthetic_videos.py flags...]: RUN_DIR/videos_NAME -> RUN_DIR/sessions_NAME,
+# on JOBS processes (video shards, then a data-parallel build on CPU processes)
 videos_to_sessions() {
-  local videos="$RUN_DIR/$1" sessions="$RUN_DIR/${1/videos/sessions}" count=$2 seed=$3
+  local videos="$RUN_DIR/$1" sessions="$RUN_DIR/${1/videos/sessions}" count=$2 seed=$3 shard
   shift 3
-  python "$ROOT/dataset_scripts/make_synthetic_videos.py" --output-dir "$videos" --num-videos "$count" \
-    --seed "$seed" --composition-fraction 0.15 --story-fraction 0.1 "$@"
-  python "$ROOT/dataset_scripts/build_sessions.py" "$videos" --output "$sessions" --annotator pixels \
+  for ((shard = 0; shard < JOBS; shard++)); do
+    OMP_NUM_THREADS=1 python "$ROOT/dataset_scripts/make_synthetic_videos.py" --output-dir "$videos" \
+      --num-videos "$count" --seed "$seed" --composition-fraction 0.15 --story-fraction 0.1 \
+      --shard "$shard/$JOBS" "$@" &
+  done
+  wait_all
+  local launch=(python)
+  if [ "$JOBS" -gt 1 ]; then
+    launch=(env ACCELERATE_USE_CPU=1 OMP_NUM_THREADS=1 accelerate launch --multi_gpu --num_processes "$JOBS")
+  fi
+  "${launch[@]}" "$ROOT/dataset_scripts/build_sessions.py" "$videos" --output "$sessions" --annotator pixels \
     --world-config "$videos/world.json" --strategy equal_interval --interval 1.0
+}
+
+# wait_all: waits for every background job; fails if any failed
+wait_all() {
+  local job status=0
+  for job in $(jobs -p); do wait "$job" || status=$?; done
+  return $status
 }
 
 videos_to_sessions videos "$NUM_VIDEOS" "$VIDEO_SEED"

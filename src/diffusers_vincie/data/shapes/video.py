@@ -199,6 +199,7 @@ def make_synthetic_videos(
     progress: bool = True,
     composition_fraction: float = 0.0,
     story_fraction: float = 0.0,
+    shard: tuple[int, int] = (0, 1),
 ) -> list[Path]:
     """Writes ``num_videos`` synthetic clips ``synth_<index>.mp4`` with their ``.json`` ground-truth sidecars.
 
@@ -217,9 +218,11 @@ def make_synthetic_videos(
             then a scene with them; :func:`~.shots.sample_composition_session`) instead of an editing session.
         story_fraction: share of the videos that film one scene with camera moves only
             (:func:`~.shots.sample_story_session`). With both at 0 (default) every video is an editing session.
+        shard: ``(index, count)``: write only the videos whose index is ``index`` modulo ``count`` (the same files
+            the whole set has), so ``count`` processes can share one set.
 
     Returns:
-        The mp4 paths, in index order.
+        The mp4 paths of the shard, in index order.
     """
     from tqdm.auto import tqdm
 
@@ -230,12 +233,15 @@ def make_synthetic_videos(
             "composition_fraction/story_fraction: need shares >= 0 with a sum <= 1, got "
             f"{composition_fraction} and {story_fraction}."
         )
+    shard_index, num_shards = shard
+    if not (isinstance(num_shards, int) and isinstance(shard_index, int) and 0 <= shard_index < num_shards):
+        raise ValueError(f"shard: needs (index, count) with 0 <= index < count, got {shard!r}.")
     world = world or ShapesWorld(op_weights={"pan": 0.5})
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     width = max(6, len(str(num_videos - 1)))
     paths = []
-    for index in tqdm(range(num_videos), desc="synthetic videos", disable=not progress):
+    for index in tqdm(range(shard_index, num_videos, num_shards), desc="synthetic videos", disable=not progress):
         path = output_dir / f"synth_{index:0{width}d}.mp4"
         paths.append(path)
         if path.exists() and path.with_suffix(".json").exists():
