@@ -336,7 +336,9 @@ def checked_image(**kwargs) -> gr.Image:
 
 EXAMPLES_DIR = HERE / "examples"
 CSS = """
-#result img, #source img, #story img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
+#result img, #source img, #story img, #composed img {
+    width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated;
+}
 #history img, #masks img, #region canvas { image-rendering: pixelated; }
 #history .grid-container, #masks .grid-container { --grid-cols: 6 !important; }
 """  # small outputs stay crisp; the galleries keep thumbnails small however few turns there are
@@ -739,7 +741,7 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
                     elem_id="references",
                 )
                 composed = gr.Image(
-                    label="Composition", type="pil", interactive=False, format="png", elem_id="composed"
+                    label="Composition", type="pil", interactive=False, format="png", height=320, elem_id="composed"
                 )
             compose_prompt = gr.Textbox(
                 label="Description",

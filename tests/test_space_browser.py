@@ -167,3 +167,5 @@ def test_browser_story_and_multi_concept_tabs(page):
     page.locator("#compose-prompt textarea").fill("the yellow square next to the red square")
     page.locator("#compose").click()
     expect(page.locator("#composed img")).to_be_visible()
+    box = page.locator("#composed img").bounding_box()  # a 32x32 result is shown large, not as a tiny square
+    assert box["width"] >= 200 or box["height"] >= 200, box
