@@ -38,7 +38,7 @@ import PIL.Image
 import torch
 from tqdm.auto import tqdm
 
-from ..data.shapes.score import EditScore, score_edit
+from ..data.shapes.score import EditScore, degenerate_output, score_edit
 from ..data.shapes.world import ShapesSession, ShapesWorld
 from ..utils.io import atomic_write
 from .generate import Editor, generate_outputs
@@ -53,6 +53,7 @@ __all__ = [
     "TRUE_MASK_MODES",
     "GROUND_TRUTH_MODES",
     "ChainedEditor",
+    "DegenerateOutputs",
     "ExactVerdict",
     "IdentityEditor",
     "build_bench_sessions",
@@ -247,20 +248,51 @@ def ground_truth_edit(pipe, session: ShapesSession, turn: int, mode: str, sampli
     return _rgb(editing.edit(session.instructions[turn], generator=generator, **sampling))
 
 
-def run_chained(pipe, sessions: list[ShapesSession], mode: str, sampling: dict) -> list[list[EditScore]]:
-    """The chained protocol with the pipeline in ``mode``; session ``i`` draws its noise from seed ``i``."""
-    return score_chained(
-        sessions,
-        lambda index, session: ChainedEditor(pipe, mode, session, sampling, index).edit,
-        desc=f"chained {mode}",
-    )
+class DegenerateOutputs:
+    """Counts the outputs of a protocol that are near-black or one flat colour (see
+    :func:`~diffusers_vincie.data.shapes.score.degenerate_output`)."""
+
+    def __init__(self) -> None:
+        self.outputs = 0
+        self.counts = {"near_black": 0, "constant": 0}
+
+    def check(self, image: np.ndarray) -> np.ndarray:
+        """Counts ``image`` (uint8 ``(H, W, 3)``) and returns it unchanged."""
+        kind = degenerate_output(image)
+        self.outputs += 1
+        if kind is not None:
+            self.counts[kind] += 1
+        return image
+
+    def as_dict(self) -> dict[str, int]:
+        return {"outputs": self.outputs, **self.counts, "degenerate": sum(self.counts.values())}
 
 
-def run_ground_truth(pipe, sessions: list[ShapesSession], mode: str, sampling: dict) -> list[list[EditScore]]:
-    """Scores of every turn of every session, each edited from the true previous frame."""
+def run_chained(
+    pipe, sessions: list[ShapesSession], mode: str, sampling: dict, degenerate: DegenerateOutputs | None = None
+) -> list[list[EditScore]]:
+    """The chained protocol with the pipeline in ``mode``; session ``i`` draws its noise from seed ``i``. Every
+    output is counted by ``degenerate`` when given."""
+    check = degenerate.check if degenerate is not None else lambda image: image
+
+    def editor_of(index: int, session: ShapesSession) -> TurnEditor:
+        edit = ChainedEditor(pipe, mode, session, sampling, index).edit
+        return lambda source, turn: check(edit(source, turn))
+
+    return score_chained(sessions, editor_of, desc=f"chained {mode}")
+
+
+def run_ground_truth(
+    pipe, sessions: list[ShapesSession], mode: str, sampling: dict, degenerate: DegenerateOutputs | None = None
+) -> list[list[EditScore]]:
+    """Scores of every turn of every session, each edited from the true previous frame (every output counted by
+    ``degenerate`` when given)."""
+    check = degenerate.check if degenerate is not None else lambda image: image
     return [
         [
-            score_edit(ground_truth_edit(pipe, session, turn, mode, sampling, seed=1000 * index + turn), session, turn)
+            score_edit(
+                check(ground_truth_edit(pipe, session, turn, mode, sampling, seed=1000 * index + turn)), session, turn
+            )
             for turn in range(session.num_turns)
         ]
         for index, session in enumerate(tqdm(sessions, desc=f"ground truth {mode}", leave=False))
