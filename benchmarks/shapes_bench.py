@@ -3,8 +3,8 @@
 
 The command line of :mod:`diffusers_vincie.evaluation.shapes_bench` (sessions, protocols, scoring and summary live
 there). Sessions come from the synthetic shapes world (``ShapesWorld``, the training world's config) with seeds
-far from the training range (training draws seeds ``0 .. 999,999``; the bench starts at 10,000,000). Every turn is
-scored by :func:`~diffusers_vincie.data.shapes.score.score_edit` against the exact ground truth.
+far from the training range (the recipes draw seeds below 8,000,000; the bench starts at 10,000,000). Every output is
+scored against the exact ground truth (:mod:`diffusers_vincie.data.shapes.score`).
 
 Protocols (``--protocols``, all by default): **chained** (MSE-Bench: each output is the next turn's input, a
 session stops at its first failure; the table gives the fraction of sessions whose turns 1..k all succeeded) in the
