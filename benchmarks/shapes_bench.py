@@ -200,7 +200,7 @@ def plot(summary: dict, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
     for mode, row in summary["chained"].items():
         values = row["cumulative_success"]
         axes[0].plot(range(1, len(values) + 1), values, marker="o", label=mode)
@@ -215,6 +215,23 @@ def plot(summary: dict, path: Path, title: str) -> None:
     axes[1].set(ylabel="per-turn success", title="ground-truth context", ylim=(0, 1))
     if summary["ground_truth"]:
         axes[1].legend()
+    bars = {}
+    if "drag" in summary:
+        bars.update(
+            {"drag": summary["drag"]["success"], "move by\ninstruction": summary["drag"]["instruction_success"]}
+        )
+    if "composition" in summary:
+        bars["composition"] = summary["composition"]["success"]
+    if "story" in summary:
+        bars.update(
+            {
+                "story: camera\nchange": summary["story"]["camera_change"],
+                "story: pixels\nkept": summary["story"]["preserved"],
+            }
+        )
+    axes[2].bar(range(len(bars)), list(bars.values()))
+    axes[2].set_xticks(range(len(bars)), list(bars), fontsize=8)
+    axes[2].set(ylabel="rate", title="other modes", ylim=(0, 1))
     fig.suptitle(title)
     fig.tight_layout()
     with atomic_path(path) as temporary:
