@@ -251,12 +251,20 @@ def test_bench_command_runs_one_protocol(tmp_path):
         common + ["--protocols", "composition", "--composition_objects", "3", "--output_dir", str(tmp_path / "out")]
     )
     assert set(summary["degenerate_outputs"]) == {"composition"} and not summary["chained"]
+    assert summary["first_seeds"]["composition"] == COMPOSITION_SEED
     assert summary["composition"]["per_num_objects"]["3"]["n"] == 2 and "drag" not in summary
     written = json.loads((tmp_path / "out" / "results.json").read_text())
     assert (
         written["composition"]["n"] == 2
         and "Composition from the reference frames" in (tmp_path / "out" / "results.md").read_text()
     )
+    shifted = bench.main(
+        common + ["--protocols", "story", "--seed", str(BENCH_SEED + 7), "--output_dir", str(tmp_path / "shifted")]
+    )
+    asked = [[turn["direction"] for turn in scores] for scores in shifted["turns"]["story"]]
+    expected = build_story_sessions(2, num_turns=2, seed=STORY_SEED + 7, image_size=32, **WORLD)
+    assert asked == [[edit.camera_motion.removeprefix("pan ") for edit in s.edits] for s in expected]
+    assert shifted["first_seeds"]["story"] == STORY_SEED + 7
     with pytest.raises(ValueError, match="--protocols"):
         bench.main(common + ["--protocols", "dragging"])
     with pytest.raises(ValueError, match="--composition_objects"):
