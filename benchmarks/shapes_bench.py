@@ -3,20 +3,24 @@
 
 The command line of :mod:`diffusers_vincie.evaluation.shapes_bench` (sessions, protocols, scoring and summary live
 there). Sessions come from the synthetic shapes world (``ShapesWorld``, the training world's config) with seeds
-far from the training range (training draws seeds ``0 .. 999,999``; the bench starts at 10,000,000). Every turn is
-scored by :func:`~diffusers_vincie.data.shapes.score.score_edit` against the exact ground truth.
+far from the training range (the recipes draw seeds below 8,000,000; the bench starts at 10,000,000). Every output is
+scored against the exact ground truth (:mod:`diffusers_vincie.data.shapes.score`).
 
-Protocols: **chained** (MSE-Bench: each output is the next turn's input, a session stops at its first failure; the
-table gives the fraction of sessions whose turns 1..k all succeeded) in the modes ``full``, ``no_context``,
-``chain_of_editing`` and ``copy`` (the copy-input baseline); **ground-truth context** (teacher forcing: each turn
-edits the true previous frame, with the true earlier frames and instructions as context, ``full``, or none,
-``no_context``): per-turn success over all turns and over the history-dependent turns ("bring back ...",
-"... the colour it was before"), where context must help.
+Protocols (``--protocols``, all by default): **chained** (MSE-Bench: each output is the next turn's input, a
+session stops at its first failure; the table gives the fraction of sessions whose turns 1..k all succeeded) in the
+modes ``full``, ``no_context``, ``chain_of_editing`` and ``copy`` (the copy-input baseline); **ground-truth
+context** (teacher forcing: each turn edits the true previous frame, with the true earlier frames and instructions
+as context, ``full``, or none, ``no_context``): per-turn success over all turns and over the history-dependent
+turns ("bring back ...", "... the colour it was before"), where context must help; **drag** (first-turn move
+edits with the true mask and offset), **composition** (the composed scene from 2-3 reference frames) and
+**story** (camera pans, consistency and the asked camera change), each on its own held-out sessions
+(:mod:`diffusers_vincie.evaluation.shapes_bench_modes`). Every protocol counts its near-black or constant outputs.
 
 Usage::
 
     python benchmarks/shapes_bench.py --num_sessions 200 --output_dir runs/shapes_bench   # the shipped model
     python benchmarks/shapes_bench.py --model runs/eval/step-800 --label 800 --curve runs/curve.jsonl
+    python benchmarks/shapes_bench.py --protocols composition --composition_objects 3 --num_sessions 40
 
 Writes ``results.json``, ``results.md`` (the tables) and ``shapes_bench.png`` to ``--output_dir``; with
 ``--curve`` also appends one line to that file and plots ``success_vs_steps.png`` beside it.
@@ -42,15 +46,31 @@ from diffusers_vincie.evaluation.shapes_bench import (
     GROUND_TRUTH_MODES,
     TRUE_MASK_MODES,
     ChainedEditor,
+    DegenerateOutputs,
     build_bench_sessions,
     run_chained,
     run_ground_truth,
     summarize,
 )
+from diffusers_vincie.evaluation.shapes_bench_modes import (
+    COMPOSITION_SEED,
+    DRAG_SEED,
+    MODE_PROTOCOLS,
+    STORY_SEED,
+    build_composition_sessions,
+    build_drag_sessions,
+    build_story_sessions,
+    modes_markdown,
+    run_composition,
+    run_drag,
+    run_story,
+    summarize_modes,
+)
 from diffusers_vincie.utils.io import atomic_path, write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 WORLD_CONFIG = REPO / "training_scripts" / "configs" / "vincie_shapes_world.json"
+PROTOCOLS = ("chained", "ground_truth", *MODE_PROTOCOLS)
 
 
 def measure_context_cache(pipe, sessions: list[ShapesSession], sampling: dict, repeats: int = 3) -> dict:
@@ -105,13 +125,17 @@ def measure_context_cache(pipe, sessions: list[ShapesSession], sampling: dict, r
 
 def markdown_tables(summary: dict, num_sessions: int) -> str:
     turns = len(next(iter(summary["chained"].values()))["cumulative_success"]) if summary["chained"] else 0
-    lines = [
-        f"Chained turns (MSE-Bench protocol, stop at first failure), {num_sessions} sessions: fraction of "
-        "sessions with turns 1..k all successful.",
-        "",
-        "| mode | " + " | ".join(f"turn {k + 1}" for k in range(turns)) + " | history turns reached (success/n) |",
-        "|---|" + "---|" * (turns + 1),
-    ]
+    if summary["ground_truth"]:
+        turns = len(next(iter(summary["ground_truth"].values()))["per_turn_success"])
+    lines = []
+    if summary["chained"]:
+        lines += [
+            f"Chained turns (MSE-Bench protocol, stop at first failure), {num_sessions} sessions: fraction of "
+            "sessions with turns 1..k all successful.",
+            "",
+            "| mode | " + " | ".join(f"turn {k + 1}" for k in range(turns)) + " | history turns reached (success/n) |",
+            "|---|" + "---|" * (turns + 1),
+        ]
     for mode, row in summary["chained"].items():
         history = row["history_turns_reached"]
         lines.append(
@@ -169,7 +193,8 @@ def markdown_tables(summary: dict, num_sessions: int) -> str:
                 )
                 + " |"
             )
-    return "\n".join(lines) + "\n"
+    modes = modes_markdown(summary)
+    return "\n".join(lines) + "\n" + ("\n" + modes if modes else "")
 
 
 def plot(summary: dict, path: Path, title: str) -> None:
@@ -178,19 +203,38 @@ def plot(summary: dict, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
     for mode, row in summary["chained"].items():
         values = row["cumulative_success"]
         axes[0].plot(range(1, len(values) + 1), values, marker="o", label=mode)
     axes[0].set(xlabel="turn", ylabel="cumulative success", title="chained turns", ylim=(0, 1))
-    axes[0].legend()
+    if summary["chained"]:
+        axes[0].legend()
     groups = ("all_turns", "history_turns", "other_turns")
     width = 0.8 / max(1, len(summary["ground_truth"]))
     for i, (mode, row) in enumerate(summary["ground_truth"].items()):
         axes[1].bar(np.arange(len(groups)) + i * width, [row[g]["success"] for g in groups], width, label=mode)
     axes[1].set_xticks(np.arange(len(groups)) + width * (len(summary["ground_truth"]) - 1) / 2, groups)
     axes[1].set(ylabel="per-turn success", title="ground-truth context", ylim=(0, 1))
-    axes[1].legend()
+    if summary["ground_truth"]:
+        axes[1].legend()
+    bars = {}
+    if "drag" in summary:
+        bars.update(
+            {"drag": summary["drag"]["success"], "move by\ninstruction": summary["drag"]["instruction_success"]}
+        )
+    if "composition" in summary:
+        bars["composition"] = summary["composition"]["success"]
+    if "story" in summary:
+        bars.update(
+            {
+                "story: camera\nchange": summary["story"]["camera_change"],
+                "story: pixels\nkept": summary["story"]["preserved"],
+            }
+        )
+    axes[2].bar(range(len(bars)), list(bars.values()))
+    axes[2].set_xticks(range(len(bars)), list(bars), fontsize=8)
+    axes[2].set(ylabel="rate", title="other modes", ylim=(0, 1))
     fig.suptitle(title)
     fig.tight_layout()
     with atomic_path(path) as temporary:
@@ -249,7 +293,23 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--model", default=None, help="Pipeline folder (default: the shipped default model).")
     parser.add_argument("--num_sessions", type=int, default=200)
     parser.add_argument("--num_turns", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=BENCH_SEED, help="Seed of session 0 (held out from training).")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=BENCH_SEED,
+        help="Seed of session 0 (held out from training); drag, composition and story sessions shift by as much.",
+    )
+    parser.add_argument(
+        "--protocols",
+        default=",".join(PROTOCOLS),
+        help=f"Protocols to run, from {PROTOCOLS} (drag, composition and story use their own seeds).",
+    )
+    parser.add_argument(
+        "--composition_objects",
+        type=int,
+        default=0,
+        help="Reference images per composition session, 2 or 3 (0: each session draws 2 or 3).",
+    )
     parser.add_argument(
         "--modes",
         default=",".join(m for m in CHAINED_MODES if m not in TRUE_MASK_MODES),
@@ -275,8 +335,14 @@ def main(argv: Optional[list[str]] = None) -> dict:
         help="Also time N sessions with the context cache vs recomputing the context each step.",
     )
     args = parser.parse_args(argv)
-    modes = [m for m in args.modes.split(",") if m]
-    gt_modes = [m for m in args.ground_truth_modes.split(",") if m]
+    protocols = [p for p in args.protocols.split(",") if p]
+    for protocol in protocols:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"--protocols: unknown protocol {protocol!r}; choose from {PROTOCOLS}.")
+    if args.composition_objects not in (0, 2, 3):
+        raise ValueError(f"--composition_objects must be 2, 3 or 0 (2 or 3 drawn), got {args.composition_objects}.")
+    modes = [m for m in args.modes.split(",") if m] if "chained" in protocols else []
+    gt_modes = [m for m in args.ground_truth_modes.split(",") if m] if "ground_truth" in protocols else []
     for mode in modes:
         if mode not in CHAINED_MODES:
             raise ValueError(f"--modes: unknown mode {mode!r}; choose from {CHAINED_MODES}.")
@@ -297,13 +363,40 @@ def main(argv: Optional[list[str]] = None) -> dict:
     pipe = load_default_pipeline(args.model)
     sampling = {"num_inference_steps": args.num_inference_steps, "guidance_scale": args.guidance_scale}
     start = time.perf_counter()
-    chained = {mode: run_chained(pipe, sessions, mode, sampling) for mode in modes}
-    ground_truth = {mode: run_ground_truth(pipe, sessions, mode, sampling) for mode in gt_modes}
+    degenerate = {f"chained/{mode}": DegenerateOutputs() for mode in modes}
+    degenerate.update({f"ground_truth/{mode}": DegenerateOutputs() for mode in gt_modes})
+    degenerate.update({protocol: DegenerateOutputs() for protocol in MODE_PROTOCOLS if protocol in protocols})
+    chained = {mode: run_chained(pipe, sessions, mode, sampling, degenerate[f"chained/{mode}"]) for mode in modes}
+    ground_truth = {
+        mode: run_ground_truth(pipe, sessions, mode, sampling, degenerate[f"ground_truth/{mode}"]) for mode in gt_modes
+    }
+    modes_results, shift = {}, args.seed - BENCH_SEED
+    if "drag" in protocols:
+        drag_sessions = build_drag_sessions(args.num_sessions, DRAG_SEED + shift, image_size=32, **world_kwargs)
+        modes_results["drag"] = run_drag(pipe, drag_sessions, sampling, degenerate["drag"])
+    if "composition" in protocols:
+        composition_sessions = build_composition_sessions(
+            args.num_sessions, COMPOSITION_SEED + shift, args.composition_objects or None, 32, **world_kwargs
+        )
+        modes_results["composition"] = run_composition(pipe, composition_sessions, sampling, degenerate["composition"])
+    if "story" in protocols:
+        story_sessions = build_story_sessions(
+            args.num_sessions, args.num_turns, STORY_SEED + shift, 32, **world_kwargs
+        )
+        modes_results["story"] = run_story(pipe, story_sessions, sampling, degenerate["story"])
     summary = summarize(chained, ground_truth, args.num_turns)
+    modes_summary = summarize_modes(**modes_results)
     summary["turns"] = {
         f"{protocol}/{mode}": [[asdict(score) for score in scores] for scores in results]
         for protocol, runs in (("chained", chained), ("ground_truth", ground_truth))
         for mode, results in runs.items()
+    }
+    summary["turns"].update(modes_summary.pop("turns"))
+    summary.update(modes_summary)
+    summary["degenerate_outputs"] = {name: counter.as_dict() for name, counter in degenerate.items()}
+    summary["first_seeds"] = {
+        "chained_and_ground_truth": args.seed,
+        **{name: seed + shift for name, seed in zip(MODE_PROTOCOLS, (DRAG_SEED, COMPOSITION_SEED, STORY_SEED))},
     }
     if args.context_cache_timing:
         summary["context_cache"] = measure_context_cache(pipe, sessions[: args.context_cache_timing], sampling)

@@ -11,7 +11,10 @@ Protocols:
 * **chained** (MSE-Bench, :func:`score_chained`): each output is the next turn's input (and the scored source), a
   session stops at its first failure;
 * **ground-truth context** (teacher forcing, :func:`run_ground_truth`): each turn edits the true previous frame,
-  with the true earlier frames and instructions as context or none.
+  with the true earlier frames and instructions as context or none;
+* drag, composition and story, on sessions of their own: :mod:`.shapes_bench_modes`.
+
+Every protocol can count its near-black or constant outputs (:class:`DegenerateOutputs`).
 
 Two front ends run them, with :func:`summarize` as the one summary of the scores:
 
@@ -38,7 +41,7 @@ import PIL.Image
 import torch
 from tqdm.auto import tqdm
 
-from ..data.shapes.score import EditScore, score_edit
+from ..data.shapes.score import EditScore, degenerate_output, score_edit
 from ..data.shapes.world import ShapesSession, ShapesWorld
 from ..utils.io import atomic_write
 from .generate import Editor, generate_outputs
@@ -53,6 +56,7 @@ __all__ = [
     "TRUE_MASK_MODES",
     "GROUND_TRUTH_MODES",
     "ChainedEditor",
+    "DegenerateOutputs",
     "ExactVerdict",
     "IdentityEditor",
     "build_bench_sessions",
@@ -70,7 +74,8 @@ __all__ = [
 TRUE_MASK_MODES = ("true_mask", "true_masks")
 CHAINED_MODES = ("full", "no_context", "chain_of_editing", "copy", *TRUE_MASK_MODES)
 GROUND_TRUTH_MODES = ("full", "no_context")
-# Training draws seeds 0 .. 999,999; the held-out bench sessions start far from them.
+# The training recipes draw seeds below 8,000,000; the held-out bench sessions start far from them (the other
+# protocols of `shapes_bench_modes` use 11,000,000, 12,000,000 and 13,000,000).
 BENCH_SEED = 10_000_000
 
 
@@ -247,20 +252,51 @@ def ground_truth_edit(pipe, session: ShapesSession, turn: int, mode: str, sampli
     return _rgb(editing.edit(session.instructions[turn], generator=generator, **sampling))
 
 
-def run_chained(pipe, sessions: list[ShapesSession], mode: str, sampling: dict) -> list[list[EditScore]]:
-    """The chained protocol with the pipeline in ``mode``; session ``i`` draws its noise from seed ``i``."""
-    return score_chained(
-        sessions,
-        lambda index, session: ChainedEditor(pipe, mode, session, sampling, index).edit,
-        desc=f"chained {mode}",
-    )
+class DegenerateOutputs:
+    """Counts the outputs of a protocol that are near-black or one flat colour (see
+    :func:`~diffusers_vincie.data.shapes.score.degenerate_output`)."""
+
+    def __init__(self) -> None:
+        self.outputs = 0
+        self.counts = {"near_black": 0, "constant": 0}
+
+    def check(self, image: np.ndarray) -> np.ndarray:
+        """Counts ``image`` (uint8 ``(H, W, 3)``) and returns it unchanged."""
+        kind = degenerate_output(image)
+        self.outputs += 1
+        if kind is not None:
+            self.counts[kind] += 1
+        return image
+
+    def as_dict(self) -> dict[str, int]:
+        return {"outputs": self.outputs, **self.counts, "degenerate": sum(self.counts.values())}
 
 
-def run_ground_truth(pipe, sessions: list[ShapesSession], mode: str, sampling: dict) -> list[list[EditScore]]:
-    """Scores of every turn of every session, each edited from the true previous frame."""
+def run_chained(
+    pipe, sessions: list[ShapesSession], mode: str, sampling: dict, degenerate: DegenerateOutputs | None = None
+) -> list[list[EditScore]]:
+    """The chained protocol with the pipeline in ``mode``; session ``i`` draws its noise from seed ``i``. Every
+    output is counted by ``degenerate`` when given."""
+    check = degenerate.check if degenerate is not None else lambda image: image
+
+    def editor_of(index: int, session: ShapesSession) -> TurnEditor:
+        edit = ChainedEditor(pipe, mode, session, sampling, index).edit
+        return lambda source, turn: check(edit(source, turn))
+
+    return score_chained(sessions, editor_of, desc=f"chained {mode}")
+
+
+def run_ground_truth(
+    pipe, sessions: list[ShapesSession], mode: str, sampling: dict, degenerate: DegenerateOutputs | None = None
+) -> list[list[EditScore]]:
+    """Scores of every turn of every session, each edited from the true previous frame (every output counted by
+    ``degenerate`` when given)."""
+    check = degenerate.check if degenerate is not None else lambda image: image
     return [
         [
-            score_edit(ground_truth_edit(pipe, session, turn, mode, sampling, seed=1000 * index + turn), session, turn)
+            score_edit(
+                check(ground_truth_edit(pipe, session, turn, mode, sampling, seed=1000 * index + turn)), session, turn
+            )
             for turn in range(session.num_turns)
         ]
         for index, session in enumerate(tqdm(sessions, desc=f"ground truth {mode}", leave=False))
