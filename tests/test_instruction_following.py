@@ -354,6 +354,62 @@ def test_training_the_text_encoder_with_high_noise_times_resumes_and_exports(tmp
     assert json.loads((exported / "checkpoint.json").read_text())["trained_text_encoder"] is True
 
 
+def test_sensitivity_probe_on_a_sessions_dataset_draws_from_the_named_world(tmp_path, monkeypatch):
+    """Training on a streamed sessions dataset, the probe draws its held-out sessions from the world named by
+    --synthetic_world_config (the videos' world.json); without it the flag is refused before any work."""
+    from diffusers_vincie.data.loaders import records_to_dataset
+    from diffusers_vincie.testing import write_tiny_components
+
+    components = write_tiny_components(tmp_path / "components")
+    world = {"resolution": 16, "grid": 2, "max_objects": 3}
+    records = [ShapesWorld(**world).sample_session(seed, num_turns=2).to_record() for seed in range(4)]
+    records_to_dataset(records).to_parquet(str(tmp_path / "sessions" / "data" / "train-00000-of-00001.parquet"))
+    train = _script("training_scripts/train_vincie.py", "train_vincie")
+    flags = [
+        "--transformer_config",
+        str(components / "transformer.json"),
+        "--text_encoder_name_or_path",
+        str(components / "text_encoder"),
+        "--vae_name_or_path",
+        "none",
+        "--output_dir",
+        str(tmp_path / "run"),
+        "--dataset_name",
+        str(tmp_path / "sessions"),
+        "--streaming",
+        "--resolution",
+        "16",
+        "--train_batch_size",
+        "2",
+        "--attention_layout",
+        "block_causal",
+        "--max_train_steps",
+        "1",
+        "--sensitivity_steps",
+        "1",
+        "--num_sensitivity_sessions",
+        "2",
+        "--validation_inference_steps",
+        "2",
+    ]
+    with pytest.raises(ValueError, match="--synthetic_world_config"):
+        train.parse_args(flags)
+    assert not (tmp_path / "run").exists()
+    probed_worlds = []
+    probe = train.log_instruction_sensitivity
+
+    def recording_probe(args, transformer, ema, components, probe_world, *rest):
+        probed_worlds.append(probe_world.config)
+        return probe(args, transformer, ema, components, probe_world, *rest)
+
+    monkeypatch.setattr(train, "log_instruction_sensitivity", recording_probe)
+    _reset_accelerate()
+    train.main(train.parse_args(flags + ["--synthetic_world_config", json.dumps(world)]))
+    assert [{key: c[key] for key in world} for c in probed_worlds] == [world]
+    logged = [json.loads(line) for line in (tmp_path / "run" / "sensitivity.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [1] and 0 <= logged[0]["noise"] <= 1
+
+
 def test_new_flags_fail_with_the_flag_named(tmp_path):
     from diffusers_vincie.testing import write_tiny_components
 
