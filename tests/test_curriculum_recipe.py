@@ -92,3 +92,10 @@ def test_phase4_world_is_the_training_world_with_more_moves():
     move3 = json.loads((configs / "vincie_shapes_world_move3.json").read_text())
     assert move3.pop("op_weights") == {"move": 3.0}
     assert move3 == base
+
+
+def test_mask_tasks_other_than_0_or_1_is_refused_before_any_work(tmp_path):
+    env = dict(os.environ, MASK_TASKS="2", HF_HUB_OFFLINE="1")
+    result = subprocess.run(["bash", str(RECIPE), str(tmp_path / "run")], env=env, capture_output=True, text=True)
+    assert result.returncode == 2 and "MASK_TASKS must be 1" in result.stderr
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "run").exists()
