@@ -3,7 +3,8 @@
 
 The command line of :mod:`diffusers_vincie.evaluation.shapes_bench` (sessions, protocols, scoring and summary live
 there). Sessions come from the synthetic shapes world (``ShapesWorld``, the training world's config) with seeds
-far from the training range (the recipes draw seeds below 8,000,000; the bench starts at 10,000,000). Every output is
+far from the training range (the recipes draw world seeds below 8,000,000, the video recipe hashed seeds that miss
+10,000,000-50,000,000; the bench starts at 10,000,000). Every output is
 scored against the exact ground truth (:mod:`diffusers_vincie.data.shapes.score`).
 
 Protocols (``--protocols``, all by default): **chained** (MSE-Bench: each output is the next turn's input, a
