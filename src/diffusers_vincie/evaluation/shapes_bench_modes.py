@@ -2,7 +2,8 @@
 
 Each is exact and seeded like the chained and ground-truth-context protocols of :mod:`.shapes_bench`, with its
 own sessions in the bench's held-out seed range (the recipes train on world seeds below 8,000,000 or on videos
-whose hashed seeds miss 10,000,000-50,000,000; the chained and ground-truth sessions start at 10,000,000) at distinct offsets, so that no two protocols share a session:
+whose hashed seeds miss 10,000,000-50,000,000; the chained and ground-truth sessions start at 10,000,000) at
+distinct offsets, so that no two protocols share a session:
 
 * **drag** (:func:`run_drag`, sessions from :data:`DRAG_SEED` = 11,000,000): first-turn move edits. Session ``i``
   is ``world.sample_session(DRAG_SEED + i, num_turns=1)``; the seeds whose edit is not a "move" are skipped. Each
