@@ -277,8 +277,9 @@ class PixelSceneReader:
 
     # -------------------------------------------------------------------------------------------- pixels
 
-    def read(self, frame: np.ndarray, previous: ReadScene | None = None) -> ReadScene:
-        """The scene a frame shows (frames larger than twice the world resolution are read at that size);
+    def read(self, frame: np.ndarray | PIL.Image.Image, previous: ReadScene | None = None) -> ReadScene:
+        """The scene a frame shows (an RGB array or image; frames larger than twice the world resolution are
+        read at that size);
         ``previous``, the scene of the clip's frame before, settles reads the pixels leave open.
 
         Raises:
@@ -290,7 +291,7 @@ class PixelSceneReader:
         return self._fit_scene(pixels, previous)
 
     def read_many(
-        self, frames: list[np.ndarray], previous: list[int | None]
+        self, frames: list[np.ndarray | PIL.Image.Image], previous: list[int | None]
     ) -> list[ReadScene | UnreadableTransition]:
         """Reads frames in order, each as :meth:`read` does, with the scene read from ``frames[previous[i]]``
         (an earlier frame, or ``None``) settling frame ``i``'s open reads. The pixel work of frames of one size
@@ -310,23 +311,24 @@ class PixelSceneReader:
                     results.append(error)
         return results
 
-    def _analyse(self, frames: list[np.ndarray]) -> list["_FramePixels | UnreadableTransition"]:
+    def _analyse(self, frames: list) -> list["_FramePixels | UnreadableTransition"]:
         """The pixel stage of each frame, frames of one size together."""
         analysed: list = [None] * len(frames)
         sizes: dict[int, list[tuple[int, np.ndarray]]] = {}
         for index, frame in enumerate(frames):
-            frame = np.asarray(frame)
-            if frame.ndim != 3 or frame.shape[0] != frame.shape[1] or frame.shape[2] != 3:
-                analysed[index] = UnreadableTransition(f"frames must be square RGB, got shape {frame.shape}")
+            image = frame if isinstance(frame, PIL.Image.Image) and frame.mode == "RGB" else None
+            shape = (image.height, image.width, 3) if image is not None else np.shape(frame)
+            if len(shape) != 3 or shape[0] != shape[1] or shape[2] != 3:
+                analysed[index] = UnreadableTransition(f"frames must be square RGB, got shape {shape}")
                 continue
-            resolution = min(frame.shape[0], 2 * self.world.resolution)
-            if resolution != frame.shape[0]:  # box averaging also evens out compression noise
-                image = PIL.Image.fromarray(frame)
-                if frame.shape[0] % resolution == 0:  # whole blocks: their rounded mean, in one pass
-                    frame = np.asarray(image.reduce(frame.shape[0] // resolution))
+            resolution = min(shape[0], 2 * self.world.resolution)
+            if resolution != shape[0]:  # box averaging also evens out compression noise
+                image = image or PIL.Image.fromarray(np.asarray(frame))
+                if shape[0] % resolution == 0:  # whole blocks: their rounded mean, in one pass
+                    image = image.reduce(shape[0] // resolution)
                 else:
-                    frame = np.asarray(image.resize((resolution, resolution), PIL.Image.BOX))
-            sizes.setdefault(resolution, []).append((index, frame))
+                    image = image.resize((resolution, resolution), PIL.Image.BOX)
+            sizes.setdefault(resolution, []).append((index, np.asarray(image if image is not None else frame)))
         for members in sizes.values():
             stack = np.stack([frame for _, frame in members])
             for (index, _), pixels in zip(members, self._analyse_stack(stack)):

@@ -515,7 +515,7 @@ class ShapesPixelAnnotator(BatchTransitionAnnotator):
                     keys[key] = len(frames)
                     frames.append(frame)
                     previous.append(None if before is None else keys[(before.frame_index, before.timestamp)])
-        images = [np.asarray(f.image if f.image.mode == "RGB" else f.image.convert("RGB")) for f in frames]
+        images = [f.image if f.image.mode == "RGB" else f.image.convert("RGB") for f in frames]
         scenes = {}
         for (key, index), read in zip(keys.items(), self.reader.read_many(images, previous)):
             reason = (
