@@ -99,6 +99,7 @@ def main() -> None:
     parser.add_argument("--fps", type=int, default=8, help="frame rate of the synthetic videos")
     parser.add_argument("--shard-size", type=int, default=64, help="sessions per parquet shard")
     parser.add_argument("--frame-format", choices=("png", "jpeg"), default="png", help="how frames are stored")
+    parser.add_argument("--max-side", type=int, default=None, help="frames decoded at most this large (pixels)")
     parser.add_argument("--repeats", type=int, default=3, help="timings are the best of this many runs")
     parser.add_argument(
         "--annotator",
@@ -116,7 +117,8 @@ def main() -> None:
 
     disable_progress_bar()
     logging.getLogger("diffusers_vincie").setLevel(logging.ERROR)
-    config = SamplingConfig(strategy="equal_interval", interval=1.0)  # one frame per key state (1 s per turn)
+    # one frame per key state (1 s per turn)
+    config = SamplingConfig(strategy="equal_interval", interval=1.0, max_side=args.max_side)
     with tempfile.TemporaryDirectory() as workdir:
         work = Path(workdir)
         (work / "videos").mkdir()
@@ -166,6 +168,7 @@ def main() -> None:
             "composition_fraction": args.composition_fraction,
             "story_fraction": args.story_fraction,
             "frame_format": args.frame_format,
+            "max_side": args.max_side,
             "frames": frames,
             "sessions": summary.sessions,
             "decode_only_s": round(decode_s, 4),

@@ -182,12 +182,14 @@ class _Colours:
 @dataclass(frozen=True)
 class _FramePixels:
     """What the pixels of one frame (read at ``resolution``) say, for the scene fit: the evidence for each
-    world colour (``(colours, H * W)``), the background, the components that can be objects, and which
-    rendered colour would leave which pixel unexplained (``mismatch[mismatch_rows + palette id]``)."""
+    world colour (``(colours, distinct colours)``) and each pixel's distinct colour (``colour_of_pixel``,
+    flat), the background, the components that can be objects, and which rendered colour would leave which
+    pixel unexplained (``mismatch[mismatch_rows + palette id]``)."""
 
     resolution: int
     scale: float
     evidence: np.ndarray
+    colour_of_pixel: np.ndarray
     background: str
     components: list
     mismatch: np.ndarray
@@ -234,9 +236,11 @@ class _Candidates:
         starts = np.concatenate(([0], np.cumsum(lengths)))
         return cls(tuple(placements), indices, starts, lengths, (lengths == 0).nonzero()[0])
 
-    def sums(self, values: np.ndarray, dtype=None) -> np.ndarray:
-        """Sum of ``values`` (flat, per pixel) over each candidate's footprint."""
-        totals = np.add.reduceat(values[self.indices], self.starts, dtype=dtype)[:-1]
+    def sums(self, values: np.ndarray, lookup: np.ndarray | None = None, dtype=None) -> np.ndarray:
+        """Sum over each candidate's footprint of ``values`` per pixel (flat), or of ``values[lookup]`` when
+        ``lookup`` gives each pixel's index into ``values``."""
+        gathered = values[self.indices] if lookup is None else values[lookup[self.indices]]
+        totals = np.add.reduceat(gathered, self.starts, dtype=dtype)[:-1]
         if len(self.empty):
             totals[self.empty] = 0  # reduceat gives an empty segment its first element
         return totals
@@ -367,12 +371,12 @@ class PixelSceneReader:
         apart = np.abs(colours.rgb[:, None, :] - self._palette_rgb[None]) > EXPLAINED_TOLERANCE
         mismatch = (apart[..., 0] | apart[..., 1] | apart[..., 2]).ravel()
         mismatch_rows = colours.inverse * len(self._palette)
-        evidence = np.take(evidence, colours.inverse, axis=1)
         return [
             _FramePixels(
                 resolution,
                 scale,
-                evidence[:, k * area : (k + 1) * area],
+                evidence,
+                colours.inverse[k * area : (k + 1) * area],
                 self._background(background_pixels[k]),
                 [
                     self._component(labels[k], layers[k], label, int(areas[label]))
@@ -548,7 +552,7 @@ class PixelSceneReader:
             )
             if not candidates.placements:
                 return None
-            scores = candidates.sums(pixels.evidence[self.colours.index(component.colour)])
+            scores = candidates.sums(pixels.evidence[self.colours.index(component.colour)], pixels.colour_of_pixel)
             shape, size, row, col, _ = candidates.placements[int(scores.argmax())]  # the first of equals
             if (row, col) in taken:
                 return None
@@ -563,7 +567,7 @@ class PixelSceneReader:
         ids = self._colour_ids(scene, pixels.resolution)
         wrong = pixels.mismatch[pixels.mismatch_rows + ids.ravel()].reshape(ids.shape)
         wrong &= ~_edge_band(ids)
-        return float(wrong.mean())
+        return np.count_nonzero(wrong) / wrong.size
 
     def _colour_ids(self, scene: ReadScene, resolution: int) -> np.ndarray:
         """The scene rendered as ``(R, R)`` uint8 ids, one per distinct colour (where its image has edges)."""
@@ -608,9 +612,10 @@ class SceneTrack:
     def sync(self, scene: ReadScene) -> None:
         """Adopts a scene read without a known transition: objects keep their history when still present."""
         known = {(o.colour, o.shape): o for o in self.objects}
+        history = {key: o.previous_colours for key, o in known.items()}
         self.objects = tuple(
-            replace(o, previous_colours=known[(o.colour, o.shape)].previous_colours)
-            if (o.colour, o.shape) in known
+            replace(o, previous_colours=history[(o.colour, o.shape)])
+            if history.get((o.colour, o.shape), o.previous_colours) != o.previous_colours
             else o
             for o in scene.objects
         )
