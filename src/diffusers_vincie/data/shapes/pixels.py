@@ -167,16 +167,31 @@ class _Colours:
 
     @classmethod
     def of(cls, pixels: np.ndarray) -> "_Colours":
-        packed = _packed(pixels.reshape(-1, 3).T.astype(np.int32))
-        order = packed.argsort(kind="stable")  # a radix sort for these integers
-        ordered = packed[order]
-        new = np.empty(len(packed), dtype=bool)  # the first pixel of each colour, in sorted order
-        new[0] = True
-        np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
-        inverse = np.empty(len(packed), dtype=np.intp)
-        inverse[order] = new.cumsum() - 1
-        distinct = ordered[new]
-        return cls(np.stack([(distinct >> shift) & 255 for shift in (16, 8, 0)], axis=1).astype(np.int16), inverse)
+        packed = _packed(np.ascontiguousarray(pixels.reshape(-1, 3).T).astype(np.uint32))
+        ordered = np.sort(packed)
+        distinct = ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))]
+        return cls(
+            np.stack([(distinct >> shift) & 255 for shift in (16, 8, 0)], axis=1).astype(np.int16),
+            _index_of(packed, distinct),
+        )
+
+
+def _index_of(values: np.ndarray, distinct: np.ndarray) -> np.ndarray:
+    """The index in ``distinct`` (sorted, unique uint32) of each of ``values`` (all among them): through a
+    multiplicative hash table when one without collisions is found (two vector operations), else by binary
+    search."""
+    for bits in range(int(len(distinct)).bit_length() + 9, 23):  # sparse enough that collisions are rare
+        shift = np.uint32(32 - bits)
+        slots = (distinct * _HASH_MULTIPLIER) >> shift
+        ordered = np.sort(slots)
+        if (ordered[1:] != ordered[:-1]).all():
+            table = np.zeros(1 << bits, dtype=np.intp)
+            table[slots] = np.arange(len(distinct))
+            return table.take((values * _HASH_MULTIPLIER) >> shift)
+    return np.searchsorted(distinct, values)
+
+
+_HASH_MULTIPLIER = np.uint32(2654435761)  # Knuth's: 2**32 / golden ratio, odd
 
 
 @dataclass(frozen=True)
