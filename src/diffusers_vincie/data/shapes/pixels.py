@@ -185,7 +185,7 @@ def _index_of(values: np.ndarray, distinct: np.ndarray) -> np.ndarray:
         slots = (distinct * _HASH_MULTIPLIER) >> shift
         ordered = np.sort(slots)
         if (ordered[1:] != ordered[:-1]).all():
-            table = np.zeros(1 << bits, dtype=np.intp)
+            table = np.empty(1 << bits, dtype=np.int32)  # only the slots of ``distinct`` are ever read
             table[slots] = np.arange(len(distinct))
             return table.take((values * _HASH_MULTIPLIER) >> shift)
     return np.searchsorted(distinct, values)
