@@ -248,9 +248,43 @@ def sessions_from_video(
         one bad video never stops a build.
     """
     config = config or SamplingConfig()
+    return _sessions_from_video(
+        Path(path), video_id, annotator, config, region_masker, lambda: _decode_video(Path(path), video_id, config)
+    )
+
+
+@dataclass
+class _DecodedVideo:
+    """A video's sampled clips (timestamps) and their frames, decoded; ``error`` says why there are none."""
+
+    clips: list[list[float]]
+    frames: list[SampledFrame]
+    duration: float
+    error: str | None = None
+
+
+def _decode_video(path: Path, video_id: str, config: SamplingConfig) -> _DecodedVideo:
+    try:
+        info = probe_video(path)
+        clips = _clip_frame_times(info.duration, path, video_id, config)
+        decoded = decode_frames_at(path, [t for clip in clips for t in clip], max_side=config.max_side)
+    except VideoDecodeError as error:
+        return _DecodedVideo([], [], 0.0, error.reason)
+    return _DecodedVideo(clips, decoded, info.duration)
+
+
+def _sessions_from_video(
+    path: Path,
+    video_id: str,
+    annotator: TransitionAnnotator,
+    config: SamplingConfig,
+    region_masker: Any | None,
+    decode: Callable[[], _DecodedVideo],
+) -> VideoResult:
+    """:func:`sessions_from_video` with the video's frames from ``decode`` (which may have run ahead)."""
     result = VideoResult(video_id=video_id)
     try:
-        _add_video_sessions(Path(path), video_id, annotator, config, region_masker, result)
+        _add_video_sessions(path, decode(), video_id, annotator, config, region_masker, result)
     except Exception as error:  # any failure of one video is that video's reject reason
         result.sessions.clear()
         result.error = f"{type(error).__name__}: {error}"
@@ -259,22 +293,20 @@ def sessions_from_video(
 
 def _add_video_sessions(
     path: Path,
+    video: _DecodedVideo,
     video_id: str,
     annotator: TransitionAnnotator,
     config: SamplingConfig,
     region_masker: Any | None,
     result: VideoResult,
 ) -> None:
-    try:
-        info = probe_video(path)
-        clips = _clip_frame_times(info.duration, path, video_id, config)
-        decoded = decode_frames_at(path, [t for clip in clips for t in clip], max_side=config.max_side)
-    except VideoDecodeError as error:
-        result.error = error.reason
+    if video.error is not None:
+        result.error = video.error
         return
+    clips, decoded = video.clips, video.frames
     if not clips:
         result.error = (
-            f"too short: no clip of {config.min_frames}+ frames in {info.duration:.2f}s "
+            f"too short: no clip of {config.min_frames}+ frames in {video.duration:.2f}s "
             f"(strategy {config.strategy}, interval {config.interval}s)"
         )
         return
@@ -756,7 +788,10 @@ def _build(
     writer = _ShardWriter(output_dir, state.process_index, shard_size, encode_workers, frame_format)
     completed = False
     try:
-        with state.split_between_processes(pending) as share:
+        with (
+            state.split_between_processes(pending) as share,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="video-decoder") as decoder,
+        ):
             progress = tqdm(
                 share,
                 desc=f"sessions [rank {state.process_index}]",
@@ -764,8 +799,14 @@ def _build(
                 unit="video",
                 disable=not share,
             )
-            for video_id, path in progress:
-                result = sessions_from_video(path, video_id, annotator, config, region_masker)
+            # the next video is decoded on a thread while this one is annotated (the decoder releases the GIL)
+            ahead = [decoder.submit(_decode_video, Path(path), video_id, config) for video_id, path in share[:1]]
+            for index, (video_id, path) in enumerate(progress):
+                if index + 1 < len(share):
+                    following_id, following = share[index + 1]
+                    ahead.append(decoder.submit(_decode_video, Path(following), following_id, config))
+                decoded = ahead.pop(0)
+                result = _sessions_from_video(Path(path), video_id, annotator, config, region_masker, decoded.result)
                 if result.error is not None:
                     logger.warning("rejected video %s (retried next run): %s", path, result.error)
                 writer.add(path, result)
