@@ -441,15 +441,17 @@ class PixelSceneReader:
             if fit is not None:
                 votes[fit[1]] = votes.get(fit[1], 0.0) + fit[2]
         cameras = sorted(votes, key=lambda c: -votes[c]) + self.all_cameras
+        cut = any(component.touches_edge for component in components)
         best = None
         for camera in dict.fromkeys(cameras):  # the voted offsets first, then every offset the camera can take
             scene = self._scene_at(camera, pixels)
             if scene is not None:
-                unexplained = self._unexplained(scene, pixels)
+                # only a read with an object cut by the frame's edge compares exact shares with other reads
+                unexplained = self._unexplained(scene, pixels, enough=None if cut else MAX_UNEXPLAINED)
                 if best is None or unexplained < best[0]:
                     best = (unexplained, scene)
                 if unexplained <= MAX_UNEXPLAINED:
-                    if not any(component.touches_edge for component in components):
+                    if not cut:
                         return scene
                     # an object cut by the frame's edge can mislead the vote by a camera step, and a big object
                     # cut off can look like a smaller one: the best of the neighbouring offsets wins, and among
@@ -577,10 +579,13 @@ class PixelSceneReader:
             )
         return ReadScene(pixels.background, camera, tuple(objects))
 
-    def _unexplained(self, scene: ReadScene, pixels: _FramePixels) -> float:
-        """Share of the frame, away from the rendered edges, that the rendered scene does not match."""
+    def _unexplained(self, scene: ReadScene, pixels: _FramePixels, enough: float | None = None) -> float:
+        """Share of the frame, away from the rendered edges, that the rendered scene does not match; with
+        ``enough``, the share counting the edges too (more) when that is already at most ``enough``."""
         ids = self._colour_ids(scene, pixels.resolution)
         wrong = pixels.mismatch[pixels.mismatch_rows + ids.ravel()].reshape(ids.shape)
+        if enough is not None and (upper := np.count_nonzero(wrong) / wrong.size) <= enough:
+            return upper
         wrong &= ~_edge_band(ids)
         return np.count_nonzero(wrong) / wrong.size
 
