@@ -283,6 +283,11 @@ class PixelSceneReader:
         self.camera_values = list(range(-limit, limit + 1, world.pan_step))
         self.all_cameras = [(x, y) for y in self.camera_values for x in self.camera_values]
         self.smallest_radius = min(world.sizes.values()) * world.cell
+        # (background colours, backgrounds): which colours each of the world's backgrounds shows
+        self._background_members = np.array(
+            [[rgb in BACKGROUNDS[name][:2] for name in world.backgrounds] for rgb in self.background_colours],
+            dtype=int,
+        )
         # footprints scored together, by what they depend on: a component's bounding box (one-object fits) or
         # the camera and the cells near a component (the scene's matched filter)
         self._candidates: dict[tuple, _Candidates] = {}
@@ -373,14 +378,16 @@ class PixelSceneReader:
         background_pixels = per_frame[:, is_background] @ (
             background_index[is_background, None] == np.arange(len(self.background_colours))
         )
+        # the backgrounds' colour sets are disjoint; the first of equally supported backgrounds wins
+        backgrounds = (background_pixels @ self._background_members).argmax(1)
         # components, all frames at once: one separating row of background under each frame
         layers = np.full((count, resolution + 1, resolution), -1, dtype=classes.dtype)
         layers[:, :resolution] = classes[colours.inverse].reshape(count, resolution, resolution)
         labels, _ = _label_components(layers.reshape(-1, resolution))
-        labels = labels.reshape(count, resolution + 1, resolution)[:, :resolution]
         areas = np.bincount(labels.ravel())
         objects = (areas[1:] >= min_area).nonzero()[0] + 1
-        last_labels = np.maximum.accumulate(labels.reshape(count, area).max(1))  # labels run in frame order
+        last_labels = np.maximum.accumulate(labels.reshape(count, -1).max(1))  # labels run in frame order
+        labels = labels.reshape(count, resolution + 1, resolution)[:, :resolution]
         frame_objects = np.split(objects, np.searchsorted(objects, last_labels, side="right")[:-1])
         # which frame colour a rendered world colour would leave unexplained (per channel, over the tolerance)
         apart = np.abs(colours.rgb[:, None, :] - self._palette_rgb[None]) > EXPLAINED_TOLERANCE
@@ -392,7 +399,7 @@ class PixelSceneReader:
                 scale,
                 evidence,
                 colours.inverse[k * area : (k + 1) * area],
-                self._background(background_pixels[k]),
+                self.world.backgrounds[backgrounds[k]],
                 [
                     self._component(labels[k], layers[k], label, int(areas[label]))
                     for label in frame_objects[k].tolist()
@@ -423,14 +430,6 @@ class PixelSceneReader:
         backgrounds = np.where(~is_colour & (nearest_background < COLOUR_TOLERANCE), background_index, -1)
         evidence = np.clip(nearest_background - distances[:colours], -100, 100)
         return classes, evidence, backgrounds
-
-    def _background(self, pixels: np.ndarray) -> str:
-        """The background whose colours the most pixels are nearest to (``pixels`` per background colour; the
-        backgrounds' colour sets are disjoint)."""
-        return max(
-            self.world.backgrounds,
-            key=lambda name: sum(pixels[self.background_colours.index(rgb)] for rgb in set(BACKGROUNDS[name][:2])),
-        )
 
     def _fit_scene(self, pixels: _FramePixels, previous: ReadScene | None) -> ReadScene:
         """The scene of the world that renders to the frame (see :meth:`read`)."""
