@@ -3,18 +3,22 @@ annotator.
 
 Measures, in the same run and on the same videos and frames:
 
-* decode-only time: probe + choose timestamps + decode the sampled frames with PyAV (the floor any build
-  pays);
-* build time: ``build_sessions`` end to end (decode, annotate from the sidecars, encode PNGs, write parquet
-  shards, manifests and the dataset card) -> sessions/s and the ratio build / decode-only (goal <= 1.5x);
-* the same ratio in CPU seconds (all threads of the process): the extra work, independent of how much
-  the background image encoding can overlap with decoding on the machine's free cores;
+* decode-only time: probe + choose timestamps + decode the sampled frames with PyAV, one video after the
+  other (what any build decodes);
+* build time: ``build_sessions`` end to end (decode, annotate from the sidecars or the pixels, encode PNGs,
+  write parquet shards, manifests and the dataset card) -> sessions/s and the ratio build / decode-only (goal
+  <= 1.5x);
+* the same ratio in CPU seconds (all threads of the process): the extra work, independent of how much the
+  background decoding and image encoding can overlap with annotating on the machine's free cores;
 * streaming read-back: ``load_dataset(folder, streaming=True)`` iterating every row with its images
   decoded -> rows/s.
 
 Each timing is the best of ``--repeats`` runs (the machine is shared). Usage::
 
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python benchmarks/bench_build_sessions.py --videos 24 --resolution 128
+    # the recipe's build: pixel annotator, composition and story videos, frames read at 64 px
+    OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python benchmarks/bench_build_sessions.py --videos 24 --resolution 128 \
+        --annotator pixels --composition-fraction 0.1 --story-fraction 0.1 --max-side 64 --repeats 10
 
 The videos are those of the training recipe (``make_synthetic_videos.py``: 5 edits, camera pans, world geometry at
 ``--world-resolution`` 32 drawn at ``--resolution``; ``--composition-fraction`` / ``--story-fraction`` add
