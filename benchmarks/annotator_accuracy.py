@@ -59,7 +59,7 @@ def score_video(path: Path, video_id: str, config: SamplingConfig, pixels, truth
     """One row per transition of the video whose frames both lie on key states (the log annotates those)."""
     rows = []
     for clip in _clip_frame_times(probe_video(path).duration, path, video_id, config):
-        frames = decode_frames_at(path, clip)
+        frames = decode_frames_at(path, clip, max_side=config.max_side)
         transitions = [Transition(str(path), video_id, a, b) for a, b in pairwise(frames)]
         for expected, got in zip(truth.annotate_many(transitions), pixels.annotate_many(transitions)):
             if isinstance(expected, AnnotationRejected):
@@ -120,6 +120,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--pan_weight", type=float, default=0.5, help="camera pans (the video maker's default)")
     parser.add_argument("--composition_fraction", type=float, default=0.0, help="share of composition videos")
     parser.add_argument("--story_fraction", type=float, default=0.0, help="share of camera-only videos")
+    parser.add_argument(
+        "--max_side", type=int, default=None, help="decode frames at most this large, as build_sessions.py --max-side"
+    )
     parser.add_argument("--output_dir", type=Path, default=Path("runs/annotator_accuracy"))
     args = parser.parse_args(argv)
     if args.num_videos < 1:
@@ -139,7 +142,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
         composition_fraction=args.composition_fraction,
         story_fraction=args.story_fraction,
     )
-    config = SamplingConfig(strategy="equal_interval", interval=1.0)  # the video maker's seconds_per_turn
+    # the video maker's seconds_per_turn
+    config = SamplingConfig(strategy="equal_interval", interval=1.0, max_side=args.max_side)
     pixels, truth = ShapesPixelAnnotator(world), GroundTruthAnnotator()
     start = time.perf_counter()
     rows = [

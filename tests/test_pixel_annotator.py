@@ -175,3 +175,72 @@ def test_pans_that_cut_a_lone_object_at_the_frame_edge_are_still_pans():
     frames = [WORLD.render(s, 128) for s in states]
     results = ShapesPixelAnnotator(WORLD).annotate_many(transitions(frames))
     assert [r.instruction for r in results] == instructions
+
+
+def flood_fill_labels(classes: np.ndarray) -> tuple[np.ndarray, int]:
+    """Reference labelling: 4-connected pixels of one class >= 0, numbered in raster order of first pixels."""
+    labels = np.zeros(classes.shape, dtype=np.int64)
+    count = 0
+    for y, x in zip(*np.nonzero(classes >= 0)):
+        if labels[y, x]:
+            continue
+        count += 1
+        labels[y, x], stack = count, [(y, x)]
+        while stack:
+            cy, cx = stack.pop()
+            for ny, nx in ((cy + 1, cx), (cy - 1, cx), (cy, cx + 1), (cy, cx - 1)):
+                inside = 0 <= ny < classes.shape[0] and 0 <= nx < classes.shape[1]
+                if inside and not labels[ny, nx] and classes[ny, nx] == classes[cy, cx]:
+                    labels[ny, nx] = count
+                    stack.append((ny, nx))
+    return labels, count
+
+
+def test_component_labels_match_a_flood_fill_on_random_class_maps():
+    from diffusers_vincie.data.shapes.pixels import _label_components
+
+    rng = np.random.default_rng(0)
+    maps = [np.full((5, 7), -1), np.zeros((1, 9), dtype=int), np.zeros((9, 1), dtype=int)]
+    for _ in range(30):
+        height, width = rng.integers(1, 40, size=2)
+        coarse = rng.integers(-1, 3, size=(height // 4 + 1, width // 4 + 1))  # blobs, spirals of runs
+        blobs = np.kron(coarse, np.ones((4, 4), dtype=int))[:height, :width]
+        speckle = rng.integers(-1, 3, size=(height, width))  # many one-pixel components
+        maps += [blobs, np.where(rng.random((height, width)) < 0.2, speckle, blobs), speckle]
+    for classes in maps:
+        labels, count = _label_components(classes)
+        expected, expected_count = flood_fill_labels(classes)
+        assert count == expected_count
+        np.testing.assert_array_equal(labels, expected)
+
+
+def test_distinct_colours_are_indexed_exactly_with_or_without_the_hash_table():
+    from diffusers_vincie.data.shapes.pixels import _index_of
+
+    rng = np.random.default_rng(1)
+    for size in (1, 3, 300, 5000, 20000):  # 20000 distinct values: no table small enough, binary search
+        distinct = np.unique(rng.integers(0, 1 << 24, size=size, dtype=np.uint32))
+        values = rng.choice(distinct, size=4096)
+        np.testing.assert_array_equal(_index_of(values, distinct), np.searchsorted(distinct, values))
+
+
+def test_reading_a_clip_at_once_equals_reading_its_frames_one_by_one():
+    session = next(s for s in (WORLD.sample_session(i, 5) for i in range(500)) if "pan" in s.ops)
+    frames = [noisy(WORLD.render(state, 2 * RESOLUTION), k) for k, state in enumerate(session.states)]
+    frames.insert(2, noisy(WORLD.render(session.states[1], RESOLUTION), 99))  # another size, read at its own
+    frames.insert(4, np.zeros((RESOLUTION, RESOLUTION // 2, 3), dtype=np.uint8))  # not square: no scene
+    previous = [None, *range(len(frames) - 1)]
+    together = PixelSceneReader(WORLD).read_many([PIL.Image.fromarray(f) for f in frames], previous)
+    reader, alone = PixelSceneReader(WORLD), []
+    for frame, before in zip(frames, previous):
+        prior = alone[before] if before is not None and not isinstance(alone[before], Exception) else None
+        try:
+            alone.append(reader.read(frame, prior))
+        except UnreadableTransition as error:
+            alone.append(error)
+    assert [type(a) for a in together] == [type(a) for a in alone]
+    assert isinstance(together[4], UnreadableTransition) and "square RGB" in together[4].reason
+    for a, b in zip(together, alone):
+        assert a == b if not isinstance(a, Exception) else a.reason == b.reason
+    with pytest.raises(ValueError, match="previous"):
+        reader.read_many(frames[:2], [None, 1])

@@ -27,7 +27,7 @@ import numpy as np
 import PIL.Image
 
 from .shots import compose_instruction, introduce_instruction
-from .world import _COL_WORDS, _DIRECTIONS, _ROW_WORDS, BACKGROUNDS, COLOURS, SceneObject, SceneState, ShapesWorld
+from .world import _COL_WORDS, _DIRECTIONS, _ROW_WORDS, BACKGROUNDS, COLOURS, SceneObject, ShapesWorld
 
 __all__ = ["PixelSceneReader", "ReadScene", "SceneTrack", "TransitionReading", "UnreadableTransition"]
 
@@ -78,29 +78,52 @@ class TransitionReading:
 
 
 def _label_components(classes: np.ndarray) -> tuple[np.ndarray, int]:
-    """4-connected components of the pixels of equal class ``>= 0``: ``(labels, count)``, labels 1..count."""
+    """4-connected components of the pixels of equal class ``>= 0``: ``(labels, count)``, labels 1..count in the
+    raster order of each component's first pixel.
+
+    Works on runs (maximal stretches of one class along a row): runs of one class that touch vertically are
+    merged by union-find, each set hooked under its smallest run, so a component's root is its first run.
+    """
     height, width = classes.shape
-    inside = classes >= 0
-    big = height * width + 1
-    labels = np.where(inside, np.arange(1, height * width + 1).reshape(height, width), big)
-    same_down = inside[1:] & (classes[1:] == classes[:-1])  # pixel (y + 1, x) joins (y, x)
-    same_right = inside[:, 1:] & (classes[:, 1:] == classes[:, :-1])
-    while True:  # propagate the smallest label across equal-class neighbours until nothing changes
-        smallest = labels.copy()
-        np.minimum(smallest[1:], np.where(same_down, labels[:-1], big), out=smallest[1:])
-        np.minimum(smallest[:-1], np.where(same_down, labels[1:], big), out=smallest[:-1])
-        np.minimum(smallest[:, 1:], np.where(same_right, labels[:, :-1], big), out=smallest[:, 1:])
-        np.minimum(smallest[:, :-1], np.where(same_right, labels[:, 1:], big), out=smallest[:, :-1])
-        # pointer jumping: a label is the index (+1) of a pixel of the same component; take that pixel's label
-        flat = smallest.ravel()
-        for _ in range(4):
-            flat[inside.ravel()] = flat[flat[inside.ravel()] - 1]
-        if np.array_equal(smallest, labels):
+    flat = classes.ravel()
+    inside = flat >= 0
+    continues = np.zeros(height * width, dtype=bool)  # same class as the pixel on its left
+    continues.reshape(height, width)[:, 1:] = classes[:, 1:] == classes[:, :-1]
+    starts = inside & ~continues
+    runs = int(starts.sum())
+    if runs == 0:
+        return np.zeros((height, width), dtype=np.int64), 0
+    run_of_pixel = np.cumsum(starts) - 1  # meaningful on inside pixels only
+    joins = inside[width:] & (flat[width:] == flat[:-width])  # pixel (y + 1, x) joins (y, x)
+    upper, lower = run_of_pixel[:-width][joins], run_of_pixel[width:][joins]
+    parent = np.arange(runs)
+    while True:
+        a, b = parent[upper], parent[lower]  # roots: parent is fully compressed here
+        apart = a != b
+        if not apart.any():
             break
-        labels = smallest
-    values, inverse = np.unique(labels, return_inverse=True)
-    relabelled = np.where(inside, inverse.reshape(height, width) + 1, 0)
-    return relabelled, int((values != big).sum())
+        a, b = a[apart], b[apart]
+        np.minimum.at(parent, np.maximum(a, b), np.minimum(a, b))  # hook the larger root under the smaller
+        while True:  # pointer jumping until every run points at its root
+            grand = parent[parent]
+            if (grand == parent).all():
+                break
+            parent = grand
+    is_root = parent == np.arange(runs)
+    label_of_root = np.cumsum(is_root)  # roots numbered 1.. in run order
+    labels = np.where(inside, label_of_root[parent][run_of_pixel], 0).reshape(height, width)
+    return labels, int(label_of_root[-1])
+
+
+def _argmin_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(min, argmin)`` over the first axis of a ``(K, N)`` array, the first row winning ties (as
+    ``argmin(0)``, whose axis-0 loop is far slower on few long rows)."""
+    best = rows[0].copy()
+    index = np.zeros(rows.shape[1], dtype=np.int64)
+    for k in range(1, len(rows)):
+        index[rows[k] < best] = k
+        np.minimum(best, rows[k], out=best)
+    return best, index
 
 
 def _shared_objects(scene: ReadScene, previous: ReadScene | None) -> int:
@@ -111,15 +134,17 @@ def _shared_objects(scene: ReadScene, previous: ReadScene | None) -> int:
     return sum((o.colour, o.shape, o.size) in seen for o in scene.objects)
 
 
-def _touches_edge(mask: np.ndarray) -> bool:
-    return bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
+def _packed(rgb):
+    """An RGB colour (or ``(3, ...)`` array of them) as one integer."""
+    return (rgb[0] << 16) | (rgb[1] << 8) | rgb[2]
 
 
-def _edge_band(image: np.ndarray) -> np.ndarray:
-    """Pixels within one pixel of a colour edge of a rendered image (where compression may blur colours)."""
-    edge = np.zeros(image.shape[:2], dtype=bool)
-    horizontal = (image[:, 1:] != image[:, :-1]).any(-1)
-    vertical = (image[1:] != image[:-1]).any(-1)
+def _edge_band(ids: np.ndarray) -> np.ndarray:
+    """Pixels within one pixel of a colour edge of a rendered image, given as colour ids ``(H, W)`` (where
+    compression may blur colours)."""
+    edge = np.zeros(ids.shape, dtype=bool)
+    horizontal = ids[:, 1:] != ids[:, :-1]
+    vertical = ids[1:] != ids[:-1]
     edge[:, 1:] |= horizontal
     edge[:, :-1] |= horizontal
     edge[1:] |= vertical
@@ -132,12 +157,121 @@ def _edge_band(image: np.ndarray) -> np.ndarray:
     return band
 
 
+@dataclass(frozen=True)
+class _Colours:
+    """Pixels as their distinct colours: ``rgb`` ``(distinct, 3)`` int16 and ``inverse``, the index of each
+    pixel's colour (flat, in the pixels' order)."""
+
+    rgb: np.ndarray
+    inverse: np.ndarray
+
+    @classmethod
+    def of(cls, pixels: np.ndarray) -> "_Colours":
+        packed = _packed(np.ascontiguousarray(pixels.reshape(-1, 3).T).astype(np.uint32))
+        ordered = np.sort(packed)
+        distinct = ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))]
+        return cls(
+            np.stack([(distinct >> shift) & 255 for shift in (16, 8, 0)], axis=1).astype(np.int16),
+            _index_of(packed, distinct),
+        )
+
+
+def _index_of(values: np.ndarray, distinct: np.ndarray) -> np.ndarray:
+    """The index in ``distinct`` (sorted, unique uint32) of each of ``values`` (all among them): through a
+    multiplicative hash table when one without collisions is found (two vector operations), else by binary
+    search."""
+    for bits in range(int(len(distinct)).bit_length() + 9, 23):  # sparse enough that collisions are rare
+        shift = np.uint32(32 - bits)
+        slots = (distinct * _HASH_MULTIPLIER) >> shift
+        ordered = np.sort(slots)
+        if (ordered[1:] != ordered[:-1]).all():
+            table = np.empty(1 << bits, dtype=np.int32)  # only the slots of ``distinct`` are ever read
+            table[slots] = np.arange(len(distinct))
+            return table.take((values * _HASH_MULTIPLIER) >> shift)
+    return np.searchsorted(distinct, values)
+
+
+_HASH_MULTIPLIER = np.uint32(2654435761)  # Knuth's: 2**32 / golden ratio, odd
+
+
+@dataclass(frozen=True)
+class _FramePixels:
+    """What the pixels of one frame (read at ``resolution``) say, for the scene fit: the evidence for each
+    world colour (``(colours, distinct colours)``) and each pixel's distinct colour (``colour_of_pixel``,
+    flat), the background, the components that can be objects, and which rendered colour would leave which
+    pixel unexplained (``mismatch[mismatch_rows + palette id]``)."""
+
+    resolution: int
+    scale: float
+    evidence: np.ndarray
+    colour_of_pixel: np.ndarray
+    background: str
+    components: list
+    mismatch: np.ndarray
+    mismatch_rows: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Component:
+    """One connected component of a world colour: its pixels as a mask, their count, centroid and bounding box
+    (pixels; the box's sides inclusive)."""
+
+    colour: str
+    mask: np.ndarray
+    area: int
+    mean_x: float
+    mean_y: float
+    box: tuple[int, int, int, int]  # x0, x1, y0, y1
+
+    @property
+    def touches_edge(self) -> bool:
+        last = self.mask.shape[0] - 1
+        return self.box[0] == 0 or self.box[2] == 0 or self.box[1] == last or self.box[3] == last
+
+
+@dataclass(frozen=True)
+class _Candidates:
+    """Objects to score against a frame at once: their footprints' flat indices, concatenated, with the
+    start and length of each (one gather and one segmented sum score them all)."""
+
+    placements: tuple  # per candidate: (shape, size, row, col, camera)
+    indices: np.ndarray
+    starts: np.ndarray  # of each footprint in ``indices``, then of a spare index closing the last one
+    lengths: np.ndarray
+    empty: np.ndarray  # candidates whose footprint has no pixel in the frame
+
+    @classmethod
+    def of(cls, world: ShapesWorld, placements: list, resolution: int) -> "_Candidates":
+        footprints = [
+            world._footprint_and_indices(SceneObject(0, shape, "", size, row, col), camera, resolution)[1]
+            for shape, size, row, col, camera in placements
+        ]
+        lengths = np.array([len(f) for f in footprints], dtype=np.int64)
+        indices = np.concatenate([*footprints, np.zeros(1, dtype=np.int64)])
+        starts = np.concatenate(([0], np.cumsum(lengths)))
+        return cls(tuple(placements), indices, starts, lengths, (lengths == 0).nonzero()[0])
+
+    def sums(self, values: np.ndarray, lookup: np.ndarray | None = None, dtype=None) -> np.ndarray:
+        """Sum over each candidate's footprint of ``values`` per pixel (flat), or of ``values[lookup]`` when
+        ``lookup`` gives each pixel's index into ``values``."""
+        gathered = values[self.indices] if lookup is None else values[lookup[self.indices]]
+        totals = np.add.reduceat(gathered, self.starts, dtype=dtype)[:-1]
+        if len(self.empty):
+            totals[self.empty] = 0  # reduceat gives an empty segment its first element
+        return totals
+
+
 class PixelSceneReader:
     """Reads frames of a :class:`ShapesWorld` video (any square resolution) into :class:`ReadScene`.
 
     Args:
         world: the world whose language and geometry the frames follow (its config, not its log).
     """
+
+    # Cached candidate sets kept at most (a few kB each; a video's objects reuse a handful).
+    MAX_CACHED_CANDIDATES = 4096
+    # Frames whose pixel stage :meth:`read_many` runs at once (a clip's sampled frames, usually).
+    BATCH_FRAMES = 32
 
     def __init__(self, world: ShapesWorld):
         self.world = world
@@ -147,78 +281,181 @@ class PixelSceneReader:
         self.reference_norms = (self.references**2).sum(-1)
         limit = world.max_pan_steps * world.pan_step
         self.camera_values = list(range(-limit, limit + 1, world.pan_step))
+        self.all_cameras = [(x, y) for y in self.camera_values for x in self.camera_values]
         self.smallest_radius = min(world.sizes.values()) * world.cell
+        # (background colours, backgrounds): which colours each of the world's backgrounds shows
+        self._background_members = np.array(
+            [[rgb in BACKGROUNDS[name][:2] for name in world.backgrounds] for rgb in self.background_colours],
+            dtype=int,
+        )
+        # footprints scored together, by what they depend on: a component's bounding box (one-object fits) or
+        # the camera and the cells near a component (the scene's matched filter)
+        self._candidates: dict[tuple, _Candidates] = {}
+        self._cell_centres: dict[tuple[int, int], tuple[list[float], list[float]]] = {}
+        self._positions_cache = np.arange(0)
+        # one id per distinct RGB colour of the world: a rendered scene has edges where its ids change
+        self._palette = np.array(sorted({_packed(rgb) for rgb in (*COLOURS.values(), *self.background_colours)}))
+        self._palette_rgb = np.stack([(self._palette >> shift) & 255 for shift in (16, 8, 0)], axis=1).astype(np.int16)
+        self._object_ids = {name: int(np.searchsorted(self._palette, _packed(COLOURS[name]))) for name in COLOURS}
+        self._background_ids: dict[tuple, np.ndarray] = {}
 
     # -------------------------------------------------------------------------------------------- pixels
 
-    def classify(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
-        """Per pixel: the index of its world colour (``(H, W)`` int, ``-1`` for background or unassigned), and
-        the evidence for each world colour (``(H * W, colours)``: how much nearer the pixel is to that colour
-        than to any background colour, clipped to +-100; blended edge pixels sit near 0); and the frame's
-        background."""
-        pixels = frame.reshape(-1, 3).astype(np.float32)
-        squared = (pixels**2).sum(-1, keepdims=True) - 2 * pixels @ self.references.T + self.reference_norms
-        distances = np.sqrt(np.maximum(squared, 0.0))  # (H*W, references)
-        nearest = distances.argmin(-1)
-        close = distances[np.arange(len(nearest)), nearest] < COLOUR_TOLERANCE
-        labels = np.where(close & (nearest < len(self.colours)), nearest, -1)
-        colours = len(self.colours)
-        evidence = np.clip(distances[:, colours:].min(-1, keepdims=True) - distances[:, :colours], -100, 100)
-        # the background whose colours the most background pixels are nearest to (the sets are disjoint)
-        counts = np.bincount(nearest[close & (nearest >= colours)] - colours, minlength=len(self.background_colours))
-        background = max(
-            self.world.backgrounds,
-            key=lambda name: sum(counts[self.background_colours.index(rgb)] for rgb in set(BACKGROUNDS[name][:2])),
-        )
-        return labels.reshape(frame.shape[:2]), evidence, background
-
-    def read(self, frame: np.ndarray, previous: ReadScene | None = None) -> ReadScene:
-        """The scene a frame shows (frames larger than twice the world resolution are read at that size);
+    def read(self, frame: np.ndarray | PIL.Image.Image, previous: ReadScene | None = None) -> ReadScene:
+        """The scene a frame shows (an RGB array or image; frames larger than twice the world resolution are
+        read at that size);
         ``previous``, the scene of the clip's frame before, settles reads the pixels leave open.
 
         Raises:
             UnreadableTransition: when no scene of the world renders to this frame.
         """
-        frame = np.asarray(frame)
-        if frame.ndim != 3 or frame.shape[0] != frame.shape[1] or frame.shape[2] != 3:
-            raise UnreadableTransition(f"frames must be square RGB, got shape {frame.shape}")
-        resolution = min(frame.shape[0], 2 * self.world.resolution)
-        if resolution != frame.shape[0]:  # box averaging also evens out compression noise
-            frame = np.asarray(PIL.Image.fromarray(frame).resize((resolution, resolution), PIL.Image.BOX))
+        pixels = self._analyse([frame])[0]
+        if isinstance(pixels, UnreadableTransition):
+            raise pixels
+        return self._fit_scene(pixels, previous)
+
+    def read_many(
+        self, frames: list[np.ndarray | PIL.Image.Image], previous: list[int | None]
+    ) -> list[ReadScene | UnreadableTransition]:
+        """Reads frames in order, each as :meth:`read` does, with the scene read from ``frames[previous[i]]``
+        (an earlier frame, or ``None``) settling frame ``i``'s open reads. The pixel work of frames of one size
+        is done for all of them at once. Returns each frame's scene, or the :class:`UnreadableTransition` that
+        says why it has none."""
+        if len(previous) != len(frames) or any(p is not None and not 0 <= p < i for i, p in enumerate(previous)):
+            raise ValueError("previous: one index of an earlier frame (or None) per frame.")
+        results: list[ReadScene | UnreadableTransition] = []
+        for start in range(0, len(frames), self.BATCH_FRAMES):
+            for pixels in self._analyse(frames[start : start + self.BATCH_FRAMES]):
+                prior = results[previous[len(results)]] if previous[len(results)] is not None else None
+                try:
+                    if isinstance(pixels, UnreadableTransition):
+                        raise pixels
+                    results.append(self._fit_scene(pixels, prior if isinstance(prior, ReadScene) else None))
+                except UnreadableTransition as error:
+                    results.append(error)
+        return results
+
+    def _analyse(self, frames: list) -> list["_FramePixels | UnreadableTransition"]:
+        """The pixel stage of each frame, frames of one size together."""
+        analysed: list = [None] * len(frames)
+        sizes: dict[int, list[tuple[int, np.ndarray]]] = {}
+        for index, frame in enumerate(frames):
+            image = frame if isinstance(frame, PIL.Image.Image) and frame.mode == "RGB" else None
+            shape = (image.height, image.width, 3) if image is not None else np.shape(frame)
+            if len(shape) != 3 or shape[0] != shape[1] or shape[2] != 3:
+                analysed[index] = UnreadableTransition(f"frames must be square RGB, got shape {shape}")
+                continue
+            resolution = min(shape[0], 2 * self.world.resolution)
+            if resolution != shape[0]:  # box averaging also evens out compression noise
+                image = image or PIL.Image.fromarray(np.asarray(frame))
+                if shape[0] % resolution == 0:  # whole blocks: their rounded mean, in one pass
+                    image = image.reduce(shape[0] // resolution)
+                else:
+                    image = image.resize((resolution, resolution), PIL.Image.BOX)
+            sizes.setdefault(resolution, []).append((index, np.asarray(image if image is not None else frame)))
+        for members in sizes.values():
+            stack = np.stack([frame for _, frame in members])
+            for (index, _), pixels in zip(members, self._analyse_stack(stack)):
+                analysed[index] = pixels
+        return analysed
+
+    def _analyse_stack(self, stack: np.ndarray) -> list[_FramePixels]:
+        """Classifies the pixels of ``(frames, R, R, 3)`` against the world's colours (each distinct colour
+        once) and splits each world colour into connected components, frame by frame."""
+        count, resolution = stack.shape[0], stack.shape[1]
+        area = resolution * resolution
         scale = resolution / self.world.resolution
         min_area = MIN_COMPONENT_SHARE * np.pi * (self.smallest_radius * scale) ** 2 * 0.5
-        classes, evidence, background = self.classify(frame)
-        labels, count = _label_components(classes)
-        components = []  # (colour, mask)
-        for k in range(1, count + 1):
-            mask = labels == k
-            if mask.sum() >= min_area:
-                components.append((self.colours[int(classes[mask][0])], mask))
-        fits = [self._fit_component(colour, mask, scale, resolution) for colour, mask in components]
+        colours = _Colours.of(stack)
+        distinct = len(colours.rgb)
+        classes, evidence, background_index = self._classify(colours.rgb)
+        # per frame, the pixels nearest to each background colour: the background whose colours gather the most
+        is_background = background_index >= 0
+        per_frame = np.bincount(
+            (np.arange(count)[:, None] * distinct + colours.inverse.reshape(count, area)).ravel(),
+            minlength=count * distinct,
+        ).reshape(count, distinct)
+        background_pixels = per_frame[:, is_background] @ (
+            background_index[is_background, None] == np.arange(len(self.background_colours))
+        )
+        # the backgrounds' colour sets are disjoint; the first of equally supported backgrounds wins
+        backgrounds = (background_pixels @ self._background_members).argmax(1)
+        # components, all frames at once: one separating row of background under each frame
+        layers = np.full((count, resolution + 1, resolution), -1, dtype=classes.dtype)
+        layers[:, :resolution] = classes[colours.inverse].reshape(count, resolution, resolution)
+        labels, _ = _label_components(layers.reshape(-1, resolution))
+        areas = np.bincount(labels.ravel())
+        objects = (areas[1:] >= min_area).nonzero()[0] + 1
+        last_labels = np.maximum.accumulate(labels.reshape(count, -1).max(1))  # labels run in frame order
+        labels = labels.reshape(count, resolution + 1, resolution)[:, :resolution]
+        frame_objects = np.split(objects, np.searchsorted(objects, last_labels, side="right")[:-1])
+        # which frame colour a rendered world colour would leave unexplained (per channel, over the tolerance)
+        apart = np.abs(colours.rgb[:, None, :] - self._palette_rgb[None]) > EXPLAINED_TOLERANCE
+        mismatch = (apart[..., 0] | apart[..., 1] | apart[..., 2]).ravel()
+        mismatch_rows = colours.inverse * len(self._palette)
+        return [
+            _FramePixels(
+                resolution,
+                scale,
+                evidence,
+                colours.inverse[k * area : (k + 1) * area],
+                self.world.backgrounds[backgrounds[k]],
+                [
+                    self._component(labels[k], layers[k], label, int(areas[label]))
+                    for label in frame_objects[k].tolist()
+                ],
+                mismatch,
+                mismatch_rows[k * area : (k + 1) * area],
+            )
+            for k in range(count)
+        ]
+
+    def _classify(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per colour (``(N, 3)``): the index of its world colour (``-1`` for a background colour or none); the
+        evidence for each world colour (``(colours, N)``: how much nearer the colour is to it than to any
+        background colour, clipped to +-100; blended edge pixels sit near 0); the index of its background
+        colour (``-1`` for a world colour or none)."""
+        pixels = rgb.T.astype(np.float32)  # (3, N)
+        # squared distances to every reference colour: whole numbers below 2**24, so exact in float32
+        squared = self.references @ pixels
+        squared *= -2
+        squared += (pixels * pixels).sum(0)
+        squared += self.reference_norms[:, None]
+        distances = np.sqrt(squared, out=squared)  # (references, N)
+        colours = len(self.colours)
+        nearest_colour, colour_index = _argmin_rows(distances[:colours])
+        nearest_background, background_index = _argmin_rows(distances[colours:])
+        is_colour = nearest_colour <= nearest_background  # a tie goes to the world colour, listed first
+        classes = np.where(is_colour & (nearest_colour < COLOUR_TOLERANCE), colour_index, -1)
+        backgrounds = np.where(~is_colour & (nearest_background < COLOUR_TOLERANCE), background_index, -1)
+        evidence = np.clip(nearest_background - distances[:colours], -100, 100)
+        return classes, evidence, backgrounds
+
+    def _fit_scene(self, pixels: _FramePixels, previous: ReadScene | None) -> ReadScene:
+        """The scene of the world that renders to the frame (see :meth:`read`)."""
+        components = pixels.components
+        fits = [self._fit_component(component, pixels.scale, pixels.resolution) for component in components]
         votes = {}
         for fit in fits:
             if fit is not None:
                 votes[fit[1]] = votes.get(fit[1], 0.0) + fit[2]
-        cameras = sorted(votes, key=lambda c: -votes[c]) + [
-            (x, y) for y in self.camera_values for x in self.camera_values
-        ]
+        cameras = sorted(votes, key=lambda c: -votes[c]) + self.all_cameras
+        cut = any(component.touches_edge for component in components)
         best = None
         for camera in dict.fromkeys(cameras):  # the voted offsets first, then every offset the camera can take
-            scene = self._scene_at(camera, components, evidence, background, scale, resolution)
+            scene = self._scene_at(camera, pixels)
             if scene is not None:
-                unexplained = self._unexplained(scene, frame)
+                # only a read with an object cut by the frame's edge compares exact shares with other reads
+                unexplained = self._unexplained(scene, pixels, enough=None if cut else MAX_UNEXPLAINED)
                 if best is None or unexplained < best[0]:
                     best = (unexplained, scene)
                 if unexplained <= MAX_UNEXPLAINED:
-                    if not any(_touches_edge(mask) for _, mask in components):
+                    if not cut:
                         return scene
                     # an object cut by the frame's edge can mislead the vote by a camera step, and a big object
                     # cut off can look like a smaller one: the best of the neighbouring offsets wins, and among
                     # equally good reads the one whose objects the previous frame showed
-                    found = [
-                        (unexplained, scene),
-                        *self._neighbours(camera, components, evidence, background, frame, scale, resolution),
-                    ]
+                    found = [(unexplained, scene), *self._neighbours(camera, pixels)]
                     lowest = min(share for share, _ in found)
                     ties = [(share, read) for share, read in found if share <= lowest + TIE_MARGIN]
                     return min(ties, key=lambda item: (-_shared_objects(item[1], previous), item[0]))[1]
@@ -228,81 +465,142 @@ class PixelSceneReader:
             "an unknown colour or compression damage)"
         )
 
-    def _neighbours(self, camera, components, evidence, background, frame, scale, resolution) -> list:
+    def _component(self, labels: np.ndarray, classes: np.ndarray, label: int, area: int) -> _Component:
+        """Component ``label`` of a frame's component ``labels``; ``classes`` holds each pixel's world colour."""
+        height, width = labels.shape
+        mask = labels == label
+        per_column, per_row = mask.sum(0), mask.sum(1)
+        rows, cols = per_row.nonzero()[0], per_column.nonzero()[0]
+        positions = self._positions(max(height, width))
+        return _Component(
+            self.colours[int(classes[rows[0], mask[rows[0]].argmax()])],
+            mask,
+            area,
+            # centroid from whole-number coordinate sums (exact)
+            int(per_column @ positions[:width]) / area,
+            int(per_row @ positions[:height]) / area,
+            (int(cols[0]), int(cols[-1]), int(rows[0]), int(rows[-1])),
+        )
+
+    def _positions(self, side: int) -> np.ndarray:
+        if len(self._positions_cache) < side:
+            self._positions_cache = np.arange(side)
+        return self._positions_cache
+
+    def _neighbours(self, camera: tuple[int, int], pixels: _FramePixels) -> list:
         """``(unexplained, scene)`` at each camera offset one step from ``camera``."""
         found = []
         for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1)):
             other = (camera[0] + dx * self.world.pan_step, camera[1] + dy * self.world.pan_step)
             if other[0] in self.camera_values and other[1] in self.camera_values:
-                scene = self._scene_at(other, components, evidence, background, scale, resolution)
+                scene = self._scene_at(other, pixels)
                 if scene is not None:
-                    found.append((self._unexplained(scene, frame), scene))
+                    found.append((self._unexplained(scene, pixels), scene))
         return found
 
-    def _fit_component(self, colour: str, mask: np.ndarray, scale: float, resolution: int):
+    def _cached_candidates(self, key: tuple, placements) -> _Candidates:
+        candidates = self._candidates.get(key)
+        if candidates is None:
+            if len(self._candidates) >= self.MAX_CACHED_CANDIDATES:
+                self._candidates.clear()
+            candidates = self._candidates[key] = _Candidates.of(self.world, placements(), key[-1])
+        return candidates
+
+    def _fit_component(self, component: _Component, scale: float, resolution: int):
         """Best ``(object, camera, IoU)`` for one component alone (its own camera estimate), or ``None``."""
-        ys, xs = np.nonzero(mask)
-        box_x, box_y = (xs.min() + xs.max() + 1) / 2 / scale, (ys.min() + ys.max() + 1) / 2 / scale
+        x0, x1, y0, y1 = component.box
+        box = (x0 + x1 + 1, y0 + y1 + 1)  # twice the bounding box's centre
         world = self.world
-        best = None
-        for shape in world.shapes:
-            for size, fraction in world.sizes.items():
-                radius = fraction * world.cell
-                # bounding-box centre -> shape centre (a triangle's box is 0.1 r above its centre)
-                cx = box_x
-                cy = box_y + (0.1 * radius if shape == "triangle" else 0.0)
-                col, row = int(cx // world.cell), int(cy // world.cell)
-                if not (0 <= row < world.grid and 0 <= col < world.grid):
-                    continue
-                centre_x, centre_y = world._centre(row, col, (0, 0))
-                camera = (self._snap(cx - centre_x), self._snap(cy - centre_y))
-                obj = SceneObject(id=0, shape=shape, colour=colour, size=size, row=row, col=col)
-                indices = world._footprint_and_indices(obj, camera, resolution)[1]
-                inter = np.count_nonzero(mask.ravel()[indices])
-                iou = inter / (len(xs) + len(indices) - inter)
-                if best is None or iou > best[2]:
-                    best = (obj, camera, float(iou))
-        return best
+
+        def placements() -> list:
+            found = []
+            box_x, box_y = box[0] / 2 / scale, box[1] / 2 / scale
+            for shape in world.shapes:
+                for size, fraction in world.sizes.items():
+                    radius = fraction * world.cell
+                    # bounding-box centre -> shape centre (a triangle's box is 0.1 r above its centre)
+                    cx = box_x
+                    cy = box_y + (0.1 * radius if shape == "triangle" else 0.0)
+                    col, row = int(cx // world.cell), int(cy // world.cell)
+                    if not (0 <= row < world.grid and 0 <= col < world.grid):
+                        continue
+                    centre_x, centre_y = world._centre(row, col, (0, 0))
+                    found.append((shape, size, row, col, (self._snap(cx - centre_x), self._snap(cy - centre_y))))
+            return found
+
+        candidates = self._cached_candidates(("fit", box, resolution), placements)
+        if not candidates.placements:
+            return None
+        inter = candidates.sums(component.mask.ravel(), dtype=np.int64)
+        iou = inter / (component.area + candidates.lengths - inter)
+        best = int(iou.argmax())  # the first of equals, in shape then size order
+        shape, size, row, col, camera = candidates.placements[best]
+        obj = SceneObject(id=0, shape=shape, colour=component.colour, size=size, row=row, col=col)
+        return obj, camera, float(iou[best])
 
     def _snap(self, offset: float) -> int:
         return min(self.camera_values, key=lambda value: abs(value - offset))
 
-    def _scene_at(self, camera, components, evidence, background, scale, resolution) -> ReadScene | None:
+    def _scene_at(self, camera: tuple[int, int], pixels: _FramePixels) -> ReadScene | None:
         """The objects of the components seen through ``camera``: for each, the shape, size and nearby cell whose
         footprint gathers the most evidence for its colour (a matched filter, robust to blurred edges)."""
-        world = self.world
+        world, scale, resolution = self.world, pixels.scale, pixels.resolution
+        centres = self._cell_centres.get(camera)
+        if centres is None:  # a cell's centre x depends on its column only, y on its row only
+            centres = self._cell_centres[camera] = (
+                [world._centre(0, col, camera)[0] for col in range(world.grid)],
+                [world._centre(row, 0, camera)[1] for row in range(world.grid)],
+            )
+        reach = 0.75 * world.cell
         objects, taken = [], set()
-        for colour, mask in components:
-            ys, xs = np.nonzero(mask)
-            mean_x, mean_y, reach = xs.mean() / scale, ys.mean() / scale, 0.75 * world.cell
-            cells = [
-                (row, col)
-                for row in range(world.grid)
-                for col in range(world.grid)
-                if abs(world._centre(row, col, camera)[0] - mean_x) <= reach
-                and abs(world._centre(row, col, camera)[1] - mean_y) <= reach
-            ]
-            best = None
-            colour_evidence = evidence[:, self.colours.index(colour)]
-            for shape in world.shapes:
-                for size in world.sizes:
-                    for row, col in cells:
-                        obj = SceneObject(id=len(objects), shape=shape, colour=colour, size=size, row=row, col=col)
-                        indices = world._footprint_and_indices(obj, camera, resolution)[1]
-                        score = float(colour_evidence[indices].sum())
-                        if best is None or score > best[1]:
-                            best = (obj, score)
-            if best is None or (best[0].row, best[0].col) in taken:
+        for component in pixels.components:
+            mean_x, mean_y = component.mean_x / scale, component.mean_y / scale
+            cols = [col for col, x in enumerate(centres[0]) if abs(x - mean_x) <= reach]
+            cells = tuple((row, col) for row, y in enumerate(centres[1]) if abs(y - mean_y) <= reach for col in cols)
+            candidates = self._cached_candidates(
+                ("scene", camera, cells, resolution),
+                lambda: [
+                    (shape, size, row, col, camera)
+                    for shape in world.shapes
+                    for size in world.sizes
+                    for row, col in cells
+                ],
+            )
+            if not candidates.placements:
                 return None
-            taken.add((best[0].row, best[0].col))
-            objects.append(best[0])
-        return ReadScene(background, camera, tuple(objects))
+            scores = candidates.sums(pixels.evidence[self.colours.index(component.colour)], pixels.colour_of_pixel)
+            shape, size, row, col, _ = candidates.placements[int(scores.argmax())]  # the first of equals
+            if (row, col) in taken:
+                return None
+            taken.add((row, col))
+            objects.append(
+                SceneObject(id=len(objects), shape=shape, colour=component.colour, size=size, row=row, col=col)
+            )
+        return ReadScene(pixels.background, camera, tuple(objects))
 
-    def _unexplained(self, scene: ReadScene, frame: np.ndarray) -> float:
-        """Share of the frame, away from the rendered edges, that the rendered scene does not match."""
-        rendered = self.world.render(SceneState(scene.background, scene.objects, scene.camera), frame.shape[0])
-        wrong = (np.abs(rendered.astype(np.int16) - frame) > EXPLAINED_TOLERANCE).any(-1)
-        return float((wrong & ~_edge_band(rendered)).mean())
+    def _unexplained(self, scene: ReadScene, pixels: _FramePixels, enough: float | None = None) -> float:
+        """Share of the frame, away from the rendered edges, that the rendered scene does not match; with
+        ``enough``, the share counting the edges too (more) when that is already at most ``enough``."""
+        ids = self._colour_ids(scene, pixels.resolution)
+        wrong = pixels.mismatch[pixels.mismatch_rows + ids.ravel()].reshape(ids.shape)
+        if enough is not None and (upper := np.count_nonzero(wrong) / wrong.size) <= enough:
+            return upper
+        wrong &= ~_edge_band(ids)
+        return np.count_nonzero(wrong) / wrong.size
+
+    def _colour_ids(self, scene: ReadScene, resolution: int) -> np.ndarray:
+        """The scene rendered as ``(R, R)`` uint8 ids, one per distinct colour (where its image has edges)."""
+        key = (scene.background, scene.camera, resolution)
+        ids = self._background_ids.get(key)
+        if ids is None:
+            image = self.world._background_image(scene.background, scene.camera, resolution)
+            ids = np.searchsorted(self._palette, _packed(image.astype(np.int64).transpose(2, 0, 1))).astype(np.uint8)
+            self._background_ids[key] = ids
+        ids = ids.copy()
+        flat = ids.reshape(-1)
+        for obj in scene.objects:
+            flat[self.world._footprint_and_indices(obj, scene.camera, resolution)[1]] = self._object_ids[obj.colour]
+        return ids
 
 
 # =====================================================================================================
@@ -333,9 +631,10 @@ class SceneTrack:
     def sync(self, scene: ReadScene) -> None:
         """Adopts a scene read without a known transition: objects keep their history when still present."""
         known = {(o.colour, o.shape): o for o in self.objects}
+        history = {key: o.previous_colours for key, o in known.items()}
         self.objects = tuple(
-            replace(o, previous_colours=known[(o.colour, o.shape)].previous_colours)
-            if (o.colour, o.shape) in known
+            replace(o, previous_colours=history[(o.colour, o.shape)])
+            if history.get((o.colour, o.shape), o.previous_colours) != o.previous_colours
             else o
             for o in scene.objects
         )

@@ -499,27 +499,40 @@ class ShapesPixelAnnotator(BatchTransitionAnnotator):
     def metadata(self) -> dict[str, Any]:
         return {"name": self.name, "world": "synthetic-shapes", "world_config": self.world.config}
 
-    def _read(self, frame: SampledFrame, cache: dict, previous: Any = None) -> Any:
-        from ..shapes.pixels import ReadScene, UnreadableTransition
+    def _read_frames(self, transitions: list[Transition]) -> dict:
+        """Each distinct frame's scene (or why it has none), keyed by frame; a transition's target frame is
+        read with its source frame's scene settling what the pixels leave open. All frames' pixel work is done
+        at once."""
+        from ..shapes.pixels import ReadScene
 
-        key = (frame.frame_index, frame.timestamp)
-        if key not in cache:
-            prior = previous if isinstance(previous, ReadScene) else None
-            try:
-                cache[key] = self.reader.read(np.asarray(frame.image.convert("RGB")), prior)
-            except UnreadableTransition as error:
-                cache[key] = AnnotationRejected(f"frame at t={frame.timestamp:.3f}s: {error.reason}")
-        return cache[key]
+        keys: dict = {}  # frame key -> index into frames, in the order they are first needed
+        frames: list[SampledFrame] = []
+        previous: list[int | None] = []
+        for transition in transitions:
+            for frame, before in ((transition.source, None), (transition.target, transition.source)):
+                key = (frame.frame_index, frame.timestamp)
+                if key not in keys:
+                    keys[key] = len(frames)
+                    frames.append(frame)
+                    previous.append(None if before is None else keys[(before.frame_index, before.timestamp)])
+        images = [f.image if f.image.mode == "RGB" else f.image.convert("RGB") for f in frames]
+        scenes = {}
+        for (key, index), read in zip(keys.items(), self.reader.read_many(images, previous)):
+            reason = (
+                None if isinstance(read, ReadScene) else f"frame at t={frames[index].timestamp:.3f}s: {read.reason}"
+            )
+            scenes[key] = read if reason is None else AnnotationRejected(reason)
+        return scenes
 
     def annotate_many(self, transitions: list[Transition]) -> list[TransitionAnnotation | AnnotationRejected]:
         from ..shapes.pixels import SceneTrack, UnreadableTransition, describe_transition
 
-        cache: dict = {}
+        scenes = self._read_frames(transitions)
         track = SceneTrack()
         results: list[TransitionAnnotation | AnnotationRejected] = []
         for transition in transitions:
-            before = self._read(transition.source, cache)
-            after = self._read(transition.target, cache, previous=before)
+            before = scenes[(transition.source.frame_index, transition.source.timestamp)]
+            after = scenes[(transition.target.frame_index, transition.target.timestamp)]
             rejected = next((x for x in (before, after) if isinstance(x, AnnotationRejected)), None)
             if rejected is None:
                 try:

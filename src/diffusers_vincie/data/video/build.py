@@ -62,10 +62,10 @@ from .frames import (
     sample_timestamps,
     split_at_cuts,
 )
+from .inputs import VIDEO_EXTENSIONS, list_videos
 
 logger = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v")
 DATA_DIR, MANIFEST_DIR, REJECTS_FILE, CARD_FILE = "data", "manifest", "rejects.jsonl", "README.md"
 LOCK_FILE = ".build.lock"  # in manifest/: held by the build writing the folder
 # A shard written by a build, or the hidden temporary of one (``utils.io.temporary_sibling``).
@@ -135,57 +135,6 @@ class VideoResult:
 
 
 # ------------------------------------------------------------------------------------------------
-# Inputs: files, folders and list files
-# ------------------------------------------------------------------------------------------------
-
-
-def list_videos(inputs: Sequence[str | Path], extensions: Sequence[str] = VIDEO_EXTENSIONS) -> list[tuple[str, Path]]:
-    """Expands ``inputs`` into ``(video_id, path)`` pairs, sorted by id.
-
-    Args:
-        inputs: Video files, folders (searched recursively for ``extensions``) and list files (``.txt``:
-            one path per line, relative paths resolved against the list file's folder, ``#`` comments).
-        extensions: File suffixes that count as video inside folders.
-
-    The id is the path relative to the folder it was found in (without suffix, ``/``-separated) or the
-    file stem for files given directly or through a list.
-
-    Raises:
-        FileNotFoundError: When an input does not exist.
-        ValueError: When two different videos would get the same id.
-    """
-    found: dict[str, Path] = {}
-
-    def add(video_id: str, path: Path) -> None:
-        path = path.resolve()
-        if video_id in found and found[video_id] != path:
-            raise ValueError(
-                f"inputs: videos {found[video_id]} and {path} both get the id {video_id!r}; pass their common "
-                "parent folder instead so ids keep the sub-folder, or rename one of them"
-            )
-        found[video_id] = path
-
-    suffixes = tuple(ext.lower() for ext in extensions)
-    for item in map(Path, inputs):
-        if item.is_dir():
-            for path in sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in suffixes):
-                add(path.relative_to(item).with_suffix("").as_posix(), path)
-        elif item.is_file() and item.suffix.lower() == ".txt":
-            for line in item.read_text().splitlines():
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    path = Path(line) if Path(line).is_absolute() else item.parent / line
-                    add(path.stem, path)
-        elif item.is_file():
-            add(item.stem, item)
-        else:
-            raise FileNotFoundError(
-                f"inputs: {str(item)!r} is neither a video file, a folder nor a .txt list of videos"
-            )
-    return sorted(found.items())
-
-
-# ------------------------------------------------------------------------------------------------
 # One video -> sessions
 # ------------------------------------------------------------------------------------------------
 
@@ -248,9 +197,43 @@ def sessions_from_video(
         one bad video never stops a build.
     """
     config = config or SamplingConfig()
+    return _sessions_from_video(
+        Path(path), video_id, annotator, config, region_masker, lambda: _decode_video(Path(path), video_id, config)
+    )
+
+
+@dataclass
+class _DecodedVideo:
+    """A video's sampled clips (timestamps) and their frames, decoded; ``error`` says why there are none."""
+
+    clips: list[list[float]]
+    frames: list[SampledFrame]
+    duration: float
+    error: str | None = None
+
+
+def _decode_video(path: Path, video_id: str, config: SamplingConfig) -> _DecodedVideo:
+    try:
+        info = probe_video(path)
+        clips = _clip_frame_times(info.duration, path, video_id, config)
+        decoded = decode_frames_at(path, [t for clip in clips for t in clip], max_side=config.max_side)
+    except VideoDecodeError as error:
+        return _DecodedVideo([], [], 0.0, error.reason)
+    return _DecodedVideo(clips, decoded, info.duration)
+
+
+def _sessions_from_video(
+    path: Path,
+    video_id: str,
+    annotator: TransitionAnnotator,
+    config: SamplingConfig,
+    region_masker: Any | None,
+    decode: Callable[[], _DecodedVideo],
+) -> VideoResult:
+    """:func:`sessions_from_video` with the video's frames from ``decode`` (which may have run ahead)."""
     result = VideoResult(video_id=video_id)
     try:
-        _add_video_sessions(Path(path), video_id, annotator, config, region_masker, result)
+        _add_video_sessions(path, decode(), video_id, annotator, config, region_masker, result)
     except Exception as error:  # any failure of one video is that video's reject reason
         result.sessions.clear()
         result.error = f"{type(error).__name__}: {error}"
@@ -259,22 +242,20 @@ def sessions_from_video(
 
 def _add_video_sessions(
     path: Path,
+    video: _DecodedVideo,
     video_id: str,
     annotator: TransitionAnnotator,
     config: SamplingConfig,
     region_masker: Any | None,
     result: VideoResult,
 ) -> None:
-    try:
-        info = probe_video(path)
-        clips = _clip_frame_times(info.duration, path, video_id, config)
-        decoded = decode_frames_at(path, [t for clip in clips for t in clip], max_side=config.max_side)
-    except VideoDecodeError as error:
-        result.error = error.reason
+    if video.error is not None:
+        result.error = video.error
         return
+    clips, decoded = video.clips, video.frames
     if not clips:
         result.error = (
-            f"too short: no clip of {config.min_frames}+ frames in {info.duration:.2f}s "
+            f"too short: no clip of {config.min_frames}+ frames in {video.duration:.2f}s "
             f"(strategy {config.strategy}, interval {config.interval}s)"
         )
         return
@@ -756,7 +737,10 @@ def _build(
     writer = _ShardWriter(output_dir, state.process_index, shard_size, encode_workers, frame_format)
     completed = False
     try:
-        with state.split_between_processes(pending) as share:
+        with (
+            state.split_between_processes(pending) as share,
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="video-decoder") as decoder,
+        ):
             progress = tqdm(
                 share,
                 desc=f"sessions [rank {state.process_index}]",
@@ -764,8 +748,14 @@ def _build(
                 unit="video",
                 disable=not share,
             )
-            for video_id, path in progress:
-                result = sessions_from_video(path, video_id, annotator, config, region_masker)
+            # the next video is decoded on a thread while this one is annotated (the decoder releases the GIL)
+            ahead = [decoder.submit(_decode_video, Path(path), video_id, config) for video_id, path in share[:1]]
+            for index, (video_id, path) in enumerate(progress):
+                if index + 1 < len(share):
+                    following_id, following = share[index + 1]
+                    ahead.append(decoder.submit(_decode_video, Path(following), following_id, config))
+                decoded = ahead.pop(0)
+                result = _sessions_from_video(Path(path), video_id, annotator, config, region_masker, decoded.result)
                 if result.error is not None:
                     logger.warning("rejected video %s (retried next run): %s", path, result.error)
                 writer.add(path, result)
