@@ -88,6 +88,10 @@ SHAPES_EXAMPLES = [
     ["scene_2.png", "add a big red circle at the bottom right"],
     ["scene_3.png", "change the red square to blue"],
 ]
+SHAPES_COMPOSITION_EXAMPLE = (
+    ("scene_1.png", "scene_4.png"),
+    "the yellow square at the bottom right and the purple circle at the top left",
+)
 PHOTO_EXAMPLES = [["house.png", "add a red hat on the roof"], ["shapes.png", "change the blue circle to a green star"]]
 
 
@@ -105,6 +109,10 @@ class LoadedModel:
         resolution: default area resolution for this model.
         examples: ``[file in space/examples, instruction]`` pairs shown under the source image.
         offload: how the pipeline is placed: "none" (moved to the device), "model" or "sequential" CPU offload.
+        composition_prompts: ``(references, description) -> prompts`` for a model that words composition its own
+            way (the shapes models: each reference introduced as its training videos' shots introduce objects);
+            ``None``: the official multi-reference prompt.
+        compose_example: ``([files in space/examples], description)``, the Multi-concept tab's example.
     """
 
     pipe: VincieInContextPipeline
@@ -116,6 +124,8 @@ class LoadedModel:
     resolution: int = 256
     examples: list = field(default_factory=lambda: PHOTO_EXAMPLES)
     offload: str = "none"
+    composition_prompts: Optional[Callable[[list, str], list[str]]] = None
+    compose_example: Optional[tuple] = None
 
     @property
     def max_resolution(self) -> int:
@@ -157,6 +167,7 @@ def load_model() -> LoadedModel:
         from diffusers_vincie.default_model import (
             DEFAULT_SAMPLING,
             RESOLUTION,
+            composition_prompts,
             load_default_pipeline,
         )
 
@@ -169,6 +180,8 @@ def load_model() -> LoadedModel:
             guidance=DEFAULT_SAMPLING["guidance_scale"],
             resolution=RESOLUTION,
             examples=SHAPES_EXAMPLES,
+            composition_prompts=composition_prompts,
+            compose_example=SHAPES_COMPOSITION_EXAMPLE,
         )
     else:
         from diffusers_vincie.testing import tiny_pipeline
@@ -542,15 +555,21 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
         steps, seed, resolution = check_settings(model, steps, seed, resolution)
         images = [open_user_image(f if isinstance(f, str) else f.name) for f in files]
         prompt = check_instruction(prompt, "description")
-        if "<IMG" not in prompt:  # official recipe: "Based on <IMG0>, <IMG1>, ... Output <IMGn>: description"
-            refs = ", ".join(f"<IMG{k}>" for k in range(len(images)))
-            prompt = f"Based on {refs}. Output <IMG{len(images)}>: {prompt}"
-        prompts = [f"<IMG{k}>: " for k in range(1, len(images))] + [prompt]
+        if model.composition_prompts is not None:  # the model's own wording of references and scene
+            try:
+                prompts = model.composition_prompts(images, prompt)
+            except ValueError as error:
+                raise gr.Error(str(error)) from None
+        else:
+            if "<IMG" not in prompt:  # official recipe: "Based on <IMG0>, <IMG1>, ... Output <IMGn>: description"
+                refs = ", ".join(f"<IMG{k}>" for k in range(len(images)))
+                prompt = f"Based on {refs}. Output <IMG{len(images)}>: {prompt}"
+            prompts = [f"<IMG{k}>: " for k in range(1, len(images))] + [prompt]
         try:
             output = pipe(
                 images,
                 prompts,
-                use_prompt_template=False,
+                use_prompt_template=model.composition_prompts is not None,
                 num_inference_steps=steps,
                 guidance_scale=float(guidance),
                 generator=generator(seed),
@@ -728,9 +747,16 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
 
         with gr.Tab("Multi-concept", elem_id="compose-tab"):
             gr.Markdown(
-                "Upload 2 to 6 reference images and describe the picture to compose. Refer to them as `<IMG0>`, "
-                "`<IMG1>`, ... (a plain description is wrapped as `Based on <IMG0>, <IMG1>. Output <IMG2>: ...`). "
-                "Steps, guidance, seed, negative prompt and resolution come from the Edit tab's advanced settings."
+                (
+                    "Upload 2 or 3 reference images, one object of the shapes world each, and say where each goes, "
+                    "in the order of the references: `the yellow square at the bottom right and the purple circle "
+                    "at the top left`."
+                    if model.composition_prompts is not None
+                    else "Upload 2 to 6 reference images and describe the picture to compose. Refer to them as "
+                    "`<IMG0>`, `<IMG1>`, ... (a plain description is wrapped as `Based on <IMG0>, <IMG1>. Output "
+                    "<IMG2>: ...`)."
+                )
+                + " Steps, guidance, seed, negative prompt and resolution come from the Edit tab's advanced settings."
             )
             with gr.Row():
                 references = gr.File(
@@ -745,10 +771,15 @@ def build_demo(model: LoadedModel) -> gr.Blocks:
                 )
             compose_prompt = gr.Textbox(
                 label="Description",
-                placeholder="Based on <IMG0>, <IMG1>. Output <IMG2>: the cat wearing the hat",
+                placeholder=model.compose_example[1]
+                if model.compose_example
+                else "Based on <IMG0>, <IMG1>. Output <IMG2>: the cat wearing the hat",
                 max_length=MAX_INSTRUCTION_CHARS,
                 elem_id="compose-prompt",
             )
+            if model.compose_example:
+                files, text = model.compose_example
+                gr.Examples([[[str(EXAMPLES_DIR / name) for name in files], text]], [references, compose_prompt])
             compose_button = gr.Button("Compose", variant="primary", elem_id="compose")
 
         views = [state, result, history, masks, branch, turn, status]

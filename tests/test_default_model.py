@@ -146,3 +146,19 @@ def test_shapes_bench_runs_end_to_end(tmp_path):
     assert point["label"] == "7" and 0.0 <= point["gt_full_preserved"] <= 1.0
     with pytest.raises(ValueError, match="--label"):
         bench.main(common + ["--label", "final"])
+
+
+def test_composition_prompts_word_references_as_the_training_videos_do():
+    """Read from the pixels of a composition session's reference frames, the prompts are the session's own
+    instructions (the wording of the composition shots the from-video model is trained on)."""
+    from diffusers_vincie.data.shapes.shots import sample_composition_session
+    from diffusers_vincie.default_model import composition_prompts
+
+    world = ShapesWorld(resolution=RESOLUTION)
+    for seed in range(6):
+        session = sample_composition_session(world, 60_000_000 + seed)
+        references = [PIL.Image.fromarray(frame) for frame in session.frames[:-1]]
+        description = session.instructions[-1].removeprefix("show ")
+        assert composition_prompts(references, description) == session.instructions
+    with pytest.raises(ValueError, match="references: image 1 is not a scene of the shapes world"):
+        composition_prompts([references[0], PIL.Image.new("RGB", (32, 32), (255, 0, 255))], "x")

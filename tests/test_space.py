@@ -403,6 +403,48 @@ def test_compose_multi_concept(url):
         c.predict([handle_file(str(HOUSE))], "the house", STEPS, 7.5, 0, RESOLUTION, api_name="/compose")
 
 
+def test_compose_with_a_models_own_wording(app, monkeypatch):
+    """A model with its own composition wording (the shapes models) gets its references introduced in it, the
+    templated prompts, and a clear error for a reference it cannot read."""
+    from gradio_client import handle_file
+
+    from diffusers_vincie.default_model import composition_prompts
+    from diffusers_vincie.testing import tiny_pipeline
+
+    model = app.LoadedModel(
+        tiny_pipeline(),
+        "tiny shapes",
+        is_random=True,
+        steps=STEPS,
+        resolution=32,
+        composition_prompts=composition_prompts,
+        compose_example=app.SHAPES_COMPOSITION_EXAMPLE,
+    )
+    calls = []
+    call = type(model.pipe).__call__
+
+    def recording_call(pipe, images, prompts, **kwargs):
+        calls.append((prompts, kwargs["use_prompt_template"]))
+        return call(pipe, images, prompts, **kwargs)
+
+    monkeypatch.setattr(type(model.pipe), "__call__", recording_call)
+    demo = app.build_demo(model)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        c = client(f"http://127.0.0.1:{port}/")
+        files, description = app.SHAPES_COMPOSITION_EXAMPLE
+        references = [handle_file(str(SPACE / "examples" / name)) for name in files]
+        composed = c.predict(references, description, STEPS, 2.0, 0, 32, api_name="/compose")
+        assert pixels(composed).ndim == 3
+        assert calls == [(["show a big purple circle", f"show {description}"], True)]
+        two_objects = [references[0], handle_file(str(SPACE / "examples" / "scene_2.png"))]
+        with pytest.raises(Exception, match="image 1 shows 2 objects"):
+            c.predict(two_objects, description, STEPS, 2.0, 0, 32, api_name="/compose")
+    finally:
+        demo.close()
+
+
 def test_full_turn_table_gets_a_friendly_error(app):
     import gradio as gr
 
@@ -588,6 +630,13 @@ def test_embedded_default_model_is_the_default(app, monkeypatch, tmp_path):
     assert loaded.examples == app.SHAPES_EXAMPLES and all(
         (SPACE / "examples" / f).is_file() for f, _ in loaded.examples
     )
+    # the Multi-concept tab words references as the shapes model's composition shots; its example reads
+    files, description = loaded.compose_example
+    references = [PIL.Image.open(SPACE / "examples" / name) for name in files]
+    assert loaded.composition_prompts(references, description) == [
+        "show a big purple circle",
+        f"show {description}",
+    ]
 
 
 def test_gpu_duration_grows_with_turns(app, model, monkeypatch):

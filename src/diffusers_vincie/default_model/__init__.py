@@ -55,4 +55,44 @@ def load_default_pipeline(model: Optional[str] = None, **kwargs: Any):
     return pipe
 
 
-__all__ = ["DEFAULT_MODEL", "DEFAULT_SAMPLING", "RESOLUTION", "load_default_pipeline"]
+def composition_prompts(references: list, description: str) -> list[str]:
+    """The prompts that ask a shapes-world model to compose ``references`` the way its training videos' composition
+    shots are worded: reference ``k >= 1`` is introduced as ``"show a big red circle"`` (read from its pixels by
+    :class:`~diffusers_vincie.data.shapes.pixels.PixelSceneReader`, the annotator of the training videos), and the
+    description asks for the composed scene (``"show the red circle at the top left and the blue square at the
+    bottom right"``; ``"show "`` is added when missing). Pass them with the references to the pipeline:
+    ``pipe(references, composition_prompts(references, description))``.
+
+    Args:
+        references: 2 or more square PIL images of the world (any size), one object on a background each.
+        description: the composed scene in the world's words.
+
+    Raises:
+        ValueError: naming the reference that is not one object of the world on its background.
+    """
+    import numpy as np
+
+    from ..data.shapes.pixels import PixelSceneReader, UnreadableTransition
+    from ..data.shapes.shots import introduce_instruction
+    from ..data.shapes.world import ShapesWorld
+
+    world = ShapesWorld(resolution=RESOLUTION)
+    reader = PixelSceneReader(world)
+    prompts = []
+    for index, image in enumerate(references[1:], start=1):
+        frame = np.asarray(image.convert("RGB"))
+        try:
+            objects = reader.read(frame).objects
+        except UnreadableTransition as error:
+            raise ValueError(f"references: image {index} is not a scene of the shapes world ({error}).") from None
+        if len(objects) != 1:
+            raise ValueError(
+                f"references: image {index} shows {len(objects)} objects; give one reference per object, each "
+                "alone on its background."
+            )
+        prompts.append(introduce_instruction(world, objects[0]))
+    text = " ".join(description.split())
+    return prompts + [text if text.startswith("show ") else f"show {text}"]
+
+
+__all__ = ["DEFAULT_MODEL", "DEFAULT_SAMPLING", "RESOLUTION", "composition_prompts", "load_default_pipeline"]
