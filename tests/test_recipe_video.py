@@ -89,35 +89,10 @@ def _videos_cli():
 
 def test_video_shards_write_the_same_set(tmp_path):
     main = _videos_cli().main
-    main(
-        [
-            "--output-dir",
-            str(tmp_path / "whole"),
-            "--num-videos",
-            "5",
-            "--seed",
-            "3",
-            "--composition-fraction",
-            "0.4",
-            "--no-progress",
-        ]
-    )
+    videos = ["--num-videos", "5", "--seed", "3", "--composition-fraction", "0.4", "--no-progress"]
+    main(["--output-dir", str(tmp_path / "whole"), *videos])
     for shard in ("0/2", "1/2"):
-        main(
-            [
-                "--output-dir",
-                str(tmp_path / "shards"),
-                "--num-videos",
-                "5",
-                "--seed",
-                "3",
-                "--composition-fraction",
-                "0.4",
-                "--shard",
-                shard,
-                "--no-progress",
-            ]
-        )
+        main(["--output-dir", str(tmp_path / "shards"), *videos, "--shard", shard])
     whole = sorted(p.name for p in (tmp_path / "whole").iterdir())
     assert whole == sorted(p.name for p in (tmp_path / "shards").iterdir())
     for name in whole:
