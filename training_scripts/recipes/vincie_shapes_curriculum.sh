@@ -31,7 +31,8 @@
 # e.g. sessions of videos where "move" is three times as frequent) instead of sessions the world draws, with a
 # tokenizer of the words of SESSIONS_WORLD (the videos' world.json) and of composition shots; see
 # vincie_shapes_video.sh.
-# MASK_TASKS=0 trains phases 2-4 on the next image only (no segmentation tasks), for the comparison with them.
+# MASK_TASKS=0 trains phases 2-4 on the next image only (no segmentation tasks), for the comparison with them;
+# MASK_PROBABILITY (default 0.1) is the share of their sequences with mask frames otherwise.
 # PHASE1_STEPS (default 5000), PHASE2_STEPS (default 2500), PHASE3_STEPS (default 5000), PHASE4_STEPS (default 1500)
 # and PHASE4_DECAY_STEPS (default 3000) set the lengths (the shipped model: arm E = phase 1, arm C3 = phase 2, arm
 # C5 = phase 3, arm P5c = phase 4; all at these defaults, so RUN_DIR/phase4/pipeline).
@@ -49,13 +50,13 @@ PHASE2_STEPS=${PHASE2_STEPS:-2500}
 PHASE3_STEPS=${PHASE3_STEPS:-5000}
 PHASE4_STEPS=${PHASE4_STEPS:-1500}
 PHASE4_DECAY_STEPS=${PHASE4_DECAY_STEPS:-3000}
-# phases 2-4 train the three proxy tasks (mask frames in 10% of the sequences); MASK_TASKS=0 trains the next image
-# only there (the comparison without the segmentation tasks)
+# phases 2-4 train the three proxy tasks (mask frames in MASK_PROBABILITY of the sequences); MASK_TASKS=0 trains
+# the next image only there (the comparison without the segmentation tasks)
 case "${MASK_TASKS:-1}" in
   0|1) ;;
   *) echo "vincie_shapes_curriculum.sh: MASK_TASKS must be 1 (the proxy tasks) or 0 (next image only), got '$MASK_TASKS'" >&2; exit 2 ;;
 esac
-if [ "${MASK_TASKS:-1}" = 0 ]; then MASKS=(--task_weights 1,0,0 --mask_probability 0); else MASKS=(--mask_probability 0.1); fi
+if [ "${MASK_TASKS:-1}" = 0 ]; then MASKS=(--task_weights 1,0,0 --mask_probability 0); else MASKS=(--mask_probability "${MASK_PROBABILITY:-0.1}"); fi
 COMMON=(--train_text_encoder --train_batch_size 16 --learning_rate 1e-3 --lr_scheduler constant_with_warmup
         --ema_decay 0.999 --checkpointing_steps 250 --checkpoints_total_limit 8 --sensitivity_steps 250)
 
