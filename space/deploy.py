@@ -3,9 +3,9 @@
     python space/deploy.py --repo-id USER/NAME             # create (if needed) and upload
     python space/deploy.py --repo-id USER/NAME --dry-run   # list exactly the files that would be uploaded
 
-The Space gets ``app.py`` and ``serving.py``, ``README.md`` (front matter), ``requirements.txt``, the example images and the source
-of the ``diffusers_vincie`` package (with its embedded default model, if any) next to ``app.py``, so the Space
-imports the very code of this checkout. Authentication: ``huggingface-cli login`` or ``--token``/``HF_TOKEN``.
+The Space gets ``app.py``, ``model_choice.py`` and ``serving.py``, ``README.md`` (front matter),
+``requirements.txt``, the example images and the source of the ``diffusers_vincie`` package (with its embedded
+default model, if any) next to ``app.py``, so the Space imports the very code of this checkout. Authentication: ``huggingface-cli login`` or ``--token``/``HF_TOKEN``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Optional
 SPACE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = SPACE_DIR.parent
 PACKAGE_DIR = REPO_ROOT / "src" / "diffusers_vincie"
-SPACE_FILES = ("app.py", "serving.py", "README.md", "requirements.txt")
+SPACE_FILES = ("app.py", "model_choice.py", "serving.py", "README.md", "requirements.txt")
 SKIPPED_PARTS = ("__pycache__", ".ipynb_checkpoints")
 SKIPPED_SUFFIXES = (".pyc", ".pyo")
 STALE_PATTERNS = ["diffusers_vincie/**", "examples/**"]  # removed from the Space unless uploaded again

@@ -691,6 +691,8 @@ def test_deploy_dry_run_lists_exactly_the_uploaded_files(monkeypatch):
     assert out[0] == f"Would upload {len(files)} files to https://huggingface.co/spaces/someone/vincie:"
     assert {
         "app.py",
+        "model_choice.py",
+        "serving.py",
         "README.md",
         "requirements.txt",
         "examples/house.png",

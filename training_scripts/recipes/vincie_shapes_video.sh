@@ -31,9 +31,13 @@ PHASE4_VIDEOS=${PHASE4_VIDEOS:-6000}
 VIDEO_SEED=${VIDEO_SEED:-7000000}
 PHASE4_VIDEO_SEED=${PHASE4_VIDEO_SEED:-7500000}
 JOBS=${JOBS:-1}
+case "$JOBS" in
+  '' | *[!0-9]* | 0) echo "vincie_shapes_video.sh: JOBS must be a whole number >= 1, got '$JOBS'" >&2; exit 2 ;;
+esac
 
-# videos_to_sessions NAME COUNT SEED [make_synthetic_videos.py flags...]: RUN_DIR/videos_NAME -> RUN_DIR/sessions_NAME,
-# on JOBS processes (video shards, then a data-parallel build on CPU processes)
+# videos_to_sessions NAME COUNT SEED [make_synthetic_videos.py flags...]: COUNT videos in RUN_DIR/NAME, then their
+# sessions in RUN_DIR/NAME with "videos" replaced by "sessions", on JOBS processes (video shards, then a
+# data-parallel build on CPU processes)
 videos_to_sessions() {
   local videos="$RUN_DIR/$1" sessions="$RUN_DIR/${1/videos/sessions}" count=$2 seed=$3 shard
   shift 3
