@@ -19,11 +19,6 @@ from diffusers_vincie import VincieInContextPipeline
 MAX_FRAME_TOKENS = int(os.environ.get("VINCIE_SPACE_MAX_FRAME_TOKENS", "1024"))
 OFFLOAD_MODES = ("none", "model", "sequential")
 
-# =====================================================================================================
-#                                           Model choice
-# =====================================================================================================
-
-
 # Scenes of the synthetic shapes world (held-out sessions, seeds above the training range) with their first
 # instruction: what the default model knows. Photos with open-vocabulary edits suit a converted VINCIE checkpoint.
 SHAPES_EXAMPLES = [
