@@ -9,21 +9,12 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
-from conftest import load_script, one_error_line
+from conftest import load_script, one_error_line, one_line_exit_2
 from datasets import Dataset, Features, Image, List, Value
 
 from diffusers_vincie.utils.cli import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _one_line_exit_2(call, capsys, *words: str) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        call()
-    assert exit_info.value.code == 2
-    line = one_error_line(capsys.readouterr().err)
-    assert all(word in line for word in words), line
-    return line
 
 
 # ----------------------------------------------------------------------------------------- parquet shards
@@ -103,13 +94,13 @@ def _demo(tmp_path, *extra: str):
 def test_demo_with_a_text_file_as_image(tmp_path, capsys):
     notes = tmp_path / "notes.txt"
     notes.write_text("not a picture")
-    _one_line_exit_2(_demo(tmp_path, "--image", str(notes)), capsys, "--image", "not an image file")
+    one_line_exit_2(_demo(tmp_path, "--image", str(notes)), capsys, "--image", "not an image file")
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("scale", ["0.5", "0", "-1"])
 def test_demo_guidance_below_one_is_refused_as_the_pipeline_does(tmp_path, capsys, scale):
-    _one_line_exit_2(_demo(tmp_path, "--guidance_scale", scale), capsys, "--guidance_scale must be >= 1")
+    one_line_exit_2(_demo(tmp_path, "--guidance_scale", scale), capsys, "--guidance_scale must be >= 1")
 
 
 def test_demo_with_more_instructions_than_turns_fails_before_the_first_turn(tmp_path, capsys):
@@ -117,14 +108,14 @@ def test_demo_with_more_instructions_than_turns_fails_before_the_first_turn(tmp_
 
     max_turns = load_default_pipeline().transformer.config.max_turns
     instructions = ["add a big red circle at the top left"] * (max_turns + 1)
-    _one_line_exit_2(
+    one_line_exit_2(
         _demo(tmp_path, "--instructions", *instructions), capsys, f"{max_turns + 1} instructions", "turn table"
     )
     assert not (tmp_path / "out").exists(), "no turn ran"
 
 
 def test_demo_with_a_lone_surrogate_in_an_instruction(tmp_path, capsys):
-    _one_line_exit_2(_demo(tmp_path, "--instructions", "add a \udc80 circle"), capsys, "lone surrogate")
+    one_line_exit_2(_demo(tmp_path, "--instructions", "add a \udc80 circle"), capsys, "lone surrogate")
     assert not (tmp_path / "out").exists()
 
 

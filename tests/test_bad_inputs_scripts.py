@@ -7,18 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import load_script, one_error_line
+from conftest import load_script, one_line_exit_2
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _one_line_exit_2(call, capsys, *words: str) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        call()
-    assert exit_info.value.code == 2
-    line = one_error_line(capsys.readouterr().err)
-    assert all(word in line for word in words), line
-    return line
 
 
 @pytest.mark.parametrize(
@@ -33,7 +24,7 @@ def _one_line_exit_2(call, capsys, *words: str) -> str:
 def test_demo_bad_inputs(tmp_path, capsys, extra, word):
     from diffusers_vincie.demo import main
 
-    _one_line_exit_2(lambda: main(["--output", str(tmp_path / "out"), *extra]), capsys, word)
+    one_line_exit_2(lambda: main(["--output", str(tmp_path / "out"), *extra]), capsys, word)
     assert not (tmp_path / "out").exists()
 
 
@@ -41,7 +32,7 @@ def test_demo_output_that_is_a_file(tmp_path, capsys):
     from diffusers_vincie.demo import main
 
     (tmp_path / "out").write_text("mine")
-    _one_line_exit_2(lambda: main(["--output", str(tmp_path / "out")]), capsys, "--output")
+    one_line_exit_2(lambda: main(["--output", str(tmp_path / "out")]), capsys, "--output")
     assert (tmp_path / "out").read_text() == "mine"
 
 
@@ -52,7 +43,7 @@ def test_demo_never_replaces_a_users_image_but_replaces_its_own(tmp_path, capsys
     out.mkdir()
     (out / "turn_1.png").write_text("mine")
     flags = ["--output", str(out), "--steps", "1", "--guidance_scale", "1", "--instructions", "add a red circle"]
-    _one_line_exit_2(lambda: main(flags), capsys, "no demo run wrote")
+    one_line_exit_2(lambda: main(flags), capsys, "no demo run wrote")
     assert (out / "turn_1.png").read_text() == "mine" and sorted(p.name for p in out.iterdir()) == ["turn_1.png"]
     (out / "turn_1.png").unlink()
     main(flags)
@@ -75,7 +66,7 @@ def test_demo_never_replaces_a_users_image_but_replaces_its_own(tmp_path, capsys
 def test_make_synthetic_videos_bad_flags(tmp_path, capsys, extra, word):
     cli = load_script(REPO / "dataset_scripts" / "make_synthetic_videos.py", "make_synthetic_videos")
     out = tmp_path / "videos"
-    _one_line_exit_2(lambda: cli.main(["--output-dir", str(out), "--num-videos", "1", *extra]), capsys, word)
+    one_line_exit_2(lambda: cli.main(["--output-dir", str(out), "--num-videos", "1", *extra]), capsys, word)
     assert not out.exists()
 
 
@@ -90,7 +81,7 @@ def test_make_synthetic_videos_bad_flags(tmp_path, capsys, extra, word):
 def test_build_shapes_text_encoder_bad_flags(tmp_path, capsys, monkeypatch, extra, word):
     cli = load_script(REPO / "training_scripts" / "build_shapes_text_encoder.py", "build_shapes_text_encoder")
     monkeypatch.setattr(sys, "argv", ["build_shapes_text_encoder.py", "--output_dir", str(tmp_path / "text"), *extra])
-    _one_line_exit_2(cli.main, capsys, word)
+    one_line_exit_2(cli.main, capsys, word)
     assert not (tmp_path / "text").exists()
 
 
@@ -106,7 +97,7 @@ def test_export_of_a_legacy_checkpoint_names_the_migration(tmp_path, capsys, mon
         "argv",
         ["export_checkpoint.py", "--run_dir", str(tmp_path / "run"), "--output", str(tmp_path / "pipeline")],
     )
-    _one_line_exit_2(cli.main, capsys, "custom_checkpoint_0.pkl", "--migrate")
+    one_line_exit_2(cli.main, capsys, "custom_checkpoint_0.pkl", "--migrate")
     assert not (tmp_path / "pipeline").exists()
 
 

@@ -6,7 +6,7 @@ import os
 import subprocess
 
 import torch
-from conftest import REPO
+from conftest import REPO, toy_recipe_env
 from safetensors.torch import load_file
 
 RECIPE = REPO / "training_scripts" / "recipes" / "vincie_shapes_curriculum.sh"
@@ -14,16 +14,7 @@ FLAGS = ["--train_batch_size", "2", "--checkpointing_steps", "2", "--lr_warmup_s
 
 
 def test_curriculum_recipe_runs_every_phase(tmp_path):
-    env = dict(
-        os.environ,
-        PHASE1_STEPS="2",
-        PHASE2_STEPS="2",
-        PHASE3_STEPS="2",
-        PHASE4_STEPS="2",
-        PHASE4_DECAY_STEPS="4",
-        OMP_NUM_THREADS="1",
-        HF_HUB_OFFLINE="1",
-    )
+    env = toy_recipe_env(2)
     run = tmp_path / "run"
     result = subprocess.run(
         ["bash", str(RECIPE), str(run), *FLAGS], env=env, capture_output=True, text=True, timeout=600

@@ -8,6 +8,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from conftest import assert_masks_and_drag
 
 from diffusers_vincie import VincieEditingSession, VincieInContextPipeline
 from diffusers_vincie.models import VincieAutoencoderKL7B
@@ -68,17 +69,7 @@ def test_candidates(pipe, image):
 
 
 def test_masks_and_drag(pipe, image):
-    out = pipe(image, ["remove the red circle"], chain_of_editing=True, num_inference_steps=2, resolution=32)
-    current, nxt = out.masks[0]
-    assert current.size == nxt.size == out.images[0].size
-    session = pipe.start_session(image, resolution=32)
-    user_mask = np.zeros((40, 56), bool)
-    user_mask[10:20, 10:30] = True
-    session.edit("make it blue", current_mask=user_mask, num_inference_steps=2)
-    assert len(session.turns[-1].mask_frames) == 2  # user mask + predicted next mask
-    session.drag("move it", translate=(8, 0), current_mask=user_mask, num_inference_steps=2)
-    moved = np.asarray(session.turns[-1].mask_frames[1].image.convert("L")) > 127
-    assert np.array_equal(moved[:, 18:38], user_mask[:, 10:30]) and not moved[:, 10:18].any()
+    assert_masks_and_drag(pipe, image)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

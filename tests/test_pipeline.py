@@ -4,6 +4,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from conftest import assert_masks_and_drag
 
 from diffusers_vincie import OFFICIAL_NEGATIVE_PROMPT, VincieEditingSession, VincieInContextPipeline
 from diffusers_vincie.pipelines.image_processing import preprocess, to_rgb, transform_mask
@@ -119,17 +120,7 @@ def test_official_fidelity_re_encodes_outputs(pipe, image):
 
 
 def test_chain_of_editing_controllable_and_drag(pipe, image):
-    out = pipe(image, ["remove the red circle"], chain_of_editing=True, num_inference_steps=2, resolution=32)
-    current, nxt = out.masks[0]
-    assert current.size == nxt.size == out.images[0].size
-    session = pipe.start_session(image, resolution=32)
-    user_mask = np.zeros((40, 56), bool)
-    user_mask[10:20, 10:30] = True
-    session.edit("make it blue", current_mask=user_mask, num_inference_steps=2)
-    assert len(session.turns[-1].mask_frames) == 2  # user mask + predicted next mask
-    session.drag("move it", translate=(8, 0), current_mask=user_mask, num_inference_steps=2)
-    moved = np.asarray(session.turns[-1].mask_frames[1].image.convert("L")) > 127
-    assert np.array_equal(moved[:, 18:38], user_mask[:, 10:30]) and not moved[:, 10:18].any()
+    session = assert_masks_and_drag(pipe, image)
     with pytest.raises(ValueError, match="is 10x10 but the session image is 56x40"):
         session.edit("x", current_mask=np.zeros((10, 10), bool), num_inference_steps=2)
 

@@ -3,13 +3,12 @@ phases on those sessions, streamed -> a pipeline. (Each step's resume is tested 
 build and the curriculum.)"""
 
 import json
-import os
 import re
 import subprocess
 
 import numpy as np
 import pytest
-from conftest import REPO, load_script
+from conftest import REPO, load_script, toy_recipe_env
 from datasets import load_dataset
 
 from diffusers_vincie.data.shapes.video import video_session_seed
@@ -42,19 +41,7 @@ def test_training_videos_are_disjoint_from_every_evaluation_range():
 
 
 def test_video_recipe_trains_on_pixel_annotated_sessions(tmp_path):
-    env = dict(
-        os.environ,
-        NUM_VIDEOS="12",
-        PHASE4_VIDEOS="6",
-        JOBS="2",  # two video shards and a two-process build
-        PHASE1_STEPS="1",
-        PHASE2_STEPS="1",
-        PHASE3_STEPS="1",
-        PHASE4_STEPS="1",
-        PHASE4_DECAY_STEPS="2",
-        OMP_NUM_THREADS="1",
-        HF_HUB_OFFLINE="1",
-    )
+    env = toy_recipe_env(1, NUM_VIDEOS="12", PHASE4_VIDEOS="6", JOBS="2")  # two video shards, a two-process build
     run = tmp_path / "run"
     result = subprocess.run(
         ["bash", str(RECIPE), str(run), *FLAGS], env=env, capture_output=True, text=True, timeout=600
@@ -62,12 +49,12 @@ def test_video_recipe_trains_on_pixel_annotated_sessions(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
 
     # the sessions are the videos' frames, described by the pixel-only annotator
+    built = {name: load_dataset(str(run / name), split="train") for name in ("sessions", "sessions_move3")}
     for name, count in (("sessions", 12), ("sessions_move3", 6)):
-        sessions = load_dataset(str(run / name), split="train")
-        assert len(sessions) == count
-        assert {json.loads(annotator)["name"] for annotator in sessions["annotator"]} == {"pixels"}
+        assert len(built[name]) == count
+        assert {json.loads(annotator)["name"] for annotator in built[name]["annotator"]} == {"pixels"}
     assert json.loads((run / "videos_move3" / "world.json").read_text())["op_weights"]["move"] == 3.0
-    instructions = [i for row in load_dataset(str(run / "sessions"), split="train") for i in row["instructions"]]
+    instructions = [i for session in built["sessions"]["instructions"] for i in session]
     assert any(i.startswith("show ") for i in instructions)  # composition shots are in the data
 
     # every phase streamed sessions (a streamed dataset's position is in each checkpoint; the world has none)
