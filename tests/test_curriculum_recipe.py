@@ -3,13 +3,16 @@ per-turn text positions, phase 3, phase 4 (high-noise training times, a move-hea
 
 import json
 import os
+import shutil
 import subprocess
 
+import pytest
 import torch
 from conftest import REPO, toy_recipe_env
 from safetensors.torch import load_file
 
 RECIPE = REPO / "training_scripts" / "recipes" / "vincie_shapes_curriculum.sh"
+VIDEO_RECIPE = REPO / "training_scripts" / "recipes" / "vincie_shapes_video.sh"
 FLAGS = ["--train_batch_size", "2", "--checkpointing_steps", "2", "--lr_warmup_steps", "1"]
 
 
@@ -64,6 +67,18 @@ def test_curriculum_recipe_runs_every_phase(tmp_path):
     assert pipe.config.default_guidance_scale == DEFAULT_SAMPLING["guidance_scale"]
     assert pipe.config.default_num_inference_steps == DEFAULT_SAMPLING["num_inference_steps"]
 
+    # LAST_PHASE=1 stops after phase 1 (here already done): nothing of phase 2 is started again
+    shutil.rmtree(run / "phase2")
+    first_only = subprocess.run(
+        ["bash", str(RECIPE), str(run), *FLAGS],
+        env=dict(env, LAST_PHASE="1"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert first_only.returncode == 0, first_only.stderr[-3000:]
+    assert (run / "phase1" / "pipeline").is_dir() and not (run / "phase2").exists()
+
     # a longer phase 1 later: its export of step 2 is kept, not replaced, and the recipe says so (exit 2)
     longer = subprocess.run(
         ["bash", str(RECIPE), str(run), *FLAGS],
@@ -85,8 +100,19 @@ def test_phase4_world_is_the_training_world_with_more_moves():
     assert move3 == base
 
 
-def test_mask_tasks_other_than_0_or_1_is_refused_before_any_work(tmp_path):
-    env = dict(os.environ, MASK_TASKS="2", HF_HUB_OFFLINE="1")
-    result = subprocess.run(["bash", str(RECIPE), str(tmp_path / "run")], env=env, capture_output=True, text=True)
-    assert result.returncode == 2 and "MASK_TASKS must be 1" in result.stderr
+@pytest.mark.parametrize("recipe", [RECIPE, VIDEO_RECIPE], ids=["curriculum", "video"])
+@pytest.mark.parametrize(
+    "setting, value, message",
+    [
+        ("MASK_TASKS", "2", "MASK_TASKS must be 1 (the proxy tasks) or 0"),
+        ("MASK_PROBABILITY", "1.5", "MASK_PROBABILITY must be a number from 0 to 1, got '1.5'"),
+        ("LAST_PHASE", "5", "LAST_PHASE must be 1, 2, 3 or 4"),
+        ("PHASE3_STEPS", "0", "PHASE3_STEPS must be a whole number of steps >= 1"),
+    ],
+)
+def test_a_bad_curriculum_setting_is_refused_before_any_work(tmp_path, recipe, setting, value, message):
+    """The video recipe checks the curriculum's settings before drawing videos, not hours later."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", **{setting: value})
+    result = subprocess.run(["bash", str(recipe), str(tmp_path / "run")], env=env, capture_output=True, text=True)
+    assert result.returncode == 2 and message in result.stderr and recipe.name in result.stderr
     assert result.stderr.count("\n") == 1 and not (tmp_path / "run").exists()

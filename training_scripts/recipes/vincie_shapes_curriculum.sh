@@ -32,7 +32,9 @@
 # tokenizer of the words of SESSIONS_WORLD (the videos' world.json) and of composition shots; see
 # vincie_shapes_video.sh.
 # MASK_TASKS=0 trains phases 2-4 on the next image only (no segmentation tasks), for the comparison with them;
-# MASK_PROBABILITY (default 0.1) is the share of their sequences with mask frames otherwise.
+# MASK_PROBABILITY (default 0.1) is the share of their sequences with mask frames otherwise. LAST_PHASE=N (default 4)
+# stops after phase N: its pipeline is RUN_DIR/phaseN/pipeline (a shorter budget for a comparison, e.g. of data size).
+# Every setting is checked before any work (curriculum_settings.sh).
 # PHASE1_STEPS (default 5000), PHASE2_STEPS (default 2500), PHASE3_STEPS (default 5000), PHASE4_STEPS (default 1500)
 # and PHASE4_DECAY_STEPS (default 3000) set the lengths (the shipped model: arm E = phase 1, arm C3 = phase 2, arm
 # C5 = phase 3, arm P5c = phase 4; all at these defaults, so RUN_DIR/phase4/pipeline).
@@ -45,18 +47,11 @@ shift || true
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 export HF_HUB_OFFLINE=1
-PHASE1_STEPS=${PHASE1_STEPS:-5000}
-PHASE2_STEPS=${PHASE2_STEPS:-2500}
-PHASE3_STEPS=${PHASE3_STEPS:-5000}
-PHASE4_STEPS=${PHASE4_STEPS:-1500}
-PHASE4_DECAY_STEPS=${PHASE4_DECAY_STEPS:-3000}
+source "$HERE/curriculum_settings.sh"
+check_curriculum_settings vincie_shapes_curriculum.sh
 # phases 2-4 train the three proxy tasks (mask frames in MASK_PROBABILITY of the sequences); MASK_TASKS=0 trains
 # the next image only there (the comparison without the segmentation tasks)
-case "${MASK_TASKS:-1}" in
-  0|1) ;;
-  *) echo "vincie_shapes_curriculum.sh: MASK_TASKS must be 1 (the proxy tasks) or 0 (next image only), got '$MASK_TASKS'" >&2; exit 2 ;;
-esac
-if [ "${MASK_TASKS:-1}" = 0 ]; then MASKS=(--task_weights 1,0,0 --mask_probability 0); else MASKS=(--mask_probability "${MASK_PROBABILITY:-0.1}"); fi
+if [ "$MASK_TASKS" = 0 ]; then MASKS=(--task_weights 1,0,0 --mask_probability 0); else MASKS=(--mask_probability "$MASK_PROBABILITY"); fi
 COMMON=(--train_text_encoder --train_batch_size 16 --learning_rate 1e-3 --lr_scheduler constant_with_warmup
         --ema_decay 0.999 --checkpointing_steps 250 --checkpoints_total_limit 8 --sensitivity_steps 250)
 
@@ -92,18 +87,21 @@ export_phase() {
   fi
 }
 
+[ "$LAST_PHASE" -gt 1 ] || exit 0
 export_phase phase1 "$PHASE1_STEPS" phase1_export vincie_shapes_allmm_transformer.json
 world_data 4000000
 INIT_FROM="$RUN_DIR/phase1_export" bash "$HERE/vincie_shapes.sh" "$RUN_DIR/phase2" "${COMMON[@]}" \
   "${MASKS[@]}" --lr_warmup_steps 100 "${DATA[@]}" --seed 4 \
   --max_train_steps "$PHASE2_STEPS" "$@"
 
+[ "$LAST_PHASE" -gt 2 ] || exit 0
 export_phase phase2 "$PHASE2_STEPS" phase3_init vincie_shapes_allmm_per_turn_transformer.json "$RUN_DIR/phase1_export"
 world_data 5000000
 INIT_FROM="$RUN_DIR/phase3_init" bash "$HERE/vincie_shapes.sh" "$RUN_DIR/phase3" "${COMMON[@]}" \
   "${MASKS[@]}" --lr_scheduler cosine --lr_warmup_steps 100 "${DATA[@]}" --seed 5 \
   --max_train_steps "$PHASE3_STEPS" --validation_guidance_scale 2 "$@"
 
+[ "$LAST_PHASE" -gt 3 ] || exit 0
 world_data 6000000 "$ROOT/training_scripts/configs/vincie_shapes_world_move3.json"
 SESSIONS=${PHASE4_SESSIONS:-${SESSIONS:-}} INIT_FROM="$RUN_DIR/phase3/pipeline" \
   bash "$HERE/vincie_shapes.sh" "$RUN_DIR/phase4" "${COMMON[@]}" \

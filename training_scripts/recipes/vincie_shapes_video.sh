@@ -17,7 +17,9 @@
 # JOBS=N renders and builds on N processes (the same videos and sessions for any N).
 # Re-running the same command resumes every step: videos and sessions already written are skipped, and training
 # resumes from its latest checkpoint. NUM_VIDEOS (default 20000), PHASE4_VIDEOS (default 6000) and the curriculum's
-# PHASE*_STEPS set the sizes; the extra flags go to every training phase (vincie_shapes_video_gpu.sh: on one GPU).
+# PHASE*_STEPS set the sizes and its LAST_PHASE where to stop (no phase-4 videos below 4); the curriculum's settings
+# are checked before any video is drawn. The extra flags go to every training phase (vincie_shapes_video_gpu.sh: on
+# one GPU).
 # Video seeds (VIDEO_SEED, PHASE4_VIDEO_SEED) are hashed per video (video_session_seed): the sessions they give
 # are disjoint from the evaluation ranges (tests/test_recipe_video.py checks the defaults).
 set -euo pipefail
@@ -31,6 +33,8 @@ PHASE4_VIDEOS=${PHASE4_VIDEOS:-6000}
 VIDEO_SEED=${VIDEO_SEED:-7000000}
 PHASE4_VIDEO_SEED=${PHASE4_VIDEO_SEED:-7500000}
 JOBS=${JOBS:-1}
+source "$HERE/curriculum_settings.sh"
+check_curriculum_settings vincie_shapes_video.sh  # before hours of videos: the curriculum reads them at the end
 case "$JOBS" in
   '' | *[!0-9]* | 0) echo "vincie_shapes_video.sh: JOBS must be a whole number >= 1, got '$JOBS'" >&2; exit 2 ;;
 esac
@@ -63,7 +67,9 @@ wait_all() {
 }
 
 videos_to_sessions videos "$NUM_VIDEOS" "$VIDEO_SEED"
-videos_to_sessions videos_move3 "$PHASE4_VIDEOS" "$PHASE4_VIDEO_SEED" --move-weight 3
+if [ "$LAST_PHASE" = 4 ]; then
+  videos_to_sessions videos_move3 "$PHASE4_VIDEOS" "$PHASE4_VIDEO_SEED" --move-weight 3
+fi
 
 SESSIONS="$RUN_DIR/sessions" SESSIONS_WORLD="$RUN_DIR/videos/world.json" PHASE4_SESSIONS="$RUN_DIR/sessions_move3" \
   bash "$HERE/vincie_shapes_curriculum.sh" "$RUN_DIR/train" "$@"
