@@ -124,6 +124,12 @@ def test_composition_score_is_exact(num_objects):
         partial = world.render(type(scene)(scene.background, scene.objects[:-1], scene.camera))
         missing = score_composition(partial, session)
         assert not missing.success and missing.objects_found == pytest.approx(1 - 1 / num_objects)
+        # the instruction names no background: the scene on any background the session could have drawn (any but
+        # the last reference shot's) is right; on the last reference's it is not a new shot
+        last_shot = session.states[-2].background
+        for name in world.backgrounds:
+            elsewhere = score_composition(world.render(replace(scene, background=name)), session)
+            assert elsewhere.objects_found == 1.0 and elsewhere.success == (name != last_shot), name
     with pytest.raises(ValueError, match="composition session"):
         score_composition(session.frames[1], build_story_sessions(1, image_size=32, **WORLD)[0])
 

@@ -17,7 +17,7 @@ distinct offsets, so that no two protocols share a session:
   the top left and the blue square at the bottom right"``). The model gets the reference frames and their
   instructions as the session's context and is asked for the composed scene; scored by
   :func:`~diffusers_vincie.data.shapes.score.score_composition` (every object at its cell with its colour and
-  shape, the rest the true background).
+  shape, the rest a clean background of those the session could have drawn: the instruction names none).
 * **story** (:func:`run_story`, sessions from :data:`STORY_SEED` = 13,000,000): session ``i`` is
   ``sample_story_session(world, STORY_SEED + i, num_turns)``, a scene filmed with camera pans only (``"pan the
   camera left"``). Chained over every turn (each output is the next turn's input, one editing session per story,

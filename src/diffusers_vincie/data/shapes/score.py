@@ -172,8 +172,8 @@ class CompositionScore:
         object_scores: per object, in the order they were introduced: the colour-and-shape IoU in its cell (as
             :class:`EditScore`'s ``object_score``).
         objects_found: fraction of the objects whose score reaches the IoU threshold.
-        background: fraction of the pixels outside every true object within tolerance of the truth (the right
-            background and nothing else drawn).
+        background: fraction of the pixels outside every true object within tolerance of the scene drawn on a
+            background the session could have drawn (nothing else drawn), the best of those backgrounds.
         success: every object found and ``background >= preserve_threshold``.
     """
 
@@ -194,7 +194,12 @@ def score_composition(
 ) -> CompositionScore:
     """Scores a predicted composed scene against the last frame of a composition session (see
     :func:`~.shots.sample_composition_session`): every object at its cell with its colour and shape, and the
-    rest of the frame the true background.
+    rest of the frame a clean background.
+
+    The compose instruction names no background: the session draws the composed scene's at random among the
+    world's backgrounds other than the last reference shot's (a shot change is a cut). So any of those counts,
+    and the frame is scored against the scene drawn on the one it matches best; requiring the drawn one would
+    score a right answer as a coin toss.
 
     Args:
         pred_rgb: uint8 ``(H, W, 3)`` prediction at the session's resolution.
@@ -217,7 +222,12 @@ def score_composition(
     objects = np.zeros(target.shape[:2], dtype=bool)
     for obj in scene.objects:
         objects |= world.footprint(obj, scene.camera, resolution)
-    background = float(_close(pred, target, tolerance)[~objects].mean())
+    last_shot = session.states[-2].background
+    background = max(
+        float(_close(pred, world.render(replace(scene, background=name), resolution), tolerance)[~objects].mean())
+        for name in world.backgrounds
+        if name != last_shot
+    )
     found = [score >= iou_threshold for score in object_scores]
     return CompositionScore(
         num_objects=len(scene.objects),
