@@ -16,12 +16,16 @@ VIDEO_RECIPE = REPO / "training_scripts" / "recipes" / "vincie_shapes_video.sh"
 FLAGS = ["--train_batch_size", "2", "--checkpointing_steps", "2", "--lr_warmup_steps", "1"]
 
 
+def _run_recipe(run, env):
+    return subprocess.run(
+        ["bash", str(RECIPE), str(run), *FLAGS], env=env, capture_output=True, text=True, timeout=600
+    )
+
+
 def test_curriculum_recipe_runs_every_phase(tmp_path):
     env = toy_recipe_env(2)
     run = tmp_path / "run"
-    result = subprocess.run(
-        ["bash", str(RECIPE), str(run), *FLAGS], env=env, capture_output=True, text=True, timeout=600
-    )
+    result = _run_recipe(run, env)
     assert result.returncode == 0, result.stderr[-3000:]
 
     config = json.loads((run / "phase3" / "pipeline" / "transformer" / "config.json").read_text())
@@ -69,24 +73,12 @@ def test_curriculum_recipe_runs_every_phase(tmp_path):
 
     # LAST_PHASE=1 stops after phase 1 (here already done): nothing of phase 2 is started again
     shutil.rmtree(run / "phase2")
-    first_only = subprocess.run(
-        ["bash", str(RECIPE), str(run), *FLAGS],
-        env=dict(env, LAST_PHASE="1"),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    first_only = _run_recipe(run, dict(env, LAST_PHASE="1"))
     assert first_only.returncode == 0, first_only.stderr[-3000:]
     assert (run / "phase1" / "pipeline").is_dir() and not (run / "phase2").exists()
 
     # a longer phase 1 later: its export of step 2 is kept, not replaced, and the recipe says so (exit 2)
-    longer = subprocess.run(
-        ["bash", str(RECIPE), str(run), *FLAGS],
-        env=dict(env, PHASE1_STEPS="3"),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    longer = _run_recipe(run, dict(env, PHASE1_STEPS="3"))
     assert longer.returncode == 2 and "phase1_export is not phase1's step 3" in longer.stderr, longer.stderr[-3000:]
     assert json.loads((run / "phase1_export" / "checkpoint.json").read_text())["checkpoint"] == "checkpoint-2"
 
