@@ -51,6 +51,8 @@ def no_forward(pipe):
         (dict(resolution=4096), ValueError, "max_resolution"),
         (dict(resolution=2), ValueError, "`resolution`"),
         (dict(num_images_per_prompt=0), ValueError, "`num_images_per_prompt`"),
+        (dict(consensus_samples=0), ValueError, "`consensus_samples`"),
+        (dict(consensus_samples=2.0), TypeError, "`consensus_samples` must be an integer"),
         (dict(guidance_interval=1.5), ValueError, "`guidance_interval`"),
         (dict(guidance_rescale=-1.0), ValueError, "`guidance_rescale`"),
         (dict(output_type="jpeg"), ValueError, "`output_type`"),

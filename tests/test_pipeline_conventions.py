@@ -1,6 +1,8 @@
 """Diffusers conventions of the pipeline: text encoded apart, candidates per turn, callback properties, stacked
 outputs, CFG interval and rescale, the model's sampling defaults in the pipeline config."""
 
+from dataclasses import replace
+
 import numpy as np
 import PIL.Image
 import pytest
@@ -8,6 +10,7 @@ import torch
 from diffusers import DiffusionPipeline
 
 from diffusers_vincie import VincieInContextPipeline
+from diffusers_vincie.pipelines.sampling import consensus_index
 from diffusers_vincie.testing import tiny_pipeline
 
 PROMPTS = ["add a red circle", "make it bigger"]
@@ -83,6 +86,35 @@ def test_candidates_per_turn_and_continuing_from_any(pipe, image):
         session.choose(5)
 
 
+def test_consensus_index_is_the_sample_closest_to_the_others():
+    base = torch.zeros(3, 4, 4)
+    assert consensus_index([base, base + 1.0, base + 0.1]) == 2  # summed distances 1.1, 1.9, 1.0
+    assert consensus_index([base + 0.5, base, base + 0.6]) == 0  # summed distances 0.6, 1.1, 0.7
+    assert consensus_index([base, base + 1.0]) == 0  # a tie keeps the first
+    assert consensus_index([base]) == 0
+
+
+def test_consensus_samples_keep_the_sample_that_agrees_most(pipe, image, monkeypatch):
+    session = pipe.start_session(image, resolution=32, posterior="mode")
+    drawn, generate = [], session._generate
+    offsets = iter([0.0, 1.0, 0.1])  # the third sample is the consensus of the three
+
+    def spy(items, target, sampling, latents=None):
+        frame = generate(items, target, sampling, latents)
+        drawn.append(frame)
+        return replace(frame, pixels=torch.full_like(frame.pixels, next(offsets)))
+
+    monkeypatch.setattr(session, "_generate", spy)
+    kept = session.edit(
+        PROMPTS[0], num_inference_steps=2, consensus_samples=3, generator=torch.Generator().manual_seed(0)
+    )
+    assert len(drawn) == 3 and len({frame.image.tobytes() for frame in drawn}) == 3  # three different samples
+    assert kept.tobytes() == drawn[2].image.tobytes() and session.turns[0].frame.latent is drawn[2].latent
+    single = pipe.start_session(image, resolution=32, posterior="mode")
+    single.edit(PROMPTS[0], num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(drawn[0].latent, single.turns[0].latent)  # the first sample is the one-sample edit
+
+
 def test_callback_reads_and_changes_guidance(pipe, image):
     seen = []
 
@@ -143,6 +175,13 @@ def test_sampling_defaults_live_in_the_pipeline_config(image, tmp_path):
     assert out.images[0].size == (32, 32) and len(calls) == 2  # 2 steps, no CFG pass
     p.save_pretrained(tmp_path / "p")
     assert VincieInContextPipeline.from_pretrained(tmp_path / "p").config.default_num_inference_steps == 2
+    consensus = VincieInContextPipeline.from_pretrained(tmp_path / "p", default_consensus_samples=3)
+    consensus.set_progress_bar_config(disable=True)
+    calls.clear()
+    hook = consensus.transformer.register_forward_pre_hook(lambda m, a: calls.append(1))
+    consensus(image, PROMPTS[0], guidance_scale=1.0)
+    hook.remove()
+    assert len(calls) == 6  # 3 samples x 2 steps
     with pytest.raises(ValueError, match="max_resolution"):
         p(image, PROMPTS[0], resolution=4096)
 

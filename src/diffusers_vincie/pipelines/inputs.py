@@ -131,18 +131,23 @@ def check_sampling(
     guidance_interval,
     guidance_rescale,
     num_images_per_prompt,
+    consensus_samples,
     generator,
     callback_on_step_end,
     callback_on_step_end_tensor_inputs,
     allowed_tensor_inputs,
-) -> tuple[int, float, list[Optional[torch.Generator]]]:
-    """The per-turn sampling arguments, ``None`` steps / guidance scale taken from the pipeline ``config``'s
-    defaults; returns the steps, the guidance scale and the generator of each candidate."""
+) -> tuple[int, float, int, list[Optional[torch.Generator]]]:
+    """The per-turn sampling arguments, ``None`` steps / guidance scale / consensus samples taken from the pipeline
+    ``config``'s defaults; returns the steps, the guidance scale, the consensus samples and the generator of each
+    candidate."""
     if num_inference_steps is None:
         num_inference_steps = config.default_num_inference_steps
     if guidance_scale is None:
         guidance_scale = config.default_guidance_scale
+    if consensus_samples is None:
+        consensus_samples = config.default_consensus_samples
     check_int("num_inference_steps", num_inference_steps, 1, 1000)
+    check_int("consensus_samples", consensus_samples, 1, 64, hint=" (1 keeps the only sample)")
     check_real("guidance_scale", guidance_scale, 1.0, hint=" (1 disables guidance)")
     check_real("guidance_interval", guidance_interval, 0.0, 1.0, hint=" (fraction of the steps guided)")
     check_real("guidance_rescale", guidance_rescale, 0.0, 1.0)
@@ -154,7 +159,7 @@ def check_sampling(
         raise ValueError(
             f"`callback_on_step_end_tensor_inputs` may only hold {allowed_tensor_inputs}; got {sorted(bad)}."
         )
-    return num_inference_steps, guidance_scale, check_generator(generator, count)
+    return num_inference_steps, guidance_scale, consensus_samples, check_generator(generator, count)
 
 
 def callback_outputs(outputs: Union[dict, None]) -> dict:

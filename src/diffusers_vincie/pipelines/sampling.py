@@ -8,7 +8,8 @@ This is diffusers' ``FlowMatchEulerDiscreteScheduler`` with that shift given the
 
 Every caller (the pipeline and its sessions, training validation, parity) samples through :func:`sample_frame`
 or, with a velocity of its own making, :func:`run_sampler`; :func:`frame_velocity` is the one place that picks
-the velocity of a model's attention layout.
+the velocity of a model's attention layout. :func:`consensus_index` keeps the sample of several that agrees most
+with the others (the pipeline's ``consensus_samples``).
 """
 
 from __future__ import annotations
@@ -352,3 +353,16 @@ def sample_frame(
         raise ValueError(f"`latents` must have shape {shape} for this turn; got {tuple(noise.shape)}.")
     set_trailing_timesteps(scheduler, num_inference_steps, device=noise.device)
     return run_sampler(scheduler, noise, velocity, guidance, on_step, progress, on_step_begin)[-1]
+
+
+def consensus_index(samples: Sequence[torch.Tensor]) -> int:
+    """The sample closest to the others: the index of the smallest summed mean absolute difference to every other
+    sample (the medoid; the first on a tie). Samples of one instruction that agree are the model's likely answer;
+    a sample that went astray (a stray blob, the object in the wrong cell) is far from the rest.
+
+    Args:
+        samples: decoded images of one frame, each ``(3, H, W)`` (any range, the same for all).
+    """
+    flat = torch.stack([sample.detach().float().flatten() for sample in samples])  # (K, 3 * H * W)
+    distances = torch.cdist(flat[None], flat[None], p=1)[0] / flat.shape[1]  # (K, K)
+    return int(distances.sum(1).argmin())

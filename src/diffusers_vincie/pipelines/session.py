@@ -51,7 +51,7 @@ from .inputs import (
     check_text,
 )
 from .locking import lock_of, serialised
-from .sampling import Guidance
+from .sampling import Guidance, consensus_index
 
 SESSION_FILE = "session.json"
 TENSORS_FILE = "session.safetensors"
@@ -272,6 +272,7 @@ class VincieEditingSession:
         prompt_embeds: Optional[torch.Tensor] = None,
         negative_prompt_embeds: Optional[torch.Tensor] = None,
         num_images_per_prompt: int = 1,
+        consensus_samples: Optional[int] = None,
         guidance_interval: float = 1.0,
         guidance_rescale: float = 0.0,
     ) -> Union[PIL.Image.Image, list]:
@@ -287,15 +288,19 @@ class VincieEditingSession:
                 image to it (drag editing, see `drag`).
             num_images_per_prompt: candidates of this turn (one generator each, or one shared); the session
                 continues from the first unless `choose` picks another.
+            consensus_samples: samples drawn for each candidate image, of which the one closest to the others is
+                kept (`consensus_index`; default the pipeline's ``default_consensus_samples``). ``latents`` start
+                the first sample; mask frames are sampled once.
             Other arguments as in the pipeline's ``__call__`` (defaults: the pipeline's configured ones).
         """
-        num_inference_steps, guidance_scale, generators = check_sampling(
+        num_inference_steps, guidance_scale, consensus_samples, generators = check_sampling(
             self.pipe.config,
             num_inference_steps,
             guidance_scale,
             guidance_interval,
             guidance_rescale,
             num_images_per_prompt,
+            consensus_samples,
             generator,
             callback_on_step_end,
             callback_on_step_end_tensor_inputs,
@@ -362,9 +367,13 @@ class VincieEditingSession:
         for k, g in enumerate(generators):
             if k and self.pipe.interrupt:
                 break
-            frame = self._generate(
-                items + mask_frames, target, {**sampling, "generator": g}, latents if k == 0 else None
-            )
+            samples = []
+            for j in range(consensus_samples):
+                if j and self.pipe.interrupt:
+                    break
+                start = latents if k == 0 and j == 0 else None
+                samples.append(self._generate(items + mask_frames, target, {**sampling, "generator": g}, start))
+            frame = samples[consensus_index([sample.pixels for sample in samples])]
             if fidelity == "official":  # outputs re-enter through uint8 + resize + VAE, as the official loop does
                 reencoded = self._encode_image(postprocess_official(frame.pixels), target, g)
                 frame = SessionFrame(target, reencoded.latent, reencoded.image, frame.pixels)
