@@ -326,6 +326,12 @@ def main(argv: Optional[list[str]] = None) -> dict:
         default=DEFAULT_SAMPLING["guidance_scale"],
         help="CFG scale (default: the shipped model's; 1 skips the negative pass).",
     )
+    parser.add_argument(
+        "--consensus_samples",
+        type=int,
+        default=DEFAULT_SAMPLING["consensus_samples"],
+        help="Samples per output image, the one closest to the others kept (default: the shipped model's).",
+    )
     parser.add_argument("--output_dir", type=Path, default=Path("runs/shapes_bench"))
     parser.add_argument("--label", default=None, help="Name of this run (training step for --curve).")
     parser.add_argument("--curve", type=Path, default=None, help="JSONL file to append a success-vs-steps point to.")
@@ -352,6 +358,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
             raise ValueError(f"--ground_truth_modes: unknown mode {mode!r}; choose from {GROUND_TRUTH_MODES}.")
     if args.num_sessions < 1:
         raise ValueError(f"--num_sessions must be >= 1, got {args.num_sessions}.")
+    if args.consensus_samples < 1:
+        raise ValueError(f"--consensus_samples must be >= 1 (1: one sample per image), got {args.consensus_samples}.")
     if args.curve is not None:
         try:
             float(args.label or "0")
@@ -362,7 +370,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
     world_kwargs.pop("resolution", None)
     sessions = build_bench_sessions(args.num_sessions, args.num_turns, args.seed, image_size=32, **world_kwargs)
     pipe = load_default_pipeline(args.model)
-    sampling = {"num_inference_steps": args.num_inference_steps, "guidance_scale": args.guidance_scale}
+    sampling = {
+        "num_inference_steps": args.num_inference_steps,
+        "guidance_scale": args.guidance_scale,
+        "consensus_samples": args.consensus_samples,
+    }
     start = time.perf_counter()
     degenerate = {f"chained/{mode}": DegenerateOutputs() for mode in modes}
     degenerate.update({f"ground_truth/{mode}": DegenerateOutputs() for mode in gt_modes})

@@ -265,8 +265,11 @@ def test_bench_command_runs_one_protocol(tmp_path):
         and "Composition from the reference frames" in (tmp_path / "out" / "results.md").read_text()
     )
     shifted = bench.main(
-        common + ["--protocols", "story", "--seed", str(BENCH_SEED + 7), "--output_dir", str(tmp_path / "shifted")]
+        common
+        + ["--protocols", "story", "--seed", str(BENCH_SEED + 7), "--consensus_samples", "2"]
+        + ["--output_dir", str(tmp_path / "shifted")]
     )
+    assert shifted["config"]["consensus_samples"] == 2
     asked = [[turn["direction"] for turn in scores] for scores in shifted["turns"]["story"]]
     expected = build_story_sessions(2, num_turns=2, seed=STORY_SEED + 7, image_size=32, **WORLD)
     assert asked == [[edit.camera_motion.removeprefix("pan ") for edit in s.edits] for s in expected]
@@ -275,3 +278,5 @@ def test_bench_command_runs_one_protocol(tmp_path):
         bench.main(common + ["--protocols", "dragging"])
     with pytest.raises(ValueError, match="--composition_objects"):
         bench.main(common + ["--composition_objects", "4"])
+    with pytest.raises(ValueError, match="--consensus_samples"):
+        bench.main(common + ["--consensus_samples", "0"])

@@ -165,6 +165,7 @@ def _write_export(output, path, transformer, components, trained_text, use_ema, 
             default_resolution=RESOLUTION,
             default_num_inference_steps=DEFAULT_SAMPLING["num_inference_steps"],
             default_guidance_scale=DEFAULT_SAMPLING["guidance_scale"],
+            default_consensus_samples=DEFAULT_SAMPLING["consensus_samples"],
         ),
     )
     output.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ DEFAULT_MODEL: str = str(Path(__file__).resolve().parent)
 RESOLUTION: int = 32
 """Working resolution of the model (the synthetic world's): images are resized to ``RESOLUTION**2`` pixels."""
 
-DEFAULT_SAMPLING: dict[str, Any] = {"num_inference_steps": 10, "guidance_scale": 2.0}
+DEFAULT_SAMPLING: dict[str, Any] = {"num_inference_steps": 10, "guidance_scale": 2.0, "consensus_samples": 1}
 """Sampler settings the shipped numbers were measured with; also the pipeline's configured call defaults (the
 benchmarks', the demo's, the Space's and export_checkpoint.py's). Guidance 2 was chosen on validation sessions
 (docs/default_model.md, "Move, a longer phase 3 and guidance")."""
