@@ -374,7 +374,6 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
         num_images_per_prompt: int = 1,
         num_inference_steps: Optional[int] = None,
         guidance_scale: Optional[float] = None,
-        consensus_samples: Optional[int] = None,
         guidance_interval: float = 1.0,
         guidance_rescale: float = 0.0,
         generator: Union[torch.Generator, list[torch.Generator], None] = None,
@@ -390,6 +389,7 @@ class VincieInContextPipeline(DiffusionPipeline, VincieLoraLoaderMixin):
         max_sequence_length: int = 150,
         callback_on_step_end: Optional[Callable[[Any, int, int, dict], dict]] = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        consensus_samples: Optional[int] = None,
     ):
         """Edits ``image`` over ``len(prompt) - len(image) + 1`` turns.
 

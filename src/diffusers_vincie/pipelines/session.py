@@ -272,9 +272,9 @@ class VincieEditingSession:
         prompt_embeds: Optional[torch.Tensor] = None,
         negative_prompt_embeds: Optional[torch.Tensor] = None,
         num_images_per_prompt: int = 1,
-        consensus_samples: Optional[int] = None,
         guidance_interval: float = 1.0,
         guidance_rescale: float = 0.0,
+        consensus_samples: Optional[int] = None,
     ) -> Union[PIL.Image.Image, list]:
         """Runs one turn and returns its image (a list of ``num_images_per_prompt`` candidates when > 1).
 
