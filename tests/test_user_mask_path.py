@@ -165,6 +165,26 @@ def test_a_user_mask_gets_the_training_latent_in_latent_space():
     torch.testing.assert_close(given, trained, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("mode", ["true_mask", "true_masks"])
+def test_shapes_bench_true_mask_modes_predict_a_true_mask_that_marks_nothing(mode):
+    """The source region of "add" is empty: the pipeline refuses an empty user mask, so the bench predicts it."""
+    from diffusers_vincie.evaluation.shapes_bench import ChainedEditor
+
+    pipe = tiny_pipeline(pixel_space=True, attention_layout="block_causal", frame_index_mode="slots")
+    pipe.set_progress_bar_config(disable=True)
+    world = ShapesWorld(resolution=RESOLUTION)
+    session = next(s for s in map(world.sample_session, range(100, 400)) if s.ops[0] == "add")
+    assert not session.source_masks[0].any() and session.target_masks[0].any()
+    editor = ChainedEditor(pipe, mode, session, {"num_inference_steps": 1, "guidance_scale": 1.0}, seed=0)
+    editor.edit(session.frames[0], 0)
+    current, following = editor.editing.turns[0].mask_frames
+    assert current.pixels is not None  # sampled by the model, not given
+    given_next = following.pixels is None
+    assert given_next == (mode == "true_masks")
+    if given_next:
+        assert np.array_equal(following.latent[..., 0].numpy() > 0, session.target_masks[0])
+
+
 @pytest.mark.parametrize("mode, given", [("full", 0), ("true_mask", 1), ("true_masks", 2)])
 def test_shapes_bench_true_mask_modes_give_the_worlds_masks(mode, given):
     from diffusers_vincie.evaluation.shapes_bench import ChainedEditor

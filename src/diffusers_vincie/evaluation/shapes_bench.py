@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from ..data.shapes.score import EditScore, degenerate_output, score_edit
 from ..data.shapes.world import ShapesSession, ShapesWorld
+from ..pipelines.session import PREDICT
 from ..utils.io import atomic_write
 from .generate import Editor, generate_outputs
 from .judge import SessionJudgement, TurnVerdict
@@ -192,7 +193,8 @@ class ChainedEditor:
     ``no_context``: only the last image and the last instruction (a fresh session per turn);
     ``chain_of_editing``: full context, predicting the current- then next-frame RoE masks before each image;
     ``true_mask``: full context with the true current-frame RoE mask given (controllable editing), the next-frame
-    mask predicted; ``true_masks``: both true RoE masks given;
+    mask predicted; ``true_masks``: both true RoE masks given (in both, a true mask that marks no pixel, as the
+    source region of "add", is predicted: the pipeline refuses an empty user mask);
     ``copy``: the copy-input baseline (the output is the input).
 
     Args:
@@ -222,10 +224,14 @@ class ChainedEditor:
             )
             return _rgb(fresh.edit(instruction, generator=self.generator, **self.sampling))
         masks = {}
+        # a true mask that marks nothing (the source region of "add", the target region of "remove") is predicted:
+        # the pipeline refuses an empty user mask, and an empty region is what the model predicts for such an edit
         if self.mode in TRUE_MASK_MODES:
-            masks["current_mask"] = self.session.source_masks[turn]
+            current = self.session.source_masks[turn]
+            masks["current_mask"] = current if current.any() else PREDICT
         if self.mode == "true_masks":
-            masks["next_mask"] = PIL.Image.fromarray(self.session.target_masks[turn])
+            target = self.session.target_masks[turn]
+            masks["next_mask"] = PIL.Image.fromarray(target) if target.any() else PREDICT
         return _rgb(
             self.editing.edit(
                 instruction,
