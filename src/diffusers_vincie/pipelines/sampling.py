@@ -363,6 +363,8 @@ def consensus_index(samples: Sequence[torch.Tensor]) -> int:
     Args:
         samples: decoded images of one frame, each ``(3, H, W)`` (any range, the same for all).
     """
+    if len(samples) == 1:  # the default: no copy of a (large) decoded image to compare it with nothing
+        return 0
     flat = torch.stack([sample.detach().float().flatten() for sample in samples])  # (K, 3 * H * W)
     distances = torch.cdist(flat[None], flat[None], p=1)[0] / flat.shape[1]  # (K, K)
     return int(distances.sum(1).argmin())
