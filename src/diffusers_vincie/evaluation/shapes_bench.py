@@ -224,8 +224,7 @@ class ChainedEditor:
             )
             return _rgb(fresh.edit(instruction, generator=self.generator, **self.sampling))
         masks = {}
-        # a true mask that marks nothing (the source region of "add", the target region of "remove") is predicted:
-        # the pipeline refuses an empty user mask, and an empty region is what the model predicts for such an edit
+        # an empty true mask (class docstring) is left to the model, which predicts an empty region for such edits
         if self.mode in TRUE_MASK_MODES:
             current = self.session.source_masks[turn]
             masks["current_mask"] = current if current.any() else PREDICT
