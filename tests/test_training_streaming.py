@@ -231,3 +231,41 @@ def test_two_processes_stream_and_resume_under_accelerate_launch(sharded_session
     states = [json.loads((tmp_path / "checkpoint-2" / f"data_state_{rank}.json").read_text()) for rank in (0, 1)]
     assert [(s["process_index"], s["num_processes"], s["step"]) for s in states] == [(0, 2, 2), (1, 2, 2)]
     assert [r["step"] for r in _log(tmp_path)] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_frames_are_resized_with_the_filter_the_flag_names(sharded_sessions, streaming):
+    """``--image_interpolation_mode`` reaches both dataset kinds: nearest halves a 16-px frame by taking one pixel of
+    each 2x2 block (the hard edges kept), bicubic blends the blocks at the shapes' edges; masks are nearest in
+    both."""
+    import argparse
+
+    from diffusers_vincie.training.sources import build_dataset
+
+    def session(mode):
+        args = argparse.Namespace(
+            synthetic_world=False,
+            streaming=streaming,
+            dataset_name=str(sharded_sessions),
+            dataset_split="train",
+            dataset_format="sessions",
+            max_train_samples=None,
+            seed=0,
+            resolution=8,
+            no_group_turns=False,
+            image_interpolation_mode=mode,
+        )
+        return build_dataset(args, SequenceConfig(layout="block_causal", max_turns=3)).session(0)
+
+    stored = _sessions(sharded_sessions).session(0)  # 16 px, as stored
+    nearest, bicubic = session("nearest"), session("bicubic")
+    assert nearest.frames.shape == bicubic.frames.shape == (4, 8, 8, 3)
+    assert (nearest.frames == stored.frames[:, 1::2, 1::2]).all()
+    assert (bicubic.frames != nearest.frames).any()
+    assert (bicubic.target_masks == nearest.target_masks).all()
+    assert (nearest.target_masks == stored.target_masks[:, 1::2, 1::2]).all()
+
+
+def test_an_unknown_filter_is_refused_naming_the_argument(sharded_sessions):
+    with pytest.raises(ValueError, match="`interpolation` must be one of"):
+        _sessions(sharded_sessions, interpolation="cubic")

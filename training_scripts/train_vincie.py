@@ -57,6 +57,7 @@ from diffusers_vincie.training.checkpoints import (
     save_checkpoint_atomically,
     save_ema,
 )
+from diffusers_vincie.training.data import INTERPOLATION_MODES
 from diffusers_vincie.training.distributed import (
     build_train_dataloader,
     check_deepspeed_config,
@@ -205,6 +206,13 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="Square frame size (resize); default: the model's own, the pretrained pipeline's default_resolution "
         "(a transformer trained from scratch: the stored frame size).",
+    )
+    group.add_argument(
+        "--image_interpolation_mode",
+        choices=sorted(INTERPOLATION_MODES),
+        default="bicubic",
+        help="Filter that resizes a dataset's frames to --resolution (masks: always nearest). 'nearest' keeps the "
+        "hard edges of a world drawn without anti-aliasing and filmed at a multiple of --resolution.",
     )
     group.add_argument("--dataloader_num_workers", type=int, default=0)
 

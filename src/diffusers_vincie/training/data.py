@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
+import PIL.Image
 import torch
 from torch.utils.data import Dataset, Sampler
 
@@ -24,6 +25,25 @@ from ..data.schema import SessionRecord, mask_to_array
 from ..image_latents import encode_images
 from ..sequence import CURRENT_MASK, IMAGE, Frame
 from .sequences import SequenceConfig, SequencePlan, plan_sequence
+
+# The filters a frame can be resized with (``--image_interpolation_mode``). Bicubic suits photographs and video;
+# nearest keeps the hard edges of a world drawn without anti-aliasing (the shapes world) when its video is filmed
+# at a multiple of the training size.
+INTERPOLATION_MODES = {
+    "nearest": PIL.Image.NEAREST,
+    "box": PIL.Image.BOX,
+    "bilinear": PIL.Image.BILINEAR,
+    "hamming": PIL.Image.HAMMING,
+    "bicubic": PIL.Image.BICUBIC,
+    "lanczos": PIL.Image.LANCZOS,
+}
+
+
+def check_interpolation(interpolation: str) -> str:
+    if interpolation not in INTERPOLATION_MODES:
+        raise ValueError(f"`interpolation` must be one of {sorted(INTERPOLATION_MODES)}, got {interpolation!r}.")
+    return interpolation
+
 
 # =====================================================================================================
 #                                            Samples
@@ -53,10 +73,14 @@ class TrainingSession:
         return len(self.instructions)
 
     @classmethod
-    def from_record(cls, record: SessionRecord, resolution: Optional[int] = None) -> "TrainingSession":
-        """Arrays of a validated record; ``resolution`` resizes frames (bicubic) and masks (nearest) to a square."""
+    def from_record(
+        cls, record: SessionRecord, resolution: Optional[int] = None, interpolation: str = "bicubic"
+    ) -> "TrainingSession":
+        """Arrays of a validated record; ``resolution`` resizes frames (with ``interpolation``, a key of
+        :data:`INTERPOLATION_MODES`) and masks (nearest) to a square."""
         size = (resolution, resolution) if resolution else record.size
-        frames = np.stack([np.asarray(f.resize(size) if f.size != size else f) for f in record.frames])
+        resample = INTERPOLATION_MODES[check_interpolation(interpolation)]
+        frames = np.stack([np.asarray(f.resize(size, resample) if f.size != size else f) for f in record.frames])
         masks = {}
         for name in ("source_masks", "target_masks"):
             values = getattr(record, name)
@@ -148,16 +172,23 @@ class SessionRowsDataset(_PlanningDataset):
         seed: base seed of the sequence plans.
         resolution: optional square size every frame is resized to.
         group_turns: one number of turns per micro-step (less attention padding).
+        interpolation: the filter frames are resized with (a key of :data:`INTERPOLATION_MODES`).
     """
 
     def __init__(
-        self, rows, config: SequenceConfig, seed: int = 0, resolution: Optional[int] = None, group_turns: bool = True
+        self,
+        rows,
+        config: SequenceConfig,
+        seed: int = 0,
+        resolution: Optional[int] = None,
+        group_turns: bool = True,
+        interpolation: str = "bicubic",
     ):
         super().__init__(config, seed, group_turns)
         missing = {"frames", "instructions"} - set(rows.column_names)
         if missing:
             raise ValueError(f"The dataset lacks the columns {sorted(missing)}; expected SESSION_FEATURES rows.")
-        self.rows, self.resolution = rows, resolution
+        self.rows, self.resolution, self.interpolation = rows, resolution, check_interpolation(interpolation)
         # Rows are read as stored: images reach SessionRecord.from_row undecoded, which decodes their bytes and
         # refuses a path-only image (``datasets`` would open such a path wherever it points).
         self._stored_rows = rows.with_format("arrow")
@@ -167,7 +198,7 @@ class SessionRowsDataset(_PlanningDataset):
 
     def session(self, index: int) -> TrainingSession:
         row = self._stored_rows[int(index)].to_pylist()[0]
-        return TrainingSession.from_record(SessionRecord.from_row(row), self.resolution)
+        return TrainingSession.from_record(SessionRecord.from_row(row), self.resolution, self.interpolation)
 
 
 class ShapesSessionsDataset(_PlanningDataset):

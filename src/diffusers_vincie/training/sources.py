@@ -58,6 +58,7 @@ def build_dataset(args, config: SequenceConfig):
             seed=args.seed,
             resolution=args.resolution,
             group_turns=not args.no_group_turns,
+            interpolation=args.image_interpolation_mode,
         )
     if args.dataset_format == "sessions":
         rows = load_sessions(args.dataset_name, split=args.dataset_split)
@@ -67,7 +68,12 @@ def build_dataset(args, config: SequenceConfig):
     if args.max_train_samples is not None:
         rows = rows.select(range(min(args.max_train_samples, len(rows))))
     return SessionRowsDataset(
-        rows, config, seed=args.seed, resolution=args.resolution, group_turns=not args.no_group_turns
+        rows,
+        config,
+        seed=args.seed,
+        resolution=args.resolution,
+        group_turns=not args.no_group_turns,
+        interpolation=args.image_interpolation_mode,
     )
 
 

@@ -32,7 +32,7 @@ import torch
 
 from ..data.schema import SessionRecord
 from ..utils.io import write_json_atomic
-from .data import PlannedSample, TrainingSession, _PlanningDataset
+from .data import PlannedSample, TrainingSession, _PlanningDataset, check_interpolation
 from .sequences import SequenceConfig
 
 DATA_STATE_FORMAT = "vincie-streaming-data/1"
@@ -96,6 +96,7 @@ class StreamingSessions(_PlanningDataset, torch.utils.data.IterableDataset):
         resolution: optional square size every frame is resized to.
         group_turns: one number of turns per micro-step (less attention padding).
         num_processes, process_index: data-parallel layout (set by :class:`StreamingBatches`).
+        interpolation: the filter frames are resized with (a key of :data:`~.data.INTERPOLATION_MODES`).
     """
 
     def __init__(
@@ -107,11 +108,13 @@ class StreamingSessions(_PlanningDataset, torch.utils.data.IterableDataset):
         group_turns: bool = True,
         num_processes: int = 1,
         process_index: int = 0,
+        interpolation: str = "bicubic",
     ):
         super().__init__(config, seed, group_turns)
         if not data_files:
             raise ValueError("`data_files` is empty; give the parquet shards of a sessions dataset.")
         self.data_files, self.resolution = list(data_files), resolution
+        self.interpolation = check_interpolation(interpolation)
         self.num_processes, self.process_index = num_processes, process_index
         self._epoch, self._rows, self._resume_rows = 0, None, None
         self._num_sessions: Optional[int] = None
@@ -144,7 +147,7 @@ class StreamingSessions(_PlanningDataset, torch.utils.data.IterableDataset):
         return self._head[index]
 
     def _decode(self, row: dict) -> TrainingSession:
-        return TrainingSession.from_record(SessionRecord.from_row(row), self.resolution)
+        return TrainingSession.from_record(SessionRecord.from_row(row), self.resolution, self.interpolation)
 
     def _epoch_rows(self, epoch: int):
         from datasets import load_dataset
