@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diffusers_vincie.training.data import INTERPOLATION_MODES
 from diffusers_vincie.utils.cli import UsageError, run_cli
 
 BATCH = 16
@@ -40,7 +41,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--num_sessions", type=int, default=400, help="Sessions drawn from each dataset.")
     parser.add_argument("--draws", type=int, default=3, help="Sequence/time/noise draws per session.")
-    parser.add_argument("--image_interpolation_mode", default="bicubic", help="As in train_vincie.py.")
+    parser.add_argument(
+        "--image_interpolation_mode",
+        choices=sorted(INTERPOLATION_MODES),
+        default="bicubic",
+        help="The filter that resizes the frames, as in train_vincie.py (the run's own for a fair comparison).",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if not (Path(args.model) / "model_index.json").is_file():
@@ -50,6 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         name, sep, path = text.partition("=")
         if not sep or not name or not path:
             raise UsageError(f"--sessions: expected NAME=PATH, got {text!r}.")
+        if name in datasets:
+            raise UsageError(f"--sessions: the name {name!r} is given twice; give each dataset its own name.")
         if not Path(path).exists():
             raise UsageError(f"--sessions: {path} does not exist; give a folder of build_sessions.py.")
         datasets[name] = path

@@ -48,6 +48,7 @@ def test_the_same_sessions_give_the_same_loss_and_other_sessions_another(folders
         (["--sessions", "no_equals_sign"], "expected NAME=PATH"),
         (["--sessions", "a=/nonexistent/sessions"], "does not exist"),
         (["--sessions", "a=.", "--draws", "0"], "--draws must be >= 1"),
+        (["--sessions", "a=.", "--sessions", "a=."], "given twice"),
     ],
 )
 def test_bad_arguments_are_one_line_and_exit_2(folders, flags, match):
