@@ -17,7 +17,6 @@ Prints one line per dataset: mean loss over its batches of 16 and the standard e
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -80,9 +79,10 @@ def main(args: argparse.Namespace) -> dict[str, tuple[float, float]]:
         training_loss,
     )
     from diffusers_vincie.training.data import SessionRowsDataset
+    from diffusers_vincie.training.export import pipeline_default_resolution
 
     pipe = VincieInContextPipeline.from_pretrained(args.model)
-    resolution = json.loads((Path(args.model) / "model_index.json").read_text()).get("default_resolution")
+    resolution = pipeline_default_resolution(args.model)
     module = VincieTrainingModule(pipe.transformer.eval(), "block_causal")
     text = PromptEmbeddingCache(pipe.text_encoder.eval(), pipe.tokenizer)
     config = SequenceConfig(
@@ -100,21 +100,22 @@ def main(args: argparse.Namespace) -> dict[str, tuple[float, float]]:
         sessions = SessionRowsDataset(
             rows, config, seed=args.seed, resolution=resolution, interpolation=args.image_interpolation_mode
         )
+        decoded = [sessions.session(int(index)) for index in picked]  # once, for every draw
         losses = []
         with torch.no_grad():
             for draw in range(args.draws):
-                for start in range(0, len(picked), BATCH):
+                for start in range(0, len(decoded), BATCH):
                     # planned from the position i, not the session: the same plans, times and noise for every set
                     planned = [
-                        sessions.plan(sessions.session(int(index)), start + i, draw)
-                        for i, index in enumerate(picked[start : start + BATCH])
+                        sessions.plan(session, start + i, draw)
+                        for i, session in enumerate(decoded[start : start + BATCH])
                     ]
                     latents = encode_plan_frames(planned, pipe.vae)
                     batch = build_training_batch(planned, latents, text, config, seed=args.seed, text_dropout=0.0)
                     losses.append(training_loss(module, batch).item())
         results[name] = (float(np.mean(losses)), float(np.std(losses) / np.sqrt(len(losses))))
         print(
-            f"{name}: {len(picked)} sessions x {args.draws} draws, loss {results[name][0]:.4f} "
+            f"{name}: {len(decoded)} sessions x {args.draws} draws, loss {results[name][0]:.4f} "
             f"+- {results[name][1]:.4f}",
             flush=True,
         )
