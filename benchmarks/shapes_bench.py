@@ -39,6 +39,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from diffusers_vincie.data.shapes.score import EDIT_TESTS
 from diffusers_vincie.data.shapes.world import ShapesSession
 from diffusers_vincie.default_model import DEFAULT_SAMPLING, load_default_pipeline
 from diffusers_vincie.evaluation.shapes_bench import (
@@ -176,6 +177,27 @@ def markdown_tables(summary: dict, num_sessions: int) -> str:
             lines.append(
                 f"| {mode} | {row['mean_changed_iou']:.3f} | {row['mean_object_score']:.3f} | "
                 f"{row['mean_preserved']:.3f} |"
+            )
+        test_names = [test.replace("_", " ") for test in EDIT_TESTS]
+        lines += [
+            "",
+            "Ground-truth context, what fails the failed turns (a turn can miss several tests):",
+            "",
+            "| context | failed turns | "
+            + " | ".join(f"{name} missed" for name in test_names)
+            + " | "
+            + " | ".join(f"{name} only" for name in test_names)
+            + " |",
+            "|---|---|" + "---|" * (2 * len(EDIT_TESTS)),
+        ]
+        for mode, row in summary["ground_truth"].items():
+            tests = row["failed_tests"]
+            lines.append(
+                f"| {mode} | {tests['failed']} | "
+                + " | ".join(str(tests[test]) for test in EDIT_TESTS)
+                + " | "
+                + " | ".join(str(tests[f"only_{test}"]) for test in EDIT_TESTS)
+                + " |"
             )
         ops = sorted({op for row in summary["ground_truth"].values() for op in row["per_op"]})
         lines += [

@@ -234,8 +234,9 @@ def test_score_edit(world, sessions):
     truth = score_edit(session.frames[turn + 1], session, turn)
     assert not truth.uses_history and truth.op == "recolour"
     assert truth.success and truth.changed_iou == 1.0 and truth.preserved == 1.0 and truth.object_score == 1.0
+    assert truth.failed == ()
     copy = score_edit(session.frames[turn], session, turn)
-    assert not copy.success and copy.changed_iou == 0.0
+    assert not copy.success and copy.changed_iou == 0.0 and copy.failed[0] == "changed_region"
     # Right region, wrong colour: IoU fine, object score fails.
     wrong = session.frames[turn + 1].copy()
     edit = session.edits[turn]
@@ -243,13 +244,15 @@ def test_score_edit(world, sessions):
     wrong[session.target_masks[turn]] = COLOURS[other]
     scored = score_edit(wrong, session, turn)
     assert scored.changed_iou == 1.0 and scored.object_score == 0.0 and not scored.success
+    assert scored.failed == ("object",)
     # Small noise within tolerance still succeeds; a damaged background does not.
     noise = np.random.default_rng(0).integers(-8, 9, (32, 32, 3))
     noisy = np.clip(session.frames[turn + 1].astype(int) + noise, 0, 255)
     assert score_edit(noisy.astype(np.uint8), session, turn).success
     damaged = session.frames[turn + 1].copy()
     damaged[:, :4] = 255 - damaged[:, :4]
-    assert score_edit(damaged, session, turn).preserved < 0.95
+    damaged_score = score_edit(damaged, session, turn)
+    assert damaged_score.preserved < 0.95 and "preserved" in damaged_score.failed and not damaged_score.success
     for t in range(session.num_turns):
         assert score_edit(session.frames[t + 1], session, t).success
     with pytest.raises(ValueError, match="pred_rgb"):

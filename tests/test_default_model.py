@@ -140,7 +140,10 @@ def test_shapes_bench_runs_end_to_end(tmp_path):
     summary = bench.main(common + ["--modes", "full,copy", "--ground_truth_modes", "full", "--label", "7"])
     assert summary["chained"]["copy"]["cumulative_success"] == [0.0] * 5  # every turn changes some pixels
     assert len(summary["turns"]["ground_truth/full"]) == 2
-    assert "| full |" in (tmp_path / "results.md").read_text()
+    report = (tmp_path / "results.md").read_text()
+    assert "| full |" in report
+    failed = summary["ground_truth"]["full"]["failed_tests"]
+    assert f"| full | {failed['failed']} | {failed['changed_region']} | {failed['object']} |" in report
     assert (tmp_path / "shapes_bench.png").is_file() and (tmp_path / "success_vs_steps.png").is_file()
     point = json.loads(curve.read_text())
     assert point["label"] == "7" and 0.0 <= point["gt_full_preserved"] <= 1.0

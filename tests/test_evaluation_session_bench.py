@@ -12,11 +12,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import PIL.Image
 import pytest
 
+from diffusers_vincie.data.shapes.score import score_edit
 from diffusers_vincie.evaluation.__main__ import main
 from diffusers_vincie.evaluation.shapes_bench import (
     IdentityEditor,
     build_bench_sessions,
     run_session_bench,
+    summarize,
 )
 
 NUM_SESSIONS, NUM_TURNS, SIZE = 6, 3, 48
@@ -101,3 +103,30 @@ def test_session_bench_cli_with_an_importable_editor(tmp_path, monkeypatch, caps
     assert (tmp_path / "session_bench_success.png").exists() and (tmp_path / "session_bench.md").exists()
     assert main(["session-bench", "--report-dir", str(tmp_path), "--editor", "no_colon_here"]) == 2
     assert "module:callable" in capsys.readouterr().err
+
+
+def test_summary_counts_what_fails_the_failed_turns():
+    """Ground-truth summary: the true frames fail nothing, copies miss the changed region, true frames with a
+    quarter of their pixels inverted miss preservation; the counts are those of the turns' own failed tests."""
+    sessions = build_bench_sessions(2, NUM_TURNS, seed=0)
+    truths, copies, damaged = [], [], []
+    for session in sessions:
+        truths.append([score_edit(session.frames[t + 1], session, t) for t in range(NUM_TURNS)])
+        copies.append([score_edit(session.frames[t], session, t) for t in range(NUM_TURNS)])
+        scores = []
+        for t in range(NUM_TURNS):
+            frame = session.frames[t + 1].copy()
+            border = frame.shape[1] // 4
+            frame[:, :border] = 255 - frame[:, :border]
+            scores.append(score_edit(frame, session, t))
+        damaged.append(scores)
+    summary = summarize({}, {"truth": truths, "copy": copies, "damaged": damaged}, NUM_TURNS)["ground_truth"]
+    num = 2 * NUM_TURNS
+    assert summary["truth"]["failed_tests"] == dict.fromkeys(summary["truth"]["failed_tests"], 0)
+    copy = summary["copy"]["failed_tests"]
+    assert copy["failed"] == num and copy["changed_region"] == num
+    expected = [s.failed for scores in damaged for s in scores]
+    tests = summary["damaged"]["failed_tests"]
+    assert tests["failed"] == sum(bool(f) for f in expected)
+    assert tests["preserved"] == sum("preserved" in f for f in expected) == num
+    assert tests["only_preserved"] == sum(f == ("preserved",) for f in expected)

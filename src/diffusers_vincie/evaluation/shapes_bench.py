@@ -41,7 +41,7 @@ import PIL.Image
 import torch
 from tqdm.auto import tqdm
 
-from ..data.shapes.score import EditScore, degenerate_output, score_edit
+from ..data.shapes.score import EDIT_TESTS, EditScore, degenerate_output, score_edit
 from ..data.shapes.world import ShapesSession, ShapesWorld
 from ..pipelines.session import PREDICT
 from ..utils.io import atomic_write
@@ -62,6 +62,7 @@ __all__ = [
     "IdentityEditor",
     "build_bench_sessions",
     "cumulative_success",
+    "failed_tests",
     "ground_truth_edit",
     "rate",
     "run_chained",
@@ -148,6 +149,17 @@ def _means(scores: list[EditScore]) -> dict[str, float]:
     }
 
 
+def failed_tests(scores: list[EditScore]) -> dict[str, int]:
+    """What fails the failed turns: how many there are, how many miss each test of ``EDIT_TESTS`` (a turn can miss
+    several) and how many miss only that one (``only_<test>``)."""
+    failed = [s.failed for s in scores if not s.success]
+    return {
+        "failed": len(failed),
+        **{test: sum(test in f for f in failed) for test in EDIT_TESTS},
+        **{f"only_{test}": sum(f == (test,) for f in failed) for test in EDIT_TESTS},
+    }
+
+
 def summarize(chained: dict, ground_truth: dict, num_turns: int) -> dict[str, Any]:
     """The numbers of the bench (JSON-able), from the scores of each chained and ground-truth mode."""
     summary: dict[str, Any] = {"chained": {}, "ground_truth": {}}
@@ -168,6 +180,7 @@ def summarize(chained: dict, ground_truth: dict, num_turns: int) -> dict[str, An
             "history_turns": rate(flat, lambda s: s.uses_history),
             "other_turns": rate(flat, lambda s: not s.uses_history),
             "per_op": per_op,
+            "failed_tests": failed_tests(flat),
             **_means(flat),
         }
     return summary

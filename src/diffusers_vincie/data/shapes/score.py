@@ -16,6 +16,7 @@ import numpy as np
 from .world import _DIRECTIONS, BACKGROUNDS, COLOURS, SceneObject, ShapesSession, ShapesWorld, changed_pixels
 
 __all__ = [
+    "EDIT_TESTS",
     "NEAR_BLACK_BRIGHTNESS",
     "CameraTurnScore",
     "CompositionScore",
@@ -30,6 +31,9 @@ __all__ = [
 # =====================================================================================================
 # Scoring an edit (ShapesBench)
 # =====================================================================================================
+
+# The three tests an edit must pass, in the order EditScore.failed lists the ones it misses.
+EDIT_TESTS: tuple[str, ...] = ("changed_region", "object", "preserved")
 
 
 @dataclass
@@ -48,6 +52,8 @@ class EditScore:
         preserved: fraction of the pixels outside the true changed region within tolerance of the truth.
         success: ``changed_iou >= iou_threshold and object_score >= iou_threshold and preserved >=
             preserve_threshold``.
+        failed: the tests of :data:`EDIT_TESTS` the prediction misses (``"changed_region"``: ``changed_iou``,
+            ``"object"``: ``object_score``, ``"preserved"``: ``preserved`` below its threshold); empty on success.
     """
 
     op: str
@@ -56,6 +62,7 @@ class EditScore:
     object_score: float
     preserved: float
     success: bool
+    failed: tuple[str, ...]
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -117,8 +124,11 @@ def score_edit(
         object_score = float(matches[footprint].mean()) if footprint.any() else 1.0
     else:
         object_score = float(matches.mean())
-    success = changed_iou >= iou_threshold and object_score >= iou_threshold and preserved >= preserve_threshold
-    return EditScore(edit.op, edit.uses_history, float(changed_iou), float(object_score), preserved, bool(success))
+    passed = (changed_iou >= iou_threshold, object_score >= iou_threshold, preserved >= preserve_threshold)
+    failed = tuple(test for test, ok in zip(EDIT_TESTS, passed) if not ok)
+    return EditScore(
+        edit.op, edit.uses_history, float(changed_iou), float(object_score), preserved, not failed, failed
+    )
 
 
 def _object_colour_iou(
