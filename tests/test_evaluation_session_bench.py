@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import PIL.Image
 import pytest
 
-from diffusers_vincie.data.shapes.score import score_edit
+from diffusers_vincie.data.shapes.score import EDIT_TESTS, score_edit
 from diffusers_vincie.evaluation.__main__ import main
 from diffusers_vincie.evaluation.shapes_bench import (
     IdentityEditor,
@@ -122,7 +122,8 @@ def test_summary_counts_what_fails_the_failed_turns():
         damaged.append(scores)
     summary = summarize({}, {"truth": truths, "copy": copies, "damaged": damaged}, NUM_TURNS)["ground_truth"]
     num = 2 * NUM_TURNS
-    assert summary["truth"]["failed_tests"] == dict.fromkeys(summary["truth"]["failed_tests"], 0)
+    keys = ["failed", *EDIT_TESTS, *(f"only_{test}" for test in EDIT_TESTS)]
+    assert summary["truth"]["failed_tests"] == dict.fromkeys(keys, 0)
     copy = summary["copy"]["failed_tests"]
     assert copy["failed"] == num and copy["changed_region"] == num
     expected = [s.failed for scores in damaged for s in scores]
