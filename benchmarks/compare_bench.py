@@ -33,7 +33,7 @@ def load_results(path: Path) -> dict:
     return results
 
 
-def main(argv: list[str] | None = None) -> str:
+def compare(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_a", type=Path, help="The first run: a shapes_bench.py --output_dir or its results.json.")
     parser.add_argument("run_b", type=Path, help="The second run, on the same sessions.")
@@ -48,5 +48,10 @@ def main(argv: list[str] | None = None) -> str:
     return table
 
 
+def main(argv: list[str] | None = None) -> str:
+    """The command line: a bad argument is one line on stderr and exit status 2."""
+    return run_cli(lambda: compare(argv), "compare_bench.py")
+
+
 if __name__ == "__main__":
-    run_cli(main, "compare_bench.py")
+    main()
