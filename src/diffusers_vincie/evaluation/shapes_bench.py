@@ -255,9 +255,12 @@ class ChainedEditor:
         )
 
 
-def ground_truth_edit(pipe, session: ShapesSession, turn: int, mode: str, sampling: dict, seed: int) -> np.ndarray:
+def ground_truth_edit(
+    pipe, session: ShapesSession, turn: int, mode: str, sampling: dict, seed: int, masks: dict | None = None
+) -> np.ndarray:
     """Turn ``turn`` edited from the true ``frames[turn]``: with the true earlier frames and instructions as context
-    (``full``: the official loop's "earlier turns given as images") or alone (``no_context``)."""
+    (``full``: the official loop's "earlier turns given as images") or alone (``no_context``); ``masks`` (the
+    ``current_mask`` / ``next_mask`` arguments of ``VincieEditingSession.edit``) gives RoE masks."""
     generator = torch.Generator().manual_seed(seed)
     if mode == "full":
         images = [PIL.Image.fromarray(frame) for frame in session.frames[: turn + 1]]
@@ -268,7 +271,7 @@ def ground_truth_edit(pipe, session: ShapesSession, turn: int, mode: str, sampli
         editing = pipe.start_session(
             PIL.Image.fromarray(session.frames[turn]), resolution=_size(session), generator=generator
         )
-    return _rgb(editing.edit(session.instructions[turn], generator=generator, **sampling))
+    return _rgb(editing.edit(session.instructions[turn], generator=generator, **(masks or {}), **sampling))
 
 
 class DegenerateOutputs:
