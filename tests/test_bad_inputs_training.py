@@ -328,6 +328,7 @@ def test_overwrite_output_dir_starts_over_without_mixing_runs(components, run_co
         (["--learning_rate=-1e-3"], "--learning_rate"),
         (["--ema_decay", "1.5"], "--ema_decay"),
         (["--text_dropout", "2"], "--text_dropout"),
+        (["--text_dropout_with_masks=-0.5"], "--text_dropout_with_masks"),
         (["--mask_probability=-0.1"], "--mask_probability"),
         (["--max_grad_norm", "inf"], "--max_grad_norm"),
         (["--resolution", "0"], "--resolution"),

@@ -347,6 +347,23 @@ def test_text_dropout_gives_one_unconditional_segment(text_cache):
     assert batch.inputs.text_order.tolist() == [planned[0].plan.order(Text(0))] * 2
 
 
+def test_text_dropout_with_masks_drops_the_instructions_of_the_sequences_with_masks_only(text_cache):
+    config = SequenceConfig(layout="block_causal", min_turns=3, max_turns=3, mask_probability=0.5)
+    dataset = ShapesSessionsDataset(WORLD, 10, 3, config)
+    samples = [dataset[(0, step)] for step in range(12)]
+    assert {s.plan.with_masks for s in samples} == {True, False}
+
+    def unconditional(sample, **dropout) -> bool:
+        batch = build_training_batch([sample], encode_plan_frames([sample]), text_cache, config, seed=0, **dropout)
+        return batch.inputs.text_turn_ids.tolist() == [0, -1]  # one segment: the empty prompt
+
+    for sample in samples:
+        assert unconditional(sample, text_dropout=0.0, text_dropout_with_masks=1.0) == sample.plan.with_masks
+        assert not unconditional(sample, text_dropout=0.0)  # default: --text_dropout for every sequence
+        assert unconditional(sample, text_dropout=1.0, text_dropout_with_masks=None)
+        assert unconditional(sample, text_dropout=1.0, text_dropout_with_masks=0.0) == (not sample.plan.with_masks)
+
+
 # =====================================================================================================
 #                                            Data order
 # =====================================================================================================

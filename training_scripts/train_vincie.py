@@ -256,6 +256,13 @@ def add_sequence_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--text_dropout", type=float, default=0.1, help="P(instructions -> negative prompt), for CFG.")
     group.add_argument("--negative_prompt", type=str, default="", help="Text of dropped instructions.")
     group.add_argument(
+        "--text_dropout_with_masks",
+        type=float,
+        default=None,
+        help="--text_dropout of the sequences that hold RoE masks (default: --text_dropout); higher makes the "
+        "model read the masks, which then alone tell the edit.",
+    )
+    group.add_argument(
         "--timestep_sampling",
         choices=TIMESTEP_SAMPLINGS,
         default="logit_normal",
@@ -673,6 +680,7 @@ def _train(args: argparse.Namespace, accelerator, lora=None) -> dict:
             seed=args.seed,
             text_dropout=args.text_dropout,
             negative_prompt=args.negative_prompt,
+            text_dropout_with_masks=args.text_dropout_with_masks,
             logit_mean=args.logit_mean,
             logit_std=args.logit_std,
             timestep_sampling=args.timestep_sampling,

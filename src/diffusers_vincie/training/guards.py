@@ -52,6 +52,7 @@ NUMBER_FLAGS = (
     ("drop_current_mask", 0, 1, False),
     ("drop_next_mask", 0, 1, False),
     ("text_dropout", 0, 1, False),
+    ("text_dropout_with_masks", 0, 1, False),
     ("logit_std", 0, None, True),
     ("logit_mean", None, None, False),
     ("timestep_shift", 0, None, True),

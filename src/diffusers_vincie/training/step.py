@@ -63,6 +63,7 @@ def build_training_batch(
     seed: int,
     text_dropout: float = 0.1,
     negative_prompt: Optional[str] = None,
+    text_dropout_with_masks: Optional[float] = None,
     logit_mean: float = 0.0,
     logit_std: float = 1.0,
     timestep_sampling: str = "logit_normal",
@@ -80,6 +81,9 @@ def build_training_batch(
         seed: run seed.
         text_dropout: probability that a sample's instructions are replaced by the negative prompt (CFG).
         negative_prompt: text of dropped instructions (default empty).
+        text_dropout_with_masks: that probability for a sample whose sequence holds RoE masks (default
+            ``text_dropout``): without its instructions such a sample's edits are told only by the masks, which
+            teaches the model to read them (drag, controllable editing).
         logit_mean, logit_std: logit-normal time distribution.
         timestep_sampling, timestep_shift, mode_scale: the time distribution (``flow.sample_timesteps``; default
             the official logit-normal, unshifted).
@@ -89,7 +93,8 @@ def build_training_batch(
     )
     tensors = []
     for s, lat in zip(samples, latents):
-        drop = bool(item_generator(seed, s.step, s.index, stream=3).random() < text_dropout)
+        dropout = text_dropout if text_dropout_with_masks is None or not s.plan.with_masks else text_dropout_with_masks
+        drop = bool(item_generator(seed, s.step, s.index, stream=3).random() < dropout)
         segments = [e.cpu() for e in encode_text(session_prompts(s.instructions(), drop, negative_prompt))]
         lat = {k: v.cpu() for k, v in lat.items()}
         if config.layout == "full":
