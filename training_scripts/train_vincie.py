@@ -259,8 +259,8 @@ def add_sequence_args(parser: argparse.ArgumentParser) -> None:
         "--text_dropout_with_masks",
         type=float,
         default=None,
-        help="--text_dropout of the sequences that hold RoE masks (default: --text_dropout); higher makes the "
-        "model read the masks, which then alone tell the edit.",
+        help="--text_dropout of the sequences that hold RoE masks (default: --text_dropout); the masks alone then "
+        "tell the edits of the dropped ones.",
     )
     group.add_argument(
         "--timestep_sampling",

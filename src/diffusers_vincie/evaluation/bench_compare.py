@@ -53,7 +53,7 @@ def item_outcomes(name: str, records: list, num_turns: int) -> dict[str, list[bo
     return {name: [item["success"] for item in records]}
 
 
-def _identities(records: list) -> list[tuple]:
+def _identities(records: list) -> list[list[tuple]]:
     """What each item is (op, object count or pan), session by session (a drag or a composed scene is a session of
     one item); a chained session's list stops at its first failure."""
     sessions = [[item] for item in records] if records and isinstance(records[0], dict) else records

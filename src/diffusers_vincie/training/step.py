@@ -82,8 +82,8 @@ def build_training_batch(
         text_dropout: probability that a sample's instructions are replaced by the negative prompt (CFG).
         negative_prompt: text of dropped instructions (default empty).
         text_dropout_with_masks: that probability for a sample whose sequence holds RoE masks (default
-            ``text_dropout``): without its instructions such a sample's edits are told only by the masks, which
-            teaches the model to read them (drag, controllable editing).
+            ``text_dropout``): without its instructions such a sample's edits are told only by the masks, an
+            incentive to read them (drag, controllable editing).
         logit_mean, logit_std: logit-normal time distribution.
         timestep_sampling, timestep_shift, mode_scale: the time distribution (``flow.sample_timesteps``; default
             the official logit-normal, unshifted).
