@@ -13,7 +13,8 @@ import math
 from typing import Any
 
 from ..utils.cli import UsageError
-from .shapes_bench_modes import STORY_KEEP_THRESHOLD
+from .shapes_bench import chained_passes
+from .shapes_bench_modes import story_turn_success
 
 __all__ = ["comparison_markdown", "compare_runs", "item_outcomes", "mcnemar_p"]
 
@@ -36,16 +37,12 @@ def item_outcomes(name: str, records: list, num_turns: int) -> dict[str, list[bo
     (each session's turns 1..k all succeeded: the bench's cumulative success), a story its turns (the asked pan
     made and the unchanged pixels kept), the other protocols their turns or items."""
     if name.startswith("chained/"):
-        return {
-            f"{name} t{k}": [len(session) >= k and all(turn["success"] for turn in session[:k]) for session in records]
-            for k in range(1, num_turns + 1)
-        }
+        passes = [chained_passes([turn["success"] for turn in session], num_turns) for session in records]
+        return {f"{name} t{k + 1}": [session[k] for session in passes] for k in range(num_turns)}
     if name == "story":
         return {
             name: [
-                turn["camera_change"] and turn["preserved"] >= STORY_KEEP_THRESHOLD
-                for session in records
-                for turn in session
+                story_turn_success(turn["camera_change"], turn["preserved"]) for session in records for turn in session
             ]
         }
     if name.startswith("ground_truth/"):
@@ -65,9 +62,9 @@ def _check_same_items(name: str, a: list, b: list) -> None:
         raise UsageError(
             f"`{name}` holds {len(a)} sessions in one run and {len(b)} in the other: not the same sessions."
         )
+    full = not name.startswith("chained/")  # chained sessions stop at different turns: compare the common turns
     for index, (items_a, items_b) in enumerate(zip(_identities(a), _identities(b))):
-        common = min(len(items_a), len(items_b))  # chained sessions stop at different turns
-        full = not name.startswith("chained/")
+        common = min(len(items_a), len(items_b))
         if items_a[:common] != items_b[:common] or (full and len(items_a) != len(items_b)):
             raise UsageError(
                 f"`{name}` session {index} differs between the two runs ({items_a} against {items_b}): they were not "

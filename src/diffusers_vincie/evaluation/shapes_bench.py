@@ -61,6 +61,7 @@ __all__ = [
     "ExactVerdict",
     "IdentityEditor",
     "build_bench_sessions",
+    "chained_passes",
     "cumulative_success",
     "failed_tests",
     "ground_truth_edit",
@@ -127,12 +128,16 @@ def score_chained(
     return results
 
 
+def chained_passes(successes: list[bool], num_turns: int) -> list[bool]:
+    """For ``k = 1..num_turns``, whether a chained session's turns ``1..k`` all succeeded (``successes``: the
+    turns it reached, in order; it stops at its first failure)."""
+    return [len(successes) > k and all(successes[: k + 1]) for k in range(num_turns)]
+
+
 def cumulative_success(results: list[list[EditScore]], num_turns: int) -> list[float]:
     """Fraction of sessions whose turns ``1..k`` all succeeded, for ``k = 1..num_turns``."""
-    return [
-        float(np.mean([len(scores) > k and all(s.success for s in scores[: k + 1]) for scores in results]))
-        for k in range(num_turns)
-    ]
+    passes = [chained_passes([s.success for s in scores], num_turns) for scores in results]
+    return [float(np.mean([session[k] for session in passes])) for k in range(num_turns)]
 
 
 def rate(scores: list[EditScore], keep: Callable[[EditScore], bool] = lambda s: True) -> dict[str, float]:

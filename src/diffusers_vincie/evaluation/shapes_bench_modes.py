@@ -71,6 +71,7 @@ __all__ = [
     "run_composition",
     "run_drag",
     "run_story",
+    "story_turn_success",
     "summarize_modes",
 ]
 
@@ -245,6 +246,12 @@ def _mean(values) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
+def story_turn_success(camera_change: bool, preserved: float) -> bool:
+    """A story turn succeeds when the asked pan was made and at least ``STORY_KEEP_THRESHOLD`` of the pixels it
+    leaves unchanged were kept."""
+    return bool(camera_change) and preserved >= STORY_KEEP_THRESHOLD
+
+
 def summarize_modes(
     drag: dict[str, list[EditScore]] | None = None,
     composition: list[CompositionScore] | None = None,
@@ -285,7 +292,7 @@ def summarize_modes(
         summary["story"] = {
             "camera_change": _mean(s.camera_change for s in flat),
             "preserved": _mean(s.preserved for s in flat),
-            "success": _mean(s.camera_change and s.preserved >= STORY_KEEP_THRESHOLD for s in flat),
+            "success": _mean(story_turn_success(s.camera_change, s.preserved) for s in flat),
             "input_on_track": _mean(tuple(s.input_offset) == (0, 0) for s in flat),
             "n_turns": len(flat),
             "n_sessions": len(story),
