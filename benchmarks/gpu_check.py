@@ -12,7 +12,7 @@ Sections, each timed and written to ``OUT/gpu_check.json`` and ``OUT/gpu_check.m
   the same turn without offloading.
 
 A section that fails is recorded with its error and the check goes on; nothing is skipped silently. ``--tiny``
-runs every section on a tiny random model on the CPU (under a minute; CUDA-only parts say they were skipped):
+runs every section on a tiny random model on the CPU (in seconds; CUDA-only parts say they were skipped):
 that is how the suite tests this script. ``--family 7b`` builds the VINCIE-7B family instead (``VINCIE_7B_CONFIG``,
 `VincieAutoencoderKL7B`, a T5 encoder; tiny: `tiny_7b_family_pipeline`). The text encoder is 2 layers of the real
 width (3B: Qwen2, 5120; 7B: T5, 4096): its depth does not change the DiT's work, and its memory is in docs/memory.md.

@@ -3,7 +3,7 @@
 # measures). Results go to $OUT (default outputs/gpu_check): gpu_check.json, gpu_check.md and gpu_check.log.
 #
 #   bash benchmarks/gpu_check.sh           # on a CUDA machine
-#   bash benchmarks/gpu_check.sh --tiny    # tiny random model on the CPU, under a minute (the suite runs this)
+#   bash benchmarks/gpu_check.sh --tiny    # tiny random model on the CPU, in seconds (the suite runs this)
 #   bash benchmarks/gpu_check.sh --7b      # VINCIE-7B sizes instead of 3B (combines with --tiny)
 #
 # The lent GPU machines have torch, transformers, accelerate, peft and safetensors but no diffusers and no

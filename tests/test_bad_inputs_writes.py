@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -187,6 +188,41 @@ def test_a_second_writer_is_refused_and_a_killed_holder_does_not_block(tmp_path)
         holder.wait(timeout=30)
     with exclusive_lock(lock, "out"):
         assert lock.read_text() == str(os.getpid())
+
+
+def test_a_killed_holder_does_not_block_while_its_forked_children_live(tmp_path):
+    """A run's DataLoader workers are forked children of the lock holder; after ``kill -9`` of the holder they live
+    on for seconds, and the lock must not live with them."""
+    lock = tmp_path / "out" / ".lock"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import multiprocessing, sys, time\n"
+            "from diffusers_vincie.utils.io import exclusive_lock\n"
+            "with exclusive_lock(sys.argv[1], 'out'):\n"
+            "    worker = multiprocessing.get_context('fork').Process(target=time.sleep, args=(60,))\n"
+            "    worker.start()\n"
+            "    print(worker.pid, flush=True)\n"
+            "    time.sleep(60)\n",
+            str(lock),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    worker = int(holder.stdout.readline())
+    try:
+        with pytest.raises(OutputLockedError, match=f"pid {holder.pid}"):
+            with exclusive_lock(lock, "out"):
+                pass
+        holder.kill()
+        holder.wait(timeout=30)
+        os.kill(worker, 0)  # the forked child is still alive
+        with exclusive_lock(lock, "out"):
+            assert lock.read_text() == str(os.getpid())
+    finally:
+        holder.kill()
+        os.kill(worker, signal.SIGKILL)
 
 
 def _tree(folder: Path) -> dict[str, bytes]:

