@@ -26,4 +26,5 @@ for fixtures in "$VINCIE_OFFICIAL_FIXTURES" "$VINCIE_OFFICIAL_7B_FIXTURES"; do
     python -m diffusers_vincie.parity "$fixtures" | tail -n 1
 done
 
-python -m pytest -q -p no:cacheprovider --timeout=900 tests "$@"
+# one worker per core (PYTEST_WORKERS overrides), a test file per worker so that its module fixtures are built once
+python -m pytest -q -p no:cacheprovider --timeout=900 -n "${PYTEST_WORKERS:-$(nproc)}" --dist loadfile tests "$@"
