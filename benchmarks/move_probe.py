@@ -12,10 +12,13 @@ free cell at random.
 next-frame mask that puts the object in another free cell (neither the instructed nor its old one; the instruction
 is unchanged; moves without such a cell are skipped). Every mode counts the moves drawn in the decoy cell
 (``at_decoy``, out of ``moves_with_decoy``), so a model that follows the next mask shows more of them with
-``decoy`` than without masks; one that ignores masks shows as many.
+``decoy`` than without masks; one that ignores masks shows as many. ``--undirected`` takes the direction word out of the edited turn's
+instruction (``"move the red circle"``): the destination is then in the next mask alone, as when a sequence's
+instructions are dropped in training (``--text_dropout_with_masks``), and a decoy no longer contradicts the text.
 
     python benchmarks/move_probe.py --model runs/x/pipeline --num_moves 60
     python benchmarks/move_probe.py --model runs/x/pipeline --num_moves 60 --given_masks decoy
+    python benchmarks/move_probe.py --model runs/x/pipeline --num_moves 60 --given_masks decoy --undirected
 """
 
 from __future__ import annotations
@@ -60,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         help="RoE masks given with each move: none, the true ones, or the true current mask and a next mask at a "
         "decoy cell.",
     )
+    parser.add_argument(
+        "--undirected",
+        action="store_true",
+        help='Edit with "move the <object>", the direction word left out (then only a next mask says where).',
+    )
     parser.add_argument("--output", default=None, help="Optional JSON file for the counts.")
     args = parser.parse_args(argv)
     if args.num_moves < 1 or (args.num_inference_steps is not None and args.num_inference_steps < 1):
@@ -102,7 +110,12 @@ def main(argv: list[str] | None = None) -> int:
                 row, col = decoy if args.given_masks == "decoy" else instructed
                 next_mask = world.footprint(replace(edit.before, row=row, col=col), before.camera, world.resolution)
                 masks = {"current_mask": session.source_masks[turn], "next_mask": PIL.Image.fromarray(next_mask)}
-            output = ground_truth_edit(pipe, session, turn, "full", sampling, seed=1000 * index + turn, masks=masks)
+            asked = session
+            if args.undirected:
+                instructions = list(session.instructions)
+                instructions[turn] = f"move the {edit.before.name}"
+                asked = replace(session, instructions=instructions)
+            output = ground_truth_edit(pipe, asked, turn, "full", sampling, seed=1000 * index + turn, masks=masks)
             successes += score_edit(output, session, turn).success
             errors = {}
             for row, col in free:
@@ -121,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         "success": successes / probed,
         "sampling": sampling,
         "given_masks": args.given_masks,
+        "undirected": args.undirected,
         **{k: counts[k] for k in ("instructed", "stayed", "elsewhere", "moves_with_decoy", "at_decoy")},
     }
     print(json.dumps(result))

@@ -51,3 +51,27 @@ def test_the_decoy_mask_shows_whether_a_model_follows_the_next_mask(monkeypatch,
         assert decoy["at_decoy"] == 12 and decoy["instructed"] == 0 and decoy["elsewhere"] == 12
     else:
         assert decoy["at_decoy"] == 0 and decoy["instructed"] == 12
+
+
+def test_undirected_moves_leave_the_destination_to_the_next_mask(monkeypatch, tmp_path):
+    """With ``--undirected`` the edited turn says "move the <object>" and nothing else: a stand-in that moves the
+    object only when its instruction names a direction leaves it where it was; one that follows the next mask puts
+    it in the decoy cell."""
+    follow_masks = _follower(True)
+
+    def edit(pipe, session, turn, mode, sampling, seed, masks=None):
+        assert session.instructions[turn] == f"move the {session.edits[turn].before.name}"
+        assert session.instructions[:turn] == [e.instruction for e in session.edits[:turn]]  # the context is kept
+        return follow_masks(pipe, session, turn, mode, sampling, seed, masks) if masks else session.frames[turn]
+
+    monkeypatch.setattr(default_model, "load_default_pipeline", lambda model: None)
+    monkeypatch.setattr(shapes_bench, "ground_truth_edit", edit)
+    results = {}
+    for given in ("none", "decoy"):
+        out = tmp_path / f"{given}.json"
+        assert (
+            move_probe.main(["--num_moves", "12", "--given_masks", given, "--undirected", "--output", str(out)]) == 0
+        )
+        results[given] = json.loads(out.read_text())
+    assert results["none"]["stayed"] == 12 and results["none"]["undirected"] is True
+    assert results["decoy"]["at_decoy"] == 12
