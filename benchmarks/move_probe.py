@@ -12,9 +12,10 @@ free cell at random.
 next-frame mask that puts the object in another free cell (neither the instructed nor its old one; the instruction
 is unchanged; moves without such a cell are skipped). Every mode counts the moves drawn in the decoy cell
 (``at_decoy``, out of ``moves_with_decoy``), so a model that follows the next mask shows more of them with
-``decoy`` than without masks; one that ignores masks shows as many. ``--undirected`` takes the direction word out of the edited turn's
-instruction (``"move the red circle"``): the destination is then in the next mask alone, as when a sequence's
-instructions are dropped in training (``--text_dropout_with_masks``), and a decoy no longer contradicts the text.
+``decoy`` than without masks; one that ignores masks shows as many. ``--undirected`` takes the direction word out
+of the edited turn's instruction (``"move the red circle"``): the destination is then in the next mask alone, as
+when a sequence's instructions are dropped in training (``--text_dropout_with_masks``), and a decoy no longer
+contradicts the text.
 
     python benchmarks/move_probe.py --model runs/x/pipeline --num_moves 60
     python benchmarks/move_probe.py --model runs/x/pipeline --num_moves 60 --given_masks decoy

@@ -4,6 +4,7 @@ write helpers hold."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -222,7 +223,8 @@ def test_a_killed_holder_does_not_block_while_its_forked_children_live(tmp_path)
             assert lock.read_text() == str(os.getpid())
     finally:
         holder.kill()
-        os.kill(worker, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker, signal.SIGKILL)
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
